@@ -1,0 +1,1 @@
+"""The embedded Matrix homeserver: pure protocol logic, storage, service layer and client API."""

@@ -1,0 +1,79 @@
+"""Typed Matrix errors: the core raises these, each front end maps them once to its own wire form."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class MatrixError(Exception):
+    """An error with a Matrix errcode and the HTTP status the client-server API answers with."""
+
+    def __init__(self, status: int, errcode: str, error: str, **extra: Any) -> None:
+        super().__init__(f"{errcode}: {error}")
+        self.status = status
+        self.errcode = errcode
+        self.error = error
+        self.extra = extra
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"errcode": self.errcode, "error": self.error}
+        body.update(self.extra)
+        return body
+
+
+def not_json(error: str = "Content not JSON.") -> MatrixError:
+    return MatrixError(400, "M_NOT_JSON", error)
+
+
+def bad_json(error: str) -> MatrixError:
+    return MatrixError(400, "M_BAD_JSON", error)
+
+
+def invalid_param(error: str) -> MatrixError:
+    return MatrixError(400, "M_INVALID_PARAM", error)
+
+
+def missing_param(error: str) -> MatrixError:
+    return MatrixError(400, "M_MISSING_PARAM", error)
+
+
+def missing_token() -> MatrixError:
+    return MatrixError(401, "M_MISSING_TOKEN", "Missing access token.")
+
+
+def unknown_token() -> MatrixError:
+    return MatrixError(401, "M_UNKNOWN_TOKEN", "Unrecognised access token.", soft_logout=False)
+
+
+def forbidden(error: str) -> MatrixError:
+    return MatrixError(403, "M_FORBIDDEN", error)
+
+
+def not_found(error: str = "Not found.") -> MatrixError:
+    return MatrixError(404, "M_NOT_FOUND", error)
+
+
+def too_large(error: str) -> MatrixError:
+    return MatrixError(413, "M_TOO_LARGE", error)
+
+
+def limit_exceeded(retry_after_ms: int) -> MatrixError:
+    return MatrixError(429, "M_LIMIT_EXCEEDED", "Too many requests.", retry_after_ms=retry_after_ms)
+
+
+def unrecognized(error: str = "Unrecognized request.") -> MatrixError:
+    return MatrixError(404, "M_UNRECOGNIZED", error)
+
+
+def unsupported_room_version(version: str) -> MatrixError:
+    return MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"Room version {version!r} is not supported.")
+
+
+class AuthError(Exception):
+    """An event failed the room's authorization rules (pure-logic verdict, not an HTTP answer)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def as_matrix_error(self) -> MatrixError:
+        return forbidden(self.reason)
