@@ -1,0 +1,1 @@
+"""Shared helpers for tests and benchmarks (peer launchers)."""
