@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 import urllib.request
 from pathlib import Path
 
@@ -63,3 +64,43 @@ def test_synapse_starts_registers_and_sends(tmp_path: Path) -> None:
         pid = hs.pid
     assert hs.pid is None
     assert not Path(f"/proc/{pid}").exists()  # stopped and reaped
+
+
+def test_two_synapses_federate_over_loopback_tls(tmp_path: Path) -> None:
+    """The launcher's federation settings (TLS listener, self-signed cert, loopback
+    allowed, no key servers) let two real Synapses join a room and exchange a PDU."""
+    q = SynapseProcess.quote
+    with SynapseProcess(tmp_path / "a") as a, SynapseProcess(tmp_path / "b") as b:
+        _, token_a = a.register_user("alice", "pw-a")
+        bob, token_b = b.register_user("bob", "pw-b")
+        room_id = a.api(
+            "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}, token=token_a
+        )["room_id"]
+        joined = b.api(
+            "POST",
+            f"/_matrix/client/v3/join/{q(room_id)}?server_name={q(a.server_name)}",
+            {},
+            token=token_b,
+        )
+        assert joined["room_id"] == room_id
+        event_id = b.api(
+            "PUT",
+            f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/t1",
+            {"msgtype": "m.text", "body": "over federation"},
+            token=token_b,
+        )["event_id"]
+
+        deadline = time.monotonic() + 20
+        while True:
+            status, ev = a.api(
+                "GET",
+                f"/_matrix/client/v3/rooms/{q(room_id)}/event/{q(event_id)}",
+                token=token_a,
+                ok=False,
+            )
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, f"event never reached a: {status} {ev}"
+            time.sleep(0.05)
+        assert ev["sender"] == bob
+        assert ev["content"]["body"] == "over federation"

@@ -320,7 +320,9 @@ class SynapseProcess:
     Attributes after :meth:`start`: ``client_url`` (plain HTTP, client API),
     ``federation_url`` (HTTPS, client + federation, or ``None``),
     ``client_port``, ``federation_port``, ``server_name``, ``pid``,
-    ``ready_seconds`` (spawn to first answer of ``/_matrix/client/versions``),
+    ``ready_seconds`` (spawn to first answer of ``/_matrix/client/versions``;
+    excludes config generation), ``start_seconds`` (all of :meth:`start`
+    once the venv exists, including ``--generate-config`` and the certificate),
     ``tls_cert_path``, ``config_path``, ``log_path``, ``version``.
     """
 
@@ -352,6 +354,8 @@ class SynapseProcess:
         self.stdout_path = self.workdir / "synapse.stdout"
         self.tls_cert_path = self.workdir / "tls.crt"
         self.tls_key_path = self.workdir / "tls.key"
+        self.start_seconds: float | None = None
+        self.returncode: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._python: Path | None = None
 
@@ -372,6 +376,7 @@ class SynapseProcess:
         if self._proc is not None:
             raise SynapseError("already started")
         self._python = ensure_synapse_venv()
+        t0 = time.monotonic()
         self.version = synapse_version()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.client_port, fed = free_tcp_ports(2)
@@ -385,6 +390,7 @@ class SynapseProcess:
         )
         self._write_config()
         self._spawn_and_wait()
+        self.start_seconds = time.monotonic() - t0
 
     def _write_config(self) -> None:
         assert self._python is not None and self.server_name is not None
@@ -524,10 +530,13 @@ class SynapseProcess:
         return "\n".join(parts)
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait up to ``timeout`` s, then SIGKILL. Returns the exit code."""
+        """SIGTERM, wait up to ``timeout`` s, then SIGKILL. Returns the exit code.
+
+        Idempotent: later calls return the same code.
+        """
         proc = self._proc
         if proc is None:
-            return None
+            return self.returncode
         self._proc = None
         _LIVE.discard(self)
         if proc.poll() is None:
@@ -540,7 +549,8 @@ class SynapseProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-        return proc.returncode
+        self.returncode = proc.returncode
+        return self.returncode
 
     @property
     def running(self) -> bool:
