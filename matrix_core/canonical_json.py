@@ -1,0 +1,231 @@
+"""Matrix canonical JSON: the byte form that event hashes, signatures and event ids are computed over.
+
+Two servers must produce byte-identical output for the same value or signatures fail to verify,
+so the encoder is strict (no floats, integers only within ±(2**53-1), string keys only) and the
+parser refuses anything that could not be re-encoded canonically.
+
+The encoder is on the hot path of every event (content hash, signature, reference hash, storage),
+so it lets the C encoder in the standard library do the writing and adds one cheap validation walk
+for what that encoder does not check (floats, integer range, non-string keys).
+"""
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+__all__ = [
+    "CANONICALJSON_MAX_INT",
+    "CANONICALJSON_MIN_INT",
+    "CanonicalJSONError",
+    "encode_canonical_json",
+    "encode_json",
+    "parse_json",
+]
+
+CANONICALJSON_MAX_INT = 2**53 - 1
+CANONICALJSON_MIN_INT = -CANONICALJSON_MAX_INT
+
+
+class CanonicalJSONError(ValueError):
+    """A value cannot be represented as (or was not valid) Matrix canonical JSON."""
+
+
+# Built once: `json.dumps` with non-default arguments builds a new encoder on every call.
+# ensure_ascii=False writes non-ASCII as UTF-8 and escapes exactly what the spec's grammar
+# requires: '"', '\\', the short escapes \b \f \n \r \t and other C0 controls as lowercase \u00XX.
+_CANONICAL_ENCODER = json.JSONEncoder(
+    ensure_ascii=False,
+    allow_nan=False,
+    separators=(",", ":"),
+    sort_keys=True,
+)
+_COMPACT_ENCODER = json.JSONEncoder(
+    ensure_ascii=False,
+    allow_nan=False,
+    separators=(",", ":"),
+)
+
+
+def _check_value(value: Any) -> None:
+    """Reject what the stdlib encoder would silently accept: floats, out-of-range ints, non-str keys.
+
+    Iterative (no recursion limit issues) and only ever called on values the stdlib encoder already
+    accepted, so the structure is known to be acyclic and to contain only JSON-able types.
+    """
+    stack: list[Any] = [value]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        obj = pop()
+        t = type(obj)
+        if t is dict:
+            for k, v in obj.items():
+                if type(k) is not str and not isinstance(k, str):
+                    raise CanonicalJSONError(f"object keys must be strings, got {type(k).__name__}")
+                tv = type(v)
+                if tv is str or tv is bool or v is None:
+                    continue
+                if tv is int:
+                    if not CANONICALJSON_MIN_INT <= v <= CANONICALJSON_MAX_INT:
+                        raise CanonicalJSONError(f"integer out of range: {v}")
+                    continue
+                push(v)
+        elif t is list or t is tuple:
+            for v in obj:
+                tv = type(v)
+                if tv is str or tv is bool or v is None:
+                    continue
+                if tv is int:
+                    if not CANONICALJSON_MIN_INT <= v <= CANONICALJSON_MAX_INT:
+                        raise CanonicalJSONError(f"integer out of range: {v}")
+                    continue
+                push(v)
+        elif t is str or t is bool or obj is None:
+            continue
+        elif t is int:
+            if not CANONICALJSON_MIN_INT <= obj <= CANONICALJSON_MAX_INT:
+                raise CanonicalJSONError(f"integer out of range: {obj}")
+        # Subclasses, which the stdlib encoder also accepts: the slow path.
+        elif isinstance(obj, float):
+            raise CanonicalJSONError("floats are not allowed in canonical JSON")
+        elif isinstance(obj, (str, bool)):
+            continue
+        elif isinstance(obj, int):
+            if not CANONICALJSON_MIN_INT <= obj <= CANONICALJSON_MAX_INT:
+                raise CanonicalJSONError(f"integer out of range: {int(obj)}")
+        elif isinstance(obj, dict):
+            push(dict(obj))
+        elif isinstance(obj, (list, tuple)):
+            push(list(obj))
+        else:  # pragma: no cover - the stdlib encoder rejects everything else first
+            raise CanonicalJSONError(f"unsupported type {type(obj).__name__}")
+
+
+def encode_canonical_json(obj: Any) -> bytes:
+    """Encode `obj` as Matrix canonical JSON (sorted keys, no whitespace, UTF-8).
+
+    Raises CanonicalJSONError for floats (including NaN/inf), integers outside ±(2**53-1),
+    non-string keys, unsupported types, cycles and strings that are not valid Unicode
+    (lone surrogates), since any of them would make two servers disagree about the bytes.
+    """
+    try:
+        # Encoding first also proves the value acyclic and made of JSON-able types, which the
+        # validation walk below then relies on.
+        text = _CANONICAL_ENCODER.encode(obj)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise CanonicalJSONError(f"value is not canonical JSON: {e}") from None
+    _check_value(obj)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise CanonicalJSONError(f"string is not valid Unicode: {e}") from None
+
+
+def encode_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON for HTTP responses: no key sorting and no canonical checks, just fast.
+
+    Still refuses NaN/inf and unencodable strings, which no JSON peer could read back.
+    """
+    try:
+        return _COMPACT_ENCODER.encode(obj).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as e:
+        raise CanonicalJSONError(f"value is not JSON-encodable: {e}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise CanonicalJSONError(f"{name} is not allowed in JSON")
+
+
+def _parse_int(text: str) -> int:
+    # "-9007199254740991" is 17 characters; anything longer is out of range (JSON has no leading
+    # zeros), and checking the length first avoids converting huge digit strings.
+    if len(text) > 17:
+        raise CanonicalJSONError(f"integer out of range: {text[:20]}...")
+    value = int(text)
+    if not CANONICALJSON_MIN_INT <= value <= CANONICALJSON_MAX_INT:
+        raise CanonicalJSONError(f"integer out of range: {text}")
+    return value
+
+
+_MAX_DECIMAL = Decimal(CANONICALJSON_MAX_INT)
+
+
+def _parse_float(text: str) -> int:
+    """Numbers with a fraction or exponent: accept them only if they are integral and in range.
+
+    The spec's canonical JSON example expects `1e10` to read as the integer 10000000000, so such
+    numbers become ints (never Python floats, which would re-encode as `10000000000.0`).
+    """
+    try:
+        d = Decimal(text)
+    except InvalidOperation:  # pragma: no cover - the JSON scanner only passes valid numbers
+        raise CanonicalJSONError(f"invalid number {text!r}") from None
+    if d.is_zero():
+        return 0
+    # Check the magnitude via the exponent first, with no arithmetic: abs() or int() of
+    # Decimal("1e999999999") would overflow the decimal context or take forever.
+    if d.adjusted() > 15 or d.copy_abs() > _MAX_DECIMAL:
+        raise CanonicalJSONError(f"number out of range: {text}")
+    if d != d.to_integral_value():
+        raise CanonicalJSONError(f"non-integral numbers are not allowed: {text}")
+    return int(d)
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=_parse_float,
+    parse_int=_parse_int,
+    parse_constant=_reject_constant,
+    strict=True,
+)
+# A \u escape of a UTF-16 surrogate: only then can the parsed strings hold lone surrogates.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_strings_encodable(value: Any) -> None:
+    stack = [value]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, str):
+            obj.encode("utf-8")
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                k.encode("utf-8")
+                stack.append(v)
+        elif isinstance(obj, list):
+            stack.extend(obj)
+
+
+def parse_json(data: bytes | bytearray | memoryview | str) -> Any:
+    """Parse untrusted JSON strictly, so that whatever is accepted can be re-encoded canonically.
+
+    Rejects (with CanonicalJSONError): invalid UTF-8, NaN/Infinity literals, non-integral numbers,
+    integers outside ±(2**53-1), lone surrogate escapes and any syntax error. Integral numbers
+    written with a fraction or exponent (`1e10`, `2.0`) become ints; `-0` becomes 0. For duplicate
+    keys the last one wins.
+    """
+    if isinstance(data, str):
+        text = data
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CanonicalJSONError("JSON text contains a lone surrogate") from None
+    else:
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CanonicalJSONError(f"invalid UTF-8: {e}") from None
+    try:
+        value = _DECODER.decode(text)
+    except CanonicalJSONError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise CanonicalJSONError(f"invalid JSON: {e}") from None
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        try:
+            _check_strings_encodable(value)
+        except UnicodeEncodeError:
+            raise CanonicalJSONError("JSON string contains a lone surrogate") from None
+    return value

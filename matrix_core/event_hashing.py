@@ -1,0 +1,213 @@
+"""Event hashes, redaction, event ids and event signatures (server-server API, room versions 10-12).
+
+Why each piece exists:
+- the content hash covers the whole event, so a redacted copy can still be told apart from a
+  tampered one (a bad content hash means "redact it", not "reject it");
+- signatures and the reference hash (the event id) cover only the *redacted* form, so an event
+  keeps its id and stays verifiable after a redaction strips its content.
+
+Room version differences are read from RoomVersion flags, never from the version string.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from .canonical_json import encode_canonical_json
+from .room_versions import RoomVersion
+from .signing import SignatureError, SigningKey, decode_base64, encode_base64, verify_json_signature
+
+__all__ = [
+    "SignatureError",  # re-exported: verify_event_signature raises it
+    "check_content_hash",
+    "compute_content_hash",
+    "compute_event_id",
+    "compute_reference_hash",
+    "hash_and_sign_event",
+    "hash_sign_and_compute_event_id",
+    "redact_pdu",
+    "verify_event_signature",
+]
+
+# Top-level keys every supported room version keeps on redaction.
+_KEPT_KEYS = frozenset(
+    {
+        "event_id",
+        "type",
+        "room_id",
+        "sender",
+        "state_key",
+        "content",
+        "hashes",
+        "signatures",
+        "depth",
+        "prev_events",
+        "auth_events",
+        "origin_server_ts",
+    }
+)
+# Before MSC2176 (room versions <= 10) these were kept too.
+_KEPT_KEYS_PRE_MSC2176 = _KEPT_KEYS | {"origin", "membership", "prev_state"}
+
+# Content keys kept per event type. All supported versions (>= 10) have restricted joins (`allow`,
+# v8+) and `join_authorised_via_users_server` (v9+); MSC2176 adds the rest.
+_CONTENT_KEPT_V10: dict[str, tuple[str, ...]] = {
+    "m.room.member": ("membership", "join_authorised_via_users_server"),
+    "m.room.create": ("creator",),
+    "m.room.join_rules": ("join_rule", "allow"),
+    "m.room.power_levels": (
+        "ban",
+        "events",
+        "events_default",
+        "kick",
+        "redact",
+        "state_default",
+        "users",
+        "users_default",
+    ),
+    "m.room.history_visibility": ("history_visibility",),
+}
+_CONTENT_KEPT_MSC2176: dict[str, tuple[str, ...]] = {
+    "m.room.member": ("membership", "join_authorised_via_users_server"),
+    # m.room.create keeps its whole content: handled in code.
+    "m.room.join_rules": ("join_rule", "allow"),
+    "m.room.power_levels": _CONTENT_KEPT_V10["m.room.power_levels"] + ("invite",),
+    "m.room.history_visibility": ("history_visibility",),
+    "m.room.redaction": ("redacts",),
+}
+_UNSIGNED_AND_SIGNATURES = ("unsigned", "signatures")
+
+
+def _sha256_canonical_without(pdu: dict[str, Any], drop: tuple[str, ...]) -> bytes:
+    return hashlib.sha256(encode_canonical_json({k: v for k, v in pdu.items() if k not in drop})).digest()
+
+
+def compute_content_hash(pdu: dict[str, Any]) -> bytes:
+    """SHA-256 of the canonical JSON of the pdu without `unsigned`, `signatures` and `hashes`."""
+    return _sha256_canonical_without(pdu, ("unsigned", "signatures", "hashes"))
+
+
+def check_content_hash(pdu: dict[str, Any]) -> bool:
+    """Whether hashes.sha256 matches the pdu. False for a missing or malformed hash.
+
+    A mismatch means the event was modified (e.g. redacted) in transit: the spec says to use its
+    redacted form, not to reject it. Raises CanonicalJSONError if the pdu is not valid JSON at all.
+    """
+    hashes = pdu.get("hashes")
+    if not isinstance(hashes, dict):
+        return False
+    expected_b64 = hashes.get("sha256")
+    if not isinstance(expected_b64, str):
+        return False
+    try:
+        expected = decode_base64(expected_b64)
+    except ValueError:
+        return False
+    return hmac.compare_digest(expected, compute_content_hash(pdu))
+
+
+def _redacted_content(event_type: Any, content: Any, room_version: RoomVersion) -> dict[str, Any]:
+    """The kept content, sharing (not copying) nested values with `content`."""
+    if not isinstance(content, dict):
+        return {}
+    if room_version.msc2176_redaction_rules:
+        if event_type == "m.room.create":
+            return dict(content)
+        kept = _CONTENT_KEPT_MSC2176.get(event_type, ())
+    else:
+        kept = _CONTENT_KEPT_V10.get(event_type, ())
+    new_content = {k: content[k] for k in kept if k in content}
+    if event_type == "m.room.member" and room_version.msc2176_redaction_rules:
+        # MSC3821 (room v11): keep only `signed` of third_party_invite. Like Synapse, an object
+        # without `signed` is kept as {} (this matters: it changes the event id).
+        tpi = content.get("third_party_invite")
+        if isinstance(tpi, dict):
+            new_content["third_party_invite"] = {"signed": tpi["signed"]} if "signed" in tpi else {}
+    return new_content
+
+
+def _redact_shallow(pdu: dict[str, Any], room_version: RoomVersion) -> dict[str, Any]:
+    kept_keys = _KEPT_KEYS if room_version.msc2176_redaction_rules else _KEPT_KEYS_PRE_MSC2176
+    redacted = {k: v for k, v in pdu.items() if k in kept_keys}
+    redacted["content"] = _redacted_content(pdu.get("type"), pdu.get("content"), room_version)
+    return redacted
+
+
+def _copy_json(value: Any) -> Any:
+    """Deep copy of a JSON value (dicts and lists only); much faster than copy.deepcopy."""
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(v) for v in value]
+    return value
+
+
+def redact_pdu(pdu: dict[str, Any], room_version: RoomVersion) -> dict[str, Any]:
+    """The spec's redaction algorithm: strip every key not needed for auth and for verification.
+
+    Returns a new dict that shares nothing mutable with `pdu`; `unsigned` is dropped (the spec's
+    algorithm keeps only the listed keys; a server may re-add its own unsigned data afterwards).
+    """
+    return _copy_json(_redact_shallow(pdu, room_version))
+
+
+def compute_reference_hash(pdu: dict[str, Any], room_version: RoomVersion) -> bytes:
+    """SHA-256 of the canonical JSON of the redacted pdu without `signatures` and `unsigned`."""
+    return _sha256_canonical_without(_redact_shallow(pdu, room_version), _UNSIGNED_AND_SIGNATURES)
+
+
+def compute_event_id(pdu: dict[str, Any], room_version: RoomVersion) -> str:
+    """The event id for room versions 4+: "$" + URL-safe unpadded base64 of the reference hash."""
+    return "$" + encode_base64(compute_reference_hash(pdu, room_version), urlsafe=True)
+
+
+def hash_sign_and_compute_event_id(
+    pdu: dict[str, Any], room_version: RoomVersion, server_name: str, key: SigningKey
+) -> tuple[dict[str, Any], str]:
+    """`hash_and_sign_event` plus the new event's id, computed without encoding the event again.
+
+    The bytes signed (redacted pdu minus `signatures`/`unsigned`) are exactly the bytes the
+    reference hash is taken over, so one canonical encoding serves both.
+    """
+    signed = dict(pdu)
+    hashes = signed.get("hashes")
+    hashes = dict(hashes) if isinstance(hashes, dict) else {}
+    hashes["sha256"] = encode_base64(compute_content_hash(signed))
+    signed["hashes"] = hashes
+
+    to_sign = {k: v for k, v in _redact_shallow(signed, room_version).items() if k not in _UNSIGNED_AND_SIGNATURES}
+    message = encode_canonical_json(to_sign)
+
+    old_signatures = signed.get("signatures")
+    signatures: dict[str, Any] = {}
+    if isinstance(old_signatures, dict):
+        signatures = {n: dict(s) if isinstance(s, dict) else s for n, s in old_signatures.items()}
+    server_sigs = signatures.get(server_name)
+    if not isinstance(server_sigs, dict):
+        server_sigs = signatures[server_name] = {}
+    server_sigs[key.key_id] = encode_base64(key.sign(message))
+    signed["signatures"] = signatures
+
+    event_id = "$" + encode_base64(hashlib.sha256(message).digest(), urlsafe=True)
+    return signed, event_id
+
+
+def hash_and_sign_event(
+    pdu: dict[str, Any], room_version: RoomVersion, server_name: str, key: SigningKey
+) -> dict[str, Any]:
+    """A new pdu with hashes.sha256 set and `server_name`'s signature over its redacted form.
+
+    Existing hashes/signatures are kept (merged into); `pdu` itself is not modified.
+    """
+    return hash_sign_and_compute_event_id(pdu, room_version, server_name, key)[0]
+
+
+def verify_event_signature(
+    pdu: dict[str, Any], room_version: RoomVersion, server_name: str, key_id: str, verify_key_bytes: bytes
+) -> None:
+    """Check `server_name`'s signature on the event (made over its redacted form).
+
+    Raises SignatureError. Does not check the content hash: see `check_content_hash`.
+    """
+    verify_json_signature(_redact_shallow(pdu, room_version), server_name, key_id, verify_key_bytes)
