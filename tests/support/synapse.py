@@ -36,7 +36,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -290,17 +289,25 @@ disable_existing_loggers: false
 
 
 # Processes still running at interpreter exit are stopped (a test that
-# crashed before calling stop() must not leave a Synapse behind).
-_LIVE: "weakref.WeakSet[SynapseProcess]" = weakref.WeakSet()
+# crashed, or dropped its SynapseProcess, before calling stop() must not leave
+# a Synapse behind).  Strong references to the Popen objects on purpose.
+_LIVE: "set[subprocess.Popen[bytes]]" = set()
 
 
 @atexit.register
 def _stop_leftovers() -> None:
-    for sp in list(_LIVE):
+    for proc in list(_LIVE):
         try:
-            sp.stop(timeout=5)
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
         except Exception:
             pass
+    _LIVE.clear()
 
 
 # --------------------------------------------------------------------------
@@ -494,14 +501,16 @@ class SynapseProcess:
             )
         finally:
             out.close()
-        _LIVE.add(self)
+        _LIVE.add(self._proc)
         deadline = t0 + self.start_timeout
         url = f"{self.client_url}/_matrix/client/versions"
         interval = 0.02
         while True:
             rc = self._proc.poll()
             if rc is not None:
+                _LIVE.discard(self._proc)
                 self._proc = None
+                self.returncode = rc
                 raise SynapseError(
                     f"Synapse exited with {rc} while starting:\n{self._diagnostics()}"
                 )
@@ -538,7 +547,6 @@ class SynapseProcess:
         if proc is None:
             return self.returncode
         self._proc = None
-        _LIVE.discard(self)
         if proc.poll() is None:
             try:
                 proc.send_signal(signal.SIGTERM)
@@ -549,6 +557,7 @@ class SynapseProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        _LIVE.discard(proc)
         self.returncode = proc.returncode
         return self.returncode
 
