@@ -1,0 +1,141 @@
+"""The `matrix-gateway` command line (click): run the hub, manage accounts and device tokens.
+
+Account commands write straight into the SQLite database (WAL), so they work while the hub runs.
+"""
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from matrix_core.identifiers import is_valid_localpart, user_id_for
+from matrix_core.store import accounts as account_rows
+from matrix_core.store.database import open_sync
+
+from .config import DATABASE_FILE, ConfigError, GatewayConfig, load_config, prepare_data_dir
+
+DEFAULT_DATA_DIR = "./gateway-data"
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATA_DIR,
+    show_default=True, help="Where the config, signing key and database live.",
+)
+config_option = click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                             default=None, help="Config file (default: DATA_DIR/gateway.toml).")
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def existing_config(data_dir: Path, config_file: Path | None) -> GatewayConfig:
+    """The config of an already-initialised data dir (admin commands never create one)."""
+    if not (data_dir / DATABASE_FILE).exists():
+        fail(f"{data_dir} holds no hub yet: start it once with `matrix-gateway run --data-dir {data_dir}`")
+    try:
+        return load_config(data_dir, config_file, {}, create=False)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise AssertionError  # unreachable
+
+
+def open_db(data_dir: Path) -> sqlite3.Connection:
+    return open_sync(data_dir / DATABASE_FILE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """An IoT hub with an embedded Matrix homeserver: HTTP, CoAP, MQTT and federation."""
+
+
+@main.command()
+@data_dir_option
+@config_option
+@click.option("--server-name", default=None, help="Matrix server name (default: localhost).")
+@click.option("--bind", default=None, help="Listen address (default: 127.0.0.1).")
+@click.option("--http-port", type=int, default=None, help="Client-server API port (default: 8008).")
+@click.option("--coap-port", type=int, default=None, help="CoAP port (default: 5683).")
+@click.option("--mqtt-port", type=int, default=None, help="MQTT port (default: 1883).")
+@click.option("--federation-port", type=int, default=None, help="Federation port (default: 8448).")
+def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
+    """Run the hub (creates DATA_DIR with a config, a signing key and a database on first run)."""
+    from .app import run as run_hub
+    from .config import load_or_create_signing_key
+    from matrix_core.store.database import open_sync as migrate_db
+
+    try:
+        prepare_data_dir(data_dir)
+        config = load_config(data_dir, config_file, flags, create=True)
+        load_or_create_signing_key(data_dir)
+        migrate_db(data_dir / DATABASE_FILE).close()
+    except (ConfigError, OSError) as exc:
+        fail(str(exc))
+    sys.exit(run_hub(config, data_dir))
+
+
+@main.group()
+def user() -> None:
+    """Manage accounts."""
+
+
+@user.command("add")
+@click.argument("localpart")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="The account password.")
+@click.option("--admin", is_flag=True, help="Make the account a hub admin.")
+@data_dir_option
+@config_option
+def user_add(localpart: str, password: str, admin: bool, data_dir: Path, config_file: Path | None) -> None:
+    """Create an account (works while the hub is running)."""
+    config = existing_config(data_dir, config_file)
+    if localpart.startswith("@"):
+        user_id = localpart
+    else:
+        if not is_valid_localpart(localpart):
+            fail(f"{localpart!r} is not a valid localpart (use a-z, 0-9 and ._=-/+)")
+        user_id = user_id_for(localpart, config.server_name)
+    if not password:
+        fail("the password must not be empty")
+    conn = open_db(data_dir)
+    try:
+        if account_rows.user_exists(conn, user_id):
+            fail(f"{user_id} already exists")
+        conn.execute("BEGIN IMMEDIATE")
+        account_rows.insert_user(conn, user_id, password, admin)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    click.echo(f"created {user_id}{' (admin)' if admin else ''}")
+
+
+@main.group()
+def device() -> None:
+    """Manage device access tokens (short enough for a sensor's CoAP URI)."""
+
+
+@device.command("add")
+@click.argument("localpart")
+@click.argument("device_id")
+@data_dir_option
+@config_option
+def device_add(localpart: str, device_id: str, data_dir: Path, config_file: Path | None) -> None:
+    """Create a device for an account and print its access token (once)."""
+    config = existing_config(data_dir, config_file)
+    user_id = user_id_for(localpart, config.server_name)
+    conn = open_db(data_dir)
+    try:
+        if not account_rows.user_exists(conn, user_id):
+            fail(f"no such user {user_id}: create it with `matrix-gateway user add`")
+        conn.execute("BEGIN IMMEDIATE")
+        token = account_rows.insert_device_token(conn, user_id, device_id)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    click.echo(token)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The hub's configuration: a small TOML file in the data dir, created on first run.
+
+Like mosquitto 2: loopback only, no anonymous access and no open registration unless the file says
+otherwise. Unknown keys and bad values are errors that name the key, never silently ignored.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from matrix_core.identifiers import is_valid_server_name
+from matrix_core.signing import SigningKey, generate_signing_key, parse_signing_key, serialize_signing_key
+
+CONFIG_FILE = "gateway.toml"
+SIGNING_KEY_FILE = "signing.key"
+DATABASE_FILE = "homeserver.db"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    server_name: str = "localhost"
+    bind: str = "127.0.0.1"
+    http_port: int = 8008
+    coap_port: int = 5683
+    mqtt_port: int = 1883
+    federation_port: int = 8448
+    enable_registration: bool = False
+    log_level: str = "INFO"
+    messages_per_second: float = 50.0
+    messages_burst: int = 200
+    sqlite_synchronous: str = "FULL"
+
+
+_PORT_KEYS = {"http_port", "coap_port", "mqtt_port", "federation_port"}
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+
+
+def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check keys and types; return the values to apply. Raises ConfigError naming the problem."""
+    known = {f.name: f for f in fields(GatewayConfig)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        default = known[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ConfigError(f"{source}: {key} must be a {type(default).__name__}, not {value!r}")
+        if key in _PORT_KEYS and not 0 <= value <= 65535:
+            raise ConfigError(f"{source}: {key} must be a port number 0-65535, not {value}")
+        if key == "server_name" and not is_valid_server_name(value):
+            raise ConfigError(f"{source}: server_name {value!r} is not a valid server name")
+        if key == "log_level" and value.upper() not in _LOG_LEVELS:
+            raise ConfigError(f"{source}: log_level must be one of {', '.join(sorted(_LOG_LEVELS))}")
+        if key == "sqlite_synchronous" and value.upper() not in ("FULL", "NORMAL"):
+            raise ConfigError(f"{source}: sqlite_synchronous must be FULL or NORMAL")
+        if key in ("messages_per_second", "messages_burst") and value < 0:
+            raise ConfigError(f"{source}: {key} must not be negative")
+        out[key] = value
+    return out
+
+
+def render(config: GatewayConfig) -> str:
+    """The config file written on first run: every setting, with its meaning."""
+    return f"""# matrix-gateway configuration (TOML). Command-line flags override these values.
+# The Matrix server name: part of every user id (@alice:{config.server_name}). Fix it before you invite friends.
+server_name = "{config.server_name}"
+# Address the listeners bind to. 127.0.0.1 = this machine only; 0.0.0.0 = your LAN.
+bind = "{config.bind}"
+http_port = {config.http_port}          # Matrix client-server API (Element, curl, matrix-nio)
+coap_port = {config.coap_port}          # CoAP + CBOR for sensors (coap-client)
+mqtt_port = {config.mqtt_port}          # MQTT broker backed by rooms
+federation_port = {config.federation_port}    # server-server API (TLS)
+# Open registration over HTTP. Off: an admin adds accounts with `matrix-gateway user add`.
+enable_registration = {str(config.enable_registration).lower()}
+log_level = "{config.log_level}"
+# Per-user limit on events sent (all protocols); over it: M_LIMIT_EXCEEDED / CoAP 4.29.
+messages_per_second = {config.messages_per_second}
+messages_burst = {config.messages_burst}
+# FULL: every acknowledged write is fsynced. NORMAL: faster, may lose the last writes on power loss.
+sqlite_synchronous = "{config.sqlite_synchronous}"
+"""
+
+
+def load_config(data_dir: Path, config_file: Path | None, overrides: dict[str, Any],
+                create: bool) -> GatewayConfig:
+    """Read (and on first run create) the config, then apply command-line overrides."""
+    path = config_file or data_dir / CONFIG_FILE
+    config = GatewayConfig()
+    if path.exists():
+        try:
+            values = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        config = replace(config, **validate(values, str(path)))
+    elif config_file is not None:
+        raise ConfigError(f"{path}: config file not found")
+    config = replace(config, **validate({k: v for k, v in overrides.items() if v is not None}, "command line"))
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(config))
+    return config
+
+
+def load_or_create_signing_key(data_dir: Path) -> SigningKey:
+    """The server's ed25519 key, generated on first run and kept private (mode 0600)."""
+    path = data_dir / SIGNING_KEY_FILE
+    if path.exists():
+        try:
+            return parse_signing_key(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not a signing key: {exc}") from None
+    key = generate_signing_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(serialize_signing_key(key) + "\n")
+    return key
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        os.chmod(data_dir, 0o700)
+    except PermissionError:
+        pass

@@ -1,0 +1,168 @@
+"""Versions, login, logout, whoami, registration (closed unless configured), profile, filters."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .. import errors
+from ..identifiers import is_valid_localpart, user_id_for
+from ..store import accounts as account_rows
+from .request import ApiRequest, ApiResponse, ok
+
+SUPPORTED_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9",
+                      "v1.10", "v1.11", "v1.12"]
+
+
+async def versions(hs: Any, req: ApiRequest) -> ApiResponse:
+    return ok({"versions": SUPPORTED_VERSIONS, "unstable_features": {}})
+
+
+async def login_flows(hs: Any, req: ApiRequest) -> ApiResponse:
+    return ok({"flows": [{"type": "m.login.password"}]})
+
+
+def _login_user(body: dict[str, Any]) -> str:
+    identifier = body.get("identifier")
+    if isinstance(identifier, dict):
+        if identifier.get("type") != "m.id.user" or not isinstance(identifier.get("user"), str):
+            raise errors.MatrixError(400, "M_UNKNOWN", "Only m.id.user identifiers are supported")
+        return identifier["user"]
+    user = body.get("user")
+    if isinstance(user, str):
+        return user
+    raise errors.missing_param("Missing 'identifier'")
+
+
+async def login(hs: Any, req: ApiRequest) -> ApiResponse:
+    body = req.json_object()
+    if body.get("type") != "m.login.password":
+        raise errors.MatrixError(400, "M_UNKNOWN", "Only m.login.password is supported")
+    password = body.get("password")
+    if not isinstance(password, str):
+        raise errors.bad_json("'password' must be a string")
+    user = _login_user(body)
+    device_id = body.get("device_id")
+    display_name = body.get("initial_device_display_name")
+    if device_id is not None and not isinstance(device_id, str):
+        raise errors.bad_json("'device_id' must be a string")
+    if display_name is not None and not isinstance(display_name, str):
+        raise errors.bad_json("'initial_device_display_name' must be a string")
+    hs.login_limiter.check(req.remote)
+    try:
+        result = await hs.accounts.login(user, password, device_id, display_name)
+    except errors.MatrixError:
+        raise
+    hs.login_limiter._buckets.pop(req.remote, None)  # a success clears the failure count
+    return ok(result)
+
+
+async def logout(hs: Any, req: ApiRequest) -> ApiResponse:
+    requester = await hs.accounts.authenticate(req.access_token)
+    await hs.accounts.logout(requester)
+    return ok()
+
+
+async def logout_all(hs: Any, req: ApiRequest) -> ApiResponse:
+    requester = await hs.accounts.authenticate(req.access_token)
+    await hs.accounts.logout_all(requester)
+    return ok()
+
+
+async def whoami(hs: Any, req: ApiRequest) -> ApiResponse:
+    requester = await hs.accounts.authenticate(req.access_token)
+    return ok({"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False})
+
+
+async def register(hs: Any, req: ApiRequest) -> ApiResponse:
+    if not hs.settings.enable_registration:
+        raise errors.forbidden("Registration is disabled on this hub; an admin adds users with the CLI")
+    body = req.json_object()
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not is_valid_localpart(username):
+        raise errors.MatrixError(400, "M_INVALID_USERNAME", "Invalid username")
+    if not isinstance(password, str) or not password:
+        raise errors.bad_json("'password' must be a non-empty string")
+    auth = body.get("auth")
+    if not isinstance(auth, dict) or auth.get("type") != "m.login.dummy":
+        return ApiResponse(401, {"flows": [{"stages": ["m.login.dummy"]}], "params": {}, "session": "dummy"})
+    user_id = user_id_for(username, hs.server_name)
+    if await hs.accounts.user_exists(user_id):
+        raise errors.MatrixError(400, "M_USER_IN_USE", "User ID already taken")
+    device_id = body.get("device_id") or None
+    await hs.db.write(lambda conn: account_rows.insert_user(conn, user_id, password, False))
+    result = await hs.accounts.login(user_id, password, device_id, body.get("initial_device_display_name"))
+    return ok(result)
+
+
+async def get_profile(hs: Any, req: ApiRequest) -> ApiResponse:
+    return ok(await hs.accounts.get_profile(req.params["userId"]))
+
+
+async def get_profile_field(hs: Any, req: ApiRequest) -> ApiResponse:
+    field = req.params["field"]
+    if field not in ("displayname", "avatar_url"):
+        raise errors.unrecognized()
+    profile = await hs.accounts.get_profile(req.params["userId"])
+    if field not in profile:
+        raise errors.not_found("Profile field not set")
+    return ok({field: profile[field]})
+
+
+async def set_profile_field(hs: Any, req: ApiRequest) -> ApiResponse:
+    requester = await hs.accounts.authenticate(req.access_token)
+    field = req.params["field"]
+    if field not in ("displayname", "avatar_url"):
+        raise errors.unrecognized()
+    if req.params["userId"] != requester.user_id:
+        raise errors.forbidden("You may only change your own profile")
+    value = req.json_object().get(field)
+    if value is not None and not isinstance(value, str):
+        raise errors.bad_json(f"'{field}' must be a string")
+    await hs.accounts.set_profile_field(requester.user_id, field, value)
+    return ok()
+
+
+async def create_filter(hs: Any, req: ApiRequest) -> ApiResponse:
+    requester = await hs.accounts.authenticate(req.access_token)
+    if req.params["userId"] != requester.user_id:
+        raise errors.forbidden("You may only create filters for yourself")
+    body = req.json_object()
+    text = json.dumps(body)
+
+    def insert(conn: Any) -> int:
+        row = conn.execute("SELECT MAX(filter_id) FROM filters WHERE user_id = ?", (requester.user_id,)).fetchone()
+        filter_id = (row[0] or 0) + 1
+        conn.execute("INSERT INTO filters (user_id, filter_id, json) VALUES (?, ?, ?)",
+                     (requester.user_id, filter_id, text))
+        return filter_id
+
+    filter_id = await hs.db.write(insert)
+    return ok({"filter_id": str(filter_id)})
+
+
+async def load_filter(hs: Any, user_id: str, filter_id: str) -> dict[str, Any]:
+    if not filter_id.isdigit():
+        raise errors.invalid_param("Invalid filter id")
+    row = await hs.db.fetchone("SELECT json FROM filters WHERE user_id = ? AND filter_id = ?",
+                               (user_id, int(filter_id)))
+    if row is None:
+        raise errors.not_found("No such filter")
+    return json.loads(row[0])
+
+
+async def get_filter(hs: Any, req: ApiRequest) -> ApiResponse:
+    requester = await hs.accounts.authenticate(req.access_token)
+    if req.params["userId"] != requester.user_id:
+        raise errors.forbidden("You may only read your own filters")
+    return ok(await load_filter(hs, requester.user_id, req.params["filterId"]))
+
+
+async def capabilities(hs: Any, req: ApiRequest) -> ApiResponse:
+    await hs.accounts.authenticate(req.access_token)
+    from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
+
+    return ok({"capabilities": {
+        "m.change_password": {"enabled": False},
+        "m.room_versions": {"default": DEFAULT_ROOM_VERSION.identifier,
+                            "available": {v: "stable" for v in KNOWN_ROOM_VERSIONS}},
+    }})

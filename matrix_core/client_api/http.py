@@ -1,0 +1,92 @@
+"""The HTTP front end: aiohttp in, ApiRequest through the route table, JSON out."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from aiohttp import web
+
+from .. import errors
+from ..canonical_json import CanonicalJSONError, encode_json, parse_json
+from .request import ApiRequest, ApiResponse
+from .router import client_api_segments
+from .routes import ROUTER
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 128 * 1024
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
+}
+
+
+def split_raw_path(raw_path: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Split the raw request target into decoded segments and query (ids carry %-escapes)."""
+    path, _, query = raw_path.partition("?")
+    segments = [unquote(seg) for seg in path.split("/")[1:]]
+    return segments, parse_qs(query, keep_blank_values=True)
+
+
+def token_from(headers: Any, query: dict[str, list[str]]) -> str | None:
+    auth = headers.get("Authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    values = query.get("access_token")
+    return values[-1] if values else None
+
+
+def json_response(response: ApiResponse) -> web.Response:
+    return web.Response(status=response.status, body=encode_json(response.body),
+                        content_type="application/json", headers=CORS_HEADERS)
+
+
+def error_response(err: errors.MatrixError) -> web.Response:
+    return json_response(ApiResponse(err.status, err.to_json()))
+
+
+def make_app(hs: Any) -> web.Application:
+    async def handle(request: web.Request) -> web.Response:
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers=CORS_HEADERS)
+        try:
+            segments, query = split_raw_path(request.raw_path)
+            api_segments = client_api_segments(segments)
+            if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+                raise errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")
+            raw = await request.read() if request.can_read_body else b""
+
+            def load_body() -> Any:
+                if not raw.strip():
+                    return None
+                try:
+                    return parse_json(raw)
+                except CanonicalJSONError as exc:
+                    raise errors.bad_json(str(exc)) from None
+                except ValueError:
+                    raise errors.not_json() from None
+
+            api_request = ApiRequest(
+                method=request.method,
+                segments=api_segments,
+                query=query,
+                access_token=token_from(request.headers, query),
+                remote=request.remote or "",
+                load_body=load_body,
+            )
+            return json_response(await ROUTER.dispatch(hs, api_request))
+        except errors.MatrixError as err:
+            return error_response(err)
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes"))
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(errors.MatrixError(500, "M_UNKNOWN", "Internal server error"))
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app

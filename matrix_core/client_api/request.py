@@ -1,0 +1,62 @@
+"""A client-server request and response, independent of the transport that carried them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .. import errors
+
+_UNSET: Any = object()
+
+
+@dataclass(slots=True)
+class ApiRequest:
+    method: str
+    segments: list[str]  # the decoded path segments after /_matrix/client/<version>/
+    query: dict[str, list[str]]
+    access_token: str | None
+    remote: str
+    # Each transport parses its own body format (JSON over HTTP, CBOR over CoAP) lazily, raising
+    # MatrixError (M_NOT_JSON / M_BAD_JSON) when the body is malformed.
+    load_body: Callable[[], Any] = lambda: None
+    params: dict[str, str] = field(default_factory=dict)
+    transport: str = "http"
+    _body: Any = _UNSET
+
+    def json(self) -> Any:
+        if self._body is _UNSET:
+            self._body = self.load_body()
+        return self._body
+
+    def json_object(self) -> dict[str, Any]:
+        """The body, which must be a JSON object; an absent body counts as {}."""
+        body = self.json()
+        if body is None:
+            return {}
+        if not isinstance(body, dict):
+            raise errors.bad_json("Request body must be a JSON object")
+        return body
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    def int_arg(self, name: str, default: int, minimum: int = 0, maximum: int = 2**31) -> int:
+        raw = self.arg(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise errors.invalid_param(f"Query parameter {name!r} must be an integer") from None
+        return max(minimum, min(maximum, value))
+
+
+@dataclass(slots=True)
+class ApiResponse:
+    status: int
+    body: Any
+
+
+def ok(body: Any = None) -> ApiResponse:
+    return ApiResponse(200, {} if body is None else body)

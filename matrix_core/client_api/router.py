@@ -1,0 +1,73 @@
+"""Match (method, path segments) against the route table: one table for every transport."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from .. import errors
+from .request import ApiRequest, ApiResponse
+
+Handler = Callable[[Any, ApiRequest], Awaitable[ApiResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    pattern: tuple[str, ...]  # literal segments, or "{name}" captures, or "{name...}" for the rest
+    handler: Handler
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        params: dict[str, str] = {}
+        for i, part in enumerate(self.pattern):
+            if part.endswith("...}"):
+                params[part[1:-4]] = "/".join(segments[i:])
+                return params
+            if i >= len(segments):
+                return None
+            if part.startswith("{"):
+                params[part[1:-1]] = segments[i]
+            elif part != segments[i]:
+                return None
+        return params if len(segments) == len(self.pattern) else None
+
+
+class Router:
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        self.routes.append(Route(method, tuple(path.strip("/").split("/")), handler))
+
+    def resolve(self, method: str, segments: list[str]) -> tuple[Handler, dict[str, str]]:
+        path_matched = False
+        for route in self.routes:
+            params = route.match(segments)
+            if params is None:
+                continue
+            if route.method == method:
+                return route.handler, params
+            path_matched = True
+        if path_matched:
+            raise errors.MatrixError(405, "M_UNRECOGNIZED", f"Method {method} not allowed here")
+        raise errors.unrecognized()
+
+    async def dispatch(self, hs: Any, request: ApiRequest) -> ApiResponse:
+        handler, params = self.resolve(request.method, request.segments)
+        request.params = params
+        return await handler(hs, request)
+
+
+CLIENT_VERSIONS = ("v3", "r0", "v1", "unstable")
+
+
+def client_api_segments(segments: list[str]) -> list[str]:
+    """Strip `_matrix/client/<version>` (v3, r0, the seed's api/v1, unstable) from a full path."""
+    if segments[:2] != ["_matrix", "client"] or len(segments) < 3:
+        raise errors.unrecognized()
+    if segments[2] == "versions":
+        return ["versions"]
+    if segments[2:4] == ["api", "v1"]:
+        return segments[4:]
+    if segments[2] in CLIENT_VERSIONS:
+        return segments[3:]
+    raise errors.unrecognized()

@@ -1,0 +1,60 @@
+"""The one route table of the client-server API (paths after /_matrix/client/<version>/).
+
+HTTP and CoAP both dispatch through `ROUTER`; adding a route here makes it reachable by both.
+"""
+from __future__ import annotations
+
+from . import auth_handlers as a
+from . import room_handlers as r
+from .router import Router
+
+
+def build_router() -> Router:
+    router = Router()
+    add = router.add
+    add("GET", "versions", a.versions)
+    add("GET", "login", a.login_flows)
+    add("POST", "login", a.login)
+    add("POST", "logout", a.logout)
+    add("POST", "logout/all", a.logout_all)
+    add("GET", "account/whoami", a.whoami)
+    add("POST", "register", a.register)
+    add("GET", "capabilities", a.capabilities)
+    add("GET", "profile/{userId}", a.get_profile)
+    add("GET", "profile/{userId}/{field}", a.get_profile_field)
+    add("PUT", "profile/{userId}/{field}", a.set_profile_field)
+    add("POST", "user/{userId}/filter", a.create_filter)
+    add("GET", "user/{userId}/filter/{filterId}", a.get_filter)
+
+    add("POST", "createRoom", r.create_room)
+    add("POST", "join/{roomIdOrAlias}", r.join)
+    add("POST", "knock/{roomIdOrAlias}", r.knock)
+    add("POST", "rooms/{roomId}/join", r.join_room_id)
+    add("POST", "rooms/{roomId}/leave", r.leave)
+    add("POST", "rooms/{roomId}/invite", r.invite)
+    add("POST", "rooms/{roomId}/kick", r.kick)
+    add("POST", "rooms/{roomId}/ban", r.ban)
+    add("POST", "rooms/{roomId}/unban", r.unban)
+    add("PUT", "rooms/{roomId}/send/{eventType}/{txnId}", r.send)
+    add("POST", "rooms/{roomId}/send/{eventType}", r.send)
+    add("GET", "rooms/{roomId}/state", r.get_state)
+    add("GET", "rooms/{roomId}/state/{eventType}", r.get_state_event)
+    add("GET", "rooms/{roomId}/state/{eventType}/{stateKey}", r.get_state_event)
+    add("PUT", "rooms/{roomId}/state/{eventType}", r.put_state)
+    add("PUT", "rooms/{roomId}/state/{eventType}/{stateKey}", r.put_state)
+    add("PUT", "rooms/{roomId}/redact/{eventId}/{txnId}", r.redact)
+    add("POST", "rooms/{roomId}/redact/{eventId}", r.redact)
+    add("GET", "rooms/{roomId}/event/{eventId}", r.get_event)
+    add("GET", "rooms/{roomId}/messages", r.messages)
+    add("GET", "rooms/{roomId}/members", r.members)
+    add("GET", "rooms/{roomId}/joined_members", r.joined_members)
+    add("GET", "joined_rooms", r.joined_rooms)
+    add("GET", "sync", r.sync)
+    add("GET", "directory/room/{roomAlias}", r.get_alias)
+    add("PUT", "directory/room/{roomAlias}", r.put_alias)
+    add("DELETE", "directory/room/{roomAlias}", r.delete_alias)
+    add("GET", "publicRooms", r.public_rooms)
+    return router
+
+
+ROUTER = build_router()

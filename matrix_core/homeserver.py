@@ -1,0 +1,55 @@
+"""The Homeserver: one object holding the store, the event stream and the services.
+
+Every front end (HTTP, CoAP, MQTT, federation) gets this object and calls its services; none of
+them touches SQL or builds events by hand.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .notifier import EventStream
+from .ratelimit import RateLimit, RateLimiter
+from .service.accounts import Accounts
+from .service.rooms import Rooms
+from .service.sync import Sync
+from .signing import SigningKey
+from .store import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HomeserverSettings:
+    server_name: str
+    database_path: Path
+    signing_key: SigningKey
+    enable_registration: bool = False
+    # "FULL": every commit is fsynced before anything is acknowledged (the durability promise).
+    sqlite_synchronous: str = "FULL"
+    message_rate: RateLimit = field(default_factory=lambda: RateLimit(per_second=50.0, burst=200))
+    login_rate: RateLimit = field(default_factory=lambda: RateLimit(per_second=0.5, burst=10))
+
+
+class Homeserver:
+    def __init__(self, settings: HomeserverSettings) -> None:
+        self.settings = settings
+        self.server_name = settings.server_name
+        self.signing_key = settings.signing_key
+        self.db = Database(settings.database_path, settings.sqlite_synchronous)
+        self.stream = EventStream()
+        self.accounts = Accounts(self.db, self.server_name)
+        self.rooms = Rooms(self.db, self.stream, self.server_name, self.signing_key)
+        self.sync = Sync(self.rooms, self.stream)
+        self.message_limiter = RateLimiter(settings.message_rate)
+        self.login_limiter = RateLimiter(settings.login_rate)
+
+    async def start(self) -> None:
+        await self.db.open()
+        await self.rooms.load()
+
+    async def stop(self) -> None:
+        """Commit everything in flight, wake long-polls, close the database."""
+        self.stream.close()
+        await self.db.close()

@@ -1,0 +1,106 @@
+"""Accounts: authentication of access tokens, password login, devices, profiles."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from .. import errors
+from ..identifiers import random_string, user_id_for
+from ..passwords import check_password
+from ..store import Database
+from ..store import accounts as account_rows
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who is calling: the authenticated user and device behind an access token."""
+
+    user_id: str
+    device_id: str
+    is_admin: bool
+    access_token: str
+
+
+class Accounts:
+    def __init__(self, db: Database, server_name: str) -> None:
+        self.db = db
+        self.server_name = server_name
+        self._token_cache: dict[str, Requester] = {}
+
+    def local_user_id(self, localpart_or_id: str) -> str:
+        return user_id_for(localpart_or_id, self.server_name)
+
+    async def authenticate(self, token: str | None) -> Requester:
+        if not token:
+            raise errors.missing_token()
+        cached = self._token_cache.get(token)
+        if cached is not None:
+            return cached
+        row = await self.db.fetchone(
+            "SELECT t.user_id, t.device_id, u.admin FROM access_tokens t JOIN users u ON u.user_id = t.user_id "
+            "WHERE t.token = ?",
+            (token,),
+        )
+        if row is None:
+            raise errors.unknown_token()
+        requester = Requester(row[0], row[1], bool(row[2]), token)
+        if len(self._token_cache) > 10_000:
+            self._token_cache.clear()
+        self._token_cache[token] = requester
+        return requester
+
+    async def user_exists(self, user_id: str) -> bool:
+        return await self.db.fetchone("SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is not None
+
+    async def check_credentials(self, localpart_or_id: str, password: str) -> str | None:
+        """The user id if the password is right, else None (scrypt runs off the event loop)."""
+        user_id = self.local_user_id(localpart_or_id)
+        row = await self.db.fetchone("SELECT password_hash FROM users WHERE user_id = ?", (user_id,))
+        if row is None or not row[0]:
+            return None
+        ok = await asyncio.get_running_loop().run_in_executor(None, check_password, password, row[0])
+        return user_id if ok else None
+
+    async def login(self, localpart_or_id: str, password: str, device_id: str | None,
+                    display_name: str | None) -> dict[str, Any]:
+        user_id = await self.check_credentials(localpart_or_id, password)
+        if user_id is None:
+            raise errors.forbidden("Invalid username or password")
+        device = device_id or random_string(10).upper()
+        token = await self.db.write(
+            lambda conn: account_rows.insert_device_token(conn, user_id, device, display_name)
+        )
+        return {
+            "user_id": user_id,
+            "access_token": token,
+            "device_id": device,
+            "home_server": self.server_name,
+        }
+
+    async def logout(self, requester: Requester) -> None:
+        await self.db.write(lambda conn: account_rows.delete_token(conn, requester.access_token))
+        self._token_cache.pop(requester.access_token, None)
+
+    async def logout_all(self, requester: Requester) -> None:
+        await self.db.write(lambda conn: account_rows.delete_all_tokens(conn, requester.user_id))
+        for token, cached in list(self._token_cache.items()):
+            if cached.user_id == requester.user_id:
+                del self._token_cache[token]
+
+    async def get_profile(self, user_id: str) -> dict[str, Any]:
+        row = await self.db.fetchone("SELECT displayname, avatar_url FROM users WHERE user_id = ?", (user_id,))
+        if row is None:
+            raise errors.not_found("Profile was not found.")
+        profile: dict[str, Any] = {}
+        if row[0] is not None:
+            profile["displayname"] = row[0]
+        if row[1] is not None:
+            profile["avatar_url"] = row[1]
+        return profile
+
+    async def set_profile_field(self, user_id: str, field: str, value: str | None) -> None:
+        column = {"displayname": "displayname", "avatar_url": "avatar_url"}[field]
+        await self.db.write(
+            lambda conn: conn.execute(f"UPDATE users SET {column} = ? WHERE user_id = ?", (value, user_id))
+        )

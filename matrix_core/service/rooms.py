@@ -1,0 +1,665 @@
+"""Rooms: building, authorizing and persisting events; membership; state; aliases; history.
+
+Every front end ends up here: an HTTP PUT, a CoAP POST and an MQTT PUBLISH all become
+`send_event`. The build-check-enqueue step is synchronous (see room_cache), the commit is awaited,
+and only then does the caller get its event id.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+from .. import auth_rules, errors
+from ..canonical_json import encode_canonical_json
+from ..client_format import STRIPPED_STATE_TYPES, client_event, stripped_state
+from ..event_hashing import hash_sign_and_compute_event_id
+from ..events import Event
+from ..identifiers import is_valid_user_id, random_string, split_id
+from ..notifier import EventStream
+from ..room_presets import initial_state_events
+from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
+from ..signing import SigningKey
+from ..store import Database
+from .accounts import Requester
+from .room_cache import MAX_STATE_CHAIN, RoomCache, StateKey
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_BYTES = 65536
+MAX_PREV_EVENTS = 10
+EVENT_CACHE_SIZE = 4096
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Rooms:
+    def __init__(self, db: Database, stream: EventStream, server_name: str, signing_key: SigningKey,
+                 clock: Callable[[], int] = now_ms) -> None:
+        self.db = db
+        self.stream = stream
+        self.server_name = server_name
+        self.signing_key = signing_key
+        self.clock = clock
+        self._rooms: dict[str, RoomCache] = {}
+        self._room_versions: dict[str, RoomVersion] = {}
+        self._loading: dict[str, asyncio.Future[RoomCache]] = {}
+        self._next_stream = 1
+        self._next_state_group = 1
+        # user_id -> room_id -> (membership, stream position of that member event)
+        self.memberships: dict[str, dict[str, tuple[str, int]]] = {}
+        self.redactions: dict[str, str] = {}
+        self._event_cache: OrderedDict[str, Event] = OrderedDict()
+        self._txns: dict[str, str] = {}
+        self._txn_of_event: dict[str, dict[str, str]] = {}
+        self._redaction_events: dict[str, Event] = {}
+        self._aliases: dict[str, str] = {}
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read counters and the small indexes kept in memory; room state loads on first use."""
+        row = await self.db.fetchone("SELECT MAX(stream_ordering) FROM events")
+        last = row[0] if row and row[0] is not None else 0
+        self._next_stream = last + 1
+        self.stream.position = last
+        self.stream._forgotten_upto = last  # nothing older is in the in-memory buffer
+        row = await self.db.fetchone("SELECT MAX(id) FROM state_groups")
+        self._next_state_group = (row[0] or 0) + 1 if row else 1
+        for room_id, version in await self.db.fetchall("SELECT room_id, room_version FROM rooms"):
+            self._room_versions[room_id] = KNOWN_ROOM_VERSIONS[version]
+        for room_id, user_id, membership, pos in await self.db.fetchall(
+            "SELECT c.room_id, c.state_key, c.membership, e.stream_ordering FROM current_state c "
+            "JOIN events e ON e.event_id = c.event_id WHERE c.type = 'm.room.member'"
+        ):
+            if user_id.endswith(":" + self.server_name):
+                self.memberships.setdefault(user_id, {})[room_id] = (membership, pos)
+        for redacted, redaction_id, room_id, pdu_json in await self.db.fetchall(
+            "SELECT r.redacted_event_id, r.redaction_event_id, e.room_id, e.json FROM redactions r "
+            "JOIN events e ON e.event_id = r.redaction_event_id"
+        ):
+            self.redactions[redacted] = redaction_id
+            self._redaction_events[redaction_id] = Event(
+                json.loads(pdu_json), redaction_id, self._room_versions[room_id]
+            )
+
+    # -- reading rooms and events ---------------------------------------------------------------
+
+    def room_version(self, room_id: str) -> RoomVersion | None:
+        return self._room_versions.get(room_id)
+
+    async def get_room(self, room_id: str) -> RoomCache:
+        room = self._rooms.get(room_id)
+        if room is not None:
+            return room
+        if room_id not in self._room_versions:
+            raise errors.not_found(f"Unknown room {room_id}")
+        pending = self._loading.get(room_id)
+        if pending is not None:
+            return await pending
+        fut: asyncio.Future[RoomCache] = asyncio.get_running_loop().create_future()
+        self._loading[room_id] = fut
+        try:
+            room = await self._load_room(room_id)
+            self._rooms[room_id] = room
+            fut.set_result(room)
+            return room
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            del self._loading[room_id]
+
+    async def _load_room(self, room_id: str) -> RoomCache:
+        version = self._room_versions[room_id]
+        row = await self.db.fetchone(
+            "SELECT forward_extremities, current_state_group FROM rooms WHERE room_id = ?", (room_id,)
+        )
+        assert row is not None
+        room = RoomCache(room_id, version, extremities=json.loads(row[0]), state_group=row[1])
+        rows = await self.db.fetchall(
+            "SELECT e.event_id, e.json FROM current_state c JOIN events e ON e.event_id = c.event_id "
+            "WHERE c.room_id = ?",
+            (room_id,),
+        )
+        for event_id, pdu_json in rows:
+            ev = Event(json.loads(pdu_json), event_id, version)
+            room.state[(ev.type, ev.state_key or "")] = ev
+        if room.extremities:
+            marks = ",".join("?" * len(room.extremities))
+            depth_row = await self.db.fetchone(
+                f"SELECT MAX(depth) FROM events WHERE event_id IN ({marks})", room.extremities
+            )
+            room.depth = depth_row[0] or 0 if depth_row else 0
+        if room.state_group is not None:
+            chain_row = await self.db.fetchone(
+                "SELECT chain_length FROM state_groups WHERE id = ?", (room.state_group,)
+            )
+            room.state_chain = chain_row[0] if chain_row else 0
+        return room
+
+    def _cache_event(self, event: Event) -> None:
+        self._event_cache[event.event_id] = event
+        if len(self._event_cache) > EVENT_CACHE_SIZE:
+            self._event_cache.popitem(last=False)
+
+    async def fetch_event(self, event_id: str) -> tuple[Event, int] | None:
+        """An accepted, non-outlier event and its stream position, or None."""
+        row = await self.db.fetchone(
+            "SELECT room_id, json, stream_ordering FROM events WHERE event_id = ? AND rejected_reason IS NULL",
+            (event_id,),
+        )
+        if row is None:
+            return None
+        version = self._room_versions[row[0]]
+        return Event(json.loads(row[1]), event_id, version), row[2]
+
+    def rows_to_events(self, rows: list[tuple[Any, ...]]) -> list[tuple[int, Event]]:
+        """(stream_ordering, event_id, room_id, json) rows -> (position, Event)."""
+        out = []
+        for pos, event_id, room_id, pdu_json in rows:
+            cached = self._event_cache.get(event_id)
+            if cached is None:
+                cached = Event(json.loads(pdu_json), event_id, self._room_versions[room_id])
+            out.append((pos, cached))
+        return out
+
+    def serialize(self, event: Event, requester: Requester | None = None) -> dict[str, Any]:
+        redaction_id = self.redactions.get(event.event_id)
+        redaction = self._event_cache.get(redaction_id) if redaction_id else None
+        if redaction_id and redaction is None:
+            redaction = self._redaction_events.get(redaction_id)
+        txn = None
+        if requester is not None and event.sender == requester.user_id:
+            txn = self._txn_of_event.get(event.event_id, {}).get(requester.device_id)
+        return client_event(event, self.clock(), redaction=redaction, transaction_id=txn)
+
+    # -- membership index -----------------------------------------------------------------------
+
+    def membership_of(self, user_id: str, room_id: str) -> tuple[str, int] | None:
+        return self.memberships.get(user_id, {}).get(room_id)
+
+    def joined_room_ids(self, user_id: str) -> list[str]:
+        return [r for r, (m, _) in self.memberships.get(user_id, {}).items() if m == "join"]
+
+    # -- building and persisting events ---------------------------------------------------------
+
+    def _build_event(self, room: RoomCache, sender: str, event_type: str, content: dict[str, Any],
+                     state_key: str | None = None, redacts: str | None = None) -> Event:
+        """Build, sign and auth-check an event on top of the room's current state (pure CPU)."""
+        version = room.version
+        pdu: dict[str, Any] = {
+            "type": event_type,
+            "room_id": room.room_id,
+            "sender": sender,
+            "content": content,
+            "origin_server_ts": self.clock(),
+            "depth": min(room.depth + 1, 2**53 - 1),
+            "prev_events": room.extremities[-MAX_PREV_EVENTS:],
+        }
+        if state_key is not None:
+            pdu["state_key"] = state_key
+        if redacts is not None and not version.msc2174_redacts_in_content:
+            pdu["redacts"] = redacts
+        auth_keys = auth_rules.auth_types_for_event(version, event_type, sender, state_key, content)
+        pdu["auth_events"] = [room.state[key].event_id for key in auth_keys if key in room.state]
+        return self._finish_event(pdu, room.state, version)
+
+    def _finish_event(self, pdu: dict[str, Any], auth_state: dict[StateKey, Event],
+                      version: RoomVersion) -> Event:
+        try:
+            signed, event_id = hash_sign_and_compute_event_id(pdu, version, self.server_name, self.signing_key)
+            size = len(encode_canonical_json(signed))
+        except ValueError as exc:  # floats, huge ints, bad types in content
+            raise errors.bad_json(str(exc)) from None
+        if size > MAX_EVENT_BYTES:
+            raise errors.too_large(f"Event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
+        event = Event(signed, event_id, version)
+        try:
+            auth_rules.check_event_auth(event, auth_state)
+        except errors.AuthError as exc:
+            raise exc.as_matrix_error() from None
+        return event
+
+    def _apply_and_enqueue(self, room: RoomCache, events: list[Event], txn_key: str | None = None,
+                           new_room: bool = False) -> "asyncio.Future[Any]":
+        """Advance the room's in-memory state past `events` and queue their write (no await)."""
+        rows_events: list[tuple[Any, ...]] = []
+        rows_groups: list[tuple[Any, ...]] = []
+        rows_entries: list[tuple[Any, ...]] = []
+        rows_current: list[tuple[Any, ...]] = []
+        rows_redactions: list[tuple[str, str]] = []
+        entries: list[tuple[int, Event]] = []
+        member_updates: list[tuple[str, str, int]] = []
+        for i, ev in enumerate(events):
+            pos = self._next_stream
+            self._next_stream += 1
+            if ev.is_state:
+                group = self._next_state_group
+                self._next_state_group += 1
+                key = (ev.type, ev.state_key or "")
+                if room.state_group is None or room.state_chain >= MAX_STATE_CHAIN:
+                    room.state[key] = ev
+                    rows_groups.append((group, room.room_id, None, 0))
+                    rows_entries.extend((group, t, sk, e.event_id) for (t, sk), e in room.state.items())
+                    room.state_chain = 0
+                else:
+                    room.state[key] = ev
+                    rows_groups.append((group, room.room_id, room.state_group, room.state_chain + 1))
+                    rows_entries.append((group, key[0], key[1], ev.event_id))
+                    room.state_chain += 1
+                room.state_group = group
+                rows_current.append((room.room_id, key[0], key[1], ev.event_id, ev.membership))
+                if ev.type == "m.room.member" and ev.state_key and ev.state_key.endswith(":" + self.server_name):
+                    member_updates.append((ev.state_key, ev.membership or "leave", pos))
+            if ev.type == "m.room.redaction" and ev.redacts:
+                rows_redactions.append((ev.redacts, ev.event_id))
+            room.extremities = [ev.event_id]
+            room.depth = max(room.depth, ev.depth)
+            this_txn = txn_key if i == len(events) - 1 else None
+            rows_events.append((
+                pos, ev.event_id, room.room_id, ev.type, ev.state_key, ev.sender, ev.depth,
+                ev.origin_server_ts, room.state_group, this_txn,
+                json.dumps(ev.pdu, ensure_ascii=False, separators=(",", ":")),
+            ))
+            entries.append((pos, ev))
+            self._cache_event(ev)
+        room_row = (json.dumps(room.extremities), room.state_group, room.room_id)
+        version_id = room.version.identifier
+        creator = events[0].sender if new_room else None
+
+        def write(conn: sqlite3.Connection) -> None:
+            if new_room:
+                conn.execute(
+                    "INSERT INTO rooms (room_id, room_version, creator) VALUES (?, ?, ?)",
+                    (room_row[2], version_id, creator),
+                )
+            conn.executemany(
+                "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, "
+                "origin_server_ts, state_group, txn_key, json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                rows_events,
+            )
+            if rows_groups:
+                conn.executemany(
+                    "INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES (?,?,?,?)", rows_groups
+                )
+                conn.executemany(
+                    "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?,?,?,?)",
+                    rows_entries,
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO current_state (room_id, type, state_key, event_id, membership) "
+                    "VALUES (?,?,?,?,?)",
+                    rows_current,
+                )
+            if rows_redactions:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO redactions (redacted_event_id, redaction_event_id) VALUES (?,?)",
+                    rows_redactions,
+                )
+            conn.execute(
+                "UPDATE rooms SET forward_extremities = ?, current_state_group = ? WHERE room_id = ?", room_row
+            )
+
+        fut = self.db.submit(write)
+
+        def on_committed(f: "asyncio.Future[Any]") -> None:
+            if f.cancelled() or f.exception() is not None:
+                log.error("write for room %s failed; reloading its state", room.room_id)
+                self._rooms.pop(room.room_id, None)
+                return
+            for user_id, membership, pos in member_updates:
+                self.memberships.setdefault(user_id, {})[room.room_id] = (membership, pos)
+            for _, ev in entries:
+                if ev.type == "m.room.redaction" and ev.redacts:
+                    self.redactions[ev.redacts] = ev.event_id
+                    self._redaction_events[ev.event_id] = ev
+            self.stream.advance(entries)
+
+        fut.add_done_callback(on_committed)
+        return fut
+
+    async def send_event(self, requester: Requester, room_id: str, event_type: str, content: Any,
+                         txn_id: str | None = None, state_key: str | None = None) -> str:
+        """Send a message or state event as the requester; returns the event id once durable."""
+        if not isinstance(content, dict):
+            raise errors.bad_json("Event content must be a JSON object")
+        txn_key = f"{requester.user_id}|{requester.device_id}|{txn_id}" if txn_id is not None else None
+        if txn_key is not None:
+            done = self._txns.get(txn_key)
+            if done is None:
+                row = await self.db.fetchone("SELECT event_id FROM events WHERE txn_key = ?", (txn_key,))
+                done = row[0] if row else None
+            if done is not None:
+                return done
+        room = await self.get_room(room_id)
+        if txn_key is not None and txn_key in self._txns:  # a retry raced us while loading
+            return self._txns[txn_key]
+        redacts = content.get("redacts") if event_type == "m.room.redaction" else None
+        event = self._build_event(room, requester.user_id, event_type, content, state_key, redacts)
+        if txn_key is not None:
+            self._txns[txn_key] = event.event_id
+            self._txn_of_event.setdefault(event.event_id, {})[requester.device_id] = txn_id  # type: ignore
+            if len(self._txns) > 20_000:
+                self._txns.clear()
+                self._txn_of_event.clear()
+        try:
+            await self._apply_and_enqueue(room, [event], txn_key)
+        except BaseException:
+            if txn_key is not None:
+                self._txns.pop(txn_key, None)
+            raise
+        return event.event_id
+
+    # -- creating rooms ---------------------------------------------------------------------------
+
+    async def create_room(self, requester: Requester, body: dict[str, Any]) -> dict[str, Any]:
+        version_id = body.get("room_version", DEFAULT_ROOM_VERSION.identifier)
+        if not isinstance(version_id, str) or version_id not in KNOWN_ROOM_VERSIONS:
+            raise errors.unsupported_room_version(str(version_id))
+        version = KNOWN_ROOM_VERSIONS[version_id]
+        creator = requester.user_id
+
+        alias = None
+        alias_name = body.get("room_alias_name")
+        if alias_name is not None:
+            if not isinstance(alias_name, str) or not alias_name or ":" in alias_name or "#" in alias_name:
+                raise errors.MatrixError(400, "M_INVALID_PARAM", "Invalid room_alias_name")
+            alias = f"#{alias_name}:{self.server_name}"
+            if await self.resolve_alias_local(alias) is not None:
+                raise errors.MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
+
+        creation_content = body.get("creation_content", {})
+        if not isinstance(creation_content, dict):
+            raise errors.bad_json("'creation_content' must be an object")
+        create_content = dict(creation_content)
+        create_content["room_version"] = version.identifier
+        if not version.implicit_room_creator:
+            create_content["creator"] = creator
+        later = initial_state_events(version, creator, body, alias)
+        invites = body.get("invite", [])
+        for invitee in invites:
+            if not is_valid_user_id(invitee):
+                raise errors.invalid_param(f"Invalid user id to invite: {invitee!r}")
+
+        if version.room_id_is_create_event_id:
+            pdu = {
+                "type": "m.room.create", "state_key": "", "sender": creator, "content": create_content,
+                "origin_server_ts": self.clock(), "depth": 1, "prev_events": [], "auth_events": [],
+            }
+            create = self._finish_event(pdu, {}, version)
+            room_id = create.room_id
+        else:
+            room_id = f"!{random_string(18)}:{self.server_name}"
+            pdu = {
+                "type": "m.room.create", "room_id": room_id, "state_key": "", "sender": creator,
+                "content": create_content, "origin_server_ts": self.clock(), "depth": 1,
+                "prev_events": [], "auth_events": [],
+            }
+            create = self._finish_event(pdu, {}, version)
+
+        room = RoomCache(room_id, version)
+        room.state[("m.room.create", "")] = create
+        room.extremities = [create.event_id]
+        room.depth = 1
+        events = [create]
+        # Build every event against a scratch copy first, so a bad initial_state fails whole.
+        scratch = RoomCache(room_id, version, dict(room.state), list(room.extremities), room.depth)
+        specs: list[tuple[str, str, dict[str, Any]]] = [("m.room.member", creator, {"membership": "join"})]
+        specs += later
+        specs += [("m.room.member", invitee, {"membership": "invite"}) for invitee in invites]
+        for event_type, state_key, content in specs:
+            ev = self._build_event(scratch, creator, event_type, content, state_key)
+            scratch.state[(event_type, state_key)] = ev
+            scratch.extremities = [ev.event_id]
+            scratch.depth = ev.depth
+            events.append(ev)
+
+        self._room_versions[room_id] = version
+        self._rooms[room_id] = room
+        try:
+            await self._apply_and_enqueue(room, events, new_room=True)
+        except BaseException:
+            self._rooms.pop(room_id, None)
+            self._room_versions.pop(room_id, None)
+            raise
+        if alias is not None:
+            await self.create_alias(requester, alias, room_id)
+        if body.get("visibility") == "public":
+            await self.db.write(lambda c: c.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,)))
+        return {"room_id": room_id, **({"room_alias": alias} if alias else {})}
+
+    # -- membership -------------------------------------------------------------------------------
+
+    async def update_membership(self, requester: Requester, room_id: str, target: str, membership: str,
+                                reason: str | None = None, extra: dict[str, Any] | None = None) -> str:
+        """join / invite / leave / ban / knock, and kick/unban as leave of another user."""
+        if not is_valid_user_id(target):
+            raise errors.invalid_param(f"Invalid user id {target!r}")
+        room = await self.get_room(room_id)
+        content: dict[str, Any] = {"membership": membership}
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise errors.bad_json("'reason' must be a string")
+            content["reason"] = reason
+        if membership in ("join", "invite", "knock"):
+            profile = await self.db.fetchone(
+                "SELECT displayname, avatar_url FROM users WHERE user_id = ?", (target,)
+            )
+            if profile is not None:
+                if profile[0] is not None:
+                    content["displayname"] = profile[0]
+                if profile[1] is not None:
+                    content["avatar_url"] = profile[1]
+        if extra:
+            content.update(extra)
+        current = room.member(target)
+        if membership == "join" and current == "join" and target == requester.user_id:
+            return room.state[("m.room.member", target)].event_id  # already joined: idempotent
+        if membership == "leave" and target == requester.user_id and current in (None, "leave"):
+            raise errors.forbidden("You are not in this room")
+        if membership == "knock" and room.state_content("m.room.join_rules").get("join_rule") not in (
+            "knock", "knock_restricted"
+        ):
+            raise errors.forbidden("This room does not accept knocks")
+        event = self._build_event(room, requester.user_id, "m.room.member", content, target)
+        await self._apply_and_enqueue(room, [event])
+        return event.event_id
+
+    async def join(self, requester: Requester, room_id_or_alias: str) -> str:
+        room_id = await self.resolve_room(room_id_or_alias)
+        await self.update_membership(requester, room_id, requester.user_id, "join")
+        return room_id
+
+    # -- redaction --------------------------------------------------------------------------------
+
+    async def redact(self, requester: Requester, room_id: str, event_id: str, reason: str | None,
+                     txn_id: str | None) -> str:
+        room = await self.get_room(room_id)
+        found = await self.fetch_event(event_id)
+        if found is None or found[0].room_id != room_id:
+            raise errors.not_found("Event not found")
+        target = found[0]
+        if target.sender != requester.user_id:
+            level = auth_rules.get_user_power_level(requester.user_id, room.state)
+            if level < auth_rules.get_named_level("redact", room.state, 50):
+                raise errors.forbidden("You may only redact your own events")
+        content: dict[str, Any] = {}
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise errors.bad_json("'reason' must be a string")
+            content["reason"] = reason
+        if room.version.msc2174_redacts_in_content:
+            content["redacts"] = event_id
+        return await self.send_event(requester, room_id, "m.room.redaction", content, txn_id=txn_id)
+
+    # -- aliases ----------------------------------------------------------------------------------
+
+    async def resolve_alias_local(self, alias: str) -> str | None:
+        cached = self._aliases.get(alias)
+        if cached is not None:
+            return cached
+        row = await self.db.fetchone("SELECT room_id FROM room_aliases WHERE alias = ?", (alias,))
+        if row is None:
+            return None
+        self._aliases[alias] = row[0]
+        return row[0]
+
+    async def resolve_room(self, room_id_or_alias: str) -> str:
+        """A room id for an id or a (local) alias; M_NOT_FOUND if there is no such room."""
+        if room_id_or_alias.startswith("#"):
+            room_id = await self.resolve_alias_local(room_id_or_alias)
+            if room_id is None:
+                raise errors.not_found(f"Room alias {room_id_or_alias} not found")
+            return room_id
+        if not room_id_or_alias.startswith("!"):
+            raise errors.invalid_param(f"Not a room id or alias: {room_id_or_alias!r}")
+        if room_id_or_alias not in self._room_versions:
+            raise errors.not_found(f"Unknown room {room_id_or_alias}")
+        return room_id_or_alias
+
+    async def create_alias(self, requester: Requester, alias: str, room_id: str) -> None:
+        try:
+            _, server = split_id(alias, "#")
+        except ValueError:
+            raise errors.invalid_param(f"Invalid alias {alias!r}") from None
+        if server != self.server_name:
+            raise errors.invalid_param("Alias must be on this server")
+        if room_id not in self._room_versions:
+            raise errors.not_found("Unknown room")
+        if await self.resolve_alias_local(alias) is not None:
+            raise errors.MatrixError(409, "M_UNKNOWN", "Room alias already exists")
+        await self.db.write(lambda c: c.execute(
+            "INSERT INTO room_aliases (alias, room_id, creator) VALUES (?, ?, ?)", (alias, room_id, requester.user_id)
+        ))
+        self._aliases[alias] = room_id
+
+    async def delete_alias(self, requester: Requester, alias: str) -> None:
+        row = await self.db.fetchone("SELECT room_id, creator FROM room_aliases WHERE alias = ?", (alias,))
+        if row is None:
+            raise errors.not_found("Alias not found")
+        if row[1] != requester.user_id and not requester.is_admin:
+            room = await self.get_room(row[0])
+            level = auth_rules.get_user_power_level(requester.user_id, room.state)
+            if level < auth_rules.get_required_level("m.room.canonical_alias", True, room.state):
+                raise errors.forbidden("You may not delete this alias")
+        await self.db.write(lambda c: c.execute("DELETE FROM room_aliases WHERE alias = ?", (alias,)))
+        self._aliases.pop(alias, None)
+
+    # -- reading state and history ----------------------------------------------------------------
+
+    async def check_can_read(self, requester: Requester, room_id: str) -> int | None:
+        """Raise unless the user may read the room; returns the last position they may see."""
+        room = await self.get_room(room_id)
+        member = self.membership_of(requester.user_id, room_id)
+        if member is not None and member[0] == "join":
+            return None
+        if room.state_content("m.room.history_visibility").get("history_visibility") == "world_readable":
+            return None
+        if member is not None and member[0] in ("leave", "ban"):
+            return member[1]
+        raise errors.forbidden("You are not a member of this room")
+
+    async def get_state(self, requester: Requester, room_id: str) -> list[dict[str, Any]]:
+        upto = await self.check_can_read(requester, room_id)
+        room = await self.get_room(room_id)
+        if upto is not None:
+            return [self.serialize(ev) for ev in (await self.state_at(room_id, upto)).values()]
+        return [self.serialize(ev) for ev in room.state.values()]
+
+    async def get_state_event(self, requester: Requester, room_id: str, event_type: str,
+                              state_key: str) -> Event:
+        upto = await self.check_can_read(requester, room_id)
+        room = await self.get_room(room_id)
+        state = room.state if upto is None else await self.state_at(room_id, upto)
+        ev = state.get((event_type, state_key))
+        if ev is None:
+            raise errors.not_found("Event not found.")
+        return ev
+
+    async def state_at(self, room_id: str, position: int) -> dict[StateKey, Event]:
+        """The room state after the event at `position` (walks the state-group delta chain)."""
+        row = await self.db.fetchone(
+            "SELECT state_group FROM events WHERE room_id = ? AND stream_ordering <= ? AND state_group IS NOT NULL "
+            "ORDER BY stream_ordering DESC LIMIT 1",
+            (room_id, position),
+        )
+        if row is None:
+            return {}
+        return await self.load_state_group(room_id, row[0])
+
+    async def load_state_group(self, room_id: str, group: int) -> dict[StateKey, Event]:
+        ids: dict[StateKey, str] = {}
+        current: int | None = group
+        while current is not None:
+            for t, sk, eid in await self.db.fetchall(
+                "SELECT type, state_key, event_id FROM state_group_entries WHERE group_id = ?", (current,)
+            ):
+                ids.setdefault((t, sk), eid)
+            prev = await self.db.fetchone("SELECT prev_group FROM state_groups WHERE id = ?", (current,))
+            current = prev[0] if prev else None
+        version = self._room_versions[room_id]
+        out: dict[StateKey, Event] = {}
+        if ids:
+            marks = ",".join("?" * len(ids))
+            rows = await self.db.fetchall(
+                f"SELECT event_id, json FROM events WHERE event_id IN ({marks})", list(ids.values())
+            )
+            by_id = {eid: Event(json.loads(j), eid, version) for eid, j in rows}
+            for key, eid in ids.items():
+                if eid in by_id:
+                    out[key] = by_id[eid]
+        return out
+
+    async def get_event_for_client(self, requester: Requester, room_id: str, event_id: str) -> dict[str, Any]:
+        upto = await self.check_can_read(requester, room_id)
+        found = await self.fetch_event(event_id)
+        if found is None or found[0].room_id != room_id or (upto is not None and found[1] > upto):
+            raise errors.not_found("Event not found.")
+        return self.serialize(found[0], requester)
+
+    async def timeline(self, room_id: str, upto: int, limit: int, after: int | None = None,
+                       forwards: bool = False) -> list[tuple[int, Event]]:
+        """Events of a room in the window (after, upto], newest `limit` (or oldest if forwards)."""
+        lower = after if after is not None else -(2**62)
+        order = "ASC" if forwards else "DESC"
+        rows = await self.db.fetchall(
+            "SELECT stream_ordering, event_id, room_id, json FROM events WHERE room_id = ? AND stream_ordering > ? "
+            f"AND stream_ordering <= ? AND outlier = 0 AND rejected_reason IS NULL ORDER BY stream_ordering {order} "
+            "LIMIT ?",
+            (room_id, lower, upto, limit),
+        )
+        return self.rows_to_events(rows)
+
+    async def messages(self, requester: Requester, room_id: str, from_pos: int | None, direction: str,
+                       limit: int, to_pos: int | None) -> dict[str, Any]:
+        upto = await self.check_can_read(requester, room_id)
+        ceiling = self.stream.position if upto is None else upto
+        if direction == "b":
+            start = ceiling if from_pos is None else min(from_pos, ceiling)
+            got = await self.timeline(room_id, start, limit, after=to_pos)
+            end = got[-1][0] - 1 if got else None
+        else:
+            start = (-(2**62)) if from_pos is None else from_pos
+            upper = ceiling if to_pos is None else min(to_pos, ceiling)
+            got = await self.timeline(room_id, upper, limit, after=start, forwards=True)
+            end = got[-1][0] if got else None
+        body: dict[str, Any] = {
+            "chunk": [self.serialize(ev, requester) for _, ev in got],
+            "start": f"s{start}",
+        }
+        if end is not None and len(got) == limit:
+            body["end"] = f"s{end}"
+        return body
+
+    def invite_state(self, room: RoomCache, invite: Event) -> list[dict[str, Any]]:
+        stripped = [stripped_state(room.state[key]) for key in STRIPPED_STATE_TYPES if key in room.state]
+        stripped.append(stripped_state(invite))
+        return stripped

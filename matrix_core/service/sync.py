@@ -1,0 +1,160 @@
+"""/sync: what changed for one user since a stream position, long-polling on the event stream."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .. import errors
+from ..events import Event
+from ..notifier import EventStream
+from .accounts import Requester
+from .rooms import Rooms
+
+DEFAULT_TIMELINE_LIMIT = 10
+MAX_TIMELINE_LIMIT = 500
+
+
+def parse_stream_token(token: str | None) -> int | None:
+    """Our tokens are 's<position>' (also 't<position>'); positions may be negative (backfill)."""
+    if token is None:
+        return None
+    if len(token) >= 2 and token[0] in "st":
+        try:
+            return int(token[1:])
+        except ValueError:
+            pass
+    raise errors.invalid_param(f"Invalid stream token {token!r}")
+
+
+def timeline_limit(sync_filter: dict[str, Any]) -> int:
+    room_filter = sync_filter.get("room", {}) if isinstance(sync_filter, dict) else {}
+    timeline = room_filter.get("timeline", {}) if isinstance(room_filter, dict) else {}
+    limit = timeline.get("limit", DEFAULT_TIMELINE_LIMIT) if isinstance(timeline, dict) else DEFAULT_TIMELINE_LIMIT
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise errors.bad_json("Filter timeline limit must be a non-negative integer")
+    return min(limit, MAX_TIMELINE_LIMIT)
+
+
+class Sync:
+    def __init__(self, rooms: Rooms, stream: EventStream) -> None:
+        self.rooms = rooms
+        self.stream = stream
+
+    async def sync(self, requester: Requester, since: str | None, timeout_ms: int, full_state: bool,
+                   sync_filter: dict[str, Any]) -> dict[str, Any]:
+        since_pos = parse_stream_token(since)
+        limit = timeline_limit(sync_filter)
+        deadline = time.monotonic() + max(0, timeout_ms) / 1000
+        while True:
+            upto = self.stream.position
+            if since_pos is None:
+                rooms = await self._initial(requester, upto, limit)
+            else:
+                rooms = await self._incremental(requester, since_pos, upto, limit, full_state)
+            remaining = deadline - time.monotonic()
+            if since_pos is None or full_state or any(rooms.values()) or remaining <= 0 or self.stream.closed:
+                break
+            await self.stream.wait_for_change(upto, remaining)
+            since_pos_changed = self.stream.position > upto
+            if not since_pos_changed and time.monotonic() >= deadline:
+                upto = self.stream.position
+                break
+        return {
+            "next_batch": f"s{upto}",
+            "rooms": rooms,
+            "presence": {"events": []},
+            "account_data": {"events": []},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+        }
+
+    def _joined_room_body(self, requester: Requester, timeline: list[tuple[int, Event]], limited: bool,
+                          state: list[Event]) -> dict[str, Any]:
+        prev = timeline[0][0] - 1 if timeline else self.stream.position
+        return {
+            "timeline": {
+                "events": [self.rooms.serialize(ev, requester) for _, ev in timeline],
+                "limited": limited,
+                "prev_batch": f"s{prev}",
+            },
+            "state": {"events": [self.rooms.serialize(ev) for ev in state]},
+            "ephemeral": {"events": []},
+            "account_data": {"events": []},
+            "unread_notifications": {},
+            "summary": {},
+        }
+
+    async def _room_window(self, room_id: str, after: int | None, upto: int, limit: int
+                           ) -> tuple[list[tuple[int, Event]], bool]:
+        got = await self.rooms.timeline(room_id, upto, limit + 1, after=after)
+        got.reverse()
+        limited = len(got) > limit
+        return (got[-limit:] if limit else []), limited
+
+    async def _initial(self, requester: Requester, upto: int, limit: int) -> dict[str, Any]:
+        join: dict[str, Any] = {}
+        invite: dict[str, Any] = {}
+        for room_id, (membership, _) in list(self.rooms.memberships.get(requester.user_id, {}).items()):
+            room = await self.rooms.get_room(room_id)
+            if membership == "join":
+                timeline, limited = await self._room_window(room_id, None, upto, limit)
+                in_timeline = {ev.event_id for _, ev in timeline}
+                state = [ev for ev in room.state.values() if ev.event_id not in in_timeline]
+                join[room_id] = self._joined_room_body(requester, timeline, limited, state)
+            elif membership == "invite":
+                invite_event = room.state.get(("m.room.member", requester.user_id))
+                if invite_event is not None:
+                    invite[room_id] = {"invite_state": {"events": self.rooms.invite_state(room, invite_event)}}
+        return {"join": join, "invite": invite, "leave": {}}
+
+    async def _incremental(self, requester: Requester, since: int, upto: int, limit: int,
+                           full_state: bool) -> dict[str, Any]:
+        join: dict[str, Any] = {}
+        invite: dict[str, Any] = {}
+        leave: dict[str, Any] = {}
+        recent = self.stream.recent_since(since)
+        by_room: dict[str, list[tuple[int, Event]]] | None = None
+        if recent is not None:
+            by_room = {}
+            for pos, ev in recent:
+                if pos <= upto:
+                    by_room.setdefault(ev.room_id, []).append((pos, ev))
+        for room_id, (membership, mpos) in list(self.rooms.memberships.get(requester.user_id, {}).items()):
+            changed = since < mpos <= upto
+            if membership == "join":
+                if by_room is not None:
+                    window = by_room.get(room_id, [])
+                    limited = len(window) > limit
+                    timeline = window[-limit:] if limit else []
+                else:
+                    timeline, limited = await self._room_window(room_id, since, upto, limit)
+                if not timeline and not changed and not full_state:
+                    continue
+                room = await self.rooms.get_room(room_id)
+                in_timeline = {ev.event_id for _, ev in timeline}
+                if changed or full_state or by_room is None:
+                    state = [ev for ev in room.state.values() if ev.event_id not in in_timeline]
+                elif limited:
+                    gap = {ev.event_id for _, ev in by_room.get(room_id, []) if ev.is_state} - in_timeline
+                    state = [ev for ev in room.state.values() if ev.event_id in gap]
+                else:
+                    state = []
+                join[room_id] = self._joined_room_body(requester, timeline, limited, state)
+            elif membership == "invite" and changed:
+                room = await self.rooms.get_room(room_id)
+                invite_event = room.state.get(("m.room.member", requester.user_id))
+                if invite_event is not None:
+                    invite[room_id] = {"invite_state": {"events": self.rooms.invite_state(room, invite_event)}}
+            elif membership in ("leave", "ban") and changed:
+                timeline, limited = await self._room_window(room_id, since, mpos, limit)
+                leave[room_id] = {
+                    "timeline": {
+                        "events": [self.rooms.serialize(ev, requester) for _, ev in timeline],
+                        "limited": limited,
+                        "prev_batch": f"s{timeline[0][0] - 1 if timeline else mpos}",
+                    },
+                    "state": {"events": []},
+                    "account_data": {"events": []},
+                }
+        return {"join": join, "invite": invite, "leave": leave}
