@@ -32,6 +32,10 @@ class CanonicalJSONError(ValueError):
     """A value cannot be represented as (or was not valid) Matrix canonical JSON."""
 
 
+class JSONSyntaxError(CanonicalJSONError):
+    """The input is not JSON at all (bad syntax or bad UTF-8), as opposed to JSON we refuse."""
+
+
 # Built once: `json.dumps` with non-default arguments builds a new encoder on every call.
 # ensure_ascii=False writes non-ASCII as UTF-8 and escapes exactly what the spec's grammar
 # requires: '"', '\\', the short escapes \b \f \n \r \t and other C0 controls as lowercase \u00XX.
@@ -216,13 +220,13 @@ def parse_json(data: bytes | bytearray | memoryview | str) -> Any:
         try:
             text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise CanonicalJSONError(f"invalid UTF-8: {e}") from None
+            raise JSONSyntaxError(f"invalid UTF-8: {e}") from None
     try:
         value = _DECODER.decode(text)
     except CanonicalJSONError:
         raise
     except (ValueError, RecursionError) as e:
-        raise CanonicalJSONError(f"invalid JSON: {e}") from None
+        raise JSONSyntaxError(f"invalid JSON: {e}") from None
     if _SURROGATE_ESCAPE.search(text) is not None:
         try:
             _check_strings_encodable(value)

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, unquote
 from aiohttp import web
 
 from .. import errors
-from ..canonical_json import CanonicalJSONError, encode_json, parse_json
+from ..canonical_json import CanonicalJSONError, JSONSyntaxError, encode_json, parse_json
 from .request import ApiRequest, ApiResponse
 from .router import client_api_segments
 from .routes import ROUTER
@@ -65,10 +65,10 @@ def make_app(hs: Any) -> web.Application:
                     return None
                 try:
                     return parse_json(raw)
+                except JSONSyntaxError:
+                    raise errors.not_json() from None
                 except CanonicalJSONError as exc:
                     raise errors.bad_json(str(exc)) from None
-                except ValueError:
-                    raise errors.not_json() from None
 
             api_request = ApiRequest(
                 method=request.method,
