@@ -1,0 +1,1 @@
+"""CoAP bridge: Matrix over CoAP (+CBOR) for constrained devices."""
