@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
@@ -34,6 +35,27 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
     )
 
 
+class Frontend(Protocol):
+    """A protocol listener in front of the core (CoAP, MQTT, federation): started after the
+    homeserver is ready, stopped before it closes."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def describe(self) -> str:
+        """One short `name=address` item for the ready line."""
+        ...
+
+
+def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> list[Frontend]:
+    """Every listener besides HTTP. Each front end registers itself here with one entry."""
+    frontends: list[Frontend] = []
+    return frontends
+
+
 class Gateway:
     """The running hub: the homeserver core and the listeners in front of it."""
 
@@ -43,6 +65,7 @@ class Gateway:
         self.hs = Homeserver(settings_for(config, data_dir))
         self._http_runner: web.AppRunner | None = None
         self.http_port: int | None = None
+        self.frontends: list[Frontend] = []
 
     async def start(self) -> None:
         await self.hs.start()
@@ -54,9 +77,23 @@ class Gateway:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        for frontend in build_frontends(self.config, self.data_dir, self.hs):
+            await frontend.start()
+            self.frontends.append(frontend)
+
+    def describe(self) -> str:
+        items = [f"http=http://{self.config.bind}:{self.http_port}"]
+        items += [frontend.describe() for frontend in self.frontends]
+        return " ".join(items)
 
     async def stop(self) -> None:
+        """Stop accepting everywhere, release long-polls, finish in-flight work, close the store."""
         self.hs.stream.close()
+        for frontend in reversed(self.frontends):
+            try:
+                await frontend.stop()
+            except Exception:
+                log.exception("stopping %s failed", frontend.name)
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         await self.hs.stop()
@@ -72,7 +109,7 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
         loop.add_signal_handler(sig, stop.set)
     print(
         f"matrix-gateway ready in {time.monotonic() - started:.2f}s: server_name={config.server_name} "
-        f"http=http://{config.bind}:{gateway.http_port} data_dir={data_dir}",
+        f"{gateway.describe()} data_dir={data_dir}",
         flush=True,
     )
     await stop.wait()
