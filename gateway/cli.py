@@ -137,5 +137,11 @@ def device_add(localpart: str, device_id: str, data_dir: Path, config_file: Path
     click.echo(token)
 
 
+def register_commands() -> None:
+    """Command groups that live with their front end register here, one line each."""
+
+
+register_commands()
+
 if __name__ == "__main__":
     main()

@@ -1,13 +1,15 @@
 """Versioned schema migrations, applied in order at start-up inside one transaction each.
 
-Never edit a released step: add a new one. `state_groups` keep the room state after each event
-(as deltas), so state resolution can be added without a new schema.
+Each component (the core, the MQTT broker, federation, ...) has its own numbered list and its
+own version row, so components can grow their tables independently. Never edit a released step:
+append a new one. `state_groups` keep the room state after each event (as deltas), so state
+resolution can be added without a new schema.
 """
 from __future__ import annotations
 
 import sqlite3
 
-MIGRATIONS: list[tuple[int, str]] = [
+CORE_MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
         """
@@ -99,19 +101,21 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-LATEST_VERSION = MIGRATIONS[-1][0]
+# component name -> its steps. Add a component's list here (one line) when it needs tables.
+COMPONENTS: dict[str, list[tuple[int, str]]] = {
+    "core": CORE_MIGRATIONS,
+}
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to the latest version; returns the version found before migrating."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT version FROM schema_version").fetchone()
+def _apply(conn: sqlite3.Connection, component: str, steps: list[tuple[int, str]]) -> int:
+    row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
     found = row[0] if row else 0
-    if found > LATEST_VERSION:
+    latest = steps[-1][0] if steps else 0
+    if found > latest:
         raise RuntimeError(
-            f"database schema version {found} is newer than this program knows ({LATEST_VERSION})"
+            f"database schema of {component!r} is version {found}, newer than this program knows ({latest})"
         )
-    for version, sql in MIGRATIONS:
+    for version, sql in steps:
         if version <= found:
             continue
         conn.execute("BEGIN IMMEDIATE")
@@ -119,10 +123,19 @@ def migrate(conn: sqlite3.Connection) -> int:
             for statement in sql.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute(
+                "INSERT OR REPLACE INTO schema_versions (component, version) VALUES (?, ?)", (component, version)
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
     return found
+
+
+def migrate(conn: sqlite3.Connection) -> dict[str, int]:
+    """Bring every component's schema to its latest version; returns the versions found before."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+    )
+    return {component: _apply(conn, component, steps) for component, steps in COMPONENTS.items()}
