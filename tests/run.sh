@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(libcoap3-bin mosquitto mosquitto-clients libcbor-xs-perl libjson-perl curl)
+DEBIAN_PACKAGES=(libcoap3-bin mosquitto mosquitto-clients libcbor-xs-perl libjson-perl curl systemd sqlite3)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for pkg in "${DEBIAN_PACKAGES[@]}"; do
