@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 65536
 MAX_PREV_EVENTS = 10
 EVENT_CACHE_SIZE = 4096
+# Transaction ids remembered for idempotent PUT /send (loaded at start-up from the newest events).
+# Like Synapse's time-bounded cache: a retry older than this many sends is treated as new.
+TXN_MEMORY = 50_000
 
 
 def now_ms() -> int:
@@ -56,7 +59,7 @@ class Rooms:
         self.memberships: dict[str, dict[str, tuple[str, int]]] = {}
         self.redactions: dict[str, str] = {}
         self._event_cache: OrderedDict[str, Event] = OrderedDict()
-        self._txns: dict[str, str] = {}
+        self._txns: OrderedDict[str, str] = OrderedDict()
         self._txn_of_event: dict[str, dict[str, str]] = {}
         self._redaction_events: dict[str, Event] = {}
         self._aliases: dict[str, str] = {}
@@ -80,6 +83,11 @@ class Rooms:
         ):
             if user_id.endswith(":" + self.server_name):
                 self.memberships.setdefault(user_id, {})[room_id] = (membership, pos)
+        for txn_key, event_id in reversed(await self.db.fetchall(
+            "SELECT txn_key, event_id FROM events WHERE txn_key IS NOT NULL ORDER BY stream_ordering DESC LIMIT ?",
+            (TXN_MEMORY,),
+        )):
+            self._txns[txn_key] = event_id
         for redacted, redaction_id, room_id, pdu_json in await self.db.fetchall(
             "SELECT r.redacted_event_id, r.redaction_event_id, e.room_id, e.json FROM redactions r "
             "JOIN events e ON e.event_id = r.redaction_event_id"
@@ -332,13 +340,8 @@ class Rooms:
         if not isinstance(content, dict):
             raise errors.bad_json("Event content must be a JSON object")
         txn_key = f"{requester.user_id}|{requester.device_id}|{txn_id}" if txn_id is not None else None
-        if txn_key is not None:
-            done = self._txns.get(txn_key)
-            if done is None:
-                row = await self.db.fetchone("SELECT event_id FROM events WHERE txn_key = ?", (txn_key,))
-                done = row[0] if row else None
-            if done is not None:
-                return done
+        if txn_key is not None and txn_key in self._txns:
+            return self._txns[txn_key]
         room = await self.get_room(room_id)
         if txn_key is not None and txn_key in self._txns:  # a retry raced us while loading
             return self._txns[txn_key]
@@ -347,8 +350,9 @@ class Rooms:
         if txn_key is not None:
             self._txns[txn_key] = event.event_id
             self._txn_of_event.setdefault(event.event_id, {})[requester.device_id] = txn_id  # type: ignore
-            if len(self._txns) > 20_000:
-                self._txns.clear()
+            while len(self._txns) > TXN_MEMORY:
+                self._txns.popitem(last=False)
+            if len(self._txn_of_event) > TXN_MEMORY:
                 self._txn_of_event.clear()
         try:
             await self._apply_and_enqueue(room, [event], txn_key)

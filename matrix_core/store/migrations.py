@@ -55,7 +55,7 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
             state_group INTEGER,
             outlier INTEGER NOT NULL DEFAULT 0,
             rejected_reason TEXT,
-            txn_key TEXT UNIQUE,
+            txn_key TEXT,
             json TEXT NOT NULL
         );
         CREATE INDEX events_room_stream ON events (room_id, stream_ordering);
