@@ -20,6 +20,7 @@ from matrix_core.homeserver import Homeserver, HomeserverSettings
 from matrix_core.ratelimit import RateLimit
 
 from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
+from .ops.sd_notify import Notifier
 
 log = logging.getLogger("gateway")
 
@@ -112,7 +113,12 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
         f"{gateway.describe()} data_dir={data_dir}",
         flush=True,
     )
+    notifier = Notifier()  # systemd Type=notify: READY after the ready line, watchdog from this loop
+    notifier.ready(f"serving {gateway.describe()}")
+    watchdog = asyncio.create_task(notifier.keep_watchdog_alive(), name="sd-watchdog")
     await stop.wait()
+    notifier.stopping()
+    watchdog.cancel()
     log.info("shutting down")
     await gateway.stop()
     print("matrix-gateway stopped", flush=True)

@@ -49,8 +49,10 @@ def gateway_cli(*args: str, input_text: str | None = None, check: bool = True,
 class GatewayProcess:
     """One hub process on free ports with its own data dir."""
 
-    def __init__(self, data_dir: Path, extra_args: list[str] | None = None, server_name: str = "localhost") -> None:
+    def __init__(self, data_dir: Path, extra_args: list[str] | None = None, server_name: str = "localhost",
+                 env: dict[str, str] | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.env = dict(env or {})  # extra environment, e.g. NOTIFY_SOCKET as systemd sets it
         self.extra_args = list(extra_args or [])
         self.server_name = server_name
         self.proc: subprocess.Popen[str] | None = None
@@ -79,7 +81,7 @@ class GatewayProcess:
 
     def start(self) -> None:
         started = time.monotonic()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", *self.run_args()], cwd=REPO_ROOT, env=env,
             stdout=subprocess.PIPE, stderr=open(self.log_path(), "a"), text=True,
