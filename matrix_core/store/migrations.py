@@ -101,9 +101,49 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+# The MQTT broker (bridges/mqtt): topic rules set with `matrix-gateway mqtt map`, persistent
+# sessions (clean session 0 / session expiry) with their subscriptions, the stream position each
+# has handled up to, and incoming QoS 2 packet ids awaiting PUBREL.
+MQTT_MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE mqtt_rules (
+            topic_filter TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            created_ts INTEGER NOT NULL
+        );
+        CREATE TABLE mqtt_sessions (
+            client_id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            protocol_level INTEGER NOT NULL,
+            expiry_interval INTEGER NOT NULL,
+            disconnected_ts INTEGER,
+            cursor INTEGER NOT NULL
+        );
+        CREATE TABLE mqtt_subscriptions (
+            client_id TEXT NOT NULL,
+            topic_filter TEXT NOT NULL,
+            qos INTEGER NOT NULL,
+            no_local INTEGER NOT NULL DEFAULT 0,
+            retain_as_published INTEGER NOT NULL DEFAULT 0,
+            retain_handling INTEGER NOT NULL DEFAULT 0,
+            subscription_id INTEGER,
+            PRIMARY KEY (client_id, topic_filter)
+        );
+        CREATE TABLE mqtt_incoming_qos2 (
+            client_id TEXT NOT NULL,
+            packet_id INTEGER NOT NULL,
+            PRIMARY KEY (client_id, packet_id)
+        );
+        """,
+    ),
+]
+
 # component name -> its steps. Add a component's list here (one line) when it needs tables.
 COMPONENTS: dict[str, list[tuple[int, str]]] = {
     "core": CORE_MIGRATIONS,
+    "mqtt": MQTT_MIGRATIONS,
 }
 
 
