@@ -126,6 +126,9 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
 
 
 def run(config: GatewayConfig, data_dir: Path) -> int:
+    from .memory import tune_malloc
+
+    tune_malloc()
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(serve(config, data_dir))

@@ -1,0 +1,27 @@
+"""Keep the hub's resident memory small on a 512 MB Pi.
+
+glibc raises its mmap threshold after the first large block is freed, so the 16 MB that each
+scrypt password check borrows would afterwards stay in the heap for good (+17 MB RSS after a few
+logins). Pinning the threshold makes big blocks go back to the kernel when freed; capping the
+arenas stops each helper thread (database writer, aiosqlite, executor) growing its own heap.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+
+
+def tune_malloc(mmap_threshold: int = 256 * 1024, arena_max: int = 2) -> bool:
+    """Apply the settings through mallopt(3); False where the C library is not glibc."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_ARENA_MAX, arena_max))
