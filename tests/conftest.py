@@ -4,9 +4,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from tests.support.gateway import GatewayProcess
+
+# Property tests: no per-example deadline (the machine is shared with live hubs under load), and
+# in CI a fixed seed so a run is reproducible.
+settings.register_profile("default", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 PASSWORD = "correct horse battery staple"
 
