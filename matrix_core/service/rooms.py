@@ -63,6 +63,8 @@ class Rooms:
         self._txn_of_event: dict[str, dict[str, str]] = {}
         self._redaction_events: dict[str, Event] = {}
         self._aliases: dict[str, str] = {}
+        # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
+        self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -236,100 +238,67 @@ class Rooms:
             raise exc.as_matrix_error() from None
         return event
 
+    def _new_group(self, rows: "_Rows", room_id: str, state: dict[StateKey, Event], base_group: int | None,
+                   base_chain: int, delta: dict[StateKey, Event]) -> tuple[int, int]:
+        """Write a state group: a delta on `base_group`, or whole when there is no base or the
+        chain is long. Returns (group id, chain length)."""
+        group = self._next_state_group
+        self._next_state_group += 1
+        if base_group is None or base_chain >= MAX_STATE_CHAIN:
+            rows.groups.append((group, room_id, None, 0))
+            rows.entries.extend((group, t, sk, e.event_id) for (t, sk), e in state.items())
+            return group, 0
+        rows.groups.append((group, room_id, base_group, base_chain + 1))
+        rows.entries.extend((group, t, sk, e.event_id) for (t, sk), e in delta.items())
+        return group, base_chain + 1
+
     def _apply_and_enqueue(self, room: RoomCache, events: list[Event], txn_key: str | None = None,
                            new_room: bool = False) -> "asyncio.Future[Any]":
-        """Advance the room's in-memory state past `events` and queue their write (no await)."""
-        rows_events: list[tuple[Any, ...]] = []
-        rows_groups: list[tuple[Any, ...]] = []
-        rows_entries: list[tuple[Any, ...]] = []
-        rows_current: list[tuple[Any, ...]] = []
-        rows_redactions: list[tuple[str, str]] = []
-        entries: list[tuple[int, Event]] = []
-        member_updates: list[tuple[str, str, int]] = []
+        """Advance the room's in-memory state past local `events` and queue their write (no await)."""
+        rows = _Rows()
         for i, ev in enumerate(events):
             pos = self._next_stream
             self._next_stream += 1
+            before_group = room.state_group
             if ev.is_state:
-                group = self._next_state_group
-                self._next_state_group += 1
                 key = (ev.type, ev.state_key or "")
-                if room.state_group is None or room.state_chain >= MAX_STATE_CHAIN:
-                    room.state[key] = ev
-                    rows_groups.append((group, room.room_id, None, 0))
-                    rows_entries.extend((group, t, sk, e.event_id) for (t, sk), e in room.state.items())
-                    room.state_chain = 0
-                else:
-                    room.state[key] = ev
-                    rows_groups.append((group, room.room_id, room.state_group, room.state_chain + 1))
-                    rows_entries.append((group, key[0], key[1], ev.event_id))
-                    room.state_chain += 1
-                room.state_group = group
-                rows_current.append((room.room_id, key[0], key[1], ev.event_id, ev.membership))
-                if ev.type == "m.room.member" and ev.state_key and ev.state_key.endswith(":" + self.server_name):
-                    member_updates.append((ev.state_key, ev.membership or "leave", pos))
-            if ev.type == "m.room.redaction" and ev.redacts:
-                rows_redactions.append((ev.redacts, ev.event_id))
+                room.state[key] = ev
+                room.state_group, room.state_chain = self._new_group(
+                    rows, room.room_id, room.state, room.state_group, room.state_chain, {key: ev}
+                )
+                rows.current.append((room.room_id, key[0], key[1], ev.event_id, ev.membership))
+                self._note_member(rows, ev, pos)
             room.extremities = [ev.event_id]
             room.depth = max(room.depth, ev.depth)
-            this_txn = txn_key if i == len(events) - 1 else None
-            rows_events.append((
-                pos, ev.event_id, room.room_id, ev.type, ev.state_key, ev.sender, ev.depth,
-                ev.origin_server_ts, room.state_group, this_txn,
-                json.dumps(ev.pdu, ensure_ascii=False, separators=(",", ":")),
-            ))
-            entries.append((pos, ev))
+            rows.add_event(pos, ev, room.state_group, before_group, txn_key if i == len(events) - 1 else None)
             self._cache_event(ev)
-        room_row = (json.dumps(room.extremities), room.state_group, room.room_id)
-        version_id = room.version.identifier
-        creator = events[0].sender if new_room else None
+        if new_room:
+            rows.new_room = (room.room_id, room.version.identifier, events[0].sender)
+        rows.room_update = (json.dumps(room.extremities), room.state_group, room.room_id)
+        return self._submit(room, rows)
 
-        def write(conn: sqlite3.Connection) -> None:
-            if new_room:
-                conn.execute(
-                    "INSERT INTO rooms (room_id, room_version, creator) VALUES (?, ?, ?)",
-                    (room_row[2], version_id, creator),
-                )
-            conn.executemany(
-                "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, "
-                "origin_server_ts, state_group, txn_key, json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                rows_events,
-            )
-            if rows_groups:
-                conn.executemany(
-                    "INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES (?,?,?,?)", rows_groups
-                )
-                conn.executemany(
-                    "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?,?,?,?)",
-                    rows_entries,
-                )
-                conn.executemany(
-                    "INSERT OR REPLACE INTO current_state (room_id, type, state_key, event_id, membership) "
-                    "VALUES (?,?,?,?,?)",
-                    rows_current,
-                )
-            if rows_redactions:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO redactions (redacted_event_id, redaction_event_id) VALUES (?,?)",
-                    rows_redactions,
-                )
-            conn.execute(
-                "UPDATE rooms SET forward_extremities = ?, current_state_group = ? WHERE room_id = ?", room_row
-            )
+    def _note_member(self, rows: "_Rows", ev: Event, pos: int) -> None:
+        if ev.type == "m.room.member" and ev.state_key and ev.state_key.endswith(":" + self.server_name):
+            rows.member_updates.append((ev.state_key, ev.membership or "leave", pos))
 
-        fut = self.db.submit(write)
+    def _submit(self, room: RoomCache, rows: "_Rows") -> "asyncio.Future[Any]":
+        fut = self.db.submit(rows.write)
 
         def on_committed(f: "asyncio.Future[Any]") -> None:
             if f.cancelled() or f.exception() is not None:
-                log.error("write for room %s failed; reloading its state", room.room_id)
+                log.error("write for room %s failed (%s); reloading its state", room.room_id,
+                          None if f.cancelled() else f.exception())
                 self._rooms.pop(room.room_id, None)
                 return
-            for user_id, membership, pos in member_updates:
+            for user_id, membership, pos in rows.member_updates:
                 self.memberships.setdefault(user_id, {})[room.room_id] = (membership, pos)
-            for _, ev in entries:
+            for _, ev in rows.notify:
                 if ev.type == "m.room.redaction" and ev.redacts:
                     self.redactions[ev.redacts] = ev.event_id
                     self._redaction_events[ev.event_id] = ev
-            self.stream.advance(entries)
+            self.stream.advance(rows.notify)
+            for listener in self.persist_listeners:
+                listener(room.room_id, rows.notify)
 
         fut.add_done_callback(on_committed)
         return fut
@@ -667,3 +636,69 @@ class Rooms:
         stripped = [stripped_state(room.state[key]) for key in STRIPPED_STATE_TYPES if key in room.state]
         stripped.append(stripped_state(invite))
         return stripped
+
+
+class _Rows:
+    """The rows one persistence step writes, and what to announce once they are committed."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.groups: list[tuple[Any, ...]] = []
+        self.entries: list[tuple[Any, ...]] = []
+        self.current: list[tuple[Any, ...]] = []
+        self.current_deleted: list[tuple[str, str, str]] = []
+        self.redactions: list[tuple[str, str]] = []
+        self.member_updates: list[tuple[str, str, int]] = []
+        self.notify: list[tuple[int, Event]] = []
+        self.new_room: tuple[str, str, str | None] | None = None
+        self.room_update: tuple[str, int | None, str] | None = None
+
+    def add_event(self, pos: int, ev: Event, group: int | None, before_group: int | None, txn_key: str | None,
+                  outlier: bool = False, rejected: str | None = None, announce: bool = True) -> None:
+        self.events.append((
+            pos, ev.event_id, ev.room_id, ev.type, ev.state_key, ev.sender, ev.depth, ev.origin_server_ts,
+            group, before_group, int(outlier), rejected, txn_key,
+            json.dumps(ev.pdu, ensure_ascii=False, separators=(",", ":")),
+        ))
+        if ev.type == "m.room.redaction" and ev.redacts and not outlier and rejected is None:
+            self.redactions.append((ev.redacts, ev.event_id))
+        if announce and not outlier and rejected is None:
+            self.notify.append((pos, ev))
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.new_room is not None:
+            conn.execute("INSERT INTO rooms (room_id, room_version, creator) VALUES (?, ?, ?)", self.new_room)
+        conn.executemany(
+            "INSERT OR IGNORE INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, "
+            "origin_server_ts, state_group, state_group_before, outlier, rejected_reason, txn_key, json) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            self.events,
+        )
+        if self.groups:
+            conn.executemany(
+                "INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES (?,?,?,?)", self.groups
+            )
+            conn.executemany(
+                "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?,?,?,?)",
+                self.entries,
+            )
+        if self.current_deleted:
+            conn.executemany(
+                "DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?", self.current_deleted
+            )
+        if self.current:
+            conn.executemany(
+                "INSERT OR REPLACE INTO current_state (room_id, type, state_key, event_id, membership) "
+                "VALUES (?,?,?,?,?)",
+                self.current,
+            )
+        if self.redactions:
+            conn.executemany(
+                "INSERT OR IGNORE INTO redactions (redacted_event_id, redaction_event_id) VALUES (?,?)",
+                self.redactions,
+            )
+        if self.room_update is not None:
+            conn.execute(
+                "UPDATE rooms SET forward_extremities = ?, current_state_group = ? WHERE room_id = ?",
+                self.room_update,
+            )

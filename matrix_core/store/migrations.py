@@ -53,6 +53,7 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
             depth INTEGER NOT NULL,
             origin_server_ts INTEGER NOT NULL,
             state_group INTEGER,
+            state_group_before INTEGER,
             outlier INTEGER NOT NULL DEFAULT 0,
             rejected_reason TEXT,
             txn_key TEXT,
@@ -140,10 +141,29 @@ MQTT_MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+# The CoAP front end (bridges/coap/psk.py): coaps pre-shared keys, one per device, set with
+# `matrix-gateway device add ... --psk`; the identity is what a device says in its DTLS handshake.
+COAP_MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE coap_psk (
+            identity TEXT PRIMARY KEY,
+            psk TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            created_ts INTEGER NOT NULL
+        );
+        CREATE INDEX coap_psk_device ON coap_psk (user_id, device_id)
+        """,
+    ),
+]
+
 # component name -> its steps. Add a component's list here (one line) when it needs tables.
 COMPONENTS: dict[str, list[tuple[int, str]]] = {
     "core": CORE_MIGRATIONS,
     "mqtt": MQTT_MIGRATIONS,
+    "coap": COAP_MIGRATIONS,
 }
 
 
