@@ -116,9 +116,18 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     notifier = Notifier()  # systemd Type=notify: READY after the ready line, watchdog from this loop
     notifier.ready(f"serving {gateway.describe()}")
     watchdog = asyncio.create_task(notifier.keep_watchdog_alive(), name="sd-watchdog")
+    retention = None
+    if config.retention_interval_minutes > 0:  # old readings purged through the writer (ops/retention.py)
+        from .ops.retention import purge_periodically
+
+        retention = asyncio.create_task(purge_periodically(
+            gateway.hs.db, config.retention_default_days, config.retention_interval_minutes * 60.0,
+            lambda: int(time.time() * 1000)), name="retention")
     await stop.wait()
     notifier.stopping()
     watchdog.cancel()
+    if retention is not None:
+        retention.cancel()
     log.info("shutting down")
     await gateway.stop()
     print("matrix-gateway stopped", flush=True)

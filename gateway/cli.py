@@ -139,6 +139,9 @@ def device_add(localpart: str, device_id: str, data_dir: Path, config_file: Path
 
 def register_commands() -> None:
     """Command groups that live with their front end register here, one line each."""
+    from .ops.commands import add_ops_commands  # backup, restore, status, purge
+
+    add_ops_commands(main, data_dir_option, config_option, existing_config, fail)
 
 
 register_commands()

@@ -36,6 +36,12 @@ class GatewayConfig:
     messages_per_second: float = 50.0
     messages_burst: int = 200
     sqlite_synchronous: str = "FULL"
+    # retention (gateway/ops/retention.py): default max age of non-state events, purge interval
+    retention_default_days: int = 0
+    retention_interval_minutes: int = 60
+    # LAN discovery with mDNS/DNS-SD (gateway/ops/discovery.py); empty hostname: the machine's
+    mdns: bool = False
+    mdns_hostname: str = ""
 
 
 _PORT_KEYS = {"http_port", "coap_port", "mqtt_port", "federation_port"}
@@ -71,6 +77,10 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: sqlite_synchronous must be FULL or NORMAL")
         if key in ("messages_per_second", "messages_burst") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
+        if key in ("retention_default_days", "retention_interval_minutes") and value < 0:
+            raise ConfigError(f"{source}: {key} must not be negative")
+        if key == "mdns_hostname" and value and not _is_mdns_label(value):
+            raise ConfigError(f"{source}: mdns_hostname {value!r} must be one DNS label (letters, digits, -)")
         out[key] = value
     return out
 
@@ -94,7 +104,21 @@ messages_per_second = {config.messages_per_second}
 messages_burst = {config.messages_burst}
 # FULL: every acknowledged write is fsynced. NORMAL: faster, may lose the last writes on power loss.
 sqlite_synchronous = "{config.sqlite_synchronous}"
+# Retention: delete readings (non-state events) older than this many days in every room; 0 keeps
+# them. A room's own m.room.retention state event (max_lifetime, ms) overrides it. Room state stays.
+retention_default_days = {config.retention_default_days}
+# How often the hub purges by itself (0: only `matrix-gateway purge`).
+retention_interval_minutes = {config.retention_interval_minutes}
+# Advertise the hub on the LAN with mDNS/DNS-SD (NAME.local; _http._tcp, _coap._udp, _mqtt._tcp).
+mdns = {str(config.mdns).lower()}
+mdns_hostname = "{config.mdns_hostname}"
 """
+
+
+def _is_mdns_label(value: str) -> bool:
+    """One DNS label, so that `<label>.local` is a valid mDNS host name."""
+    return 0 < len(value) <= 63 and value[0] != "-" and value[-1] != "-" and all(
+        c.isascii() and (c.isalnum() or c == "-") for c in value)
 
 
 def load_config(data_dir: Path, config_file: Path | None, overrides: dict[str, Any],

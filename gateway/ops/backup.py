@@ -1,0 +1,142 @@
+"""`matrix-gateway backup FILE`: one archive holding a consistent snapshot of a (running) hub.
+
+The database is copied with SQLite's online backup API, which reads one consistent snapshot even
+while the hub's writer keeps committing in WAL mode. The archive (tar + gzip) starts with a
+manifest (format marker, version, sizes, SHA-256 of every file) so that `restore` can refuse a
+foreign or damaged file before it writes anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..config import CONFIG_FILE, DATABASE_FILE, SIGNING_KEY_FILE
+
+FORMAT = "matrix-gateway-backup"
+FORMAT_VERSION = 1
+MANIFEST = "MANIFEST.json"
+MAX_MANIFEST_BYTES = 64 * 1024
+# Archive member name -> file name in the data dir. Nothing else is ever read or written.
+MEMBERS = {DATABASE_FILE: DATABASE_FILE, SIGNING_KEY_FILE: SIGNING_KEY_FILE, CONFIG_FILE: CONFIG_FILE}
+CHUNK = 1 << 20
+
+Progress = Callable[[str, int, int], None]  # (step, done, total)
+
+
+class BackupError(Exception):
+    """A backup could not be made; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    path: Path
+    bytes: int
+    database_bytes: int
+    events: int
+
+
+def _no_progress(step: str, done: int, total: int) -> None:
+    pass
+
+
+def snapshot_database(source: Path, dest: Path, progress: Progress = _no_progress) -> int:
+    """Copy the live database with the online backup API; returns its event count.
+
+    One step (pages=-1) holds a single read transaction: a snapshot that a concurrent writer
+    cannot restart, unlike a page-by-page copy that starts over after every foreign commit.
+    """
+    src = sqlite3.connect(source)  # reads only; not mode=ro, which WAL without -shm refuses
+    try:
+        src.execute("PRAGMA busy_timeout=10000")
+        out = sqlite3.connect(dest)
+        try:
+            src.backup(out, pages=-1, progress=lambda _s, remaining, total: progress("database", total - remaining, total))
+            out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file in the archive
+            (events,) = out.execute("SELECT COUNT(*) FROM events").fetchone()
+        finally:
+            out.close()
+    finally:
+        src.close()
+    return int(events)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def make_backup(data_dir: Path, config_file: Path, out: Path, progress: Progress = _no_progress) -> BackupResult:
+    """Write the archive to `out` (never overwriting: it must not exist yet)."""
+    if out.exists():
+        raise BackupError(f"{out} already exists: choose a new file name (a backup never overwrites)")
+    database = data_dir / DATABASE_FILE
+    if not database.exists():
+        raise BackupError(f"{data_dir} holds no hub database ({DATABASE_FILE})")
+    sources = {DATABASE_FILE: database, SIGNING_KEY_FILE: data_dir / SIGNING_KEY_FILE, CONFIG_FILE: config_file}
+    for name, path in sources.items():
+        if not path.is_file():
+            raise BackupError(f"{path} is missing: the backup needs the {name} file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".backup-", dir=out.parent) as tmp:
+        staged = Path(tmp)
+        db_copy = staged / DATABASE_FILE
+        events = snapshot_database(database, db_copy, progress)
+        files = {DATABASE_FILE: db_copy, SIGNING_KEY_FILE: sources[SIGNING_KEY_FILE], CONFIG_FILE: config_file}
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "created_ts": int(time.time() * 1000),
+            "events": events,
+            "files": {name: {"size": path.stat().st_size, "sha256": sha256_file(path)} for name, path in files.items()},
+        }
+        partial = staged / "archive.partial"
+        total = sum(entry["size"] for entry in manifest["files"].values())
+        written = 0
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the private key
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as tar:
+            blob = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            info = tarfile.TarInfo(MANIFEST)
+            info.size, info.mode, info.mtime = len(blob), 0o600, manifest["created_ts"] // 1000
+            tar.addfile(info, io.BytesIO(blob))
+            for name, path in files.items():
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = path.stat().st_size, 0o600, int(path.stat().st_mtime)
+                with open(path, "rb") as fh:
+                    tar.addfile(info, _Counting(fh, lambda n: progress("archive", written + n, total)))
+                written += info.size
+            raw.flush()
+            os.fsync(raw.fileno())
+        try:
+            os.link(partial, out)  # atomic, and fails rather than replace a file that appeared meanwhile
+        except FileExistsError:
+            raise BackupError(f"{out} already exists: choose a new file name (a backup never overwrites)") from None
+        except OSError:  # no hard links (a FAT-formatted USB stick): rename, after checking again
+            if out.exists():
+                raise BackupError(f"{out} already exists: choose a new file name (a backup never overwrites)") from None
+            os.replace(partial, out)
+    return BackupResult(out, out.stat().st_size, manifest["files"][DATABASE_FILE]["size"], events)
+
+
+class _Counting(io.RawIOBase):
+    """A reader that reports how many bytes have passed, for the progress bar."""
+
+    def __init__(self, fh: io.BufferedReader, report: Callable[[int], None]) -> None:
+        self._fh, self._report, self._done = fh, report, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size)
+        self._done += len(data)
+        self._report(self._done)
+        return data

@@ -1,0 +1,96 @@
+"""`matrix-gateway status`: is the hub up, and what does it hold? Read-only, safe while it runs.
+
+Liveness is asked of the hub itself (GET /_matrix/client/versions on its HTTP port), not guessed
+from a pid file; the figures come from a read-only connection to its database.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..config import DATABASE_FILE, GatewayConfig
+
+
+@dataclass(frozen=True)
+class Status:
+    running: bool
+    http_url: str
+    answer_ms: float | None
+    server_name: str
+    data_dir: str
+    users: int
+    devices: int
+    rooms: int
+    events: int
+    last_event_ts: int | None
+    database_bytes: int
+    wal_bytes: int
+    schema_versions: dict[str, int]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def lines(self) -> list[str]:
+        state = f"running (answered in {self.answer_ms:.0f} ms)" if self.running else "not running"
+        last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.last_event_ts / 1000)) \
+            if self.last_event_ts else "never"
+        return [
+            f"hub:        {state} at {self.http_url}",
+            f"server:     {self.server_name}",
+            f"data dir:   {self.data_dir}",
+            f"accounts:   {self.users} users, {self.devices} devices",
+            f"rooms:      {self.rooms} rooms, {self.events} events (last at {last})",
+            f"database:   {self.database_bytes / 1e6:.1f} MB + WAL {self.wal_bytes / 1e6:.1f} MB",
+            "schema:     " + ", ".join(f"{k} v{v}" for k, v in sorted(self.schema_versions.items())),
+        ]
+
+
+def http_url(config: GatewayConfig) -> str:
+    host = config.bind
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1" if host != "::" else "::1"
+    return f"http://[{host}]:{config.http_port}" if ":" in host else f"http://{host}:{config.http_port}"
+
+
+def probe(url: str, timeout: float = 2.0) -> float | None:
+    """Milliseconds the hub took to answer /versions, or None if nothing answered."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"{url}/_matrix/client/versions", timeout=timeout) as resp:
+            ok = resp.status == 200 and "versions" in json.loads(resp.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return (time.monotonic() - started) * 1000 if ok else None
+
+
+def gather(config: GatewayConfig, data_dir: Path) -> Status:
+    db = data_dir / DATABASE_FILE
+    conn = sqlite3.connect(db)  # not mode=ro: a WAL database needs its -shm to read
+    try:
+        conn.execute("PRAGMA busy_timeout=10000")
+
+        def one(sql: str) -> int:
+            (value,) = conn.execute(sql).fetchone()
+            return int(value or 0)
+
+        users, devices, rooms = one("SELECT COUNT(*) FROM users"), one("SELECT COUNT(*) FROM devices"), \
+            one("SELECT COUNT(*) FROM rooms")
+        events = one("SELECT COUNT(*) FROM events")
+        last = one("SELECT origin_server_ts FROM events ORDER BY stream_ordering DESC LIMIT 1") or None
+        versions = dict(conn.execute("SELECT component, version FROM schema_versions").fetchall())
+    finally:
+        conn.close()
+    wal = db.with_name(db.name + "-wal")
+    url = http_url(config)
+    answer = probe(url)
+    return Status(
+        running=answer is not None, http_url=url, answer_ms=answer, server_name=config.server_name,
+        data_dir=str(data_dir), users=users, devices=devices, rooms=rooms, events=events, last_event_ts=last,
+        database_bytes=db.stat().st_size, wal_bytes=wal.stat().st_size if wal.exists() else 0,
+        schema_versions=versions,
+    )
