@@ -55,6 +55,7 @@ __all__ = [
     "MAX_SAFE_INT",
     "PayloadError",
     "content_to_mqtt_payload",
+    "device_view",
     "from_device_cbor",
     "from_event_value",
     "mqtt_payload_to_content",
@@ -638,3 +639,43 @@ def content_to_mqtt_payload(content: Mapping) -> bytes:
     if text is None:
         raise PayloadError("value cannot be written as JSON")
     return text.encode("utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# whole API responses -> device values (CoAP answers)
+# --------------------------------------------------------------------------------------------
+
+
+def device_view(json_value: Any) -> Any:
+    """Map a whole client-server API answer (sync, messages, an event...) for a device.
+
+    Event content posted by a device is in the image of :func:`to_event_value`, and this gives it
+    back exactly as :func:`from_event_value` would.  An API answer, though, also holds values
+    that are not device content (receipts keyed by ``$event_id``, content sent by a phone with
+    its own ``$`` keys): those pass through unchanged instead of raising.  So: a one-key object
+    whose key is a ``$`` marker becomes its device value when it is well-formed; ``$$key``
+    object keys lose one ``$``; everything else is kept as it is.
+    """
+    return _device_view(json_value, 0)
+
+
+#: An answer wraps content in a few levels of its own (rooms/join/ROOM/timeline/events/...).
+_VIEW_MAX_DEPTH = MAX_DEPTH + 16
+
+
+def _device_view(j: Any, depth: int) -> Any:
+    t = type(j)
+    if depth > _VIEW_MAX_DEPTH:
+        raise PayloadError(f"nesting deeper than {_VIEW_MAX_DEPTH}")
+    if t is list:
+        return [_device_view(x, depth + 1) for x in j]
+    if t is not dict:
+        return j
+    if len(j) == 1:
+        (key,) = j
+        if key in _MARKERS:
+            try:
+                return _from_event(j, 0, False)
+            except PayloadError:
+                pass
+    return {(k[1:] if k.startswith("$$") else k): _device_view(x, depth + 1) for k, x in j.items()}

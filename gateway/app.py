@@ -54,6 +54,9 @@ class Frontend(Protocol):
 def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> list[Frontend]:
     """Every listener besides HTTP. Each front end registers itself here with one entry."""
     frontends: list[Frontend] = []
+    from bridges.coap.server import CoapFrontend
+    frontends.append(CoapFrontend(hs, config.bind, config.coap_port,
+                                  config.coaps_port if config.coaps_enabled else None, data_dir / DATABASE_FILE))
     return frontends
 
 

@@ -59,6 +59,7 @@ def main() -> None:
 @click.option("--bind", default=None, help="Listen address (default: 127.0.0.1).")
 @click.option("--http-port", type=int, default=None, help="Client-server API port (default: 8008).")
 @click.option("--coap-port", type=int, default=None, help="CoAP port (default: 5683).")
+@click.option("--coaps-port", type=int, default=None, help="coaps (DTLS-PSK) port (default: 5684).")
 @click.option("--mqtt-port", type=int, default=None, help="MQTT port (default: 1883).")
 @click.option("--federation-port", type=int, default=None, help="Federation port (default: 8448).")
 def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
@@ -119,9 +120,11 @@ def device() -> None:
 @device.command("add")
 @click.argument("localpart")
 @click.argument("device_id")
+@click.option("--psk", is_flag=True, help="Also create a coaps (DTLS) pre-shared key; prints "
+              "psk_identity=... and psk=... after the token (identity = DEVICE_ID).")
 @data_dir_option
 @config_option
-def device_add(localpart: str, device_id: str, data_dir: Path, config_file: Path | None) -> None:
+def device_add(localpart: str, device_id: str, psk: bool, data_dir: Path, config_file: Path | None) -> None:
     """Create a device for an account and print its access token (once)."""
     config = existing_config(data_dir, config_file)
     user_id = user_id_for(localpart, config.server_name)
@@ -131,10 +134,21 @@ def device_add(localpart: str, device_id: str, data_dir: Path, config_file: Path
             fail(f"no such user {user_id}: create it with `matrix-gateway user add`")
         conn.execute("BEGIN IMMEDIATE")
         token = account_rows.insert_device_token(conn, user_id, device_id)
+        psk_lines = []
+        if psk:
+            from bridges.coap.psk import add_device_psk
+            try:
+                identity, key = add_device_psk(conn, user_id, device_id)
+            except ValueError as exc:
+                conn.execute("ROLLBACK")
+                fail(str(exc))
+            psk_lines = [f"psk_identity={identity}", f"psk={key}"]
         conn.execute("COMMIT")
     finally:
         conn.close()
     click.echo(token)
+    for line in psk_lines:
+        click.echo(line)
 
 
 def register_commands() -> None:

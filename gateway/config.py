@@ -29,6 +29,8 @@ class GatewayConfig:
     bind: str = "127.0.0.1"
     http_port: int = 8008
     coap_port: int = 5683
+    coaps_port: int = 5684
+    coaps_enabled: bool = True
     mqtt_port: int = 1883
     federation_port: int = 8448
     enable_registration: bool = False
@@ -44,7 +46,7 @@ class GatewayConfig:
     mdns_hostname: str = ""
 
 
-_PORT_KEYS = {"http_port", "coap_port", "mqtt_port", "federation_port"}
+_PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
 
 
@@ -94,6 +96,9 @@ server_name = "{config.server_name}"
 bind = "{config.bind}"
 http_port = {config.http_port}          # Matrix client-server API (Element, curl, matrix-nio)
 coap_port = {config.coap_port}          # CoAP + CBOR for sensors (coap-client)
+# coaps: DTLS with a pre-shared key per device (`matrix-gateway device add ... --psk`); needs aiocoap[tinydtls].
+coaps_enabled = {str(config.coaps_enabled).lower()}
+coaps_port = {config.coaps_port}
 mqtt_port = {config.mqtt_port}          # MQTT broker backed by rooms
 federation_port = {config.federation_port}    # server-server API (TLS)
 # Open registration over HTTP. Off: an admin adds accounts with `matrix-gateway user add`.

@@ -58,6 +58,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.http_port = free_port()
         self.coap_port = free_port(socket.SOCK_DGRAM)
+        self.coaps_port = free_port(socket.SOCK_DGRAM)
         self.mqtt_port = free_port()
         self.federation_port = free_port()
         self.http_url: str | None = None
@@ -75,6 +76,7 @@ class GatewayProcess:
         return [
             "run", "--data-dir", str(self.data_dir), "--server-name", self.server_name,
             "--http-port", str(self.http_port), "--coap-port", str(self.coap_port),
+            "--coaps-port", str(self.coaps_port),
             "--mqtt-port", str(self.mqtt_port), "--federation-port", str(self.federation_port),
             *self.extra_args,
         ]

@@ -1,0 +1,94 @@
+"""Pre-shared keys for coaps (DTLS-PSK): one key per device, the identity naming a Matrix device.
+
+Why a table of its own: the PSK must be readable at handshake time (synchronously, from inside
+the DTLS library's callback) and a device added with ``matrix-gateway device add --psk`` while
+the hub runs must be able to connect at once, so lookups read SQLite directly (WAL: never
+blocked by the writer). The table is the "coap" component's migration in
+matrix_core/store/migrations.py. The key is a secret: it is printed once by the CLI and never logged.
+"""
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import string
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PSK_LENGTH", "PskClaim", "PskStore", "add_device_psk", "new_psk"]
+
+#: 22 characters of [A-Za-z0-9] (~131 bits): typeable as coap-client's `-k KEY`.
+PSK_LENGTH = 22
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_psk() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(PSK_LENGTH))
+
+
+def add_device_psk(conn: sqlite3.Connection, user_id: str, device_id: str, identity: str | None = None) -> tuple[str, str]:
+    """Store a new PSK for a device inside the caller's transaction; returns (identity, psk).
+
+    The identity defaults to the device id and must be unique on the hub (it is all a device
+    says in its handshake); a device given a new key loses its old one.
+    """
+    identity = identity or device_id
+    row = conn.execute("SELECT user_id, device_id FROM coap_psk WHERE identity = ?", (identity,)).fetchone()
+    if row is not None and tuple(row) != (user_id, device_id):
+        raise ValueError(f"PSK identity {identity!r} already belongs to {row[0]} device {row[1]}")
+    psk = new_psk()
+    conn.execute("DELETE FROM coap_psk WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+    conn.execute("INSERT INTO coap_psk (identity, psk, user_id, device_id, created_ts) VALUES (?, ?, ?, ?, ?)",
+                 (identity, psk, user_id, device_id, int(time.time() * 1000)))
+    return identity, psk
+
+
+@dataclass(frozen=True, slots=True)
+class PskClaim:
+    """What a completed DTLS handshake proves: this peer holds the key of this device."""
+
+    identity: str
+    user_id: str
+    device_id: str
+
+
+class PskStore:
+    """Synchronous identity -> (key, claim) lookups for the DTLS server."""
+
+    def __init__(self, database_path: Path) -> None:
+        self._path = database_path
+        self._conn: sqlite3.Connection | None = None
+
+    def lookup(self, identity: bytes) -> tuple[bytes, PskClaim] | None:
+        try:
+            name = identity.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if self._conn is None:
+            self._conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, check_same_thread=False)
+        row = self._conn.execute("SELECT psk, user_id, device_id FROM coap_psk WHERE identity = ?",
+                                 (name,)).fetchone()
+        if row is None:
+            return None
+        return row[0].encode("utf-8"), PskClaim(name, row[1], row[2])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def credentials(self) -> Any:
+        """An aiocoap CredentialsMap whose DTLS PSK lookups come from this store (lazy import)."""
+        from aiocoap.credentials import CredentialsMap
+
+        store = self
+
+        class _DatabaseCredentials(CredentialsMap):
+            def find_dtls_psk(self, identity: bytes) -> tuple[bytes, PskClaim]:
+                found = store.lookup(identity)
+                if found is None:
+                    raise KeyError(identity)
+                return found
+
+        return _DatabaseCredentials()

@@ -1,0 +1,220 @@
+"""The CoAP front end: aiocoap in, the client-server route table through, CBOR out.
+
+I/O lives here and only here; what a request means is decided by the pure modules
+(``translate``: path/query/token, ``content``: bodies, ``codes``: response codes) and by the one
+route table every transport shares. coaps (DTLS-PSK) is a second aiocoap context serving the
+same resource; its library is imported only when that listener starts.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import aiocoap
+from aiocoap import error as coap_error
+from aiocoap import resource
+from aiocoap.numbers.codes import Code
+
+from matrix_core import errors
+from matrix_core.client_api.request import ApiRequest, ApiResponse
+from matrix_core.client_api.routes import ROUTER
+
+from . import codes
+from .content import MAX_BODY_BYTES, decode_body, encode_body, response_format
+from .observe import Observation, Observations, observable, with_query
+from .psk import PskClaim, PskStore
+from .short_paths import ACCESS_TOKEN_OPTION
+from .translate import ApiCall, translate
+
+log = logging.getLogger(__name__)
+
+
+class _TooLarge(coap_error.RenderableError):
+    """A Block1 upload growing past the body limit: refused before it is all buffered."""
+
+    def __init__(self, content_format: int) -> None:
+        self.content_format = content_format
+
+    def to_message(self) -> aiocoap.Message:
+        err = errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")
+        return error_message(err, self.content_format)
+
+
+def to_message(response: ApiResponse, method: str, content_format: int) -> aiocoap.Message:
+    """An API answer as a CoAP response (the one mapping of statuses to codes is codes.py)."""
+    if response.status == 200:
+        code = codes.success_code(method)
+    else:
+        code = codes.error_code(response.status)
+    msg = aiocoap.Message(code=Code(code), payload=encode_body(response.body, content_format),
+                          content_format=content_format)
+    if response.status == 429 and isinstance(response.body, dict):
+        retry_ms = response.body.get("retry_after_ms")
+        if isinstance(retry_ms, int):
+            msg.opt.max_age = max(1, math.ceil(retry_ms / 1000))  # RFC 8516: when to retry
+    if response.status == 413:
+        msg.opt.size1 = MAX_BODY_BYTES
+    return msg
+
+
+def error_message(err: errors.MatrixError, content_format: int = codes.CONTENT_FORMAT_CBOR) -> aiocoap.Message:
+    return to_message(ApiResponse(err.status, err.to_json()), "GET", content_format)
+
+
+class ApiResource(resource.ObservableResource, resource.PathCapable):
+    """The whole CoAP URI space: every request goes to the client-server route table."""
+
+    def __init__(self, hs: Any) -> None:
+        super().__init__()
+        self.hs = hs
+        self.observations = Observations(hs.rooms.joined_room_ids)
+        self._observe_requests: dict[int, Any] = {}
+
+    def get_link_description(self) -> None:
+        return None
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        block1 = request.opt.block1
+        if block1 is not None and block1.start + len(request.payload) > MAX_BODY_BYTES:
+            raise _TooLarge(_format_or_cbor(request))
+        return True
+
+    async def add_observation(self, request: aiocoap.Message, serverobservation: Any) -> None:
+        # Accepted (or not) in render(), once we know the request is an observable API call.
+        self._observe_requests[id(request)] = serverobservation
+
+    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        servobs = self._observe_requests.pop(id(request), None)
+        content_format = codes.CONTENT_FORMAT_CBOR
+        method = "GET"
+        try:
+            content_format = response_format(_int_or_none(request.opt.accept))
+            token_opts = request.opt.get_option(ACCESS_TOKEN_OPTION)
+            call = translate(int(request.code), request.opt.uri_path, request.opt.uri_query,
+                             token_opts[-1].value if token_opts else None)
+            method = call.method
+            if call.access_token is None:
+                call = await self._with_psk_token(call, request.remote)
+            observing = servobs is not None and observable(call)
+            if observing and call.segments == ["sync"]:
+                call = with_query(call, timeout="0")  # the first answer comes now; changes follow
+            position = self.hs.stream.position
+            cf = _int_or_none(request.opt.content_format)
+            payload = request.payload
+            response = await self.dispatch(call, lambda: decode_body(payload, cf))
+            if observing and response.status == 200:
+                await self._observe(servobs, call, response, position, content_format)
+        except errors.MatrixError as err:
+            response = ApiResponse(err.status, err.to_json())
+        except Exception:
+            log.exception("unhandled error on a CoAP %s", request.code)
+            response = ApiResponse(500, {"errcode": "M_UNKNOWN", "error": "Internal server error"})
+        return to_message(response, method, content_format)
+
+    async def dispatch(self, call: ApiCall, load_body: Any = lambda: None) -> ApiResponse:
+        """Run one API call through the shared route table; Matrix errors become answers."""
+        api_request = ApiRequest(method=call.method, segments=list(call.segments), query=call.query,
+                                 access_token=call.access_token, remote="coap", load_body=load_body,
+                                 transport="coap")
+        try:
+            return await ROUTER.dispatch(self.hs, api_request)
+        except errors.MatrixError as err:
+            return ApiResponse(err.status, err.to_json())
+
+    async def _with_psk_token(self, call: ApiCall, remote: Any) -> ApiCall:
+        """Over coaps without a token, the device's PSK identity names its Matrix device."""
+        claims = getattr(remote, "authenticated_claims", None) or []
+        claim = next((c for c in claims if isinstance(c, PskClaim)), None)
+        if claim is None:
+            return call
+        row = await self.hs.db.fetchone(
+            "SELECT token FROM access_tokens WHERE user_id = ? AND device_id = ? LIMIT 1",
+            (claim.user_id, claim.device_id))
+        if row is None:
+            raise errors.unknown_token()
+        return ApiCall(call.method, call.full_path, call.segments, call.query, row[0])
+
+    async def _observe(self, servobs: Any, call: ApiCall, first: ApiResponse, position: int,
+                       content_format: int) -> None:
+        requester = await self.hs.accounts.authenticate(call.access_token)
+        room_id = None
+        if call.segments[0] == "rooms":
+            room_id = await self.hs.rooms.resolve_room(call.segments[1])
+        else:
+            token = first.body.get("next_batch", "")
+            position = int(token[1:]) if token[:1] == "s" and token[1:].lstrip("-").isdigit() else position
+
+        def notify(response: ApiResponse) -> None:
+            servobs.trigger(to_message(response, "GET", content_format), is_last=response.status != 200)
+
+        observation = Observation(call, requester.user_id, room_id, position, self.dispatch, notify)
+        servobs.accept(self.observations.add(observation))
+        if self.hs.stream.position > position:  # events committed while the first answer was built
+            observation.poke(self.hs.stream.position)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _format_or_cbor(request: aiocoap.Message) -> int:
+    try:
+        return response_format(_int_or_none(request.opt.accept))
+    except errors.MatrixError:
+        return codes.CONTENT_FORMAT_CBOR
+
+
+class CoapFrontend:
+    """The CoAP (UDP) listener and, when enabled, the coaps (DTLS-PSK) one: a gateway Frontend."""
+
+    name = "coap"
+
+    def __init__(self, hs: Any, bind: str, port: int, coaps_port: int | None, database_path: Path) -> None:
+        self.hs = hs
+        self.bind = bind
+        self.port = port
+        self.coaps_port = coaps_port
+        self.database_path = database_path
+        self.site = ApiResource(hs)
+        self._contexts: list[Any] = []
+        self._unsubscribe: Any = None
+        self._psk_store: PskStore | None = None
+        self._coaps_running = False
+
+    async def start(self) -> None:
+        self._unsubscribe = self.hs.stream.subscribe(self.site.observations.on_events)
+        self._contexts.append(await aiocoap.Context.create_server_context(
+            self.site, bind=(self.bind, self.port), transports=["udp6"], loggername="coap-server"))
+        if self.coaps_port is not None:
+            await self._start_coaps()
+
+    async def _start_coaps(self) -> None:
+        try:
+            import DTLSSocket  # noqa: F401  (only to report a missing build clearly)
+        except ImportError:
+            log.warning("coaps disabled: the DTLS library is not installed (pip install 'aiocoap[tinydtls]'; "
+                        "its build needs autoconf, automake, libtool); set coaps_enabled = false to silence this")
+            return
+        self._psk_store = PskStore(self.database_path)
+        self._contexts.append(await aiocoap.Context.create_server_context(
+            self.site, bind=(self.bind, self.coaps_port), transports=["tinydtls_server"],
+            server_credentials=self._psk_store.credentials(), loggername="coaps-server"))
+        self._coaps_running = True
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self.site.observations.close()
+        for context in reversed(self._contexts):
+            await context.shutdown()
+        self._contexts.clear()
+        if self._psk_store is not None:
+            self._psk_store.close()
+
+    def describe(self) -> str:
+        text = f"coap=coap://{self.bind}:{self.port}"
+        if self._coaps_running:
+            text += f" coaps=coaps://{self.bind}:{self.coaps_port}"
+        return text
