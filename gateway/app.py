@@ -119,6 +119,9 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     notifier = Notifier()  # systemd Type=notify: READY after the ready line, watchdog from this loop
     notifier.ready(f"serving {gateway.describe()}")
     watchdog = asyncio.create_task(notifier.keep_watchdog_alive(), name="sd-watchdog")
+    from .ops.status import clear_address, record_address  # for `matrix-gateway status`
+
+    record_address(data_dir, config.bind, gateway.http_port or config.http_port)
     retention = None
     if config.retention_interval_minutes > 0:  # old readings purged through the writer (ops/retention.py)
         from .ops.retention import purge_periodically
@@ -133,6 +136,7 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
         retention.cancel()
     log.info("shutting down")
     await gateway.stop()
+    clear_address(data_dir)
     print("matrix-gateway stopped", flush=True)
     return 0
 

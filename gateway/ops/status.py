@@ -50,11 +50,34 @@ class Status:
         ]
 
 
-def http_url(config: GatewayConfig) -> str:
-    host = config.bind
-    if host in ("0.0.0.0", "", "::"):
-        host = "127.0.0.1" if host != "::" else "::1"
-    return f"http://[{host}]:{config.http_port}" if ":" in host else f"http://{host}:{config.http_port}"
+ADDRESS_FILE = "hub.address"  # written by the running hub: where its HTTP listener really is
+
+
+def record_address(data_dir: Path, bind: str, port: int) -> None:
+    """Called by the hub once ready (ports given on the command line or port 0 are found this way)."""
+    (data_dir / ADDRESS_FILE).write_text(local_url(bind, port) + "\n")
+
+
+def local_url(bind: str, port: int) -> str:
+    """A URL that reaches a listener bound to `bind` from this machine."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(bind, bind)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def clear_address(data_dir: Path) -> None:
+    (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
+
+
+def http_url(config: GatewayConfig, data_dir: Path | None = None) -> str:
+    """The running hub's own record of its address, else the one the config implies."""
+    if data_dir is not None:
+        try:
+            recorded = (data_dir / ADDRESS_FILE).read_text().strip()
+        except OSError:
+            recorded = ""
+        if recorded.startswith("http://"):
+            return recorded
+    return local_url(config.bind, config.http_port)
 
 
 def probe(url: str, timeout: float = 2.0) -> float | None:
@@ -75,8 +98,8 @@ def gather(config: GatewayConfig, data_dir: Path) -> Status:
         conn.execute("PRAGMA busy_timeout=10000")
 
         def one(sql: str) -> int:
-            (value,) = conn.execute(sql).fetchone()
-            return int(value or 0)
+            row = conn.execute(sql).fetchone()
+            return int(row[0] or 0) if row else 0
 
         users, devices, rooms = one("SELECT COUNT(*) FROM users"), one("SELECT COUNT(*) FROM devices"), \
             one("SELECT COUNT(*) FROM rooms")
@@ -86,7 +109,7 @@ def gather(config: GatewayConfig, data_dir: Path) -> Status:
     finally:
         conn.close()
     wal = db.with_name(db.name + "-wal")
-    url = http_url(config)
+    url = http_url(config, data_dir)
     answer = probe(url)
     return Status(
         running=answer is not None, http_url=url, answer_ms=answer, server_name=config.server_name,
