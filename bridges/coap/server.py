@@ -15,6 +15,7 @@ from typing import Any
 import aiocoap
 from aiocoap import error as coap_error
 from aiocoap import resource
+from aiocoap.blockwise import _extract_block_key  # pinned aiocoap: the key its Block2 cache uses
 from aiocoap.numbers.codes import Code
 
 from matrix_core import errors
@@ -105,13 +106,30 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             payload = request.payload
             response = await self.dispatch(call, lambda: decode_body(payload, cf))
             if observing and response.status == 200:
-                await self._observe(servobs, call, response, position, content_format)
+                await self._observe(servobs, request, call, response, position, content_format)
+                return self._first_block(request, to_message(response, method, content_format))
         except errors.MatrixError as err:
             response = ApiResponse(err.status, err.to_json())
         except Exception:
             log.exception("unhandled error on a CoAP %s", request.code)
             response = ApiResponse(500, {"errcode": "M_UNKNOWN", "error": "Internal server error"})
         return to_message(response, method, content_format)
+
+    def _first_block(self, request: aiocoap.Message, msg: aiocoap.Message) -> aiocoap.Message:
+        """Block2 for observe answers, which aiocoap sends whole (RFC 7959 §2.6).
+
+        The whole answer goes into the resource's Block2 cache under the request's block key
+        (which ignores Observe), so the device's follow-up GETs for blocks 1.. get the rest of
+        *this* answer rather than a fresh one.
+        """
+        remote = request.remote
+        limit = remote.maximum_payload_size
+        block2 = request.opt.block2
+        size_exp = block2.size_exponent if block2 is not None else remote.maximum_block_size_exp
+        if len(msg.payload) <= min(limit, 2 ** (size_exp + 4)):
+            return msg
+        self._block2._completes[_extract_block_key(request)] = msg
+        return msg._extract_block(0, size_exp, limit)
 
     async def dispatch(self, call: ApiCall, load_body: Any = lambda: None) -> ApiResponse:
         """Run one API call through the shared route table; Matrix errors become answers."""
@@ -136,8 +154,8 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             raise errors.unknown_token()
         return ApiCall(call.method, call.full_path, call.segments, call.query, row[0])
 
-    async def _observe(self, servobs: Any, call: ApiCall, first: ApiResponse, position: int,
-                       content_format: int) -> None:
+    async def _observe(self, servobs: Any, request: aiocoap.Message, call: ApiCall, first: ApiResponse,
+                       position: int, content_format: int) -> None:
         requester = await self.hs.accounts.authenticate(call.access_token)
         room_id = None
         if call.segments[0] == "rooms":
@@ -147,7 +165,8 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             position = int(token[1:]) if token[:1] == "s" and token[1:].lstrip("-").isdigit() else position
 
         def notify(response: ApiResponse) -> None:
-            servobs.trigger(to_message(response, "GET", content_format), is_last=response.status != 200)
+            message = self._first_block(request, to_message(response, "GET", content_format))
+            servobs.trigger(message, is_last=response.status != 200)
 
         observation = Observation(call, requester.user_id, room_id, position, self.dispatch, notify)
         servobs.accept(self.observations.add(observation))
