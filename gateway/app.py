@@ -20,7 +20,7 @@ from matrix_core.homeserver import Homeserver, HomeserverSettings
 from matrix_core.ratelimit import RateLimit
 
 from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
-from .ops.sd_notify import Notifier
+from .ops.appliance import Appliance
 
 log = logging.getLogger("gateway")
 
@@ -116,27 +116,12 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
         f"{gateway.describe()} data_dir={data_dir}",
         flush=True,
     )
-    notifier = Notifier()  # systemd Type=notify: READY after the ready line, watchdog from this loop
-    notifier.ready(f"serving {gateway.describe()}")
-    watchdog = asyncio.create_task(notifier.keep_watchdog_alive(), name="sd-watchdog")
-    from .ops.status import clear_address, record_address  # for `matrix-gateway status`
-
-    record_address(data_dir, config.bind, gateway.http_port or config.http_port)
-    retention = None
-    if config.retention_interval_minutes > 0:  # old readings purged through the writer (ops/retention.py)
-        from .ops.retention import purge_periodically
-
-        retention = asyncio.create_task(purge_periodically(
-            gateway.hs.db, config.retention_default_days, config.retention_interval_minutes * 60.0,
-            lambda: int(time.time() * 1000)), name="retention")
+    appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
+    appliance.start()
     await stop.wait()
-    notifier.stopping()
-    watchdog.cancel()
-    if retention is not None:
-        retention.cancel()
+    await appliance.stop()
     log.info("shutting down")
     await gateway.stop()
-    clear_address(data_dir)
     print("matrix-gateway stopped", flush=True)
     return 0
 
