@@ -54,6 +54,10 @@ class Frontend(Protocol):
 def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> list[Frontend]:
     """Every listener besides HTTP. Each front end registers itself here with one entry."""
     frontends: list[Frontend] = []
+    from matrix_core.federation.server import FederationFrontend  # first: sets hs.federation_client, hs.keyring
+    frontends.append(FederationFrontend(hs, data_dir, config.bind, config.federation_port,
+                                        config.federation_tls_cert, config.federation_tls_key,
+                                        config.federation_tls_verify, config.federation_allow_loopback))
     from bridges.coap.server import CoapFrontend
     frontends.append(CoapFrontend(hs, config.bind, config.coap_port,
                                   config.coaps_port if config.coaps_enabled else None, data_dir / DATABASE_FILE))

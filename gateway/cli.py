@@ -62,6 +62,10 @@ def main() -> None:
 @click.option("--coaps-port", type=int, default=None, help="coaps (DTLS-PSK) port (default: 5684).")
 @click.option("--mqtt-port", type=int, default=None, help="MQTT port (default: 1883).")
 @click.option("--federation-port", type=int, default=None, help="Federation port (default: 8448).")
+@click.option("--federation-tls-verify/--no-federation-tls-verify", default=None,
+              help="Check other servers' TLS certificates (default: on; off only for tests).")
+@click.option("--federation-allow-loopback/--no-federation-allow-loopback", default=None,
+              help="Allow outbound federation to loopback addresses (default: off; for tests on one machine).")
 def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
     """Run the hub (creates DATA_DIR with a config, a signing key and a database on first run)."""
     from .app import run as run_hub

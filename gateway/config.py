@@ -33,6 +33,12 @@ class GatewayConfig:
     coaps_enabled: bool = True
     mqtt_port: int = 1883
     federation_port: int = 8448
+    # federation TLS (matrix_core/federation/tls.py): empty = a self-signed pair made in the data dir
+    federation_tls_cert: str = ""
+    federation_tls_key: str = ""
+    # outbound federation: verify certificates; refuse loopback targets (both relaxed only in tests)
+    federation_tls_verify: bool = True
+    federation_allow_loopback: bool = False
     enable_registration: bool = False
     log_level: str = "INFO"
     messages_per_second: float = 50.0
@@ -101,6 +107,15 @@ coaps_enabled = {str(config.coaps_enabled).lower()}
 coaps_port = {config.coaps_port}
 mqtt_port = {config.mqtt_port}          # MQTT broker backed by rooms
 federation_port = {config.federation_port}    # server-server API (TLS)
+# Certificate and key (PEM files) for the federation listener; empty: a self-signed pair made on
+# first run in the data dir (federation.crt, federation.key). Other servers that verify
+# certificates (Synapse's default) need a real one for your server name.
+federation_tls_cert = "{config.federation_tls_cert}"
+federation_tls_key = "{config.federation_tls_key}"
+# Check other servers' certificates. Turn off only for tests with self-signed peers.
+federation_tls_verify = {str(config.federation_tls_verify).lower()}
+# Allow outbound federation to loopback addresses (private and other non-public ones stay refused).
+federation_allow_loopback = {str(config.federation_allow_loopback).lower()}
 # Open registration over HTTP. Off: an admin adds accounts with `matrix-gateway user add`.
 enable_registration = {str(config.enable_registration).lower()}
 log_level = "{config.log_level}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .notifier import EventStream
 from .ratelimit import RateLimit, RateLimiter
@@ -44,6 +45,10 @@ class Homeserver:
         self.sync = Sync(self.rooms, self.stream)
         self.message_limiter = RateLimiter(settings.message_rate)
         self.login_limiter = RateLimiter(settings.login_rate)
+        # Set at start-up by the federation listener (matrix_core/federation/server.py).
+        self.federation_client: Any = None
+        self.keyring: Any = None
+        self.federation_routes: Any = None
 
     async def start(self) -> None:
         await self.db.open()

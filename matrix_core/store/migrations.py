@@ -159,9 +159,37 @@ COAP_MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+# Federation transport (matrix_core/federation/keyring.py): other servers' verify keys with the
+# window each may be trusted in, and each server's latest self-signed key document (relayed, with
+# our signature added, when we answer /_matrix/key/v2/query as a notary).
+FEDERATION_MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE federation_server_keys (
+            server_name TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            verify_key TEXT NOT NULL,
+            valid_until_ts INTEGER,
+            expired_ts INTEGER,
+            fetched_ts INTEGER NOT NULL,
+            from_server TEXT NOT NULL,
+            PRIMARY KEY (server_name, key_id)
+        );
+        CREATE TABLE federation_key_documents (
+            server_name TEXT PRIMARY KEY,
+            valid_until_ts INTEGER NOT NULL,
+            fetched_ts INTEGER NOT NULL,
+            json TEXT NOT NULL
+        );
+        """,
+    ),
+]
+
 # component name -> its steps. Add a component's list here (one line) when it needs tables.
 COMPONENTS: dict[str, list[tuple[int, str]]] = {
     "core": CORE_MIGRATIONS,
+    "federation": FEDERATION_MIGRATIONS,
     "mqtt": MQTT_MIGRATIONS,
     "coap": COAP_MIGRATIONS,
 }

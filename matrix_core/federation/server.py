@@ -1,0 +1,267 @@
+"""The federation listener: an aiohttp app over TLS serving the key API, the version endpoint and
+a route table for the server-server API, every /_matrix/federation request authenticated first.
+
+Handlers are registered by the federation handler modules:
+
+    FEDERATION_ROUTES.add("PUT", "/_matrix/federation/v1/send/{txnId}", on_send)
+
+    async def on_send(hs, origin: str, request: FederationRequest) -> tuple[int, Any]: ...
+
+`origin` is the server whose X-Matrix signature was verified (against the raw path, with a key of
+that server valid now, the destination being us). Errors raised as MatrixError become Matrix JSON.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs, unquote
+
+from aiohttp import web
+
+from .. import errors
+from ..canonical_json import CanonicalJSONError, JSONSyntaxError, encode_json, parse_json
+from .keyring import KeyLookupError, KeyRing
+from .keys import KeyDocumentError, parse_key_query
+from .xmatrix import XMatrixError, parse_header, verify_request
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FEDERATION_ROUTES",
+    "FederationFrontend",
+    "FederationRequest",
+    "FederationRoutes",
+    "MAX_BODY_BYTES",
+    "authenticate",
+    "make_federation_app",
+]
+
+# A /send transaction holds up to 50 PDUs and 100 EDUs of at most 64 KiB each.
+MAX_BODY_BYTES = 12 * 1024 * 1024
+SERVER_SOFTWARE = {"name": "matrix-gateway", "version": "0.1.0"}
+
+
+@dataclass(slots=True)
+class FederationRequest:
+    method: str
+    raw_path: str  # the request target as received, percent-escapes untouched (path + query)
+    path_params: dict[str, str]  # decoded
+    query: dict[str, list[str]]  # decoded
+    content: Any  # the parsed JSON body, or None
+    origin: str = ""
+    headers: Any = field(default=None, repr=False)
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+
+Handler = Callable[[Any, str, FederationRequest], Awaitable[tuple[int, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    method: str
+    parts: tuple[str, ...]
+    handler: Handler
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        if len(segments) != len(self.parts):
+            return None
+        params: dict[str, str] = {}
+        for part, seg in zip(self.parts, segments):
+            if part.startswith("{") and part.endswith("}"):
+                params[part[1:-1]] = seg
+            elif part != seg:
+                return None
+        return params
+
+
+class FederationRoutes:
+    """Method + path template -> handler. Templates use {name} for one decoded path segment."""
+
+    def __init__(self) -> None:
+        self._routes: list[_Route] = []
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        if not path.startswith("/_matrix/"):
+            raise ValueError(f"federation routes live under /_matrix/: {path}")
+        parts = tuple(path.split("/")[1:])
+        method = method.upper()
+        self._routes = [r for r in self._routes if not (r.method == method and r.parts == parts)]
+        self._routes.append(_Route(method, parts, handler))
+
+    def resolve(self, method: str, segments: list[str]) -> tuple[Handler, dict[str, str]]:
+        path_matched = False
+        for route in self._routes:
+            params = route.match(segments)
+            if params is None:
+                continue
+            if route.method == method:
+                return route.handler, params
+            path_matched = True
+        if path_matched:
+            raise errors.MatrixError(405, "M_UNRECOGNIZED", "Method not allowed.")
+        raise errors.unrecognized()
+
+
+FEDERATION_ROUTES = FederationRoutes()
+
+
+def unauthorized(error: str) -> errors.MatrixError:
+    return errors.MatrixError(401, "M_UNAUTHORIZED", error)
+
+
+async def authenticate(keyring: KeyRing, our_server_name: str, method: str, raw_path: str,
+                       authorization_headers: list[str], content: Any, now_ms: int) -> str:
+    """The origin of a request whose X-Matrix header verifies; MatrixError 401 otherwise."""
+    candidates = [h for h in authorization_headers if h.strip().lower().startswith("x-matrix")]
+    if not candidates:
+        raise unauthorized("Missing X-Matrix Authorization header.")
+    problem = "no valid signature"
+    for header in candidates:
+        try:
+            auth = parse_header(header)
+            if auth.destination is not None and auth.destination != our_server_name:
+                raise XMatrixError("request is not addressed to this server")
+            key = await keyring.get_server_key(auth.origin, auth.key_id, now_ms)
+            verify_request(auth, method, raw_path, our_server_name, key.key, content)
+        except (XMatrixError, KeyLookupError, ValueError) as exc:
+            problem = str(exc)
+            continue
+        return auth.origin
+    raise unauthorized(f"Invalid X-Matrix signature: {problem}")
+
+
+def _json(status: int, body: Any) -> web.Response:
+    return web.Response(status=status, body=encode_json(body), content_type="application/json")
+
+
+def _split(raw_path: str) -> tuple[list[str], dict[str, list[str]]]:
+    path, _, query = raw_path.partition("?")
+    return [unquote(seg) for seg in path.split("/")[1:]], parse_qs(query, keep_blank_values=True)
+
+
+def make_federation_app(hs: Any, routes: FederationRoutes, keyring: KeyRing,
+                        clock: Callable[[], int] | None = None) -> web.Application:
+    now = clock or keyring.clock
+
+    async def key_query(wanted: dict[str, dict[str, int]]) -> web.Response:
+        return _json(200, {"server_keys": await keyring.notary_documents(wanted)})
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            raw_path = request.raw_path
+            segments, query = _split(raw_path)
+            if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+                raise errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")
+            raw = await request.read() if request.can_read_body else b""
+            content = None
+            if raw.strip():
+                try:
+                    content = parse_json(raw)
+                except JSONSyntaxError:
+                    raise errors.not_json() from None
+                except CanonicalJSONError as exc:
+                    raise errors.bad_json(str(exc)) from None
+            method = request.method
+            path = "/" + "/".join(segments)
+
+            # The key API and the version are public.
+            if segments[:3] == ["_matrix", "key", "v2"]:
+                if method == "GET" and segments[3:4] == ["server"] and len(segments) <= 5:
+                    return _json(200, keyring.own_document())
+                if method == "GET" and segments[3:4] == ["query"] and len(segments) == 5:
+                    minimum = query.get("minimum_valid_until_ts", ["0"])[-1]
+                    try:
+                        min_ts = int(minimum)
+                    except ValueError:
+                        raise errors.invalid_param("minimum_valid_until_ts must be an integer") from None
+                    return await key_query({segments[4]: {"": min_ts}})
+                if method == "POST" and segments[3:] == ["query"]:
+                    try:
+                        wanted = parse_key_query(content)
+                    except KeyDocumentError as exc:
+                        raise errors.bad_json(str(exc)) from None
+                    return await key_query({s: (k or {"": 0}) for s, k in wanted.items()})
+                raise errors.unrecognized()
+            if method == "GET" and path == "/_matrix/federation/v1/version":
+                return _json(200, {"server": SERVER_SOFTWARE})
+            if segments[:2] != ["_matrix", "federation"]:
+                raise errors.unrecognized()
+
+            origin = await authenticate(keyring, hs.server_name, method, raw_path,
+                                        request.headers.getall("Authorization", []), content, now())
+            handler, params = routes.resolve(method, segments)
+            fed_request = FederationRequest(method, raw_path, params, query, content, origin, request.headers)
+            status, body = await handler(hs, origin, fed_request)
+            return _json(status, body)
+        except errors.MatrixError as err:
+            return _json(err.status, err.to_json())
+        except web.HTTPRequestEntityTooLarge:
+            return _json(413, errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes").to_json())
+        except Exception:
+            log.exception("unhandled error on federation %s %s", request.method, request.path)
+            return _json(500, {"errcode": "M_UNKNOWN", "error": "Internal server error"})
+
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+class FederationFrontend:
+    """The federation listener as a gateway front end: TLS on (bind, federation_port).
+
+    On start it puts `federation_client`, `keyring` and `federation_routes` on the Homeserver.
+    """
+
+    name = "federation"
+
+    def __init__(self, hs: Any, data_dir: Path, bind: str, port: int, tls_cert: str = "", tls_key: str = "",
+                 verify_tls: bool = True, allow_loopback: bool = False,
+                 routes: FederationRoutes = FEDERATION_ROUTES) -> None:
+        self.hs = hs
+        self.data_dir = Path(data_dir)
+        self.bind = bind
+        self.port = port
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
+        self.verify_tls = verify_tls
+        self.allow_loopback = allow_loopback
+        self.routes = routes
+        self._runner: web.AppRunner | None = None
+        self.client: Any = None
+        self.keyring: KeyRing | None = None
+
+    async def start(self) -> None:
+        from .client import FederationClient
+        from .tls import certificate_paths, server_context
+
+        cert, key = certificate_paths(self.data_dir, self.hs.server_name, self.tls_cert, self.tls_key)
+        ssl_context = server_context(cert, key)
+        self.client = FederationClient(self.hs, verify_tls=self.verify_tls, allow_loopback=self.allow_loopback)
+        self.keyring = KeyRing(self.hs.server_name, self.hs.signing_key, client=self.client, db=self.hs.db)
+        self.hs.federation_client = self.client
+        self.hs.keyring = self.keyring
+        self.hs.federation_routes = self.routes
+        self._runner = web.AppRunner(make_federation_app(self.hs, self.routes, self.keyring), access_log=None,
+                                     shutdown_timeout=5.0, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.bind, self.port, ssl_context=ssl_context, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.client is not None:
+            await self.client.close()
+
+    def describe(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"federation=https://{host}:{self.port}"
