@@ -160,6 +160,9 @@ def register_commands() -> None:
     from .ops.commands import add_ops_commands  # backup, restore, status, purge
 
     add_ops_commands(main, data_dir_option, config_option, existing_config, fail)
+    from bridges.mqtt.cli import add_mqtt_commands  # mqtt map / unmap / maps
+
+    add_mqtt_commands(main, data_dir_option, config_option, existing_config, fail)
 
 
 register_commands()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from bridges.mqtt.settings import config_problem as mqtt_config_problem, render as mqtt_render
 from matrix_core.identifiers import is_valid_server_name
 from matrix_core.signing import SigningKey, generate_signing_key, parse_signing_key, serialize_signing_key
 
@@ -32,6 +33,19 @@ class GatewayConfig:
     coaps_port: int = 5684
     coaps_enabled: bool = True
     mqtt_port: int = 1883
+    # MQTT broker (bridges/mqtt/settings.py explains each; rendered with comments below)
+    mqtt_enabled: bool = True
+    mqtt_allow_anonymous: bool = False
+    mqtt_anonymous_user: str = "mqtt-guest"
+    mqtt_room_levels: int = 2
+    mqtt_max_packet_size: int = 65536
+    mqtt_receive_maximum: int = 256
+    mqtt_max_inflight: int = 20
+    mqtt_max_queued_messages: int = 1000
+    mqtt_topic_alias_maximum: int = 64
+    mqtt_tls_port: int = 0
+    mqtt_tls_cert: str = ""
+    mqtt_tls_key: str = ""
     federation_port: int = 8448
     # federation TLS (matrix_core/federation/tls.py): empty = a self-signed pair made in the data dir
     federation_tls_cert: str = ""
@@ -89,6 +103,8 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: {key} must not be negative")
         if key == "mdns_hostname" and value and not _is_mdns_label(value):
             raise ConfigError(f"{source}: mdns_hostname {value!r} must be one DNS label (letters, digits, -)")
+        if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
+            raise ConfigError(f"{source}: {problem}")
         out[key] = value
     return out
 
@@ -106,6 +122,7 @@ coap_port = {config.coap_port}          # CoAP + CBOR for sensors (coap-client)
 coaps_enabled = {str(config.coaps_enabled).lower()}
 coaps_port = {config.coaps_port}
 mqtt_port = {config.mqtt_port}          # MQTT broker backed by rooms
+{mqtt_render(config).rstrip()}
 federation_port = {config.federation_port}    # server-server API (TLS)
 # Certificate and key (PEM files) for the federation listener; empty: a self-signed pair made on
 # first run in the data dir (federation.crt, federation.key). Other servers that verify

@@ -1,0 +1,1014 @@
+"""The MQTT broker: sockets at the edge, the homeserver behind, rooms as topics.
+
+Each TCP connection is an asyncio Protocol feeding a sans-I/O `Connection`; this module only
+does what needs the outside world: authenticating CONNECT with Matrix credentials, turning
+PUBLISH into room events through `Rooms.send_event` (acknowledged only after COMMIT), routing
+committed room events from the core's stream to matching subscriptions of users joined to the
+room, persistent sessions in SQLite, keepalive, Last Will. See docs/mqtt.md.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from matrix_core import errors
+from matrix_core.events import Event
+from matrix_core.homeserver import Homeserver
+from matrix_core.service.accounts import Requester
+
+from . import store
+from .connection import (
+    ConnectReceived,
+    Connection,
+    Delivered,
+    DisconnectReceived,
+    Limits,
+    ProtocolViolation,
+    PublishReceived,
+    Qos2Released,
+    State,
+    SubscribeReceived,
+    UnsubscribeReceived,
+)
+from .constants import MQTT_5, ReasonCode
+from .messages import matrix_event_payload, message_content, parse_mqtt, publish_content
+from .packets import NO_PROPERTIES, Connect, Publish, Subscription
+from .routing import (
+    BINDING_TYPE,
+    MESSAGE_MSGTYPE,
+    RETAINED_TYPE,
+    Rule,
+    TopicRules,
+    alias_localpart,
+    default_binding,
+)
+from .session import Outgoing, SessionState
+from .subscriptions import SubscriptionIndex
+from .topics import is_valid_topic_filter, parse_shared_subscription, topic_matches
+
+log = logging.getLogger("bridges.mqtt")
+
+NEVER_EXPIRES = 0xFFFFFFFF
+TICK_SECONDS = 0.5
+RULES_POLL_SECONDS = 0.5
+CURSOR_SAVE_SECONDS = 5.0
+
+_ERROR_REASONS = {
+    "M_FORBIDDEN": ReasonCode.NOT_AUTHORIZED,
+    "M_NOT_FOUND": ReasonCode.NOT_AUTHORIZED,
+    "M_TOO_LARGE": ReasonCode.QUOTA_EXCEEDED,
+    "M_BAD_JSON": ReasonCode.PAYLOAD_FORMAT_INVALID,
+}
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls_port: int = 0
+    tls_cert: str = ""
+    tls_key: str = ""
+    allow_anonymous: bool = False
+    anonymous_user: str = "mqtt-guest"
+    room_levels: int = 2
+    limits: Limits = Limits()
+
+
+class PublishRefused(Exception):
+    def __init__(self, reason_code: int, message: str) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+
+
+class _Own:
+    """A PUBLISH being stored by a client of ours: matched to its event by content identity, so
+    fan-out reuses the exact bytes and honours No Local without decoding anything."""
+
+    __slots__ = ("content", "publish", "session_key")
+
+    def __init__(self, content: dict[str, Any], publish: Publish, session_key: str) -> None:
+        self.content = content
+        self.publish = publish
+        self.session_key = session_key
+
+
+class MqttBroker:
+    name = "mqtt"
+
+    def __init__(self, hs: Homeserver, settings: BrokerSettings) -> None:
+        self.hs = hs
+        self.settings = settings
+        self.rules = TopicRules()
+        self.index = SubscriptionIndex()
+        self.sessions: dict[str, SessionState] = {}
+        self.offline_since: dict[str, float] = {}  # session key -> monotonic time of disconnect
+        self.restored: set[str] = set()  # sessions loaded from disk: replay history on resume
+        self.online: dict[str, ClientProtocol] = {}
+        self.clients: set[ClientProtocol] = set()
+        self._own: dict[int, _Own] = {}
+        self._servers: list[asyncio.base_events.Server] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._wills: dict[str, asyncio.TimerHandle] = {}
+        self._bg: set[asyncio.Task[Any]] = set()
+        self.bound_ports: list[int] = []
+        self.ready_rooms: set[str] = set()  # rooms whose state the core has loaded
+        self.dropped_slow = 0
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        db = self.hs.db
+        rules = await store.load_rules(db)
+        for room_id, state_key, content in await store.load_room_bindings(db, BINDING_TYPE):
+            if content and _valid_binding(state_key):
+                rules.append(Rule(state_key, room_id, False))
+        self.rules.replace(rules)
+        for key, (session, _) in (await store.load_sessions(db, self.settings.limits.max_queued)).items():
+            self.sessions[key] = session
+            self.offline_since[key] = time.monotonic()
+            self.restored.add(key)
+            for sub in session.subscriptions.values():
+                self.index.add(key, sub)
+        self._unsubscribe = self.hs.stream.subscribe(self._on_stream)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: ClientProtocol(self), self.settings.host, self.settings.port,
+                                          reuse_address=True)
+        self._servers.append(server)
+        self.bound_ports.append(server.sockets[0].getsockname()[1])
+        if self.settings.tls_port:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+            tls = await loop.create_server(lambda: ClientProtocol(self), self.settings.host,
+                                           self.settings.tls_port, ssl=context, reuse_address=True)
+            self._servers.append(tls)
+            self.bound_ports.append(tls.sockets[0].getsockname()[1])
+        self._tasks.append(asyncio.create_task(self._ticker(), name="mqtt-ticker"))
+
+    def describe(self) -> str:
+        items = [f"mqtt=mqtt://{self.settings.host}:{self.bound_ports[0]}"]
+        if len(self.bound_ports) > 1:
+            items.append(f"mqtts=mqtts://{self.settings.host}:{self.bound_ports[1]}")
+        return " ".join(items)
+
+    async def stop(self) -> None:
+        """Stop accepting, let publishes being stored finish, save sessions, close clients."""
+        for server in self._servers:
+            server.close()
+        for task in self._tasks:
+            task.cancel()
+        for client in list(self.clients):
+            await client.drain_publishes()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        for client in list(self.clients):
+            client.close(ReasonCode.SERVER_SHUTTING_DOWN, publish_will=False)
+        for handle in self._wills.values():
+            handle.cancel()
+        if self._bg:
+            await asyncio.gather(*self._bg, return_exceptions=True)
+        writes = []
+        for key, session in self.sessions.items():
+            if session.persistent:
+                writes.append(self.hs.db.submit(lambda c, k=key, s=session: store.save_session(c, k, s, store.now_ms())))
+        if writes:
+            await asyncio.gather(*writes, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+
+    def background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    # -- authentication -------------------------------------------------------------------------
+
+    async def authenticate(self, connect: Connect, peer: str) -> Requester | int:
+        """The Matrix account behind a CONNECT, or the MQTT 5 reason code refusing it."""
+        accounts = self.hs.accounts
+        if connect.username is None:
+            if not self.settings.allow_anonymous or connect.password is not None:
+                return ReasonCode.NOT_AUTHORIZED
+            user_id = accounts.local_user_id(self.settings.anonymous_user)
+            if not await accounts.user_exists(user_id):
+                log.warning("anonymous MQTT client refused: account %s does not exist", user_id)
+                return ReasonCode.NOT_AUTHORIZED
+            return Requester(user_id, f"mqtt:{connect.client_id}", False, "")
+        if connect.password is None:
+            return ReasonCode.BAD_USER_NAME_OR_PASSWORD
+        try:
+            password = connect.password.decode("utf-8")
+        except UnicodeDecodeError:
+            return ReasonCode.BAD_USER_NAME_OR_PASSWORD
+        user_id = accounts.local_user_id(connect.username)
+        try:
+            requester = await accounts.authenticate(password)
+        except errors.MatrixError:
+            requester = None
+        if requester is not None:
+            if requester.user_id == user_id:
+                return requester
+        try:
+            self.hs.login_limiter.check(f"mqtt:{peer}")
+        except errors.MatrixError:
+            return ReasonCode.BAD_USER_NAME_OR_PASSWORD
+        found = await accounts.check_credentials(connect.username, password)
+        if found is None:
+            return ReasonCode.BAD_USER_NAME_OR_PASSWORD
+        self.hs.login_limiter._buckets.pop(f"mqtt:{peer}", None)
+        return Requester(found, f"mqtt:{connect.client_id}", False, "")
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    async def open_session(self, client: "ClientProtocol", requester: Requester, connect: Connect
+                           ) -> tuple[SessionState, bool, str]:
+        """Find or create the session for a CONNECT; takes over an older connection."""
+        client_id = connect.client_id
+        if connect.protocol_level == MQTT_5:
+            expiry = connect.properties.get("session_expiry_interval", 0)
+        else:
+            expiry = 0 if connect.clean_start else NEVER_EXPIRES
+        key = store.session_key(requester.user_id, client_id)
+        old = self.online.get(key)
+        if old is not None and old is not client:
+            old.close(ReasonCode.SESSION_TAKEN_OVER, publish_will=True)
+        self._cancel_will(key)
+        session = self.sessions.get(key)
+        present = session is not None and not connect.clean_start
+        if session is not None and connect.clean_start:
+            self._drop_session(key)
+            if session.persistent:
+                await self.hs.db.write(lambda c: store.delete_session(c, key))
+            session = None
+        if session is None:
+            session = SessionState(client_id, requester.user_id, connect.protocol_level, expiry,
+                                   self.settings.limits.max_queued, seen_upto=self.hs.stream.position)
+            self.sessions[key] = session
+        session.expiry_interval = expiry
+        session.protocol_level = connect.protocol_level
+        self.offline_since.pop(key, None)
+        if key in self.restored:
+            self.restored.discard(key)
+            await self._replay(key, session)
+        if session.persistent:
+            await self.hs.db.write(lambda c: store.save_session(c, key, session, None))
+        self.online[key] = client
+        return session, present, key
+
+    def _drop_session(self, key: str) -> None:
+        session = self.sessions.pop(key, None)
+        self.offline_since.pop(key, None)
+        self.restored.discard(key)
+        if session is not None:
+            for topic_filter in session.subscriptions:
+                self.index.remove(key, topic_filter)
+
+    def session_closed(self, client: "ClientProtocol") -> None:
+        key = client.key
+        if key is None or self.online.get(key) is not client:
+            return
+        del self.online[key]
+        session = self.sessions.get(key)
+        if session is None:
+            return
+        if not session.persistent:
+            self._drop_session(key)
+            return
+        session.forget_qos0()
+        self.offline_since[key] = time.monotonic()
+        self.background(self.hs.db.write(lambda c: store.save_session(c, key, session, store.now_ms())))
+
+    async def _replay(self, key: str, session: SessionState) -> None:
+        """After a restart: queue the QoS 1/2 messages the session had not acknowledged, read
+        back from the rooms' history (the history is the message store)."""
+        upto = self.hs.stream.position
+        rooms = self.hs.rooms
+        found: list[tuple[int, Event]] = []
+        for room_id in rooms.joined_room_ids(session.user_id):
+            found += await rooms.timeline(room_id, upto, self.settings.limits.max_queued,
+                                          after=session.seen_upto, forwards=True)
+        found.sort(key=lambda item: item[0])
+        replayed: list[Outgoing] = []
+        for pos, event in found[: self.settings.limits.max_queued]:
+            for target_key, message in self._messages_for(pos, event, only=key):
+                if message.qos:
+                    replayed.append(message)
+        session.queue = deque(replayed + list(session.queue))
+
+    # -- wills ----------------------------------------------------------------------------------
+
+    def schedule_will(self, client: "ClientProtocol") -> None:
+        connect = client.conn.connect
+        if connect is None or connect.will is None or client.requester is None or client.key is None:
+            return
+        will = connect.will
+        delay = will.properties.get("will_delay_interval", 0) if will.properties else 0
+        session = self.sessions.get(client.key)
+        if session is not None and session.persistent and session.expiry_interval != NEVER_EXPIRES:
+            delay = min(delay, session.expiry_interval)
+        elif session is None or not session.persistent:
+            delay = 0
+        publish = Publish(will.topic, will.payload, will.qos, will.retain, False, None,
+                          will.properties or NO_PROPERTIES)
+        requester = client.requester
+        if delay <= 0:
+            self.background(self._publish_will(requester, publish, client.key))
+            return
+        key = client.key
+        loop = asyncio.get_running_loop()
+        self._wills[key] = loop.call_later(
+            delay, lambda: (self._wills.pop(key, None), self.background(self._publish_will(requester, publish, key)))
+        )
+
+    def _cancel_will(self, key: str) -> None:
+        handle = self._wills.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    async def _publish_will(self, requester: Requester, publish: Publish, key: str) -> None:
+        props = {k: v for k, v in publish.properties.items() if k != "will_delay_interval"}
+        publish = Publish(publish.topic, publish.payload, publish.qos, publish.retain, False, None,
+                          props or NO_PROPERTIES)
+        try:
+            await self.store_publish(requester, publish, key)
+        except (PublishRefused, errors.MatrixError) as exc:
+            log.info("will of %s on %r not published: %s", requester.user_id, publish.topic, exc)
+
+    # -- publish: client -> room ----------------------------------------------------------------
+
+    async def room_for_topic(self, requester: Requester, topic: str) -> str:
+        if topic.startswith("$"):
+            raise PublishRefused(ReasonCode.NOT_AUTHORIZED, "topics starting with $ are reserved")
+        room_id = self.rules.resolve(topic)
+        if room_id is not None:
+            return room_id
+        return await self._default_room(requester, topic)
+
+    async def _default_room(self, requester: Requester, topic: str) -> str:
+        """The default rule: the room named by the topic's first levels, found by its alias or
+        created with the publisher as its creator (and a binding for its topic filter)."""
+        key, topic_filter = default_binding(topic, self.settings.room_levels)
+        lock = self._room_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            room_id = self.rules.resolve(topic)
+            if room_id is not None:
+                return room_id
+            local = alias_localpart(key)
+            alias = f"#{local}:{self.hs.server_name}"
+            rooms = self.hs.rooms
+            room_id = await rooms.resolve_alias_local(alias)
+            if room_id is None:
+                result = await rooms.create_room(requester, {
+                    "preset": "private_chat",
+                    "room_alias_name": local,
+                    "name": f"MQTT {key}",
+                    "topic": f"MQTT topic filter {topic_filter}",
+                    "initial_state": [{"type": BINDING_TYPE, "state_key": topic_filter,
+                                       "content": {"topic_filter": topic_filter}}],
+                })
+                room_id = result["room_id"]
+                self.rules.bind(topic_filter, room_id)
+                log.info("created room %s (%s) for MQTT topics %s", room_id, alias, topic_filter)
+            self._room_locks.pop(key, None)
+            return room_id
+
+    def prepare(self, requester: Requester, publish: Publish, room_id: str) -> tuple[str, dict[str, Any], str | None]:
+        """(event type, content, state key) for a PUBLISH."""
+        props = publish.properties
+        if props and props.get("payload_format_indicator") == 1:
+            try:
+                publish.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise PublishRefused(ReasonCode.PAYLOAD_FORMAT_INVALID, "payload is not UTF-8") from None
+        mqtt = publish_content(publish.topic, publish.payload, publish.qos, props)
+        if publish.retain:
+            return RETAINED_TYPE, (mqtt if publish.payload else {}), publish.topic
+        return "m.room.message", message_content(mqtt), None
+
+    async def store_publish(self, requester: Requester, publish: Publish, key: str | None) -> str:
+        """Store one PUBLISH as a room event (used for wills; clients go through their pipeline)."""
+        room_id = await self.room_for_topic(requester, publish.topic)
+        await self.hs.rooms.get_room(room_id)
+        event_type, content, state_key = self.prepare(requester, publish, room_id)
+        await self.wait_rate(requester.user_id)
+        return await self.send(requester, room_id, event_type, content, state_key, publish, key)
+
+    async def wait_rate(self, user_id: str) -> None:
+        """The per-user message rate applies to MQTT too: over it, the publisher is slowed down
+        (TCP backpressure) instead of losing messages."""
+        limiter = self.hs.message_limiter
+        while True:
+            try:
+                limiter.check(user_id)
+                return
+            except errors.MatrixError as exc:
+                await asyncio.sleep(exc.extra.get("retry_after_ms", 100) / 1000)
+
+    async def send(self, requester: Requester, room_id: str, event_type: str, content: dict[str, Any],
+                   state_key: str | None, publish: Publish, key: str | None) -> str:
+        own = _Own(content, publish, key or "")
+        ident = id(content)
+        self._own[ident] = own
+        try:
+            return await self.hs.rooms.send_event(requester, room_id, event_type, content, state_key=state_key)
+        finally:
+            if self._own.get(ident) is own:
+                del self._own[ident]
+
+    # -- fan-out: room -> subscribers -----------------------------------------------------------
+
+    def _on_stream(self, entries: list[tuple[int, Event]]) -> None:
+        now = time.monotonic()
+        touched: set[ClientProtocol] = set()
+        for pos, event in entries:
+            if event.type == BINDING_TYPE:
+                self._on_binding(event)
+            for key, message in self._messages_for(pos, event):
+                client = self.online.get(key)
+                session = self.sessions.get(key)
+                if session is None:
+                    continue
+                if client is not None and client.conn.state is State.CONNECTED:
+                    if not client.conn.deliver(message, now):
+                        self.dropped_slow += 1
+                    touched.add(client)
+                elif session.persistent and message.qos:
+                    session.enqueue(message)
+        last = entries[-1][0]
+        for session in self.sessions.values():
+            if session.seen_upto < last:
+                session.seen_upto = last
+        for client in touched:
+            client.flush_out()
+
+    def _on_binding(self, event: Event) -> None:
+        state_key = event.state_key or ""
+        if not _valid_binding(state_key):
+            return
+        if event.content:
+            self.rules.bind(state_key, event.room_id)
+        else:
+            self.rules.unbind(state_key, event.room_id)
+
+    def _messages_for(self, pos: int, event: Event, only: str | None = None) -> list[tuple[str, Outgoing]]:
+        """Per session, the message (if any) a committed event becomes."""
+        room_id = event.room_id
+        etype = event.type
+        content = event.content
+        origin = ""
+        retain = False
+        if etype == "m.room.message" and content.get("msgtype") == MESSAGE_MSGTYPE:
+            own = self._own.get(id(content))
+            if own is not None and own.content is content:
+                pub = own.publish
+                topic, payload, qos, props, origin = pub.topic, pub.payload, pub.qos, pub.properties, own.session_key
+            else:
+                parsed = parse_mqtt(content.get("mqtt"))
+                if parsed is None or self.rules.resolve(parsed[0]) != room_id:
+                    parsed = None
+                if parsed is None:
+                    return self._generic(pos, event, only)
+                topic, payload, qos, props = parsed
+        elif etype == RETAINED_TYPE and event.is_state:
+            topic = event.state_key or ""
+            if self.rules.resolve(topic) != room_id:
+                return []
+            retain = True
+            own = self._own.get(id(content))
+            if own is not None and own.content is content:
+                pub = own.publish
+                payload, qos, props, origin = pub.payload, pub.qos, pub.properties, own.session_key
+            elif not content:
+                payload, qos, props = b"", 0, {}
+            else:
+                parsed = parse_mqtt(content)
+                if parsed is None or parsed[0] != topic:
+                    return []
+                _, payload, qos, props = parsed
+        elif event.is_state:
+            return []
+        else:
+            return self._generic(pos, event, only)
+        return self._targets(room_id, topic, payload, qos, retain, props, pos, origin, event.origin_server_ts, only)
+
+    def _generic(self, pos: int, event: Event, only: str | None) -> list[tuple[str, Outgoing]]:
+        if event.type == "m.room.redaction":
+            return []
+        topic = self.rules.topic_of_room(event.room_id)
+        if topic is None:
+            return []
+        payload = matrix_event_payload(event.event_id, event.sender, event.type, event.content,
+                                       event.origin_server_ts)
+        return self._targets(event.room_id, topic, payload, 1, False, {"content_type": "application/json"},
+                             pos, "", event.origin_server_ts, only)
+
+    def _targets(self, room_id: str, topic: str, payload: bytes, qos: int, retain: bool, props: Any,
+                 pos: int, origin: str, ts: int, only: str | None) -> list[tuple[str, Outgoing]]:
+        out: list[tuple[str, Outgoing]] = []
+        memberships = self.hs.rooms.memberships
+        expires_at = None
+        if props and "message_expiry_interval" in props:
+            remaining = props["message_expiry_interval"] - max(0, (time.time() * 1000 - ts) / 1000)
+            if remaining <= 0:
+                return []
+            expires_at = time.monotonic() + remaining
+            props = {k: v for k, v in props.items() if k != "message_expiry_interval"}
+        sessions = self.sessions
+        for key, subs in self.index.match(topic).items():
+            if only is not None and key != only:
+                continue
+            session = sessions.get(key)
+            if session is None:
+                continue
+            joined = memberships.get(session.user_id, {}).get(room_id)
+            if joined is None or joined[0] != "join":
+                continue
+            granted = -1
+            rap = False
+            sub_ids: list[int] = []
+            for sub in subs:
+                if sub.no_local and key == origin:
+                    continue
+                if sub.qos > granted:
+                    granted = sub.qos
+                rap = rap or sub.retain_as_published
+                sid = session.subscription_ids.get(sub.topic_filter)
+                if sid:
+                    sub_ids.append(sid)
+            if granted < 0:
+                continue
+            out.append((key, self._outgoing(session, topic, payload, min(qos, granted), retain and rap, props,
+                                            sub_ids, pos, expires_at)))
+        for group, members in self.index.match_shared(topic):
+            eligible = []
+            for key in members:
+                session = sessions.get(key)
+                if session is None or (only is not None and key != only):
+                    continue
+                joined = memberships.get(session.user_id, {}).get(room_id)
+                if joined is not None and joined[0] == "join":
+                    eligible.append(key)
+            online = [k for k in eligible if k in self.online]
+            if not (online or eligible):
+                continue
+            key = self.index.pick(group, online or eligible)
+            session = sessions[key]
+            sub = members[key]
+            sid = session.subscription_ids.get(sub.topic_filter)
+            out.append((key, self._outgoing(session, topic, payload, min(qos, sub.qos), False, props,
+                                            [sid] if sid else [], pos, expires_at)))
+        return out
+
+    @staticmethod
+    def _outgoing(session: SessionState, topic: str, payload: bytes, qos: int, retain: bool, props: Any,
+                  sub_ids: list[int], pos: int, expires_at: float | None) -> Outgoing:
+        if session.protocol_level != MQTT_5:
+            props = NO_PROPERTIES
+        elif sub_ids:
+            props = dict(props or {})
+            props["subscription_identifier"] = sub_ids
+        return Outgoing(topic, payload, qos, retain, props or NO_PROPERTIES, pos, expires_at)
+
+    # -- subscribe ------------------------------------------------------------------------------
+
+    async def retained_for(self, session: SessionState, key: str, sub: Subscription) -> list[Outgoing]:
+        """Retained messages (room state) matching a new subscription, from joined rooms only."""
+        shared = parse_shared_subscription(sub.topic_filter)
+        if shared is not None:
+            return []
+        out = []
+        rooms = self.hs.rooms
+        now_ms = time.time() * 1000
+        sid = session.subscription_ids.get(sub.topic_filter)
+        for room_id in rooms.joined_room_ids(session.user_id):
+            room = await rooms.get_room(room_id)
+            for (etype, state_key), event in list(room.state.items()):
+                if etype != RETAINED_TYPE or not event.content or not topic_matches(sub.topic_filter, state_key):
+                    continue
+                if self.rules.resolve(state_key) != room_id:
+                    continue
+                parsed = parse_mqtt(event.content)
+                if parsed is None or parsed[0] != state_key:
+                    continue
+                topic, payload, qos, props = parsed
+                expires_at = None
+                if "message_expiry_interval" in props:
+                    remaining = props.pop("message_expiry_interval") - (now_ms - event.origin_server_ts) / 1000
+                    if remaining <= 0:
+                        continue
+                    expires_at = time.monotonic() + remaining
+                out.append(self._outgoing(session, topic, payload, min(qos, sub.qos), True, props,
+                                          [sid] if sid else [], 0, expires_at))
+        return out
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        """Keepalive, session expiry, cursor saves, admin rule changes: one timer for all."""
+        last_rules = 0.0
+        last_cursor = 0.0
+        saved_cursors: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            now = time.monotonic()
+            try:
+                for client in list(self.clients):
+                    if client.conn.keepalive_expired(now):
+                        log.info("MQTT client %r: keepalive expired", client.client_id)
+                        client.close(ReasonCode.KEEP_ALIVE_TIMEOUT, publish_will=True)
+                for key, since in list(self.offline_since.items()):
+                    session = self.sessions.get(key)
+                    if session is None or session.expiry_interval == NEVER_EXPIRES:
+                        continue
+                    if now - since >= session.expiry_interval:
+                        self._drop_session(key)
+                        self.background(self.hs.db.write(lambda c, k=key: store.delete_session(c, k)))
+                if now - last_rules >= RULES_POLL_SECONDS:
+                    last_rules = now
+                    if self.rules.set_admin_rules(await store.load_rules(self.hs.db)):
+                        log.info("MQTT topic rules changed: %d rules", len(self.rules.rules))
+                if now - last_cursor >= CURSOR_SAVE_SECONDS:
+                    last_cursor = now
+                    for key, client in list(self.online.items()):
+                        session = self.sessions.get(key)
+                        if session is not None and session.persistent:
+                            cursor = session.cursor()
+                            if saved_cursors.get(key) != cursor:
+                                saved_cursors[key] = cursor
+                                self.background(self.hs.db.write(
+                                    lambda c, k=key, v=cursor: store.save_cursor(c, k, v)))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("MQTT ticker failed")
+
+
+def _valid_binding(topic_filter: str) -> bool:
+    return (is_valid_topic_filter(topic_filter, allow_shared=False) and not topic_filter.startswith("$")
+            and not topic_filter.startswith("$share/"))
+
+
+class ClientProtocol(asyncio.Protocol):
+    """One TCP (or TLS) connection: bytes to the Connection state machine and back."""
+
+    def __init__(self, broker: MqttBroker) -> None:
+        self.broker = broker
+        self.conn = Connection(broker.settings.limits, time.monotonic())
+        self.transport: asyncio.Transport | None = None
+        self.requester: Requester | None = None
+        self.key: str | None = None
+        self.client_id = ""
+        self.peer = ""
+        self._acks: deque[tuple[int, int, asyncio.Future[Any] | None]] = deque()
+        self._waiting: deque[Publish] = deque()
+        self._feeder: asyncio.Task[None] | None = None
+        self._paused = False
+        self._write_paused = False
+        self._closed = False
+        self._will_done = False
+
+    # -- transport callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        self.broker.clients.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        events = self.conn.receive_data(data, time.monotonic())
+        if events:
+            self._handle(events)
+        self.flush_out()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.broker.clients.discard(self)
+        if self.conn.state is not State.CLOSED:
+            self.conn.close()
+            self._lost(publish_will=True)
+        else:
+            self._lost(publish_will=not self._will_done)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.conn.flush(time.monotonic())
+        self.flush_out()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def flush_out(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self._closed:
+            self.transport.write(data)
+        if self.conn.state is State.CLOSED and self.transport is not None and not self._closed:
+            self._closed = True
+            self.transport.close()
+
+    def close(self, reason_code: int, publish_will: bool) -> None:
+        """Server-side close (takeover, keepalive, shutdown)."""
+        if self.conn.state is State.CLOSED:
+            return
+        self.conn.close(reason_code)
+        self._will_done = not publish_will
+        self._lost(publish_will)
+        self.flush_out()
+
+    _lost_done = False
+
+    def _lost(self, publish_will: bool) -> None:
+        if self._lost_done:
+            return
+        self._lost_done = True
+        self._will_done = True
+        if publish_will:
+            self.broker.schedule_will(self)
+        self.broker.session_closed(self)
+
+    async def drain_publishes(self) -> None:
+        if self._feeder is not None and not self._feeder.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._feeder), 5)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+        pending = [fut for _, _, fut in self._acks if fut is not None]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- events from the state machine ----------------------------------------------------------
+
+    def _handle(self, events: list[Any]) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is PublishReceived:
+                self._on_publish(event.packet)
+            elif kind is Delivered:
+                pass
+            elif kind is ConnectReceived:
+                self.client_id = event.packet.client_id
+                self.broker.background(self._on_connect(event.packet))
+            elif kind is SubscribeReceived:
+                self.broker.background(self._on_subscribe(event.packet))
+            elif kind is UnsubscribeReceived:
+                self._on_unsubscribe(event.packet)
+            elif kind is Qos2Released:
+                self._qos2_released(event.packet_id)
+            elif kind is DisconnectReceived:
+                reason = event.packet.reason_code
+                self._will_done = reason != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE
+                self._lost(publish_will=not self._will_done)
+            elif kind is ProtocolViolation:
+                log.info("MQTT client %r (%s) disconnected: 0x%02X %s", self.client_id, self.peer,
+                         event.reason_code, event.message)
+                self._lost(publish_will=True)
+
+    async def _on_connect(self, connect: Connect) -> None:
+        broker = self.broker
+        try:
+            if not connect.client_id:
+                if not connect.clean_start and connect.protocol_level != MQTT_5:
+                    self.conn.refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+                    return
+                assigned = "auto-" + secrets.token_hex(8)
+                connect = Connect(assigned, connect.clean_start, connect.keepalive, connect.username,
+                                  connect.password, connect.will, connect.protocol_level, connect.properties)
+                self.conn.connect = connect
+                self.client_id = assigned
+            else:
+                assigned = None
+            result = await broker.authenticate(connect, self.peer)
+            if isinstance(result, int):
+                log.info("MQTT CONNECT refused for %r from %s: 0x%02X", connect.username, self.peer, result)
+                self.conn.refuse(result)
+                return
+            if connect.will is not None and connect.will.topic.startswith("$"):
+                self.conn.refuse(ReasonCode.NOT_AUTHORIZED)
+                return
+            self.requester = result
+            if self._closed:
+                return
+            session, present, key = await broker.open_session(self, result, connect)
+            self.key = key
+            if self._closed or self.conn.state is not State.AUTHENTICATING:
+                broker.session_closed(self)
+                return
+            props: dict[str, Any] = {}
+            if assigned is not None and connect.protocol_level == MQTT_5:
+                props["assigned_client_identifier"] = assigned
+            events = self.conn.accept(session, present, time.monotonic(), props)
+            if events:
+                self._handle(events)
+        except Exception:
+            log.exception("MQTT CONNECT handling failed")
+            if self.conn.state is State.AUTHENTICATING:
+                self.conn.refuse(ReasonCode.SERVER_UNAVAILABLE)
+        finally:
+            self.flush_out()
+
+    # -- publish pipeline -----------------------------------------------------------------------
+
+    def _on_publish(self, publish: Publish) -> None:
+        """Start storing in arrival order. The build/sign step runs at once when the room is
+        known (so many publishes share one group commit); acknowledgements go out in order."""
+        if self._waiting or not self._try_start(publish):
+            self._waiting.append(publish)
+            if self._feeder is None or self._feeder.done():
+                self._feeder = asyncio.ensure_future(self._feed())
+        self._check_pressure()
+
+    def _try_start(self, publish: Publish) -> bool:
+        """Start one publish synchronously if nothing needs awaiting first."""
+        broker = self.broker
+        topic = publish.topic
+        if topic.startswith("$"):
+            self._refused(publish, ReasonCode.NOT_AUTHORIZED)
+            return True
+        room_id = broker.rules.resolve(topic)
+        if room_id is None or room_id not in broker.ready_rooms:
+            return False
+        assert self.requester is not None
+        try:
+            broker.hs.message_limiter.check(self.requester.user_id)
+        except errors.MatrixError:
+            return False
+        self._start(publish, room_id)
+        return True
+
+    def _start(self, publish: Publish, room_id: str) -> None:
+        assert self.requester is not None
+        try:
+            event_type, content, state_key = self.broker.prepare(self.requester, publish, room_id)
+        except PublishRefused as exc:
+            self._refused(publish, exc.reason_code)
+            return
+        coro = self.broker.send(self.requester, room_id, event_type, content, state_key, publish, self.key)
+        session = self.broker.sessions.get(self.key) if self.key else None
+        if publish.qos == 2 and session is not None and session.persistent:
+            coro = self._remember_qos2(coro, publish.packet_id or 0)
+        fut = asyncio.ensure_future(coro)
+        self._acks.append((publish.packet_id or 0, publish.qos, fut))
+        fut.add_done_callback(self._on_stored)
+
+    async def _remember_qos2(self, stored: Any, packet_id: int) -> str:
+        """A persistent session's QoS 2 packet id is durable before PUBREC, so a retransmission
+        after a restart is recognised and not stored twice."""
+        event_id = await stored
+        key = self.key
+        assert key is not None
+        await self.broker.hs.db.write(lambda c: store.add_incoming_qos2(c, key, packet_id))
+        return event_id
+
+    def _refused(self, publish: Publish, reason_code: int) -> None:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_exception(PublishRefused(reason_code, "refused"))
+        self._acks.append((publish.packet_id or 0, publish.qos, done))
+        self._on_stored(done)
+
+    async def _feed(self) -> None:
+        """The slow path: room creation, room loading or rate limiting, still in order."""
+        broker = self.broker
+        assert self.requester is not None
+        while self._waiting:
+            publish = self._waiting[0]
+            try:
+                room_id = await broker.room_for_topic(self.requester, publish.topic)
+                await broker.hs.rooms.get_room(room_id)
+                broker.ready_rooms.add(room_id)
+                await broker.wait_rate(self.requester.user_id)
+            except PublishRefused as exc:
+                self._waiting.popleft()
+                self._refused(publish, exc.reason_code)
+                continue
+            except errors.MatrixError as exc:
+                self._waiting.popleft()
+                log.info("MQTT publish to %r by %s refused: %s", publish.topic, self.requester.user_id, exc)
+                self._refused(publish, _ERROR_REASONS.get(exc.errcode, ReasonCode.UNSPECIFIED_ERROR))
+                continue
+            self._waiting.popleft()
+            self._start(publish, room_id)
+            self._check_pressure()
+
+    def _on_stored(self, _: Any) -> None:
+        acks = self._acks
+        conn = self.conn
+        while acks and acks[0][2] is not None and acks[0][2].done():  # type: ignore[union-attr]
+            packet_id, qos, fut = acks.popleft()
+            exc = fut.exception() if fut is not None else None  # type: ignore[union-attr]
+            if exc is None:
+                if qos:
+                    conn.ack_publish(packet_id, qos)
+                continue
+            if isinstance(exc, PublishRefused):
+                reason = exc.reason_code
+            elif isinstance(exc, errors.MatrixError):
+                reason = _ERROR_REASONS.get(exc.errcode, ReasonCode.UNSPECIFIED_ERROR)
+            else:
+                log.error("MQTT publish failed: %r", exc)
+                reason = ReasonCode.UNSPECIFIED_ERROR
+            if reason != ReasonCode.NOT_AUTHORIZED or qos:
+                log.info("MQTT publish by %r refused: 0x%02X %s", self.client_id, reason, exc)
+            if qos:
+                conn.ack_publish(packet_id, qos, reason)
+                if conn.state is State.CLOSED:
+                    self._lost(publish_will=True)
+        self._check_pressure()
+        self.flush_out()
+
+    def _check_pressure(self) -> None:
+        """Stop reading a client whose publishes pile up (3.1.1 has no receive maximum)."""
+        if self.transport is None or self._closed:
+            return
+        backlog = len(self._acks) + len(self._waiting)
+        limit = self.broker.settings.limits.receive_maximum
+        if not self._paused and backlog >= limit:
+            self._paused = True
+            self.transport.pause_reading()
+        elif self._paused and backlog < limit // 2:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _qos2_released(self, packet_id: int) -> None:
+        key = self.key
+        session = self.broker.sessions.get(key) if key else None
+        if key is not None and session is not None and session.persistent:
+            self.broker.background(self.broker.hs.db.write(lambda c: store.remove_incoming_qos2(c, key, packet_id)))
+
+    # -- subscribe ------------------------------------------------------------------------------
+
+    async def _on_subscribe(self, packet: Any) -> None:
+        broker = self.broker
+        key = self.key
+        session = broker.sessions.get(key) if key else None
+        if session is None or key is None:
+            return
+        invalid = self.conn.invalid_filters(packet.packet_id)
+        sid = packet.properties.get("subscription_identifier", [None])[0] if packet.properties else None
+        codes: list[int] = []
+        new_subs: list[tuple[Subscription, bool]] = []
+        for i, sub in enumerate(packet.subscriptions):
+            if invalid and invalid[i] >= 0:
+                codes.append(invalid[i])
+                continue
+            existed = sub.topic_filter in session.subscriptions
+            if existed:
+                broker.index.remove(key, sub.topic_filter)
+            session.subscriptions[sub.topic_filter] = sub
+            if sid:
+                session.subscription_ids[sub.topic_filter] = sid
+            else:
+                session.subscription_ids.pop(sub.topic_filter, None)
+            broker.index.add(key, sub)
+            codes.append(sub.qos)
+            new_subs.append((sub, existed))
+        try:
+            if session.persistent:
+                await broker.hs.db.write(lambda c: store.save_session(c, key, session, None))
+            self.conn.send_suback(packet.packet_id, codes)
+            self.flush_out()
+            now = time.monotonic()
+            for sub, existed in new_subs:
+                if sub.retain_handling == 2 or (sub.retain_handling == 1 and existed):
+                    continue
+                for message in await broker.retained_for(session, key, sub):
+                    if self.conn.state is State.CONNECTED:
+                        self.conn.deliver(message, now)
+            self.flush_out()
+        except Exception:
+            log.exception("MQTT SUBSCRIBE handling failed")
+
+    def _on_unsubscribe(self, packet: Any) -> None:
+        broker = self.broker
+        key = self.key
+        session = broker.sessions.get(key) if key else None
+        if session is None or key is None:
+            return
+        codes = []
+        for topic_filter in packet.topic_filters:
+            if topic_filter in session.subscriptions:
+                del session.subscriptions[topic_filter]
+                session.subscription_ids.pop(topic_filter, None)
+                broker.index.remove(key, topic_filter)
+                codes.append(ReasonCode.SUCCESS)
+            else:
+                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        if session.persistent:
+            async def save_then_ack() -> None:
+                await broker.hs.db.write(lambda c: store.save_session(c, key, session, None))
+                self.conn.send_unsuback(packet.packet_id, codes)
+                self.flush_out()
+            broker.background(save_then_ack())
+        else:
+            self.conn.send_unsuback(packet.packet_id, codes)

@@ -1,0 +1,90 @@
+"""`matrix-gateway mqtt map|unmap|maps`: the hub admin's topic rules.
+
+They write the `mqtt_rules` table straight into the SQLite store (WAL), like the account
+commands, so they work while the hub runs; the broker picks changes up within a second.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from matrix_core.store.database import open_sync
+
+from . import store
+from .topics import is_valid_topic_filter
+
+
+def _resolve_room(conn: sqlite3.Connection, room: str, server_name: str) -> str | None:
+    if room.startswith("#"):
+        if ":" not in room:
+            room = f"{room}:{server_name}"
+        row = conn.execute("SELECT room_id FROM room_aliases WHERE alias = ?", (room,)).fetchone()
+        return row[0] if row else None
+    row = conn.execute("SELECT room_id FROM rooms WHERE room_id = ?", (room,)).fetchone()
+    return row[0] if row else None
+
+
+def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: Any,
+                      existing_config: Callable[[Path, Path | None], Any], fail: Callable[[str], None]) -> None:
+    @main.group()
+    def mqtt() -> None:
+        """Topic <-> room rules of the MQTT broker (applied to a running hub within a second)."""
+
+    def open_db(data_dir: Path, config_file: Path | None) -> tuple[Any, sqlite3.Connection]:
+        config = existing_config(data_dir, config_file)
+        from gateway.config import DATABASE_FILE
+
+        return config, open_sync(data_dir / DATABASE_FILE)
+
+    @mqtt.command("map")
+    @click.argument("topic_filter")
+    @click.argument("room")
+    @data_dir_option
+    @config_option
+    def mqtt_map(topic_filter: str, room: str, data_dir: Path, config_file: Path | None) -> None:
+        """Publishes to topics matching TOPIC_FILTER go to ROOM (a room id or #alias)."""
+        if not is_valid_topic_filter(topic_filter, allow_shared=False) or topic_filter.startswith("$"):
+            fail(f"{topic_filter!r} is not a topic filter a rule can use (no $share/, no leading $)")
+        config, conn = open_db(data_dir, config_file)
+        try:
+            room_id = _resolve_room(conn, room, config.server_name)
+            if room_id is None:
+                fail(f"no such room on this hub: {room}")
+            conn.execute("BEGIN IMMEDIATE")
+            store.set_rule(conn, topic_filter, room_id)  # type: ignore[arg-type]
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        click.echo(f"{topic_filter} -> {room_id}")
+
+    @mqtt.command("unmap")
+    @click.argument("topic_filter")
+    @data_dir_option
+    @config_option
+    def mqtt_unmap(topic_filter: str, data_dir: Path, config_file: Path | None) -> None:
+        """Remove the rule for TOPIC_FILTER."""
+        _, conn = open_db(data_dir, config_file)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            removed = store.delete_rule(conn, topic_filter)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        if not removed:
+            fail(f"no rule for {topic_filter!r}")
+        click.echo(f"removed {topic_filter}")
+
+    @mqtt.command("maps")
+    @data_dir_option
+    @config_option
+    def mqtt_maps(data_dir: Path, config_file: Path | None) -> None:
+        """List the rules (topic filter, room id), one per line."""
+        _, conn = open_db(data_dir, config_file)
+        try:
+            for topic_filter, room_id in store.list_rules(conn):
+                click.echo(f"{topic_filter}\t{room_id}")
+        finally:
+            conn.close()

@@ -1,0 +1,95 @@
+"""The broker's settings: the `mqtt_*` keys of gateway.toml, checked and turned into
+BrokerSettings. Kept here so gateway/config.py only needs one call."""
+from __future__ import annotations
+
+from typing import Any
+
+from .connection import Limits
+
+# key -> (smallest, largest) for the integer settings
+_RANGES = {
+    "mqtt_room_levels": (1, 16),
+    "mqtt_max_packet_size": (128, 268_435_460),
+    "mqtt_receive_maximum": (1, 65535),
+    "mqtt_max_inflight": (1, 65535),
+    "mqtt_max_queued_messages": (0, 10_000_000),
+    "mqtt_topic_alias_maximum": (0, 65535),
+    "mqtt_tls_port": (0, 65535),
+}
+
+RENDERED = """# MQTT broker (docs/mqtt.md). Devices log in with a Matrix account: username = localpart or
+# user id, password = the account password or a device access token.
+mqtt_enabled = {mqtt_enabled}
+# Let clients without a username in, acting as the account below (create it first with
+# `matrix-gateway user add`). Off by default, like mosquitto 2.
+mqtt_allow_anonymous = {mqtt_allow_anonymous}
+mqtt_anonymous_user = "{mqtt_anonymous_user}"
+# Default topic rule: the first N levels of a topic name its room (home/kitchen/temp -> home/kitchen).
+mqtt_room_levels = {mqtt_room_levels}
+# Largest packet accepted (bytes; an event holds at most 64 KiB anyway).
+mqtt_max_packet_size = {mqtt_max_packet_size}
+# Incoming QoS 1/2 publishes being stored per client; beyond it the client is not read (backpressure).
+mqtt_receive_maximum = {mqtt_receive_maximum}
+# Outgoing QoS 1/2 messages unacknowledged per client, then queued up to mqtt_max_queued_messages;
+# beyond that a slow consumer loses messages (they stay in the room's history).
+mqtt_max_inflight = {mqtt_max_inflight}
+mqtt_max_queued_messages = {mqtt_max_queued_messages}
+mqtt_topic_alias_maximum = {mqtt_topic_alias_maximum}
+# MQTT over TLS: a port (e.g. 8883; 0 = off) and PEM certificate and key files.
+mqtt_tls_port = {mqtt_tls_port}
+mqtt_tls_cert = "{mqtt_tls_cert}"
+mqtt_tls_key = "{mqtt_tls_key}"
+"""
+
+
+def config_problem(key: str, value: Any) -> str | None:
+    """Why an mqtt_* value is wrong (the type is already checked), or None."""
+    if key in _RANGES:
+        low, high = _RANGES[key]
+        if not low <= value <= high:
+            return f"{key} must be between {low} and {high}, not {value}"
+    return None
+
+
+def render(config: Any) -> str:
+    values = {}
+    for key in ("mqtt_enabled", "mqtt_allow_anonymous"):
+        values[key] = str(getattr(config, key)).lower()
+    for key in ("mqtt_anonymous_user", "mqtt_room_levels", "mqtt_max_packet_size", "mqtt_receive_maximum",
+                "mqtt_max_inflight", "mqtt_max_queued_messages", "mqtt_topic_alias_maximum", "mqtt_tls_port",
+                "mqtt_tls_cert", "mqtt_tls_key"):
+        values[key] = getattr(config, key)
+    return RENDERED.format(**values)
+
+
+def broker_settings(config: Any) -> Any:
+    from .broker import BrokerSettings
+
+    if config.mqtt_tls_port and not (config.mqtt_tls_cert and config.mqtt_tls_key):
+        raise ValueError("mqtt_tls_port needs mqtt_tls_cert and mqtt_tls_key")
+    return BrokerSettings(
+        host=config.bind,
+        port=config.mqtt_port,
+        tls_port=config.mqtt_tls_port,
+        tls_cert=config.mqtt_tls_cert,
+        tls_key=config.mqtt_tls_key,
+        allow_anonymous=config.mqtt_allow_anonymous,
+        anonymous_user=config.mqtt_anonymous_user,
+        room_levels=config.mqtt_room_levels,
+        limits=Limits(
+            max_packet_size=config.mqtt_max_packet_size,
+            receive_maximum=config.mqtt_receive_maximum,
+            max_inflight=config.mqtt_max_inflight,
+            topic_alias_maximum=config.mqtt_topic_alias_maximum,
+            max_queued=config.mqtt_max_queued_messages,
+        ),
+    )
+
+
+def build_frontend(config: Any, hs: Any) -> list[Any]:
+    """The broker as a gateway Frontend (none when mqtt_enabled is false)."""
+    from .broker import MqttBroker
+
+    if not config.mqtt_enabled:
+        return []
+    return [MqttBroker(hs, broker_settings(config))]
