@@ -58,6 +58,8 @@ def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> li
     frontends.append(FederationFrontend(hs, data_dir, config.bind, config.federation_port,
                                         config.federation_tls_cert, config.federation_tls_key,
                                         config.federation_tls_verify, config.federation_allow_loopback))
+    from matrix_core.federation.service import FederationService  # after the listener: rooms over federation
+    frontends.append(FederationService(hs))
     from bridges.coap.server import CoapFrontend
     frontends.append(CoapFrontend(hs, config.bind, config.coap_port,
                                   config.coaps_port if config.coaps_enabled else None, data_dir / DATABASE_FILE))
@@ -93,7 +95,7 @@ class Gateway:
 
     def describe(self) -> str:
         items = [f"http=http://{self.config.bind}:{self.http_port}"]
-        items += [frontend.describe() for frontend in self.frontends]
+        items += [d for d in (frontend.describe() for frontend in self.frontends) if d]
         return " ".join(items)
 
     async def stop(self) -> None:

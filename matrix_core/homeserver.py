@@ -48,6 +48,8 @@ class Homeserver:
         # Set at start-up by the federation listener (matrix_core/federation/server.py).
         self.federation_client: Any = None
         self.keyring: Any = None
+        self.federation_inbound: Any = None  # set by the federation front end
+        self.federation_sender: Any = None
         self.federation_routes: Any = None
 
     async def start(self) -> None:

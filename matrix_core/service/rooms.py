@@ -12,12 +12,12 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-from .. import auth_rules, errors
+from .. import auth_rules, errors, state_res
 from ..canonical_json import encode_canonical_json
 from ..client_format import STRIPPED_STATE_TYPES, client_event, stripped_state
-from ..event_hashing import hash_sign_and_compute_event_id
+from ..event_hashing import compute_event_id, hash_sign_and_compute_event_id
 from ..events import Event
 from ..identifiers import is_valid_user_id, random_string, split_id
 from ..notifier import EventStream
@@ -54,6 +54,7 @@ class Rooms:
         self._room_versions: dict[str, RoomVersion] = {}
         self._loading: dict[str, asyncio.Future[RoomCache]] = {}
         self._next_stream = 1
+        self._next_backfill = -1
         self._next_state_group = 1
         # user_id -> room_id -> (membership, stream position of that member event)
         self.memberships: dict[str, dict[str, tuple[str, int]]] = {}
@@ -63,6 +64,11 @@ class Rooms:
         self._txn_of_event: dict[str, dict[str, str]] = {}
         self._redaction_events: dict[str, Event] = {}
         self._aliases: dict[str, str] = {}
+        # (user_id, room_id) -> (room version, invite PDU, stripped state) for rooms on other servers.
+        self.remote_invites: dict[tuple[str, str], tuple[RoomVersion, dict[str, Any], list[dict[str, Any]]]] = {}
+        # Set by the federation front end: join/leave a room hosted elsewhere (user, room, servers, membership).
+        self.remote_membership: Callable[[str, str, list[str], str], Any] | None = None
+        self.resolve_remote_alias: Callable[[str], Any] | None = None
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
 
@@ -75,6 +81,8 @@ class Rooms:
         self._next_stream = last + 1
         self.stream.position = last
         self.stream._forgotten_upto = last  # nothing older is in the in-memory buffer
+        row = await self.db.fetchone("SELECT MIN(stream_ordering) FROM events")
+        self._next_backfill = min(-1, (row[0] or 0) - 1) if row else -1
         row = await self.db.fetchone("SELECT MAX(id) FROM state_groups")
         self._next_state_group = (row[0] or 0) + 1 if row else 1
         for room_id, version in await self.db.fetchall("SELECT room_id, room_version FROM rooms"):
@@ -85,6 +93,13 @@ class Rooms:
         ):
             if user_id.endswith(":" + self.server_name):
                 self.memberships.setdefault(user_id, {})[room_id] = (membership, pos)
+        for user_id, room_id, version, event_json, invite_state, pos in await self.db.fetchall(
+            "SELECT user_id, room_id, room_version, event_json, invite_state, stream_ordering FROM remote_invites"
+        ):
+            self.remote_invites[(user_id, room_id)] = (KNOWN_ROOM_VERSIONS[version], json.loads(event_json),
+                                                       json.loads(invite_state))
+            if room_id not in self._room_versions:
+                self.memberships.setdefault(user_id, {})[room_id] = ("invite", pos)
         for txn_key, event_id in reversed(await self.db.fetchall(
             "SELECT txn_key, event_id FROM events WHERE txn_key IS NOT NULL ORDER BY stream_ordering DESC LIMIT ?",
             (TXN_MEMORY,),
@@ -303,6 +318,166 @@ class Rooms:
         fut.add_done_callback(on_committed)
         return fut
 
+    # -- events from other servers --------------------------------------------------------------
+
+    def add_room(self, room: RoomCache) -> None:
+        """Make a room known (a remote room we joined): its row is written with its first events."""
+        self._room_versions[room.room_id] = room.version
+        self._rooms[room.room_id] = room
+
+    async def get_events_any(self, event_ids: Iterable[str]) -> dict[str, tuple[Event, bool, str | None]]:
+        """Known events, outliers and rejected ones included: id -> (event, is_outlier, rejected)."""
+        ids = list(dict.fromkeys(event_ids))
+        out: dict[str, tuple[Event, bool, str | None]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for event_id, room_id, pdu_json, outlier, rejected in await self.db.fetchall(
+                f"SELECT event_id, room_id, json, outlier, rejected_reason FROM events WHERE event_id IN ({marks})",
+                chunk,
+            ):
+                version = self._room_versions.get(room_id)
+                if version is not None:
+                    out[event_id] = (Event(json.loads(pdu_json), event_id, version), bool(outlier), rejected)
+        return out
+
+    async def state_after(self, room: RoomCache, event_id: str) -> tuple[dict[StateKey, Event], int | None] | None:
+        """The state after a stored, placed (non-outlier) event, and its group; None if unknown."""
+        if room.extremities == [event_id] and room.state_group is not None:
+            return dict(room.state), room.state_group
+        row = await self.db.fetchone(
+            "SELECT state_group FROM events WHERE event_id = ? AND outlier = 0 AND rejected_reason IS NULL",
+            (event_id,),
+        )
+        if row is None or row[0] is None:
+            return None
+        return await self.load_state_group(room.room_id, row[0]), row[0]
+
+    async def resolve_states(self, version: RoomVersion, state_sets: list[dict[StateKey, Event]]
+                             ) -> dict[StateKey, Event]:
+        """State resolution over full state maps, loading auth-chain events from the store."""
+        events: dict[str, Event] = {}
+        for state in state_sets:
+            for ev in state.values():
+                events[ev.event_id] = ev
+        id_sets = [{key: ev.event_id for key, ev in state.items()} for state in state_sets]
+        rejected: set[str] = set()
+        for _ in range(64):
+            try:
+                resolved = state_res.resolve(version, id_sets, events, rejected=rejected)
+                break
+            except state_res.MissingEventsError as exc:
+                found = await self.get_events_any(exc.event_ids)
+                if not found:
+                    raise errors.MatrixError(500, "M_UNKNOWN", f"cannot resolve state: missing {len(exc.event_ids)}")
+                for event_id, (ev, _, rejected_reason) in found.items():
+                    events[event_id] = ev
+                    if rejected_reason:
+                        rejected.add(event_id)
+        else:
+            raise errors.MatrixError(500, "M_UNKNOWN", "state resolution did not converge")
+        return {key: events[eid] for key, eid in resolved.items()}
+
+    def _alloc_position(self, backfilled: bool) -> int:
+        if backfilled:
+            pos = self._next_backfill
+            self._next_backfill -= 1
+            return pos
+        pos = self._next_stream
+        self._next_stream += 1
+        return pos
+
+    def enqueue_outliers(self, events: list[Event]) -> "asyncio.Future[Any]":
+        """Store events we need for auth or state but have not placed in the DAG (no stream)."""
+        rows = _Rows()
+        for ev in events:
+            rows.add_event(self._alloc_position(True), ev, None, None, None, outlier=True, announce=False)
+            self._cache_event(ev)
+        return self.db.submit(rows.write)
+
+    def enqueue_rejected(self, ev: Event, reason: str) -> "asyncio.Future[Any]":
+        rows = _Rows()
+        rows.add_event(self._alloc_position(True), ev, None, None, None, rejected=reason, announce=False)
+        return self.db.submit(rows.write)
+
+    async def place_federated_event(self, room: RoomCache, ev: Event, state_before: dict[StateKey, Event],
+                                    before_group: int | None, soft_failed: bool = False,
+                                    backfilled: bool = False, new_room: bool = False) -> "asyncio.Future[Any]":
+        """Store an authorized event from another server with the state before it; advance the
+        room's extremities and current state (resolving forks) unless it is soft-failed or old."""
+        while True:
+            extremities_seen = list(room.extremities)
+            state_after = dict(state_before)
+            if ev.is_state:
+                state_after[(ev.type, ev.state_key or "")] = ev
+            new_current: dict[StateKey, Event] | None = None
+            new_extremities = extremities_seen
+            if not soft_failed and not backfilled:
+                new_extremities = [e for e in extremities_seen if e not in ev.prev_event_ids] + [ev.event_id]
+                if new_extremities == [ev.event_id]:
+                    new_current = state_after
+                else:
+                    new_current = await self.resolve_states(room.version, [dict(room.state), state_after])
+            if room.extremities == extremities_seen:
+                break  # nothing moved while we resolved: apply now, without awaiting
+        rows = _Rows()
+        if new_room:
+            rows.new_room = (room.room_id, room.version.identifier, None)
+        pos = self._alloc_position(backfilled)
+        # A delta may only extend a group whose chain length we know (the room's current one).
+        chain = room.state_chain if before_group == room.state_group else MAX_STATE_CHAIN
+        if before_group is None:
+            before_group, chain = self._new_group(rows, room.room_id, state_before, None, 0, {})
+        after_group = before_group
+        if ev.is_state:
+            key = (ev.type, ev.state_key or "")
+            after_group, _ = self._new_group(rows, room.room_id, state_after, before_group, chain, {key: ev})
+        rows.add_event(pos, ev, after_group, before_group, None, announce=not (soft_failed or backfilled),
+                       rejected="soft_failed" if soft_failed else None)
+        self._cache_event(ev)
+        if new_current is not None:
+            old = room.state
+            for key, cur in new_current.items():
+                if key not in old or old[key].event_id != cur.event_id:
+                    rows.current.append((room.room_id, key[0], key[1], cur.event_id, cur.membership))
+                    self._note_member(rows, cur, pos)
+            for key in old:
+                if key not in new_current:
+                    rows.current_deleted.append((room.room_id, key[0], key[1]))
+            current_group = after_group
+            if new_current is not state_after:
+                current_group, _ = self._new_group(rows, room.room_id, new_current, None, 0, {})
+            room.state = dict(new_current)
+            room.state_group = current_group
+            room.state_chain = 0 if current_group != after_group else chain + (1 if ev.is_state else 0)
+            room.extremities = new_extremities[-MAX_PREV_EVENTS:]
+            room.depth = max(room.depth, ev.depth)
+            rows.room_update = (json.dumps(room.extremities), room.state_group, room.room_id)
+        return self._submit(room, rows)
+
+    async def remember_remote_invite(self, user_id: str, room_id: str, version: RoomVersion,
+                                     pdu: dict[str, Any], invite_state: list[dict[str, Any]]) -> None:
+        """An invite from another server into a room we are not in: kept until joined or left."""
+        pos = self._alloc_position(False)
+        stripped = list(invite_state) + [{"type": "m.room.member", "state_key": user_id,
+                                          "content": pdu.get("content", {}), "sender": pdu.get("sender")}]
+        await self.db.write(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO remote_invites (user_id, room_id, room_version, event_json, invite_state, "
+            "stream_ordering) VALUES (?, ?, ?, ?, ?, ?)",
+            (user_id, room_id, version.identifier, json.dumps(pdu), json.dumps(stripped), pos)))
+        self.remote_invites[(user_id, room_id)] = (version, pdu, stripped)
+        if room_id in self._room_versions:
+            return  # a room we already know: the invite also arrives as a room event
+        self.memberships.setdefault(user_id, {})[room_id] = ("invite", pos)
+        invite = Event(pdu, compute_event_id(pdu, version), version)
+        self.stream.advance([(pos, invite)])
+
+    async def forget_remote_invite(self, user_id: str, room_id: str) -> None:
+        if self.remote_invites.pop((user_id, room_id), None) is None:
+            return
+        await self.db.write(lambda conn: conn.execute(
+            "DELETE FROM remote_invites WHERE user_id = ? AND room_id = ?", (user_id, room_id)))
+
     async def send_event(self, requester: Requester, room_id: str, event_type: str, content: Any,
                          txn_id: str | None = None, state_key: str | None = None) -> str:
         """Send a message or state event as the requester; returns the event id once durable."""
@@ -446,9 +621,38 @@ class Rooms:
         await self._apply_and_enqueue(room, [event])
         return event.event_id
 
-    async def join(self, requester: Requester, room_id_or_alias: str) -> str:
-        room_id = await self.resolve_room(room_id_or_alias)
-        await self.update_membership(requester, room_id, requester.user_id, "join")
+    async def join(self, requester: Requester, room_id_or_alias: str, via: list[str] | None = None) -> str:
+        """Join a local room, or one hosted elsewhere (through the alias's servers, `via`, or the
+        server that invited us)."""
+        servers = list(via or [])
+        if room_id_or_alias.startswith("#") and not room_id_or_alias.endswith(":" + self.server_name):
+            if self.resolve_remote_alias is None:
+                raise errors.not_found(f"Room alias {room_id_or_alias} not found")
+            room_id, alias_servers = await self.resolve_remote_alias(room_id_or_alias)
+            servers += alias_servers
+        elif room_id_or_alias.startswith("!") and room_id_or_alias not in self._room_versions:
+            room_id = room_id_or_alias
+        else:
+            room_id = await self.resolve_room(room_id_or_alias)
+        if room_id in self._room_versions:
+            member = self.membership_of(requester.user_id, room_id)
+            if member is None or member[0] != "join" or not servers:
+                try:
+                    await self.update_membership(requester, room_id, requester.user_id, "join")
+                    return room_id
+                except errors.MatrixError:
+                    if not servers or self.remote_membership is None:
+                        raise
+            else:
+                return room_id
+        invite = self.remote_invites.get((requester.user_id, room_id))
+        if invite is not None:
+            servers.append(invite[1]["sender"].split(":", 1)[1])
+        if ":" in room_id and not self._room_versions.get(room_id):
+            servers.append(room_id.split(":", 1)[1])
+        if self.remote_membership is None or not servers:
+            raise errors.not_found(f"Unknown room {room_id}")
+        await self.remote_membership(requester.user_id, room_id, list(dict.fromkeys(servers)), "join")
         return room_id
 
     # -- redaction --------------------------------------------------------------------------------

@@ -96,17 +96,29 @@ class Sync:
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
         for room_id, (membership, _) in list(self.rooms.memberships.get(requester.user_id, {}).items()):
-            room = await self.rooms.get_room(room_id)
+            room = await self._room_if_known(room_id)
             if membership == "join":
                 timeline, limited = await self._room_window(room_id, None, upto, limit)
                 in_timeline = {ev.event_id for _, ev in timeline}
                 state = [ev for ev in room.state.values() if ev.event_id not in in_timeline]
                 join[room_id] = self._joined_room_body(requester, timeline, limited, state)
             elif membership == "invite":
-                invite_event = room.state.get(("m.room.member", requester.user_id))
-                if invite_event is not None:
-                    invite[room_id] = {"invite_state": {"events": self.rooms.invite_state(room, invite_event)}}
+                state = self._invite_state(requester.user_id, room_id, room)
+                if state is not None:
+                    invite[room_id] = {"invite_state": {"events": state}}
         return {"join": join, "invite": invite, "leave": {}}
+
+    def _invite_state(self, user_id: str, room_id: str, room: Any) -> list[dict[str, Any]] | None:
+        """Stripped state for an invite: from the room if we know it, else from the remote invite."""
+        if room is not None:
+            invite_event = room.state.get(("m.room.member", user_id))
+            if invite_event is not None and invite_event.membership == "invite":
+                return self.rooms.invite_state(room, invite_event)
+        remote = self.rooms.remote_invites.get((user_id, room_id))
+        return remote[2] if remote is not None else None
+
+    async def _room_if_known(self, room_id: str) -> Any:
+        return await self.rooms.get_room(room_id) if self.rooms.room_version(room_id) is not None else None
 
     async def _incremental(self, requester: Requester, since: int, upto: int, limit: int,
                            full_state: bool) -> dict[str, Any]:
@@ -142,10 +154,9 @@ class Sync:
                     state = []
                 join[room_id] = self._joined_room_body(requester, timeline, limited, state)
             elif membership == "invite" and changed:
-                room = await self.rooms.get_room(room_id)
-                invite_event = room.state.get(("m.room.member", requester.user_id))
-                if invite_event is not None:
-                    invite[room_id] = {"invite_state": {"events": self.rooms.invite_state(room, invite_event)}}
+                state = self._invite_state(requester.user_id, room_id, await self._room_if_known(room_id))
+                if state is not None:
+                    invite[room_id] = {"invite_state": {"events": state}}
             elif membership in ("leave", "ban") and changed:
                 timeline, limited = await self._room_window(room_id, since, mpos, limit)
                 leave[room_id] = {

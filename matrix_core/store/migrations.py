@@ -159,6 +159,27 @@ COAP_MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+FEDERATION_ROOMS_MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE federation_outbound (
+            destination TEXT PRIMARY KEY,
+            last_stream INTEGER NOT NULL
+        );
+        CREATE TABLE remote_invites (
+            user_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            room_version TEXT NOT NULL,
+            event_json TEXT NOT NULL,
+            invite_state TEXT NOT NULL,
+            stream_ordering INTEGER NOT NULL,
+            PRIMARY KEY (user_id, room_id)
+        );
+        """,
+    ),
+]
+
 # Federation transport (matrix_core/federation/keyring.py): other servers' verify keys with the
 # window each may be trusted in, and each server's latest self-signed key document (relayed, with
 # our signature added, when we answer /_matrix/key/v2/query as a notary).
@@ -190,6 +211,7 @@ FEDERATION_MIGRATIONS: list[tuple[int, str]] = [
 COMPONENTS: dict[str, list[tuple[int, str]]] = {
     "core": CORE_MIGRATIONS,
     "federation": FEDERATION_MIGRATIONS,
+    "federation_rooms": FEDERATION_ROOMS_MIGRATIONS,
     "mqtt": MQTT_MIGRATIONS,
     "coap": COAP_MIGRATIONS,
 }

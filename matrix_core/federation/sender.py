@@ -1,0 +1,161 @@
+"""Outbound federation: per-destination queues of our events, retried with backoff.
+
+A slow or dead server never blocks a local send: events are only appended here after their own
+commit, and each destination drains in its own task. Progress per destination is persisted
+(`federation_outbound.last_stream`), so after a restart the queue is rebuilt from the event table.
+A destination in backoff is woken early when it is heard from (any authenticated request).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from ..events import Event
+from .client import federation_path
+from ..identifiers import server_of
+
+log = logging.getLogger(__name__)
+
+MAX_PDUS_PER_TXN = 50
+MIN_BACKOFF = 1.0
+MAX_BACKOFF = 600.0
+
+
+class Destination:
+    def __init__(self, name: str, last_stream: int) -> None:
+        self.name = name
+        self.last_stream = last_stream
+        self.queue: list[tuple[int, dict[str, Any]]] = []
+        self.wake = asyncio.Event()
+        self.backoff = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+
+class FederationSender:
+    def __init__(self, hs: Any) -> None:
+        self.hs = hs
+        self._destinations: dict[str, Destination] = {}
+        self._txn_counter = int(time.time() * 1000)
+        self._stopping = False
+        # Events received from others that we, as the resident server, must pass on (send_join).
+        self._forward: set[str] = set()
+
+    async def start(self) -> None:
+        rows = await self.hs.db.fetchall("SELECT destination, last_stream FROM federation_outbound")
+        for name, last in rows:
+            dest = self._destination(name, last)
+            await self._refill_from_store(dest)
+        self.hs.rooms.persist_listeners.append(self._on_persisted)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for dest in self._destinations.values():
+            if dest.task is not None:
+                dest.task.cancel()
+        for dest in self._destinations.values():
+            if dest.task is not None:
+                try:
+                    await dest.task
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    def forward(self, event_id: str) -> None:
+        """Pass a remote server's event (a join we accepted via send_join) on to the others."""
+        self._forward.add(event_id)
+
+    def wake(self, server_name: str) -> None:
+        """We heard from `server_name`: retry its queue now instead of after the backoff."""
+        dest = self._destinations.get(server_name)
+        if dest is not None:
+            dest.backoff = 0.0
+            dest.wake.set()
+
+    def servers_in_room(self, room_id: str) -> set[str]:
+        room = self.hs.rooms._rooms.get(room_id)
+        if room is None:
+            return set()
+        return {server_of(user) for user in room.joined_users()}
+
+    def _destination(self, name: str, last_stream: int = 0) -> Destination:
+        dest = self._destinations.get(name)
+        if dest is None:
+            dest = self._destinations[name] = Destination(name, last_stream)
+            dest.task = asyncio.get_running_loop().create_task(self._run(dest), name=f"federation-send-{name}")
+        return dest
+
+    def _on_persisted(self, room_id: str, entries: list[tuple[int, Event]]) -> None:
+        ours = self.hs.server_name
+        for pos, ev in entries:
+            if ev.origin_server() != ours and ev.event_id not in self._forward:
+                continue
+            self._forward.discard(ev.event_id)
+            targets = self.servers_in_room(room_id)
+            if ev.type == "m.room.member" and ev.state_key and ev.membership in ("invite", "leave", "ban"):
+                targets.add(server_of(ev.state_key))  # the target hears of its own membership change
+            for server in targets - {ours, ev.origin_server()}:
+                dest = self._destination(server)
+                dest.queue.append((pos, ev.pdu))
+                dest.wake.set()
+
+    async def _refill_from_store(self, dest: Destination) -> None:
+        """After a restart: our events the destination has not acknowledged, in rooms it is in."""
+        rows = await self.hs.db.fetchall(
+            "SELECT e.stream_ordering, e.json FROM events e WHERE e.stream_ordering > ? AND e.outlier = 0 "
+            "AND e.rejected_reason IS NULL AND e.sender LIKE ? AND e.room_id IN ("
+            "SELECT room_id FROM current_state WHERE type = 'm.room.member' AND membership = 'join' "
+            "AND state_key LIKE ?) ORDER BY e.stream_ordering LIMIT 5000",
+            (dest.last_stream, f"%:{self.hs.server_name}", f"%:{dest.name}"),
+        )
+        dest.queue.extend((pos, json.loads(pdu)) for pos, pdu in rows)
+        if dest.queue:
+            dest.wake.set()
+
+    async def _run(self, dest: Destination) -> None:
+        while not self._stopping:
+            if not dest.queue:
+                dest.wake.clear()
+                await dest.wake.wait()
+                continue
+            batch = dest.queue[:MAX_PDUS_PER_TXN]
+            self._txn_counter += 1
+            txn_id = str(self._txn_counter)
+            body = {
+                "origin": self.hs.server_name,
+                "origin_server_ts": int(time.time() * 1000),
+                "pdus": [pdu for _, pdu in batch],
+            }
+            try:
+                await self.hs.federation_client.request(dest.name, "PUT", federation_path("/_matrix/federation/v1/send/{t}", t=txn_id),
+                                                        body=body)
+            except Exception as exc:
+                dest.backoff = min(MAX_BACKOFF, max(MIN_BACKOFF, dest.backoff * 2))
+                log.info("sending %d PDUs to %s failed (%s); retrying in %.0fs", len(batch), dest.name, exc,
+                         dest.backoff)
+                dest.wake.clear()
+                try:
+                    await asyncio.wait_for(dest.wake.wait(), dest.backoff)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            dest.backoff = 0.0
+            del dest.queue[:len(batch)]
+            last = max(pos for pos, _ in batch)
+            if last > dest.last_stream:
+                dest.last_stream = last
+                await self.hs.db.write(lambda conn, n=dest.name, p=last: conn.execute(
+                    "INSERT INTO federation_outbound (destination, last_stream) VALUES (?, ?) "
+                    "ON CONFLICT(destination) DO UPDATE SET last_stream = excluded.last_stream", (n, p)))
+
+    async def ping(self, server_name: str) -> None:
+        """An empty transaction: tells a server we are back (it then retries what it owes us)."""
+        self._txn_counter += 1
+        try:
+            await self.hs.federation_client.request(
+                server_name, "PUT", federation_path("/_matrix/federation/v1/send/{t}", t=str(self._txn_counter)),
+                body={"origin": self.hs.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": []},
+            )
+        except Exception as exc:
+            log.info("could not reach %s: %s", server_name, exc)
