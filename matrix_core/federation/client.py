@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any, Mapping
 from urllib.parse import quote
 
@@ -77,6 +78,10 @@ def encode_query(query: Mapping[str, Any] | None) -> str:
             v = str(v).lower() if isinstance(v, bool) else str(v)
             parts.append(f"{quote(key, safe='')}={quote(v, safe='')}")
     return "&".join(parts)
+
+
+# What a raw path may hold (RFC 3986 pchar and '/'): anything else must come percent-encoded.
+_PATH_CHARS = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 
 
 def _url_host(host: str) -> str:
@@ -155,8 +160,9 @@ class FederationClient:
         DestinationRefused when policy forbids the destination, DestinationUnreachable otherwise.
         """
         method = method.upper()
-        if not path.startswith("/"):
-            raise ValueError("path must start with '/'")
+        if not path.startswith("/") or not _PATH_CHARS.fullmatch(path):
+            raise ValueError(f"path must be a raw path with its parameters percent-encoded "
+                             f"(see federation_path): {path!r}")
         try:
             parse_server_name(destination)
         except ValueError as exc:

@@ -105,8 +105,12 @@ class KeyRing:
         if not verified:
             raise SignatureError(f"no usable key of {server_name}: {'; '.join(errors) or 'no ed25519 signature'}")
 
-    async def verify_key_bytes(self, server_name: str, key_id: str, valid_at_ms: int) -> bytes:
-        return (await self.get_server_key(server_name, key_id, valid_at_ms)).key
+    async def get_verify_key(self, server_name: str, key_id: str, valid_at_ms: int) -> bytes | None:
+        """The 32-byte verify key, or None when no key valid at `valid_at_ms` can be found."""
+        try:
+            return (await self.get_server_key(server_name, key_id, valid_at_ms)).key
+        except KeyLookupError:
+            return None
 
     # -- fetching ----------------------------------------------------------------------------
 
