@@ -1,0 +1,202 @@
+"""Rooms replicated with a real Synapse (PyPI matrix-synapse) over loopback federation.
+
+Both directions: a Synapse user joins a hub room by alias; a hub user is invited to and joins
+Synapse rooms of versions 10, 11 and 12; messages flow both ways; a 200-message burst arrives
+whole; a hub that was down while Synapse sent catches up after its restart. Waiting is done with
+/sync long-polls (each side wakes when the event lands), bounded by a deadline.
+"""
+from __future__ import annotations
+
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from tests.support.gateway import GatewayProcess
+from tests.support.synapse import SynapseProcess
+
+FLAGS = ["--no-federation-tls-verify", "--federation-allow-loopback"]
+HUB_PW = "hub password"
+SYN_PW = "synapse password"
+
+
+def q(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+@pytest.fixture(scope="module")
+def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseProcess]:
+    with SynapseProcess(tmp_path_factory.mktemp("synapse") / "hs") as hs:
+        hs.register_user("sam", SYN_PW)
+        yield hs
+
+
+def start_hub(data_dir: Path) -> GatewayProcess:
+    gw = GatewayProcess(data_dir, extra_args=FLAGS)
+    gw.server_name = f"localhost:{gw.federation_port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # The server name goes into the config too, so the CLI's `user add` makes @user:<that name>.
+    (data_dir / "gateway.toml").write_text(f'server_name = "{gw.server_name}"\nmessages_per_second = 0\n')
+    gw.start()
+    return gw
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    gw = start_hub(Path(tmp_path_factory.mktemp("hub")) / "data")
+    gw.add_user("hubby", HUB_PW)
+    yield gw
+    assert gw.stop() == 0, gw.read_log()
+
+
+@pytest.fixture(scope="module")
+def hub_token(hub: GatewayProcess) -> str:
+    return hub.login("hubby", HUB_PW)
+
+
+@pytest.fixture(scope="module")
+def sam_token(synapse: SynapseProcess) -> str:
+    return synapse.login("sam", SYN_PW)
+
+
+def hub_api(hub: GatewayProcess, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    status, answer = hub.request(method, path, body, token=token)
+    assert status == 200, (method, path, status, answer, hub.read_log()[-3000:])
+    return answer
+
+
+def wait_with_sync(poll: Callable[[str | None, int], tuple[str, Any]], found: Callable[[Any], bool],
+                   deadline_s: float = 60.0) -> Any:
+    """Long-poll /sync until `found(response)`; each call wakes as soon as something arrives."""
+    since = None
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        since, response = poll(since, 10_000)
+        if found(response):
+            return response
+    raise AssertionError("timed out waiting for the event to arrive")
+
+
+def hub_sync(hub: GatewayProcess, token: str) -> Callable[[str | None, int], tuple[str, Any]]:
+    def poll(since: str | None, timeout: int) -> tuple[str, Any]:
+        path = f"/_matrix/client/v3/sync?timeout={timeout}" + (f"&since={since}" if since else "")
+        answer = hub_api(hub, "GET", path, token=token)
+        return answer["next_batch"], answer
+    return poll
+
+
+def synapse_sync(synapse: SynapseProcess, token: str) -> Callable[[str | None, int], tuple[str, Any]]:
+    def poll(since: str | None, timeout: int) -> tuple[str, Any]:
+        path = f"/_matrix/client/v3/sync?timeout={timeout}" + (f"&since={since}" if since else "")
+        answer = synapse.api("GET", path, token=token, timeout=timeout / 1000 + 30)
+        return answer["next_batch"], answer
+    return poll
+
+
+def timeline_bodies(sync: Any, room_id: str, section: str = "join") -> list[str]:
+    room = sync.get("rooms", {}).get(section, {}).get(room_id, {})
+    return [ev.get("content", {}).get("body") for ev in room.get("timeline", {}).get("events", [])]
+
+
+def all_messages(api: Callable[..., Any], room_id: str, token: str) -> list[str]:
+    answer = api("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages?dir=b&limit=1000", token=token)
+    return [ev["content"].get("body") for ev in answer["chunk"] if ev["type"] == "m.room.message"]
+
+
+def test_synapse_user_joins_hub_room_by_alias_and_messages_flow_both_ways(
+        hub: GatewayProcess, synapse: SynapseProcess, hub_token: str, sam_token: str) -> None:
+    created = hub_api(hub, "POST", "/_matrix/client/v3/createRoom",
+                      {"room_alias_name": "garden", "preset": "public_chat", "name": "Garden"}, token=hub_token)
+    room_id = created["room_id"]
+    alias = f"#garden:{hub.server_name}"
+    joined = synapse.api("POST", f"/_matrix/client/v3/join/{q(alias)}", {}, token=sam_token)
+    assert joined["room_id"] == room_id
+
+    # The hub sees sam's join (it was placed through send_join).
+    state = hub_api(hub, "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/joined_members", token=hub_token)
+    assert synapse.user_id("sam") in state["joined"]
+
+    hub_api(hub, "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/h1",
+            {"msgtype": "m.text", "body": "hello from the hub"}, token=hub_token)
+    wait_with_sync(synapse_sync(synapse, sam_token),
+                   lambda s: "hello from the hub" in timeline_bodies(s, room_id))
+
+    synapse.api("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/s1",
+                {"msgtype": "m.text", "body": "hello from synapse"}, token=sam_token)
+    wait_with_sync(hub_sync(hub, hub_token), lambda s: "hello from synapse" in timeline_bodies(s, room_id))
+
+
+@pytest.mark.parametrize("version", ["10", "11", "12"])
+def test_hub_user_invited_to_synapse_room_joins_and_messages_flow(
+        hub: GatewayProcess, synapse: SynapseProcess, hub_token: str, sam_token: str, version: str) -> None:
+    created = synapse.api("POST", "/_matrix/client/v3/createRoom",
+                          {"room_version": version, "preset": "private_chat", "name": f"v{version}"},
+                          token=sam_token)
+    room_id = created["room_id"]
+    hubby = f"@hubby:{hub.server_name}"
+    synapse.api("POST", f"/_matrix/client/v3/rooms/{q(room_id)}/invite", {"user_id": hubby}, token=sam_token)
+    wait_with_sync(hub_sync(hub, hub_token), lambda s: room_id in s.get("rooms", {}).get("invite", {}))
+
+    joined = hub_api(hub, "POST", f"/_matrix/client/v3/join/{q(room_id)}", {}, token=hub_token)
+    assert joined["room_id"] == room_id
+    assert room_id in hub_api(hub, "GET", "/_matrix/client/v3/joined_rooms", token=hub_token)["joined_rooms"]
+    members = synapse.api("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/joined_members", token=sam_token)
+    assert hubby in members["joined"]
+
+    synapse.api("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/v{version}",
+                {"msgtype": "m.text", "body": f"sam says v{version}"}, token=sam_token)
+    wait_with_sync(hub_sync(hub, hub_token), lambda s: f"sam says v{version}" in timeline_bodies(s, room_id))
+    hub_api(hub, "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/v{version}",
+            {"msgtype": "m.text", "body": f"hubby says v{version}"}, token=hub_token)
+    wait_with_sync(synapse_sync(synapse, sam_token),
+                   lambda s: f"hubby says v{version}" in timeline_bodies(s, room_id))
+
+
+def test_burst_of_200_from_the_hub_all_arrive(hub: GatewayProcess, synapse: SynapseProcess, hub_token: str,
+                                              sam_token: str) -> None:
+    created = hub_api(hub, "POST", "/_matrix/client/v3/createRoom",
+                      {"room_alias_name": "burst", "preset": "public_chat"}, token=hub_token)
+    room_id = created["room_id"]
+    synapse.api("POST", f"/_matrix/client/v3/join/{q('#burst:' + hub.server_name)}", {}, token=sam_token)
+    for i in range(200):
+        hub_api(hub, "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/b{i}",
+                {"msgtype": "m.text", "body": f"burst {i}"}, token=hub_token)
+    expected = {f"burst {i}" for i in range(200)}
+    deadline = time.monotonic() + 90
+    seen: set[str] = set()
+    poll = synapse_sync(synapse, sam_token)
+    since = None
+    while time.monotonic() < deadline and not expected <= seen:
+        since, _ = poll(since, 10_000)
+        seen = set(all_messages(lambda *a, **k: synapse.api(*a, **k), room_id, sam_token))
+    assert expected <= seen, f"{len(expected - seen)} of 200 missing"
+
+
+def test_hub_down_while_synapse_sends_catches_up(tmp_path: Path, synapse: SynapseProcess, sam_token: str) -> None:
+    hub = start_hub(tmp_path / "data")
+    try:
+        hub.add_user("otto", HUB_PW)
+        token = hub.login("otto", HUB_PW)
+        created = hub_api(hub, "POST", "/_matrix/client/v3/createRoom",
+                          {"room_alias_name": "outage", "preset": "public_chat"}, token=token)
+        room_id = created["room_id"]
+        synapse.api("POST", f"/_matrix/client/v3/join/{q('#outage:' + hub.server_name)}", {}, token=sam_token)
+        assert hub.stop() == 0
+        for i in range(5):
+            synapse.api("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/o{i}",
+                        {"msgtype": "m.text", "body": f"while down {i}"}, token=sam_token)
+        hub.start()
+        token = hub.login("otto", HUB_PW)
+        wanted = {f"while down {i}" for i in range(5)}
+        poll = hub_sync(hub, token)
+        deadline = time.monotonic() + 90
+        since = None
+        while time.monotonic() < deadline:
+            since, _ = poll(since, 10_000)
+            if wanted <= set(all_messages(lambda *a, **k: hub_api(hub, *a, **k), room_id, token)):
+                break
+        assert wanted <= set(all_messages(lambda *a, **k: hub_api(hub, *a, **k), room_id, token))
+    finally:
+        hub.stop()
