@@ -172,8 +172,8 @@ class MqttBroker:
             client.close(ReasonCode.SERVER_SHUTTING_DOWN, publish_will=False)
         for handle in self._wills.values():
             handle.cancel()
-        if self._bg:
-            await asyncio.gather(*self._bg, return_exceptions=True)
+        while self._bg:
+            await asyncio.gather(*list(self._bg), return_exceptions=True)
         writes = []
         for key, session in self.sessions.items():
             if session.persistent:
@@ -183,10 +183,19 @@ class MqttBroker:
         for server in self._servers:
             await server.wait_closed()
 
-    def background(self, coro: Any) -> None:
+    def background(self, coro: Any) -> "asyncio.Future[Any]":
+        """Run a coroutine the broker waits for when it stops (publishes being stored, saves)."""
         task = asyncio.ensure_future(coro)
         self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: "asyncio.Future[Any]") -> None:
+        self._bg.discard(task)  # type: ignore[arg-type]
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, (PublishRefused, errors.MatrixError)):
+                log.error("MQTT background task failed: %r", exc)
 
     # -- authentication -------------------------------------------------------------------------
 
@@ -826,7 +835,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._waiting or not self._try_start(publish):
             self._waiting.append(publish)
             if self._feeder is None or self._feeder.done():
-                self._feeder = asyncio.ensure_future(self._feed())
+                self._feeder = self.broker.background(self._feed())
         self._check_pressure()
 
     def _try_start(self, publish: Publish) -> bool:
@@ -858,7 +867,7 @@ class ClientProtocol(asyncio.Protocol):
         session = self.broker.sessions.get(self.key) if self.key else None
         if publish.qos == 2 and session is not None and session.persistent:
             coro = self._remember_qos2(coro, publish.packet_id or 0)
-        fut = asyncio.ensure_future(coro)
+        fut = self.broker.background(coro)
         self._acks.append((publish.packet_id or 0, publish.qos, fut))
         fut.add_done_callback(self._on_stored)
 
