@@ -18,8 +18,9 @@ from typing import Any
 
 __all__ = ["PSK_LENGTH", "PskClaim", "PskStore", "add_device_psk", "new_psk"]
 
-#: 22 characters of [A-Za-z0-9] (~131 bits): typeable as coap-client's `-k KEY`.
-PSK_LENGTH = 22
+#: 16 characters of [A-Za-z0-9] (~95 bits): typeable as coap-client's `-k KEY`, and no longer than
+#: tinydtls takes (DTLS_PSK_MAX_KEY_LEN = 16: a longer key fails the handshake with alert 80).
+PSK_LENGTH = 16
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -85,6 +86,9 @@ class PskStore:
         store = self
 
         class _DatabaseCredentials(CredentialsMap):
+            def __bool__(self) -> bool:  # aiocoap replaces a falsy (empty) map with a new one
+                return True
+
             def find_dtls_psk(self, identity: bytes) -> tuple[bytes, PskClaim]:
                 found = store.lookup(identity)
                 if found is None:

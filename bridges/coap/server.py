@@ -216,9 +216,13 @@ class CoapFrontend:
             log.warning("coaps disabled: the DTLS library is not installed (pip install 'aiocoap[tinydtls]'; "
                         "its build needs autoconf, automake, libtool); set coaps_enabled = false to silence this")
             return
+        if self.bind in ("::", "0.0.0.0", ""):
+            log.error("coaps disabled: aiocoap's DTLS server needs one address to bind to, not %r", self.bind)
+            return
         self._psk_store = PskStore(self.database_path)
+        # aiocoap's DTLS server binds to the given port + 1 (5683 -> 5684): hand it one less.
         self._contexts.append(await aiocoap.Context.create_server_context(
-            self.site, bind=(self.bind, self.coaps_port), transports=["tinydtls_server"],
+            self.site, bind=(self.bind, self.coaps_port - 1), transports=["tinydtls_server"],
             server_credentials=self._psk_store.credentials(), loggername="coaps-server"))
         self._coaps_running = True
 
