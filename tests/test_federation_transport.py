@@ -311,3 +311,61 @@ def test_key_query_parsing() -> None:
                 {"server_keys": {"a": {"k": {"minimum_valid_until_ts": "x"}}}}):
         with pytest.raises(KeyDocumentError):
             parse_key_query(bad)
+
+
+# -- the resolver's caching around decide(), and the certificate files (no sockets) -----------
+
+async def test_resolver_caches_well_known_and_srv_answers() -> None:
+    from matrix_core.federation.resolver import ServerResolver
+
+    now = [1000.0]
+    fetched: list[str] = []
+    srv_asked: list[str] = []
+
+    async def fetch(host: str) -> tuple[int, bytes, str | None]:
+        fetched.append(host)
+        return 200, b'{"m.server": "hs.example.net"}', "max-age=600"
+
+    async def srv(name: str) -> tuple[list[SrvRecord], int]:
+        srv_asked.append(name)
+        return ([SrvRecord(1, 1, 8999, "box.example.net.")], 120) if name.startswith("_matrix-fed") else ([], 0)
+
+    resolver = ServerResolver(fetch, srv, clock=lambda: now[0])
+    expected = [Target("box.example.net", 8999, "hs.example.net", "hs.example.net")]
+    assert await resolver.resolve("example.org") == expected
+    assert await resolver.resolve("example.org") == expected
+    assert fetched == ["example.org"] and srv_asked == ["_matrix-fed._tcp.hs.example.net"]
+    now[0] += 601  # the .well-known answer expired (max-age 600); the SRV answer too (TTL 120)
+    assert await resolver.resolve("example.org") == expected
+    assert fetched == ["example.org"] * 2 and len(srv_asked) == 2
+
+    async def failing(host: str) -> tuple[int, bytes, str | None]:
+        raise OSError("connection refused")
+
+    # No delegation when .well-known fails: SRV of the server name itself, Host stays the name.
+    broken = ServerResolver(failing, srv, clock=lambda: now[0])
+    assert await broken.resolve("example.org") == [Target("box.example.net", 8999, "example.org", "example.org")]
+    assert srv_asked[-1] == "_matrix-fed._tcp.example.org"
+
+
+def test_self_signed_certificate_files(tmp_path) -> None:
+    import ssl
+    import stat
+
+    from matrix_core.federation.tls import certificate_paths, server_context
+
+    cert, key = certificate_paths(tmp_path, "hub.example:8448")
+    assert (cert.name, key.name) == ("federation.crt", "federation.key")
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert isinstance(server_context(cert, key), ssl.SSLContext)
+    before = cert.read_bytes()
+    assert certificate_paths(tmp_path, "hub.example:8448") == (cert, key) and cert.read_bytes() == before
+    # Files named in the config are used as they are; naming only one is an error.
+    other = tmp_path / "other"
+    other.mkdir()
+    own_cert, own_key = certificate_paths(other, "hub.example")
+    assert certificate_paths(tmp_path, "x", str(own_cert), str(own_key)) == (own_cert, own_key)
+    with pytest.raises(ValueError):
+        certificate_paths(tmp_path, "x", str(own_cert), "")
+    with pytest.raises(ValueError):
+        certificate_paths(tmp_path, "x", str(own_cert), str(tmp_path / "missing.key"))
