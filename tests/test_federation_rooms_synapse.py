@@ -200,3 +200,29 @@ def test_hub_down_while_synapse_sends_catches_up(tmp_path: Path, synapse: Synaps
         assert wanted <= set(all_messages(lambda *a, **k: hub_api(hub, *a, **k), room_id, token))
     finally:
         hub.stop()
+
+
+def test_hub_invites_synapse_user_who_joins_and_hub_declines_an_invite(
+        hub: GatewayProcess, synapse: SynapseProcess, hub_token: str, sam_token: str) -> None:
+    created = hub_api(hub, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"}, token=hub_token)
+    room_id = created["room_id"]
+    sam = synapse.user_id("sam")
+    hub_api(hub, "POST", f"/_matrix/client/v3/rooms/{q(room_id)}/invite", {"user_id": sam}, token=hub_token)
+    wait_with_sync(synapse_sync(synapse, sam_token), lambda s: room_id in s.get("rooms", {}).get("invite", {}))
+    joined = synapse.api("POST", f"/_matrix/client/v3/join/{q(room_id)}", {}, token=sam_token)
+    assert joined["room_id"] == room_id
+    members = hub_api(hub, "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/joined_members", token=hub_token)
+    assert sam in members["joined"]
+
+    # The other way: Synapse invites hubby, who declines; Synapse sees the leave.
+    other = synapse.api("POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat"}, token=sam_token)
+    hubby = f"@hubby:{hub.server_name}"
+    synapse.api("POST", f"/_matrix/client/v3/rooms/{q(other['room_id'])}/invite", {"user_id": hubby},
+                token=sam_token)
+    wait_with_sync(hub_sync(hub, hub_token), lambda s: other["room_id"] in s.get("rooms", {}).get("invite", {}))
+    hub_api(hub, "POST", f"/_matrix/client/v3/rooms/{q(other['room_id'])}/leave", {}, token=hub_token)
+    state = synapse.api("GET", f"/_matrix/client/v3/rooms/{q(other['room_id'])}/state/m.room.member/{q(hubby)}",
+                        token=sam_token)
+    assert state["membership"] == "leave"
+    synced = hub_api(hub, "GET", "/_matrix/client/v3/sync", token=hub_token)
+    assert other["room_id"] not in synced["rooms"]["invite"]

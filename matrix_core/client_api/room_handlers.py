@@ -45,6 +45,12 @@ async def knock(hs: Any, req: ApiRequest) -> ApiResponse:
 
 def _membership_action(membership: str, needs_target: bool):
     async def handler(hs: Any, req: ApiRequest) -> ApiResponse:
+        if membership == "leave" and not needs_target:
+            requester = await hs.accounts.authenticate(req.access_token)
+            if (requester.user_id, req.params["roomId"]) in hs.rooms.remote_invites \
+                    and hs.rooms.room_version(req.params["roomId"]) is None:
+                await hs.rooms.leave_remote_invite(requester, req.params["roomId"])  # declining an invite
+                return ok()
         requester, room_id = await _requester_and_room(hs, req)
         body = req.json_object()
         target = requester.user_id

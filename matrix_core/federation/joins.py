@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import auth_rules, errors
 from ..client_format import stripped_state
-from ..event_hashing import hash_sign_and_compute_event_id
+from ..event_hashing import hash_sign_and_compute_event_id, verify_event_signature
 from ..events import Event
 from .client import federation_path
 from ..identifiers import server_of
@@ -173,8 +173,12 @@ async def _membership_via(hs: Any, server: str, user_id: str, room_id: str, memb
         if status == 403:
             raise errors.forbidden(f"{server} refused the {membership}: {exc}") from None
         raise
-    version = KNOWN_ROOM_VERSIONS.get(made.get("room_version", "1") if membership == "join"
-                                      else hs.rooms.room_version(room_id).identifier)  # type: ignore[union-attr]
+    if membership == "join":
+        version = KNOWN_ROOM_VERSIONS.get(made.get("room_version", "1"))
+    else:
+        known = hs.rooms.room_version(room_id)
+        invite = hs.rooms.remote_invites.get((user_id, room_id))
+        version = known or (invite[0] if invite else None)
     if version is None:
         raise errors.MatrixError(400, "M_INCOMPATIBLE_ROOM_VERSION", "unsupported room version")
     template = made.get("event")
@@ -194,11 +198,47 @@ async def _membership_via(hs: Any, server: str, user_id: str, room_id: str, memb
     event = Event(signed, event_id, version)
     if membership == "join":
         await _place_join(hs, server, room_id, version, event, answer)
-    else:
+    elif hs.rooms.room_version(room_id) is not None:
         room = await hs.rooms.get_room(room_id)
         fut = await hs.rooms.place_federated_event(room, event, dict(room.state), room.state_group)
         await fut
     return event_id
+
+
+async def send_invite(hs: Any, room: RoomCache, invite: Event) -> Event:
+    """Invites v2: the invitee's server checks and countersigns our invite before we place it."""
+    target_server = server_of(invite.state_key or "")
+    body = {
+        "event": invite.pdu,
+        "room_version": room.version.identifier,
+        "invite_room_state": await invite_state_for(room, invite),
+    }
+    try:
+        answer = await hs.federation_client.request(
+            target_server, "PUT", federation_path("/_matrix/federation/v2/invite/{r}/{e}", r=room.room_id,
+                                                  e=invite.event_id), body=body)
+    except Exception as exc:
+        raise errors.MatrixError(502, "M_UNKNOWN", f"{target_server} did not accept the invite: {exc}") from None
+    signed = answer.get("event") if isinstance(answer, dict) else None
+    try:
+        countersigned = parse_pdu(signed, room.version)
+    except BadPDU as exc:
+        raise errors.MatrixError(502, "M_UNKNOWN", f"{target_server} answered a malformed invite: {exc}") from None
+    if countersigned.event_id != invite.event_id:
+        raise errors.MatrixError(502, "M_UNKNOWN", f"{target_server} changed the invite event")
+    sigs = countersigned.pdu.get("signatures", {}).get(target_server, {})
+    for key_id in sigs if isinstance(sigs, dict) else {}:
+        key = await hs.keyring.get_verify_key(target_server, key_id, countersigned.origin_server_ts)
+        if key is None:
+            continue
+        try:
+            verify_event_signature(countersigned.pdu, room.version, target_server, key_id, key)
+            break
+        except ValueError:
+            raise errors.MatrixError(502, "M_UNKNOWN", f"{target_server}'s countersignature is bad") from None
+    else:
+        raise errors.MatrixError(502, "M_UNKNOWN", f"{target_server} did not countersign the invite")
+    return countersigned
 
 
 async def _place_join(hs: Any, server: str, room_id: str, version: RoomVersion, join: Event, answer: Any) -> None:

@@ -10,7 +10,7 @@ from ..identifiers import server_of
 from . import endpoints  # noqa: F401  (registers the room endpoints on the route table)
 from .client import federation_path
 from .inbound import InboundEvents
-from .joins import remote_membership
+from .joins import remote_membership, send_invite
 from .sender import FederationSender
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class FederationService:
         hs.federation_sender = FederationSender(hs)
         hs.rooms.remote_membership = self._remote_membership
         hs.rooms.resolve_remote_alias = self._resolve_remote_alias
+        hs.rooms.remote_invite = lambda room, event: send_invite(hs, room, event)
         await hs.federation_sender.start()
         # Tell every server we share a room with that we are (back) up: they retry what they owe us.
         rows = await hs.db.fetchall(

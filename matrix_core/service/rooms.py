@@ -69,6 +69,7 @@ class Rooms:
         # Set by the federation front end: join/leave a room hosted elsewhere (user, room, servers, membership).
         self.remote_membership: Callable[[str, str, list[str], str], Any] | None = None
         self.resolve_remote_alias: Callable[[str], Any] | None = None
+        self.remote_invite: Callable[[RoomCache, Event], Any] | None = None
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
 
@@ -618,8 +619,27 @@ class Rooms:
         ):
             raise errors.forbidden("This room does not accept knocks")
         event = self._build_event(room, requester.user_id, "m.room.member", content, target)
+        if membership == "invite" and not target.endswith(":" + self.server_name):
+            if self.remote_invite is None:
+                raise errors.forbidden("This hub does not federate: only local users can be invited")
+            # The invitee's server countersigns first (invites v2), then the event is ours to place.
+            event = await self.remote_invite(room, event)
         await self._apply_and_enqueue(room, [event])
         return event.event_id
+
+    async def leave_remote_invite(self, requester: Requester, room_id: str) -> None:
+        """Decline an invite into a room hosted elsewhere (make_leave/send_leave via the inviter)."""
+        invite = self.remote_invites.get((requester.user_id, room_id))
+        if invite is None:
+            raise errors.not_found(f"Unknown room {room_id}")
+        if self.remote_membership is not None:
+            try:
+                await self.remote_membership(requester.user_id, room_id,
+                                             [invite[1]["sender"].split(":", 1)[1]], "leave")
+            except Exception as exc:  # the inviter may be gone: declining locally still counts
+                log.info("could not tell the inviting server about the declined invite: %s", exc)
+        await self.forget_remote_invite(requester.user_id, room_id)
+        self.memberships.get(requester.user_id, {}).pop(room_id, None)
 
     async def join(self, requester: Requester, room_id_or_alias: str, via: list[str] | None = None) -> str:
         """Join a local room, or one hosted elsewhere (through the alias's servers, `via`, or the
