@@ -97,7 +97,7 @@ def mosquitto_pub(port: int, user: str, password: str, topic: str, message: str 
     args = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-u", user, "-P", password, "-t", topic,
             "-q", str(qos), *extra]
     data = message.encode() if isinstance(message, str) else message
-    proc = subprocess.run(args + ["-s"], input=data, capture_output=True, timeout=20)
+    proc = subprocess.run(args + (["-s"] if data else ["-n"]), input=data, capture_output=True, timeout=20)
     if check and proc.returncode != 0:
         raise RuntimeError(f"mosquitto_pub failed {proc.returncode}: {proc.stderr!r}")
     return proc
