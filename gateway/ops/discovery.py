@@ -86,15 +86,18 @@ class Advertiser:
         server = f"{host_label(self.config)}.local."
         try:
             self._zc = AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
-            for advert in self.adverts:
-                info = AsyncServiceInfo(advert.service_type, advert.instance, port=advert.port,
-                                        properties=advert.txt, server=server,
-                                        addresses=[socket.inet_aton(a) for a in addresses])
-                await self._zc.async_register_service(info, allow_name_change=True)
-                self._infos.append(info)
-            log.info("mDNS: advertising %s on %s", ", ".join(a.service_type for a in self.adverts), server)
+            self._infos = [AsyncServiceInfo(advert.service_type, advert.instance, port=advert.port,
+                                            properties=advert.txt, server=server,
+                                            addresses=[socket.inet_aton(a) for a in addresses])
+                           for advert in self.adverts]
+            # each registration probes the network for about a second: all at once, not one by one
+            await asyncio.gather(*(self._announce(info) for info in self._infos))
         except Exception as exc:  # discovery is a convenience: the hub serves without it
             log.warning("mDNS advertising failed: %s", exc)
+
+    async def _announce(self, info: Any) -> None:
+        await self._zc.async_register_service(info, allow_name_change=True)
+        log.info("mDNS: advertising %s (%s:%d)", info.name, info.server, info.port)
 
     async def stop(self) -> None:
         if self._task is not None:
