@@ -226,3 +226,26 @@ def test_hub_invites_synapse_user_who_joins_and_hub_declines_an_invite(
     assert state["membership"] == "leave"
     synced = hub_api(hub, "GET", "/_matrix/client/v3/sync", token=hub_token)
     assert other["room_id"] not in synced["rooms"]["invite"]
+
+
+def test_history_from_before_the_join_is_backfilled(hub: GatewayProcess, synapse: SynapseProcess,
+                                                    hub_token: str, sam_token: str) -> None:
+    created = synapse.api("POST", "/_matrix/client/v3/createRoom",
+                          {"preset": "public_chat", "room_alias_name": "archive"}, token=sam_token)
+    room_id = created["room_id"]
+    for i in range(15):
+        synapse.api("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/old{i}",
+                    {"msgtype": "m.text", "body": f"old {i}"}, token=sam_token)
+    alias = f"#archive:{synapse.server_name}"
+    joined = hub_api(hub, "POST", f"/_matrix/client/v3/join/{q(alias)}", {}, token=hub_token)
+    assert joined["room_id"] == room_id
+    seen: list[str] = []
+    token = ""
+    for _ in range(10):
+        page = hub_api(hub, "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages?dir=b&limit=10"
+                       + (f"&from={token}" if token else ""), token=hub_token)
+        seen += [ev["content"].get("body") for ev in page["chunk"] if ev["type"] == "m.room.message"]
+        if "end" not in page:
+            break
+        token = page["end"]
+    assert [f"old {i}" for i in reversed(range(15))] == [b for b in seen if b and b.startswith("old ")]

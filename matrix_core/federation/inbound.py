@@ -49,6 +49,7 @@ class InboundEvents:
         pdus = body.get("pdus", [])
         if len(pdus) > MAX_PDUS_PER_TRANSACTION:
             raise errors.MatrixError(400, "M_TOO_LARGE", f"more than {MAX_PDUS_PER_TRANSACTION} PDUs")
+        started = asyncio.get_running_loop().time()  # for the debug line below (bench/federation.py reads it)
         results: dict[str, Any] = {}
         waits: list[tuple[str, asyncio.Future[Any]]] = []
         for pdu in pdus:
@@ -75,11 +76,13 @@ class InboundEvents:
                 await fut
             except Exception as exc:
                 results[event_id] = {"error": f"not stored: {exc}"}
+        log.debug("transaction from %s: %d PDUs handled in %.1f ms", origin, len(pdus), (asyncio.get_running_loop().time() - started) * 1000)
         return {"pdus": results}
 
     # -- one event --------------------------------------------------------------------------------
 
-    async def receive(self, origin: str, event: Event, backfilled: bool = False) -> "asyncio.Future[Any] | None":
+    async def receive(self, origin: str, event: Event, backfilled: bool = False,
+                      position: int | None = None) -> "asyncio.Future[Any] | None":
         """Check and place one event; returns the pending write (None if already known)."""
         async with self._lock(event.room_id):
             known = await self.rooms.get_events_any([event.event_id])
@@ -106,7 +109,8 @@ class InboundEvents:
                     log.info("soft-failing %s: %s", event.event_id, exc.reason)
                     soft_failed = True
             return await self.rooms.place_federated_event(room, event, state_before, before_group,
-                                                          soft_failed=soft_failed, backfilled=backfilled)
+                                                          soft_failed=soft_failed, backfilled=backfilled,
+                                                          position=position)
 
     @staticmethod
     def _auth_state(version: RoomVersion, auth_events: dict[str, Event],

@@ -2,6 +2,7 @@
 and the hooks that let the core join rooms hosted elsewhere. Starts after the listener."""
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -9,7 +10,8 @@ from .. import errors
 from ..identifiers import server_of
 from . import endpoints  # noqa: F401  (registers the room endpoints on the route table)
 from .client import federation_path
-from .inbound import InboundEvents
+from .inbound import InboundEvents, PDUError
+from .pdu import BadPDU, parse_pdu
 from .joins import remote_membership, send_invite
 from .sender import FederationSender
 
@@ -29,6 +31,7 @@ class FederationService:
         hs.rooms.remote_membership = self._remote_membership
         hs.rooms.resolve_remote_alias = self._resolve_remote_alias
         hs.rooms.remote_invite = lambda room, event: send_invite(hs, room, event)
+        hs.rooms.backfill = self._backfill
         await hs.federation_sender.start()
         # Tell every server we share a room with that we are (back) up: they retry what they owe us.
         rows = await hs.db.fetchall(
@@ -48,6 +51,54 @@ class FederationService:
 
     async def _remote_membership(self, user_id: str, room_id: str, servers: list[str], membership: str) -> str:
         return await remote_membership(self.hs, user_id, room_id, servers, membership)
+
+    async def _backfill(self, room_id: str, limit: int) -> bool:
+        """Fetch history older than the oldest event we hold, from a server in the room."""
+        hs = self.hs
+        servers = hs.federation_sender.servers_in_room(room_id) - {hs.server_name}
+        if not servers:
+            return False
+        row = await hs.db.fetchone(
+            "SELECT json FROM events WHERE room_id = ? AND outlier = 0 AND rejected_reason IS NULL "
+            "ORDER BY stream_ordering ASC LIMIT 1", (room_id,))
+        if row is None:
+            return False
+        oldest = json.loads(row[0])
+        if oldest.get("type") == "m.room.create" or not oldest.get("prev_events"):
+            return False
+        known = await hs.rooms.get_events_any(oldest["prev_events"])
+        wanted = [e for e in oldest["prev_events"] if e not in known or known[e][1]]
+        if not wanted:
+            return False
+        version = hs.rooms.room_version(room_id)
+        for server in sorted(servers):
+            try:
+                body = await hs.federation_client.request(
+                    server, "GET", federation_path("/_matrix/federation/v1/backfill/{r}", r=room_id),
+                    query={"v": wanted, "limit": str(min(100, max(limit, 10)))})
+            except Exception as exc:
+                log.info("backfill from %s failed: %s", server, exc)
+                continue
+            events = []
+            for pdu in body.get("pdus", []) if isinstance(body, dict) else []:
+                try:
+                    events.append(parse_pdu(pdu, version))
+                except BadPDU:
+                    continue
+            placed = False
+            ordered = sorted(events, key=lambda e: (e.depth, e.origin_server_ts))
+            positions = hs.rooms.reserve_backfill_positions(len(ordered))
+            for event, position in zip(ordered, positions):
+                try:
+                    fut = await hs.federation_inbound.receive(server, event, backfilled=True, position=position)
+                    if fut is not None:
+                        await fut
+                        placed = True
+                except (PDUError, errors.MatrixError) as exc:
+                    log.info("backfilled event %s not accepted: %s", event.event_id, exc)
+            if placed:
+                return True
+        return False
 
     async def _resolve_remote_alias(self, alias: str) -> tuple[str, list[str]]:
         server = alias.split(":", 1)[1]

@@ -70,6 +70,8 @@ class Rooms:
         self.remote_membership: Callable[[str, str, list[str], str], Any] | None = None
         self.resolve_remote_alias: Callable[[str], Any] | None = None
         self.remote_invite: Callable[[RoomCache, Event], Any] | None = None
+        # Fetch older history of a room from other servers (room_id, how many) -> anything placed?
+        self.backfill: Callable[[str, int], Any] | None = None
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
 
@@ -388,6 +390,13 @@ class Rooms:
         self._next_stream += 1
         return pos
 
+    def reserve_backfill_positions(self, count: int) -> list[int]:
+        """`count` positions below everything held, ascending: for older events fetched at once, so
+        that the oldest sorts first however they are processed."""
+        low = self._next_backfill - count + 1
+        self._next_backfill -= count
+        return list(range(low, low + count))
+
     def enqueue_outliers(self, events: list[Event]) -> "asyncio.Future[Any]":
         """Store events we need for auth or state but have not placed in the DAG (no stream)."""
         rows = _Rows()
@@ -403,7 +412,8 @@ class Rooms:
 
     async def place_federated_event(self, room: RoomCache, ev: Event, state_before: dict[StateKey, Event],
                                     before_group: int | None, soft_failed: bool = False,
-                                    backfilled: bool = False, new_room: bool = False) -> "asyncio.Future[Any]":
+                                    backfilled: bool = False, new_room: bool = False,
+                                    position: int | None = None) -> "asyncio.Future[Any]":
         """Store an authorized event from another server with the state before it; advance the
         room's extremities and current state (resolving forks) unless it is soft-failed or old."""
         while True:
@@ -424,7 +434,7 @@ class Rooms:
         rows = _Rows()
         if new_room:
             rows.new_room = (room.room_id, room.version.identifier, None)
-        pos = self._alloc_position(backfilled)
+        pos = position if position is not None else self._alloc_position(backfilled)
         # A delta may only extend a group whose chain length we know (the room's current one).
         chain = room.state_chain if before_group == room.state_group else MAX_STATE_CHAIN
         if before_group is None:
@@ -842,6 +852,9 @@ class Rooms:
         if direction == "b":
             start = ceiling if from_pos is None else min(from_pos, ceiling)
             got = await self.timeline(room_id, start, limit, after=to_pos)
+            if len(got) < limit and to_pos is None and self.backfill is not None \
+                    and await self.backfill(room_id, limit - len(got)):
+                got = await self.timeline(room_id, start, limit, after=to_pos)  # older history arrived
             end = got[-1][0] - 1 if got else None
         else:
             start = (-(2**62)) if from_pos is None else from_pos
