@@ -68,3 +68,15 @@ def test_psk_identity_must_be_unique(device: dict[str, Any]) -> None:
     # nothing half-done: bob got no device token either
     status, body = device["gw"].request("GET", "/_matrix/client/v3/account/whoami", token=proc.stdout.strip() or "x")
     assert status == 401
+
+
+def test_logged_out_device_is_locked_out_of_coaps(device: dict[str, Any]) -> None:
+    gw = device["gw"]
+    out = gateway_cli("device", "add", "alice", "therm2", "--psk", "--data-dir", str(gw.data_dir)).stdout
+    token, _, psk_line = out.split()
+    other = dict(device, identity="therm2", psk=psk_line[4:])
+    whoami = coaps_client(other, "-m", "get", f"{device['base']}/_m/c/v3/ac/w")
+    assert cbor2.loads(whoami.stdout)["device_id"] == "therm2", whoami.stderr
+    assert gw.request("POST", "/_matrix/client/v3/logout", {}, token=token)[0] == 200
+    whoami = coaps_client(other, "-m", "get", f"{device['base']}/_m/c/v3/ac/w")
+    assert whoami.stderr.startswith(b"4.01 ") and b"M_UNKNOWN_TOKEN" in whoami.stderr, whoami
