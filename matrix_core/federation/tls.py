@@ -12,6 +12,8 @@ import ipaddress
 import logging
 import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,17 @@ def make_self_signed(cert_path: Path, key_path: Path, server_name: str) -> None:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
+def make_self_signed_in_child(cert_path: Path, key_path: Path, server_name: str) -> None:
+    """`make_self_signed` in a short-lived child process: loading `cryptography` would add ~9 MB
+    to the hub's resident memory for good, for a job done once."""
+    done = subprocess.run(
+        [sys.executable, "-m", "matrix_core.federation.tls", str(cert_path), str(key_path), server_name],
+        capture_output=True, text=True, timeout=60,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"making the federation certificate failed: {done.stderr.strip()[-500:]}")
+
+
 def certificate_paths(data_dir: Path, server_name: str, cert: str = "", key: str = "") -> tuple[Path, Path]:
     """The certificate and key to serve: the configured ones, else ours (made if missing)."""
     if cert or key:
@@ -80,7 +93,7 @@ def certificate_paths(data_dir: Path, server_name: str, cert: str = "", key: str
         for p in (cert_path, key_path):
             if p.exists():
                 p.unlink()
-        make_self_signed(cert_path, key_path, server_name)
+        make_self_signed_in_child(cert_path, key_path, server_name)
         log.info("made a self-signed federation certificate %s for %s", cert_path, _hostname_of(server_name))
     return cert_path, key_path
 
@@ -101,3 +114,7 @@ def client_context(verify: bool) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+if __name__ == "__main__":  # the child process of make_self_signed_in_child
+    make_self_signed(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
