@@ -249,3 +249,45 @@ def test_history_from_before_the_join_is_backfilled(hub: GatewayProcess, synapse
             break
         token = page["end"]
     assert [f"old {i}" for i in reversed(range(15))] == [b for b in seen if b and b.startswith("old ")]
+
+
+def test_remote_profiles_are_queried_over_federation(hub: GatewayProcess, synapse: SynapseProcess,
+                                                     hub_token: str, sam_token: str) -> None:
+    synapse.api("PUT", f"/_matrix/client/v3/profile/{q(synapse.user_id('sam'))}/displayname",
+                {"displayname": "Sam the Synapse user"}, token=sam_token)
+    profile = hub_api(hub, "GET", f"/_matrix/client/v3/profile/{q(synapse.user_id('sam'))}", token=hub_token)
+    assert profile["displayname"] == "Sam the Synapse user"
+    hub_api(hub, "PUT", f"/_matrix/client/v3/profile/{q('@hubby:' + hub.server_name)}/displayname",
+            {"displayname": "Hubby"}, token=hub_token)
+    theirs = synapse.api("GET", f"/_matrix/client/v3/profile/{q('@hubby:' + hub.server_name)}", token=sam_token)
+    assert theirs["displayname"] == "Hubby"
+
+
+async def test_federated_events_reach_coap_observers(hub: GatewayProcess, synapse: SynapseProcess,
+                                                     hub_token: str, sam_token: str) -> None:
+    import aiocoap
+    import cbor2
+
+    created = hub_api(hub, "POST", "/_matrix/client/v3/createRoom",
+                      {"room_alias_name": "sensors", "preset": "public_chat"}, token=hub_token)
+    room_id = created["room_id"]
+    synapse.api("POST", f"/_matrix/client/v3/join/{q('#sensors:' + hub.server_name)}", {}, token=sam_token)
+    ctx = await aiocoap.Context.create_client_context()
+    try:
+        request = ctx.request(aiocoap.Message(
+            code=aiocoap.GET, observe=0,
+            uri=f"coap://127.0.0.1:{hub.coap_port}/_m/c/v3/sy?a={hub_token}&fi=%7B%7D"))
+        first = await request.response
+        assert first.code == aiocoap.CONTENT
+        synapse.api("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/coap1",
+                    {"msgtype": "m.text", "body": "from synapse to a sensor"}, token=sam_token)
+        deadline = time.monotonic() + 60
+        async for note in request.observation:
+            body = cbor2.loads(note.payload)
+            events = body.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline", {}).get("events", [])
+            if any(ev.get("content", {}).get("body") == "from synapse to a sensor" for ev in events):
+                break
+            assert time.monotonic() < deadline, "no notification with the federated event"
+        request.observation.cancel()
+    finally:
+        await ctx.shutdown()

@@ -32,6 +32,7 @@ class FederationService:
         hs.rooms.resolve_remote_alias = self._resolve_remote_alias
         hs.rooms.remote_invite = lambda room, event: send_invite(hs, room, event)
         hs.rooms.backfill = self._backfill
+        hs.accounts.remote_profile = self._remote_profile
         await hs.federation_sender.start()
         # Tell every server we share a room with that we are (back) up: they retry what they owe us.
         rows = await hs.db.fetchall(
@@ -51,6 +52,16 @@ class FederationService:
 
     async def _remote_membership(self, user_id: str, room_id: str, servers: list[str], membership: str) -> str:
         return await remote_membership(self.hs, user_id, room_id, servers, membership)
+
+    async def _remote_profile(self, user_id: str) -> dict[str, Any]:
+        try:
+            body = await self.hs.federation_client.request(
+                server_of(user_id), "GET", "/_matrix/federation/v1/query/profile", query={"user_id": user_id})
+        except Exception as exc:
+            raise errors.not_found(f"Profile was not found: {exc}") from None
+        if not isinstance(body, dict):
+            raise errors.not_found("Profile was not found.")
+        return {k: v for k, v in body.items() if k in ("displayname", "avatar_url") and isinstance(v, str)}
 
     async def _backfill(self, room_id: str, limit: int) -> bool:
         """Fetch history older than the oldest event we hold, from a server in the room."""

@@ -27,6 +27,8 @@ class Accounts:
         self.db = db
         self.server_name = server_name
         self._token_cache: dict[str, Requester] = {}
+        # Set by the federation front end: a remote user's profile via /query/profile.
+        self.remote_profile: Any = None
 
     def local_user_id(self, localpart_or_id: str) -> str:
         return user_id_for(localpart_or_id, self.server_name)
@@ -89,6 +91,8 @@ class Accounts:
                 del self._token_cache[token]
 
     async def get_profile(self, user_id: str) -> dict[str, Any]:
+        if not user_id.endswith(":" + self.server_name) and self.remote_profile is not None:
+            return await self.remote_profile(user_id)
         row = await self.db.fetchone("SELECT displayname, avatar_url FROM users WHERE user_id = ?", (user_id,))
         if row is None:
             raise errors.not_found("Profile was not found.")
