@@ -151,7 +151,24 @@ def _cbor_items(buffer: bytes, items: list[Any]) -> tuple[list[Any], bytes]:
 
 
 def test_notifications_are_confirmable(hub: dict[str, Any]) -> None:
-    """A bare UDP client: the notification for a new event is a CON message, which we ACK."""
+    """A bare UDP client: the notification for a new event is a CON message, which we ACK.
+
+    Another observer dies first without a word: the ICMP refusal its next notification draws
+    must not cancel this observation (bridges/coap/stale_refusal.py)."""
+    dead = subprocess.Popen(["coap-client-notls", "-m", "get", "-s", "20", "-o", "-",
+                             f"{hub['base']}/7?a={hub['token']}&fi=%7B%7D"], stdout=subprocess.PIPE)
+    assert dead.stdout is not None
+    items: list[Any] = []
+    buffer = b""
+    while len(items) < 2:  # its first answer, then one notification: an established observer
+        assert select.select([dead.stdout], [], [], WAIT)[0]
+        buffer += dead.stdout.read1(65536)
+        items, buffer = _cbor_items(buffer, items)
+        if len(items) == 1 and not buffer:
+            http_send(hub, "before-the-observer-dies")
+    dead.kill()
+    dead.wait()
+    dead.stdout.close()
     request = _raw(Type.CON, 4242, aiocoap.GET, token=b"obs1", observe=0, uri_path=("_m", "c", "v3", "sy"),
                    uri_query=(f"a={hub['token']}", "fi={}"))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -174,6 +191,7 @@ def _receive_response(sock: socket.socket, token: bytes) -> aiocoap.Message:
     """Next response with our token; ACKs each CON, skips empty ACKs (separate responses)."""
     while True:
         msg = aiocoap.Message.decode(sock.recv(65536))
+        print("RECV", msg, msg.opt.observe, msg.opt.block2, len(msg.payload))
         if msg.mtype == Type.CON:
             sock.send(_raw(Type.ACK, msg.mid, aiocoap.EMPTY).encode())
         if msg.token == token and msg.code != aiocoap.EMPTY:

@@ -121,16 +121,16 @@ class Observations:
 
     def __init__(self, joined_room_ids: Callable[[str], list[str]]) -> None:
         self._joined_room_ids = joined_room_ids
-        self._live: set[Observation] = set()
+        self._live: dict[Observation, None] = {}  # in registration order: notified in that order
 
     def __len__(self) -> int:
         return len(self._live)
 
     def add(self, observation: Observation) -> Callable[[], None]:
-        self._live.add(observation)
+        self._live[observation] = None
 
         def remove() -> None:
-            self._live.discard(observation)
+            self._live.pop(observation, None)
             observation.cancel()
 
         return remove

@@ -22,7 +22,7 @@ from matrix_core import errors
 from matrix_core.client_api.request import ApiRequest, ApiResponse
 from matrix_core.client_api.routes import ROUTER
 
-from . import codes
+from . import codes, stale_refusal
 from .content import MAX_BODY_BYTES, decode_body, encode_body, response_format
 from .observe import Observation, Observations, observable, with_query
 from .psk import PskClaim, PskStore
@@ -72,6 +72,7 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         self.hs = hs
         self.observations = Observations(hs.rooms.joined_room_ids)
         self._observe_requests: dict[int, Any] = {}
+        self._observation_removers: dict[int, Any] = {}
 
     def get_link_description(self) -> None:
         return None
@@ -83,8 +84,15 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         return True
 
     async def add_observation(self, request: aiocoap.Message, serverobservation: Any) -> None:
-        # Accepted (or not) in render(), once we know the request is an observable API call.
+        # aiocoap wants every observation accepted here (it calls the callback in any case);
+        # render() deregisters it early when the call is not observable or fails.
         self._observe_requests[id(request)] = serverobservation
+        serverobservation.accept(lambda: self._end_observation(serverobservation))
+
+    def _end_observation(self, serverobservation: Any) -> None:
+        remove = self._observation_removers.pop(id(serverobservation), None)
+        if remove is not None:
+            remove()
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
         servobs = self._observe_requests.pop(id(request), None)
@@ -108,11 +116,17 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             if observing and response.status == 200:
                 await self._observe(servobs, request, call, response, position, content_format)
                 return self._first_block(request, to_message(response, method, content_format))
+            if servobs is not None:
+                servobs.deregister()  # not observable: a plain answer, no Observe option
         except errors.MatrixError as err:
+            if servobs is not None:
+                servobs.deregister()
             response = ApiResponse(err.status, err.to_json())
         except Exception:
             log.exception("unhandled error on a CoAP %s", request.code)
             response = ApiResponse(500, {"errcode": "M_UNKNOWN", "error": "Internal server error"})
+            if servobs is not None:
+                servobs.deregister()
         return to_message(response, method, content_format)
 
     def _first_block(self, request: aiocoap.Message, msg: aiocoap.Message) -> aiocoap.Message:
@@ -169,7 +183,7 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             servobs.trigger(message, is_last=response.status != 200)
 
         observation = Observation(call, requester.user_id, room_id, position, self.dispatch, notify)
-        servobs.accept(self.observations.add(observation))
+        self._observation_removers[id(servobs)] = self.observations.add(observation)
         if self.hs.stream.position > position:  # events committed while the first answer was built
             observation.poke(self.hs.stream.position)
 
@@ -204,8 +218,10 @@ class CoapFrontend:
 
     async def start(self) -> None:
         self._unsubscribe = self.hs.stream.subscribe(self.site.observations.on_events)
-        self._contexts.append(await aiocoap.Context.create_server_context(
-            self.site, bind=(self.bind, self.port), transports=["udp6"], loggername="coap-server"))
+        context = await aiocoap.Context.create_server_context(
+            self.site, bind=(self.bind, self.port), transports=["udp6"], loggername="coap-server")
+        stale_refusal.guard(context)
+        self._contexts.append(context)
         if self.coaps_port is not None:
             await self._start_coaps()
 
