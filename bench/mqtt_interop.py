@@ -9,7 +9,8 @@ repository). Each test runs in its own process with a timeout (`test_flow_contro
 with the suite's module globals (`host`, `port`, topics) set by a small wrapper.
 
 The suites connect without credentials, so the gateway runs with `mqtt_allow_anonymous = true`
-and its guest account (`mqtt_anonymous_user`, created here); the rate limit is off. mosquitto
+and its guest account (`mqtt_anonymous_user`, created here); the rate limit is off;
+`mqtt_max_keepalive = 60` (test_server_keep_alive expects a broker that caps keepalive at 60 s). mosquitto
 runs as `mosquitto -p PORT` (anonymous on loopback, Debian 2.0.11).
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ suite.port = {port}
 suite.topics = ("TopicA", "TopicA/B", "Topic/C", "TopicA/C", "/TopicA")
 suite.wildtopics = ("TopicA/+", "+/C", "#", "/#", "/+", "+/+", "TopicA/#")
 suite.nosubscribe_topics = ("test/nosubscribe",)
+suite.topic_prefix = ""
 if hasattr(suite, "setData"):
     original = suite.setData
     def setData():
@@ -81,7 +83,7 @@ def run_suite(suite_dir: Path, module: str, port: int, timeout: float) -> dict[s
 def start_gateway(tmp: Path) -> GatewayProcess:
     data = tmp / "gw-data"
     data.mkdir()
-    (data / "gateway.toml").write_text("messages_per_second = 0\nmqtt_allow_anonymous = true\n")
+    (data / "gateway.toml").write_text("messages_per_second = 0\nmqtt_allow_anonymous = true\nmqtt_max_keepalive = 60\n")
     gw = GatewayProcess(data)
     gw.start()
     gw.add_user("mqtt-guest", "guest-password-unused")

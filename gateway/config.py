@@ -46,6 +46,7 @@ class GatewayConfig:
     mqtt_tls_port: int = 0
     mqtt_tls_cert: str = ""
     mqtt_tls_key: str = ""
+    mqtt_max_keepalive: int = 65535
     federation_port: int = 8448
     # federation TLS (matrix_core/federation/tls.py): empty = a self-signed pair made in the data dir
     federation_tls_cert: str = ""

@@ -242,3 +242,33 @@ def test_subscribe_packet_roundtrip_through_connection() -> None:
     data = codec.encode(Subscribe(4, (Subscription("x/#", 1),)), MQTT_3_1_1)
     events = conn.receive_data(data, 1.0)
     assert events == [SubscribeReceived(Subscribe(4, (Subscription("x/#", 1),)))]
+
+
+def test_server_topic_aliases_when_the_client_allows_them() -> None:
+    conn, _ = connected(MQTT_5, properties={"topic_alias_maximum": 1})
+    for topic in ("a/b", "a/b", "c/d"):
+        conn.deliver(Outgoing(topic, b"x", 0), 1.0)
+    sent = decode(conn.data_to_send(), MQTT_5)
+    assert [(p.topic, p.properties.get("topic_alias")) for p in sent] == [("a/b", 1), ("", 1), ("c/d", None)]
+    plain, _ = connected(MQTT_5)
+    plain.deliver(Outgoing("a/b", b"x", 0), 1.0)
+    plain.deliver(Outgoing("a/b", b"x", 0), 1.0)
+    assert [p.topic for p in decode(plain.data_to_send(), MQTT_5)] == ["a/b", "a/b"]
+
+
+def test_server_keep_alive_caps_mqtt5_keepalive() -> None:
+    conn = Connection(Limits(max_keepalive=60), 0.0)
+    conn.receive_data(codec.encode(Connect("c", keepalive=120, protocol_level=MQTT_5), MQTT_5), 0.0)
+    conn.accept(SessionState("c", "@a:hub", MQTT_5), False, 0.0)
+    (connack,) = decode(conn.data_to_send(), MQTT_5)
+    assert connack.properties["server_keep_alive"] == 60
+    assert conn.keepalive_expired(90.1)
+
+
+def test_qos2_awaiting_pubrel_counts_against_receive_maximum() -> None:
+    conn, _ = connected(MQTT_5, Limits(receive_maximum=2))
+    for pid in (1, 2):
+        conn.receive_data(codec.encode(Publish("a/b", b"x", 2, packet_id=pid), MQTT_5), 1.0)
+        conn.ack_publish(pid, 2)
+    events = conn.receive_data(codec.encode(Publish("a/b", b"x", 2, packet_id=3), MQTT_5), 1.0)
+    assert type(events[-1]) is ProtocolViolation and events[-1].reason_code == 0x93

@@ -46,6 +46,7 @@ class Limits:
     max_inflight: int = 20  # outgoing QoS 1/2 publishes not yet acknowledged
     topic_alias_maximum: int = 64
     max_queued: int = 1000
+    max_keepalive: int = 65535  # a longer (or no) keepalive is cut to this (MQTT 5 Server Keep Alive)
 
 
 class State(enum.Enum):
@@ -132,6 +133,8 @@ class Connection:
         self.client_max_packet = 0  # 0: no limit from the client
         self.request_problem_info = True
         self._bad_filters: dict[int, tuple[int, ...]] = {}
+        self._out_alias_max = 0  # the client's Topic Alias Maximum: aliases we may use towards it
+        self._out_aliases: dict[str, int] = {}
 
     # -- bytes in and out -----------------------------------------------------------------------
 
@@ -249,6 +252,7 @@ class Connection:
             self.send_window = min(self.limits.max_inflight, props.get("receive_maximum", 65535))
             self.client_max_packet = props.get("maximum_packet_size", 0)
             self.request_problem_info = bool(props.get("request_problem_information", 1))
+            self._out_alias_max = props.get("topic_alias_maximum", 0)
             if "authentication_method" in props:
                 # Enhanced authentication is not offered: refuse clearly (MQTT 5 3.1.2.11.9).
                 self._send(ConnAck(reason_code=ReasonCode.BAD_AUTHENTICATION_METHOD))
@@ -286,7 +290,8 @@ class Connection:
             if pid in self._pending_in:
                 if self._pending_in[pid] == 2 or pkt.dup:
                     return  # still being stored; its acknowledgement follows
-            elif len(self._pending_in) >= self.limits.receive_maximum and self.level == MQTT_5:
+            elif (self.level == MQTT_5 and len(self._pending_in) + len(self.session.incoming_qos2)
+                  >= self.limits.receive_maximum):
                 self._fail(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded", events)
                 return
             self._pending_in[pid] = qos
@@ -336,6 +341,9 @@ class Connection:
                 "maximum_packet_size": self.limits.max_packet_size,
                 "topic_alias_maximum": self.limits.topic_alias_maximum,
             }
+            if self.limits.max_keepalive < 65535 and (self.keepalive == 0 or self.keepalive > self.limits.max_keepalive):
+                self.keepalive = self.limits.max_keepalive
+                props["server_keep_alive"] = self.keepalive
             props.update(properties or {})
         self._send(ConnAck(session_present, 0, props or NO_PROPERTIES))
         for entry in list(session.inflight.values()):
@@ -415,9 +423,19 @@ class Connection:
         if msg.expires_at is not None and now is not None and self.level == MQTT_5:
             props = dict(props)
             props["message_expiry_interval"] = max(0, int(msg.expires_at - now))
-        if self.level != MQTT_5 and props:
+        topic = msg.topic
+        if self.level != MQTT_5:
             props = NO_PROPERTIES
-        data = encode(Publish(msg.topic, msg.payload, msg.qos, msg.retain, dup, packet_id, props), self.level)
+        elif self._out_alias_max:
+            alias = self._out_aliases.get(topic)
+            if alias is not None:
+                topic = ""
+            elif len(self._out_aliases) < self._out_alias_max:
+                alias = self._out_aliases[topic] = len(self._out_aliases) + 1
+            if alias is not None:
+                props = dict(props)
+                props["topic_alias"] = alias
+        data = encode(Publish(topic, msg.payload, msg.qos, msg.retain, dup, packet_id, props), self.level)
         if self.client_max_packet and len(data) > self.client_max_packet:
             # The client cannot take it (MQTT 5 3.1.2.11.4): discard as if delivered.
             if packet_id is not None and self.session is not None:

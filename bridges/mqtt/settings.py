@@ -15,6 +15,7 @@ _RANGES = {
     "mqtt_max_queued_messages": (0, 10_000_000),
     "mqtt_topic_alias_maximum": (0, 65535),
     "mqtt_tls_port": (0, 65535),
+    "mqtt_max_keepalive": (10, 65535),
 }
 
 RENDERED = """# MQTT broker (docs/mqtt.md). Devices log in with a Matrix account: username = localpart or
@@ -35,6 +36,8 @@ mqtt_receive_maximum = {mqtt_receive_maximum}
 mqtt_max_inflight = {mqtt_max_inflight}
 mqtt_max_queued_messages = {mqtt_max_queued_messages}
 mqtt_topic_alias_maximum = {mqtt_topic_alias_maximum}
+# Longest keepalive granted (seconds): MQTT 5 clients asking more, or none, are told this value.
+mqtt_max_keepalive = {mqtt_max_keepalive}
 # MQTT over TLS: a port (e.g. 8883; 0 = off) and PEM certificate and key files.
 mqtt_tls_port = {mqtt_tls_port}
 mqtt_tls_cert = "{mqtt_tls_cert}"
@@ -56,7 +59,8 @@ def render(config: Any) -> str:
     for key in ("mqtt_enabled", "mqtt_allow_anonymous"):
         values[key] = str(getattr(config, key)).lower()
     for key in ("mqtt_anonymous_user", "mqtt_room_levels", "mqtt_max_packet_size", "mqtt_receive_maximum",
-                "mqtt_max_inflight", "mqtt_max_queued_messages", "mqtt_topic_alias_maximum", "mqtt_tls_port",
+                "mqtt_max_inflight", "mqtt_max_queued_messages", "mqtt_topic_alias_maximum", "mqtt_max_keepalive",
+                "mqtt_tls_port",
                 "mqtt_tls_cert", "mqtt_tls_key"):
         values[key] = getattr(config, key)
     return RENDERED.format(**values)
@@ -82,6 +86,7 @@ def broker_settings(config: Any) -> Any:
             max_inflight=config.mqtt_max_inflight,
             topic_alias_maximum=config.mqtt_topic_alias_maximum,
             max_queued=config.mqtt_max_queued_messages,
+            max_keepalive=config.mqtt_max_keepalive,
         ),
     )
 
