@@ -272,3 +272,15 @@ def test_qos2_awaiting_pubrel_counts_against_receive_maximum() -> None:
         conn.ack_publish(pid, 2)
     events = conn.receive_data(codec.encode(Publish("a/b", b"x", 2, packet_id=3), MQTT_5), 1.0)
     assert type(events[-1]) is ProtocolViolation and events[-1].reason_code == 0x93
+
+
+def test_slow_consumer_queue_is_bounded() -> None:
+    conn, session = connected(MQTT_3_1_1)
+    session.max_queued = 3  # the broker makes sessions with mqtt_max_queued_messages
+    conn.write_blocked = True  # the transport said its buffer is full
+    results = [conn.deliver(Outgoing("t/x", b"%d" % i, 0), 1.0) for i in range(5)]
+    assert results == [True, True, True, False, False]
+    assert conn.data_to_send() == b"" and session.dropped == 2
+    conn.write_blocked = False
+    conn.flush(2.0)
+    assert [p.payload for p in decode(conn.data_to_send(), MQTT_3_1_1)] == [b"0", b"1", b"2"]

@@ -710,10 +710,13 @@ class ClientProtocol(asyncio.Protocol):
             self._lost(publish_will=not self._will_done)
 
     def pause_writing(self) -> None:
+        """A slow consumer: its messages wait in the (bounded) session queue meanwhile."""
         self._write_paused = True
+        self.conn.write_blocked = True
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self.conn.write_blocked = False
         self.conn.flush(time.monotonic())
         self.flush_out()
 

@@ -133,6 +133,7 @@ class Connection:
         self.client_max_packet = 0  # 0: no limit from the client
         self.request_problem_info = True
         self._bad_filters: dict[int, tuple[int, ...]] = {}
+        self.write_blocked = False  # the transport's buffer is full: queue, do not encode more
         self._out_alias_max = 0  # the client's Topic Alias Maximum: aliases we may use towards it
         self._out_aliases: dict[str, int] = {}
 
@@ -408,7 +409,7 @@ class Connection:
         return True
 
     def flush(self, now: float, events: list[Event] | None = None) -> None:
-        if self.state is not State.CONNECTED or self.session is None:
+        if self.state is not State.CONNECTED or self.session is None or self.write_blocked:
             return
         for item in self.session.take_sendable(self.send_window, now):
             if type(item) is InFlight:
