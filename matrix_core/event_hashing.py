@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from typing import Any
 
-from .canonical_json import encode_canonical_json
+from .canonical_json import encode_canonical_json, encode_canonical_json_trusted
 from .room_versions import RoomVersion
 from .signing import SignatureError, SigningKey, decode_base64, encode_base64, verify_json_signature
 
@@ -177,7 +177,8 @@ def hash_sign_and_compute_event_id(
     signed["hashes"] = hashes
 
     to_sign = {k: v for k, v in _redact_shallow(signed, room_version).items() if k not in _UNSIGNED_AND_SIGNATURES}
-    message = encode_canonical_json(to_sign)
+    # The content hash above validated every value; the redacted subset needs no second walk.
+    message = encode_canonical_json_trusted(to_sign)
 
     old_signatures = signed.get("signatures")
     signatures: dict[str, Any] = {}

@@ -4,7 +4,7 @@ The PDU dict is the source of truth and is never mutated after signing; the prop
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .room_versions import RoomVersion
@@ -15,6 +15,8 @@ class Event:
     pdu: dict[str, Any]
     event_id: str
     room_version: RoomVersion
+    # The PDU as canonical JSON, when it is already at hand (events we built): stored as is.
+    canonical: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_pdu(cls, pdu: dict[str, Any], room_version: RoomVersion) -> "Event":

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 from .. import auth_rules, errors, state_res
-from ..canonical_json import encode_canonical_json
+from ..canonical_json import encode_canonical_json_trusted
 from ..client_format import STRIPPED_STATE_TYPES, client_event, stripped_state
 from ..event_hashing import compute_event_id, hash_sign_and_compute_event_id
 from ..events import Event
@@ -244,12 +244,13 @@ class Rooms:
                       version: RoomVersion) -> Event:
         try:
             signed, event_id = hash_sign_and_compute_event_id(pdu, version, self.server_name, self.signing_key)
-            size = len(encode_canonical_json(signed))
+            canonical = encode_canonical_json_trusted(signed)
+            size = len(canonical)
         except ValueError as exc:  # floats, huge ints, bad types in content
             raise errors.bad_json(str(exc)) from None
         if size > MAX_EVENT_BYTES:
             raise errors.too_large(f"Event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
-        event = Event(signed, event_id, version)
+        event = Event(signed, event_id, version, canonical)
         try:
             auth_rules.check_event_auth(event, auth_state)
         except errors.AuthError as exc:
@@ -895,7 +896,8 @@ class _Rows:
         self.events.append((
             pos, ev.event_id, ev.room_id, ev.type, ev.state_key, ev.sender, ev.depth, ev.origin_server_ts,
             group, before_group, int(outlier), rejected, txn_key,
-            json.dumps(ev.pdu, ensure_ascii=False, separators=(",", ":")),
+            ev.canonical.decode() if ev.canonical is not None
+            else json.dumps(ev.pdu, ensure_ascii=False, separators=(",", ":")),
         ))
         if ev.type == "m.room.redaction" and ev.redacts and not outlier and rejected is None:
             self.redactions.append((ev.redacts, ev.event_id))
