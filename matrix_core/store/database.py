@@ -8,9 +8,10 @@ fails alone while the rest of the batch commits. Nothing resolves before COMMIT 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
+import queue
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -44,49 +45,52 @@ def open_sync(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
 
 
 class Database:
-    """Owns the writer thread and the reader connection of one SQLite file."""
+    """Owns the writer thread and the reader connection of one SQLite file.
+
+    The writer is a plain thread fed by a thread-safe queue, so a commit (and its fsync) runs while
+    the event loop goes on building the next events: batches pipeline instead of alternating.
+    """
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous
         self._writer_conn: sqlite3.Connection | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="db-writer")
-        self._queue: asyncio.Queue[tuple[WriteFn, asyncio.Future[Any]] | None] = asyncio.Queue()
-        self._writer_task: asyncio.Task[None] | None = None
+        self._queue: queue.SimpleQueue[tuple[WriteFn, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._writer_thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.reader: aiosqlite.Connection | None = None
         self.batches_committed = 0
         self.writes_committed = 0
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._writer_conn = await loop.run_in_executor(self._executor, open_sync, self.path, self.synchronous)
+        loop = self._loop = asyncio.get_running_loop()
+        self._writer_conn = await loop.run_in_executor(None, open_sync, self.path, self.synchronous)
         self.reader = await aiosqlite.connect(self.path)
         await self.reader.execute("PRAGMA busy_timeout=10000")
-        self._writer_task = asyncio.create_task(self._writer_loop(), name="db-writer")
+        self._writer_thread = threading.Thread(target=self._writer_main, name="db-writer", daemon=True)
+        self._writer_thread.start()
 
     async def close(self) -> None:
         """Commit everything already queued, then close."""
-        if self._writer_task is not None:
-            await self._queue.put(None)
-            await self._writer_task
-            self._writer_task = None
+        if self._writer_thread is not None:
+            self._queue.put(None)
+            thread, self._writer_thread = self._writer_thread, None
+            await asyncio.get_running_loop().run_in_executor(None, thread.join)
         if self.reader is not None:
             await self.reader.close()
             self.reader = None
         if self._writer_conn is not None:
-            conn = self._writer_conn
+            self._writer_conn.close()
             self._writer_conn = None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        self._executor.shutdown(wait=True)
 
     # -- writes -----------------------------------------------------------------------------
 
     def submit(self, fn: WriteFn) -> "asyncio.Future[Any]":
         """Queue `fn(conn)` for the next group commit; the future resolves after COMMIT."""
-        if self._writer_task is None:
+        if self._writer_thread is None:
             raise RuntimeError("database is closed")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((fn, fut))
+        self._queue.put((fn, fut))
         return fut
 
     async def write(self, fn: WriteFn) -> Any:
@@ -101,41 +105,35 @@ class Database:
 
         await self.submit(run)
 
-    async def _writer_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _writer_main(self) -> None:
+        """The writer thread: take what is queued, commit it as one transaction, report back."""
+        assert self._loop is not None
+        loop = self._loop
         stopping = False
         while not stopping:
-            item = await self._queue.get()
+            item = self._queue.get()
             if item is None:
                 break
             batch = [item]
             while len(batch) < MAX_BATCH:
                 try:
                     nxt = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
+                except queue.Empty:
                     break
                 if nxt is None:
                     stopping = True
                     break
                 batch.append(nxt)
-            fns = [fn for fn, _ in batch]
             try:
-                outcomes = await loop.run_in_executor(self._executor, self._run_batch, fns)
+                outcomes = self._run_batch([fn for fn, _ in batch])
             except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
                 log.error("group commit of %d writes failed: %s", len(batch), exc)
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
-                continue
-            self.batches_committed += 1
-            self.writes_committed += len(batch)
-            for (_, fut), (ok, value) in zip(batch, outcomes):
-                if fut.done():
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+                failure = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+                outcomes = [(False, failure)] * len(batch)
+            else:
+                self.batches_committed += 1
+                self.writes_committed += len(batch)
+            loop.call_soon_threadsafe(_resolve, batch, outcomes)
 
     def _run_batch(self, fns: list[WriteFn]) -> list[tuple[bool, Any]]:
         conn = self._writer_conn
@@ -172,3 +170,14 @@ class Database:
         assert self.reader is not None
         async with self.reader.execute(sql, params) as cur:
             return await cur.fetchone()
+
+
+def _resolve(batch: list[tuple[WriteFn, "asyncio.Future[Any]"]], outcomes: list[tuple[bool, Any]]) -> None:
+    """On the event loop: settle each write's future, in queue order."""
+    for (_, fut), (ok, value) in zip(batch, outcomes):
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
