@@ -54,6 +54,7 @@ class Figures:
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     rss_mb: float = float("nan")
+    cpu_us_q1: float = float("nan")  # broker CPU time per QoS 1 message
     note: str = ""
 
 
@@ -215,6 +216,11 @@ def latency(broker: Broker, n: int) -> tuple[float, float]:
             c.loop_stop()
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -227,7 +233,9 @@ def run(broker: Broker, args: argparse.Namespace) -> Figures:
     broker.start()
     try:
         fig.qos0 = throughput(broker, 0, args.messages)
+        cpu = cpu_seconds(broker.pid())
         fig.qos1 = throughput(broker, 1, args.messages)
+        fig.cpu_us_q1 = (cpu_seconds(broker.pid()) - cpu) / args.messages * 1e6
         fig.p50_ms, fig.p99_ms = latency(broker, args.latency_messages)
         fig.rss_mb = rss_mb(broker.pid())
     except Exception as exc:  # a baseline failing must not hide the others' figures
@@ -255,10 +263,11 @@ def main() -> None:
         results = [run(make(), args) for name, make in makers.items() if args.only in (None, name)]
     print(f"\nMQTT, one paho {mqtt.__name__} publisher, {len(PAYLOAD)}-byte payloads, {args.messages} messages, "
           f"{IN_FLIGHT} in flight (QoS 1); latency over {args.latency_messages} QoS 1 messages")
-    print(f"{'broker':<10} {'QoS0 msg/s':>11} {'QoS1 msg/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>8}")
+    print(f"{'broker':<10} {'QoS0 msg/s':>11} {'QoS1 msg/s':>11} {'CPU us/QoS1':>12} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'RSS MB':>8}")
     for f in results:
-        print(f"{f.broker:<10} {f.qos0:>11.0f} {f.qos1:>11.0f} {f.p50_ms:>8.2f} {f.p99_ms:>8.2f} {f.rss_mb:>8.1f} "
-              f"{f.note}")
+        print(f"{f.broker:<10} {f.qos0:>11.0f} {f.qos1:>11.0f} {f.cpu_us_q1:>12.0f} {f.p50_ms:>8.2f} {f.p99_ms:>8.2f} "
+              f"{f.rss_mb:>8.1f} {f.note}")
     by_name = {f.broker: f for f in results}
     gw = by_name.get("gateway")
     if gw is not None:

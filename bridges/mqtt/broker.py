@@ -682,6 +682,7 @@ class ClientProtocol(asyncio.Protocol):
         self._write_paused = False
         self._closed = False
         self._will_done = False
+        self._flush_soon = False
 
     # -- transport callbacks --------------------------------------------------------------------
 
@@ -937,6 +938,12 @@ class ClientProtocol(asyncio.Protocol):
                 if conn.state is State.CLOSED:
                     self._lost(publish_will=True)
         self._check_pressure()
+        if not self._flush_soon:  # one write for all acknowledgements of a group commit
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_soon = False
         self.flush_out()
 
     def _check_pressure(self) -> None:
