@@ -51,6 +51,9 @@ _PURGEABLE = (
     "FROM events WHERE room_id = ? AND state_key IS NULL AND origin_server_ts < ? "
     "AND stream_ordering < (SELECT MAX(stream_ordering) FROM events) "
     "AND event_id NOT IN (SELECT value FROM json_each((SELECT forward_extremities FROM rooms WHERE room_id = ?)))"
+    # "[]" in the rooms row means the room's newest placed event is its only extremity: keep it.
+    "AND stream_ordering < (SELECT MAX(stream_ordering) FROM events e2 WHERE e2.room_id = events.room_id "
+    "AND e2.outlier = 0 AND e2.rejected_reason IS NULL)"
 )
 
 

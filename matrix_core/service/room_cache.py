@@ -25,6 +25,10 @@ class RoomCache:
     depth: int = 0
     state_group: int | None = None
     state_chain: int = 0
+    # What the rooms row holds, so a write touches it only on change. "[]" there means "the
+    # room's newest placed event is the only extremity" (the usual case: no write per message).
+    stored_extremities: str = "[]"
+    stored_group: int | None = None
 
     def member(self, user_id: str) -> str | None:
         ev = self.state.get(("m.room.member", user_id))

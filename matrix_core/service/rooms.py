@@ -151,7 +151,13 @@ class Rooms:
             "SELECT forward_extremities, current_state_group FROM rooms WHERE room_id = ?", (room_id,)
         )
         assert row is not None
-        room = RoomCache(room_id, version, extremities=json.loads(row[0]), state_group=row[1])
+        room = RoomCache(room_id, version, extremities=json.loads(row[0]), state_group=row[1],
+                         stored_extremities=row[0], stored_group=row[1])
+        if not room.extremities:
+            latest = await self.db.fetchone(
+                "SELECT event_id FROM events WHERE room_id = ? AND outlier = 0 AND rejected_reason IS NULL "
+                "ORDER BY stream_ordering DESC LIMIT 1", (room_id,))
+            room.extremities = [latest[0]] if latest else []
         rows = await self.db.fetchall(
             "SELECT e.event_id, e.json FROM current_state c JOIN events e ON e.event_id = c.event_id "
             "WHERE c.room_id = ?",
@@ -293,8 +299,16 @@ class Rooms:
             self._cache_event(ev)
         if new_room:
             rows.new_room = (room.room_id, room.version.identifier, events[0].sender)
-        rows.room_update = (json.dumps(room.extremities), room.state_group, room.room_id)
+        self._update_room_row(rows, room, latest_is_sole_extremity=True)
         return self._submit(room, rows)
+
+    @staticmethod
+    def _update_room_row(rows: "_Rows", room: RoomCache, latest_is_sole_extremity: bool) -> None:
+        """Write the rooms row only when it changes: most messages leave it alone (SD-card writes)."""
+        extremities = "[]" if latest_is_sole_extremity else json.dumps(room.extremities)
+        if extremities != room.stored_extremities or room.state_group != room.stored_group:
+            rows.room_update = (extremities, room.state_group, room.room_id)
+            room.stored_extremities, room.stored_group = extremities, room.state_group
 
     def _note_member(self, rows: "_Rows", ev: Event, pos: int) -> None:
         if ev.type == "m.room.member" and ev.state_key and ev.state_key.endswith(":" + self.server_name):
@@ -464,7 +478,7 @@ class Rooms:
             room.state_chain = 0 if current_group != after_group else chain + (1 if ev.is_state else 0)
             room.extremities = new_extremities[-MAX_PREV_EVENTS:]
             room.depth = max(room.depth, ev.depth)
-            rows.room_update = (json.dumps(room.extremities), room.state_group, room.room_id)
+            self._update_room_row(rows, room, latest_is_sole_extremity=room.extremities == [ev.event_id])
         return self._submit(room, rows)
 
     async def remember_remote_invite(self, user_id: str, room_id: str, version: RoomVersion,
