@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(libcoap3-bin mosquitto mosquitto-clients libcbor-xs-perl libjson-perl curl systemd sqlite3
-  autoconf automake libtool gcc python3-dev)  # the last five build DTLSSocket (coaps) from source
+  autoconf automake libtool gcc python3-dev  # these five build DTLSSocket (coaps) from source
+  libcoap3-dev make pkgconf)  # build firmware_examples/c_libcoap (tests/test_firmware_examples.py)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for pkg in "${DEBIAN_PACKAGES[@]}"; do

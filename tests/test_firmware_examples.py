@@ -326,3 +326,118 @@ def test_micropython_cross_compiler_accepts(relpath: str, tmp_path: Path) -> Non
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out.mpy").read_bytes()[:1] == b"M"
+
+
+# ---------------------------------------------------------------------------------------------
+# shell: the seed's coap-client pipeline, mosquitto_pub/sub
+# ---------------------------------------------------------------------------------------------
+
+SHELL = EXAMPLES / "shell"
+
+
+def shell_env(hub: dict[str, Any], token: str | None = None) -> dict[str, str]:
+    gw = hub["gw"]
+    return dict(os.environ, HUB=f"127.0.0.1:{gw.coap_port}", HUB_HOST="127.0.0.1", MQTT_PORT=str(gw.mqtt_port),
+                ROOM=ALIAS, TOKEN=token or hub["token"], MQTT_USER="alice")
+
+
+async def test_shell_coap_send_posts_floats_and_text(hub: dict[str, Any]) -> None:
+    run = subprocess.run([str(SHELL / "coap_send.sh"), '{"t": 21.5, "h": 40, "unit": "C"}', "org.example.reading"],
+                         env=shell_env(hub), capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    event_id = run.stdout.strip()
+    event = get_event(hub["gw"], hub["token"], hub["rooms"]["sensors"], event_id)
+    assert event["content"] == {"t": {"$f": "21.5"}, "h": 40, "unit": "C"}  # Perl's byte-string keys read as text
+    assert await coap_read_event(hub, event_id) == {"t": 21.5, "h": 40, "unit": "C"}
+
+    run = subprocess.run([str(SHELL / "coap_send.sh"), '{"msgtype":"m.text", "body":"hello"}'],
+                         env=shell_env(hub), capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    event = get_event(hub["gw"], hub["token"], hub["rooms"]["sensors"], run.stdout.strip())
+    assert (event["type"], event["content"]) == ("m.room.message", {"msgtype": "m.text", "body": "hello"})
+
+    bad = subprocess.run([str(SHELL / "coap_send.sh"), '{"t": 1.5}'], env=shell_env(hub, "NotAValidToken00"),
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1 and bad.stdout == "" and bad.stderr.startswith("4.01")
+
+
+def test_shell_seed_one_liner_as_the_readme_shows_it(hub: dict[str, Any]) -> None:
+    """The seed's pipeline with `decode_json $_` stores the message; the seed's bare `decode_json`
+    is refused by Debian 12's JSON.pm (what the README says)."""
+    uri = f"coap://127.0.0.1:{hub['gw'].coap_port}/_m/c/a/v1/r/%23sensors:localhost/s/m.room.message?a={hub['token']}"
+    before = len(timeline(hub["gw"], hub["token"], hub["rooms"]["sensors"], limit=100))
+    line = ("echo '{\"msgtype\":\"m.text\", \"body\":\"seed\"}' | perl -MCBOR::XS -MJSON -pe '$_=encode_cbor decode_json $_' "
+            f"| coap-client-notls -m post -f - '{uri}'")
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", line], capture_output=True, timeout=30)
+    assert out.returncode == 0 and out.stderr == b"", out.stderr
+    events = timeline(hub["gw"], hub["token"], hub["rooms"]["sensors"], limit=100)
+    assert len(events) == before + 1 and events[0]["content"] == {"msgtype": "m.text", "body": "seed"}
+    bare = subprocess.run(["perl", "-MCBOR::XS", "-MJSON", "-pe", "$_=encode_cbor decode_json"],
+                          input=b'{"msgtype":"m.text", "body":"hello"}\n', capture_output=True, timeout=30)
+    assert bare.returncode != 0 and bare.stdout == b""
+
+
+def test_shell_mqtt_scripts_with_the_actuator_and_a_matrix_client(hub: dict[str, Any]) -> None:
+    """mqtt_send.sh commands the MicroPython actuator; mqtt_listen.sh sees the command, the state
+    the actuator reports, and a message sent over HTTP, in that order."""
+    listener = subprocess.Popen(["stdbuf", "-oL", str(SHELL / "mqtt_listen.sh"), "home/lamp/#", "-d", "-C", "3",
+                                 "-W", "30"], env=shell_env(hub), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        assert listener.stdout is not None
+        for line in listener.stdout:  # -d: debug lines; subscribed once the SUBACK is in
+            if "received suback" in line.lower():
+                break
+        lamp = RunningActuator(hub, hub["lamp"])
+        try:
+            sent = subprocess.run([str(SHELL / "mqtt_send.sh"), "home/lamp", "toggle"], env=shell_env(hub),
+                                  capture_output=True, text=True, timeout=30)
+            assert sent.returncode == 0, sent.stderr
+            assert lamp.wait_for(1) == ["toggle"]
+        finally:
+            assert lamp.close() == 1  # its state publish is acknowledged (stored) before it returns
+        event_id = send_text(hub, "hello from Element")
+        out, _ = listener.communicate(timeout=30)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+    lines = [line for line in out.splitlines() if line and not line.startswith(("Client ", "Subscribed (mid"))]
+    assert lines[:2] == ["home/lamp toggle", "home/lamp/state on"]
+    topic, payload = lines[2].split(" ", 1)
+    doc = json.loads(payload)
+    assert topic == "home/lamp" and doc["event_id"] == event_id
+    assert doc["content"] == {"msgtype": "m.text", "body": "hello from Element"}
+
+
+# ---------------------------------------------------------------------------------------------
+# C: libcoap3 (POSIX, e.g. a Raspberry Pi)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def c_sensor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C example built with its Makefile (-Wall -Wextra -Werror) against Debian's libcoap3-dev."""
+    out = tmp_path_factory.mktemp("c") / "sensor_post"
+    build = subprocess.run(["make", "-s", "-C", str(EXAMPLES / "c_libcoap"), f"OUT={out}"],
+                           capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert out.exists() and os.access(out, os.X_OK)
+    return out
+
+
+@pytest.mark.parametrize("temperature", [21.5, 0.1, -40.25])
+async def test_c_sensor_posts_a_float_reading(hub: dict[str, Any], c_sensor: Path, temperature: float) -> None:
+    run = subprocess.run([str(c_sensor), "127.0.0.1", str(hub["gw"].coap_port), ALIAS, hub["token"], repr(temperature)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    event_id = run.stdout.strip()
+    event = get_event(hub["gw"], hub["token"], hub["rooms"]["sensors"], event_id)
+    assert event["content"] == {"t": {"$f": repr(temperature)}, "unit": "C"}
+    assert await coap_read_event(hub, event_id) == {"t": temperature, "unit": "C"}
+
+
+def test_c_sensor_reports_a_refusal(hub: dict[str, Any], c_sensor: Path) -> None:
+    run = subprocess.run([str(c_sensor), "127.0.0.1", str(hub["gw"].coap_port), ALIAS, "NotAValidToken00", "3"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stdout == "" and run.stderr.startswith("4.01")
