@@ -8,7 +8,7 @@ import importlib.util
 import json
 import math
 import os
-import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -16,13 +16,13 @@ import time
 import urllib.parse
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import aiocoap
 import cbor2
 import pytest
 
-from tests.support.gateway import REPO_ROOT, GatewayProcess
+from tests.support.gateway import REPO_ROOT, GatewayProcess, free_port
 from tests.test_mqtt_peers import MosquittoSub
 
 EXAMPLES = REPO_ROOT / "firmware_examples"
@@ -68,7 +68,6 @@ class LossySocket:
     """A real UDP socket that drops chosen datagrams (by index) in each direction."""
 
     def __init__(self, drop_sent: set[int], drop_received: set[int]) -> None:
-        import socket
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.drop_sent, self.drop_received = drop_sent, drop_received
         self.sent = self.received = 0
@@ -93,13 +92,11 @@ class LossySocket:
         self.sock.close()
 
 
-def udp_socket() -> Any:
-    import socket
+def udp_socket() -> socket.socket:
     return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
 
-def tcp_socket(host: str, port: int) -> Any:
-    import socket
+def tcp_socket(host: str, port: int) -> socket.socket:
     return socket.create_connection((host, port), timeout=10)
 
 
@@ -211,6 +208,28 @@ def test_sensor_retransmits_lost_datagrams_and_is_stored_once(hub: dict[str, Any
     same = [ev for ev in timeline(hub["gw"], hub["token"], hub["rooms"]["sensors"])
             if ev["type"] == "org.example.reading" and ev["content"].get("seq") == marker]
     assert [ev["event_id"] for ev in same] == posted
+
+
+def test_coap_client_waits_for_a_separate_response_from_libcoaps_server(tmp_path: Path) -> None:
+    """libcoap's coap-server answers /async?1 with an empty ACK, then a confirmable 2.05 a second
+    later: the client stops retransmitting at the ACK and returns the separate response."""
+    port = free_port(socket.SOCK_DGRAM)
+    server = subprocess.Popen(["coap-server-notls", "-A", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sock = udp_socket()
+    try:
+        # until the server is up the first request is resent (an unconnected UDP socket sees no ICMP)
+        client = coap_sensor.CoapClient(sock, ("127.0.0.1", port), HostClock(), ack_timeout=0.1, max_retransmit=8)
+        code, _ = client.request(coap_sensor.GET, [".well-known", "core"])
+        assert coap_sensor.code_str(code) == "2.05"
+        client.retransmissions = 0
+        code, payload = client.request(coap_sensor.GET, ["async"], ["1"])
+        assert (coap_sensor.code_str(code), payload) == ("2.05", b"done")
+        assert client.retransmissions == 0  # 0.1 s timeout, 1 s answer: only the empty ACK explains it
+    finally:
+        sock.close()
+        server.terminate()
+        server.wait(10)
 
 
 def test_sensor_reports_refusals_and_keeps_going(hub: dict[str, Any]) -> None:

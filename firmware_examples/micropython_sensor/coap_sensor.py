@@ -272,7 +272,7 @@ class CoapClient:
             elif answer is not None:
                 return answer
             timeout_ms *= 2
-        raise CoapError("no answer from %s:%d" % self.server)
+        raise CoapError("no answer from %r" % (self.server,))  # a tuple, or bytes on some ports
 
     def _wait(self, token: bytes, timeout_ms: int, acked: bool):
         """Read datagrams until timeout: a response tuple, True for an empty ACK, None on timeout."""
@@ -343,9 +343,16 @@ class Sensor:
         else:
             code, payload = self.client.request(POST, path, ["a=" + self.token], cbor_encode(reading),
                                                 content_format=CBOR)
-        answer = cbor_decode(payload) if payload else {}
+        try:
+            answer = cbor_decode(payload) if payload else {}
+        except (ValueError, IndexError):
+            answer = None
+        if not isinstance(answer, dict):
+            answer = {}
         if code >> 5 != 2:
             raise CoapError("%s %s" % (code_str(code), answer.get("errcode", "")))
+        if "event_id" not in answer:
+            raise CoapError("%s without an event id" % code_str(code))
         return answer["event_id"]
 
 
