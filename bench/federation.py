@@ -285,15 +285,15 @@ async def watch(api: Api, room_id: str, since: str, flt: str, tag: str, n: int, 
 
 async def events_before(api: Api, room_id: str, token: str, prefix: str,
                         seen: dict[str, Any]) -> list[dict[str, Any]]:
-    """Our run's events older than `token` not seen yet (pages back until a page adds none)."""
+    """Our run's events older than `token` not seen yet (pages back until a page holds none of the run)."""
     out: list[dict[str, Any]] = []
     for _ in range(100):
         res = await api.call("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/messages?dir=b&limit=100&from={q(token)}")
         chunk = res.get("chunk", [])
-        new = [ev for ev in chunk if isinstance(ev.get("content", {}).get("body"), str)
-               and ev["content"]["body"].startswith(prefix) and ev["content"]["body"] not in seen]
-        out += new
-        if not new or not res.get("end") or res.get("end") == token:
+        ours = [ev for ev in chunk if isinstance(ev.get("content", {}).get("body"), str)
+                and ev["content"]["body"].startswith(prefix)]
+        out += [ev for ev in ours if ev["content"]["body"] not in seen]
+        if not ours or not res.get("end") or res.get("end") == token:
             break
         token = res["end"]
     return out
