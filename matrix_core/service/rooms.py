@@ -59,7 +59,8 @@ class Rooms:
         # user_id -> room_id -> (membership, stream position of that member event)
         self.memberships: dict[str, dict[str, tuple[str, int]]] = {}
         self.redactions: dict[str, str] = {}
-        self._event_cache: OrderedDict[str, Event] = OrderedDict()
+        self._event_cache: OrderedDict[str, Event] = OrderedDict()  # placed events (timeline)
+        self._outlier_cache: OrderedDict[str, Event] = OrderedDict()  # auth/state events not placed
         self._txns: OrderedDict[str, str] = OrderedDict()
         self._txn_of_event: dict[str, dict[str, str]] = {}
         self._redaction_events: dict[str, Event] = {}
@@ -180,6 +181,7 @@ class Rooms:
         return room
 
     def _cache_event(self, event: Event) -> None:
+        self._outlier_cache.pop(event.event_id, None)
         self._event_cache[event.event_id] = event
         if len(self._event_cache) > EVENT_CACHE_SIZE:
             self._event_cache.popitem(last=False)
@@ -344,9 +346,22 @@ class Rooms:
         self._rooms[room.room_id] = room
 
     async def get_events_any(self, event_ids: Iterable[str]) -> dict[str, tuple[Event, bool, str | None]]:
-        """Known events, outliers and rejected ones included: id -> (event, is_outlier, rejected)."""
-        ids = list(dict.fromkeys(event_ids))
+        """Known events, outliers and rejected ones included: id -> (event, is_outlier, rejected).
+
+        Memory first: events placed or fetched moments ago may not be committed yet, and federation
+        asks about the previous PDU of a transaction while its write is still queued."""
         out: dict[str, tuple[Event, bool, str | None]] = {}
+        ids = []
+        for event_id in dict.fromkeys(event_ids):
+            placed = self._event_cache.get(event_id)
+            if placed is not None:
+                out[event_id] = (placed, False, None)
+                continue
+            outlier = self._outlier_cache.get(event_id)
+            if outlier is not None:
+                out[event_id] = (outlier, True, None)
+                continue
+            ids.append(event_id)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
@@ -417,7 +432,9 @@ class Rooms:
         rows = _Rows()
         for ev in events:
             rows.add_event(self._alloc_position(True), ev, None, None, None, outlier=True, announce=False)
-            self._cache_event(ev)
+            self._outlier_cache[ev.event_id] = ev
+            if len(self._outlier_cache) > EVENT_CACHE_SIZE:
+                self._outlier_cache.popitem(last=False)
         return self.db.submit(rows.write)
 
     def enqueue_rejected(self, ev: Event, reason: str) -> "asyncio.Future[Any]":
@@ -921,10 +938,15 @@ class _Rows:
     def write(self, conn: sqlite3.Connection) -> None:
         if self.new_room is not None:
             conn.execute("INSERT INTO rooms (room_id, room_version, creator) VALUES (?, ?, ?)", self.new_room)
+        # An event first stored as an outlier (an auth event we fetched) is placed for real later:
+        # the upsert turns the outlier row into a timeline one; any other duplicate is ignored.
         conn.executemany(
-            "INSERT OR IGNORE INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, "
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, "
             "origin_server_ts, state_group, state_group_before, outlier, rejected_reason, txn_key, json) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO UPDATE SET "
+            "stream_ordering = excluded.stream_ordering, state_group = excluded.state_group, "
+            "state_group_before = excluded.state_group_before, outlier = excluded.outlier, "
+            "rejected_reason = excluded.rejected_reason WHERE events.outlier = 1 AND excluded.outlier = 0",
             self.events,
         )
         if self.groups:
