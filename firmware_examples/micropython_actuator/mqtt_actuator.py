@@ -29,6 +29,7 @@ class MQTTClient:
         self.sock = None
         self.cb = None
         self.pid = 0
+        self._last_pid, self._last_body = 0, b""  # the latest PUBACK/SUBACK, for publish/subscribe
 
     # -- bytes on the wire
     def _write(self, data: bytes) -> None:
@@ -136,9 +137,6 @@ class MQTTClient:
                 if self._last_body[2] == 0x80:
                     raise MQTTException("subscription refused")
                 return
-
-    _last_pid = 0
-    _last_body = b""
 
     def wait_msg(self):
         """Block for one packet and handle it; returns its type (0x30 PUBLISH, 0x40 PUBACK, ...)."""
