@@ -61,6 +61,8 @@ class Rooms:
         self.redactions: dict[str, str] = {}
         self._event_cache: OrderedDict[str, Event] = OrderedDict()  # placed events (timeline)
         self._outlier_cache: OrderedDict[str, Event] = OrderedDict()  # auth/state events not placed
+        # event id -> (state after it, its group), for events placed moments ago (writes may be queued)
+        self._recent_state: OrderedDict[str, tuple[dict[StateKey, Event], int | None]] = OrderedDict()
         self._txns: OrderedDict[str, str] = OrderedDict()
         self._txn_of_event: dict[str, dict[str, str]] = {}
         self._redaction_events: dict[str, Event] = {}
@@ -289,7 +291,7 @@ class Rooms:
             before_group = room.state_group
             if ev.is_state:
                 key = (ev.type, ev.state_key or "")
-                room.state[key] = ev
+                room.state = {**room.state, key: ev}  # copy on write: earlier snapshots stay valid
                 room.state_group, room.state_chain = self._new_group(
                     rows, room.room_id, room.state, room.state_group, room.state_chain, {key: ev}
                 )
@@ -299,6 +301,7 @@ class Rooms:
             room.depth = max(room.depth, ev.depth)
             rows.add_event(pos, ev, room.state_group, before_group, txn_key if i == len(events) - 1 else None)
             self._cache_event(ev)
+            self._remember_state_after(ev.event_id, room.state, room.state_group)
         if new_room:
             rows.new_room = (room.room_id, room.version.identifier, events[0].sender)
         self._update_room_row(rows, room, latest_is_sole_extremity=True)
@@ -374,10 +377,19 @@ class Rooms:
                     out[event_id] = (Event(json.loads(pdu_json), event_id, version), bool(outlier), rejected)
         return out
 
+    def _remember_state_after(self, event_id: str, state: dict[StateKey, Event], group: int | None) -> None:
+        """Keep the state after a just-placed event in memory (its write may still be queued)."""
+        self._recent_state[event_id] = (state, group)
+        if len(self._recent_state) > EVENT_CACHE_SIZE:
+            self._recent_state.popitem(last=False)
+
     async def state_after(self, room: RoomCache, event_id: str) -> tuple[dict[StateKey, Event], int | None] | None:
         """The state after a stored, placed (non-outlier) event, and its group; None if unknown."""
         if room.extremities == [event_id] and room.state_group is not None:
             return dict(room.state), room.state_group
+        recent = self._recent_state.get(event_id)
+        if recent is not None:
+            return dict(recent[0]), recent[1]
         row = await self.db.fetchone(
             "SELECT state_group FROM events WHERE event_id = ? AND outlier = 0 AND rejected_reason IS NULL",
             (event_id,),
@@ -478,6 +490,8 @@ class Rooms:
         rows.add_event(pos, ev, after_group, before_group, None, announce=not (soft_failed or backfilled),
                        rejected="soft_failed" if soft_failed else None)
         self._cache_event(ev)
+        if not soft_failed:
+            self._remember_state_after(ev.event_id, state_after, after_group)
         if new_current is not None:
             old = room.state
             for key, cur in new_current.items():
