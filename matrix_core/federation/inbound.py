@@ -93,7 +93,7 @@ class InboundEvents:
             if not backfilled:
                 await self._fetch_missing_prevs(origin, room, event)
             state_before, before_group = await self._state_before(origin, room, event)
-            auth_events = await self._auth_events(origin, event)
+            auth_events = await self._auth_events(origin, event, room)
             try:
                 auth_rules.check_auth_events(event, auth_events.values())
                 auth_rules.check_event_auth(event, self._auth_state(room.version, auth_events, state_before))
@@ -167,9 +167,14 @@ class InboundEvents:
             log.warning("fetched event %s fails checks: %s", event_id, exc)
             return None
 
-    async def _auth_events(self, origin: str, event: Event) -> dict[str, Event]:
+    async def _auth_events(self, origin: str, event: Event, room: RoomCache | None = None) -> dict[str, Event]:
         ids = list(event.auth_event_ids)
-        known = await self.rooms.get_events_any(ids)
+        # Auth events are nearly always in the room's current state: look there before the store.
+        current = {ev.event_id: ev for ev in room.state.values()} if room is not None else {}
+        known = {eid: (current[eid], False, None) for eid in ids if eid in current}
+        rest = [eid for eid in ids if eid not in known]
+        if rest:
+            known.update(await self.rooms.get_events_any(rest))
         out = {eid: ev for eid, (ev, _, rejected) in known.items() if not rejected}
         missing = [eid for eid in ids if eid not in known]
         fetched: list[Event] = []
