@@ -25,3 +25,23 @@ def tune_malloc(mmap_threshold: int = 256 * 1024, arena_max: int = 2) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_ARENA_MAX, arena_max))
+
+
+def release_free_memory() -> bool:
+    """Give the heap's free pages back to the kernel (malloc_trim(3)): start-up imports leave
+    megabytes of freed temporaries behind that would otherwise stay resident for good."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def settle_memory() -> None:
+    """A full garbage collection, then malloc_trim: for moments when the hub has just gone idle."""
+    import gc
+
+    gc.collect()
+    release_free_memory()
