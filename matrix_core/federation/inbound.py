@@ -52,6 +52,7 @@ class InboundEvents:
         started = asyncio.get_running_loop().time()  # for the debug line below (bench/federation.py reads it)
         results: dict[str, Any] = {}
         waits: list[tuple[str, asyncio.Future[Any]]] = []
+        events: list[Event] = []
         for pdu in pdus:
             room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
             version = self.rooms.room_version(room_id) if isinstance(room_id, str) else None
@@ -59,12 +60,17 @@ class InboundEvents:
                 log.info("dropping a PDU from %s for a room we are not in: %r", origin, room_id)
                 continue
             try:
-                event = parse_pdu(pdu, version)
+                events.append(parse_pdu(pdu, version))
             except BadPDU as exc:
                 log.warning("dropping a malformed PDU from %s: %s", origin, exc)
+        # One store look-up for the whole transaction (a retried one repeats PDUs we hold).
+        held = await self.rooms.get_events_any([ev.event_id for ev in events])
+        for event in events:
+            if event.event_id in held and not held[event.event_id][1]:
+                results[event.event_id] = {}
                 continue
             try:
-                fut = await self.receive(origin, event)
+                fut = await self.receive(origin, event, known_new=True)
                 if fut is not None:
                     waits.append((event.event_id, fut))
                 results[event.event_id] = {}
@@ -82,10 +88,16 @@ class InboundEvents:
     # -- one event --------------------------------------------------------------------------------
 
     async def receive(self, origin: str, event: Event, backfilled: bool = False,
-                      position: int | None = None) -> "asyncio.Future[Any] | None":
-        """Check and place one event; returns the pending write (None if already known)."""
+                      position: int | None = None, known_new: bool = False) -> "asyncio.Future[Any] | None":
+        """Check and place one event; returns the pending write (None if already known).
+        `known_new`: the caller already looked it up in the store (memory is still checked)."""
         async with self._lock(event.room_id):
-            known = await self.rooms.get_events_any([event.event_id])
+            if known_new:
+                known = {}
+                if self.rooms.placed_in_memory(event.event_id):
+                    return None
+            else:
+                known = await self.rooms.get_events_any([event.event_id])
             if event.event_id in known and not known[event.event_id][1]:
                 return None
             event = await self.check_signatures_and_hash(event)

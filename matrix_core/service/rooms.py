@@ -182,6 +182,10 @@ class Rooms:
             room.state_chain = chain_row[0] if chain_row else 0
         return room
 
+    def placed_in_memory(self, event_id: str) -> bool:
+        """Placed (or built) moments ago, whether or not its write has committed yet."""
+        return event_id in self._event_cache
+
     def _cache_event(self, event: Event) -> None:
         self._outlier_cache.pop(event.event_id, None)
         self._event_cache[event.event_id] = event
