@@ -22,7 +22,7 @@ from matrix_core import errors
 from matrix_core.client_api.request import ApiRequest, ApiResponse
 from matrix_core.client_api.routes import ROUTER
 
-from . import codes, stale_refusal
+from . import codes, fast_lane, stale_refusal
 from .content import MAX_BODY_BYTES, decode_body, encode_body, response_format
 from .observe import Observation, Observations, observable, with_query
 from .psk import PskClaim, PskStore
@@ -221,6 +221,7 @@ class CoapFrontend:
         context = await aiocoap.Context.create_server_context(
             self.site, bind=(self.bind, self.port), transports=["udp6"], loggername="coap-server")
         stale_refusal.guard(context)
+        fast_lane.install(context, self.site)
         self._contexts.append(context)
         if self.coaps_port is not None:
             await self._start_coaps()

@@ -34,13 +34,26 @@ class Route:
 class Router:
     def __init__(self) -> None:
         self.routes: list[Route] = []
+        # (first segment, number of segments) -> the routes that can match: a dict hit instead of
+        # trying every route on each request (the send route is matched thousands of times a second).
+        self._index: dict[tuple[str, int], list[Route]] = {}
+        self._open_ended: list[Route] = []
 
     def add(self, method: str, path: str, handler: Handler) -> None:
-        self.routes.append(Route(method, tuple(path.strip("/").split("/")), handler))
+        route = Route(method, tuple(path.strip("/").split("/")), handler)
+        self.routes.append(route)
+        if route.pattern[-1].endswith("...}") or route.pattern[0].startswith("{"):
+            self._open_ended.append(route)
+        else:
+            self._index.setdefault((route.pattern[0], len(route.pattern)), []).append(route)
+
+    def _candidates(self, segments: list[str]) -> list[Route]:
+        indexed = self._index.get((segments[0], len(segments)), []) if segments else []
+        return indexed + self._open_ended if self._open_ended else indexed
 
     def resolve(self, method: str, segments: list[str]) -> tuple[Handler, dict[str, str]]:
         path_matched = False
-        for route in self.routes:
+        for route in self._candidates(segments):
             params = route.match(segments)
             if params is None:
                 continue
