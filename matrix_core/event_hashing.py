@@ -11,9 +11,8 @@ Room version differences are read from RoomVersion flags, never from the version
 from __future__ import annotations
 
 import hashlib
-import json
 import hmac
-from typing import Any, Iterable
+from typing import Any
 
 from .canonical_json import encode_canonical_json, encode_canonical_json_trusted
 from .room_versions import RoomVersion
@@ -213,38 +212,3 @@ def verify_event_signature(
     Raises SignatureError. Does not check the content hash: see `check_content_hash`.
     """
     verify_json_signature(_redact_shallow(pdu, room_version), server_name, key_id, verify_key_bytes)
-
-
-def _encoded_key(key: str) -> bytes:
-    return json.dumps(key, ensure_ascii=False).encode("utf-8") + b":"
-
-
-def _join_canonical(parts: dict[str, bytes], keys: Iterable[str], override: dict[str, bytes]) -> bytes:
-    """Canonical JSON of an object whose values are already canonical bytes (sorted keys)."""
-    return b"{" + b",".join(_encoded_key(k) + override.get(k, parts[k]) for k in sorted(keys)) + b"}"
-
-
-def sign_new_event(
-    pdu: dict[str, Any], room_version: RoomVersion, server_name: str, key: SigningKey
-) -> tuple[dict[str, Any], str, bytes]:
-    """Hash, sign and identify an event we create, encoding each top-level value only once.
-
-    Returns (signed pdu, event id, the signed pdu's canonical JSON). Same result as
-    `hash_sign_and_compute_event_id` followed by encoding the signed pdu, but the (possibly large)
-    content is encoded once instead of three times: canonical JSON of an object is its sorted
-    key/value pairs, so the content-hash input, the signed (redacted) form and the stored form
-    are joined from the same encoded values. `pdu` must not carry hashes, signatures or unsigned.
-    """
-    if any(k in pdu for k in ("hashes", "signatures", "unsigned")):
-        raise ValueError("sign_new_event takes a fresh pdu (no hashes, signatures or unsigned)")
-    parts = {k: encode_canonical_json(v) for k, v in pdu.items()}  # validates every value once
-    hashes = {"sha256": encode_base64(hashlib.sha256(_join_canonical(parts, parts, {})).digest())}
-    parts["hashes"] = encode_canonical_json_trusted(hashes)
-    redacted = _redact_shallow({**pdu, "hashes": hashes}, room_version)
-    message = _join_canonical(parts, [k for k in redacted if k not in _UNSIGNED_AND_SIGNATURES],
-                              {"content": encode_canonical_json_trusted(redacted["content"])})
-    signatures = {server_name: {key.key_id: encode_base64(key.sign(message))}}
-    parts["signatures"] = encode_canonical_json_trusted(signatures)
-    signed = {**pdu, "hashes": hashes, "signatures": signatures}
-    event_id = "$" + encode_base64(hashlib.sha256(message).digest(), urlsafe=True)
-    return signed, event_id, _join_canonical(parts, parts, {})
