@@ -227,3 +227,21 @@ def test_bad_config_is_refused_with_a_clear_message(tmp_path) -> None:
     (data / "gateway.toml").write_text('http_port = "eighty"\n')
     proc = gateway_cli("run", "--data-dir", str(data), check=False)
     assert proc.returncode != 0 and "http_port must be a int" in proc.stderr
+
+
+def test_a_power_level_change_takes_effect_for_the_next_send(gateway: GatewayProcess, tokens: dict[str, str],
+                                                              room: str) -> None:
+    """The send path remembers auth verdicts per room state: a state change must void them."""
+    alice, bob = tokens["alice"], tokens["bob"]
+    r = f"/_matrix/client/v3/rooms/{Q(room)}"
+    assert gateway.request("POST", f"{r}/invite", {"user_id": "@bob:localhost"}, token=alice)[0] == 200
+    assert gateway.request("POST", f"{r}/join", {}, token=bob)[0] == 200
+    for i in range(3):
+        assert gateway.request("PUT", f"{r}/send/m.room.message/ok{i}", {"body": "allowed"}, token=bob)[0] == 200
+    status, levels = gateway.request("GET", f"{r}/state/m.room.power_levels", token=alice)
+    levels["events_default"] = 50
+    assert gateway.request("PUT", f"{r}/state/m.room.power_levels", levels, token=alice)[0] == 200
+    before = message_count(gateway, room, alice)
+    status, body = gateway.request("PUT", f"{r}/send/m.room.message/no", {"body": "refused"}, token=bob)
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    assert message_count(gateway, room, alice) == before

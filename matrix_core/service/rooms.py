@@ -61,6 +61,8 @@ class Rooms:
         self.redactions: dict[str, str] = {}
         self._event_cache: OrderedDict[str, Event] = OrderedDict()  # placed events (timeline)
         self._outlier_cache: OrderedDict[str, Event] = OrderedDict()  # auth/state events not placed
+        # (room, state group, sender, type) of plain events that passed the auth rules
+        self._auth_passed: set[tuple[str, int, str, str]] = set()
         # event id -> (state after it, its group), for events placed moments ago (writes may be queued)
         self._recent_state: OrderedDict[str, tuple[dict[StateKey, Event], int | None]] = OrderedDict()
         self._txns: OrderedDict[str, str] = OrderedDict()
@@ -252,10 +254,15 @@ class Rooms:
             pdu["redacts"] = redacts
         auth_keys = auth_rules.auth_types_for_event(version, event_type, sender, state_key, content)
         pdu["auth_events"] = [room.state[key].event_id for key in auth_keys if key in room.state]
-        return self._finish_event(pdu, room.state, version)
+        memo = None
+        if state_key is None and event_type != "m.room.redaction" and room.state_group is not None:
+            # Whether a plain (non-state) event may be sent depends only on the room state, the
+            # sender and the type: remember the verdict per state group (most sends are readings).
+            memo = (room.room_id, room.state_group, sender, event_type)
+        return self._finish_event(pdu, room.state, version, memo)
 
     def _finish_event(self, pdu: dict[str, Any], auth_state: dict[StateKey, Event],
-                      version: RoomVersion) -> Event:
+                      version: RoomVersion, auth_memo: tuple[str, int, str, str] | None = None) -> Event:
         try:
             signed, event_id = hash_sign_and_compute_event_id(pdu, version, self.server_name, self.signing_key)
             canonical = encode_canonical_json_trusted(signed)
@@ -265,10 +272,16 @@ class Rooms:
         if size > MAX_EVENT_BYTES:
             raise errors.too_large(f"Event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
         event = Event(signed, event_id, version, canonical)
+        if auth_memo is not None and auth_memo in self._auth_passed:
+            return event
         try:
             auth_rules.check_event_auth(event, auth_state)
         except errors.AuthError as exc:
             raise exc.as_matrix_error() from None
+        if auth_memo is not None:
+            if len(self._auth_passed) > 4096:
+                self._auth_passed.clear()
+            self._auth_passed.add(auth_memo)
         return event
 
     def _new_group(self, rows: "_Rows", room_id: str, state: dict[StateKey, Event], base_group: int | None,
