@@ -64,7 +64,7 @@ def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> li
     frontends.append(CoapFrontend(hs, config.bind, config.coap_port,
                                   config.coaps_port if config.coaps_enabled else None, data_dir / DATABASE_FILE))
     from bridges.mqtt.settings import build_frontend as mqtt_frontend  # the MQTT broker (bridges/mqtt)
-    frontends += mqtt_frontend(config, hs)
+    frontends += mqtt_frontend(config, hs, data_dir)
     return frontends
 
 

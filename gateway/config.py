@@ -43,9 +43,14 @@ class GatewayConfig:
     mqtt_max_inflight: int = 20
     mqtt_max_queued_messages: int = 1000
     mqtt_topic_alias_maximum: int = 64
-    mqtt_tls_port: int = 0
+    mqtt_tls_enabled: bool = False
+    mqtt_tls_port: int = 8883
     mqtt_tls_cert: str = ""
     mqtt_tls_key: str = ""
+    mqtt_ws_enabled: bool = False
+    mqtt_ws_port: int = 8083
+    mqtt_ws_path: str = "/mqtt"
+    mqtt_deny_subscribe: tuple[str, ...] = ()
     mqtt_max_keepalive: int = 65535
     federation_port: int = 8448
     # federation TLS (matrix_core/federation/tls.py): empty = a self-signed pair made in the data dir
@@ -86,10 +91,14 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
         elif isinstance(default, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             value = float(value) if ok else value
+        elif isinstance(default, tuple):  # a list of strings in TOML
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            value = tuple(value) if ok else value
         else:
             ok = isinstance(value, str)
         if not ok:
-            raise ConfigError(f"{source}: {key} must be a {type(default).__name__}, not {value!r}")
+            kind = "list of strings" if isinstance(default, tuple) else type(default).__name__
+            raise ConfigError(f"{source}: {key} must be a {kind}, not {value!r}")
         if key in _PORT_KEYS and not 0 <= value <= 65535:
             raise ConfigError(f"{source}: {key} must be a port number 0-65535, not {value}")
         if key == "server_name" and not is_valid_server_name(value):

@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
+
+from aiohttp import web
 
 from matrix_core import errors
 from matrix_core.events import Event
 from matrix_core.homeserver import Homeserver
 from matrix_core.service.accounts import Requester
 
-from . import store
+from . import store, tls, websocket
 from .connection import (
     ConnectReceived,
     Connection,
@@ -36,7 +38,8 @@ from .connection import (
     SubscribeReceived,
     UnsubscribeReceived,
 )
-from .constants import MQTT_5, ReasonCode
+from .constants import MQTT_5, SUBACK_V311_FAILURE, ReasonCode
+from .deny import DenyRules
 from .messages import matrix_event_payload, message_content, parse_mqtt, publish_content
 from .packets import NO_PROPERTIES, Connect, Publish, Subscription
 from .routing import (
@@ -71,9 +74,15 @@ _ERROR_REASONS = {
 class BrokerSettings:
     host: str = "127.0.0.1"
     port: int = 1883
-    tls_port: int = 0
-    tls_cert: str = ""
+    tls_enabled: bool = False
+    tls_port: int = 8883
+    tls_cert: str = ""  # PEM files; both empty: a self-signed pair in data_dir (bridges/mqtt/tls.py)
     tls_key: str = ""
+    ws_enabled: bool = False
+    ws_port: int = 8083
+    ws_path: str = "/mqtt"
+    deny_subscribe: tuple[str, ...] = ()
+    data_dir: str = ""
     allow_anonymous: bool = False
     anonymous_user: str = "mqtt-guest"
     room_levels: int = 2
@@ -105,6 +114,7 @@ class MqttBroker:
         self.hs = hs
         self.settings = settings
         self.rules = TopicRules()
+        self.deny = DenyRules(settings.deny_subscribe)
         self.index = SubscriptionIndex()
         self.sessions: dict[str, SessionState] = {}
         self.offline_since: dict[str, float] = {}  # session key -> monotonic time of disconnect
@@ -119,6 +129,9 @@ class MqttBroker:
         self._wills: dict[str, asyncio.TimerHandle] = {}
         self._bg: set[asyncio.Task[Any]] = set()
         self.bound_ports: list[int] = []
+        self.listeners: list[str] = []  # "name=url" items for the ready line
+        self._ws_runner: web.AppRunner | None = None
+        self._ws_site: web.TCPSite | None = None
         self.ready_rooms: set[str] = set()  # rooms whose state the core has loaded
         self.dropped_slow = 0
 
@@ -138,30 +151,49 @@ class MqttBroker:
             for sub in session.subscriptions.values():
                 self.index.add(key, sub)
         self._unsubscribe = self.hs.stream.subscribe(self._on_stream)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: ClientProtocol(self), self.settings.host, self.settings.port,
-                                          reuse_address=True)
-        self._servers.append(server)
-        self.bound_ports.append(server.sockets[0].getsockname()[1])
-        if self.settings.tls_port:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-            tls = await loop.create_server(lambda: ClientProtocol(self), self.settings.host,
-                                           self.settings.tls_port, ssl=context, reuse_address=True)
-            self._servers.append(tls)
-            self.bound_ports.append(tls.sockets[0].getsockname()[1])
+        await self._listen()
         self._tasks.append(asyncio.create_task(self._ticker(), name="mqtt-ticker"))
 
+    async def _listen(self) -> None:
+        """TCP always; TLS and WebSocket only when configured (security by default)."""
+        settings = self.settings
+        host = settings.host
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: ClientProtocol(self), host, settings.port, reuse_address=True)
+        self._servers.append(server)
+        self._bound("mqtt", "mqtt", server.sockets[0].getsockname()[1])
+        if settings.tls_enabled:
+            cert, key = await tls.certificate_paths(Path(settings.data_dir) if settings.data_dir else None,
+                                                    self.hs.server_name,
+                                                    settings.tls_cert, settings.tls_key)
+            context = tls.server_context(cert, key)
+            secure = await loop.create_server(lambda: ClientProtocol(self), host, settings.tls_port, ssl=context,
+                                              reuse_address=True)
+            self._servers.append(secure)
+            self._bound("mqtts", "mqtts", secure.sockets[0].getsockname()[1])
+        if settings.ws_enabled:
+            self._ws_runner = web.AppRunner(websocket.make_app(self, settings.ws_path), access_log=None,
+                                            handle_signals=False, shutdown_timeout=2.0)
+            await self._ws_runner.setup()
+            self._ws_site = web.TCPSite(self._ws_runner, host, settings.ws_port, reuse_address=True)
+            await self._ws_site.start()
+            sockets = getattr(self._ws_site._server, "sockets", None) or []
+            port = sockets[0].getsockname()[1] if sockets else settings.ws_port
+            self._bound("mqtt-ws", "ws", port, settings.ws_path)
+
+    def _bound(self, name: str, scheme: str, port: int, path: str = "") -> None:
+        self.bound_ports.append(port)
+        self.listeners.append(f"{name}={scheme}://{self.settings.host}:{port}{path}")
+
     def describe(self) -> str:
-        items = [f"mqtt=mqtt://{self.settings.host}:{self.bound_ports[0]}"]
-        if len(self.bound_ports) > 1:
-            items.append(f"mqtts=mqtts://{self.settings.host}:{self.bound_ports[1]}")
-        return " ".join(items)
+        return " ".join(self.listeners)
 
     async def stop(self) -> None:
         """Stop accepting, let publishes being stored finish, save sessions, close clients."""
         for server in self._servers:
             server.close()
+        if self._ws_site is not None:
+            await self._ws_site.stop()  # stop accepting; open WebSockets close with their clients below
         for task in self._tasks:
             task.cancel()
         for client in list(self.clients):
@@ -182,6 +214,8 @@ class MqttBroker:
             await asyncio.gather(*writes, return_exceptions=True)
         for server in self._servers:
             await server.wait_closed()
+        if self._ws_runner is not None:
+            await self._ws_runner.cleanup()
 
     def background(self, coro: Any) -> "asyncio.Future[Any]":
         """Run a coroutine the broker waits for when it stops (publishes being stored, saves)."""
@@ -521,6 +555,8 @@ class MqttBroker:
     def _targets(self, room_id: str, topic: str, payload: bytes, qos: int, retain: bool, props: Any,
                  pos: int, origin: str, ts: int, only: str | None) -> list[tuple[str, Outgoing]]:
         out: list[tuple[str, Outgoing]] = []
+        if self.deny and self.deny.hides(topic):
+            return out
         memberships = self.hs.rooms.memberships
         expires_at = None
         if props and "message_expiry_interval" in props:
@@ -600,6 +636,8 @@ class MqttBroker:
             room = await rooms.get_room(room_id)
             for (etype, state_key), event in list(room.state.items()):
                 if etype != RETAINED_TYPE or not event.content or not topic_matches(sub.topic_filter, state_key):
+                    continue
+                if self.deny and self.deny.hides(state_key):
                     continue
                 if self.rules.resolve(state_key) != room_id:
                     continue
@@ -977,9 +1015,16 @@ class ClientProtocol(asyncio.Protocol):
         sid = packet.properties.get("subscription_identifier", [None])[0] if packet.properties else None
         codes: list[int] = []
         new_subs: list[tuple[Subscription, bool]] = []
+        reason = ""
         for i, sub in enumerate(packet.subscriptions):
             if invalid and invalid[i] >= 0:
                 codes.append(invalid[i])
+                continue
+            if broker.deny and broker.deny.refuses(sub.topic_filter):
+                log.info("MQTT client %r: subscription to %r refused by mqtt_deny_subscribe", self.client_id,
+                         sub.topic_filter)
+                codes.append(ReasonCode.NOT_AUTHORIZED if self.conn.level == MQTT_5 else SUBACK_V311_FAILURE)
+                reason = "subscription refused by the broker's mqtt_deny_subscribe rules"
                 continue
             existed = sub.topic_filter in session.subscriptions
             if existed:
@@ -995,7 +1040,7 @@ class ClientProtocol(asyncio.Protocol):
         try:
             if session.persistent:
                 await broker.hs.db.write(lambda c: store.save_session(c, key, session, None))
-            self.conn.send_suback(packet.packet_id, codes)
+            self.conn.send_suback(packet.packet_id, codes, reason)
             self.flush_out()
             now = time.monotonic()
             for sub, existed in new_subs:

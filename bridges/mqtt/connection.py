@@ -392,9 +392,11 @@ class Connection:
                 self._pending_in.pop(packet_id, None)
                 self._out += _PUBACK_V311.pack(0x50, 2, packet_id)
 
-    def send_suback(self, packet_id: int, codes: list[int]) -> None:
+    def send_suback(self, packet_id: int, codes: list[int], reason: str = "") -> None:
+        """SUBACK; in 5.0 *reason* goes out as the reason string (if the client wants them)."""
         if self.state is State.CONNECTED:
-            self._send(SubAck(packet_id, tuple(codes)))
+            props = {"reason_string": reason[:200]} if self.level == MQTT_5 and reason and self.request_problem_info else NO_PROPERTIES
+            self._send(SubAck(packet_id, tuple(codes), props))
 
     def send_unsuback(self, packet_id: int, codes: list[int]) -> None:
         if self.state is State.CONNECTED:

@@ -2,9 +2,12 @@
 BrokerSettings. Kept here so gateway/config.py only needs one call."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from .connection import Limits
+from .topics import is_valid_topic_filter
 
 # key -> (smallest, largest) for the integer settings
 _RANGES = {
@@ -15,6 +18,7 @@ _RANGES = {
     "mqtt_max_queued_messages": (0, 10_000_000),
     "mqtt_topic_alias_maximum": (0, 65535),
     "mqtt_tls_port": (0, 65535),
+    "mqtt_ws_port": (0, 65535),
     "mqtt_max_keepalive": (10, 65535),
 }
 
@@ -38,10 +42,19 @@ mqtt_max_queued_messages = {mqtt_max_queued_messages}
 mqtt_topic_alias_maximum = {mqtt_topic_alias_maximum}
 # Longest keepalive granted (seconds): MQTT 5 clients asking more, or none, are told this value.
 mqtt_max_keepalive = {mqtt_max_keepalive}
-# MQTT over TLS: a port (e.g. 8883; 0 = off) and PEM certificate and key files.
+# MQTT over TLS (mqtts) on its own port, off by default. Certificate and key: PEM files; both
+# empty = a self-signed pair made on first use in the data dir (mqtt.crt, mqtt.key mode 0600).
+mqtt_tls_enabled = {mqtt_tls_enabled}
 mqtt_tls_port = {mqtt_tls_port}
 mqtt_tls_cert = "{mqtt_tls_cert}"
 mqtt_tls_key = "{mqtt_tls_key}"
+# MQTT over WebSockets (subprotocol "mqtt"; paho transport="websockets", browsers), off by default.
+mqtt_ws_enabled = {mqtt_ws_enabled}
+mqtt_ws_port = {mqtt_ws_port}
+mqtt_ws_path = "{mqtt_ws_path}"
+# Topic filters nobody may subscribe to or receive over MQTT, e.g. ["secrets/#"]. A SUBSCRIBE
+# inside one is refused (SUBACK 0x80 / 0x87); wider filters (#) never get those topics either.
+mqtt_deny_subscribe = {mqtt_deny_subscribe}
 """
 
 
@@ -51,32 +64,47 @@ def config_problem(key: str, value: Any) -> str | None:
         low, high = _RANGES[key]
         if not low <= value <= high:
             return f"{key} must be between {low} and {high}, not {value}"
+    if key in ("mqtt_tls_cert", "mqtt_tls_key") and value and not Path(value).is_file():
+        return f"{key}: {value}: no such file"
+    if key == "mqtt_ws_path" and not (value.startswith("/") and value.isprintable()
+                                      and not any(c in value for c in ' "\\?#')):
+        return f"mqtt_ws_path must be a URL path starting with '/', not {value!r}"
+    if key == "mqtt_deny_subscribe":
+        for topic_filter in value:
+            if not is_valid_topic_filter(topic_filter, allow_shared=False):
+                return f"mqtt_deny_subscribe: {topic_filter!r} is not a valid MQTT topic filter"
     return None
 
 
 def render(config: Any) -> str:
     values = {}
-    for key in ("mqtt_enabled", "mqtt_allow_anonymous"):
+    for key in ("mqtt_enabled", "mqtt_allow_anonymous", "mqtt_tls_enabled", "mqtt_ws_enabled"):
         values[key] = str(getattr(config, key)).lower()
     for key in ("mqtt_anonymous_user", "mqtt_room_levels", "mqtt_max_packet_size", "mqtt_receive_maximum",
                 "mqtt_max_inflight", "mqtt_max_queued_messages", "mqtt_topic_alias_maximum", "mqtt_max_keepalive",
-                "mqtt_tls_port",
-                "mqtt_tls_cert", "mqtt_tls_key"):
+                "mqtt_tls_port", "mqtt_tls_cert", "mqtt_tls_key", "mqtt_ws_port", "mqtt_ws_path"):
         values[key] = getattr(config, key)
+    values["mqtt_deny_subscribe"] = json.dumps(list(config.mqtt_deny_subscribe), ensure_ascii=False)  # a TOML array of strings
     return RENDERED.format(**values)
 
 
-def broker_settings(config: Any) -> Any:
+def broker_settings(config: Any, data_dir: Path | None = None) -> Any:
     from .broker import BrokerSettings
 
-    if config.mqtt_tls_port and not (config.mqtt_tls_cert and config.mqtt_tls_key):
-        raise ValueError("mqtt_tls_port needs mqtt_tls_cert and mqtt_tls_key")
+    if config.mqtt_tls_enabled and bool(config.mqtt_tls_cert) != bool(config.mqtt_tls_key):
+        raise ValueError("mqtt_tls_cert and mqtt_tls_key must be given together (or both left empty)")
     return BrokerSettings(
         host=config.bind,
         port=config.mqtt_port,
+        tls_enabled=config.mqtt_tls_enabled,
         tls_port=config.mqtt_tls_port,
         tls_cert=config.mqtt_tls_cert,
         tls_key=config.mqtt_tls_key,
+        ws_enabled=config.mqtt_ws_enabled,
+        ws_port=config.mqtt_ws_port,
+        ws_path=config.mqtt_ws_path,
+        deny_subscribe=tuple(config.mqtt_deny_subscribe),
+        data_dir=str(data_dir) if data_dir is not None else "",
         allow_anonymous=config.mqtt_allow_anonymous,
         anonymous_user=config.mqtt_anonymous_user,
         room_levels=config.mqtt_room_levels,
@@ -91,10 +119,11 @@ def broker_settings(config: Any) -> Any:
     )
 
 
-def build_frontend(config: Any, hs: Any) -> list[Any]:
-    """The broker as a gateway Frontend (none when mqtt_enabled is false)."""
+def build_frontend(config: Any, hs: Any, data_dir: Path | None = None) -> list[Any]:
+    """The broker as a gateway Frontend (none when mqtt_enabled is false). *data_dir* holds the
+    self-signed TLS pair when TLS is on without a configured certificate."""
     from .broker import MqttBroker
 
     if not config.mqtt_enabled:
         return []
-    return [MqttBroker(hs, broker_settings(config))]
+    return [MqttBroker(hs, broker_settings(config, data_dir))]
