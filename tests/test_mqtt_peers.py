@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import ssl
 import subprocess
 import threading
 from typing import Any
@@ -22,15 +23,22 @@ class Paho:
 
     def __init__(self, port: int, username: str | None, password: str | None, client_id: str = "",
                  protocol: int = mqtt.MQTTv311, clean: bool = True, keepalive: int = 60,
-                 session_expiry: int | None = None) -> None:
+                 session_expiry: int | None = None, transport: str = "tcp", ws_path: str = "/mqtt",
+                 tls_ca: str | None = None, tls_insecure: bool = False) -> None:
         self.port = port
         self.protocol = protocol
-        kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol}
+        kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol, "transport": transport}
         if protocol != mqtt.MQTTv5:
             kwargs["clean_session"] = clean
         self.clean = clean
         self.session_expiry = session_expiry
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+        if transport == "websockets":
+            self.client.ws_set_options(path=ws_path)
+        if tls_ca is not None or tls_insecure:
+            # tls_ca: verify the hub's certificate (and host name) against that PEM file
+            self.client.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_NONE if tls_insecure else ssl.CERT_REQUIRED)
+            self.client.tls_insecure_set(tls_insecure)
         self.client.max_inflight_messages_set(100)
         if username is not None:
             self.client.username_pw_set(username, password)
@@ -38,10 +46,12 @@ class Paho:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.connack: queue.Queue[tuple[Any, Any, Any]] = queue.Queue()
         self.subacks: queue.Queue[list[Any]] = queue.Queue()
+        self.suback_props: queue.Queue[Any] = queue.Queue()
         self.disconnects: queue.Queue[Any] = queue.Queue()
         self.client.on_connect = lambda c, u, flags, rc, props: self.connack.put((flags, rc, props))
         self.client.on_message = lambda c, u, msg: self.messages.put(msg)
-        self.client.on_subscribe = lambda c, u, mid, codes, props: self.subacks.put(codes)
+        self.client.on_subscribe = lambda c, u, mid, codes, props: (self.suback_props.put(props),
+                                                                   self.subacks.put(codes))
         self.client.on_disconnect = lambda c, u, flags, rc, props: self.disconnects.put(rc)
         self._started = False
 
