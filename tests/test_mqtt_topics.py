@@ -140,3 +140,41 @@ def test_replacing_levels_by_plus_still_matches(name, data):
     prefix = levels[:cut]
     flt_hash = "/".join(prefix + ["#"])
     assert topic_matches(flt_hash, name) is (not (cut == 0 and name.startswith("$")))
+
+
+# -- deny rules (bridges/mqtt/deny.py) -------------------------------------------------------------
+
+
+def _filters(depth: int, levels: tuple[str, ...] = ("a", "+", "#", "$s")) -> list[str]:
+    out = [""]
+    found = []
+    for _ in range(depth):
+        out = [f"{p}/{lvl}" if p else lvl for p in out for lvl in levels]
+        found += [f for f in out if is_valid_topic_filter(f, allow_shared=False) and "$s" not in f[1:]]
+    return found
+
+
+def test_covers_is_exactly_topic_set_inclusion():
+    """covers(outer, inner) <=> every name inner matches, outer matches (exhaustive on a small
+    alphabet: names one level deeper than the filters witness every difference)."""
+    from bridges.mqtt.deny import covers
+
+    names = _filters(4, ("a", "c", "$s"))  # "c": a level no literal in the filters matches
+    filters = _filters(3)
+    for inner in filters:
+        matched = [n for n in names if topic_matches(inner, n)]
+        for outer in filters:
+            expected = all(topic_matches(outer, n) for n in matched)
+            assert covers(outer, inner) is expected, (outer, inner)
+
+
+def test_deny_rules_refuse_and_hide():
+    from bridges.mqtt.deny import DenyRules
+
+    rules = DenyRules(["test/nosubscribe", "vault/#"])
+    assert rules.refuses("test/nosubscribe") and rules.refuses("$share/g/vault/+/x") and rules.refuses("vault")
+    assert not rules.refuses("test/+") and not rules.refuses("#") and not rules.refuses("vaults/x")
+    assert rules.hides("vault/a/b") and rules.hides("test/nosubscribe") and not rules.hides("test/other")
+    assert not DenyRules() and not DenyRules().refuses("#")
+    with pytest.raises(ValueError):
+        DenyRules(["a/#/b"])

@@ -60,7 +60,9 @@ def covers(outer: str, inner: str) -> bool:
             return False
         other = i_levels[i]
         if other == "#":
-            return False  # inner also matches deeper and shallower names than one level here
+            # inner also matches names ending before this level, except at the first level (a name
+            # has at least one level): there "+/#" covers "#".
+            return i == 0 and level == "+" and o_levels[1:] == ["#"]
         if level != "+" and level != other:
             return False
         # level "+" covers a literal or "+" in inner
