@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiocoap
 from aiocoap import error as coap_error
@@ -22,7 +22,7 @@ from matrix_core import errors
 from matrix_core.client_api.request import ApiRequest, ApiResponse
 from matrix_core.client_api.routes import ROUTER
 
-from . import codes, fast_lane, stale_refusal
+from . import codes, fast_lane, message_layer, stale_refusal
 from .content import MAX_BODY_BYTES, decode_body, encode_body, response_format
 from .observe import Observation, Observations, observable, with_query
 from .psk import PskClaim, PskStore
@@ -43,21 +43,44 @@ class _TooLarge(coap_error.RenderableError):
         return error_message(err, self.content_format)
 
 
-def to_message(response: ApiResponse, method: str, content_format: int) -> aiocoap.Message:
-    """An API answer as a CoAP response (the one mapping of statuses to codes is codes.py)."""
+class Answer(NamedTuple):
+    """A CoAP answer without aiocoap: what the hub's own message layer puts on the wire."""
+
+    code: int
+    payload: bytes
+    content_format: int
+    max_age: int | None = None  # RFC 8516: seconds until a 4.29 may be retried
+    size1: int | None = None  # 4.13: the largest body accepted
+
+
+def answer_of(response: ApiResponse, method: str, content_format: int) -> Answer:
+    """An API answer as CoAP code, payload and options (the one mapping of statuses is codes.py)."""
     if response.status == 200:
         code = codes.success_code(method)
     else:
         code = codes.error_code(response.status)
-    msg = aiocoap.Message(code=Code(code), payload=encode_body(response.body, content_format),
-                          content_format=content_format)
+    max_age = size1 = None
     if response.status == 429 and isinstance(response.body, dict):
         retry_ms = response.body.get("retry_after_ms")
         if isinstance(retry_ms, int):
-            msg.opt.max_age = max(1, math.ceil(retry_ms / 1000))  # RFC 8516: when to retry
+            max_age = max(1, math.ceil(retry_ms / 1000))
     if response.status == 413:
-        msg.opt.size1 = MAX_BODY_BYTES
+        size1 = MAX_BODY_BYTES
+    return Answer(code, encode_body(response.body, content_format), content_format, max_age, size1)
+
+
+def message_of(answer: Answer) -> aiocoap.Message:
+    msg = aiocoap.Message(code=Code(answer.code), payload=answer.payload, content_format=answer.content_format)
+    if answer.max_age is not None:
+        msg.opt.max_age = answer.max_age
+    if answer.size1 is not None:
+        msg.opt.size1 = answer.size1
     return msg
+
+
+def to_message(response: ApiResponse, method: str, content_format: int) -> aiocoap.Message:
+    """An API answer as an aiocoap response."""
+    return message_of(answer_of(response, method, content_format))
 
 
 def error_message(err: errors.MatrixError, content_format: int = codes.CONTENT_FORMAT_CBOR) -> aiocoap.Message:
@@ -96,6 +119,12 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
         servobs = self._observe_requests.pop(id(request), None)
+        if servobs is None:
+            token_opts = request.opt.get_option(ACCESS_TOKEN_OPTION)
+            return message_of(await self.answer(
+                int(request.code), request.opt.uri_path, request.opt.uri_query,
+                token_opts[-1].value if token_opts else None, _int_or_none(request.opt.accept),
+                _int_or_none(request.opt.content_format), request.payload, request.remote))
         content_format = codes.CONTENT_FORMAT_CBOR
         method = "GET"
         try:
@@ -106,7 +135,7 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             method = call.method
             if call.access_token is None:
                 call = await self._with_psk_token(call, request.remote)
-            observing = servobs is not None and observable(call)
+            observing = observable(call)
             if observing and call.segments == ["sync"]:
                 call = with_query(call, timeout="0")  # the first answer comes now; changes follow
             position = self.hs.stream.position
@@ -116,18 +145,39 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             if observing and response.status == 200:
                 await self._observe(servobs, request, call, response, position, content_format)
                 return self._first_block(request, to_message(response, method, content_format))
-            if servobs is not None:
-                servobs.deregister()  # not observable: a plain answer, no Observe option
+            servobs.deregister()  # not observable: a plain answer, no Observe option
         except errors.MatrixError as err:
-            if servobs is not None:
-                servobs.deregister()
+            servobs.deregister()
             response = ApiResponse(err.status, err.to_json())
         except Exception:
             log.exception("unhandled error on a CoAP %s", request.code)
             response = ApiResponse(500, {"errcode": "M_UNKNOWN", "error": "Internal server error"})
-            if servobs is not None:
-                servobs.deregister()
+            servobs.deregister()
         return to_message(response, method, content_format)
+
+    async def answer(self, method_code: int, uri_path: Any, uri_query: Any, token_option: bytes | None,
+                     accept: int | None, content_format: int | None, payload: bytes,
+                     remote: Any = None) -> Answer:
+        """A request that is not an observation, from its fields: every error is an answer.
+
+        The hub's message layer calls this for its hot path (remote None: plain UDP has no
+        DTLS identity); render() for everything else aiocoap delivers.
+        """
+        response_cf = codes.CONTENT_FORMAT_CBOR
+        method = "GET"
+        try:
+            response_cf = response_format(accept)
+            call = translate(method_code, uri_path, uri_query, token_option)
+            method = call.method
+            if call.access_token is None and remote is not None:
+                call = await self._with_psk_token(call, remote)
+            response = await self.dispatch(call, lambda: decode_body(payload, content_format))
+        except errors.MatrixError as err:
+            response = ApiResponse(err.status, err.to_json())
+        except Exception:
+            log.exception("unhandled error on a CoAP %s", method_code)
+            response = ApiResponse(500, {"errcode": "M_UNKNOWN", "error": "Internal server error"})
+        return answer_of(response, method, response_cf)
 
     def _first_block(self, request: aiocoap.Message, msg: aiocoap.Message) -> aiocoap.Message:
         """Block2 for observe answers, which aiocoap sends whole (RFC 7959 §2.6).
@@ -215,6 +265,7 @@ class CoapFrontend:
         self._unsubscribe: Any = None
         self._psk_store: PskStore | None = None
         self._coaps_running = False
+        self._message_layers: list[Any] = []
 
     async def start(self) -> None:
         self._unsubscribe = self.hs.stream.subscribe(self.site.observations.on_events)
@@ -222,6 +273,7 @@ class CoapFrontend:
             self.site, bind=(self.bind, self.port), transports=["udp6"], loggername="coap-server")
         stale_refusal.guard(context)
         fast_lane.install(context, self.site)
+        self._message_layers = message_layer.install(context, self.site)
         self._contexts.append(context)
         if self.coaps_port is not None:
             await self._start_coaps()
@@ -247,6 +299,8 @@ class CoapFrontend:
         if self._unsubscribe is not None:
             self._unsubscribe()
         self.site.observations.close()
+        for layer in self._message_layers:
+            await layer.close()
         for context in reversed(self._contexts):
             await context.shutdown()
         self._contexts.clear()
