@@ -306,3 +306,90 @@ def test_blockwise_post_and_get_with_coap_client(hub: dict[str, Any]) -> None:
     out, err = coap_client("-m", "get", "-b", "64", f"{hub['base']}/_m/c/v3/r/{ALIAS_IN_URI}/e/{event_id}"
                            f"?a={hub['token']}")
     assert cbor2.loads(out)["content"]["body"] == text, err[:300]
+
+
+# ---------------------------------------------------------------------------------------------
+# the message layer (bridges/coap/message_layer.py) with a bare UDP peer: what a device whose
+# ACK got lost, or whose hub is slow, sees
+# ---------------------------------------------------------------------------------------------
+
+
+def _raw_post(hub: dict[str, Any], mid: int, token: bytes, body: Any, mtype: int = 0) -> bytes:
+    from bridges.coap import wire
+    path = ["_m", "c", "a", "v1", "r", ALIAS_IN_URI.replace("%23", "#"), "s", "m.room.message"]
+    options = [(11, seg.encode()) for seg in path] + [(15, f"a={hub['token']}".encode())]
+    return wire.encode(mtype, 2, mid, token, options, cbor2.dumps(body))
+
+
+def _udp(hub: dict[str, Any]) -> Any:
+    import socket
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", hub["gw"].coap_port))
+    return sock
+
+
+def _bodies(hub: dict[str, Any], text: str) -> int:
+    return sum(1 for ev in http_timeline(hub["gw"], hub["token"], hub["room_id"], limit=50)
+               if ev["content"].get("body") == text)
+
+
+def test_retransmitted_con_post_is_stored_once_and_answered_alike(hub: dict[str, Any]) -> None:
+    with _udp(hub) as sock:
+        request = _raw_post(hub, 0x4242, b"rt", {"msgtype": "m.text", "body": "retransmitted"})
+        sock.send(request)
+        first = sock.recv(2048)
+        answer = aiocoap.Message.decode(first)
+        assert (answer.mtype, answer.mid, answer.token, answer.code) == (aiocoap.ACK, 0x4242, b"rt", aiocoap.CHANGED)
+        sock.send(request)  # the device did not get the ACK and sends the same message again
+        assert sock.recv(2048) == first
+    assert _bodies(hub, "retransmitted") == 1
+
+
+def test_slow_commit_gets_empty_ack_then_separate_response(hub: dict[str, Any]) -> None:
+    """The database is held locked by the test, so the write waits: the hub acknowledges the
+    request with an empty ACK and sends the answer as a CON of its own once the event is stored."""
+    import sqlite3
+    lock = sqlite3.connect(hub["gw"].data_dir / "homeserver.db", timeout=10, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        with _udp(hub) as sock:
+            request = _raw_post(hub, 0x0707, b"sep", {"msgtype": "m.text", "body": "separate"})
+            sock.send(request)
+            ack = aiocoap.Message.decode(sock.recv(2048))
+            assert (ack.mtype, ack.code, ack.mid) == (aiocoap.ACK, aiocoap.EMPTY, 0x0707)
+            sock.send(request)  # a retransmission now gets the empty ACK again, not a second write
+            again = aiocoap.Message.decode(sock.recv(2048))
+            assert (again.mtype, again.code, again.mid) == (aiocoap.ACK, aiocoap.EMPTY, 0x0707)
+            lock.execute("ROLLBACK")
+            response = aiocoap.Message.decode(sock.recv(2048))
+            assert (response.mtype, response.code, response.token) == (aiocoap.CON, aiocoap.CHANGED, b"sep")
+            assert cbor2.loads(response.payload)["event_id"].startswith("$")
+            sock.send(bytes([0x60, 0]) + response.mid.to_bytes(2, "big"))  # ACK it
+            sock.send(request)  # a late copy of the request
+            late = aiocoap.Message.decode(sock.recv(2048))
+            assert (late.mtype, late.code, late.mid) == (aiocoap.ACK, aiocoap.EMPTY, 0x0707)
+    finally:
+        lock.close()
+    assert _bodies(hub, "separate") == 1
+
+
+def test_non_post_is_answered_non(hub: dict[str, Any]) -> None:
+    with _udp(hub) as sock:
+        request = _raw_post(hub, 0x0909, b"non", {"msgtype": "m.text", "body": "non-confirmable"}, mtype=1)
+        sock.send(request)
+        answer = aiocoap.Message.decode(sock.recv(2048))
+        assert (answer.mtype, answer.code, answer.token) == (aiocoap.NON, aiocoap.CHANGED, b"non")
+        event_id = cbor2.loads(answer.payload)["event_id"]
+        sock.send(request)  # a duplicate NON is ignored ...
+        sock.send(_raw_post(hub, 0x090A, b"con", {"msgtype": "m.text", "body": "after non"}))
+        answer = aiocoap.Message.decode(sock.recv(2048))  # ... so the next answer is the CON's
+        assert (answer.mtype, answer.mid, answer.token) == (aiocoap.ACK, 0x090A, b"con")
+    assert _bodies(hub, "non-confirmable") == 1
+    assert event_id in [ev["event_id"] for ev in http_timeline(hub["gw"], hub["token"], hub["room_id"])]
+
+
+def test_ping_is_still_answered_with_rst(hub: dict[str, Any]) -> None:
+    with _udp(hub) as sock:
+        sock.send(bytes([0x40, 0, 0x12, 0x34]))  # empty CON: CoAP ping
+        assert sock.recv(2048) == bytes([0x70, 0, 0x12, 0x34])
