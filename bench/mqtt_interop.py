@@ -10,8 +10,10 @@ with the suite's module globals (`host`, `port`, topics) set by a small wrapper.
 
 The suites connect without credentials, so the gateway runs with `mqtt_allow_anonymous = true`
 and its guest account (`mqtt_anonymous_user`, created here); the rate limit is off;
-`mqtt_max_keepalive = 60` (test_server_keep_alive expects a broker that caps keepalive at 60 s). mosquitto
-runs as `mosquitto -p PORT` (anonymous on loopback, Debian 2.0.11).
+`mqtt_max_keepalive = 60` (test_server_keep_alive expects a broker that caps keepalive at 60 s);
+`mqtt_deny_subscribe = ["test/nosubscribe"]` (test_subscribe_failure expects that filter refused).
+mosquitto (Debian 2.0.11) runs anonymous on loopback with the same rule as an ACL file
+(`topic deny test/nosubscribe`).
 """
 from __future__ import annotations
 
@@ -83,7 +85,8 @@ def run_suite(suite_dir: Path, module: str, port: int, timeout: float) -> dict[s
 def start_gateway(tmp: Path) -> GatewayProcess:
     data = tmp / "gw-data"
     data.mkdir()
-    (data / "gateway.toml").write_text("messages_per_second = 0\nmqtt_allow_anonymous = true\nmqtt_max_keepalive = 60\n")
+    (data / "gateway.toml").write_text("messages_per_second = 0\nmqtt_allow_anonymous = true\nmqtt_max_keepalive = 60\n"
+                                       'mqtt_deny_subscribe = ["test/nosubscribe"]\n')
     gw = GatewayProcess(data)
     gw.start()
     gw.add_user("mqtt-guest", "guest-password-unused")
@@ -110,7 +113,10 @@ def main() -> None:
                 stop = gw.stop
             else:
                 port = free_port()
-                proc = subprocess.Popen(["mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL,
+                (tmp / "mosquitto.acl").write_text("topic readwrite #\ntopic deny test/nosubscribe\n")
+                (tmp / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                                                    f"acl_file {tmp / 'mosquitto.acl'}\n")
+                proc = subprocess.Popen(["mosquitto", "-c", str(tmp / "mosquitto.conf")], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
                 time.sleep(0.5)
 

@@ -222,6 +222,17 @@ def test_websocket_text_frame_closes_the_connection(hub: Hub) -> None:
     assert code == aiohttp.WSCloseCode.UNSUPPORTED_DATA
 
 
+def test_websocket_oversize_frames_are_refused(hub: Hub) -> None:
+    connect = connect_packet("ws-big", "alice", PASSWORD)
+    # A PUBLISH header announcing 70,000 bytes (over mqtt_max_packet_size): DISCONNECT from the codec.
+    header = b"\x30" + bytes([0xF0, 0xA2, 0x04])
+    got, code = ws_session(hub, [connect, 4, header + b"x" * 100, 10])
+    assert got == b"\x20\x02\x00\x00" and code == aiohttp.WSCloseCode.OK  # 3.1.1: no reason code
+    # A frame beyond twice the packet limit is refused by the WebSocket layer itself.
+    got, code = ws_session(hub, [connect, 4, b"\x30" + b"x" * (2 * 65536 + 20), 10])
+    assert got == b"\x20\x02\x00\x00" and code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+
+
 def test_websocket_needs_the_mqtt_subprotocol_and_an_upgrade(hub: Hub) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as err:
         ws_session(hub, [], protocols=("chat",))
@@ -294,3 +305,21 @@ def test_bad_settings_are_refused_by_name(tmp_path: Path, line: str, message: st
     (data / "gateway.toml").write_text(line + "\n")
     proc = gateway_cli("run", "--data-dir", str(data), check=False, timeout=30)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_shutdown_tells_websocket_clients_and_exits_0(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    ws_port = free_port()
+    (data / "gateway.toml").write_text(f"mqtt_ws_enabled = true\nmqtt_ws_port = {ws_port}\n")
+    gw = GatewayProcess(data)
+    gw.start()
+    try:
+        gw.add_user("alice", PASSWORD)
+        client = Paho(ws_port, "alice", PASSWORD, "ws-shutdown", protocol=V5, transport="websockets")
+        assert client.connect()[1] == 0
+        assert gw.stop() == 0, gw.read_log()
+        assert client.disconnects.get(timeout=WAIT) == 0x8B  # Server shutting down
+        client.disconnect()
+    finally:
+        gw.kill()
