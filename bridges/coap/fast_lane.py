@@ -8,6 +8,11 @@ from aiocoap's token layer to the resource's render() and back; everything else 
 block-wise) takes aiocoap's full path. Deduplication and ACK/retransmission stay aiocoap's: this
 sits above its message layer.
 
+Over plain UDP most such requests never get here: the hub's own message layer
+(``message_layer.py``) answers them below aiocoap. This lane still serves coaps (DTLS) and
+the UDP writes that carry an option the message layer leaves to aiocoap (No-Response, Size1,
+If-Match, ...).
+
 Reaches into aiocoap's private layering (Context.request_interfaces -> TokenManager), like
 stale_refusal.py; pinned by the aiocoap version in pyproject.
 """
