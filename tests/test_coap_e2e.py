@@ -393,3 +393,15 @@ def test_ping_is_still_answered_with_rst(hub: dict[str, Any]) -> None:
     with _udp(hub) as sock:
         sock.send(bytes([0x40, 0, 0x12, 0x34]))  # empty CON: CoAP ping
         assert sock.recv(2048) == bytes([0x70, 0, 0x12, 0x34])
+
+
+async def test_non_confirmable_posts_from_coap_client_and_aiocoap(hub: dict[str, Any], client) -> None:
+    uri = f"{hub['base']}/_m/c/a/v1/r/{ALIAS_IN_URI}/s/m.room.message?a={hub['token']}"
+    out, err = await asyncio.to_thread(coap_client, "-N", "-m", "post", "-f", "-", uri,
+                                       payload=cbor2.dumps({"msgtype": "m.text", "body": "non by libcoap"}))
+    assert cbor2.loads(out)["event_id"].startswith("$"), err
+    msg = aiocoap.Message(code=aiocoap.POST, uri=uri, transport_tuning=aiocoap.Unreliable,
+                          payload=cbor2.dumps({"msgtype": "m.text", "body": "non by aiocoap"}))
+    resp = await client.request(msg).response
+    assert resp.code == aiocoap.CHANGED and resp.mtype == aiocoap.NON
+    assert _bodies(hub, "non by libcoap") == 1 and _bodies(hub, "non by aiocoap") == 1
