@@ -55,7 +55,8 @@ class Database:
         self.path = path
         self.synchronous = synchronous
         self._writer_conn: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[tuple[WriteFn, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[tuple[WriteFn, asyncio.Future[Any]]] | None] = queue.SimpleQueue()
+        self._pending: list[tuple[WriteFn, asyncio.Future[Any]]] = []
         self._writer_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reader: aiosqlite.Connection | None = None
@@ -73,6 +74,7 @@ class Database:
     async def close(self) -> None:
         """Commit everything already queued, then close."""
         if self._writer_thread is not None:
+            self._flush()
             self._queue.put(None)
             thread, self._writer_thread = self._writer_thread, None
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
@@ -89,9 +91,19 @@ class Database:
         """Queue `fn(conn)` for the next group commit; the future resolves after COMMIT."""
         if self._writer_thread is None:
             raise RuntimeError("database is closed")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put((fn, fut))
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        # Handed to the writer once per pass of the event loop: one thread wake-up for all the
+        # writes a burst of requests produced, instead of one per write.
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((fn, fut))
         return fut
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            self._queue.put(pending)
 
     async def write(self, fn: WriteFn) -> Any:
         return await self.submit(fn)
@@ -114,7 +126,7 @@ class Database:
             item = self._queue.get()
             if item is None:
                 break
-            batch = [item]
+            batch = list(item)
             while len(batch) < MAX_BATCH:
                 try:
                     nxt = self._queue.get_nowait()
@@ -123,7 +135,7 @@ class Database:
                 if nxt is None:
                     stopping = True
                     break
-                batch.append(nxt)
+                batch.extend(nxt)
             try:
                 outcomes = self._run_batch([fn for fn, _ in batch])
             except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
