@@ -18,6 +18,8 @@ mosquitto (Debian 2.0.11) runs anonymous on loopback with the same rule as an AC
 from __future__ import annotations
 
 import argparse
+import os
+import pwd
 import re
 import signal
 import subprocess
@@ -114,8 +116,10 @@ def main() -> None:
             else:
                 port = free_port()
                 (tmp / "mosquitto.acl").write_text("topic readwrite #\ntopic deny test/nosubscribe\n")
+                # `user`: run as root, mosquitto would switch to its own account, which cannot read tmp.
                 (tmp / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                                                    f"acl_file {tmp / 'mosquitto.acl'}\n")
+                                                    f"acl_file {tmp / 'mosquitto.acl'}\n"
+                                                    f"user {pwd.getpwuid(os.getuid()).pw_name}\n")
                 proc = subprocess.Popen(["mosquitto", "-c", str(tmp / "mosquitto.conf")], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
                 time.sleep(0.5)
