@@ -454,6 +454,33 @@ class MqttBroker:
             except errors.MatrixError as exc:
                 await asyncio.sleep(exc.extra.get("retry_after_ms", 100) / 1000)
 
+    def send_nowait(self, requester: Requester, room_id: str, event_type: str, content: dict[str, Any],
+                    publish: Publish, key: str | None) -> "asyncio.Future[Any] | None":
+        """The hot path of `send` for plain (non-retained) publishes: no coroutine, no task per
+        message. None when the core cannot take it synchronously (then `send` is used)."""
+        own = _Own(content, publish, key or "")
+        ident = id(content)
+        self._own[ident] = own
+        try:
+            fut = self.hs.rooms.send_event_nowait(requester, room_id, event_type, content)
+        except errors.MatrixError as exc:
+            del self._own[ident]
+            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        if fut is None:
+            del self._own[ident]
+            return None
+
+        def forget(_: Any) -> None:  # after COMMIT and after the fan-out that needed it
+            if self._own.get(ident) is own:
+                del self._own[ident]
+            self._bg.discard(fut)  # type: ignore[arg-type]
+
+        self._bg.add(fut)  # type: ignore[arg-type]
+        fut.add_done_callback(forget)
+        return fut
+
     async def send(self, requester: Requester, room_id: str, event_type: str, content: dict[str, Any],
                    state_key: str | None, publish: Publish, key: str | None) -> str:
         own = _Own(content, publish, key or "")
@@ -905,11 +932,16 @@ class ClientProtocol(asyncio.Protocol):
         except PublishRefused as exc:
             self._refused(publish, exc.reason_code)
             return
-        coro = self.broker.send(self.requester, room_id, event_type, content, state_key, publish, self.key)
         session = self.broker.sessions.get(self.key) if self.key else None
-        if publish.qos == 2 and session is not None and session.persistent:
-            coro = self._remember_qos2(coro, publish.packet_id or 0)
-        fut = self.broker.background(coro)
+        remember_qos2 = publish.qos == 2 and session is not None and session.persistent
+        fut = None
+        if state_key is None and not remember_qos2:
+            fut = self.broker.send_nowait(self.requester, room_id, event_type, content, publish, self.key)
+        if fut is None:
+            coro = self.broker.send(self.requester, room_id, event_type, content, state_key, publish, self.key)
+            if remember_qos2:
+                coro = self._remember_qos2(coro, publish.packet_id or 0)
+            fut = self.broker.background(coro)
         self._acks.append((publish.packet_id or 0, publish.qos, fut))
         fut.add_done_callback(self._on_stored)
 
