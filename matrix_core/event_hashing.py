@@ -11,9 +11,8 @@ Room version differences are read from RoomVersion flags, never from the version
 from __future__ import annotations
 
 import hashlib
-import json
 import hmac
-from typing import Any, Iterable
+from typing import Any
 
 from .canonical_json import encode_canonical_json, encode_canonical_json_trusted
 from .room_versions import RoomVersion
@@ -213,46 +212,3 @@ def verify_event_signature(
     Raises SignatureError. Does not check the content hash: see `check_content_hash`.
     """
     verify_json_signature(_redact_shallow(pdu, room_version), server_name, key_id, verify_key_bytes)
-
-
-def _encoded_key(key: str) -> bytes:
-    return json.dumps(key, ensure_ascii=False).encode("utf-8") + b":"
-
-
-def _splice_pair(doc: bytes, top_level_keys: Iterable[str], key: str, value: bytes) -> bytes:
-    """Insert `"key":value` into a canonical JSON object at its sorted place among the object's
-    own top-level keys. The key that follows it sorts after "content" (the only free-form value in
-    a PDU), so its last occurrence in the text is the top-level one: string values cannot hold an
-    unescaped quote, and everything after it is ids, numbers and strings."""
-    following = [k for k in top_level_keys if k > key]
-    pair = _encoded_key(key) + value
-    if not following:
-        return doc[:-1] + b"," + pair + b"}"
-    at = doc.rfind(b"," + _encoded_key(min(following)))
-    if at < 0:  # cannot happen for a canonical object holding that key; never guess
-        raise ValueError(f"top-level key {min(following)!r} not found")
-    return doc[:at + 1] + pair + b"," + doc[at + 1:]
-
-
-def hash_sign_and_encode_event(
-    pdu: dict[str, Any], room_version: RoomVersion, server_name: str, key: SigningKey
-) -> tuple[dict[str, Any], str, bytes]:
-    """`hash_sign_and_compute_event_id` plus the signed event's canonical JSON, without encoding
-    the event a third time: the content-hash encoding (everything but hashes and signatures)
-    gets the two small objects spliced in at their sorted places.
-
-    For events we build: top-level keys are the PDU's own (no hashes/signatures/unsigned yet).
-    """
-    if any(k in pdu for k in ("hashes", "signatures", "unsigned")):
-        raise ValueError("hash_sign_and_encode_event takes a fresh pdu")
-    body = encode_canonical_json(pdu)  # validates the whole event once
-    hashes = {"sha256": encode_base64(hashlib.sha256(body).digest())}
-    signed = {**pdu, "hashes": hashes}
-    to_sign = {k: v for k, v in _redact_shallow(signed, room_version).items() if k not in _UNSIGNED_AND_SIGNATURES}
-    message = encode_canonical_json_trusted(to_sign)
-    signatures = {server_name: {key.key_id: encode_base64(key.sign(message))}}
-    signed["signatures"] = signatures
-    with_hashes = _splice_pair(body, pdu, "hashes", encode_canonical_json_trusted(hashes))
-    canonical = _splice_pair(with_hashes, signed, "signatures", encode_canonical_json_trusted(signatures))
-    event_id = "$" + encode_base64(hashlib.sha256(message).digest(), urlsafe=True)
-    return signed, event_id, canonical

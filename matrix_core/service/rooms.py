@@ -15,8 +15,9 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 from .. import auth_rules, errors
+from ..canonical_json import encode_canonical_json_trusted
 from ..client_format import STRIPPED_STATE_TYPES, client_event, stripped_state
-from ..event_hashing import compute_event_id, hash_sign_and_encode_event
+from ..event_hashing import compute_event_id, hash_sign_and_compute_event_id
 from ..events import Event
 from ..identifiers import is_valid_user_id, random_string, split_id
 from ..notifier import EventStream
@@ -263,8 +264,8 @@ class Rooms:
     def _finish_event(self, pdu: dict[str, Any], auth_state: dict[StateKey, Event],
                       version: RoomVersion, auth_memo: tuple[str, int, str, str] | None = None) -> Event:
         try:
-            signed, event_id, canonical = hash_sign_and_encode_event(pdu, version, self.server_name,
-                                                                     self.signing_key)
+            signed, event_id = hash_sign_and_compute_event_id(pdu, version, self.server_name, self.signing_key)
+            canonical = encode_canonical_json_trusted(signed)
             size = len(canonical)
         except ValueError as exc:  # floats, huge ints, bad types in content
             raise errors.bad_json(str(exc)) from None
