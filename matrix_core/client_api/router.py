@@ -40,12 +40,23 @@ class Router:
         self._open_ended: list[Route] = []
 
     def add(self, method: str, path: str, handler: Handler) -> None:
-        route = Route(method, tuple(path.strip("/").split("/")), handler)
+        """Register a handler; adding the same method and path again replaces the earlier one."""
+        route = Route(method.upper(), tuple(path.strip("/").split("/")), handler)
+        if any(r.method == route.method and r.pattern == route.pattern for r in self.routes):
+            self._remove(route.method, route.pattern)
         self.routes.append(route)
         if route.pattern[-1].endswith("...}") or route.pattern[0].startswith("{"):
             self._open_ended.append(route)
         else:
             self._index.setdefault((route.pattern[0], len(route.pattern)), []).append(route)
+
+    def _remove(self, method: str, pattern: tuple[str, ...]) -> None:
+        def keep(routes: list[Route]) -> list[Route]:
+            return [r for r in routes if not (r.method == method and r.pattern == pattern)]
+
+        self.routes = keep(self.routes)
+        self._open_ended = keep(self._open_ended)
+        self._index = {k: keep(v) for k, v in self._index.items()}
 
     def _candidates(self, segments: list[str]) -> list[Route]:
         indexed = self._index.get((segments[0], len(segments)), []) if segments else []

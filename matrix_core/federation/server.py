@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote
 from aiohttp import web
 
 from .. import errors
+from ..client_api.router import Router
 from ..canonical_json import CanonicalJSONError, JSONSyntaxError, encode_json, parse_json
 from .keyring import KeyLookupError, KeyRing
 from .keys import KeyDocumentError, parse_key_query
@@ -61,50 +62,14 @@ class FederationRequest:
 Handler = Callable[[Any, str, FederationRequest], Awaitable[tuple[int, Any]]]
 
 
-@dataclass(frozen=True, slots=True)
-class _Route:
-    method: str
-    parts: tuple[str, ...]
-    handler: Handler
+class FederationRoutes(Router):
+    """Method + path template -> handler, with the client API's route matching (one router):
+    templates use {name} for one decoded path segment and must live under /_matrix/."""
 
-    def match(self, segments: list[str]) -> dict[str, str] | None:
-        if len(segments) != len(self.parts):
-            return None
-        params: dict[str, str] = {}
-        for part, seg in zip(self.parts, segments):
-            if part.startswith("{") and part.endswith("}"):
-                params[part[1:-1]] = seg
-            elif part != seg:
-                return None
-        return params
-
-
-class FederationRoutes:
-    """Method + path template -> handler. Templates use {name} for one decoded path segment."""
-
-    def __init__(self) -> None:
-        self._routes: list[_Route] = []
-
-    def add(self, method: str, path: str, handler: Handler) -> None:
+    def add(self, method: str, path: str, handler: Handler) -> None:  # type: ignore[override]
         if not path.startswith("/_matrix/"):
             raise ValueError(f"federation routes live under /_matrix/: {path}")
-        parts = tuple(path.split("/")[1:])
-        method = method.upper()
-        self._routes = [r for r in self._routes if not (r.method == method and r.parts == parts)]
-        self._routes.append(_Route(method, parts, handler))
-
-    def resolve(self, method: str, segments: list[str]) -> tuple[Handler, dict[str, str]]:
-        path_matched = False
-        for route in self._routes:
-            params = route.match(segments)
-            if params is None:
-                continue
-            if route.method == method:
-                return route.handler, params
-            path_matched = True
-        if path_matched:
-            raise errors.MatrixError(405, "M_UNRECOGNIZED", "Method not allowed.")
-        raise errors.unrecognized()
+        super().add(method, path, handler)  # type: ignore[arg-type]
 
 
 FEDERATION_ROUTES = FederationRoutes()
