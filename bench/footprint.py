@@ -91,12 +91,15 @@ def main() -> int:
     parser.add_argument("--page-size", type=int, default=None,
                         help="create the database with this SQLite page size first (default: SQLite's 4096)")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    parser.add_argument("--commit-window-ms", type=int, default=0,
+                        help="the hub's commit_window_ms (writes gathered per commit; default 0)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
         (data / "gateway.toml").write_text(  # a bench, not a flood-guard test
-            f'messages_per_second = 0\nsqlite_synchronous = "{args.synchronous}"\n')
+            f'messages_per_second = 0\nsqlite_synchronous = "{args.synchronous}"\n'
+            f"commit_window_ms = {args.commit_window_ms}\n")
         if args.page_size:
             import sqlite3
 

@@ -32,6 +32,7 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
         signing_key=load_or_create_signing_key(data_dir),
         enable_registration=config.enable_registration,
         sqlite_synchronous=config.sqlite_synchronous.upper(),
+        commit_window_ms=config.commit_window_ms,
         message_rate=RateLimit(config.messages_per_second, config.messages_burst),
     )
 

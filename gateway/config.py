@@ -64,6 +64,7 @@ class GatewayConfig:
     messages_per_second: float = 50.0
     messages_burst: int = 200
     sqlite_synchronous: str = "FULL"
+    commit_window_ms: int = 0
     # retention (gateway/ops/retention.py): default max age of non-state events, purge interval
     retention_default_days: int = 0
     retention_interval_minutes: int = 60
@@ -105,6 +106,8 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: server_name {value!r} is not a valid server name")
         if key == "log_level" and value.upper() not in _LOG_LEVELS:
             raise ConfigError(f"{source}: log_level must be one of {', '.join(sorted(_LOG_LEVELS))}")
+        if key == "commit_window_ms" and not 0 <= value <= 1000:
+            raise ConfigError(f"{source}: commit_window_ms must be between 0 and 1000")
         if key == "sqlite_synchronous" and value.upper() not in ("FULL", "NORMAL"):
             raise ConfigError(f"{source}: sqlite_synchronous must be FULL or NORMAL")
         if key in ("messages_per_second", "messages_burst") and value < 0:
@@ -151,6 +154,9 @@ messages_per_second = {config.messages_per_second}
 messages_burst = {config.messages_burst}
 # FULL: every acknowledged write is fsynced. NORMAL: faster, may lose the last writes on power loss.
 sqlite_synchronous = "{config.sqlite_synchronous}"
+# Milliseconds the writer gathers writes before each commit (0: commit at once). A few ms let many
+# devices share one fsync: fewer SD-card writes per reading, that much more latency.
+commit_window_ms = {config.commit_window_ms}
 # Retention: delete readings (non-state events) older than this many days in every room; 0 keeps
 # them. A room's own m.room.retention state event (max_lifetime, ms) overrides it. Room state stays.
 retention_default_days = {config.retention_default_days}

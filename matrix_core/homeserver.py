@@ -29,6 +29,7 @@ class HomeserverSettings:
     enable_registration: bool = False
     # "FULL": every commit is fsynced before anything is acknowledged (the durability promise).
     sqlite_synchronous: str = "FULL"
+    commit_window_ms: int = 0
     message_rate: RateLimit = field(default_factory=lambda: RateLimit(per_second=50.0, burst=200))
     login_rate: RateLimit = field(default_factory=lambda: RateLimit(per_second=0.5, burst=10))
 
@@ -38,7 +39,7 @@ class Homeserver:
         self.settings = settings
         self.server_name = settings.server_name
         self.signing_key = settings.signing_key
-        self.db = Database(settings.database_path, settings.sqlite_synchronous)
+        self.db = Database(settings.database_path, settings.sqlite_synchronous, settings.commit_window_ms / 1000)
         self.stream = EventStream()
         self.accounts = Accounts(self.db, self.server_name)
         self.rooms = Rooms(self.db, self.stream, self.server_name, self.signing_key)

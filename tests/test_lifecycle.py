@@ -84,3 +84,34 @@ def test_sigterm_with_writes_in_flight_exits_0_and_loses_nothing(tmp_path) -> No
         assert not missing, f"{len(missing)} acknowledged events lost"
     finally:
         assert gw.stop() == 0
+
+
+def test_commit_window_batches_writes_and_acknowledges_only_after_commit(tmp_path) -> None:
+    """With `commit_window_ms` the writer gathers concurrent writes into one commit; every send
+    still answers only once its event is stored."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gateway.toml").write_text("messages_per_second = 0\ncommit_window_ms = 5\n")
+    with GatewayProcess(data) as gw:
+        gw.add_user("fay", PASSWORD)
+        token = gw.login("fay", PASSWORD)
+        status, created = gw.request("POST", "/_matrix/client/v3/createRoom", {}, token=token)
+        room = urllib.parse.quote(created["room_id"], safe="")
+
+        async def burst() -> list[str]:
+            async with aiohttp.ClientSession() as session:
+                async def one(i: int) -> str:
+                    async with session.put(f"{gw.http_url}/_matrix/client/v3/rooms/{room}/send/m.room.message/w{i}",
+                                           json={"body": str(i)}, headers={"Authorization": f"Bearer {token}"}) as r:
+                        assert r.status == 200
+                        return (await r.json())["event_id"]
+                return await asyncio.gather(*(one(i) for i in range(24)))
+
+        ids = asyncio.run(burst())
+        status, page = gw.request("GET", f"/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100", token=token)
+        assert set(ids) <= {ev["event_id"] for ev in page["chunk"]}
+    from tests.support.gateway import gateway_cli
+
+    (data / "gateway.toml").write_text("commit_window_ms = 5000\n")
+    refused = gateway_cli("run", "--data-dir", str(data), check=False)
+    assert refused.returncode != 0 and "commit_window_ms must be between 0 and 1000" in refused.stderr
