@@ -759,19 +759,18 @@ class Rooms:
             room_id = await self.resolve_room(room_id_or_alias)
         if room_id in self._room_versions:
             member = self.membership_of(requester.user_id, room_id)
-            if member is None or member[0] != "join" or not servers:
-                try:
-                    await self.update_membership(requester, room_id, requester.user_id, "join")
-                    return room_id
-                except errors.MatrixError:
-                    if not servers or self.remote_membership is None:
-                        raise
-            else:
+            if member is not None and member[0] == "join":
                 return room_id
+            try:  # a room we hold: our own join event, built on our copy of its state
+                await self.update_membership(requester, room_id, requester.user_id, "join")
+                return room_id
+            except errors.MatrixError:
+                if not servers or self.remote_membership is None:
+                    raise  # else: not allowed on our (possibly stale) copy; ask a resident server
         invite = self.remote_invites.get((requester.user_id, room_id))
         if invite is not None:
             servers.append(invite[1]["sender"].split(":", 1)[1])
-        if ":" in room_id and not self._room_versions.get(room_id):
+        if ":" in room_id:  # room versions before 12 name their creating server
             servers.append(room_id.split(":", 1)[1])
         if self.remote_membership is None or not servers:
             raise errors.not_found(f"Unknown room {room_id}")
