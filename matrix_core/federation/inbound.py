@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 MAX_PDUS_PER_TRANSACTION = 50
 MAX_MISSING_FETCH = 20
+MAX_NESTING = 2  # how deep fetched missing events may fetch their own gaps
 
 
 class PDUError(Exception):
@@ -92,37 +93,44 @@ class InboundEvents:
         """Check and place one event; returns the pending write (None if already known).
         `known_new`: the caller already looked it up in the store (memory is still checked)."""
         async with self._lock(event.room_id):
-            if known_new:
-                known = {}
-                if self.rooms.placed_in_memory(event.event_id):
-                    return None
-            else:
-                known = await self.rooms.get_events_any([event.event_id])
-            if event.event_id in known and not known[event.event_id][1]:
+            return await self._receive_locked(origin, event, backfilled, position, known_new)
+
+    async def _receive_locked(self, origin: str, event: Event, backfilled: bool = False,
+                              position: int | None = None, known_new: bool = False, nesting: int = 0
+                              ) -> "asyncio.Future[Any] | None":
+        """`receive` with the room's lock held (also for missing events fetched on the way; those
+        fetch their own gaps at most MAX_NESTING deep, then take the state from /state_ids)."""
+        if known_new:
+            known = {}
+            if self.rooms.placed_in_memory(event.event_id):
                 return None
-            event = await self.check_signatures_and_hash(event)
-            room = await self.rooms.get_room(event.room_id)
-            if not backfilled:
-                await self._fetch_missing_prevs(origin, room, event)
-            state_before, before_group = await self._state_before(origin, room, event)
-            auth_events = await self._auth_events(origin, event, room)
+        else:
+            known = await self.rooms.get_events_any([event.event_id])
+        if event.event_id in known and not known[event.event_id][1]:
+            return None
+        event = await self.check_signatures_and_hash(event)
+        room = await self.rooms.get_room(event.room_id)
+        if not backfilled and nesting <= MAX_NESTING:
+            await self._fetch_missing_prevs(origin, room, event, nesting)
+        state_before, before_group = await self._state_before(origin, room, event)
+        auth_events = await self._auth_events(origin, event, room)
+        try:
+            auth_rules.check_auth_events(event, auth_events.values())
+            auth_rules.check_event_auth(event, self._auth_state(room.version, auth_events, state_before))
+            auth_rules.check_event_auth(event, state_before)
+        except errors.AuthError as exc:
+            await self.rooms.enqueue_rejected(event, exc.reason)
+            raise PDUError(f"rejected: {exc.reason}") from None
+        soft_failed = False
+        if not backfilled:
             try:
-                auth_rules.check_auth_events(event, auth_events.values())
-                auth_rules.check_event_auth(event, self._auth_state(room.version, auth_events, state_before))
-                auth_rules.check_event_auth(event, state_before)
+                auth_rules.check_event_auth(event, room.state)
             except errors.AuthError as exc:
-                await self.rooms.enqueue_rejected(event, exc.reason)
-                raise PDUError(f"rejected: {exc.reason}") from None
-            soft_failed = False
-            if not backfilled:
-                try:
-                    auth_rules.check_event_auth(event, room.state)
-                except errors.AuthError as exc:
-                    log.info("soft-failing %s: %s", event.event_id, exc.reason)
-                    soft_failed = True
-            return await self.rooms.place_federated_event(room, event, state_before, before_group,
-                                                          soft_failed=soft_failed, backfilled=backfilled,
-                                                          position=position)
+                log.info("soft-failing %s: %s", event.event_id, exc.reason)
+                soft_failed = True
+        return await self.rooms.place_federated_event(room, event, state_before, before_group,
+                                                      soft_failed=soft_failed, backfilled=backfilled,
+                                                      position=position)
 
     @staticmethod
     def _auth_state(version: RoomVersion, auth_events: dict[str, Event],
@@ -202,7 +210,7 @@ class InboundEvents:
             raise PDUError("an auth event was rejected")
         return out
 
-    async def _fetch_missing_prevs(self, origin: str, room: RoomCache, event: Event) -> None:
+    async def _fetch_missing_prevs(self, origin: str, room: RoomCache, event: Event, nesting: int = 0) -> None:
         known = await self.rooms.get_events_any(event.prev_event_ids)
         missing = [p for p in event.prev_event_ids if p not in known or known[p][1]]
         if not missing:
@@ -227,20 +235,11 @@ class InboundEvents:
             if missing_event.event_id == event.event_id:
                 continue
             try:
-                fut = await self._receive_unlocked(origin, missing_event)
+                fut = await self._receive_locked(origin, missing_event, nesting=nesting + 1)
                 if fut is not None:
                     await fut
             except PDUError as exc:
                 log.info("missing event %s not accepted: %s", missing_event.event_id, exc)
-
-    async def _receive_unlocked(self, origin: str, event: Event) -> "asyncio.Future[Any] | None":
-        """`receive` for events fetched while the room's lock is already held."""
-        lock = self._lock(event.room_id)
-        self._room_locks[event.room_id] = asyncio.Lock()  # a fresh lock for the nested call
-        try:
-            return await self.receive(origin, event)
-        finally:
-            self._room_locks[event.room_id] = lock
 
     async def _state_before(self, origin: str, room: RoomCache, event: Event
                             ) -> tuple[dict[StateKey, Event], int | None]:
