@@ -38,7 +38,6 @@ async def on_send(hs: Any, origin: str, req: FederationRequest) -> tuple[int, An
     body = req.content
     if isinstance(body, dict) and body.get("origin") not in (None, origin):
         raise errors.forbidden("the transaction's origin is not the authenticated server")
-    hs.federation_sender.wake(origin)
     return 200, await hs.federation_inbound.on_transaction(origin, body)
 
 

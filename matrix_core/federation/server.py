@@ -159,6 +159,9 @@ def make_federation_app(hs: Any, routes: FederationRoutes, keyring: KeyRing,
 
             origin = await authenticate(keyring, hs.server_name, method, raw_path,
                                         request.headers.getall("Authorization", []), content, now())
+            sender = getattr(hs, "federation_sender", None)
+            if sender is not None:
+                sender.wake(origin)  # any authenticated request: that server is up again
             handler, params = routes.resolve(method, segments)
             fed_request = FederationRequest(method, raw_path, params, query, content, origin, request.headers)
             status, body = await handler(hs, origin, fed_request)
