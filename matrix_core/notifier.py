@@ -29,6 +29,11 @@ class EventStream:
         self._subscribers: list[Subscriber] = []
         self.closed = False
 
+    def reset(self, position: int) -> None:
+        """Start from `position` (the store's newest event): nothing older is in the buffer."""
+        self.position = position
+        self._forgotten_upto = position
+
     def advance(self, entries: list[tuple[int, Event]]) -> None:
         """Publish committed events (position, event), in commit order."""
         if not entries:

@@ -20,6 +20,10 @@ class RateLimiter:
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill time)
 
+    def reset(self, key: str) -> None:
+        """Forget `key`'s history (e.g. a successful login clears its failures)."""
+        self._buckets.pop(key, None)
+
     def check(self, key: str, cost: float = 1.0) -> None:
         """Take `cost` tokens for `key` or raise M_LIMIT_EXCEEDED with a retry hint."""
         if self.limit.per_second <= 0:

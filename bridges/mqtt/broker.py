@@ -265,7 +265,7 @@ class MqttBroker:
         found = await accounts.check_credentials(connect.username, password)
         if found is None:
             return ReasonCode.BAD_USER_NAME_OR_PASSWORD
-        self.hs.login_limiter._buckets.pop(f"mqtt:{peer}", None)
+        self.hs.login_limiter.reset(f"mqtt:{peer}")
         return Requester(found, f"mqtt:{connect.client_id}", False, "")
 
     # -- sessions -------------------------------------------------------------------------------

@@ -48,11 +48,8 @@ async def login(hs: Any, req: ApiRequest) -> ApiResponse:
     if display_name is not None and not isinstance(display_name, str):
         raise errors.bad_json("'initial_device_display_name' must be a string")
     hs.login_limiter.check(req.remote)
-    try:
-        result = await hs.accounts.login(user, password, device_id, display_name)
-    except errors.MatrixError:
-        raise
-    hs.login_limiter._buckets.pop(req.remote, None)  # a success clears the failure count
+    result = await hs.accounts.login(user, password, device_id, display_name)
+    hs.login_limiter.reset(req.remote)  # a success clears the failure count
     return ok(result)
 
 

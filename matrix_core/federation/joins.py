@@ -289,9 +289,3 @@ async def invite_state_for(room: RoomCache, invite: Event) -> list[dict[str, Any
 
     return [stripped_state(room.state[k]) for k in STRIPPED_STATE_TYPES if k in room.state]
 
-
-def servers_from_invite(invite_json: str) -> list[str]:
-    try:
-        return [server_of(json.loads(invite_json)["sender"])]
-    except (ValueError, KeyError):
-        return []

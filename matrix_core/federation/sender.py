@@ -74,7 +74,7 @@ class FederationSender:
             dest.wake.set()
 
     def servers_in_room(self, room_id: str) -> set[str]:
-        room = self.hs.rooms._rooms.get(room_id)
+        room = self.hs.rooms.loaded_room(room_id)
         if room is None:
             return set()
         return {server_of(user) for user in room.joined_users()}

@@ -87,8 +87,7 @@ class Rooms:
         row = await self.db.fetchone("SELECT MAX(stream_ordering) FROM events")
         last = row[0] if row and row[0] is not None else 0
         self._next_stream = last + 1
-        self.stream.position = last
-        self.stream._forgotten_upto = last  # nothing older is in the in-memory buffer
+        self.stream.reset(last)
         row = await self.db.fetchone("SELECT MIN(stream_ordering) FROM events")
         self._next_backfill = min(-1, (row[0] or 0) - 1) if row else -1
         row = await self.db.fetchone("SELECT MAX(id) FROM state_groups")
@@ -126,6 +125,10 @@ class Rooms:
 
     def room_version(self, room_id: str) -> RoomVersion | None:
         return self._room_versions.get(room_id)
+
+    def loaded_room(self, room_id: str) -> RoomCache | None:
+        """The room's in-memory view if it is loaded (no I/O), else None."""
+        return self._rooms.get(room_id)
 
     async def get_room(self, room_id: str) -> RoomCache:
         room = self._rooms.get(room_id)

@@ -1,4 +1,4 @@
 """Storage: one SQLite database in WAL mode, one writer thread with group commit, async readers."""
-from .database import Database, WriteBatch
+from .database import Database
 
-__all__ = ["Database", "WriteBatch"]
+__all__ = ["Database"]

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import aiosqlite
 
@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
-WriteBatch = list[tuple[str, Iterable[tuple[Any, ...]]]]
 
 MAX_BATCH = 512
 
@@ -112,15 +111,6 @@ class Database:
 
     async def write(self, fn: WriteFn) -> Any:
         return await self.submit(fn)
-
-    async def execute_write(self, batch: WriteBatch) -> None:
-        """Run (sql, rows) pairs with executemany inside one queued write."""
-
-        def run(conn: sqlite3.Connection) -> None:
-            for sql, rows in batch:
-                conn.executemany(sql, rows)
-
-        await self.submit(run)
 
     def _writer_main(self) -> None:
         """The writer thread: take what is queued, commit it as one transaction, report back."""
