@@ -54,11 +54,8 @@ class Sync:
             remaining = deadline - time.monotonic()
             if since_pos is None or full_state or any(rooms.values()) or remaining <= 0 or self.stream.closed:
                 break
-            await self.stream.wait_for_change(upto, remaining)
-            since_pos_changed = self.stream.position > upto
-            if not since_pos_changed and time.monotonic() >= deadline:
-                upto = self.stream.position
-                break
+            if not await self.stream.wait_for_change(upto, remaining):
+                break  # timed out (or shutting down) with nothing new: an empty answer
         return {
             "next_batch": f"s{upto}",
             "rooms": rooms,
