@@ -575,7 +575,7 @@ def mqtt_payload_to_content(payload: bytes, content_format_hint: Any = None) -> 
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         return _bytes_content(payload)
-    if hint not in _TEXT_HINTS:
+    if hint not in _TEXT_HINTS and _may_be_json(text):
         try:
             parsed = _JSON_DECODER.decode(text)
             value = to_event_value(parsed)
@@ -587,6 +587,17 @@ def mqtt_payload_to_content(payload: bytes, content_format_hint: Any = None) -> 
                 out["text"] = text
             return out
     return {"kind": "text", "text": text}
+
+
+# What a JSON text can start with (after optional whitespace): an object, array, string,
+# number, true, false or null. Anything else is text, and raising JSONDecodeError for each such
+# message costs more than the check.
+_JSON_FIRST_CHARS = frozenset('{["-0123456789tfn')
+
+
+def _may_be_json(text: str) -> bool:
+    stripped = text.lstrip(" \t\r\n")
+    return bool(stripped) and stripped[0] in _JSON_FIRST_CHARS
 
 
 def _bytes_content(payload: bytes) -> dict:

@@ -128,10 +128,10 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
     appliance.start()
     # Start-up leaves freed temporaries in the heap: hand them back now and once things settle.
-    from .memory import settle_memory
+    from .memory import settle_memory, settle_when_quiet
 
     settle_memory()
-    loop.call_later(3.0, settle_memory)
+    settle_when_quiet(loop, lambda: gateway.hs.db.writes_committed, settle_memory)
     await stop.wait()
     await appliance.stop()
     log.info("shutting down")

@@ -7,8 +7,10 @@ arenas stops each helper thread (database writer, aiosqlite, executor) growing i
 """
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
+from typing import Callable
 
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
@@ -45,3 +47,20 @@ def settle_memory() -> None:
 
     gc.collect()
     release_free_memory()
+
+
+def settle_when_quiet(loop: asyncio.AbstractEventLoop, activity: Callable[[], int], settle: Callable[[], None],
+                      delay: float = 3.0, tries: int = 20) -> None:
+    """Run `settle` once `activity()` (a counter of work done) has stood still for `delay` seconds.
+
+    A full collection stalls the loop for tens of milliseconds: not while devices are sending.
+    After `tries` busy checks it runs anyway (a hub never quiet still deserves its memory back).
+    """
+    def check(last: int, left: int) -> None:
+        now = activity()
+        if now == last or left <= 0:
+            settle()
+        else:
+            loop.call_later(delay, check, now, left - 1)
+
+    loop.call_later(delay, check, activity(), tries)

@@ -39,6 +39,9 @@ class JSONSyntaxError(CanonicalJSONError):
 # Built once: `json.dumps` with non-default arguments builds a new encoder on every call.
 # ensure_ascii=False writes non-ASCII as UTF-8 and escapes exactly what the spec's grammar
 # requires: '"', '\\', the short escapes \b \f \n \r \t and other C0 controls as lowercase \u00XX.
+# The stdlib's own string encoder for ensure_ascii=False (C when available): the escapes
+# canonical JSON asks for (", \\ and control characters), nothing else.
+_encode_string = json.encoder.encode_basestring
 _CANONICAL_ENCODER = json.JSONEncoder(
     ensure_ascii=False,
     allow_nan=False,
@@ -132,6 +135,37 @@ def encode_canonical_json_trusted(obj: Any) -> bytes:
     already validated (an event we signed after checking its content): the hot path encodes each
     event several times and needs the checks only once."""
     return _CANONICAL_ENCODER.encode(obj).encode("utf-8")
+
+
+def encode_canonical_json_parts(parts: dict[str, str]) -> str:
+    """The canonical JSON object whose members are `parts`: key -> value already encoded as
+    canonical JSON text. Lets a caller encode a big value once and reuse it in several objects
+    (an event's content hash, its signed form and its stored form differ only in a few keys)."""
+    return "{" + ",".join([_encode_string(k) + ":" + parts[k] for k in sorted(parts)]) + "}"
+
+
+def encode_canonical_json_text(value: Any) -> str:
+    """Canonical JSON text of a value (not yet UTF-8): plain strings, integers and lists of
+    strings without the encoder's set-up cost, the rest through it. Does not validate: for values
+    built here or already checked with `check_canonical_value`."""
+    t = type(value)
+    if t is str:
+        return _encode_string(value)
+    if t is int:
+        return str(value)
+    if t is list and all(type(item) is str for item in value):
+        return "[" + ",".join([_encode_string(item) for item in value]) + "]"
+    return _CANONICAL_ENCODER.encode(value)
+
+
+def check_canonical_value(value: Any) -> str:
+    """Validate `value` as `encode_canonical_json` does and return its canonical JSON text."""
+    try:
+        text = _CANONICAL_ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise CanonicalJSONError(f"value is not canonical JSON: {e}") from None
+    _check_value(value)
+    return text
 
 
 def encode_json(obj: Any) -> bytes:

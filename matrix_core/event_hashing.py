@@ -14,7 +14,14 @@ import hashlib
 import hmac
 from typing import Any
 
-from .canonical_json import encode_canonical_json, encode_canonical_json_trusted
+from .canonical_json import (
+    CanonicalJSONError,
+    check_canonical_value,
+    encode_canonical_json,
+    encode_canonical_json_parts,
+    encode_canonical_json_text,
+    encode_canonical_json_trusted,
+)
 from .room_versions import RoomVersion
 from .signing import SignatureError, SigningKey, decode_base64, encode_base64, verify_json_signature
 
@@ -26,6 +33,7 @@ __all__ = [
     "compute_reference_hash",
     "hash_and_sign_event",
     "hash_sign_and_compute_event_id",
+    "hash_sign_and_encode_new_event",
     "redact_pdu",
     "verify_event_signature",
 ]
@@ -192,6 +200,48 @@ def hash_sign_and_compute_event_id(
 
     event_id = "$" + encode_base64(hashlib.sha256(message).digest(), urlsafe=True)
     return signed, event_id
+
+
+def hash_sign_and_encode_new_event(
+    pdu: dict[str, Any], room_version: RoomVersion, server_name: str, key: SigningKey
+) -> tuple[dict[str, Any], str, bytes]:
+    """For an event this server builds: (signed pdu, event id, its canonical JSON).
+
+    The content hash, the signed (redacted) form and the stored form are three canonical
+    encodings of nearly the same object. Each top-level value is encoded once here and the three
+    objects are assembled from those texts: the hot path of every message a device sends.
+    `content` is validated like `encode_canonical_json` does (CanonicalJSONError); the other
+    members must be built by the caller (strings, integers, lists of event ids). A pdu that
+    already carries hashes, signatures or unsigned data goes the general way.
+    """
+    if "hashes" in pdu or "signatures" in pdu or "unsigned" in pdu:
+        signed, event_id = hash_sign_and_compute_event_id(pdu, room_version, server_name, key)
+        return signed, event_id, encode_canonical_json_trusted(signed)
+    parts = {k: (check_canonical_value(v) if k == "content" else encode_canonical_json_text(v))
+             for k, v in pdu.items()}
+    covered = _utf8(encode_canonical_json_parts(parts))
+    content_hash = encode_base64(hashlib.sha256(covered).digest())
+    parts["hashes"] = '{"sha256":"' + content_hash + '"}'
+
+    redacted = _redact_shallow(pdu, room_version)
+    kept = {k: parts[k] for k in redacted if k in parts}
+    kept["hashes"] = parts["hashes"]
+    kept["content"] = encode_canonical_json_text(redacted["content"])
+    message = _utf8(encode_canonical_json_parts(kept))
+    signature = encode_base64(key.sign(message))
+    event_id = "$" + encode_base64(hashlib.sha256(message).digest(), urlsafe=True)
+
+    parts["signatures"] = encode_canonical_json_text({server_name: {key.key_id: signature}})
+    canonical = _utf8(encode_canonical_json_parts(parts))
+    signed = {**pdu, "hashes": {"sha256": content_hash}, "signatures": {server_name: {key.key_id: signature}}}
+    return signed, event_id, canonical
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate somewhere in the content
+        raise CanonicalJSONError(f"string is not valid Unicode: {e}") from None
 
 
 def hash_and_sign_event(

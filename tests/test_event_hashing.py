@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from matrix_core.canonical_json import CANONICALJSON_MAX_INT, encode_canonical_json, parse_json
+from matrix_core.canonical_json import CANONICALJSON_MAX_INT, CanonicalJSONError, encode_canonical_json, parse_json
 from matrix_core.event_hashing import (
     check_content_hash,
     compute_content_hash,
@@ -17,6 +17,7 @@ from matrix_core.event_hashing import (
     compute_reference_hash,
     hash_and_sign_event,
     hash_sign_and_compute_event_id,
+    hash_sign_and_encode_new_event,
     redact_pdu,
     verify_event_signature,
 )
@@ -493,3 +494,49 @@ def test_sign_json_round_trip(obj: dict[str, Any], server_name: str) -> None:
     verify_json_signature(wire, server_name, KEY.key_id, KEY.verify_key_bytes)
     with pytest.raises(SignatureError):
         verify_json_signature(dict(wire, injected=wire.get("injected") is not True), server_name, KEY.key_id, KEY.verify_key_bytes)
+
+
+_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**53) + 1, 2**53 - 1), st.text())
+_json_value = st.recursive(_json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                               st.dictionaries(st.text(), inner, max_size=4)),
+                           max_leaves=12)
+_NEW_EVENT_KEY = generate_signing_key("fast")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    version=st.sampled_from(ALL_VERSIONS),
+    event_type=st.sampled_from(["m.room.message", "m.room.member", "m.room.power_levels", "m.room.create",
+                                "m.room.redaction", "m.room.join_rules", "org.example.ü\u0001"]),
+    content=st.dictionaries(st.text(), _json_value, max_size=5),
+    state_key=st.one_of(st.none(), st.text(max_size=8)),
+    extra=st.dictionaries(st.sampled_from(["redacts", "origin", "membership", "prev_state", "x-custom"]),
+                          st.text(max_size=6), max_size=2),
+)
+def test_assembled_encoding_of_new_events_matches_the_general_path(
+    version: RoomVersion, event_type: str, content: dict[str, Any], state_key: str | None, extra: dict[str, str]
+) -> None:
+    """The hot path assembles three canonical encodings from per-member texts: the same bytes,
+    id and signature as encoding whole objects, for any content and every room version."""
+    pdu: dict[str, Any] = {"type": event_type, "room_id": "!r:hub", "sender": "@a:hub", "content": content,
+                           "origin_server_ts": 1_700_000_000_000, "depth": 7, "prev_events": ["$p"],
+                           "auth_events": ["$a", "$b\u2028"], **extra}
+    if state_key is not None:
+        pdu["state_key"] = state_key
+    try:
+        expected_signed, expected_id = hash_sign_and_compute_event_id(pdu, version, "hub", _NEW_EVENT_KEY)
+        expected_bytes = encode_canonical_json(expected_signed)
+    except CanonicalJSONError:  # e.g. a lone surrogate: the fast path must refuse it too
+        with pytest.raises(CanonicalJSONError):
+            hash_sign_and_encode_new_event(pdu, version, "hub", _NEW_EVENT_KEY)
+        return
+    signed, event_id, canonical = hash_sign_and_encode_new_event(pdu, version, "hub", _NEW_EVENT_KEY)
+    assert (signed, event_id, canonical) == (expected_signed, expected_id, expected_bytes)
+
+
+@pytest.mark.parametrize("bad", [{"t": 1.5}, {"n": 2**53}, {1: "x"}, {"s": "\ud800"}, {"o": object()}])
+def test_assembled_encoding_refuses_what_canonical_json_refuses(bad: dict[Any, Any]) -> None:
+    pdu = {"type": "m.room.message", "room_id": "!r:hub", "sender": "@a:hub", "content": bad,
+           "origin_server_ts": 1, "depth": 1, "prev_events": [], "auth_events": []}
+    with pytest.raises(CanonicalJSONError):
+        hash_sign_and_encode_new_event(pdu, ROOM_V12, "hub", _NEW_EVENT_KEY)

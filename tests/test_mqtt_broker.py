@@ -387,3 +387,42 @@ def test_normal_disconnect_sends_no_will(gateway: GatewayProcess) -> None:
         assert watcher.get().payload == b"marker"  # the will would have come first
     finally:
         watcher.disconnect()
+
+
+def _publish_v5(topic: str, payload: bytes, packet_id: int, qos: int = 1, retain: bool = False,
+                properties: bytes = b"") -> bytes:
+    body = struct.pack(">H", len(topic.encode())) + topic.encode() + struct.pack(">H", packet_id)
+    body += _varint(len(properties)) + properties + payload
+    return bytes([0x30 | qos << 1 | int(retain)]) + _varint(len(body)) + body
+
+
+def test_a_burst_in_one_read_is_stored_in_order_with_one_refusal(gateway: GatewayProcess,
+                                                                 tokens: dict[str, str]) -> None:
+    """Publishes that arrive in one socket read share one write: every one is acknowledged in
+    order, the one refused (payload format 1 with bytes that are not UTF-8) is refused alone, a
+    retained one in the middle keeps its place (one topic is an ordered topic), and the room
+    holds them in publish order."""
+    mosquitto_pub(gateway.mqtt_port, "alice", PASSWORD, "burst/dev/x", "first", 1)  # the room exists
+    raw = RawClient(gateway.mqtt_port)
+    raw.send(_connect_v5("burst", "alice", PASSWORD))
+    assert raw.read_packet()[:1] == b"\x20"
+    packets = []
+    for i in range(1, 41):
+        if i == 13:
+            packets.append(_publish_v5("burst/dev/x", b"\xff\xfe", i, properties=b"\x01\x01"))
+        elif i == 27:
+            packets.append(_publish_v5("burst/dev/x", b"on", i, retain=True))
+        else:
+            packets.append(_publish_v5("burst/dev/x", b"m%d" % i, i))
+    raw.send(b"".join(packets))
+    acks = [raw.read_packet() for _ in range(40)]
+    raw.close()
+    assert [struct.unpack(">H", a[2:4])[0] for a in acks] == list(range(1, 41))
+    reasons = {struct.unpack(">H", a[2:4])[0]: (a[4] if len(a) > 4 else 0) for a in acks}
+    assert reasons[13] == 0x99  # Payload format invalid
+    assert all(code == 0 for pid, code in reasons.items() if pid != 13)
+    events = room_events(gateway, tokens["alice"], "#mqtt/burst/dev:localhost", limit=60)
+    published = [e["content"]["mqtt"]["payload"]["text"] if e["type"] == "m.room.message" else "retained"
+                 for e in reversed(events) if e["type"] in ("m.room.message", "org.matrix_gateway.mqtt.retained")]
+    expected = ["first"] + [f"m{i}" if i != 27 else "retained" for i in range(1, 41) if i != 13]
+    assert published == expected

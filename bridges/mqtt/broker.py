@@ -454,32 +454,41 @@ class MqttBroker:
             except errors.MatrixError as exc:
                 await asyncio.sleep(exc.extra.get("retry_after_ms", 100) / 1000)
 
-    def send_nowait(self, requester: Requester, room_id: str, event_type: str, content: dict[str, Any],
-                    publish: Publish, key: str | None) -> "asyncio.Future[Any] | None":
-        """The hot path of `send` for plain (non-retained) publishes: no coroutine, no task per
-        message. None when the core cannot take it synchronously (then `send` is used)."""
-        own = _Own(content, publish, key or "")
-        ident = id(content)
-        self._own[ident] = own
-        try:
-            fut = self.hs.rooms.send_event_nowait(requester, room_id, event_type, content)
-        except errors.MatrixError as exc:
-            del self._own[ident]
-            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failed.set_exception(exc)
-            return failed
-        if fut is None:
-            del self._own[ident]
+    def send_batch_nowait(self, requester: Requester, room_id: str,
+                          items: list[tuple[str, dict[str, Any], str | None, Publish]],
+                          key: str | None) -> "list[asyncio.Future[Any]] | None":
+        """The hot path of `send` for plain (non-retained) publishes read together for one room:
+        no coroutine or task per message, and one write for all of them. Per item a future (the shared one, or a failed one for an item refused alone);
+        None when the core cannot take them synchronously (then `send` each)."""
+        owns = [_Own(content, publish, key or "") for _, content, _, publish in items]
+        for own in owns:
+            self._own[id(own.content)] = own
+        fut, outcomes = self.hs.rooms.send_events_nowait(requester, room_id, [item[:3] for item in items])
+        if not outcomes:
+            for own in owns:
+                del self._own[id(own.content)]
             return None
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for own, outcome in zip(owns, outcomes):
+            if isinstance(outcome, str):
+                assert fut is not None
+                futures.append(fut)
+                continue
+            del self._own[id(own.content)]
+            failed: asyncio.Future[Any] = loop.create_future()
+            failed.set_exception(outcome)
+            futures.append(failed)
+        if fut is not None:
+            def forget(_: Any) -> None:  # after COMMIT and after the fan-out that needed them
+                for own in owns:
+                    if self._own.get(id(own.content)) is own:
+                        del self._own[id(own.content)]
+                self._bg.discard(fut)  # type: ignore[arg-type]
 
-        def forget(_: Any) -> None:  # after COMMIT and after the fan-out that needed it
-            if self._own.get(ident) is own:
-                del self._own[ident]
-            self._bg.discard(fut)  # type: ignore[arg-type]
-
-        self._bg.add(fut)  # type: ignore[arg-type]
-        fut.add_done_callback(forget)
-        return fut
+            self._bg.add(fut)  # type: ignore[arg-type]
+            fut.add_done_callback(forget)
+        return futures
 
     async def send(self, requester: Requester, room_id: str, event_type: str, content: dict[str, Any],
                    state_key: str | None, publish: Publish, key: str | None) -> str:
@@ -748,6 +757,10 @@ class ClientProtocol(asyncio.Protocol):
         self._closed = False
         self._will_done = False
         self._flush_soon = False
+        # Publishes of one socket read to one room, started together (see _start_batch):
+        # (event type, content, state key, publish).
+        self._batch: list[tuple[str, dict[str, Any], str | None, Publish]] = []
+        self._batch_room: str | None = None
 
     # -- transport callbacks --------------------------------------------------------------------
 
@@ -833,7 +846,9 @@ class ClientProtocol(asyncio.Protocol):
             kind = type(event)
             if kind is PublishReceived:
                 self._on_publish(event.packet)
-            elif kind is Delivered:
+                continue
+            self._start_batch()  # whatever came before this event is under way first
+            if kind is Delivered:
                 pass
             elif kind is ConnectReceived:
                 self.client_id = event.packet.client_id
@@ -852,6 +867,7 @@ class ClientProtocol(asyncio.Protocol):
                 log.info("MQTT client %r (%s) disconnected: 0x%02X %s", self.client_id, self.peer,
                          event.reason_code, event.message)
                 self._lost(publish_will=True)
+        self._start_batch()
 
     async def _on_connect(self, connect: Connect) -> None:
         broker = self.broker
@@ -902,6 +918,7 @@ class ClientProtocol(asyncio.Protocol):
         """Start storing in arrival order. The build/sign step runs at once when the room is
         known (so many publishes share one group commit); acknowledgements go out in order."""
         if self._waiting or not self._try_start(publish):
+            self._start_batch()
             self._waiting.append(publish)
             if self._feeder is None or self._feeder.done():
                 self._feeder = self.broker.background(self._feed())
@@ -915,7 +932,7 @@ class ClientProtocol(asyncio.Protocol):
             self._refused(publish, ReasonCode.NOT_AUTHORIZED)
             return True
         room_id = broker.rules.resolve(topic)
-        if room_id is None or room_id not in broker.ready_rooms:
+        if room_id is None or room_id not in broker.ready_rooms or self._remembers_qos2(publish):
             return False
         assert self.requester is not None
         try:
@@ -925,6 +942,13 @@ class ClientProtocol(asyncio.Protocol):
         self._start(publish, room_id)
         return True
 
+    def _remembers_qos2(self, publish: Publish) -> bool:
+        """A QoS 2 publish of a persistent session: its packet id is written after its event."""
+        if publish.qos != 2 or not self.key:
+            return False
+        session = self.broker.sessions.get(self.key)
+        return session is not None and session.persistent
+
     def _start(self, publish: Publish, room_id: str) -> None:
         assert self.requester is not None
         try:
@@ -932,18 +956,39 @@ class ClientProtocol(asyncio.Protocol):
         except PublishRefused as exc:
             self._refused(publish, exc.reason_code)
             return
-        session = self.broker.sessions.get(self.key) if self.key else None
-        remember_qos2 = publish.qos == 2 and session is not None and session.persistent
-        fut = None
-        if state_key is None and not remember_qos2:
-            fut = self.broker.send_nowait(self.requester, room_id, event_type, content, publish, self.key)
-        if fut is None:
-            coro = self.broker.send(self.requester, room_id, event_type, content, state_key, publish, self.key)
-            if remember_qos2:
-                coro = self._remember_qos2(coro, publish.packet_id or 0)
-            fut = self.broker.background(coro)
+        remember_qos2 = self._remembers_qos2(publish)
+        if not remember_qos2:
+            if self._batch_room != room_id:
+                self._start_batch()
+                self._batch_room = room_id
+            self._batch.append((event_type, content, state_key, publish))
+            return
+        self._start_batch()
+        coro = self.broker.send(self.requester, room_id, event_type, content, state_key, publish, self.key)
+        if remember_qos2:
+            coro = self._remember_qos2(coro, publish.packet_id or 0)
+        fut = self.broker.background(coro)
         self._acks.append((publish.packet_id or 0, publish.qos, fut))
         fut.add_done_callback(self._on_stored)
+
+    def _start_batch(self) -> None:
+        """Send the gathered plain publishes as one write; their acknowledgements stay in order."""
+        if not self._batch:
+            return
+        items, room_id = self._batch, self._batch_room
+        self._batch, self._batch_room = [], None
+        assert self.requester is not None and room_id is not None
+        broker = self.broker
+        futures = broker.send_batch_nowait(self.requester, room_id, items, self.key)
+        if futures is None:  # the room left memory meanwhile: one at a time, the awaiting way
+            futures = [broker.background(broker.send(self.requester, room_id, event_type, content, state_key,
+                                                     publish, self.key))
+                       for event_type, content, state_key, publish in items]
+        for item, fut in zip(items, futures):
+            publish = item[3]
+            self._acks.append((publish.packet_id or 0, publish.qos, fut))
+        for fut in dict.fromkeys(futures):
+            fut.add_done_callback(self._on_stored)
 
     async def _remember_qos2(self, stored: Any, packet_id: int) -> str:
         """A persistent session's QoS 2 packet id is durable before PUBREC, so a retransmission
@@ -955,6 +1000,7 @@ class ClientProtocol(asyncio.Protocol):
         return event_id
 
     def _refused(self, publish: Publish, reason_code: int) -> None:
+        self._start_batch()
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         done.set_exception(PublishRefused(reason_code, "refused"))
         self._acks.append((publish.packet_id or 0, publish.qos, done))
@@ -980,8 +1026,13 @@ class ClientProtocol(asyncio.Protocol):
                 log.info("MQTT publish to %r by %s refused: %s", publish.topic, self.requester.user_id, exc)
                 self._refused(publish, _ERROR_REASONS.get(exc.errcode, ReasonCode.UNSPECIFIED_ERROR))
                 continue
-            self._waiting.popleft()
             self._start(publish, room_id)
+            self._start_batch()
+            if self._remembers_qos2(publish) and self._acks:
+                # Its store and packet-id record are two writes: later publishes wait behind
+                # them in _waiting, so a topic stays ordered.
+                await asyncio.wait([self._acks[-1][2]])  # type: ignore[list-item]
+            self._waiting.popleft()
             self._check_pressure()
 
     def _on_stored(self, _: Any) -> None:

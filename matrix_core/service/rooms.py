@@ -15,9 +15,8 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 from .. import auth_rules, errors
-from ..canonical_json import encode_canonical_json_trusted
 from ..client_format import STRIPPED_STATE_TYPES, client_event, stripped_state
-from ..event_hashing import compute_event_id, hash_sign_and_compute_event_id
+from ..event_hashing import compute_event_id, hash_sign_and_encode_new_event
 from ..events import Event
 from ..identifiers import is_valid_user_id, random_string, split_id
 from ..notifier import EventStream
@@ -63,6 +62,8 @@ class Rooms:
         self._outlier_cache: OrderedDict[str, Event] = OrderedDict()  # auth/state events not placed
         # (room, state group, sender, type) of plain events that passed the auth rules
         self._auth_passed: set[tuple[str, int, str, str]] = set()
+        # auth_types_for_event per (room version, type, sender) for every type but m.room.member.
+        self._auth_types: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
         # event id -> (state after it, its group), for events placed moments ago (writes may be queued)
         self._recent_state: OrderedDict[str, tuple[dict[StateKey, Event], int | None]] = OrderedDict()
         self._txns: OrderedDict[str, str] = OrderedDict()
@@ -255,7 +256,16 @@ class Rooms:
             pdu["state_key"] = state_key
         if redacts is not None and not version.msc2174_redacts_in_content:
             pdu["redacts"] = redacts
-        auth_keys = auth_rules.auth_types_for_event(version, event_type, sender, state_key, content)
+        if event_type == "m.room.member":  # the only type whose auth events depend on content
+            auth_keys = auth_rules.auth_types_for_event(version, event_type, sender, state_key, content)
+        else:
+            memo_key = (version.identifier, event_type, sender)
+            auth_keys = self._auth_types.get(memo_key)  # type: ignore[assignment]
+            if auth_keys is None:
+                if len(self._auth_types) > 4096:
+                    self._auth_types.clear()
+                auth_keys = self._auth_types[memo_key] = auth_rules.auth_types_for_event(
+                    version, event_type, sender, state_key, content)
         pdu["auth_events"] = [room.state[key].event_id for key in auth_keys if key in room.state]
         memo = None
         if state_key is None and event_type != "m.room.redaction" and room.state_group is not None:
@@ -267,8 +277,8 @@ class Rooms:
     def _finish_event(self, pdu: dict[str, Any], auth_state: dict[StateKey, Event],
                       version: RoomVersion, auth_memo: tuple[str, int, str, str] | None = None) -> Event:
         try:
-            signed, event_id = hash_sign_and_compute_event_id(pdu, version, self.server_name, self.signing_key)
-            canonical = encode_canonical_json_trusted(signed)
+            signed, event_id, canonical = hash_sign_and_encode_new_event(pdu, version, self.server_name,
+                                                                         self.signing_key)
             size = len(canonical)
         except ValueError as exc:  # floats, huge ints, bad types in content
             raise errors.bad_json(str(exc)) from None
@@ -305,6 +315,14 @@ class Rooms:
                            new_room: bool = False) -> "asyncio.Future[Any]":
         """Advance the room's in-memory state past local `events` and queue their write (no await)."""
         rows = _Rows()
+        self._apply(room, events, rows, txn_key)
+        if new_room:
+            rows.new_room = (room.room_id, room.version.identifier, events[0].sender)
+        self._update_room_row(rows, room, latest_is_sole_extremity=True)
+        return self._submit(room, rows)
+
+    def _apply(self, room: RoomCache, events: list[Event], rows: "_Rows", txn_key: str | None = None) -> None:
+        """Advance the room's in-memory state past local `events`, adding their rows to `rows`."""
         for i, ev in enumerate(events):
             pos = self._next_stream
             self._next_stream += 1
@@ -322,10 +340,6 @@ class Rooms:
             rows.add_event(pos, ev, room.state_group, before_group, txn_key if i == len(events) - 1 else None)
             self._cache_event(ev)
             self._remember_state_after(ev.event_id, room.state, room.state_group)
-        if new_room:
-            rows.new_room = (room.room_id, room.version.identifier, events[0].sender)
-        self._update_room_row(rows, room, latest_is_sole_extremity=True)
-        return self._submit(room, rows)
 
     @staticmethod
     def _update_room_row(rows: "_Rows", room: RoomCache, latest_is_sole_extremity: bool) -> None:
@@ -585,33 +599,39 @@ class Rooms:
             raise
         return event.event_id
 
-    def send_event_nowait(self, requester: Requester, room_id: str, event_type: str,
-                          content: dict[str, Any]) -> "asyncio.Future[str] | None":
-        """`send_event` without a coroutine, for high-rate front ends (MQTT): builds and queues the
-        event now and returns a future that resolves to its id after COMMIT. None when the room
-        is not in memory yet (then use `send_event`). Raises MatrixError like `send_event`."""
+    def send_events_nowait(self, requester: Requester, room_id: str,
+                           items: list[tuple[str, dict[str, Any], str | None]]
+                           ) -> "tuple[asyncio.Future[Any] | None, list[Any]]":
+        """`send_event` without a coroutine, for many messages to one room as one write: a burst
+        of device messages (MQTT reads dozens of PUBLISHes per socket read) shares one future,
+        one queue slot and one announcement instead of paying for each.
+
+        `items` are (event type, content, state key or None), built in order, each on the one
+        before. Returns (future resolved after COMMIT, per item its event id or the MatrixError
+        that refused it alone); the future is None when nothing was accepted or the room is not
+        in memory yet (then no outcomes either: use `send_event`)."""
         room = self._rooms.get(room_id)
         if room is None:
-            return None
-        if not isinstance(content, dict):
-            raise errors.bad_json("Event content must be a JSON object")
-        redacts = content.get("redacts") if event_type == "m.room.redaction" else None
-        event = self._build_event(room, requester.user_id, event_type, content, None, redacts)
-        committed = self._apply_and_enqueue(room, [event])
-        result: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-        def settle(f: "asyncio.Future[Any]") -> None:
-            if result.done():
-                return
-            if f.cancelled():
-                result.cancel()
-            elif f.exception() is not None:
-                result.set_exception(f.exception())  # type: ignore[arg-type]
-            else:
-                result.set_result(event.event_id)
-
-        committed.add_done_callback(settle)
-        return result
+            return None, []
+        outcomes: list[Any] = []
+        events: list[Event] = []
+        rows = _Rows()
+        for event_type, content, state_key in items:
+            try:
+                if not isinstance(content, dict):
+                    raise errors.bad_json("Event content must be a JSON object")
+                redacts = content.get("redacts") if event_type == "m.room.redaction" else None
+                event = self._build_event(room, requester.user_id, event_type, content, state_key, redacts)
+            except errors.MatrixError as exc:
+                outcomes.append(exc)
+                continue
+            self._apply(room, [event], rows)  # the next event builds on this one
+            events.append(event)
+            outcomes.append(event.event_id)
+        if not events:
+            return None, outcomes
+        self._update_room_row(rows, room, latest_is_sole_extremity=True)
+        return self._submit(room, rows), outcomes
 
     # -- creating rooms ---------------------------------------------------------------------------
 
