@@ -95,6 +95,10 @@ class PublishRefused(Exception):
         self.reason_code = reason_code
 
 
+# Publishes started per pass of the event loop before the rest of a read waits for the next pass.
+PUBLISHES_PER_PASS = 50
+
+
 class _Own:
     """A PUBLISH being stored by a client of ours: matched to its event by content identity, so
     fan-out reuses the exact bytes and honours No Local without decoding anything."""
@@ -757,6 +761,7 @@ class ClientProtocol(asyncio.Protocol):
         self._closed = False
         self._will_done = False
         self._flush_soon = False
+        self._backlog: deque[Any] = deque()  # events of a big read not handled yet (_handle)
         # Publishes of one socket read to one room, started together (see _start_batch):
         # (event type, content, state key, publish).
         self._batch: list[tuple[str, dict[str, Any], str | None, Publish]] = []
@@ -773,7 +778,16 @@ class ClientProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         events = self.conn.receive_data(data, time.monotonic())
         if events:
-            self._handle(events)
+            if self._backlog:  # still working through an earlier read: these go after it
+                self._backlog.extend(events)
+            else:
+                self._handle(events)
+        self.flush_out()
+
+    def _resume_backlog(self) -> None:
+        events = list(self._backlog)
+        self._backlog.clear()
+        self._handle(events)
         self.flush_out()
 
     def eof_received(self) -> bool | None:
@@ -842,10 +856,20 @@ class ClientProtocol(asyncio.Protocol):
     # -- events from the state machine ----------------------------------------------------------
 
     def _handle(self, events: list[Any]) -> None:
-        for event in events:
+        started = 0
+        for index, event in enumerate(events):
             kind = type(event)
             if kind is PublishReceived:
                 self._on_publish(event.packet)
+                started += 1
+                if started == PUBLISHES_PER_PASS and index + 1 < len(events):
+                    # A big read is worked through in slices, one per pass of the event loop:
+                    # the first slice's COMMIT and PUBACKs go out while the next is signed, so
+                    # the client refills its window instead of waiting for the whole read.
+                    self._start_batch()
+                    self._backlog.extend(events[index + 1:])
+                    asyncio.get_running_loop().call_soon(self._resume_backlog)
+                    return
                 continue
             self._start_batch()  # whatever came before this event is under way first
             if kind is Delivered:
