@@ -398,31 +398,32 @@ def _publish_v5(topic: str, payload: bytes, packet_id: int, qos: int = 1, retain
 
 def test_a_burst_in_one_read_is_stored_in_order_with_one_refusal(gateway: GatewayProcess,
                                                                  tokens: dict[str, str]) -> None:
-    """Publishes that arrive in one socket read share one write: every one is acknowledged in
-    order, the one refused (payload format 1 with bytes that are not UTF-8) is refused alone, a
-    retained one in the middle keeps its place (one topic is an ordered topic), and the room
-    holds them in publish order."""
+    """Publishes that arrive in one socket read share writes (in slices: more than one event-loop
+    pass): every one is acknowledged in order, those refused (payload format 1 with bytes that
+    are not UTF-8) are refused alone, retained ones in the middle keep their place (one topic is
+    an ordered topic), and the room holds them in publish order."""
+    N, REFUSED, RETAINED = 130, {13, 75}, {27, 101}  # noqa: N806 (more than one slice of 50)
     mosquitto_pub(gateway.mqtt_port, "alice", PASSWORD, "burst/dev/x", "first", 1)  # the room exists
     raw = RawClient(gateway.mqtt_port)
     raw.send(_connect_v5("burst", "alice", PASSWORD))
     assert raw.read_packet()[:1] == b"\x20"
     packets = []
-    for i in range(1, 41):
-        if i == 13:
+    for i in range(1, N + 1):
+        if i in REFUSED:
             packets.append(_publish_v5("burst/dev/x", b"\xff\xfe", i, properties=b"\x01\x01"))
-        elif i == 27:
+        elif i in RETAINED:
             packets.append(_publish_v5("burst/dev/x", b"on", i, retain=True))
         else:
             packets.append(_publish_v5("burst/dev/x", b"m%d" % i, i))
     raw.send(b"".join(packets))
-    acks = [raw.read_packet() for _ in range(40)]
+    acks = [raw.read_packet() for _ in range(N)]
     raw.close()
-    assert [struct.unpack(">H", a[2:4])[0] for a in acks] == list(range(1, 41))
+    assert [struct.unpack(">H", a[2:4])[0] for a in acks] == list(range(1, N + 1))
     reasons = {struct.unpack(">H", a[2:4])[0]: (a[4] if len(a) > 4 else 0) for a in acks}
-    assert reasons[13] == 0x99  # Payload format invalid
-    assert all(code == 0 for pid, code in reasons.items() if pid != 13)
-    events = room_events(gateway, tokens["alice"], "#mqtt/burst/dev:localhost", limit=60)
+    assert all(reasons[i] == 0x99 for i in REFUSED)  # Payload format invalid
+    assert all(code == 0 for pid, code in reasons.items() if pid not in REFUSED)
+    events = room_events(gateway, tokens["alice"], "#mqtt/burst/dev:localhost", limit=2 * N)
     published = [e["content"]["mqtt"]["payload"]["text"] if e["type"] == "m.room.message" else "retained"
                  for e in reversed(events) if e["type"] in ("m.room.message", "org.matrix_gateway.mqtt.retained")]
-    expected = ["first"] + [f"m{i}" if i != 27 else "retained" for i in range(1, 41) if i != 13]
+    expected = ["first"] + [f"m{i}" if i not in RETAINED else "retained" for i in range(1, N + 1) if i not in REFUSED]
     assert published == expected
