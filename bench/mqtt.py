@@ -2,7 +2,7 @@
 """MQTT throughput and latency: the gateway's broker against a bare amqtt broker and mosquitto,
 in one run, one broker at a time (two cores: the load generator shares them).
 
-    python bench/mqtt.py [--messages N] [--latency-messages N] [--only gateway|amqtt|mosquitto]
+    python bench/mqtt.py [--messages N] [--latency-messages N] [--rounds R] [--only gateway|amqtt|mosquitto]
 
 For each broker:
 
@@ -13,6 +13,10 @@ For each broker:
 * latency: a paho subscriber (QoS 0) and a publisher sending QoS 1 messages carrying their send
   time, one every 2 ms; p50/p99 of publish -> receive.
 * idle resident memory of the broker process after the run.
+
+A shared two-core VM swings by +-20% from one minute to the next, so the brokers are measured in
+R rounds (default 3), taking turns (gateway, amqtt, mosquitto, gateway, ...), each round on a
+fresh broker; the table shows each figure's median over the rounds and the QoS 1 range.
 
 The gateway runs with `messages_per_second = 0` (rate limit off) in its gateway.toml, written
 before the first start. amqtt is the PyPI package (the `bench` extra); mosquitto is Debian's.
@@ -73,8 +77,7 @@ class Gateway(Broker):
     name = "gateway"
 
     def __init__(self, tmp: Path) -> None:
-        data = tmp / "gateway-data"
-        data.mkdir(parents=True)
+        data = Path(tempfile.mkdtemp(prefix="gateway-data-", dir=tmp))  # a fresh hub each round
         (data / "gateway.toml").write_text("messages_per_second = 0\n")
         self.gw = GatewayProcess(data)
         self.user, self.password = "bench", PASSWORD
@@ -245,11 +248,29 @@ def run(broker: Broker, args: argparse.Namespace) -> Figures:
     return fig
 
 
+def median_figures(runs: list[Figures]) -> Figures:
+    """Each figure's median over the rounds; the note gives the QoS 1 range and any failure."""
+    def med(attr: str) -> float:
+        values = [getattr(f, attr) for f in runs if getattr(f, attr) == getattr(f, attr)]  # drop NaN
+        return statistics.median(values) if values else float("nan")
+
+    out = Figures(runs[0].broker, qos0=med("qos0"), qos1=med("qos1"), p50_ms=med("p50_ms"), p99_ms=med("p99_ms"),
+                  rss_mb=med("rss_mb"), cpu_us_q1=med("cpu_us_q1"))
+    qos1 = [f.qos1 for f in runs if f.qos1 == f.qos1]
+    notes = [f.note for f in runs if f.note]
+    if len(qos1) > 1:
+        out.note = f"QoS1 {min(qos1):.0f}-{max(qos1):.0f} over {len(runs)} rounds"
+    if notes:
+        out.note = (out.note + "; " if out.note else "") + "; ".join(notes)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--latency-messages", type=int, default=1000)
     parser.add_argument("--only", choices=["gateway", "amqtt", "mosquitto"])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per broker, taking turns (medians shown)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp_name:
         tmp = Path(tmp_name)
@@ -260,7 +281,12 @@ def main() -> None:
         }
         if not shutil.which("mosquitto"):
             makers.pop("mosquitto")
-        results = [run(make(), args) for name, make in makers.items() if args.only in (None, name)]
+        chosen = [name for name in makers if args.only in (None, name)]
+        rounds: dict[str, list[Figures]] = {name: [] for name in chosen}
+        for _ in range(args.rounds):
+            for name in chosen:
+                rounds[name].append(run(makers[name](), args))
+        results = [median_figures(rounds[name]) for name in chosen]
     print(f"\nMQTT, one paho {mqtt.__name__} publisher, {len(PAYLOAD)}-byte payloads, {args.messages} messages, "
           f"{IN_FLIGHT} in flight (QoS 1); latency over {args.latency_messages} QoS 1 messages")
     print(f"{'broker':<10} {'QoS0 msg/s':>11} {'QoS1 msg/s':>11} {'CPU us/QoS1':>12} {'p50 ms':>8} {'p99 ms':>8} "
