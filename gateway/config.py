@@ -50,6 +50,8 @@ class GatewayConfig:
     mqtt_ws_enabled: bool = False
     mqtt_ws_port: int = 8083
     mqtt_ws_path: str = "/mqtt"
+    mqtt_wss_enabled: bool = False
+    mqtt_wss_port: int = 8084
     mqtt_deny_subscribe: tuple[str, ...] = ()
     mqtt_max_keepalive: int = 65535
     federation_port: int = 8448

@@ -35,10 +35,12 @@ class Hub(GatewayProcess):
         super().__init__(data_dir)
         self.tls_port = free_port()
         self.ws_port = free_port()
+        self.wss_port = free_port()
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "gateway.toml").write_text(
             f"mqtt_tls_enabled = true\nmqtt_tls_port = {self.tls_port}\n"
             f"mqtt_ws_enabled = true\nmqtt_ws_port = {self.ws_port}\nmqtt_ws_path = \"{WS_PATH}\"\n"
+            f"mqtt_wss_enabled = true\nmqtt_wss_port = {self.wss_port}\n"
             'mqtt_deny_subscribe = ["test/nosubscribe", "vault/#"]\n')
 
     @property
@@ -68,6 +70,7 @@ def test_ready_line_names_the_listeners_and_the_key_stays_private(hub: Hub) -> N
     ready = hub.stdout_lines[-1]
     assert f"mqtts=mqtts://127.0.0.1:{hub.tls_port}" in ready
     assert f"mqtt-ws=ws://127.0.0.1:{hub.ws_port}{WS_PATH}" in ready
+    assert f"mqtt-wss=wss://127.0.0.1:{hub.wss_port}{WS_PATH}" in ready
     key = hub.data_dir / "mqtt.key"
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     log = hub.log_path().read_text()
@@ -134,6 +137,25 @@ def test_paho_websockets_publish_and_receive_matrix_events(hub: Hub, token: str,
         assert (doc["event_id"], doc["content"]["body"]) == (event_id, "from http")
     finally:
         client.disconnect()
+
+
+def test_paho_over_secure_websockets_verifies_the_hub(hub: Hub, token: str) -> None:
+    """wss: the mqtts certificate, verified by the device; plain ws on that port gets nothing."""
+    client = Paho(hub.wss_port, "alice", PASSWORD, "wss-pub", protocol=V5, transport="websockets", tls_ca=hub.ca)
+    try:
+        assert client.connect()[1] == 0
+        assert client.client.socket()._socket.version() in ("TLSv1.2", "TLSv1.3")  # under the WebSocket
+        client.subscribe("wss/room/#", 1)
+        client.publish("wss/room/t", b"over wss", qos=1)
+        got = client.get()
+        assert (got.topic, got.payload) == ("wss/room/t", b"over wss")
+    finally:
+        client.disconnect()
+    events = room_events(hub, token, "#mqtt/wss/room:localhost")
+    assert [e["content"]["mqtt"]["topic"] for e in events if e["type"] == "m.room.message"] == ["wss/room/t"]
+    plain = Paho(hub.wss_port, "alice", PASSWORD, "ws-on-wss", transport="websockets")
+    with pytest.raises((OSError, TimeoutError, ConnectionError, AssertionError)):
+        assert plain.connect()[1] == 0
 
 
 def test_websocket_bad_credentials_are_refused(hub: Hub) -> None:

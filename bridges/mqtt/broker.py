@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ class BrokerSettings:
     ws_enabled: bool = False
     ws_port: int = 8083
     ws_path: str = "/mqtt"
+    wss_enabled: bool = False  # WebSockets over TLS, with the mqtts certificate
+    wss_port: int = 8084
     deny_subscribe: tuple[str, ...] = ()
     data_dir: str = ""
     allow_anonymous: bool = False
@@ -135,7 +138,7 @@ class MqttBroker:
         self.bound_ports: list[int] = []
         self.listeners: list[str] = []  # "name=url" items for the ready line
         self._ws_runner: web.AppRunner | None = None
-        self._ws_site: web.TCPSite | None = None
+        self._ws_sites: list[web.TCPSite] = []
         self.ready_rooms: set[str] = set()  # rooms whose state the core has loaded
         self.dropped_slow = 0
 
@@ -166,24 +169,33 @@ class MqttBroker:
         server = await loop.create_server(lambda: ClientProtocol(self), host, settings.port, reuse_address=True)
         self._servers.append(server)
         self._bound("mqtt", "mqtt", server.sockets[0].getsockname()[1])
-        if settings.tls_enabled:
+        context = None
+        if settings.tls_enabled or settings.wss_enabled:
             cert, key = await tls.certificate_paths(Path(settings.data_dir) if settings.data_dir else None,
                                                     self.hs.server_name,
                                                     settings.tls_cert, settings.tls_key)
             context = tls.server_context(cert, key)
+        if settings.tls_enabled:
             secure = await loop.create_server(lambda: ClientProtocol(self), host, settings.tls_port, ssl=context,
                                               reuse_address=True)
             self._servers.append(secure)
             self._bound("mqtts", "mqtts", secure.sockets[0].getsockname()[1])
-        if settings.ws_enabled:
+        if settings.ws_enabled or settings.wss_enabled:
             self._ws_runner = web.AppRunner(websocket.make_app(self, settings.ws_path), access_log=None,
                                             handle_signals=False, shutdown_timeout=2.0)
             await self._ws_runner.setup()
-            self._ws_site = web.TCPSite(self._ws_runner, host, settings.ws_port, reuse_address=True)
-            await self._ws_site.start()
-            sockets = getattr(self._ws_site._server, "sockets", None) or []
-            port = sockets[0].getsockname()[1] if sockets else settings.ws_port
-            self._bound("mqtt-ws", "ws", port, settings.ws_path)
+        if settings.ws_enabled:
+            await self._ws_listen("mqtt-ws", "ws", settings.ws_port, None)
+        if settings.wss_enabled:
+            await self._ws_listen("mqtt-wss", "wss", settings.wss_port, context)
+
+    async def _ws_listen(self, name: str, scheme: str, port: int, context: "ssl.SSLContext | None") -> None:
+        assert self._ws_runner is not None
+        site = web.TCPSite(self._ws_runner, self.settings.host, port, reuse_address=True, ssl_context=context)
+        await site.start()
+        self._ws_sites.append(site)
+        sockets = getattr(site._server, "sockets", None) or []
+        self._bound(name, scheme, sockets[0].getsockname()[1] if sockets else port, self.settings.ws_path)
 
     def _bound(self, name: str, scheme: str, port: int, path: str = "") -> None:
         self.bound_ports.append(port)
@@ -196,8 +208,8 @@ class MqttBroker:
         """Stop accepting, let publishes being stored finish, save sessions, close clients."""
         for server in self._servers:
             server.close()
-        if self._ws_site is not None:
-            await self._ws_site.stop()  # stop accepting; open WebSockets close with their clients below
+        for site in self._ws_sites:
+            await site.stop()  # stop accepting; open WebSockets close with their clients below
         for task in self._tasks:
             task.cancel()
         for client in list(self.clients):

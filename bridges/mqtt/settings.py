@@ -19,6 +19,7 @@ _RANGES = {
     "mqtt_topic_alias_maximum": (0, 65535),
     "mqtt_tls_port": (0, 65535),
     "mqtt_ws_port": (0, 65535),
+    "mqtt_wss_port": (0, 65535),
     "mqtt_max_keepalive": (10, 65535),
 }
 
@@ -52,6 +53,9 @@ mqtt_tls_key = "{mqtt_tls_key}"
 mqtt_ws_enabled = {mqtt_ws_enabled}
 mqtt_ws_port = {mqtt_ws_port}
 mqtt_ws_path = "{mqtt_ws_path}"
+# MQTT over secure WebSockets (wss://, same path), off by default: the mqtt_tls_* certificate.
+mqtt_wss_enabled = {mqtt_wss_enabled}
+mqtt_wss_port = {mqtt_wss_port}
 # Topic filters nobody may subscribe to or receive over MQTT, e.g. ["secrets/#"]. A SUBSCRIBE
 # inside one is refused (SUBACK 0x80 / 0x87); wider filters (#) never get those topics either.
 mqtt_deny_subscribe = {mqtt_deny_subscribe}
@@ -78,11 +82,11 @@ def config_problem(key: str, value: Any) -> str | None:
 
 def render(config: Any) -> str:
     values = {}
-    for key in ("mqtt_enabled", "mqtt_allow_anonymous", "mqtt_tls_enabled", "mqtt_ws_enabled"):
+    for key in ("mqtt_enabled", "mqtt_allow_anonymous", "mqtt_tls_enabled", "mqtt_ws_enabled", "mqtt_wss_enabled"):
         values[key] = str(getattr(config, key)).lower()
     for key in ("mqtt_anonymous_user", "mqtt_room_levels", "mqtt_max_packet_size", "mqtt_receive_maximum",
                 "mqtt_max_inflight", "mqtt_max_queued_messages", "mqtt_topic_alias_maximum", "mqtt_max_keepalive",
-                "mqtt_tls_port", "mqtt_tls_cert", "mqtt_tls_key", "mqtt_ws_port", "mqtt_ws_path"):
+                "mqtt_tls_port", "mqtt_tls_cert", "mqtt_tls_key", "mqtt_ws_port", "mqtt_ws_path", "mqtt_wss_port"):
         values[key] = getattr(config, key)
     values["mqtt_deny_subscribe"] = json.dumps(list(config.mqtt_deny_subscribe), ensure_ascii=False)  # a TOML array of strings
     return RENDERED.format(**values)
@@ -91,7 +95,7 @@ def render(config: Any) -> str:
 def broker_settings(config: Any, data_dir: Path | None = None) -> Any:
     from .broker import BrokerSettings
 
-    if config.mqtt_tls_enabled and bool(config.mqtt_tls_cert) != bool(config.mqtt_tls_key):
+    if (config.mqtt_tls_enabled or config.mqtt_wss_enabled) and bool(config.mqtt_tls_cert) != bool(config.mqtt_tls_key):
         raise ValueError("mqtt_tls_cert and mqtt_tls_key must be given together (or both left empty)")
     return BrokerSettings(
         host=config.bind,
@@ -103,6 +107,8 @@ def broker_settings(config: Any, data_dir: Path | None = None) -> Any:
         ws_enabled=config.mqtt_ws_enabled,
         ws_port=config.mqtt_ws_port,
         ws_path=config.mqtt_ws_path,
+        wss_enabled=config.mqtt_wss_enabled,
+        wss_port=config.mqtt_wss_port,
         deny_subscribe=tuple(config.mqtt_deny_subscribe),
         data_dir=str(data_dir) if data_dir is not None else "",
         allow_anonymous=config.mqtt_allow_anonymous,
