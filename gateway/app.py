@@ -120,6 +120,11 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Start-up leaves freed temporaries in the heap: hand them back before saying ready (a few
+    # milliseconds), and once more when things have settled.
+    from .memory import settle_memory, settle_when_quiet
+
+    settle_memory()
     print(
         f"matrix-gateway ready in {time.monotonic() - started:.2f}s: server_name={config.server_name} "
         f"{gateway.describe()} data_dir={data_dir}",
@@ -127,10 +132,6 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     )
     appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
     appliance.start()
-    # Start-up leaves freed temporaries in the heap: hand them back now and once things settle.
-    from .memory import settle_memory, settle_when_quiet
-
-    settle_memory()
     settle_when_quiet(loop, lambda: gateway.hs.db.writes_committed, settle_memory)
     await stop.wait()
     await appliance.stop()
