@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.gateway import GatewayProcess  # noqa: E402
 
 PASSWORD = "footprint bench passphrase"
+IDLE_AFTER_S = 7.0  # gateway.memory.SettleWhenQuiet runs 3-6 s after the last write
 
 
 def io_counters(pid: int) -> dict[str, int]:
@@ -129,7 +130,10 @@ def main() -> int:
         print("SD-card writes per reading (write_bytes of /proc/PID/io, steady state):")
         seq = writes_per_reading(gw, [Sender(gw, tokens[0], room_id)], args.readings, "sequential")
         conc = writes_per_reading(gw, [Sender(gw, t, room_id) for t in tokens], args.readings, "concurrent")
-        print(f"idle RSS after {3 * args.readings} readings: {rss_mb(gw.pid):.1f} MB")
+        busy_rss = rss_mb(gw.pid)
+        time.sleep(IDLE_AFTER_S)  # a measurement, not synchronisation: "idle" is after the quiet-time settle
+        print(f"RSS right after {3 * args.readings} readings: {busy_rss:.1f} MB; idle {IDLE_AFTER_S:.0f} s later "
+              f"(the hub hands memory back once traffic stops): {rss_mb(gw.pid):.1f} MB")
 
         last_txn = "final"
         Sender(gw, tokens[0], room_id).send(last_txn, -1)
@@ -140,6 +144,8 @@ def main() -> int:
         with GatewayProcess(data) as again:
             print(f"second start (the usual one: no first-run key and certificate generation): ready "
                   f"{again.ready_seconds:.2f} s from spawn, idle RSS {rss_mb(again.pid):.1f} MB")
+            time.sleep(IDLE_AFTER_S)
+            print(f"  and {IDLE_AFTER_S:.0f} s later: {rss_mb(again.pid):.1f} MB")
             token = again.login("dev0", PASSWORD)
             _, body = again.request("GET", f"/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=1", token=token)
             last = body["chunk"][0]["content"]["body"] if body.get("chunk") else None

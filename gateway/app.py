@@ -121,8 +121,8 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Start-up leaves freed temporaries in the heap: hand them back before saying ready (a few
-    # milliseconds), and once more when things have settled.
-    from .memory import settle_memory, settle_when_quiet
+    # milliseconds), and again after each busy spell.
+    from .memory import SettleWhenQuiet, settle_memory
 
     settle_memory()
     print(
@@ -132,8 +132,9 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     )
     appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
     appliance.start()
-    settle_when_quiet(loop, lambda: gateway.hs.db.writes_committed, settle_memory)
+    settler = SettleWhenQuiet(loop, lambda: gateway.hs.db.writes_committed, settle_memory)
     await stop.wait()
+    settler.cancel()
     await appliance.stop()
     log.info("shutting down")
     await gateway.stop()

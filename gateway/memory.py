@@ -49,18 +49,38 @@ def settle_memory() -> None:
     release_free_memory()
 
 
-def settle_when_quiet(loop: asyncio.AbstractEventLoop, activity: Callable[[], int], settle: Callable[[], None],
-                      delay: float = 3.0, tries: int = 20) -> None:
-    """Run `settle` once `activity()` (a counter of work done) has stood still for `delay` seconds.
+class SettleWhenQuiet:
+    """Run `settle` each time a busy spell ends: when `activity()` (a counter of work done) has
+    moved and then stood still for `delay` seconds.
 
-    A full collection stalls the loop for tens of milliseconds: not while devices are sending.
-    After `tries` busy checks it runs anyway (a hub never quiet still deserves its memory back).
+    A burst of readings leaves freed objects and heap pages behind; handing them back at the next
+    quiet moment keeps an idle hub near its start-up size. A full collection stalls the loop for
+    tens of milliseconds, so never in the middle of a burst; after `max_busy_checks` busy checks
+    in a row it runs anyway (a hub that is never quiet still deserves its memory back).
     """
-    def check(last: int, left: int) -> None:
-        now = activity()
-        if now == last or left <= 0:
-            settle()
-        else:
-            loop.call_later(delay, check, now, left - 1)
 
-    loop.call_later(delay, check, activity(), tries)
+    def __init__(self, loop: asyncio.AbstractEventLoop, activity: Callable[[], int], settle: Callable[[], None],
+                 delay: float = 3.0, max_busy_checks: int = 20) -> None:
+        self._loop, self._activity, self._settle = loop, activity, settle
+        self._delay, self._max_busy = delay, max_busy_checks
+        self._last = activity()
+        self._busy_checks = 1  # start-up itself was a busy spell
+        self._handle: asyncio.TimerHandle | None = loop.call_later(delay, self._check)
+
+    def _check(self) -> None:
+        now = self._activity()
+        if now != self._last:
+            self._last = now
+            self._busy_checks += 1
+            if self._busy_checks > self._max_busy:
+                self._busy_checks = 0
+                self._settle()
+        elif self._busy_checks:
+            self._busy_checks = 0
+            self._settle()
+        self._handle = self._loop.call_later(self._delay, self._check)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

@@ -15,8 +15,12 @@ class Event:
     pdu: dict[str, Any]
     event_id: str
     room_version: RoomVersion
-    # The PDU as canonical JSON, when it is already at hand (events we built): stored as is.
+    # The PDU as canonical JSON, when it is already at hand (events we built): stored as is,
+    # then released (recent events stay cached in memory: a second copy of each is too much).
     canonical: bytes | None = field(default=None, compare=False, repr=False)
+
+    def release_canonical(self) -> None:
+        object.__setattr__(self, "canonical", None)
 
     @classmethod
     def from_pdu(cls, pdu: dict[str, Any], room_version: RoomVersion) -> "Event":

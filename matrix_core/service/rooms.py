@@ -31,10 +31,13 @@ log = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 65536
 MAX_PREV_EVENTS = 10
-EVENT_CACHE_SIZE = 4096
+# Events kept in memory (recently placed, outliers, state after each): about 2 KB each, so this
+# bounds what a busy hub keeps resident on a 512 MB Pi; older ones are a database read away.
+EVENT_CACHE_SIZE = 1024
 # Transaction ids remembered for idempotent PUT /send (loaded at start-up from the newest events).
-# Like Synapse's time-bounded cache: a retry older than this many sends is treated as new.
-TXN_MEMORY = 50_000
+# Like Synapse's time-bounded cache: a retry older than this many sends is treated as new
+# (clients retry within seconds; ~250 bytes each, so an old hub's start-up stays small).
+TXN_MEMORY = 4096
 
 
 def now_ms() -> int:
@@ -1007,11 +1010,14 @@ class _Rows:
 
     def add_event(self, pos: int, ev: Event, group: int | None, before_group: int | None, txn_key: str | None,
                   outlier: bool = False, rejected: str | None = None, announce: bool = True) -> None:
+        if ev.canonical is not None:
+            json_text = ev.canonical.decode()
+            ev.release_canonical()  # the row has it now; cached events stay light
+        else:
+            json_text = json.dumps(ev.pdu, ensure_ascii=False, separators=(",", ":"))
         self.events.append((
             pos, ev.event_id, ev.room_id, ev.type, ev.state_key, ev.sender, ev.depth, ev.origin_server_ts,
-            group, before_group, int(outlier), rejected, txn_key,
-            ev.canonical.decode() if ev.canonical is not None
-            else json.dumps(ev.pdu, ensure_ascii=False, separators=(",", ":")),
+            group, before_group, int(outlier), rejected, txn_key, json_text,
         ))
         if ev.type == "m.room.redaction" and ev.redacts and not outlier and rejected is None:
             self.redactions.append((ev.redacts, ev.event_id))
