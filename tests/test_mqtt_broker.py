@@ -427,3 +427,21 @@ def test_a_burst_in_one_read_is_stored_in_order_with_one_refusal(gateway: Gatewa
                  for e in reversed(events) if e["type"] in ("m.room.message", "org.matrix_gateway.mqtt.retained")]
     expected = ["first"] + [f"m{i}" if i not in RETAINED else "retained" for i in range(1, N + 1) if i not in REFUSED]
     assert published == expected
+
+
+def test_a_burst_then_an_abrupt_close_stores_what_was_read(gateway: GatewayProcess, tokens: dict[str, str]) -> None:
+    """The client vanishes while its read is still being worked through in slices: what the broker
+    read is stored in order (nothing half-written), and the broker serves on."""
+    mosquitto_pub(gateway.mqtt_port, "alice", PASSWORD, "vanish/dev/x", "first", 1)
+    raw = RawClient(gateway.mqtt_port)
+    raw.send(_connect_v5("vanisher", "alice", PASSWORD))
+    assert raw.read_packet()[:1] == b"\x20"
+    raw.send(b"".join(_publish_v5("vanish/dev/x", b"v%d" % i, i) for i in range(1, 151)))
+    raw.close()
+    mosquitto_pub(gateway.mqtt_port, "alice", PASSWORD, "vanish/dev/x", "after", 1)  # served on
+    events = room_events(gateway, tokens["alice"], "#mqtt/vanish/dev:localhost", limit=300)
+    texts = [e["content"]["mqtt"]["payload"]["text"] for e in reversed(events) if e["type"] == "m.room.message"]
+    assert texts[0] == "first" and "after" in texts
+    stored = [t for t in texts if t.startswith("v")]
+    assert stored and stored == [f"v{i}" for i in range(1, len(stored) + 1)]  # a prefix of what was sent, in order
+    assert "Traceback" not in gateway.read_log()
