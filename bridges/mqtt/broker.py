@@ -473,9 +473,10 @@ class MqttBroker:
     def send_batch_nowait(self, requester: Requester, room_id: str,
                           items: list[tuple[str, dict[str, Any], str | None, Publish]],
                           key: str | None) -> "list[asyncio.Future[Any]] | None":
-        """The hot path of `send` for plain (non-retained) publishes read together for one room:
-        no coroutine or task per message, and one write for all of them. Per item a future (the shared one, or a failed one for an item refused alone);
-        None when the core cannot take them synchronously (then `send` each)."""
+        """The hot path of `send` for publishes read together for one room (retained ones too):
+        no coroutine or task per message, and one write for all of them. Per item a future (the
+        shared one, or a failed one for an item refused alone); None when the core cannot take
+        them synchronously (then `send` each)."""
         owns = [_Own(content, publish, key or "") for _, content, _, publish in items]
         for own in owns:
             self._own[id(own.content)] = own
@@ -992,23 +993,20 @@ class ClientProtocol(asyncio.Protocol):
         except PublishRefused as exc:
             self._refused(publish, exc.reason_code)
             return
-        remember_qos2 = self._remembers_qos2(publish)
-        if not remember_qos2:
+        if not self._remembers_qos2(publish):
             if self._batch_room != room_id:
                 self._start_batch()
                 self._batch_room = room_id
             self._batch.append((event_type, content, state_key, publish))
             return
         self._start_batch()
-        coro = self.broker.send(self.requester, room_id, event_type, content, state_key, publish, self.key)
-        if remember_qos2:
-            coro = self._remember_qos2(coro, publish.packet_id or 0)
-        fut = self.broker.background(coro)
+        stored = self.broker.send(self.requester, room_id, event_type, content, state_key, publish, self.key)
+        fut = self.broker.background(self._remember_qos2(stored, publish.packet_id or 0))
         self._acks.append((publish.packet_id or 0, publish.qos, fut))
         fut.add_done_callback(self._on_stored)
 
     def _start_batch(self) -> None:
-        """Send the gathered plain publishes as one write; their acknowledgements stay in order."""
+        """Send the gathered publishes as one write; their acknowledgements stay in order."""
         if not self._batch:
             return
         items, room_id = self._batch, self._batch_room

@@ -585,8 +585,7 @@ class Rooms:
         room = await self.get_room(room_id)
         if txn_key is not None and txn_key in self._txns:  # a retry raced us while loading
             return self._txns[txn_key]
-        redacts = content.get("redacts") if event_type == "m.room.redaction" else None
-        event = self._build_event(room, requester.user_id, event_type, content, state_key, redacts)
+        event = self._build_requested(room, requester, event_type, content, state_key)
         if txn_key is not None:
             self._txns[txn_key] = event.event_id
             self._txn_of_event.setdefault(event.event_id, {})[requester.device_id] = txn_id  # type: ignore
@@ -601,6 +600,14 @@ class Rooms:
                 self._txns.pop(txn_key, None)
             raise
         return event.event_id
+
+    def _build_requested(self, room: RoomCache, requester: Requester, event_type: str, content: Any,
+                         state_key: str | None) -> Event:
+        """A client's (or device's) event on top of the room, checked like the send API checks it."""
+        if not isinstance(content, dict):
+            raise errors.bad_json("Event content must be a JSON object")
+        redacts = content.get("redacts") if event_type == "m.room.redaction" else None
+        return self._build_event(room, requester.user_id, event_type, content, state_key, redacts)
 
     def send_events_nowait(self, requester: Requester, room_id: str,
                            items: list[tuple[str, dict[str, Any], str | None]]
@@ -621,10 +628,7 @@ class Rooms:
         rows = _Rows()
         for event_type, content, state_key in items:
             try:
-                if not isinstance(content, dict):
-                    raise errors.bad_json("Event content must be a JSON object")
-                redacts = content.get("redacts") if event_type == "m.room.redaction" else None
-                event = self._build_event(room, requester.user_id, event_type, content, state_key, redacts)
+                event = self._build_requested(room, requester, event_type, content, state_key)
             except errors.MatrixError as exc:
                 outcomes.append(exc)
                 continue
