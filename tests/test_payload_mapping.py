@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from bridges import payload_mapping
 from bridges.payload_mapping import (
     MAX_DEPTH,
     PayloadError,
@@ -581,3 +582,18 @@ def test_nan_inside_semantic_tag():
     assert j == {"$tag": [43000, [{"$f": "nan"}, {"$f": "1.0"}]]}
     back = from_event_value(j)
     assert math.isnan(back.real) and back.imag == 1.0
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=12), st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+    max_leaves=6).map(json.dumps)), st.sampled_from(["", " ", "\t\r\n "]))
+def test_the_json_sniff_never_turns_away_json(text: str, padding: str) -> None:
+    """Payloads that cannot start a JSON text skip the parse; anything the decoder accepts passes."""
+    candidate = padding + text
+    try:
+        payload_mapping._JSON_DECODER.decode(candidate)
+    except ValueError:
+        return
+    assert payload_mapping._may_be_json(candidate)
