@@ -445,3 +445,31 @@ def test_a_burst_then_an_abrupt_close_stores_what_was_read(gateway: GatewayProce
     stored = [t for t in texts if t.startswith("v")]
     assert stored and stored == [f"v{i}" for i in range(1, len(stored) + 1)]  # a prefix of what was sent, in order
     assert "Traceback" not in gateway.read_log()
+
+
+def test_a_qos0_flood_is_read_no_faster_than_it_is_stored(tmp_path: Any) -> None:
+    """A client writing QoS 0 publishes as fast as its socket takes them: the broker stops reading
+    while its backlog is full (reads handled in slices included), so its memory stays bounded,
+    and then stores everything in order (the QoS 1 marker after them is acknowledged)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gateway.toml").write_text("messages_per_second = 0\n")
+    with GatewayProcess(data) as gw:
+        gw.add_user("alice", PASSWORD)
+        raw = RawClient(gw.mqtt_port)
+        raw.send(_connect_v5("flood", "alice", PASSWORD))
+        assert raw.read_packet()[:1] == b"\x20"
+        raw.send(_publish_v5("flood/dev/x", b"room first", 1))  # the room exists before the flood
+        assert raw.read_packet()[:1] == b"\x40"
+        before = gw.rss_bytes()
+        flood = bytearray()
+        for i in range(60_000):  # QoS 0: no packet id; an empty property list; 8 bytes of payload
+            body = struct.pack(">H", 11) + b"flood/dev/x" + b"\x00" + b"%08d" % i
+            flood += b"\x30" + _varint(len(body)) + body
+        raw.send(bytes(flood))
+        raw.send(_publish_v5("flood/dev/x", b"marker", 2))
+        ack = raw.read_packet(timeout=120)
+        assert ack[:1] == b"\x40" and struct.unpack(">H", ack[2:4])[0] == 2
+        grown_mb = (gw.rss_bytes() - before) / 2**20
+        raw.close()
+    assert grown_mb < 20, f"resident memory grew {grown_mb:.1f} MB during a 60,000-message flood"

@@ -775,6 +775,7 @@ class ClientProtocol(asyncio.Protocol):
         self._will_done = False
         self._flush_soon = False
         self._backlog: deque[Any] = deque()  # events of a big read not handled yet (_handle)
+        self._backlog_scheduled = False
         # Publishes of one socket read to one room, started together (see _start_batch):
         # (event type, content, state key, publish).
         self._batch: list[tuple[str, dict[str, Any], str | None, Publish]] = []
@@ -793,14 +794,27 @@ class ClientProtocol(asyncio.Protocol):
         if events:
             if self._backlog:  # still working through an earlier read: these go after it
                 self._backlog.extend(events)
+                self._check_pressure()
             else:
                 self._handle(events)
         self.flush_out()
 
+    def _schedule_backlog(self) -> None:
+        if self._backlog and not self._backlog_scheduled:
+            self._backlog_scheduled = True
+            asyncio.get_running_loop().call_soon(self._resume_backlog)
+
     def _resume_backlog(self) -> None:
+        """The next slice of a big read, unless as many publishes as a client may have in flight
+        are still being stored: parsed packets wait (small), events are built only as the
+        writer keeps up (each is kilobytes until committed). _on_stored resumes it."""
+        self._backlog_scheduled = False
+        if len(self._acks) >= self.broker.settings.limits.receive_maximum:
+            return
         events = list(self._backlog)
         self._backlog.clear()
         self._handle(events)
+        self._check_pressure()
         self.flush_out()
 
     def eof_received(self) -> bool | None:
@@ -881,7 +895,7 @@ class ClientProtocol(asyncio.Protocol):
                     # the client refills its window instead of waiting for the whole read.
                     self._start_batch()
                     self._backlog.extend(events[index + 1:])
-                    asyncio.get_running_loop().call_soon(self._resume_backlog)
+                    self._schedule_backlog()
                     return
                 continue
             self._start_batch()  # whatever came before this event is under way first
@@ -1093,6 +1107,8 @@ class ClientProtocol(asyncio.Protocol):
                 if conn.state is State.CLOSED:
                     self._lost(publish_will=True)
         self._check_pressure()
+        if self._backlog and len(acks) < self.broker.settings.limits.receive_maximum // 2:
+            self._schedule_backlog()
         if not self._flush_soon:  # one write for all acknowledgements of a group commit
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush_later)
@@ -1105,7 +1121,7 @@ class ClientProtocol(asyncio.Protocol):
         """Stop reading a client whose publishes pile up (3.1.1 has no receive maximum)."""
         if self.transport is None or self._closed:
             return
-        backlog = len(self._acks) + len(self._waiting)
+        backlog = len(self._acks) + len(self._waiting) + len(self._backlog)
         limit = self.broker.settings.limits.receive_maximum
         if not self._paused and backlog >= limit:
             self._paused = True

@@ -122,6 +122,7 @@ class Database:
         assert self._loop is not None
         loop = self._loop
         stopping = False
+        nxt: Any = None
         while not stopping:
             item = self._queue.get()
             if item is None:
@@ -148,6 +149,9 @@ class Database:
                 self.batches_committed += 1
                 self.writes_committed += len(batch)
             loop.call_soon_threadsafe(_resolve, batch, outcomes)
+            # Drop this batch before waiting for the next: up to MAX_BATCH writes' rows (a burst's
+            # worth of event JSON) would otherwise stay resident for as long as the hub is idle.
+            item = nxt = batch = outcomes = None  # type: ignore[assignment]
 
     def _run_batch(self, fns: list[WriteFn]) -> list[tuple[bool, Any]]:
         conn = self._writer_conn
