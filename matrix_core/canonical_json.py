@@ -117,13 +117,11 @@ def encode_canonical_json(obj: Any) -> bytes:
     non-string keys, unsupported types, cycles and strings that are not valid Unicode
     (lone surrogates), since any of them would make two servers disagree about the bytes.
     """
-    try:
-        # Encoding first also proves the value acyclic and made of JSON-able types, which the
-        # validation walk below then relies on.
-        text = _CANONICAL_ENCODER.encode(obj)
-    except (TypeError, ValueError, RecursionError) as e:
-        raise CanonicalJSONError(f"value is not canonical JSON: {e}") from None
-    _check_value(obj)
+    return canonical_utf8(check_canonical_value(obj))
+
+
+def canonical_utf8(text: str) -> bytes:
+    """Canonical JSON text as bytes; a lone surrogate anywhere in it is a CanonicalJSONError."""
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -159,8 +157,11 @@ def encode_canonical_json_text(value: Any) -> str:
 
 
 def check_canonical_value(value: Any) -> str:
-    """Validate `value` as `encode_canonical_json` does and return its canonical JSON text."""
+    """Validate `value` as `encode_canonical_json` does and return its canonical JSON text
+    (not yet UTF-8: `canonical_utf8` refuses lone surrogates)."""
     try:
+        # Encoding first also proves the value acyclic and made of JSON-able types, which the
+        # validation walk below then relies on.
         text = _CANONICAL_ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as e:
         raise CanonicalJSONError(f"value is not canonical JSON: {e}") from None

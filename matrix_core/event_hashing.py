@@ -15,7 +15,7 @@ import hmac
 from typing import Any
 
 from .canonical_json import (
-    CanonicalJSONError,
+    canonical_utf8,
     check_canonical_value,
     encode_canonical_json,
     encode_canonical_json_parts,
@@ -219,7 +219,7 @@ def hash_sign_and_encode_new_event(
         return signed, event_id, encode_canonical_json_trusted(signed)
     parts = {k: (check_canonical_value(v) if k == "content" else encode_canonical_json_text(v))
              for k, v in pdu.items()}
-    covered = _utf8(encode_canonical_json_parts(parts))
+    covered = canonical_utf8(encode_canonical_json_parts(parts))
     content_hash = encode_base64(hashlib.sha256(covered).digest())
     parts["hashes"] = '{"sha256":"' + content_hash + '"}'
 
@@ -227,21 +227,15 @@ def hash_sign_and_encode_new_event(
     kept = {k: parts[k] for k in redacted if k in parts}
     kept["hashes"] = parts["hashes"]
     kept["content"] = encode_canonical_json_text(redacted["content"])
-    message = _utf8(encode_canonical_json_parts(kept))
+    message = canonical_utf8(encode_canonical_json_parts(kept))
     signature = encode_base64(key.sign(message))
     event_id = "$" + encode_base64(hashlib.sha256(message).digest(), urlsafe=True)
 
-    parts["signatures"] = encode_canonical_json_text({server_name: {key.key_id: signature}})
-    canonical = _utf8(encode_canonical_json_parts(parts))
-    signed = {**pdu, "hashes": {"sha256": content_hash}, "signatures": {server_name: {key.key_id: signature}}}
+    signatures = {server_name: {key.key_id: signature}}
+    parts["signatures"] = encode_canonical_json_text(signatures)
+    canonical = canonical_utf8(encode_canonical_json_parts(parts))
+    signed = {**pdu, "hashes": {"sha256": content_hash}, "signatures": signatures}
     return signed, event_id, canonical
-
-
-def _utf8(text: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as e:  # a lone surrogate somewhere in the content
-        raise CanonicalJSONError(f"string is not valid Unicode: {e}") from None
 
 
 def hash_and_sign_event(
