@@ -311,6 +311,7 @@ def test_listeners_are_off_by_default(gateway: GatewayProcess) -> None:
     assert "mqtt=mqtt://" in ready and "mqtts=" not in ready and "mqtt-ws=" not in ready
     config = (gateway.data_dir / "gateway.toml").read_text()
     assert "mqtt_tls_enabled = false" in config and "mqtt_ws_enabled = false" in config
+    assert "mqtt_wss_enabled = false" in config
     assert "mqtt_deny_subscribe = []" in config
     assert not (gateway.data_dir / "mqtt.key").exists()
 
@@ -320,6 +321,8 @@ def test_listeners_are_off_by_default(gateway: GatewayProcess) -> None:
     ('mqtt_deny_subscribe = ["a/#/b"]', "'a/#/b' is not a valid MQTT topic filter"),
     ('mqtt_tls_cert = "/nonexistent/cert.pem"', "mqtt_tls_cert: /nonexistent/cert.pem: no such file"),
     ('mqtt_ws_path = "mqtt"', "mqtt_ws_path must be a URL path"),
+    ("mqtt_wss_port = 70000", "mqtt_wss_port must be between 0 and 65535"),
+    ('mqtt_wss_enabled = "yes"', "mqtt_wss_enabled"),
 ])
 def test_bad_settings_are_refused_by_name(tmp_path: Path, line: str, message: str) -> None:
     data = tmp_path / "data"
