@@ -60,4 +60,5 @@ class Homeserver:
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
         self.stream.close()
+        await self.rooms.compactor.stop()
         await self.db.close()

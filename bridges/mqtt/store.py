@@ -12,7 +12,7 @@ import sqlite3
 import time
 from typing import Any
 
-from matrix_core.store import Database
+from matrix_core.store import Database, event_index
 
 from .packets import Subscription
 from .routing import Rule
@@ -114,7 +114,8 @@ async def load_room_bindings(db: Database, binding_type: str) -> list[tuple[str,
     """(room_id, state_key, content) of every current topic binding in every room. A read-only
     look at the core's current_state at start-up; later changes arrive on the event stream."""
     rows = await db.fetchall(
-        "SELECT c.room_id, c.state_key, e.json FROM current_state c JOIN events e ON e.event_id = c.event_id "
+        "SELECT c.room_id, c.state_key, e.json FROM current_state c "
+        f"JOIN events e ON {event_index.by_id('c.event_id', 'e')} "
         "WHERE c.type = ?",
         (binding_type,),
     )

@@ -14,6 +14,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Callable
 
+from matrix_core.store import event_index
+
 RETENTION_EVENT = "m.room.retention"
 DAY_MS = 86_400_000
 BATCH = 1000
@@ -36,7 +38,7 @@ def room_ages(conn: sqlite3.Connection, default_days: int) -> dict[str, int]:
     if default_days > 0:
         ages = {room_id: default_days * DAY_MS for (room_id,) in conn.execute("SELECT room_id FROM rooms")}
     for room_id, pdu_json in conn.execute(
-        "SELECT c.room_id, e.json FROM current_state c JOIN events e ON e.event_id = c.event_id "
+        f"SELECT c.room_id, e.json FROM current_state c JOIN events e ON {event_index.by_id('c.event_id', 'e')} "
         "WHERE c.type = ? AND c.state_key = ''", (RETENTION_EVENT,)
     ):
         lifetime = json.loads(pdu_json).get("content", {}).get("max_lifetime")
@@ -64,13 +66,16 @@ def count_purgeable(conn: sqlite3.Connection, room_id: str, cutoff_ms: int) -> i
 
 def purge_batch(conn: sqlite3.Connection, room_id: str, cutoff_ms: int, limit: int = BATCH) -> int:
     """Delete up to `limit` purgeable events of one room (inside the caller's transaction)."""
-    ids = [row[0] for row in conn.execute(
-        f"SELECT event_id {_PURGEABLE} ORDER BY stream_ordering LIMIT ?", (room_id, cutoff_ms, room_id, limit)
-    )]
-    if not ids:
+    rows = conn.execute(
+        f"SELECT stream_ordering, event_id {_PURGEABLE} ORDER BY stream_ordering LIMIT ?",
+        (room_id, cutoff_ms, room_id, limit),
+    ).fetchall()
+    if not rows:
         return 0
+    ids = [event_id for _, event_id in rows]
     marks = ",".join("?" * len(ids))
-    conn.execute(f"DELETE FROM events WHERE event_id IN ({marks})", ids)
+    # Their event-index entries stay until a merge drops them (lookups check the events row).
+    conn.execute(f"DELETE FROM events WHERE stream_ordering IN ({marks})", [pos for pos, _ in rows])
     conn.execute(f"DELETE FROM redactions WHERE redacted_event_id IN ({marks}) OR redaction_event_id IN ({marks})",
                  ids + ids)
     return len(ids)

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from .. import errors
+from ..store import event_index
 from ..events import Event
 from ..identifiers import server_of
 from .joins import make_membership_template, on_invite, on_send_membership
@@ -83,7 +84,8 @@ async def _state_before(hs: Any, origin: str, req: FederationRequest) -> tuple[A
     if not event_id:
         raise errors.missing_param("event_id is required")
     row = await hs.db.fetchone(
-        "SELECT state_group_before FROM events WHERE event_id = ? AND room_id = ? AND outlier = 0", (event_id, room_id)
+        f"SELECT state_group_before FROM events WHERE {event_index.BY_ID_PARAM} AND room_id = ?2 AND outlier = 0",
+        (event_id, room_id),
     )
     if row is None or row[0] is None:
         raise errors.not_found("no state known at that event")

@@ -23,7 +23,7 @@ from ..notifier import EventStream
 from ..room_presets import initial_state_events
 from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from ..signing import SigningKey
-from ..store import Database
+from ..store import Database, event_index
 from .accounts import Requester
 from .room_cache import MAX_STATE_CHAIN, RoomCache, StateKey
 
@@ -83,6 +83,7 @@ class Rooms:
         self.backfill: Callable[[str, int], Any] | None = None
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
+        self.compactor = event_index.Compactor(self.db.write)
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -94,13 +95,14 @@ class Rooms:
         self.stream.reset(last)
         row = await self.db.fetchone("SELECT MIN(stream_ordering) FROM events")
         self._next_backfill = min(-1, (row[0] or 0) - 1) if row else -1
+        self.compactor.note_position(self._next_stream)  # resumes a merge a stop interrupted
         row = await self.db.fetchone("SELECT MAX(id) FROM state_groups")
         self._next_state_group = (row[0] or 0) + 1 if row else 1
         for room_id, version in await self.db.fetchall("SELECT room_id, room_version FROM rooms"):
             self._room_versions[room_id] = KNOWN_ROOM_VERSIONS[version]
         for room_id, user_id, membership, pos in await self.db.fetchall(
             "SELECT c.room_id, c.state_key, c.membership, e.stream_ordering FROM current_state c "
-            "JOIN events e ON e.event_id = c.event_id WHERE c.type = 'm.room.member'"
+            f"JOIN events e ON {event_index.by_id('c.event_id', 'e')} WHERE c.type = 'm.room.member'"
         ):
             if user_id.endswith(":" + self.server_name):
                 self.memberships.setdefault(user_id, {})[room_id] = (membership, pos)
@@ -118,7 +120,7 @@ class Rooms:
             self._txns[txn_key] = event_id
         for redacted, redaction_id, room_id, pdu_json in await self.db.fetchall(
             "SELECT r.redacted_event_id, r.redaction_event_id, e.room_id, e.json FROM redactions r "
-            "JOIN events e ON e.event_id = r.redaction_event_id"
+            f"JOIN events e ON {event_index.by_id('r.redaction_event_id', 'e')}"
         ):
             self.redactions[redacted] = redaction_id
             self._redaction_events[redaction_id] = Event(
@@ -171,7 +173,7 @@ class Rooms:
                 "ORDER BY stream_ordering DESC LIMIT 1", (room_id,))
             room.extremities = [latest[0]] if latest else []
         rows = await self.db.fetchall(
-            "SELECT e.event_id, e.json FROM current_state c JOIN events e ON e.event_id = c.event_id "
+            f"SELECT e.event_id, e.json FROM current_state c JOIN events e ON {event_index.by_id('c.event_id', 'e')} "
             "WHERE c.room_id = ?",
             (room_id,),
         )
@@ -179,9 +181,9 @@ class Rooms:
             ev = Event(json.loads(pdu_json), event_id, version)
             room.state[(ev.type, ev.state_key or "")] = ev
         if room.extremities:
-            marks = ",".join("?" * len(room.extremities))
             depth_row = await self.db.fetchone(
-                f"SELECT MAX(depth) FROM events WHERE event_id IN ({marks})", room.extremities
+                f"SELECT MAX(depth) FROM events WHERE {event_index.by_ids()}",
+                (event_index.ids_param(room.extremities),),
             )
             room.depth = depth_row[0] or 0 if depth_row else 0
         if room.state_group is not None:
@@ -204,7 +206,8 @@ class Rooms:
     async def fetch_event(self, event_id: str) -> tuple[Event, int] | None:
         """An accepted, non-outlier event and its stream position, or None."""
         row = await self.db.fetchone(
-            "SELECT room_id, json, stream_ordering FROM events WHERE event_id = ? AND rejected_reason IS NULL",
+            f"SELECT room_id, json, stream_ordering FROM events WHERE {event_index.BY_ID_PARAM} "
+            "AND rejected_reason IS NULL",
             (event_id,),
         )
         if row is None:
@@ -340,7 +343,8 @@ class Rooms:
                 self._note_member(rows, ev, pos)
             room.extremities = [ev.event_id]
             room.depth = max(room.depth, ev.depth)
-            rows.add_event(pos, ev, room.state_group, before_group, txn_key if i == len(events) - 1 else None)
+            rows.add_event(pos, ev, room.state_group, before_group, txn_key if i == len(events) - 1 else None,
+                           fresh=True)
             self._cache_event(ev)
             self._remember_state_after(ev.event_id, room.state, room.state_group)
 
@@ -358,6 +362,7 @@ class Rooms:
 
     def _submit(self, room: RoomCache, rows: "_Rows") -> "asyncio.Future[Any]":
         fut = self.db.submit(rows.write)
+        self.compactor.note_position(self._next_stream)
 
         def on_committed(f: "asyncio.Future[Any]") -> None:
             if f.cancelled() or f.exception() is not None:
@@ -404,10 +409,9 @@ class Rooms:
             ids.append(event_id)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
             for event_id, room_id, pdu_json, outlier, rejected in await self.db.fetchall(
-                f"SELECT event_id, room_id, json, outlier, rejected_reason FROM events WHERE event_id IN ({marks})",
-                chunk,
+                f"SELECT event_id, room_id, json, outlier, rejected_reason FROM events WHERE {event_index.by_ids()}",
+                (event_index.ids_param(chunk),),
             ):
                 version = self._room_versions.get(room_id)
                 if version is not None:
@@ -428,7 +432,8 @@ class Rooms:
         if recent is not None:
             return dict(recent[0]), recent[1]
         row = await self.db.fetchone(
-            "SELECT state_group FROM events WHERE event_id = ? AND outlier = 0 AND rejected_reason IS NULL",
+            f"SELECT state_group FROM events WHERE {event_index.BY_ID_PARAM} AND outlier = 0 "
+            "AND rejected_reason IS NULL",
             (event_id,),
         )
         if row is None or row[0] is None:
@@ -937,9 +942,9 @@ class Rooms:
         version = self._room_versions[room_id]
         out: dict[StateKey, Event] = {}
         if ids:
-            marks = ",".join("?" * len(ids))
             rows = await self.db.fetchall(
-                f"SELECT event_id, json FROM events WHERE event_id IN ({marks})", list(ids.values())
+                f"SELECT event_id, json FROM events WHERE {event_index.by_ids()}",
+                (event_index.ids_param(list(ids.values())),),
             )
             by_id = {eid: Event(json.loads(j), eid, version) for eid, j in rows}
             for key, eid in ids.items():
@@ -1002,6 +1007,8 @@ class _Rows:
 
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
+        # Per event: built here just now (its id, a hash of new content, cannot be stored yet).
+        self.fresh: list[bool] = []
         self.groups: list[tuple[Any, ...]] = []
         self.entries: list[tuple[Any, ...]] = []
         self.current: list[tuple[Any, ...]] = []
@@ -1013,7 +1020,8 @@ class _Rows:
         self.room_update: tuple[str, int | None, str] | None = None
 
     def add_event(self, pos: int, ev: Event, group: int | None, before_group: int | None, txn_key: str | None,
-                  outlier: bool = False, rejected: str | None = None, announce: bool = True) -> None:
+                  outlier: bool = False, rejected: str | None = None, announce: bool = True,
+                  fresh: bool = False) -> None:
         if ev.canonical is not None:
             json_text = ev.canonical.decode()
             ev.release_canonical()  # the row has it now; cached events stay light
@@ -1023,25 +1031,51 @@ class _Rows:
             pos, ev.event_id, ev.room_id, ev.type, ev.state_key, ev.sender, ev.depth, ev.origin_server_ts,
             group, before_group, int(outlier), rejected, txn_key, json_text,
         ))
+        self.fresh.append(fresh)
         if ev.type == "m.room.redaction" and ev.redacts and not outlier and rejected is None:
             self.redactions.append((ev.redacts, ev.event_id))
         if announce and not outlier and rejected is None:
             self.notify.append((pos, ev))
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        if self.new_room is not None:
-            conn.execute("INSERT INTO rooms (room_id, room_version, creator) VALUES (?, ?, ?)", self.new_room)
-        # An event first stored as an outlier (an auth event we fetched) is placed for real later:
-        # the upsert turns the outlier row into a timeline one; any other duplicate is ignored.
+    def _write_events(self, conn: sqlite3.Connection) -> None:
+        """Insert the events and index their ids. An event that came from elsewhere may be stored
+        already: an outlier (an auth event we fetched) placed for real later becomes a timeline
+        row at its new position; any other duplicate is ignored."""
+        rows: list[tuple[Any, ...]] = []
+        indexed: list[tuple[str, int]] = []
+        seen: set[str] = set()
+        for row, fresh in zip(self.events, self.fresh):
+            pos, event_id, outlier = row[0], row[1], row[10]
+            if not fresh:
+                if event_id in seen:
+                    continue
+                stored = conn.execute(
+                    f"SELECT stream_ordering, outlier FROM events WHERE {event_index.BY_ID_PARAM}", (event_id,)
+                ).fetchone()
+                if stored is not None:
+                    if stored[1] == 1 and outlier == 0:
+                        conn.execute(
+                            "UPDATE events SET stream_ordering = ?, state_group = ?, state_group_before = ?, "
+                            "outlier = 0, rejected_reason = ? WHERE stream_ordering = ?",
+                            (pos, row[8], row[9], row[11], stored[0]),
+                        )
+                        indexed.append((event_id, pos))
+                    continue
+            seen.add(event_id)
+            rows.append(row)
+            indexed.append((event_id, pos))
         conn.executemany(
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, "
             "origin_server_ts, state_group, state_group_before, outlier, rejected_reason, txn_key, json) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(event_id) DO UPDATE SET "
-            "stream_ordering = excluded.stream_ordering, state_group = excluded.state_group, "
-            "state_group_before = excluded.state_group_before, outlier = excluded.outlier, "
-            "rejected_reason = excluded.rejected_reason WHERE events.outlier = 1 AND excluded.outlier = 0",
-            self.events,
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
         )
+        event_index.add(conn, indexed)
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        if self.new_room is not None:
+            conn.execute("INSERT INTO rooms (room_id, room_version, creator) VALUES (?, ?, ?)", self.new_room)
+        self._write_events(conn)
         if self.groups:
             conn.executemany(
                 "INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES (?,?,?,?)", self.groups

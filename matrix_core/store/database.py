@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 
 import aiosqlite
 
+from . import event_index
 from .migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ def configure_connection(conn: sqlite3.Connection, synchronous: str = "FULL") ->
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA secure_delete=OFF")  # freed pages (merged index runs) are not rewritten
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    event_index.register(conn)
 
 
 def open_sync(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -77,6 +80,7 @@ class Database:
         self.reader = await aiosqlite.connect(self.path)
         await self.reader.execute("PRAGMA busy_timeout=10000")
         await self.reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        await self.reader.create_function("event_key", 1, event_index.event_key, deterministic=True)
         self._writer_thread = threading.Thread(target=self._writer_main, name="db-writer", daemon=True)
         self._writer_thread.start()
 

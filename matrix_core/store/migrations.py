@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from .event_index import EPOCH_BITS, schema_sql as event_index_schema
+
 CORE_MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -98,6 +100,39 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
             json TEXT NOT NULL,
             PRIMARY KEY (user_id, filter_id)
         );
+        """,
+    ),
+    # Event ids move from a UNIQUE index (one random page rewritten per stored event) to the
+    # log-structured index of store/event_index.py; the table is rebuilt to drop the constraint.
+    (
+        2,
+        """
+        CREATE TABLE events_v2 (
+            stream_ordering INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            state_key TEXT,
+            sender TEXT NOT NULL,
+            depth INTEGER NOT NULL,
+            origin_server_ts INTEGER NOT NULL,
+            state_group INTEGER,
+            state_group_before INTEGER,
+            outlier INTEGER NOT NULL DEFAULT 0,
+            rejected_reason TEXT,
+            txn_key TEXT,
+            json TEXT NOT NULL
+        );
+        INSERT INTO events_v2 SELECT * FROM events;
+        DROP TABLE events;
+        ALTER TABLE events_v2 RENAME TO events;
+        CREATE INDEX events_room_stream ON events (room_id, stream_ordering);
+        """
+        + event_index_schema()
+        + f"""
+        INSERT INTO event_index_runs (level, run) SELECT DISTINCT 0, stream_ordering >> {EPOCH_BITS} FROM events;
+        INSERT INTO event_index_0 (run, key, pos)
+            SELECT stream_ordering >> {EPOCH_BITS}, event_key(event_id), stream_ordering FROM events;
         """,
     ),
 ]
