@@ -175,7 +175,8 @@ def _start_merge(conn: sqlite3.Connection) -> bool:
     for level, run in conn.execute("SELECT level, run FROM event_index_runs"):
         runs_by_level.setdefault(level, []).append(run)
     low, high = conn.execute("SELECT MIN(stream_ordering), MAX(stream_ordering) FROM events").fetchone()
-    open_epochs = {epoch_of(p) for p in (low, high) if p is not None}
+    # Where the next positions go: after the newest, and below the oldest (backfill, always < 0).
+    open_epochs = {epoch_of(high or 0), epoch_of(min(-1, (low or 0) - 1))}
     picked = pick_merge(runs_by_level, open_epochs)
     if picked is None:
         return False
