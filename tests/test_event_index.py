@@ -1,6 +1,7 @@
-"""The event-id index (matrix_core/store/event_index.py): pure merge logic, and the index on a real
-SQLite file: every stored id is found at every moment of a compaction, purged ids drop out, a
-database from before the index is migrated, and a commit of many events dirties few index pages."""
+"""The event index (matrix_core/store/event_index.py): pure merge logic, and the index on a real
+SQLite file: every stored id and every room page is found at every moment (edges not yet indexed,
+indexing steps, merges), purged events drop out, late positions inside the span are indexed at
+once, a database from before the index is migrated, and storing events writes no index page."""
 from __future__ import annotations
 
 import random
@@ -15,6 +16,8 @@ from matrix_core.store import event_index as ix
 from matrix_core.store.database import open_sync
 from matrix_core.store.migrations import CORE_MIGRATIONS
 
+ROOMS = ["!a:hub", "!b:hub", "!c:hub"]
+
 
 def test_event_key_is_stable_and_48_bit() -> None:
     key = ix.event_key("$abc")
@@ -22,20 +25,11 @@ def test_event_key_is_stable_and_48_bit() -> None:
     assert ix.event_key("$abd") != key
 
 
-def test_epochs_floor_like_sqlite() -> None:
-    conn = sqlite3.connect(":memory:")
-    for pos in (-2049, -1025, -1024, -1, 0, 1023, 1024, 5000):
-        (sql,) = conn.execute(f"SELECT {pos} >> {ix.EPOCH_BITS}").fetchone()
-        assert ix.epoch_of(pos) == sql
-
-
-def test_pick_merge_skips_open_epochs_and_picks_the_lowest_full_level() -> None:
-    closed = list(range(ix.RUNS_PER_LEVEL - 1))
-    assert ix.pick_merge({0: closed + [99]}, open_epochs={99}) is None
-    assert ix.pick_merge({0: closed + [7, 99]}, open_epochs={99}) == (1, closed + [7])
+def test_pick_merge_picks_the_lowest_full_level_and_never_the_top() -> None:
+    assert ix.pick_merge({0: list(range(ix.RUNS_PER_LEVEL - 1))}) is None
     full = list(range(1, ix.RUNS_PER_LEVEL + 1))
-    assert ix.pick_merge({0: [5], 2: full, 3: full}, open_epochs={5}) == (3, full)
-    assert ix.pick_merge({ix.LEVELS - 1: full * 2}, open_epochs=set()) is None  # the top level only gathers
+    assert ix.pick_merge({0: [5], 2: full, 3: full}) == (3, full)
+    assert ix.pick_merge({ix.LEVELS - 1: full * 2}) is None  # the top level only gathers
 
 
 @settings(max_examples=200, deadline=None)
@@ -64,73 +58,96 @@ def _db(tmp_path: Path) -> sqlite3.Connection:
     return open_sync(tmp_path / "db.sqlite")
 
 
-def _store(conn: sqlite3.Connection, positions: list[int]) -> dict[str, int]:
-    """Bare events rows plus their index entries, as the rooms service writes them."""
+def _store(conn: sqlite3.Connection, positions: list[int], late: bool = False) -> dict[str, int]:
+    """Bare events rows (rooms in turn), as the rooms service writes them: not indexed, unless
+    `late` (then as events from elsewhere, which index_late looks at)."""
     ids = {f"${pos}:{random.random()}": pos for pos in positions}
+    rows = [(pos, eid, ROOMS[pos % len(ROOMS)]) for eid, pos in ids.items()]
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth, origin_server_ts, json) "
-        "VALUES (?, ?, '!r:hub', 'm.room.message', '@u:hub', 1, 0, '{}')",
-        [(pos, eid) for eid, pos in ids.items()],
-    )
-    ix.add(conn, list(ids.items()))
+        "VALUES (?, ?, ?, 'm.room.message', '@u:hub', 1, 0, '{}')", rows)
+    if late:
+        ix.index_late(conn, rows)
     conn.execute("COMMIT")
     return ids
 
 
-def _step(conn: sqlite3.Connection, limit: int) -> bool:
+def _step(conn: sqlite3.Connection, limit: int = ix.CHUNK, tail: int = ix.TAIL) -> bool:
     conn.execute("BEGIN")
-    more = ix.compact_step(conn, limit)
+    more = ix.compact_step(conn, limit, tail)
     conn.execute("COMMIT")
     return more
 
 
 def _all_found(conn: sqlite3.Connection, ids: dict[str, int]) -> None:
-    sample = list(ids.items())
-    for event_id, pos in sample:
+    for event_id, pos in ids.items():
         assert ix.find(conn, event_id) == [pos], event_id
     found = conn.execute(f"SELECT event_id, stream_ordering FROM events WHERE {ix.by_ids()}",
-                         (ix.ids_param(list(ids)),)).fetchall()
+                         (ix.ids_param(ids),)).fetchall()
     assert dict(found) == ids
 
 
-def test_every_id_is_found_at_every_step_of_compaction_while_events_keep_arriving(tmp_path: Path) -> None:
+def _rooms_paged_right(conn: sqlite3.Connection) -> None:
+    """A few pages of each room, both ways, against the same query without the index."""
+    for room in ROOMS:
+        for order in ("ASC", "DESC"):
+            upto = random.randint(-50, 20_000)
+            sql = ix.room_events("e.stream_ordering, e.event_id", "?1", "{pos} <= ?2", order, "?3")
+            got = conn.execute(sql, (room, upto, 7)).fetchall()
+            want = conn.execute(
+                f"SELECT stream_ordering, event_id FROM events NOT INDEXED WHERE room_id = ? AND stream_ordering <= ? "
+                f"ORDER BY stream_ordering {order} LIMIT 7", (room, upto)).fetchall()
+            assert got == want, (room, order, upto)
+
+
+def test_every_id_and_room_page_is_found_at_every_step_while_events_keep_arriving(tmp_path: Path) -> None:
     conn = _db(tmp_path)
-    epoch = 1 << ix.EPOCH_BITS
+    tail = 40
     ids: dict[str, int] = {}
-    next_pos = 1
+    next_pos, next_back = 1, -1
     steps = 0
-    # Enough epochs for level 0 to merge twice and level 1 once.
-    for _ in range(ix.RUNS_PER_LEVEL * ix.RUNS_PER_LEVEL + 2):
-        ids.update(_store(conn, list(range(next_pos, next_pos + epoch))))
-        next_pos += epoch
-        while _step(conn, limit=700):  # small chunks: many intermediate states
+    # Enough edges for level 0 to merge several times and level 1 once.
+    for round_no in range(ix.RUNS_PER_LEVEL * ix.RUNS_PER_LEVEL + 3):
+        ids.update(_store(conn, list(range(next_pos, next_pos + tail))))
+        next_pos += tail
+        if round_no % 5 == 0:  # backfill below everything, oldest first
+            ids.update(_store(conn, list(range(next_back - tail + 1, next_back + 1))))
+            next_back -= tail
+        while _step(conn, limit=23, tail=tail):  # small chunks: many intermediate states
             steps += 1
             if steps % 7 == 0:
-                ids.update(_store(conn, [next_pos]))  # a send between two steps of a merge
+                ids.update(_store(conn, [next_pos]))  # a send between two steps
                 next_pos += 1
-                probe = random.sample(list(ids.items()), 50)
-                _all_found(conn, dict(probe))
+                _all_found(conn, dict(random.sample(list(ids.items()), 30)))
+                _rooms_paged_right(conn)
     _all_found(conn, ids)
+    _rooms_paged_right(conn)
+    lo, hi = ix.span(conn)
+    assert lo < -tail and hi > next_pos - 2 * tail  # both edges were indexed
     runs = dict(conn.execute("SELECT level, COUNT(*) FROM event_index_runs GROUP BY level").fetchall())
     assert runs.get(2) == 1, runs  # RUNS_PER_LEVEL level-1 runs became one level-2 run
-    assert all(count <= ix.RUNS_PER_LEVEL + 1 for count in runs.values()), runs
-    # Merged levels were emptied: no entry is held twice.
+    assert all(count < ix.RUNS_PER_LEVEL for count in runs.values()), runs
+    # Merged levels were emptied: no id is held twice; the room index holds each indexed event once.
     entries = sum(conn.execute(f"SELECT COUNT(*) FROM event_index_{level}").fetchone()[0]
                   for level in range(ix.LEVELS))
-    assert entries == len(ids)
+    indexed = sum(1 for pos in ids.values() if lo <= pos <= hi)
+    assert entries == indexed
+    assert conn.execute("SELECT COUNT(*) FROM room_index").fetchone() == (indexed,)
 
 
 def test_a_merge_interrupted_by_a_stop_resumes(tmp_path: Path) -> None:
     conn = _db(tmp_path)
-    epoch = 1 << ix.EPOCH_BITS
-    ids = _store(conn, list(range(1, epoch * (ix.RUNS_PER_LEVEL + 2))))
-    assert _step(conn, 500) and _step(conn, 500)  # planned, then one chunk copied
+    ids: dict[str, int] = {}
+    for start in range(1, 100 * (ix.RUNS_PER_LEVEL + 1), 100):
+        ids.update(_store(conn, list(range(start, start + 100))))
+        assert _step(conn, tail=100)  # indexes this edge
+    assert _step(conn, 50) and _step(conn, 50)  # a merge planned, then one chunk copied
     conn.close()
     conn = _db(tmp_path)
     assert conn.execute("SELECT COUNT(*) FROM event_index_merge").fetchone() == (1,)
     _all_found(conn, ids)
-    while _step(conn, 500):
+    while _step(conn, 50, tail=100):
         pass
     assert conn.execute("SELECT COUNT(*) FROM event_index_runs WHERE level = 1").fetchone() == (1,)
     _all_found(conn, ids)
@@ -138,22 +155,42 @@ def test_a_merge_interrupted_by_a_stop_resumes(tmp_path: Path) -> None:
 
 def test_purged_events_are_not_found_and_merges_drop_their_entries(tmp_path: Path) -> None:
     conn = _db(tmp_path)
-    epoch = 1 << ix.EPOCH_BITS
-    ids = _store(conn, list(range(1, epoch * (ix.RUNS_PER_LEVEL + 1))))
-    purged = [eid for eid, pos in ids.items() if pos % 3 == 0]
+    ids: dict[str, int] = {}
+    for start in range(1, 100 * ix.RUNS_PER_LEVEL + 1, 100):
+        ids.update(_store(conn, list(range(start, start + 100))))
+        _step(conn, tail=100)
+    purged = {eid: pos for eid, pos in ids.items() if pos % 3 == 0}
     conn.execute("DELETE FROM events WHERE stream_ordering % 3 = 0")
-    assert ix.find(conn, purged[0]) == []
-    while _step(conn, 4096):
+    for room in ROOMS:
+        ix.forget(conn, room, list(purged.values()))
+    assert ix.find(conn, next(iter(purged))) == []
+    while _step(conn, tail=100):
         pass
     (level1,) = conn.execute("SELECT COUNT(*) FROM event_index_1").fetchone()
-    assert level1 == sum(1 for pos in ids.values() if pos % 3 and 0 <= ix.epoch_of(pos) < ix.RUNS_PER_LEVEL)
+    assert level1 == len(ids) - len(purged)
+    assert conn.execute("SELECT COUNT(*) FROM room_index").fetchone() == (len(ids) - len(purged),)
     _all_found(conn, {eid: pos for eid, pos in ids.items() if pos % 3})
+    _rooms_paged_right(conn)
 
 
-def test_backfilled_positions_are_indexed_too(tmp_path: Path) -> None:
+def test_edges_are_found_before_they_are_indexed(tmp_path: Path) -> None:
     conn = _db(tmp_path)
-    ids = _store(conn, list(range(-3000, 0)) + list(range(1, 50)))
+    ids = _store(conn, list(range(-300, 0)) + list(range(1, 50)))
+    assert ix.span(conn) == (0, 0) and not _step(conn, tail=1000)
     _all_found(conn, ids)
+    _rooms_paged_right(conn)
+
+
+def test_a_late_position_inside_the_span_is_indexed_at_once(tmp_path: Path) -> None:
+    """Backfill reserves positions below everything and may store them after that edge was
+    indexed: such an event is indexed as it is stored, not lost between span and edge."""
+    conn = _db(tmp_path)
+    ids = _store(conn, [p for p in range(-200, 0) if p != -150])
+    assert _step(conn, tail=100)
+    assert ix.span(conn)[0] == -200
+    late = _store(conn, [-150], late=True)
+    _all_found(conn, {**ids, **late})
+    _rooms_paged_right(conn)
 
 
 def test_a_database_from_before_the_index_is_migrated(tmp_path: Path) -> None:
@@ -166,15 +203,17 @@ def test_a_database_from_before_the_index_is_migrated(tmp_path: Path) -> None:
     old.execute("INSERT INTO schema_versions VALUES ('core', 1)")
     old.executemany(
         "INSERT INTO events (stream_ordering, event_id, room_id, type, sender, depth, origin_server_ts, json) "
-        "VALUES (?, ?, '!r:hub', 'm.room.message', '@u:hub', 1, 0, '{}')",
-        [(pos, f"$old{pos}") for pos in range(-5, 2500) if pos],
+        "VALUES (?, ?, ?, 'm.room.message', '@u:hub', 1, 0, '{}')",
+        [(pos, f"$old{pos}", ROOMS[pos % len(ROOMS)]) for pos in range(-5, 2500) if pos],
     )
     old.close()
     conn = open_sync(path)
+    assert ix.span(conn) == (-5, 2499)
     _all_found(conn, {f"$old{pos}": pos for pos in range(-5, 2500) if pos})
+    _rooms_paged_right(conn)
     assert conn.execute("SELECT version FROM schema_versions WHERE component = 'core'").fetchone()[0] >= 2
-    # The constraint is gone with the old table: the index is what finds ids now.
-    assert not [row for row in conn.execute("PRAGMA index_list(events)") if row[2]]
+    # The old indexes are gone with the old table: only the rowid finds events rows now.
+    assert conn.execute("PRAGMA index_list(events)").fetchall() == []
 
 
 def _wal_pages(wal: Path) -> list[int]:
@@ -187,14 +226,24 @@ def _wal_pages(wal: Path) -> list[int]:
     return pages
 
 
-def test_a_commit_of_many_events_dirties_few_index_pages(tmp_path: Path) -> None:
-    """The point of the index: ids are random, but one commit's entries share their epoch's pages."""
+def _index_pages(conn: sqlite3.Connection) -> set[int]:
+    return {page for (page,) in conn.execute(
+        "SELECT pageno FROM dbstat WHERE name LIKE 'event_index%' OR name LIKE 'room_index%'")}
+
+
+def test_storing_events_writes_no_index_page_and_indexing_writes_few(tmp_path: Path) -> None:
+    """The point of the index: events are stored without touching it; an edge is indexed in one
+    write whose pages are mostly new ones, filled in order."""
     conn = _db(tmp_path)
     for start in range(1, 20_001, 1000):  # an index large enough for random keys to spread out
         _store(conn, list(range(start, start + 1000)))
+        while _step(conn):
+            pass
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     _store(conn, list(range(20_001, 20_101)))  # one commit of 100 events
-    index_pages = {page for (page,) in conn.execute(
-        "SELECT pageno FROM dbstat WHERE name LIKE 'event_index%' OR name LIKE 'sqlite_autoindex_event_index%'")}
-    written = [p for p in _wal_pages(tmp_path / "db.sqlite-wal") if p in index_pages]
-    assert len(written) <= 6, written  # a UNIQUE index on event_id rewrote ~100 pages here
+    assert not set(_wal_pages(tmp_path / "db.sqlite-wal")) & _index_pages(conn)
+    _store(conn, list(range(20_101, 21_025)))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert _step(conn)  # 1,024 events indexed at once
+    written = [p for p in _wal_pages(tmp_path / "db.sqlite-wal") if p in _index_pages(conn)]
+    assert len(written) <= 40, written  # per-event indexes rewrote at least one page per event: 1,024+

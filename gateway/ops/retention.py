@@ -49,33 +49,41 @@ def room_ages(conn: sqlite3.Connection, default_days: int) -> dict[str, int]:
     return ages
 
 
+# Purgeable: a room's non-state events older than the cutoff (?2), except the newest event of the
+# stream and the room's forward extremities ("[]" in the rooms row means its newest placed event is
+# its only one, which ?3, the room's newest timeline position, keeps).
 _PURGEABLE = (
-    "FROM events WHERE room_id = ? AND state_key IS NULL AND origin_server_ts < ? "
-    "AND stream_ordering < (SELECT MAX(stream_ordering) FROM events) "
-    "AND event_id NOT IN (SELECT value FROM json_each((SELECT forward_extremities FROM rooms WHERE room_id = ?)))"
-    # "[]" in the rooms row means the room's newest placed event is its only extremity: keep it.
-    "AND stream_ordering < (SELECT MAX(stream_ordering) FROM events e2 WHERE e2.room_id = events.room_id "
-    "AND e2.outlier = 0 AND e2.rejected_reason IS NULL)"
+    "e.state_key IS NULL AND e.origin_server_ts < ?2 AND {pos} < ?3 "
+    "AND {pos} < (SELECT MAX(stream_ordering) FROM events) "
+    "AND e.event_id NOT IN (SELECT value FROM json_each((SELECT forward_extremities FROM rooms WHERE room_id = ?1)))"
 )
 
 
+def _newest_placed(conn: sqlite3.Connection, room_id: str) -> int:
+    row = conn.execute(event_index.room_events("e.stream_ordering", "?1", event_index.TIMELINE, "DESC", "1"),
+                       (room_id,)).fetchone()
+    return int(row[0]) if row else -(2 ** 62)
+
+
 def count_purgeable(conn: sqlite3.Connection, room_id: str, cutoff_ms: int) -> int:
-    (n,) = conn.execute(f"SELECT COUNT(*) {_PURGEABLE}", (room_id, cutoff_ms, room_id)).fetchone()
+    sql = event_index.room_events("e.stream_ordering", "?1", _PURGEABLE)
+    (n,) = conn.execute(f"SELECT COUNT(*) FROM ({sql})", (room_id, cutoff_ms, _newest_placed(conn, room_id))).fetchone()
     return int(n)
 
 
 def purge_batch(conn: sqlite3.Connection, room_id: str, cutoff_ms: int, limit: int = BATCH) -> int:
     """Delete up to `limit` purgeable events of one room (inside the caller's transaction)."""
     rows = conn.execute(
-        f"SELECT stream_ordering, event_id {_PURGEABLE} ORDER BY stream_ordering LIMIT ?",
-        (room_id, cutoff_ms, room_id, limit),
+        event_index.room_events("e.stream_ordering, e.event_id", "?1", _PURGEABLE, "ASC", "?4"),
+        (room_id, cutoff_ms, _newest_placed(conn, room_id), limit),
     ).fetchall()
     if not rows:
         return 0
     ids = [event_id for _, event_id in rows]
+    positions = [pos for pos, _ in rows]
     marks = ",".join("?" * len(ids))
-    # Their event-index entries stay until a merge drops them (lookups check the events row).
-    conn.execute(f"DELETE FROM events WHERE stream_ordering IN ({marks})", [pos for pos, _ in rows])
+    conn.execute(f"DELETE FROM events WHERE stream_ordering IN ({marks})", positions)
+    event_index.forget(conn, room_id, positions)
     conn.execute(f"DELETE FROM redactions WHERE redacted_event_id IN ({marks}) OR redaction_event_id IN ({marks})",
                  ids + ids)
     return len(ids)

@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import errors
 from ..identifiers import server_of
+from ..store import event_index
 from . import endpoints  # noqa: F401  (registers the room endpoints on the route table)
 from .client import federation_path
 from .inbound import InboundEvents, PDUError
@@ -70,11 +71,10 @@ class FederationService:
         if not servers:
             return False
         row = await hs.db.fetchone(
-            "SELECT json FROM events WHERE room_id = ? AND outlier = 0 AND rejected_reason IS NULL "
-            "ORDER BY stream_ordering ASC LIMIT 1", (room_id,))
+            event_index.room_events("e.stream_ordering, e.json", "?1", event_index.TIMELINE, "ASC", "1"), (room_id,))
         if row is None:
             return False
-        oldest = json.loads(row[0])
+        oldest = json.loads(row[1])
         if oldest.get("type") == "m.room.create" or not oldest.get("prev_events"):
             return False
         known = await hs.rooms.get_events_any(oldest["prev_events"])

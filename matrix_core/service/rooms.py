@@ -95,7 +95,7 @@ class Rooms:
         self.stream.reset(last)
         row = await self.db.fetchone("SELECT MIN(stream_ordering) FROM events")
         self._next_backfill = min(-1, (row[0] or 0) - 1) if row else -1
-        self.compactor.note_position(self._next_stream)  # resumes a merge a stop interrupted
+        self.compactor.note_positions(self._next_stream, self._next_backfill)  # resumes interrupted work
         row = await self.db.fetchone("SELECT MAX(id) FROM state_groups")
         self._next_state_group = (row[0] or 0) + 1 if row else 1
         for room_id, version in await self.db.fetchall("SELECT room_id, room_version FROM rooms"):
@@ -169,9 +169,8 @@ class Rooms:
                          stored_extremities=row[0], stored_group=row[1])
         if not room.extremities:
             latest = await self.db.fetchone(
-                "SELECT event_id FROM events WHERE room_id = ? AND outlier = 0 AND rejected_reason IS NULL "
-                "ORDER BY stream_ordering DESC LIMIT 1", (room_id,))
-            room.extremities = [latest[0]] if latest else []
+                event_index.room_events("e.stream_ordering, e.event_id", "?1", event_index.TIMELINE, "DESC", "1"), (room_id,))
+            room.extremities = [latest[1]] if latest else []
         rows = await self.db.fetchall(
             f"SELECT e.event_id, e.json FROM current_state c JOIN events e ON {event_index.by_id('c.event_id', 'e')} "
             "WHERE c.room_id = ?",
@@ -360,9 +359,13 @@ class Rooms:
         if ev.type == "m.room.member" and ev.state_key and ev.state_key.endswith(":" + self.server_name):
             rows.member_updates.append((ev.state_key, ev.membership or "leave", pos))
 
-    def _submit(self, room: RoomCache, rows: "_Rows") -> "asyncio.Future[Any]":
+    def _submit_rows(self, rows: "_Rows") -> "asyncio.Future[Any]":
         fut = self.db.submit(rows.write)
-        self.compactor.note_position(self._next_stream)
+        self.compactor.note_positions(self._next_stream, self._next_backfill)
+        return fut
+
+    def _submit(self, room: RoomCache, rows: "_Rows") -> "asyncio.Future[Any]":
+        fut = self._submit_rows(rows)
 
         def on_committed(f: "asyncio.Future[Any]") -> None:
             if f.cancelled() or f.exception() is not None:
@@ -491,12 +494,12 @@ class Rooms:
             self._outlier_cache[ev.event_id] = ev
             if len(self._outlier_cache) > EVENT_CACHE_SIZE:
                 self._outlier_cache.popitem(last=False)
-        return self.db.submit(rows.write)
+        return self._submit_rows(rows)
 
     def enqueue_rejected(self, ev: Event, reason: str) -> "asyncio.Future[Any]":
         rows = _Rows()
         rows.add_event(self._alloc_position(True), ev, None, None, None, rejected=reason, announce=False)
-        return self.db.submit(rows.write)
+        return self._submit_rows(rows)
 
     async def place_federated_event(self, room: RoomCache, ev: Event, state_before: dict[StateKey, Event],
                                     before_group: int | None, soft_failed: bool = False,
@@ -921,13 +924,13 @@ class Rooms:
     async def state_at(self, room_id: str, position: int) -> dict[StateKey, Event]:
         """The room state after the event at `position` (walks the state-group delta chain)."""
         row = await self.db.fetchone(
-            "SELECT state_group FROM events WHERE room_id = ? AND stream_ordering <= ? AND state_group IS NOT NULL "
-            "ORDER BY stream_ordering DESC LIMIT 1",
+            event_index.room_events("e.stream_ordering, e.state_group", "?1",
+                                    "{pos} <= ?2 AND e.state_group IS NOT NULL", "DESC", "1"),
             (room_id, position),
         )
         if row is None:
             return {}
-        return await self.load_state_group(room_id, row[0])
+        return await self.load_state_group(room_id, row[1])
 
     async def load_state_group(self, room_id: str, group: int) -> dict[StateKey, Event]:
         ids: dict[StateKey, str] = {}
@@ -965,9 +968,8 @@ class Rooms:
         lower = after if after is not None else -(2**62)
         order = "ASC" if forwards else "DESC"
         rows = await self.db.fetchall(
-            "SELECT stream_ordering, event_id, room_id, json FROM events WHERE room_id = ? AND stream_ordering > ? "
-            f"AND stream_ordering <= ? AND outlier = 0 AND rejected_reason IS NULL ORDER BY stream_ordering {order} "
-            "LIMIT ?",
+            event_index.room_events("e.stream_ordering, e.event_id, e.room_id, e.json", "?1",
+                                    f"{{pos}} > ?2 AND {{pos}} <= ?3 AND {event_index.TIMELINE}", order, "?4"),
             (room_id, lower, upto, limit),
         )
         return self.rows_to_events(rows)
@@ -1038,11 +1040,12 @@ class _Rows:
             self.notify.append((pos, ev))
 
     def _write_events(self, conn: sqlite3.Connection) -> None:
-        """Insert the events and index their ids. An event that came from elsewhere may be stored
-        already: an outlier (an auth event we fetched) placed for real later becomes a timeline
-        row at its new position; any other duplicate is ignored."""
+        """Insert the events. An event that came from elsewhere may be stored already: an outlier
+        (an auth event we fetched) placed for real later becomes a timeline row at its new
+        position; any other duplicate is ignored. New events are indexed later, in bulk
+        (store/event_index.py); one from elsewhere may have a position the index covers."""
         rows: list[tuple[Any, ...]] = []
-        indexed: list[tuple[str, int]] = []
+        arrived: list[tuple[int, str, str]] = []  # stored now, not built here: maybe inside the span
         seen: set[str] = set()
         for row, fresh in zip(self.events, self.fresh):
             pos, event_id, outlier = row[0], row[1], row[10]
@@ -1059,18 +1062,18 @@ class _Rows:
                             "outlier = 0, rejected_reason = ? WHERE stream_ordering = ?",
                             (pos, row[8], row[9], row[11], stored[0]),
                         )
-                        indexed.append((event_id, pos))
+                        arrived.append((pos, event_id, row[2]))
                     continue
+                arrived.append((pos, event_id, row[2]))
             seen.add(event_id)
             rows.append(row)
-            indexed.append((event_id, pos))
         conn.executemany(
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, "
             "origin_server_ts, state_group, state_group_before, outlier, rejected_reason, txn_key, json) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
-        event_index.add(conn, indexed)
+        event_index.index_late(conn, arrived)
 
     def write(self, conn: sqlite3.Connection) -> None:
         if self.new_room is not None:

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
+# A queued write: the function, its future, and the monotonic time by which it must be committed.
+_Write = tuple[WriteFn, "asyncio.Future[Any]", float]
 
 MAX_BATCH = 512
 # SQLite's page cache per connection (KiB; its default is 2000). The kernel's page cache already
@@ -66,8 +68,8 @@ class Database:
         # reading), at that much added latency.
         self.commit_window = commit_window
         self._writer_conn: sqlite3.Connection | None = None
-        self._queue: queue.SimpleQueue[list[tuple[WriteFn, asyncio.Future[Any]]] | None] = queue.SimpleQueue()
-        self._pending: list[tuple[WriteFn, asyncio.Future[Any]]] = []
+        self._queue: queue.SimpleQueue[list[_Write] | None] = queue.SimpleQueue()
+        self._pending: list[_Write] = []
         self._writer_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reader: aiosqlite.Connection | None = None
@@ -100,8 +102,12 @@ class Database:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def submit(self, fn: WriteFn) -> "asyncio.Future[Any]":
-        """Queue `fn(conn)` for the next group commit; the future resolves after COMMIT."""
+    def submit(self, fn: WriteFn, delay: float = 0.0) -> "asyncio.Future[Any]":
+        """Queue `fn(conn)` for the next group commit; the future resolves after COMMIT.
+
+        `delay`: seconds the commit may wait for more writes to share it. Only for writes nobody
+        is waiting to see acknowledged (an MQTT QoS 0 publish): fewer, larger commits write fewer
+        bytes to an SD card. Any write without a delay commits everything queued before it."""
         if self._writer_thread is None:
             raise RuntimeError("database is closed")
         loop = asyncio.get_running_loop()
@@ -110,7 +116,7 @@ class Database:
         # writes a burst of requests produced, instead of one per write.
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((fn, fut))
+        self._pending.append((fn, fut, time.monotonic() + max(delay, self.commit_window)))
         return fut
 
     def _flush(self) -> None:
@@ -132,7 +138,7 @@ class Database:
             if item is None:
                 break
             batch = list(item)
-            deadline = time.monotonic() + self.commit_window
+            deadline = min(due for _, _, due in batch)
             while len(batch) < MAX_BATCH:
                 try:
                     wait = deadline - time.monotonic()
@@ -143,8 +149,9 @@ class Database:
                     stopping = True
                     break
                 batch.extend(nxt)
+                deadline = min(deadline, min(due for _, _, due in nxt))
             try:
-                outcomes = self._run_batch([fn for fn, _ in batch])
+                outcomes = self._run_batch([fn for fn, _, _ in batch])
             except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
                 log.error("group commit of %d writes failed: %s", len(batch), exc)
                 failure = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
@@ -194,9 +201,9 @@ class Database:
             return await cur.fetchone()
 
 
-def _resolve(batch: list[tuple[WriteFn, "asyncio.Future[Any]"]], outcomes: list[tuple[bool, Any]]) -> None:
+def _resolve(batch: list[_Write], outcomes: list[tuple[bool, Any]]) -> None:
     """On the event loop: settle each write's future, in queue order."""
-    for (_, fut), (ok, value) in zip(batch, outcomes):
+    for (_, fut, _), (ok, value) in zip(batch, outcomes):
         if fut.done():
             continue
         if ok:

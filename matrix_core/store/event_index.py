@@ -1,19 +1,25 @@
-"""Event id -> stream position, laid out so that storing an event dirties few pages (SD-card wear).
+"""Event id -> position and room -> positions, laid out so that storing an event dirties few pages
+(SD-card wear).
 
-Why not a plain UNIQUE index on `events.event_id`: event ids are hashes, so each new event lands
-on a random page of that index, and every commit rewrites one whole page per event for it (the
-largest share of what a reading cost to write). Here the index is a small log-structured tree:
+Why not plain SQLite indexes on `events`: an index on the event id (a hash) puts each new event on
+a random page, and one on (room, position) puts it on its room's last page; every commit then
+rewrites a whole page per event and per room for them, on top of the events table's own last
+page. Here new events are not indexed when they are stored at all:
 
-* level 0 holds entries keyed (epoch, key): the epoch is the position >> EPOCH_BITS, so the
-  events of one commit, however many, share the few pages of the current epoch;
-* when RUNS_PER_LEVEL closed runs gather on one level, `compact_step` merges them into one run
-  on the next level, in bounded steps (one per write, so other writes interleave), written in key
-  order (sequential pages) and then dropped from the level below; every level >= 1 is its own
-  table, emptied at once when merged up (SQLite frees those pages without rewriting them);
-* `event_index_runs` lists the runs readers probe; a run being built is not in it until the
-  transaction that also retires its sources, so readers never see half a merge;
-* lookups go through the `event_positions` view (one seek per live run, at most a few dozen) and
-  always compare `events.event_id` too: keys are 48-bit hashes, and retention leaves entries
+* the *span* [lo, hi] (table `event_index_span`) is the range of positions that are indexed;
+  events above it (new ones) and below it (backfill, always < 0) are the *edges*, found by a
+  bounded scan of the events table by position (at most about 2 x TAIL rows, in cache);
+* once an edge holds TAIL events, `compact_step` indexes all of it in one write: a new sorted
+  run of (hash key, position) and the rooms' (room, position) entries, written in order (whole
+  new pages, not one rewritten page per event), and widens the span;
+* id runs form a small log-structured tree: when RUNS_PER_LEVEL runs gather on one level they
+  are merged into one run on the next level, in bounded steps (one per write, so other writes
+  interleave); every level >= 1 is its own table, emptied at once when merged up (SQLite frees
+  those pages without rewriting them); `event_index_runs` lists the runs readers probe, and a
+  run being built is not in it until the transaction that also retires its sources;
+* an event stored at a position inside the span (rare: a reserved position written late) is
+  indexed at once, in a run of its own;
+* lookups compare `events.event_id` too: keys are 48-bit hashes, and retention leaves entries
   whose events are gone (merges drop those).
 
 `event_key` is registered as an SQL function on every connection (`register`).
@@ -26,16 +32,20 @@ import heapq
 import json
 import logging
 import sqlite3
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
-EPOCH_BITS = 10  # 1,024 positions per level-0 run: a few index pages take a whole commit's inserts
+TAIL = 1024  # events an edge gathers before it is indexed (the most a lookup scans per edge)
 RUNS_PER_LEVEL = 8
 LEVELS = 7  # the top level only gathers runs (8 runs there would be 2^31 events)
 CHUNK = 4096  # entries copied per compaction step
 
 _TABLES = [f"event_index_{level}" for level in range(LEVELS)]
+# The events a room's timeline shows (not outliers, not rejected or soft-failed), over `events e`.
+TIMELINE = "e.outlier = 0 AND e.rejected_reason IS NULL"
+_LO = "(SELECT lo FROM event_index_span)"
+_HI = "(SELECT hi FROM event_index_span)"
 
 
 def event_key(event_id: str) -> int:
@@ -44,23 +54,19 @@ def event_key(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=6).digest(), "big")
 
 
-def epoch_of(position: int) -> int:
-    """The level-0 run of a stream position (negative positions, backfill, floor like SQLite's >>)."""
-    return position >> EPOCH_BITS
-
-
 def register(conn: sqlite3.Connection) -> None:
     """Make `event_key(text)` callable from SQL on this connection (queries and migrations)."""
     conn.create_function("event_key", 1, event_key, deterministic=True)
 
 
 def schema_sql() -> str:
-    """The index's tables and view, for the migration that introduces them."""
+    """The index's tables and views, for the migration that introduces them (the span starts
+    empty: the migration sets it once it has indexed what the store held)."""
     tables = "".join(
         f"CREATE TABLE {t} (run INTEGER NOT NULL, key INTEGER NOT NULL, pos INTEGER NOT NULL, "
         f"PRIMARY KEY (run, key, pos)) WITHOUT ROWID;\n" for t in _TABLES
     )
-    view = "\nUNION ALL ".join(
+    runs = "\nUNION ALL ".join(
         f"SELECT i.key AS key, i.pos AS pos FROM event_index_runs r JOIN {t} i ON i.run = r.run "
         f"WHERE r.level = {level}" for level, t in enumerate(_TABLES)
     )
@@ -70,15 +76,25 @@ def schema_sql() -> str:
         + tables
         + "CREATE TABLE event_index_merge (level INTEGER NOT NULL, run INTEGER NOT NULL, sources TEXT NOT NULL, "
         "after_key INTEGER NOT NULL, after_pos INTEGER NOT NULL);\n"
-        + f"CREATE VIEW event_positions AS {view};\n"
+        "CREATE TABLE room_index (room_id TEXT NOT NULL, pos INTEGER NOT NULL, PRIMARY KEY (room_id, pos)) "
+        "WITHOUT ROWID;\n"
+        "CREATE TABLE event_index_span (lo INTEGER NOT NULL, hi INTEGER NOT NULL);\n"
+        "INSERT INTO event_index_span (lo, hi) VALUES (0, 0);\n"
+        f"CREATE VIEW event_positions AS {runs};\n"
+        f"CREATE VIEW unindexed_events AS SELECT stream_ordering AS pos, event_id FROM events "
+        f"WHERE stream_ordering > {_HI} UNION ALL SELECT stream_ordering, event_id FROM events "
+        f"WHERE stream_ordering < {_LO};\n"
     )
 
 
+# -- queries --------------------------------------------------------------------------------------
+
 def by_id(id_sql: str, alias: str = "") -> str:
     """SQL condition: the events row (optionally `alias.`) whose id is the SQL expression `id_sql`
-    (a `?`, or a column of a joined table). A `?` here is bound twice: use `by_id_param`."""
+    (a `?`, or a column of a joined table). A `?` here is bound more than once: use `BY_ID_PARAM`."""
     col = f"{alias}." if alias else ""
-    return (f"{col}stream_ordering IN (SELECT pos FROM event_positions WHERE key = event_key({id_sql})) "
+    return (f"{col}stream_ordering IN (SELECT pos FROM event_positions WHERE key = event_key({id_sql}) "
+            f"UNION ALL SELECT pos FROM unindexed_events WHERE event_id = {id_sql}) "
             f"AND {col}event_id = {id_sql}")
 
 
@@ -90,23 +106,32 @@ def by_ids(alias: str = "") -> str:
     """SQL condition for rows whose id is in a JSON array bound once as `?1` (any length)."""
     col = f"{alias}." if alias else ""
     return (f"{col}stream_ordering IN (SELECT pos FROM event_positions WHERE key IN "
-            f"(SELECT event_key(value) FROM json_each(?1))) "
+            f"(SELECT event_key(value) FROM json_each(?1)) "
+            f"UNION ALL SELECT pos FROM unindexed_events WHERE event_id IN (SELECT value FROM json_each(?1))) "
             f"AND {col}event_id IN (SELECT value FROM json_each(?1))")
 
 
-def ids_param(event_ids: list[str] | tuple[str, ...]) -> str:
+def ids_param(event_ids: Iterable[str]) -> str:
     return json.dumps(list(event_ids))
 
 
-# -- writes ---------------------------------------------------------------------------------------
+def room_events(columns: str, room: str, where: str = "1", order: str = "ASC", limit: str | None = None) -> str:
+    """A SELECT of `columns` (over `events e`; the first must be `e.stream_ordering`) for the
+    events of room `room` (an SQL expression) meeting `where`, in position `order`, at most `limit`.
 
-def add(conn: sqlite3.Connection, entries: list[tuple[str, int]]) -> None:
-    """Index (event id, position) pairs: level 0, in the run of each position's epoch."""
-    rows = [(epoch_of(pos), event_key(event_id), pos) for event_id, pos in entries]
-    for epoch in {row[0] for row in rows}:
-        # OR IGNORE on a row that exists dirties no page: only an epoch's first event writes here.
-        conn.execute("INSERT OR IGNORE INTO event_index_runs (level, run) VALUES (0, ?)", (epoch,))
-    conn.executemany("INSERT OR IGNORE INTO event_index_0 (run, key, pos) VALUES (?, ?, ?)", rows)
+    `where` names the position `{pos}` (it is the room index's column in one branch, so that a
+    range on it walks that index) and may use any `e.` column. The two branches (indexed, edges)
+    each stop at `limit`, so a page of a long room's history reads about `limit` rows."""
+    tail = f" LIMIT {limit}" if limit is not None else ""
+
+    def branch(source: str, pos: str, room_cond: str) -> str:
+        return (f"SELECT * FROM (SELECT {columns} FROM {source} WHERE {room_cond} AND ({where.format(pos=pos)}) "
+                f"ORDER BY {pos} {order}{tail})")
+
+    indexed = branch("room_index ri JOIN events e ON e.stream_ordering = ri.pos", "ri.pos", f"ri.room_id = {room}")
+    edges = branch("events e", "e.stream_ordering",
+                   f"(e.stream_ordering > {_HI} OR e.stream_ordering < {_LO}) AND e.room_id = {room}")
+    return f"{indexed} UNION ALL {edges} ORDER BY 1 {order}{tail}"
 
 
 def find(conn: sqlite3.Connection, event_id: str) -> list[int]:
@@ -114,11 +139,72 @@ def find(conn: sqlite3.Connection, event_id: str) -> list[int]:
     return [pos for (pos,) in conn.execute(f"SELECT stream_ordering FROM events WHERE {BY_ID_PARAM}", (event_id,))]
 
 
-def pick_merge(runs_by_level: dict[int, list[int]], open_epochs: set[int]) -> tuple[int, list[int]] | None:
+# -- writes ---------------------------------------------------------------------------------------
+
+def span(conn: sqlite3.Connection) -> tuple[int, int]:
+    lo, hi = conn.execute("SELECT lo, hi FROM event_index_span").fetchone()
+    return int(lo), int(hi)
+
+
+def index_late(conn: sqlite3.Connection, entries: list[tuple[int, str, str]]) -> None:
+    """Events just stored, as (position, event id, room id): those at a position the span already
+    covers (written after their edge was indexed) are indexed now; the rest wait in their edge."""
+    if not entries:
+        return
+    lo, hi = span(conn)
+    late = [entry for entry in entries if lo <= entry[0] <= hi]
+    if late:
+        _write_run(conn, late)
+
+
+def _write_run(conn: sqlite3.Connection, entries: list[tuple[int, str, str]]) -> None:
+    """A new level-0 id run and the rooms' entries for (position, event id, room id) triples,
+    each inserted in key order so that they fill fresh pages one after another."""
+    run = _next_run(conn, 0)
+    conn.execute("INSERT INTO event_index_runs (level, run) VALUES (0, ?)", (run,))
+    conn.executemany("INSERT OR IGNORE INTO event_index_0 (run, key, pos) VALUES (?, ?, ?)",
+                     sorted((run, event_key(event_id), pos) for pos, event_id, _ in entries))
+    conn.executemany("INSERT OR IGNORE INTO room_index (room_id, pos) VALUES (?, ?)",
+                     sorted((room_id, pos) for pos, _, room_id in entries))
+
+
+def _next_run(conn: sqlite3.Connection, level: int) -> int:
+    (top,) = conn.execute(
+        f"SELECT COALESCE(MAX(run), 0) FROM (SELECT run FROM event_index_runs WHERE level = ?1 "
+        f"UNION ALL SELECT MAX(run) FROM {_TABLES[level]})", (level,)
+    ).fetchone()
+    return int(top) + 1
+
+
+def index_edges(conn: sqlite3.Connection, tail: int = TAIL) -> bool:
+    """Index an edge that has gathered `tail` positions (the top first); True if one was."""
+    lo, hi = span(conn)
+    bottom, top = conn.execute("SELECT MIN(stream_ordering), MAX(stream_ordering) FROM events").fetchone()
+    if top is not None and top - hi >= tail:
+        rows = conn.execute("SELECT stream_ordering, event_id, room_id FROM events WHERE stream_ordering > ?",
+                            (hi,)).fetchall()
+        _write_run(conn, rows)
+        conn.execute("UPDATE event_index_span SET hi = ?", (top,))
+        return True
+    if bottom is not None and lo - bottom >= tail:
+        rows = conn.execute("SELECT stream_ordering, event_id, room_id FROM events WHERE stream_ordering < ?",
+                            (lo,)).fetchall()
+        _write_run(conn, rows)
+        conn.execute("UPDATE event_index_span SET lo = ?", (bottom,))
+        return True
+    return False
+
+
+def forget(conn: sqlite3.Connection, room_id: str, positions: list[int]) -> None:
+    """Drop purged events' room entries (their id entries go at the next merge)."""
+    conn.executemany("DELETE FROM room_index WHERE room_id = ? AND pos = ?", [(room_id, p) for p in positions])
+
+
+def pick_merge(runs_by_level: dict[int, list[int]]) -> tuple[int, list[int]] | None:
     """(target level, source runs) of the next merge, or None: the lowest level holding
-    RUNS_PER_LEVEL runs that no longer take inserts (level 0's open epochs still do)."""
+    RUNS_PER_LEVEL runs."""
     for level in range(LEVELS - 1):
-        runs = sorted(r for r in runs_by_level.get(level, []) if level > 0 or r not in open_epochs)
+        runs = sorted(runs_by_level.get(level, []))
         if len(runs) >= RUNS_PER_LEVEL:
             return level + 1, runs
     return None
@@ -136,8 +222,11 @@ def merge_chunk(batches: list[list[tuple[int, int]]], limit: int) -> tuple[list[
     return rows, bound is None
 
 
-def compact_step(conn: sqlite3.Connection, limit: int = CHUNK) -> bool:
-    """Do one bounded piece of compaction inside the caller's transaction; True if more remains."""
+def compact_step(conn: sqlite3.Connection, limit: int = CHUNK, tail: int = TAIL) -> bool:
+    """Do one bounded piece of indexing or merging inside the caller's transaction; True if more
+    may remain."""
+    if index_edges(conn, tail):
+        return True
     merge = conn.execute("SELECT level, run, sources, after_key, after_pos FROM event_index_merge").fetchone()
     if merge is None:
         return _start_merge(conn)
@@ -174,20 +263,13 @@ def _start_merge(conn: sqlite3.Connection) -> bool:
     runs_by_level: dict[int, list[int]] = {}
     for level, run in conn.execute("SELECT level, run FROM event_index_runs"):
         runs_by_level.setdefault(level, []).append(run)
-    low, high = conn.execute("SELECT MIN(stream_ordering), MAX(stream_ordering) FROM events").fetchone()
-    # Where the next positions go: after the newest, and below the oldest (backfill, always < 0).
-    open_epochs = {epoch_of(high or 0), epoch_of(min(-1, (low or 0) - 1))}
-    picked = pick_merge(runs_by_level, open_epochs)
+    picked = pick_merge(runs_by_level)
     if picked is None:
         return False
     level, sources = picked
-    (top,) = conn.execute(
-        f"SELECT COALESCE(MAX(run), 0) FROM (SELECT run FROM event_index_runs WHERE level = ?1 "
-        f"UNION ALL SELECT MAX(run) FROM {_TABLES[level]})", (level,)
-    ).fetchone()
     conn.execute(
         "INSERT INTO event_index_merge (level, run, sources, after_key, after_pos) VALUES (?, ?, ?, -1, 0)",
-        (level, top + 1, json.dumps(sources)),
+        (level, _next_run(conn, level), json.dumps(sources)),
     )
     return True
 
@@ -196,17 +278,10 @@ def _finish_merge(conn: sqlite3.Connection, level: int, run: int, sources: list[
     """Publish the new run and retire its sources, in one transaction."""
     below = level - 1
     marks = ",".join("?" * len(sources))
-    if below == 0:
-        # Level 0 keeps taking inserts in its open epochs; a late insert into a source (never
-        # expected) is copied here rather than lost.
-        rows = conn.execute(
-            f"SELECT key, pos FROM event_index_0 WHERE run IN ({marks}) ORDER BY key, pos", sources
-        ).fetchall()
-        _copy(conn, level, run, rows)
     conn.execute("INSERT INTO event_index_runs (level, run) VALUES (?, ?)", (level, run))
     conn.execute(f"DELETE FROM event_index_runs WHERE level = ? AND run IN ({marks})", (below, *sources))
     (others,) = conn.execute("SELECT COUNT(*) FROM event_index_runs WHERE level = ?", (below,)).fetchone()
-    if below > 0 and others == 0:
+    if others == 0:
         conn.execute(f"DELETE FROM {_TABLES[below]}")  # whole table: its pages are freed, not rewritten
     else:
         conn.execute(f"DELETE FROM {_TABLES[below]} WHERE run IN ({marks})", sources)
@@ -217,17 +292,20 @@ class Compactor:
     """Runs `compact_step` as ordinary queued writes, one at a time, while there is work: each
     step is small, so sends queued meanwhile share the next commits instead of waiting."""
 
+    POKE_EVERY = TAIL // 4  # positions handed out between two looks for work
+
     def __init__(self, write: Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]) -> None:
         self._write = write
         self._task: asyncio.Task[None] | None = None
-        self._epoch: int | None = None
+        self._marks: tuple[int, int] | None = None
         self.steps = 0
 
-    def note_position(self, position: int) -> None:
-        """Called as positions are handed out: a new epoch may have closed a run."""
-        epoch = epoch_of(position)
-        if epoch != self._epoch:
-            self._epoch = epoch
+    def note_positions(self, top: int, bottom: int) -> None:
+        """Called as positions are handed out (the next new one, the next backfill one): an edge
+        may have gathered enough to be indexed."""
+        marks = (top // self.POKE_EVERY, bottom // self.POKE_EVERY)
+        if marks != self._marks:
+            self._marks = marks
             self.poke()
 
     def poke(self) -> None:
@@ -238,7 +316,7 @@ class Compactor:
         try:
             while await self._write(compact_step):
                 self.steps += 1
-        except Exception:  # a failed step leaves the index as it was; the next epoch retries
+        except Exception:  # a failed step leaves the index as it was; the next poke retries
             log.exception("event index compaction step failed")
 
     async def wait_idle(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from .event_index import EPOCH_BITS, schema_sql as event_index_schema
+from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -102,8 +102,9 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
-    # Event ids move from a UNIQUE index (one random page rewritten per stored event) to the
-    # log-structured index of store/event_index.py; the table is rebuilt to drop the constraint.
+    # Event ids and rooms move from SQLite indexes on `events` (pages rewritten per stored event)
+    # to store/event_index.py's bulk-written index; the table is rebuilt to drop the UNIQUE
+    # constraint. What the store holds goes into one run on the top level, and the span covers it.
     (
         2,
         """
@@ -126,13 +127,15 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
         INSERT INTO events_v2 SELECT * FROM events;
         DROP TABLE events;
         ALTER TABLE events_v2 RENAME TO events;
-        CREATE INDEX events_room_stream ON events (room_id, stream_ordering);
         """
         + event_index_schema()
         + f"""
-        INSERT INTO event_index_runs (level, run) SELECT DISTINCT 0, stream_ordering >> {EPOCH_BITS} FROM events;
-        INSERT INTO event_index_0 (run, key, pos)
-            SELECT stream_ordering >> {EPOCH_BITS}, event_key(event_id), stream_ordering FROM events;
+        INSERT INTO event_index_runs (level, run) SELECT {LEVELS - 1}, 1 WHERE EXISTS (SELECT 1 FROM events);
+        INSERT INTO event_index_{LEVELS - 1} (run, key, pos)
+            SELECT 1, event_key(event_id), stream_ordering FROM events;
+        INSERT INTO room_index (room_id, pos) SELECT room_id, stream_ordering FROM events;
+        UPDATE event_index_span SET lo = COALESCE((SELECT MIN(stream_ordering) FROM events), 0),
+                                    hi = COALESCE((SELECT MAX(stream_ordering) FROM events), 0);
         """,
     ),
 ]
