@@ -2,6 +2,7 @@
 """The appliance's footprint, measured on the real hub started through the CLI (issue 6 limits).
 
     python bench/footprint.py [--readings 2000] [--concurrency 16] [--mdns]
+                              [--mqtt-devices 16 --mqtt-rate 5 --mqtt-seconds 30 --qos0-commit-ms 1000]
 
 Prints:
 * start to ready: spawn of `matrix-gateway run` to its ready line (limit 1 s, hard 3 s), and the
@@ -11,6 +12,8 @@ Prints:
 * SD-card writes per reading at steady state: `write_bytes` of /proc/PID/io (bytes the hub caused
   to be sent to the block layer) over N HTTP sends after a warm-up, sequential (one device) and
   concurrent (C devices); `wchar`-style syscall counts are not used: they include sockets;
+  then MQTT QoS 0 devices (paho, each its own topic and so its own room) publishing at a steady
+  rate, with the hub's mqtt_qos0_commit_ms as given (and, in the same run, 0);
 * SIGTERM to exit (limit 5 s, exit 0), and that every acknowledged reading is there afterwards.
 
 Nothing here runs in the test suite: it loads the machine and takes a minute.
@@ -22,6 +25,7 @@ import concurrent.futures
 import json
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -84,6 +88,70 @@ def writes_per_reading(gw: GatewayProcess, senders: list[Sender], readings: int,
     return per
 
 
+def mqtt_writes_per_reading(gw: GatewayProcess, devices: int, rate: float, seconds: float) -> tuple[float, float]:
+    """`devices` paho clients publish QoS 0 readings to their own topics at `rate` per second
+    each, for a warm-up and then `seconds`; a QoS 1 publish after each phase commits whatever
+    is still waiting to share a commit. Returns (bytes per reading, readings per second)."""
+    import paho.mqtt.client as mqtt
+
+    clients = []
+    for i in range(devices):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"footprint-{i}")
+        c.username_pw_set(f"dev{i}", PASSWORD)
+        c.connect("127.0.0.1", gw.mqtt_port)
+        c.loop_start()
+        clients.append(c)
+
+    def phase(duration: float) -> int:
+        stop_at = time.monotonic() + duration
+        counts = [0] * devices
+
+        def device(i: int) -> None:
+            tick = time.monotonic()
+            while tick < stop_at:
+                clients[i].publish(f"home/dev{i}/temp", json.dumps({"t": 20 + counts[i] % 50 / 10}), qos=0)
+                counts[i] += 1
+                tick += 1 / rate
+                time.sleep(max(0.0, tick - time.monotonic()))
+
+        threads = [threading.Thread(target=device, args=(i,)) for i in range(devices)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, c in enumerate(clients):  # QoS 1 on the same connection: after every QoS 0 before it
+            c.publish(f"home/dev{i}/temp", b'{"mark": 1}', qos=1).wait_for_publish(30)
+        return sum(counts) + devices
+
+    try:
+        phase(min(seconds, 10.0))  # rooms created, tables and WAL at their steady shape
+        before = io_counters(gw.pid)["write_bytes"]
+        readings = phase(seconds)
+        written = io_counters(gw.pid)["write_bytes"] - before
+    finally:
+        for c in clients:
+            c.loop_stop()
+            c.disconnect()
+    return written / readings, readings / seconds
+
+
+def mqtt_phase(args: argparse.Namespace, tmp: str) -> list[tuple[int, float, float]]:
+    """The QoS 0 fleet against fresh hubs with mqtt_qos0_commit_ms = 0 and the given value."""
+    results = []
+    for window in sorted({0, args.qos0_commit_ms}):
+        data = Path(tmp) / f"mqtt{window}"
+        data.mkdir()
+        (data / "gateway.toml").write_text(f"messages_per_second = 0\nmqtt_qos0_commit_ms = {window}\n")
+        with GatewayProcess(data) as gw:
+            for i in range(args.mqtt_devices):
+                gw.add_user(f"dev{i}", PASSWORD)
+            per, rate = mqtt_writes_per_reading(gw, args.mqtt_devices, args.mqtt_rate, args.mqtt_seconds)
+        print(f"  MQTT QoS 0, {args.mqtt_devices} devices x {args.mqtt_rate:g}/s ({rate:.0f} readings/s, "
+              f"{args.mqtt_devices} rooms), mqtt_qos0_commit_ms = {window}: {per:.0f} bytes per reading")
+        results.append((window, per, rate))
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--readings", type=int, default=2000)
@@ -94,6 +162,10 @@ def main() -> int:
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     parser.add_argument("--commit-window-ms", type=int, default=0,
                         help="the hub's commit_window_ms (writes gathered per commit; default 0)")
+    parser.add_argument("--mqtt-devices", type=int, default=16, help="MQTT QoS 0 devices (0: no MQTT phase)")
+    parser.add_argument("--mqtt-rate", type=float, default=5.0, help="readings per second per MQTT device")
+    parser.add_argument("--mqtt-seconds", type=float, default=30.0)
+    parser.add_argument("--qos0-commit-ms", type=int, default=1000, help="mqtt_qos0_commit_ms of the second hub")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -160,8 +232,10 @@ def main() -> int:
                 time.sleep(2.0)  # a measurement, not synchronisation: let registration's probing finish
                 print(f"idle RSS with mDNS discovery on: {rss_mb(gw2.pid):.1f} MB "
                       f"(ready in {gw2.ready_seconds:.2f} s)")
+        mqtt = mqtt_phase(args, tmp) if args.mqtt_devices else []
         print(json.dumps({"sequential_bytes_per_reading": round(seq), "concurrent_bytes_per_reading": round(conc),
-                          "stop_seconds": round(stop_s, 2)}))
+                          "stop_seconds": round(stop_s, 2),
+                          "mqtt_qos0_bytes_per_reading": {str(w): round(per) for w, per, _ in mqtt}}))
     return 0
 
 

@@ -101,6 +101,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop accepting everywhere, release long-polls, finish in-flight work, close the store."""
+        self.hs.db.stop_delaying()
         self.hs.stream.close()
         for frontend in reversed(self.frontends):
             try:

@@ -54,6 +54,7 @@ class GatewayConfig:
     mqtt_wss_port: int = 8084
     mqtt_deny_subscribe: tuple[str, ...] = ()
     mqtt_max_keepalive: int = 65535
+    mqtt_qos0_commit_ms: int = 0
     federation_port: int = 8448
     # federation TLS (matrix_core/federation/tls.py): empty = a self-signed pair made in the data dir
     federation_tls_cert: str = ""

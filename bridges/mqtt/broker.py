@@ -90,6 +90,9 @@ class BrokerSettings:
     anonymous_user: str = "mqtt-guest"
     room_levels: int = 2
     limits: Limits = Limits()
+    # Seconds a batch of QoS 0 publishes may wait for later writes to share its commit (SD-card
+    # writes); 0: commit at once, like every acknowledged write.
+    qos0_commit_delay: float = 0.0
 
 
 class PublishRefused(Exception):
@@ -472,7 +475,7 @@ class MqttBroker:
 
     def send_batch_nowait(self, requester: Requester, room_id: str,
                           items: list[tuple[str, dict[str, Any], str | None, Publish]],
-                          key: str | None) -> "list[asyncio.Future[Any]] | None":
+                          key: str | None, delay: float = 0.0) -> "list[asyncio.Future[Any]] | None":
         """The hot path of `send` for publishes read together for one room (retained ones too):
         no coroutine or task per message, and one write for all of them. Per item a future (the
         shared one, or a failed one for an item refused alone); None when the core cannot take
@@ -480,7 +483,7 @@ class MqttBroker:
         owns = [_Own(content, publish, key or "") for _, content, _, publish in items]
         for own in owns:
             self._own[id(own.content)] = own
-        fut, outcomes = self.hs.rooms.send_events_nowait(requester, room_id, [item[:3] for item in items])
+        fut, outcomes = self.hs.rooms.send_events_nowait(requester, room_id, [item[:3] for item in items], delay)
         if not outcomes:
             for own in owns:
                 del self._own[id(own.content)]
@@ -810,6 +813,7 @@ class ClientProtocol(asyncio.Protocol):
         writer keeps up (each is kilobytes until committed). _on_stored resumes it."""
         self._backlog_scheduled = False
         if len(self._acks) >= self.broker.settings.limits.receive_maximum:
+            self._held_back()
             return
         events = list(self._backlog)
         self._backlog.clear()
@@ -1027,7 +1031,9 @@ class ClientProtocol(asyncio.Protocol):
         self._batch, self._batch_room = [], None
         assert self.requester is not None and room_id is not None
         broker = self.broker
-        futures = broker.send_batch_nowait(self.requester, room_id, items, self.key)
+        unacknowledged = all(item[3].qos == 0 for item in items)
+        delay = broker.settings.qos0_commit_delay if unacknowledged else 0.0
+        futures = broker.send_batch_nowait(self.requester, room_id, items, self.key, delay)
         if futures is None:  # the room left memory meanwhile: one at a time, the awaiting way
             futures = [broker.background(broker.send(self.requester, room_id, event_type, content, state_key,
                                                      publish, self.key))
@@ -1126,9 +1132,16 @@ class ClientProtocol(asyncio.Protocol):
         if not self._paused and backlog >= limit:
             self._paused = True
             self.transport.pause_reading()
+            self._held_back()
         elif self._paused and backlog < limit // 2:
             self._paused = False
             self.transport.resume_reading()
+
+    def _held_back(self) -> None:
+        """This client waits for its publishes to be stored: QoS 0 ones waiting to share a
+        commit must not hold it back (a flood would crawl at receive_maximum per delay)."""
+        if self.broker.settings.qos0_commit_delay:
+            self.broker.hs.db.commit_soon()
 
     def _qos2_released(self, packet_id: int) -> None:
         key = self.key

@@ -21,6 +21,7 @@ _RANGES = {
     "mqtt_ws_port": (0, 65535),
     "mqtt_wss_port": (0, 65535),
     "mqtt_max_keepalive": (10, 65535),
+    "mqtt_qos0_commit_ms": (0, 10_000),
 }
 
 RENDERED = """# MQTT broker (docs/mqtt.md). Devices log in with a Matrix account: username = localpart or
@@ -56,6 +57,10 @@ mqtt_ws_path = "{mqtt_ws_path}"
 # MQTT over secure WebSockets (wss://, same path), off by default: the mqtt_tls_* certificate.
 mqtt_wss_enabled = {mqtt_wss_enabled}
 mqtt_wss_port = {mqtt_wss_port}
+# Milliseconds a QoS 0 publish may wait for other writes to share its commit: fewer, larger
+# commits spare an SD card (docs/mqtt.md has figures), at that much added delivery delay for QoS 0
+# messages. 0: each read of publishes is committed at once. QoS 1/2 are never delayed.
+mqtt_qos0_commit_ms = {mqtt_qos0_commit_ms}
 # Topic filters nobody may subscribe to or receive over MQTT, e.g. ["secrets/#"]. A SUBSCRIBE
 # inside one is refused (SUBACK 0x80 / 0x87); wider filters (#) never get those topics either.
 mqtt_deny_subscribe = {mqtt_deny_subscribe}
@@ -86,7 +91,8 @@ def render(config: Any) -> str:
         values[key] = str(getattr(config, key)).lower()
     for key in ("mqtt_anonymous_user", "mqtt_room_levels", "mqtt_max_packet_size", "mqtt_receive_maximum",
                 "mqtt_max_inflight", "mqtt_max_queued_messages", "mqtt_topic_alias_maximum", "mqtt_max_keepalive",
-                "mqtt_tls_port", "mqtt_tls_cert", "mqtt_tls_key", "mqtt_ws_port", "mqtt_ws_path", "mqtt_wss_port"):
+                "mqtt_tls_port", "mqtt_tls_cert", "mqtt_tls_key", "mqtt_ws_port", "mqtt_ws_path", "mqtt_wss_port",
+                "mqtt_qos0_commit_ms"):
         values[key] = getattr(config, key)
     values["mqtt_deny_subscribe"] = json.dumps(list(config.mqtt_deny_subscribe), ensure_ascii=False)  # a TOML array of strings
     return RENDERED.format(**values)
@@ -114,6 +120,7 @@ def broker_settings(config: Any, data_dir: Path | None = None) -> Any:
         allow_anonymous=config.mqtt_allow_anonymous,
         anonymous_user=config.mqtt_anonymous_user,
         room_levels=config.mqtt_room_levels,
+        qos0_commit_delay=config.mqtt_qos0_commit_ms / 1000,
         limits=Limits(
             max_packet_size=config.mqtt_max_packet_size,
             receive_maximum=config.mqtt_receive_maximum,

@@ -359,13 +359,13 @@ class Rooms:
         if ev.type == "m.room.member" and ev.state_key and ev.state_key.endswith(":" + self.server_name):
             rows.member_updates.append((ev.state_key, ev.membership or "leave", pos))
 
-    def _submit_rows(self, rows: "_Rows") -> "asyncio.Future[Any]":
-        fut = self.db.submit(rows.write)
+    def _submit_rows(self, rows: "_Rows", delay: float = 0.0) -> "asyncio.Future[Any]":
+        fut = self.db.submit(rows.write, delay)
         self.compactor.note_positions(self._next_stream, self._next_backfill)
         return fut
 
-    def _submit(self, room: RoomCache, rows: "_Rows") -> "asyncio.Future[Any]":
-        fut = self._submit_rows(rows)
+    def _submit(self, room: RoomCache, rows: "_Rows", delay: float = 0.0) -> "asyncio.Future[Any]":
+        fut = self._submit_rows(rows, delay)
 
         def on_committed(f: "asyncio.Future[Any]") -> None:
             if f.cancelled() or f.exception() is not None:
@@ -618,7 +618,7 @@ class Rooms:
         return self._build_event(room, requester.user_id, event_type, content, state_key, redacts)
 
     def send_events_nowait(self, requester: Requester, room_id: str,
-                           items: list[tuple[str, dict[str, Any], str | None]]
+                           items: list[tuple[str, dict[str, Any], str | None]], delay: float = 0.0
                            ) -> "tuple[asyncio.Future[Any] | None, list[Any]]":
         """`send_event` without a coroutine, for many messages to one room as one write: a burst
         of device messages (MQTT reads dozens of PUBLISHes per socket read) shares one future,
@@ -627,7 +627,10 @@ class Rooms:
         `items` are (event type, content, state key or None), built in order, each on the one
         before. Returns (future resolved after COMMIT, per item its event id or the MatrixError
         that refused it alone); the future is None when nothing was accepted or the room is not
-        in memory yet (then no outcomes either: use `send_event`)."""
+        in memory yet (then no outcomes either: use `send_event`).
+
+        `delay`: seconds the commit may wait to share it with later writes, for messages nobody
+        is waiting to see acknowledged (MQTT QoS 0); they reach the stream after that commit."""
         room = self._rooms.get(room_id)
         if room is None:
             return None, []
@@ -646,7 +649,7 @@ class Rooms:
         if not events:
             return None, outcomes
         self._update_room_row(rows, room, latest_is_sole_extremity=True)
-        return self._submit(room, rows), outcomes
+        return self._submit(room, rows, delay), outcomes
 
     # -- creating rooms ---------------------------------------------------------------------------
 

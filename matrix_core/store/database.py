@@ -68,6 +68,7 @@ class Database:
         # reading), at that much added latency.
         self.commit_window = commit_window
         self._writer_conn: sqlite3.Connection | None = None
+        self._hurry = False  # set by stop_delaying
         self._queue: queue.SimpleQueue[list[_Write] | None] = queue.SimpleQueue()
         self._pending: list[_Write] = []
         self._writer_thread: threading.Thread | None = None
@@ -116,6 +117,8 @@ class Database:
         # writes a burst of requests produced, instead of one per write.
         if not self._pending:
             loop.call_soon(self._flush)
+        if self._hurry:
+            delay = 0.0
         self._pending.append((fn, fut, time.monotonic() + max(delay, self.commit_window)))
         return fut
 
@@ -123,6 +126,17 @@ class Database:
         pending, self._pending = self._pending, []
         if pending:
             self._queue.put(pending)
+
+    def commit_soon(self) -> None:
+        """Commit what is queued without waiting out any write's delay (a front end whose
+        client is held back by writes that are only waiting to share a commit)."""
+        self.submit(_nothing)
+
+    def stop_delaying(self) -> None:
+        """Shutting down: commit what waits now, and let no later write wait either (the
+        front ends finish their in-flight work before the database closes)."""
+        self._hurry = True
+        self.commit_soon()
 
     async def write(self, fn: WriteFn) -> Any:
         return await self.submit(fn)
@@ -199,6 +213,10 @@ class Database:
         assert self.reader is not None
         async with self.reader.execute(sql, params) as cur:
             return await cur.fetchone()
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
 
 
 def _resolve(batch: list[_Write], outcomes: list[tuple[bool, Any]]) -> None:
