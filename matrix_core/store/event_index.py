@@ -181,18 +181,18 @@ def index_edges(conn: sqlite3.Connection, tail: int = TAIL) -> bool:
     lo, hi = span(conn)
     bottom, top = conn.execute("SELECT MIN(stream_ordering), MAX(stream_ordering) FROM events").fetchone()
     if top is not None and top - hi >= tail:
-        rows = conn.execute("SELECT stream_ordering, event_id, room_id FROM events WHERE stream_ordering > ?",
-                            (hi,)).fetchall()
-        _write_run(conn, rows)
-        conn.execute("UPDATE event_index_span SET hi = ?", (top,))
-        return True
-    if bottom is not None and lo - bottom >= tail:
-        rows = conn.execute("SELECT stream_ordering, event_id, room_id FROM events WHERE stream_ordering < ?",
-                            (lo,)).fetchall()
-        _write_run(conn, rows)
-        conn.execute("UPDATE event_index_span SET lo = ?", (bottom,))
-        return True
-    return False
+        _index_edge(conn, "stream_ordering > ?", hi, "hi", top)
+    elif bottom is not None and lo - bottom >= tail:
+        _index_edge(conn, "stream_ordering < ?", lo, "lo", bottom)
+    else:
+        return False
+    return True
+
+
+def _index_edge(conn: sqlite3.Connection, beyond: str, bound: int, end: str, new_bound: int) -> None:
+    rows = conn.execute(f"SELECT stream_ordering, event_id, room_id FROM events WHERE {beyond}", (bound,)).fetchall()
+    _write_run(conn, rows)
+    conn.execute(f"UPDATE event_index_span SET {end} = ?", (new_bound,))
 
 
 def forget(conn: sqlite3.Connection, room_id: str, positions: list[int]) -> None:
