@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
@@ -127,6 +128,7 @@ def test_history_and_event_lookups_across_the_indexed_edge(tmp_path: Path) -> No
         assert proc.returncode == 0, proc.stderr
         want = [f"r{i}" for i in range(count)]
         assert _bodies(gw, "#mqtt/sd/many:localhost", limit=97) == want
+        _wait_for_the_index(gw, TAIL)
         assert gw.stop() == 0
         conn = sqlite3.connect(gw.data_dir / "homeserver.db")
         lo, hi = conn.execute("SELECT lo, hi FROM event_index_span").fetchone()
@@ -147,6 +149,22 @@ def test_history_and_event_lookups_across_the_indexed_edge(tmp_path: Path) -> No
         assert _bodies(gw, "#mqtt/sd/many:localhost", limit=500) == want
     finally:
         gw.stop()
+
+
+def _wait_for_the_index(gw: GatewayProcess, positions: int) -> None:
+    """The hub indexes once traffic pauses (event_index.Compactor.QUIET); nothing to await from
+    outside, so the span is polled, with a deadline."""
+    deadline = time.monotonic() + 20
+    while True:
+        conn = sqlite3.connect(f"file:{gw.data_dir / 'homeserver.db'}?mode=ro", uri=True)
+        try:
+            (hi,) = conn.execute("SELECT hi FROM event_index_span").fetchone()
+        finally:
+            conn.close()
+        if hi >= positions:
+            return
+        assert time.monotonic() < deadline, f"nothing indexed yet (hi = {hi})"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("value", ["-1", "10001", '"soon"'])

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 TAIL = 1024  # events an edge gathers before it is indexed (the most a lookup scans per edge)
 RUNS_PER_LEVEL = 8
 LEVELS = 7  # the top level only gathers runs (8 runs there would be 2^31 events)
-CHUNK = 4096  # entries copied per compaction step
+CHUNK = 1024  # entries copied per merge step (a few ms: writes sharing its commit wait for it)
 
 _TABLES = [f"event_index_{level}" for level in range(LEVELS)]
 # The events a room's timeline shows (not outliers, not rejected or soft-failed), over `events e`.
@@ -177,22 +177,25 @@ def _next_run(conn: sqlite3.Connection, level: int) -> int:
 
 
 def index_edges(conn: sqlite3.Connection, tail: int = TAIL) -> bool:
-    """Index an edge that has gathered `tail` positions (the top first); True if one was."""
+    """Index the `tail` events of an edge nearest the span, if it has gathered that many
+    positions (the top first); True if one was. One step stays small (a few ms)."""
     lo, hi = span(conn)
     bottom, top = conn.execute("SELECT MIN(stream_ordering), MAX(stream_ordering) FROM events").fetchone()
     if top is not None and top - hi >= tail:
-        _index_edge(conn, "stream_ordering > ?", hi, "hi", top)
+        _index_edge(conn, "stream_ordering > ? ORDER BY stream_ordering", hi, "hi", max, tail)
     elif bottom is not None and lo - bottom >= tail:
-        _index_edge(conn, "stream_ordering < ?", lo, "lo", bottom)
+        _index_edge(conn, "stream_ordering < ? ORDER BY stream_ordering DESC", lo, "lo", min, tail)
     else:
         return False
     return True
 
 
-def _index_edge(conn: sqlite3.Connection, beyond: str, bound: int, end: str, new_bound: int) -> None:
-    rows = conn.execute(f"SELECT stream_ordering, event_id, room_id FROM events WHERE {beyond}", (bound,)).fetchall()
+def _index_edge(conn: sqlite3.Connection, beyond: str, bound: int, end: str,
+                furthest: Callable[[Iterable[int]], int], tail: int) -> None:
+    rows = conn.execute(f"SELECT stream_ordering, event_id, room_id FROM events WHERE {beyond} LIMIT ?",
+                        (bound, tail)).fetchall()
     _write_run(conn, rows)
-    conn.execute(f"UPDATE event_index_span SET {end} = ?", (new_bound,))
+    conn.execute(f"UPDATE event_index_span SET {end} = ?", (furthest(pos for pos, _, _ in rows),))
 
 
 def forget(conn: sqlite3.Connection, room_id: str, positions: list[int]) -> None:
@@ -289,24 +292,36 @@ def _finish_merge(conn: sqlite3.Connection, level: int, run: int, sources: list[
 
 
 class Compactor:
-    """Runs `compact_step` as ordinary queued writes, one at a time, while there is work: each
-    step is small, so sends queued meanwhile share the next commits instead of waiting."""
+    """Runs `compact_step` as ordinary queued writes, one at a time, while there is work, once
+    the hub has been quiet for QUIET seconds: each step holds the writer (and the interpreter)
+    for a few milliseconds, which a burst of device messages should not wait for. Under
+    sustained traffic it runs anyway every BUSY_CAP positions, so the edges stay bounded."""
 
-    POKE_EVERY = TAIL // 4  # positions handed out between two looks for work
+    QUIET = 0.5
+    BUSY_CAP = 8 * TAIL
 
     def __init__(self, write: Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]) -> None:
         self._write = write
         self._task: asyncio.Task[None] | None = None
-        self._marks: tuple[int, int] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last: tuple[int, int] | None = None  # positions at the last run
         self.steps = 0
 
     def note_positions(self, top: int, bottom: int) -> None:
         """Called as positions are handed out (the next new one, the next backfill one): an edge
         may have gathered enough to be indexed."""
-        marks = (top // self.POKE_EVERY, bottom // self.POKE_EVERY)
-        if marks != self._marks:
-            self._marks = marks
+        if self._last is None or top - self._last[0] + self._last[1] - bottom >= self.BUSY_CAP:
+            self._last = (top, bottom)
             self.poke()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self.QUIET, self._quiet, top, bottom)
+
+    def _quiet(self, top: int, bottom: int) -> None:
+        self._timer = None
+        self._last = (top, bottom)
+        self.poke()
 
     def poke(self) -> None:
         if self._task is None or self._task.done():
@@ -326,6 +341,9 @@ class Compactor:
 
     async def stop(self) -> None:
         """Stop between steps (a merge in progress is resumed at the next start)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None and not self._task.done():
             self._task.cancel()
             try:
