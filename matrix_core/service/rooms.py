@@ -169,7 +169,8 @@ class Rooms:
                          stored_extremities=row[0], stored_group=row[1])
         if not room.extremities:
             latest = await self.db.fetchone(
-                event_index.room_events("e.stream_ordering, e.event_id", "?1", event_index.TIMELINE, "DESC", "1"), (room_id,))
+                event_index.room_events("e.stream_ordering, e.event_id", "?1", event_index.TIMELINE, "DESC", "1"),
+                (room_id,))
             room.extremities = [latest[1]] if latest else []
         rows = await self.db.fetchall(
             f"SELECT e.event_id, e.json FROM current_state c JOIN events e ON {event_index.by_id('c.event_id', 'e')} "

@@ -8,8 +8,9 @@ page. Here new events are not indexed when they are stored at all:
 
 * the *span* [lo, hi] (table `event_index_span`) is the range of positions that are indexed;
   events above it (new ones) and below it (backfill, always < 0) are the *edges*, found by a
-  bounded scan of the events table by position (at most about 2 x TAIL rows, in cache);
-* once an edge holds TAIL events, `compact_step` indexes all of it in one write: a new sorted
+  bounded scan of the events table by position (under TAIL rows once the hub has been quiet,
+  about Compactor.BUSY_CAP under sustained traffic);
+* once an edge holds TAIL events, `compact_step` indexes TAIL of them in one write: a new sorted
   run of (hash key, position) and the rooms' (room, position) entries, written in order (whole
   new pages, not one rewritten page per event), and widens the span;
 * id runs form a small log-structured tree: when RUNS_PER_LEVEL runs gather on one level they
@@ -36,7 +37,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
-TAIL = 1024  # events an edge gathers before it is indexed (the most a lookup scans per edge)
+TAIL = 1024  # events an edge gathers before they are indexed, and the most one step indexes
 RUNS_PER_LEVEL = 8
 LEVELS = 7  # the top level only gathers runs (8 runs there would be 2^31 events)
 CHUNK = 1024  # entries copied per merge step (a few ms: writes sharing its commit wait for it)
