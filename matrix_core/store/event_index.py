@@ -306,22 +306,31 @@ class Compactor:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last: tuple[int, int] | None = None  # positions at the last run
+        self._noted: tuple[int, int] = (0, 0)  # the newest positions noted
+        self._noted_at = 0.0  # loop time they were noted
         self.steps = 0
 
     def note_positions(self, top: int, bottom: int) -> None:
         """Called as positions are handed out (the next new one, the next backfill one): an edge
-        may have gathered enough to be indexed."""
+        may have gathered enough to be indexed. Cheap on the send path: one timer at a time,
+        which looks again when it fires instead of being re-armed per write."""
         if self._last is None or top - self._last[0] + self._last[1] - bottom >= self.BUSY_CAP:
             self._last = (top, bottom)
             self.poke()
             return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.QUIET, self._quiet, top, bottom)
+        loop = asyncio.get_running_loop()
+        self._noted, self._noted_at = (top, bottom), loop.time()
+        if self._timer is None:
+            self._timer = loop.call_later(self.QUIET, self._quiet)
 
-    def _quiet(self, top: int, bottom: int) -> None:
+    def _quiet(self) -> None:
+        loop = asyncio.get_running_loop()
+        still = self._noted_at + self.QUIET - loop.time()
+        if still > 0:  # written to since the timer was set: wait out the rest of the quiet time
+            self._timer = loop.call_later(still, self._quiet)
+            return
         self._timer = None
-        self._last = (top, bottom)
+        self._last = self._noted
         self.poke()
 
     def poke(self) -> None:
