@@ -248,3 +248,34 @@ def test_storing_events_writes_no_index_page_and_indexing_writes_few(tmp_path: P
     assert _step(conn)  # 1,024 events indexed at once
     written = [p for p in _wal_pages(tmp_path / "db.sqlite-wal") if p in _index_pages(conn)]
     assert len(written) <= 40, written  # per-event indexes rewrote at least one page per event: 1,024+
+
+
+def test_a_step_with_nothing_to_do_reads_a_few_rows_whatever_the_store_holds(tmp_path: Path) -> None:
+    """The compactor asks after every quiet spell and every BUSY_CAP positions: finding the edges
+    must cost the same on a store of 20,000 events as on one of 1,000 (a `MIN(), MAX()` pair in
+    one SELECT made SQLite scan the whole events table each time)."""
+    conn = _db(tmp_path)
+
+    def vm_steps_of_an_idle_step() -> int:
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        conn.set_progress_handler(count, 10)
+        try:
+            assert not ix.index_edges(conn)
+        finally:
+            conn.set_progress_handler(None, 0)
+        return steps
+
+    _store(conn, list(range(1, 1001)))
+    while _step(conn):
+        pass
+    small = vm_steps_of_an_idle_step()
+    _store(conn, list(range(1001, 20_001)))
+    while _step(conn):
+        pass
+    assert vm_steps_of_an_idle_step() <= small + 5

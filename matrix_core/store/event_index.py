@@ -181,7 +181,11 @@ def index_edges(conn: sqlite3.Connection, tail: int = TAIL) -> bool:
     """Index the `tail` events of an edge nearest the span, if it has gathered that many
     positions (the top first); True if one was. One step stays small (a few ms)."""
     lo, hi = span(conn)
-    bottom, top = conn.execute("SELECT MIN(stream_ordering), MAX(stream_ordering) FROM events").fetchone()
+    # Two subqueries: SQLite reads MIN or MAX from the rowid's ends only when the aggregate is
+    # alone in its SELECT; `SELECT MIN(x), MAX(x)` scans the whole table.
+    bottom, top = conn.execute(
+        "SELECT (SELECT MIN(stream_ordering) FROM events), (SELECT MAX(stream_ordering) FROM events)"
+    ).fetchone()
     if top is not None and top - hi >= tail:
         _index_edge(conn, "stream_ordering > ? ORDER BY stream_ordering", hi, "hi", max, tail)
     elif bottom is not None and lo - bottom >= tail:
