@@ -17,7 +17,9 @@ from matrix_core.event_hashing import (
     compute_reference_hash,
     hash_and_sign_event,
     hash_sign_and_compute_event_id,
-    hash_sign_and_encode_new_event,
+    hash_and_encode_new_event,
+    sign_if_ours,
+    signature_block_bytes,
     redact_pdu,
     verify_event_signature,
 )
@@ -516,8 +518,9 @@ _NEW_EVENT_KEY = generate_signing_key("fast")
 def test_assembled_encoding_of_new_events_matches_the_general_path(
     version: RoomVersion, event_type: str, content: dict[str, Any], state_key: str | None, extra: dict[str, str]
 ) -> None:
-    """The hot path assembles three canonical encodings from per-member texts: the same bytes,
-    id and signature as encoding whole objects, for any content and every room version."""
+    """The hot path assembles three canonical encodings from per-member texts and leaves the
+    signature for the way out: once `sign_if_ours` adds it, the same bytes, id and signature as
+    hashing and signing whole objects, for any content and every room version."""
     pdu: dict[str, Any] = {"type": event_type, "room_id": "!r:hub", "sender": "@a:hub", "content": content,
                            "origin_server_ts": 1_700_000_000_000, "depth": 7, "prev_events": ["$p"],
                            "auth_events": ["$a", "$b\u2028"], **extra}
@@ -528,10 +531,27 @@ def test_assembled_encoding_of_new_events_matches_the_general_path(
         expected_bytes = encode_canonical_json(expected_signed)
     except CanonicalJSONError:  # e.g. a lone surrogate: the fast path must refuse it too
         with pytest.raises(CanonicalJSONError):
-            hash_sign_and_encode_new_event(pdu, version, "hub", _NEW_EVENT_KEY)
+            hash_and_encode_new_event(pdu, version)
         return
-    signed, event_id, canonical = hash_sign_and_encode_new_event(pdu, version, "hub", _NEW_EVENT_KEY)
-    assert (signed, event_id, canonical) == (expected_signed, expected_id, expected_bytes)
+    hashed, event_id, canonical = hash_and_encode_new_event(pdu, version)
+    assert "signatures" not in hashed and canonical == encode_canonical_json(hashed)
+    assert event_id == expected_id
+    signed = sign_if_ours(hashed, version, "hub", _NEW_EVENT_KEY)
+    assert signed == expected_signed
+    assert len(encode_canonical_json(signed)) == len(canonical) + signature_block_bytes("hub", _NEW_EVENT_KEY)
+    assert sign_if_ours(signed, version, "hub", _NEW_EVENT_KEY) is signed  # signed once
+    assert sign_if_ours(hashed, version, "elsewhere", _NEW_EVENT_KEY) is hashed  # not our user's event
+
+
+def test_sign_if_ours_signs_a_redacted_copy_as_the_original() -> None:
+    """A redacted event of ours leaves signed: the signature covers the redacted form only."""
+    pdu = {"type": "m.room.message", "room_id": "!r:hub", "sender": "@a:hub", "content": {"body": "secret"},
+           "origin_server_ts": 1, "depth": 1, "prev_events": [], "auth_events": []}
+    hashed, _, _ = hash_and_encode_new_event(pdu, ROOM_V12)
+    whole = sign_if_ours(hashed, ROOM_V12, "hub", _NEW_EVENT_KEY)
+    redacted = sign_if_ours(redact_pdu(hashed, ROOM_V12), ROOM_V12, "hub", _NEW_EVENT_KEY)
+    assert redacted["signatures"] == whole["signatures"]
+    assert redacted["hashes"] == whole["hashes"]
 
 
 @pytest.mark.parametrize("bad", [{"t": 1.5}, {"n": 2**53}, {1: "x"}, {"s": "\ud800"}, {"o": object()}])
@@ -539,4 +559,4 @@ def test_assembled_encoding_refuses_what_canonical_json_refuses(bad: dict[Any, A
     pdu = {"type": "m.room.message", "room_id": "!r:hub", "sender": "@a:hub", "content": bad,
            "origin_server_ts": 1, "depth": 1, "prev_events": [], "auth_events": []}
     with pytest.raises(CanonicalJSONError):
-        hash_sign_and_encode_new_event(pdu, ROOM_V12, "hub", _NEW_EVENT_KEY)
+        hash_and_encode_new_event(pdu, ROOM_V12)

@@ -74,7 +74,7 @@ async def on_event(hs: Any, origin: str, req: FederationRequest) -> tuple[int, A
         raise errors.not_found("unknown event")
     event = found[event_id][0]
     await _room_visible_to(hs, origin, event.room_id)
-    return 200, {"origin": hs.server_name, "origin_server_ts": _now(), "pdus": [event.pdu]}
+    return 200, {"origin": hs.server_name, "origin_server_ts": _now(), "pdus": [hs.rooms.outgoing_pdu(event)]}
 
 
 async def _state_before(hs: Any, origin: str, req: FederationRequest) -> tuple[Any, list[Event]]:
@@ -109,7 +109,7 @@ async def on_state(hs: Any, origin: str, req: FederationRequest) -> tuple[int, A
     from .joins import auth_chain_pdus
 
     _, state = await _state_before(hs, origin, req)
-    return 200, {"pdus": [ev.pdu for ev in state], "auth_chain": await auth_chain_pdus(hs, state)}
+    return 200, {"pdus": hs.rooms.outgoing_pdus(state), "auth_chain": await auth_chain_pdus(hs, state)}
 
 
 async def _walk_back(hs: Any, start: list[str], stop: set[str], limit: int) -> list[Event]:
@@ -140,7 +140,7 @@ async def on_backfill(hs: Any, origin: str, req: FederationRequest) -> tuple[int
     except ValueError:
         raise errors.invalid_param("limit must be an integer") from None
     events = await _walk_back(hs, starts, set(), limit)
-    return 200, {"origin": hs.server_name, "origin_server_ts": _now(), "pdus": [ev.pdu for ev in events]}
+    return 200, {"origin": hs.server_name, "origin_server_ts": _now(), "pdus": hs.rooms.outgoing_pdus(events)}
 
 
 async def on_get_missing_events(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
@@ -158,7 +158,7 @@ async def on_get_missing_events(hs: Any, origin: str, req: FederationRequest) ->
     starts = [p for ev, _, _ in latest_events.values() for p in ev.prev_event_ids]
     events = [ev for ev in await _walk_back(hs, starts, set(earliest) | set(latest), limit) if ev.depth >= min_depth]
     events.sort(key=lambda e: e.depth)
-    return 200, {"events": [ev.pdu for ev in events]}
+    return 200, {"events": hs.rooms.outgoing_pdus(events)}
 
 
 async def on_query_directory(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:

@@ -70,7 +70,7 @@ async def auth_chain_pdus(hs: Any, events: list[Event]) -> list[dict[str, Any]]:
         for ev, _, _ in found.values():
             chain.append(ev)
             frontier.extend(ev.auth_event_ids)
-    return [ev.pdu for ev in sorted(chain, key=lambda e: e.depth)]
+    return hs.rooms.outgoing_pdus(sorted(chain, key=lambda e: e.depth))
 
 
 async def on_send_membership(hs: Any, origin: str, room_id: str, event_id: str, body: Any,
@@ -102,7 +102,7 @@ async def on_send_membership(hs: Any, origin: str, room_id: str, event_id: str, 
     state_events = list(state_before.values())
     return {
         "origin": hs.server_name,
-        "state": [ev.pdu for ev in state_events],
+        "state": hs.rooms.outgoing_pdus(state_events),
         "auth_chain": await auth_chain_pdus(hs, state_events + [event]),
         "members_omitted": False,
         "servers_in_room": sorted(hs.federation_sender.servers_in_room(room_id) | {hs.server_name}),
@@ -209,7 +209,7 @@ async def send_invite(hs: Any, room: RoomCache, invite: Event) -> Event:
     """Invites v2: the invitee's server checks and countersigns our invite before we place it."""
     target_server = server_of(invite.state_key or "")
     body = {
-        "event": invite.pdu,
+        "event": hs.rooms.outgoing_pdu(invite),
         "room_version": room.version.identifier,
         "invite_room_state": await invite_state_for(room, invite),
     }

@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from ..event_hashing import sign_if_ours
 from ..events import Event
 from .client import federation_path
 from ..identifiers import server_of
@@ -95,21 +96,28 @@ class FederationSender:
             targets = self.servers_in_room(room_id)
             if ev.type == "m.room.member" and ev.state_key and ev.membership in ("invite", "leave", "ban"):
                 targets.add(server_of(ev.state_key))  # the target hears of its own membership change
-            for server in targets - {ours, ev.origin_server()}:
+            destinations = targets - {ours, ev.origin_server()}
+            if not destinations:
+                continue  # a room no other server is in: its events are never signed
+            pdu = self.hs.rooms.outgoing_pdu(ev)  # signed once, for every destination
+            for server in destinations:
                 dest = self._destination(server)
-                dest.queue.append((pos, ev.pdu))
+                dest.queue.append((pos, pdu))
                 dest.wake.set()
 
     async def _refill_from_store(self, dest: Destination) -> None:
         """After a restart: our events the destination has not acknowledged, in rooms it is in."""
         rows = await self.hs.db.fetchall(
-            "SELECT e.stream_ordering, e.json FROM events e WHERE e.stream_ordering > ? AND e.outlier = 0 "
+            "SELECT e.stream_ordering, e.room_id, e.json FROM events e WHERE e.stream_ordering > ? AND e.outlier = 0 "
             "AND e.rejected_reason IS NULL AND e.sender LIKE ? AND e.room_id IN ("
             "SELECT room_id FROM current_state WHERE type = 'm.room.member' AND membership = 'join' "
             "AND state_key LIKE ?) ORDER BY e.stream_ordering LIMIT 5000",
             (dest.last_stream, f"%:{self.hs.server_name}", f"%:{dest.name}"),
         )
-        dest.queue.extend((pos, json.loads(pdu)) for pos, pdu in rows)
+        rooms = self.hs.rooms
+        dest.queue.extend((pos, sign_if_ours(json.loads(pdu), rooms.room_version(room_id), rooms.server_name,
+                                             rooms.signing_key))
+                          for pos, room_id, pdu in rows)
         if dest.queue:
             dest.wake.set()
 

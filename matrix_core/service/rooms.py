@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from .. import auth_rules, errors
 from ..client_format import STRIPPED_STATE_TYPES, client_event, stripped_state
-from ..event_hashing import compute_event_id, hash_sign_and_encode_new_event
+from ..event_hashing import compute_event_id, hash_and_encode_new_event, sign_if_ours, signature_block_bytes
 from ..events import Event
 from ..identifiers import is_valid_user_id, random_string, split_id
 from ..notifier import EventStream
@@ -51,6 +51,7 @@ class Rooms:
         self.stream = stream
         self.server_name = server_name
         self.signing_key = signing_key
+        self._signature_bytes = signature_block_bytes(server_name, signing_key)
         self.clock = clock
         self._rooms: dict[str, RoomCache] = {}
         self._room_versions: dict[str, RoomVersion] = {}
@@ -215,6 +216,14 @@ class Rooms:
         version = self._room_versions[row[0]]
         return Event(json.loads(row[1]), event_id, version), row[2]
 
+    def outgoing_pdu(self, event: Event) -> dict[str, Any]:
+        """The event's pdu as another server gets it: events built here are stored unsigned and
+        signed on their way out (event_hashing.hash_and_encode_new_event says why)."""
+        return sign_if_ours(event.pdu, event.room_version, self.server_name, self.signing_key)
+
+    def outgoing_pdus(self, events: Iterable[Event]) -> list[dict[str, Any]]:
+        return [self.outgoing_pdu(ev) for ev in events]
+
     def rows_to_events(self, rows: list[tuple[Any, ...]]) -> list[tuple[int, Event]]:
         """(stream_ordering, event_id, room_id, json) rows -> (position, Event)."""
         out = []
@@ -283,14 +292,13 @@ class Rooms:
     def _finish_event(self, pdu: dict[str, Any], auth_state: dict[StateKey, Event],
                       version: RoomVersion, auth_memo: tuple[str, int, str, str] | None = None) -> Event:
         try:
-            signed, event_id, canonical = hash_sign_and_encode_new_event(pdu, version, self.server_name,
-                                                                         self.signing_key)
-            size = len(canonical)
+            hashed, event_id, canonical = hash_and_encode_new_event(pdu, version)
+            size = len(canonical) + self._signature_bytes  # as it will leave this server
         except ValueError as exc:  # floats, huge ints, bad types in content
             raise errors.bad_json(str(exc)) from None
         if size > MAX_EVENT_BYTES:
             raise errors.too_large(f"Event is {size} bytes; the limit is {MAX_EVENT_BYTES}")
-        event = Event(signed, event_id, version, canonical)
+        event = Event(hashed, event_id, version, canonical)
         if auth_memo is not None and auth_memo in self._auth_passed:
             return event
         try:
