@@ -3,7 +3,6 @@ only after COMMIT, chains the batch's events, refuses per item what `send_event`
 back (None) for rooms not in memory."""
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from matrix_core.homeserver import Homeserver, HomeserverSettings
 from matrix_core.ratelimit import RateLimit
 from matrix_core.service.accounts import Requester
 from matrix_core.signing import generate_signing_key
-from matrix_core.store import accounts as account_rows
+from matrix_core.store import accounts as account_rows, event_json
 
 
 async def test_nowait_sends_are_committed_before_they_resolve(tmp_path: Path) -> None:
@@ -36,8 +35,9 @@ async def test_nowait_sends_are_committed_before_they_resolve(tmp_path: Path) ->
         with sqlite3.connect(tmp_path / "db.sqlite") as conn:  # another connection sees them: committed
             rows = dict(conn.execute("SELECT event_id, json FROM events WHERE type = 'm.room.message'").fetchall())
         assert set(ids) <= set(rows)
+        assert all(isinstance(stored, bytes) for stored in rows.values())  # tokenised (store/event_json.py)
         for prev, nxt in zip(ids, ids[1:]):  # each built on the one before it
-            assert json.loads(rows[nxt])["prev_events"] == [prev]
+            assert event_json.load(rows[nxt])["prev_events"] == [prev]
         future, outcomes = hs.rooms.send_events_nowait(Requester("@b:hub", "D", False, "t"), room_id,
                                                        [("m.room.message", {"b": 1}, None)])
         assert future is None and outcomes[0].errcode == "M_FORBIDDEN"

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from typing import Any
 
-from matrix_core.store import Database, event_index
+from matrix_core.store import Database, event_index, event_json
 
 from .packets import Subscription
 from .routing import Rule
@@ -121,6 +121,6 @@ async def load_room_bindings(db: Database, binding_type: str) -> list[tuple[str,
     )
     out = []
     for room_id, state_key, pdu_json in rows:
-        content = json.loads(pdu_json).get("content", {})
+        content = event_json.load(pdu_json).get("content", {})
         out.append((room_id, state_key, content if isinstance(content, dict) else {}))
     return out

@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Callable
 
-from matrix_core.store import event_index
+from matrix_core.store import event_index, event_json
 
 RETENTION_EVENT = "m.room.retention"
 DAY_MS = 86_400_000
@@ -41,7 +41,7 @@ def room_ages(conn: sqlite3.Connection, default_days: int) -> dict[str, int]:
         f"SELECT c.room_id, e.json FROM current_state c JOIN events e ON {event_index.by_id('c.event_id', 'e')} "
         "WHERE c.type = ? AND c.state_key = ''", (RETENTION_EVENT,)
     ):
-        lifetime = json.loads(pdu_json).get("content", {}).get("max_lifetime")
+        lifetime = event_json.load(pdu_json).get("content", {}).get("max_lifetime")
         if isinstance(lifetime, int) and not isinstance(lifetime, bool) and lifetime > 0:
             ages[room_id] = lifetime
         else:

@@ -17,6 +17,7 @@ from ..event_hashing import sign_if_ours
 from ..events import Event
 from .client import federation_path
 from ..identifiers import server_of
+from ..store import event_json
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class FederationSender:
             (dest.last_stream, f"%:{self.hs.server_name}", f"%:{dest.name}"),
         )
         rooms = self.hs.rooms
-        dest.queue.extend((pos, sign_if_ours(json.loads(pdu), rooms.room_version(room_id), rooms.server_name,
+        dest.queue.extend((pos, sign_if_ours(event_json.load(pdu), rooms.room_version(room_id), rooms.server_name,
                                              rooms.signing_key))
                           for pos, room_id, pdu in rows)
         if dest.queue:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import errors
 from ..identifiers import server_of
-from ..store import event_index
+from ..store import event_index, event_json
 from . import endpoints  # noqa: F401  (registers the room endpoints on the route table)
 from .client import federation_path
 from .inbound import InboundEvents, PDUError
@@ -74,7 +74,7 @@ class FederationService:
             event_index.room_events("e.stream_ordering, e.json", "?1", event_index.TIMELINE, "ASC", "1"), (room_id,))
         if row is None:
             return False
-        oldest = json.loads(row[1])
+        oldest = event_json.load(row[1])
         if oldest.get("type") == "m.room.create" or not oldest.get("prev_events"):
             return False
         known = await hs.rooms.get_events_any(oldest["prev_events"])

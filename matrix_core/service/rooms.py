@@ -23,7 +23,7 @@ from ..notifier import EventStream
 from ..room_presets import initial_state_events
 from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from ..signing import SigningKey
-from ..store import Database, event_index
+from ..store import Database, event_index, event_json
 from .accounts import Requester
 from .room_cache import MAX_STATE_CHAIN, RoomCache, StateKey
 
@@ -107,10 +107,10 @@ class Rooms:
         ):
             if user_id.endswith(":" + self.server_name):
                 self.memberships.setdefault(user_id, {})[room_id] = (membership, pos)
-        for user_id, room_id, version, event_json, invite_state, pos in await self.db.fetchall(
+        for user_id, room_id, version, invite_json, invite_state, pos in await self.db.fetchall(
             "SELECT user_id, room_id, room_version, event_json, invite_state, stream_ordering FROM remote_invites"
         ):
-            self.remote_invites[(user_id, room_id)] = (KNOWN_ROOM_VERSIONS[version], json.loads(event_json),
+            self.remote_invites[(user_id, room_id)] = (KNOWN_ROOM_VERSIONS[version], json.loads(invite_json),
                                                        json.loads(invite_state))
             if room_id not in self._room_versions:
                 self.memberships.setdefault(user_id, {})[room_id] = ("invite", pos)
@@ -125,7 +125,7 @@ class Rooms:
         ):
             self.redactions[redacted] = redaction_id
             self._redaction_events[redaction_id] = Event(
-                json.loads(pdu_json), redaction_id, self._room_versions[room_id]
+                event_json.load(pdu_json), redaction_id, self._room_versions[room_id]
             )
 
     # -- reading rooms and events ---------------------------------------------------------------
@@ -179,7 +179,7 @@ class Rooms:
             (room_id,),
         )
         for event_id, pdu_json in rows:
-            ev = Event(json.loads(pdu_json), event_id, version)
+            ev = Event(event_json.load(pdu_json), event_id, version)
             room.state[(ev.type, ev.state_key or "")] = ev
         if room.extremities:
             depth_row = await self.db.fetchone(
@@ -214,7 +214,7 @@ class Rooms:
         if row is None:
             return None
         version = self._room_versions[row[0]]
-        return Event(json.loads(row[1]), event_id, version), row[2]
+        return Event(event_json.load(row[1]), event_id, version), row[2]
 
     def outgoing_pdu(self, event: Event) -> dict[str, Any]:
         """The event's pdu as another server gets it: events built here are stored unsigned and
@@ -230,7 +230,7 @@ class Rooms:
         for pos, event_id, room_id, pdu_json in rows:
             cached = self._event_cache.get(event_id)
             if cached is None:
-                cached = Event(json.loads(pdu_json), event_id, self._room_versions[room_id])
+                cached = Event(event_json.load(pdu_json), event_id, self._room_versions[room_id])
             out.append((pos, cached))
         return out
 
@@ -427,7 +427,7 @@ class Rooms:
             ):
                 version = self._room_versions.get(room_id)
                 if version is not None:
-                    out[event_id] = (Event(json.loads(pdu_json), event_id, version), bool(outlier), rejected)
+                    out[event_id] = (Event(event_json.load(pdu_json), event_id, version), bool(outlier), rejected)
         return out
 
     def _remember_state_after(self, event_id: str, state: dict[StateKey, Event], group: int | None) -> None:
@@ -961,7 +961,7 @@ class Rooms:
                 f"SELECT event_id, json FROM events WHERE {event_index.by_ids()}",
                 (event_index.ids_param(list(ids.values())),),
             )
-            by_id = {eid: Event(json.loads(j), eid, version) for eid, j in rows}
+            by_id = {eid: Event(event_json.load(j), eid, version) for eid, j in rows}
             for key, eid in ids.items():
                 if eid in by_id:
                     out[key] = by_id[eid]
@@ -1037,13 +1037,13 @@ class _Rows:
                   outlier: bool = False, rejected: str | None = None, announce: bool = True,
                   fresh: bool = False) -> None:
         if ev.canonical is not None:
-            json_text = ev.canonical.decode()
+            stored = event_json.pack(ev.canonical)
             ev.release_canonical()  # the row has it now; cached events stay light
         else:
-            json_text = json.dumps(ev.pdu, ensure_ascii=False, separators=(",", ":"))
+            stored = event_json.pack(json.dumps(ev.pdu, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
         self.events.append((
             pos, ev.event_id, ev.room_id, ev.type, ev.state_key, ev.sender, ev.depth, ev.origin_server_ts,
-            group, before_group, int(outlier), rejected, txn_key, json_text,
+            group, before_group, int(outlier), rejected, txn_key, stored,
         ))
         self.fresh.append(fresh)
         if ev.type == "m.room.redaction" and ev.redacts and not outlier and rejected is None:
