@@ -18,7 +18,7 @@ from matrix_core.store.database import Database
 from matrix_core.store.event_index import TAIL
 from tests.conftest import PASSWORD
 from tests.support.gateway import GatewayProcess, gateway_cli
-from tests.test_mqtt_peers import Paho, mosquitto_pub
+from tests.test_mqtt_peers import MosquittoSub, Paho, mosquitto_pub
 
 WINDOW_MS = 10_000  # the longest allowed, longer than any wait here: QoS 0 commits only when something makes it
 
@@ -80,6 +80,53 @@ def test_qos0_waits_to_share_a_commit_and_a_qos1_publish_commits_it_in_order(hub
         pub.disconnect()
     assert _stored_count(hub) == 7
     assert _bodies(hub, "#mqtt/sd/box:localhost") == ["first"] + [f"q0-{i}" for i in range(5)] + ["q1"]
+
+
+def test_qos0_reaches_live_subscribers_before_its_commit_and_only_once(hub: GatewayProcess) -> None:
+    """The window saves SD-card writes without delaying automations: mosquitto_sub gets a QoS 0
+    message while it still waits for its commit (the window is 10 s, longer than paho's wait),
+    and not a second time when a QoS 1 publish commits it; the room has it after that commit."""
+    port = hub.mqtt_port
+    mosquitto_pub(port, "alice", PASSWORD, "sd/live/t", "first", 1)
+    sub = MosquittoSub(port, "alice", PASSWORD, "sd/live/#", 3)
+    pub = Paho(port, "alice", PASSWORD, "sd-live")
+    pub.connect()
+    watcher = Paho(port, "alice", PASSWORD, "sd-live-watch")
+    watcher.connect()
+    try:
+        watcher.subscribe("sd/live/t")
+        pub.publish("sd/live/t", "motion", 0)
+        assert watcher.get().payload == b"motion"  # delivered...
+        assert _stored_count(hub) == 1  # ...while it waits for its commit
+        pub.publish("sd/live/t", "q1", 1)  # commits "motion" too
+        assert watcher.get().payload == b"q1"
+        assert watcher.nothing_within(0.5)  # no second "motion" after the commit
+    finally:
+        pub.disconnect()
+        watcher.disconnect()
+    mosquitto_pub(port, "alice", PASSWORD, "sd/live/t", "end", 1)
+    assert sub.wait() == ["sd/live/t motion", "sd/live/t q1", "sd/live/t end"]
+    assert _bodies(hub, "#mqtt/sd/live:localhost") == ["first", "motion", "q1", "end"]
+
+
+def test_qos0_and_qos1_publishes_of_one_client_reach_a_subscriber_in_the_order_sent(hub: GatewayProcess) -> None:
+    """QoS 0 publishes delivered before their commit, mixed with QoS 1 ones delivered after
+    theirs (the broker delivers early only while none of the client's QoS 1/2 publishes is
+    still being stored): mosquitto_sub gets them all in the order paho sent them."""
+    port = hub.mqtt_port
+    mosquitto_pub(port, "alice", PASSWORD, "sd/order/t", "first", 1)
+    sub = MosquittoSub(port, "alice", PASSWORD, "sd/order/t", 41)
+    pub = Paho(port, "alice", PASSWORD, "sd-order")
+    pub.connect()
+    try:
+        for i in range(20):  # no wait for PUBACKs: QoS 0 ones follow QoS 1 ones still in flight
+            pub.client.publish("sd/order/t", f"a{i}", 1)
+            pub.client.publish("sd/order/t", f"b{i}", 0)
+        pub.publish("sd/order/t", "last", 1)
+    finally:
+        pub.disconnect()
+    want = [f"sd/order/t {x}{i}" for i in range(20) for x in "ab"] + ["sd/order/t last"]
+    assert sub.wait() == want
 
 
 def test_sigterm_commits_waiting_qos0_publishes(hub: GatewayProcess) -> None:

@@ -132,6 +132,8 @@ class MqttBroker:
         self.online: dict[str, ClientProtocol] = {}
         self.clients: set[ClientProtocol] = set()
         self._own: dict[int, _Own] = {}
+        # stream position -> sessions that got its QoS 0 message before its commit (_deliver_early)
+        self._early: dict[int, set[str]] = {}
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._unsubscribe: Callable[[], None] | None = None
@@ -475,15 +477,20 @@ class MqttBroker:
 
     def send_batch_nowait(self, requester: Requester, room_id: str,
                           items: list[tuple[str, dict[str, Any], str | None, Publish]],
-                          key: str | None, delay: float = 0.0) -> "list[asyncio.Future[Any]] | None":
+                          key: str | None, delay: float = 0.0,
+                          deliver_early: bool = False) -> "list[asyncio.Future[Any]] | None":
         """The hot path of `send` for publishes read together for one room (retained ones too):
         no coroutine or task per message, and one write for all of them. Per item a future (the
         shared one, or a failed one for an item refused alone); None when the core cannot take
-        them synchronously (then `send` each)."""
+        them synchronously (then `send` each). `deliver_early`: QoS 0 publishes waiting `delay`
+        for a shared commit go to online subscribers at once (`_deliver_early`)."""
         owns = [_Own(content, publish, key or "") for _, content, _, publish in items]
         for own in owns:
             self._own[id(own.content)] = own
-        fut, outcomes = self.hs.rooms.send_events_nowait(requester, room_id, [item[:3] for item in items], delay)
+        early: list[int] = []
+        on_placed = (lambda entries: early.extend(self._deliver_early(entries))) if deliver_early else None
+        fut, outcomes = self.hs.rooms.send_events_nowait(requester, room_id, [item[:3] for item in items], delay,
+                                                         on_placed)
         if not outcomes:
             for own in owns:
                 del self._own[id(own.content)]
@@ -504,6 +511,8 @@ class MqttBroker:
                 for own in owns:
                     if self._own.get(id(own.content)) is own:
                         del self._own[id(own.content)]
+                for pos in early:  # the commit failed, or its fan-out is done
+                    self._early.pop(pos, None)
                 self._bg.discard(fut)  # type: ignore[arg-type]
 
             self._bg.add(fut)  # type: ignore[arg-type]
@@ -523,13 +532,45 @@ class MqttBroker:
 
     # -- fan-out: room -> subscribers -----------------------------------------------------------
 
+    def _deliver_early(self, entries: list[tuple[int, Event]]) -> list[int]:
+        """QoS 0 publishes waiting to share a commit (`qos0_commit_delay`) go to the subscribers
+        online now, as a plain broker would: the wait saves SD-card writes without delaying a
+        motion sensor's message to the automation listening for it. Only QoS 0 messages to
+        connected clients (the only ones a QoS 0 publish makes: nothing is queued for offline
+        sessions); Matrix clients, CoAP observers and clients connecting later get the event
+        after its commit, and `_on_stream` skips the sessions served here. Returns the
+        positions recorded. A crash before the commit loses the stored copy, not the delivery:
+        at most once, as QoS 0 allows."""
+        now = time.monotonic()
+        touched: set[ClientProtocol] = set()
+        recorded: list[int] = []
+        for pos, event in entries:
+            served: set[str] = set()
+            for key, message in self._messages_for(pos, event):
+                client = self.online.get(key)
+                if message.qos or client is None or client.conn.state is not State.CONNECTED:
+                    continue
+                if not client.conn.deliver(message, now):
+                    self.dropped_slow += 1
+                touched.add(client)
+                served.add(key)
+            if served:
+                self._early[pos] = served
+                recorded.append(pos)
+        for client in touched:
+            client.flush_out()
+        return recorded
+
     def _on_stream(self, entries: list[tuple[int, Event]]) -> None:
         now = time.monotonic()
         touched: set[ClientProtocol] = set()
         for pos, event in entries:
             if event.type == BINDING_TYPE:
                 self._on_binding(event)
+            served = self._early.pop(pos, None) if self._early else None
             for key, message in self._messages_for(pos, event):
+                if served is not None and key in served:
+                    continue
                 client = self.online.get(key)
                 session = self.sessions.get(key)
                 if session is None:
@@ -1033,7 +1074,10 @@ class ClientProtocol(asyncio.Protocol):
         broker = self.broker
         unacknowledged = all(item[3].qos == 0 for item in items)
         delay = broker.settings.qos0_commit_delay if unacknowledged else 0.0
-        futures = broker.send_batch_nowait(self.requester, room_id, items, self.key, delay)
+        # Delivered before the commit only if no QoS 1/2 publish of this client is still being
+        # stored: its subscribers get this client's messages in the order it sent them.
+        early = delay > 0 and not any(qos for _, qos, _ in self._acks)
+        futures = broker.send_batch_nowait(self.requester, room_id, items, self.key, delay, early)
         if futures is None:  # the room left memory meanwhile: one at a time, the awaiting way
             futures = [broker.background(broker.send(self.requester, room_id, event_type, content, state_key,
                                                      publish, self.key))

@@ -627,7 +627,8 @@ class Rooms:
         return self._build_event(room, requester.user_id, event_type, content, state_key, redacts)
 
     def send_events_nowait(self, requester: Requester, room_id: str,
-                           items: list[tuple[str, dict[str, Any], str | None]], delay: float = 0.0
+                           items: list[tuple[str, dict[str, Any], str | None]], delay: float = 0.0,
+                           on_placed: Callable[[list[tuple[int, Event]]], None] | None = None
                            ) -> "tuple[asyncio.Future[Any] | None, list[Any]]":
         """`send_event` without a coroutine, for many messages to one room as one write: a burst
         of device messages (MQTT reads dozens of PUBLISHes per socket read) shares one future,
@@ -639,7 +640,9 @@ class Rooms:
         in memory yet (then no outcomes either: use `send_event`).
 
         `delay`: seconds the commit may wait to share it with later writes, for messages nobody
-        is waiting to see acknowledged (MQTT QoS 0); they reach the stream after that commit."""
+        is waiting to see acknowledged (MQTT QoS 0); they reach the stream after that commit.
+        `on_placed` gets the (position, event) pairs at once, before the commit: a front end
+        may pass them on to its own live subscribers while they wait (MQTT QoS 0)."""
         room = self._rooms.get(room_id)
         if room is None:
             return None, []
@@ -658,7 +661,10 @@ class Rooms:
         if not events:
             return None, outcomes
         self._update_room_row(rows, room, latest_is_sole_extremity=True)
-        return self._submit(room, rows, delay), outcomes
+        fut = self._submit(room, rows, delay)
+        if on_placed is not None:
+            on_placed(rows.notify)
+        return fut, outcomes
 
     # -- creating rooms ---------------------------------------------------------------------------
 
