@@ -54,7 +54,9 @@ class GatewayConfig:
     mqtt_wss_port: int = 8084
     mqtt_deny_subscribe: tuple[str, ...] = ()
     mqtt_max_keepalive: int = 65535
-    mqtt_qos0_commit_ms: int = 0
+    # QoS 0 publishes wait up to 1 s to share a commit (SD-card writes; live MQTT subscribers get
+    # them at once): the interval Home Assistant's recorder commits at by default.
+    mqtt_qos0_commit_ms: int = 1000
     federation_port: int = 8448
     # federation TLS (matrix_core/federation/tls.py): empty = a self-signed pair made in the data dir
     federation_tls_cert: str = ""
