@@ -279,3 +279,29 @@ def test_a_step_with_nothing_to_do_reads_a_few_rows_whatever_the_store_holds(tmp
     while _step(conn):
         pass
     assert vm_steps_of_an_idle_step() <= small + 5
+
+
+def test_the_compactor_rides_along_with_the_next_commit_then_keeps_going_at_once() -> None:
+    """A quiet spell's first step must not commit on its own: that would end the wait of QoS 0
+    publishes gathering for a shared commit (mqtt_qos0_commit_ms). Once a step found work, the
+    rest of it follows without waiting."""
+    import asyncio
+
+    async def main() -> list[float]:
+        delays: list[float] = []
+        answers = iter([True, True, False])  # two steps with work, then nothing left
+
+        def submit(fn: object, delay: float) -> "asyncio.Future[bool]":
+            assert fn is ix.compact_step
+            delays.append(delay)
+            fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            fut.set_result(next(answers))
+            return fut
+
+        compactor = ix.Compactor(submit)
+        compactor.poke()
+        await compactor.wait_idle()
+        assert compactor.steps == 2
+        return delays
+
+    assert asyncio.run(main()) == [ix.Compactor.RIDE_ALONG, 0.0, 0.0]

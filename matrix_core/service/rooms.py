@@ -84,7 +84,7 @@ class Rooms:
         self.backfill: Callable[[str, int], Any] | None = None
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
-        self.compactor = event_index.Compactor(self.db.write)
+        self.compactor = event_index.Compactor(self.db.submit)
 
     # -- start-up -----------------------------------------------------------------------------
 

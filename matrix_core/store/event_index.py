@@ -300,13 +300,19 @@ class Compactor:
     """Runs `compact_step` as ordinary queued writes, one at a time, while there is work, once
     the hub has been quiet for QUIET seconds: each step holds the writer (and the interpreter)
     for a few milliseconds, which a burst of device messages should not wait for. Under
-    sustained traffic it runs anyway every BUSY_CAP positions, so the edges stay bounded."""
+    sustained traffic it runs anyway every BUSY_CAP positions, so the edges stay bounded.
+
+    The first step of a run rides along with the next commit (or waits RIDE_ALONG seconds): a
+    write of its own would end the wait of QoS 0 publishes gathering for a shared commit
+    (`mqtt_qos0_commit_ms`), one extra commit per quiet spell, which at a few readings a second
+    is most of them. Only when a step did work and more remains do the next ones commit at once."""
 
     QUIET = 0.5
+    RIDE_ALONG = 10.0  # the longest a QoS 0 publish may wait for a shared commit
     BUSY_CAP = 8 * TAIL
 
-    def __init__(self, write: Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]) -> None:
-        self._write = write
+    def __init__(self, submit: Callable[[Callable[[sqlite3.Connection], Any], float], Awaitable[Any]]) -> None:
+        self._submit = submit
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last: tuple[int, int] | None = None  # positions at the last run
@@ -342,9 +348,11 @@ class Compactor:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        delay = self.RIDE_ALONG
         try:
-            while await self._write(compact_step):
+            while await self._submit(compact_step, delay):
                 self.steps += 1
+                delay = 0.0
         except Exception:  # a failed step leaves the index as it was; the next poke retries
             log.exception("event index compaction step failed")
 
