@@ -58,8 +58,10 @@ mqtt_ws_path = "{mqtt_ws_path}"
 mqtt_wss_enabled = {mqtt_wss_enabled}
 mqtt_wss_port = {mqtt_wss_port}
 # Milliseconds a QoS 0 publish may wait for other writes to share its commit: fewer, larger
-# commits spare an SD card (docs/mqtt.md has figures), at that much added delivery delay for QoS 0
-# messages. 0: each read of publishes is committed at once. QoS 1/2 are never delayed.
+# commits spare an SD card (docs/mqtt.md has figures). MQTT subscribers online get QoS 0 messages
+# at once all the same; Matrix clients and CoAP observers see them after the commit, and a power
+# cut may lose that long of QoS 0 readings. 0: each read of publishes is committed at once.
+# QoS 1/2 are never delayed.
 mqtt_qos0_commit_ms = {mqtt_qos0_commit_ms}
 # Topic filters nobody may subscribe to or receive over MQTT, e.g. ["secrets/#"]. A SUBSCRIBE
 # inside one is refused (SUBACK 0x80 / 0x87); wider filters (#) never get those topics either.
