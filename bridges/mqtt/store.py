@@ -7,7 +7,6 @@ over) each other's session by choosing the same client id.
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import Any

@@ -9,7 +9,6 @@ Deletion runs in small batches so the hub's writer (and an SD card) never waits 
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Callable

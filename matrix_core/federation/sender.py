@@ -8,7 +8,6 @@ A destination in backoff is woken early when it is heard from (any authenticated
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any

@@ -2,7 +2,6 @@
 and the hooks that let the core join rooms hosted elsewhere. Starts after the listener."""
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
