@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
+from typing import Any, Callable
 
 from .canonical_json import (
     canonical_utf8,
@@ -186,10 +186,18 @@ def hash_sign_and_compute_event_id(
     hashes["sha256"] = encode_base64(compute_content_hash(signed))
     signed["hashes"] = hashes
 
-    to_sign = {k: v for k, v in _redact_shallow(signed, room_version).items() if k not in _UNSIGNED_AND_SIGNATURES}
     # The content hash above validated every value; the redacted subset needs no second walk.
-    message = encode_canonical_json_trusted(to_sign)
+    message = _sign_into(signed, room_version, server_name, key, encode_canonical_json_trusted)
+    event_id = "$" + encode_base64(hashlib.sha256(message).digest(), urlsafe=True)
+    return signed, event_id
 
+
+def _sign_into(signed: dict[str, Any], room_version: RoomVersion, server_name: str, key: SigningKey,
+               encode: Callable[[Any], bytes]) -> bytes:
+    """Add `server_name`'s signature over the redacted form to `signed` (a copy the caller
+    owns; other servers' signatures are kept); returns the bytes signed."""
+    to_sign = {k: v for k, v in _redact_shallow(signed, room_version).items() if k not in _UNSIGNED_AND_SIGNATURES}
+    message = encode(to_sign)
     old_signatures = signed.get("signatures")
     signatures: dict[str, Any] = {}
     if isinstance(old_signatures, dict):
@@ -199,9 +207,7 @@ def hash_sign_and_compute_event_id(
         server_sigs = signatures[server_name] = {}
     server_sigs[key.key_id] = encode_base64(key.sign(message))
     signed["signatures"] = signatures
-
-    event_id = "$" + encode_base64(hashlib.sha256(message).digest(), urlsafe=True)
-    return signed, event_id
+    return message
 
 
 def hash_and_encode_new_event(pdu: dict[str, Any], room_version: RoomVersion) -> tuple[dict[str, Any], str, bytes]:
@@ -258,12 +264,9 @@ def sign_if_ours(pdu: dict[str, Any], room_version: RoomVersion, server_name: st
     if isinstance(signatures, dict) and isinstance(signatures.get(server_name), dict) \
             and key.key_id in signatures[server_name]:
         return pdu
-    to_sign = {k: v for k, v in _redact_shallow(pdu, room_version).items() if k not in _UNSIGNED_AND_SIGNATURES}
-    signature = encode_base64(key.sign(encode_canonical_json(to_sign)))
-    merged = {n: dict(s) for n, s in signatures.items() if isinstance(s, dict)} \
-        if isinstance(signatures, dict) else {}
-    merged.setdefault(server_name, {})[key.key_id] = signature
-    return {**pdu, "signatures": merged}
+    signed = dict(pdu)
+    _sign_into(signed, room_version, server_name, key, encode_canonical_json)
+    return signed
 
 
 def hash_and_sign_event(

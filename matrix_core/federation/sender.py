@@ -12,7 +12,6 @@ import logging
 import time
 from typing import Any
 
-from ..event_hashing import sign_if_ours
 from ..events import Event
 from .client import federation_path
 from ..identifiers import server_of
@@ -108,16 +107,15 @@ class FederationSender:
     async def _refill_from_store(self, dest: Destination) -> None:
         """After a restart: our events the destination has not acknowledged, in rooms it is in."""
         rows = await self.hs.db.fetchall(
-            "SELECT e.stream_ordering, e.room_id, e.json FROM events e WHERE e.stream_ordering > ? AND e.outlier = 0 "
-            "AND e.rejected_reason IS NULL AND e.sender LIKE ? AND e.room_id IN ("
+            "SELECT e.stream_ordering, e.event_id, e.room_id, e.json FROM events e "
+            "WHERE e.stream_ordering > ? AND e.outlier = 0 AND e.rejected_reason IS NULL AND e.sender LIKE ? AND e.room_id IN ("
             "SELECT room_id FROM current_state WHERE type = 'm.room.member' AND membership = 'join' "
             "AND state_key LIKE ?) ORDER BY e.stream_ordering LIMIT 5000",
             (dest.last_stream, f"%:{self.hs.server_name}", f"%:{dest.name}"),
         )
         rooms = self.hs.rooms
-        dest.queue.extend((pos, sign_if_ours(event_json.load(pdu), rooms.room_version(room_id), rooms.server_name,
-                                             rooms.signing_key))
-                          for pos, room_id, pdu in rows)
+        dest.queue.extend((pos, rooms.outgoing_pdu(Event(event_json.load(pdu), event_id, rooms.room_version(room_id))))
+                          for pos, event_id, room_id, pdu in rows)
         if dest.queue:
             dest.wake.set()
 
