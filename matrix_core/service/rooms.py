@@ -25,6 +25,7 @@ from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersi
 from ..signing import SigningKey
 from ..store import Database, event_index, event_json
 from .accounts import Requester
+from .read_access import ReadAccess, ReadGate
 from .room_cache import MAX_STATE_CHAIN, RoomCache, StateKey
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Rooms:
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
         self.compactor = event_index.Compactor(self.db.submit)
+        self.read_gate = ReadGate(db)
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -382,6 +384,8 @@ class Rooms:
                           None if f.cancelled() else f.exception())
                 self._rooms.pop(room.room_id, None)
                 return
+            if rows.visibility_changed:
+                self.read_gate.visibility_changed(room.room_id)
             for user_id, membership, pos in rows.member_updates:
                 self.memberships.setdefault(user_id, {})[room.room_id] = (membership, pos)
             for _, ev in rows.notify:
@@ -910,31 +914,26 @@ class Rooms:
 
     # -- reading state and history ----------------------------------------------------------------
 
-    async def check_can_read(self, requester: Requester, room_id: str) -> int | None:
-        """Raise unless the user may read the room; returns the last position they may see."""
+    async def read_access(self, requester: Requester, room_id: str) -> ReadAccess:
+        """Raise unless the user may read the room; what they may see of it (history visibility)."""
         room = await self.get_room(room_id)
-        member = self.membership_of(requester.user_id, room_id)
-        if member is not None and member[0] == "join":
-            return None
-        if room.state_content("m.room.history_visibility").get("history_visibility") == "world_readable":
-            return None
-        if member is not None and member[0] in ("leave", "ban"):
-            return member[1]
-        raise errors.forbidden("You are not a member of this room")
+        visibility = room.state_content("m.room.history_visibility").get("history_visibility")
+        return await self.read_gate.access(requester.user_id, room_id, self.membership_of(requester.user_id, room_id),
+                                           visibility if isinstance(visibility, str) else "shared")
+
+    async def _readable_state(self, requester: Requester, room_id: str) -> dict[StateKey, Event]:
+        """The state the user may read: the current one, or the one they left (if they could read it)."""
+        upto = (await self.read_access(requester, room_id)).state_position()
+        if upto is None:
+            return (await self.get_room(room_id)).state
+        return await self.state_at(room_id, upto)
 
     async def get_state(self, requester: Requester, room_id: str) -> list[dict[str, Any]]:
-        upto = await self.check_can_read(requester, room_id)
-        room = await self.get_room(room_id)
-        if upto is not None:
-            return [self.serialize(ev) for ev in (await self.state_at(room_id, upto)).values()]
-        return [self.serialize(ev) for ev in room.state.values()]
+        return [self.serialize(ev) for ev in (await self._readable_state(requester, room_id)).values()]
 
     async def get_state_event(self, requester: Requester, room_id: str, event_type: str,
                               state_key: str) -> Event:
-        upto = await self.check_can_read(requester, room_id)
-        room = await self.get_room(room_id)
-        state = room.state if upto is None else await self.state_at(room_id, upto)
-        ev = state.get((event_type, state_key))
+        ev = (await self._readable_state(requester, room_id)).get((event_type, state_key))
         if ev is None:
             raise errors.not_found("Event not found.")
         return ev
@@ -974,9 +973,9 @@ class Rooms:
         return out
 
     async def get_event_for_client(self, requester: Requester, room_id: str, event_id: str) -> dict[str, Any]:
-        upto = await self.check_can_read(requester, room_id)
+        access = await self.read_access(requester, room_id)
         found = await self.fetch_event(event_id)
-        if found is None or found[0].room_id != room_id or (upto is not None and found[1] > upto):
+        if found is None or found[0].room_id != room_id or not access.event_visible(found[1], found[0]):
             raise errors.not_found("Event not found.")
         return self.serialize(found[0], requester)
 
@@ -994,8 +993,8 @@ class Rooms:
 
     async def messages(self, requester: Requester, room_id: str, from_pos: int | None, direction: str,
                        limit: int, to_pos: int | None) -> dict[str, Any]:
-        upto = await self.check_can_read(requester, room_id)
-        ceiling = self.stream.position if upto is None else upto
+        access = await self.read_access(requester, room_id)
+        ceiling = self.stream.position if access.upto is None else access.upto
         if direction == "b":
             start = ceiling if from_pos is None else min(from_pos, ceiling)
             got = await self.timeline(room_id, start, limit, after=to_pos)
@@ -1009,7 +1008,7 @@ class Rooms:
             got = await self.timeline(room_id, upper, limit, after=start, forwards=True)
             end = got[-1][0] if got else None
         body: dict[str, Any] = {
-            "chunk": [self.serialize(ev, requester) for _, ev in got],
+            "chunk": [self.serialize(ev, requester) for _, ev in access.visible(got)],
             "start": f"s{start}",
         }
         if end is not None and len(got) == limit:
@@ -1037,6 +1036,7 @@ class _Rows:
         self.member_updates: list[tuple[str, str, int]] = []
         self.notify: list[tuple[int, Event]] = []
         self.new_room: tuple[str, str, str | None] | None = None
+        self.visibility_changed = False  # holds an m.room.history_visibility event (read_access)
         self.room_update: tuple[str, int | None, str] | None = None
 
     def add_event(self, pos: int, ev: Event, group: int | None, before_group: int | None, txn_key: str | None,
@@ -1054,6 +1054,8 @@ class _Rows:
         self.fresh.append(fresh)
         if ev.type == "m.room.redaction" and ev.redacts and not outlier and rejected is None:
             self.redactions.append((ev.redacts, ev.event_id))
+        if ev.type == "m.room.history_visibility":
+            self.visibility_changed = True
         if announce and not outlier and rejected is None:
             self.notify.append((pos, ev))
 

@@ -137,6 +137,17 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
         UPDATE event_index_span SET lo = COALESCE((SELECT MIN(stream_ordering) FROM events), 0),
                                     hi = COALESCE((SELECT MAX(stream_ordering) FROM events), 0);
         """,
+    ),    (
+        3,
+        # History visibility reads each user's membership changes and each room's visibility
+        # changes (store/history.py). Partial indexes: only those two event types are written to
+        # them, so a message or a retained MQTT reading costs no index page.
+        """
+        CREATE INDEX events_member_changes ON events (room_id, state_key, stream_ordering)
+            WHERE type = 'm.room.member';
+        CREATE INDEX events_visibility_changes ON events (room_id, stream_ordering)
+            WHERE type = 'm.room.history_visibility'
+        """,
     ),
 ]
 
