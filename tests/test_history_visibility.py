@@ -77,3 +77,18 @@ def test_world_readable_history_is_for_everyone() -> None:
     assert visible(None, None, "world_readable", "world_readable", False, True)
     assert not visible(None, None, "shared", "shared", False, True)
     assert visible(None, None, "shared", "shared", False, False)
+
+
+def test_the_lookups_read_the_partial_indexes(tmp_path) -> None:
+    """A lookup walks a few membership/visibility rows, never the room's messages."""
+    from matrix_core.store import history
+    from matrix_core.store.database import open_sync
+
+    conn = open_sync(tmp_path / "h.db")
+    plans = {
+        "events_member_changes": conn.execute("EXPLAIN QUERY PLAN " + history.MEMBERSHIP_CHANGES_SQL, ("!r", U)),
+        "events_visibility_changes": conn.execute("EXPLAIN QUERY PLAN " + history.VISIBILITY_CHANGES_SQL, ("!r",)),
+    }
+    for index, plan in plans.items():
+        details = [row[3] for row in plan.fetchall()]
+        assert details == [details[0]] and f"USING INDEX {index}" in details[0], details
