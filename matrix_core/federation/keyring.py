@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any, Callable, Iterable
 
 from ..canonical_json import encode_json
+from ..clock import now_ms as _now_ms
 from ..store import federation as federation_store
 from ..signing import SignatureError, SigningKey, decode_base64, encode_base64, verify_json_signature
 from .client import FederationTransportError
@@ -35,10 +35,6 @@ KEY_FETCH_TIMEOUT = 15.0
 
 class KeyLookupError(Exception):
     """No key valid at the requested time could be found for that server and key id."""
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class KeyRing:
