@@ -101,9 +101,9 @@ class Sync:
                 state = [ev for ev in room.state.values() if ev.event_id not in in_timeline]
                 join[room_id] = self._joined_room_body(requester, timeline, limited, state)
             elif membership == "invite":
-                state = self._invite_state(requester.user_id, room_id, room)
-                if state is not None:
-                    invite[room_id] = {"invite_state": {"events": state}}
+                stripped = self._invite_state(requester.user_id, room_id, room)
+                if stripped is not None:
+                    invite[room_id] = {"invite_state": {"events": stripped}}
         return {"join": join, "invite": invite, "leave": {}}
 
     async def _visible(self, requester: Requester, room_id: str,
@@ -160,9 +160,9 @@ class Sync:
                     state = []
                 join[room_id] = self._joined_room_body(requester, timeline, limited, state)
             elif membership == "invite" and changed:
-                state = self._invite_state(requester.user_id, room_id, await self._room_if_known(room_id))
-                if state is not None:
-                    invite[room_id] = {"invite_state": {"events": state}}
+                stripped = self._invite_state(requester.user_id, room_id, await self._room_if_known(room_id))
+                if stripped is not None:
+                    invite[room_id] = {"invite_state": {"events": stripped}}
             elif membership in ("leave", "ban") and changed:
                 timeline, limited = await self._room_window(room_id, since, mpos, limit)
                 timeline = await self._visible(requester, room_id, timeline)
