@@ -943,7 +943,7 @@ class Rooms:
         """The room state after the event at `position` (walks the state-group delta chain)."""
         row = await self.db.fetchone(
             event_index.room_events("e.stream_ordering, e.state_group", "?1",
-                                    "{pos} <= ?2 AND e.state_group IS NOT NULL", "DESC", "1"),
+                                    "e.state_group IS NOT NULL", "DESC", "1", upto="?2"),
             (room_id, position),
         )
         if row is None:
@@ -986,8 +986,7 @@ class Rooms:
         lower = after if after is not None else -(2**62)
         order = "ASC" if forwards else "DESC"
         rows = await self.db.fetchall(
-            event_index.room_events("e.stream_ordering, e.event_id, e.room_id, e.json", "?1",
-                                    f"{{pos}} > ?2 AND {{pos}} <= ?3 AND {event_index.TIMELINE}", order, "?4"),
+            event_index.timeline_page(order),
             (room_id, lower, upto, limit),
         )
         return self.rows_to_events(rows)
