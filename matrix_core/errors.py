@@ -68,6 +68,11 @@ def unsupported_room_version(version: str) -> MatrixError:
     return MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"Room version {version!r} is not supported.")
 
 
+def exclusive(error: str) -> MatrixError:
+    """An alias in a namespace reserved for a component (Synapse's answer for an appservice's)."""
+    return MatrixError(400, "M_EXCLUSIVE", error)
+
+
 class AuthError(Exception):
     """An event failed the room's authorization rules (pure-logic verdict, not an HTTP answer)."""
 

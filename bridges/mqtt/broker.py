@@ -44,6 +44,7 @@ from .deny import DenyRules
 from .messages import matrix_event_payload, message_content, parse_mqtt, publish_content
 from .packets import NO_PROPERTIES, Connect, Publish, Subscription
 from .routing import (
+    ALIAS_PREFIX,
     BINDING_TYPE,
     MESSAGE_MSGTYPE,
     RETAINED_TYPE,
@@ -146,12 +147,32 @@ class MqttBroker:
         self._ws_sites: list[web.TCPSite] = []
         self.ready_rooms: set[str] = set()  # rooms whose state the core has loaded
         self.dropped_slow = 0
+        # The alias namespace the default rule routes by is the broker's (and hub admins'): nobody
+        # else can point #mqtt/home/garage at their room and catch the first publish there.
+        hs.rooms.reserve_alias_namespace(ALIAS_PREFIX)
+        self.admins: set[str] = set()  # hub admins, polled with the admin rules
+        # alias -> (owner, room id) of the default rooms the broker made (None: being created)
+        self.default_rooms: dict[str, tuple[str, str | None]] = {}
+        self._creating: set[str] = set()  # aliases of default rooms being created now
+        self._trusted: dict[str, str] = {}  # alias -> room id checked by _check_default_alias
+        self._logged_untrusted: set[str] = set()
 
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         db = self.hs.db
         rules = await store.load_rules(db)
+        self.admins = await self.hs.accounts.admin_user_ids()
+        self.default_rooms = await store.load_default_rooms(db)
+        for alias, (owner, room_id) in list(self.default_rooms.items()):
+            if room_id is None:  # the hub stopped while creating it: made, or not
+                found = await self.hs.rooms.resolve_alias_local(alias)
+                if found is None:
+                    del self.default_rooms[alias]
+                    await db.write(lambda c, a=alias: store.forget_default_room(c, a))
+                else:
+                    self.default_rooms[alias] = (owner, found)
+                    await db.write(lambda c, a=alias, r=found: store.set_default_room(c, a, r))
         for room_id, state_key, content in await store.load_room_bindings(db, BINDING_TYPE):
             if content and _valid_binding(state_key):
                 rules.append(Rule(state_key, room_id, False))
@@ -429,19 +450,68 @@ class MqttBroker:
             rooms = self.hs.rooms
             room_id = await rooms.resolve_alias_local(alias)
             if room_id is None:
-                result = await rooms.create_room(requester, {
-                    "preset": "private_chat",
-                    "room_alias_name": local,
-                    "name": f"MQTT {key}",
-                    "topic": f"MQTT topic filter {topic_filter}",
-                    "initial_state": [{"type": BINDING_TYPE, "state_key": topic_filter,
-                                       "content": {"topic_filter": topic_filter}}],
-                })
-                room_id = result["room_id"]
-                self.rules.bind(topic_filter, room_id)
-                log.info("created room %s (%s) for MQTT topics %s", room_id, alias, topic_filter)
+                room_id = await self._create_default_room(requester, key, topic_filter, local, alias)
+            else:
+                await self._check_default_alias(alias, room_id)
             self._room_locks.pop(key, None)
             return room_id
+
+    async def _create_default_room(self, requester: Requester, key: str, topic_filter: str, local: str,
+                                   alias: str) -> str:
+        """The publisher's new room for a topic tree, under the broker's reserved alias; the
+        publisher owns the tree (docs/mqtt.md). The claim is written first, so an alias made just
+        before a crash is still recognised as the broker's."""
+        owner = requester.user_id
+        db = self.hs.db
+        self._creating.add(alias)
+        try:
+            await db.write(lambda c: store.claim_default_room(c, alias, owner))
+            self.default_rooms[alias] = (owner, None)
+            result = await self.hs.rooms.create_room(requester, {
+                "preset": "private_chat",
+                "room_alias_name": local,
+                "name": f"MQTT {key}",
+                "topic": f"MQTT topic filter {topic_filter}",
+                "initial_state": [{"type": BINDING_TYPE, "state_key": topic_filter,
+                                   "content": {"topic_filter": topic_filter}}],
+            }, reserved_alias_ok=True)
+        except BaseException:
+            self.default_rooms.pop(alias, None)
+            await db.write(lambda c: store.forget_default_room(c, alias))
+            raise
+        finally:
+            self._creating.discard(alias)
+        room_id: str = result["room_id"]
+        self.default_rooms[alias] = (owner, room_id)
+        self._trusted[alias] = room_id
+        await db.write(lambda c: store.set_default_room(c, alias, room_id))
+        self.rules.bind(topic_filter, room_id)
+        log.info("created room %s (%s) for MQTT topics %s", room_id, alias, topic_filter)
+        return room_id
+
+    async def _check_default_alias(self, alias: str, room_id: str) -> None:
+        """Route by a #mqtt/... alias only if the broker made it (or a hub admin did): one made
+        by anyone else (before the namespace was reserved, or written into the database behind
+        the hub's back) would collect other users' first publishes in its maker's room."""
+        if self._trusted.get(alias) == room_id:
+            return
+        entry = self.default_rooms.get(alias)
+        if entry is not None and entry[1] == room_id:
+            self._trusted[alias] = room_id
+            return
+        creator = await store.alias_creator(self.hs.db, alias)
+        if creator is not None and creator in self.admins:
+            if entry is not None:  # an admin pointed the alias elsewhere: the old owner's tree is gone
+                self.default_rooms.pop(alias, None)
+                await self.hs.db.write(lambda c: store.forget_default_room(c, alias))
+            self._trusted[alias] = room_id
+            return
+        if alias not in self._logged_untrusted:
+            self._logged_untrusted.add(alias)
+            log.warning("MQTT: not routing to %s (%s): the alias was made by %s, not by the broker or a hub admin; "
+                        "a hub admin can delete it (DELETE /_matrix/client/v3/directory/room/...)",
+                        alias, room_id, creator)
+        raise PublishRefused(ReasonCode.NOT_AUTHORIZED, f"{alias} was not made by the broker")
 
     def prepare(self, requester: Requester, publish: Publish, room_id: str) -> tuple[str, dict[str, Any], str | None]:
         """(event type, content, state key) for a PUBLISH."""
@@ -778,6 +848,10 @@ class MqttBroker:
                     last_rules = now
                     if self.rules.set_admin_rules(await store.load_rules(self.hs.db)):
                         log.info("MQTT topic rules changed: %d rules", len(self.rules.rules))
+                    admins = await self.hs.accounts.admin_user_ids()
+                    if admins != self.admins:
+                        self.admins = admins
+                        self._trusted.clear()
                 if now - last_cursor >= CURSOR_SAVE_SECONDS:
                     last_cursor = now
                     for key, client in list(self.online.items()):

@@ -123,3 +123,33 @@ async def load_room_bindings(db: Database, binding_type: str) -> list[tuple[str,
         content = event_json.load(pdu_json).get("content", {})
         out.append((room_id, state_key, content if isinstance(content, dict) else {}))
     return out
+
+
+# -- default rooms (the #mqtt/... aliases the broker made) ----------------------------------------
+
+
+async def load_default_rooms(db: Database) -> dict[str, tuple[str, str | None]]:
+    """alias -> (owner, room id or None while being created) of the broker's default rooms."""
+    rows = await db.fetchall("SELECT alias, owner, room_id FROM mqtt_default_rooms")
+    return {alias: (owner, room_id) for alias, owner, room_id in rows}
+
+
+def claim_default_room(conn: sqlite3.Connection, alias: str, owner: str) -> None:
+    """Written before the room is created: a crash between the two leaves an alias the broker
+    still recognises as its own."""
+    conn.execute("INSERT OR REPLACE INTO mqtt_default_rooms (alias, owner, room_id, created_ts) VALUES (?, ?, NULL, ?)",
+                 (alias, owner, now_ms()))
+
+
+def set_default_room(conn: sqlite3.Connection, alias: str, room_id: str) -> None:
+    conn.execute("UPDATE mqtt_default_rooms SET room_id = ? WHERE alias = ?", (room_id, alias))
+
+
+def forget_default_room(conn: sqlite3.Connection, alias: str) -> None:
+    conn.execute("DELETE FROM mqtt_default_rooms WHERE alias = ?", (alias,))
+
+
+async def alias_creator(db: Database, alias: str) -> str | None:
+    """Who made a local alias (a read-only look at the core's room_aliases)."""
+    row = await db.fetchone("SELECT creator FROM room_aliases WHERE alias = ?", (alias,))
+    return row[0] if row else None

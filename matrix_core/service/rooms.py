@@ -82,6 +82,9 @@ class Rooms:
         self.remote_invite: Callable[[RoomCache, Event], Any] | None = None
         # Fetch older history of a room from other servers (room_id, how many) -> anything placed?
         self.backfill: Callable[[str, int], Any] | None = None
+        # Alias localpart prefixes a component owns (the MQTT broker's "mqtt/", which routes topics
+        # by them): only that component and hub admins create or delete aliases there.
+        self.reserved_alias_prefixes: list[str] = []
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
         self.compactor = event_index.Compactor(self.db.submit)
@@ -668,7 +671,9 @@ class Rooms:
 
     # -- creating rooms ---------------------------------------------------------------------------
 
-    async def create_room(self, requester: Requester, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_room(self, requester: Requester, body: dict[str, Any], *,
+                          reserved_alias_ok: bool = False) -> dict[str, Any]:
+        """`reserved_alias_ok`: the caller is the component owning the alias's namespace."""
         version_id = body.get("room_version", DEFAULT_ROOM_VERSION.identifier)
         if not isinstance(version_id, str) or version_id not in KNOWN_ROOM_VERSIONS:
             raise errors.unsupported_room_version(str(version_id))
@@ -681,6 +686,8 @@ class Rooms:
             if not isinstance(alias_name, str) or not alias_name or ":" in alias_name or "#" in alias_name:
                 raise errors.MatrixError(400, "M_INVALID_PARAM", "Invalid room_alias_name")
             alias = f"#{alias_name}:{self.server_name}"
+            if not reserved_alias_ok:
+                self._check_alias_namespace(requester, alias_name)
             if await self.resolve_alias_local(alias) is not None:
                 raise errors.MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
 
@@ -739,7 +746,7 @@ class Rooms:
             self._room_versions.pop(room_id, None)
             raise
         if alias is not None:
-            await self.create_alias(requester, alias, room_id)
+            await self.create_alias(requester, alias, room_id, reserved_ok=True)
         if body.get("visibility") == "public":
             await self.db.write(lambda c: c.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,)))
         return {"room_id": room_id, **({"room_alias": alias} if alias else {})}
@@ -880,13 +887,29 @@ class Rooms:
             raise errors.not_found(f"Unknown room {room_id_or_alias}")
         return room_id_or_alias
 
-    async def create_alias(self, requester: Requester, alias: str, room_id: str) -> None:
+    def reserve_alias_namespace(self, localpart_prefix: str) -> None:
+        """Reserve aliases whose localpart starts with `localpart_prefix` for the calling component
+        (which passes reserved_ok / reserved_alias_ok) and hub admins, as an appservice's
+        exclusive namespace is: an alias there is trusted to be the component's."""
+        if localpart_prefix not in self.reserved_alias_prefixes:
+            self.reserved_alias_prefixes.append(localpart_prefix)
+
+    def _check_alias_namespace(self, requester: Requester, localpart: str) -> None:
+        if requester.is_admin:
+            return
+        for prefix in self.reserved_alias_prefixes:
+            if localpart.startswith(prefix):
+                raise errors.exclusive(f"Aliases starting with #{prefix} are reserved for the hub")
+
+    async def create_alias(self, requester: Requester, alias: str, room_id: str, *, reserved_ok: bool = False) -> None:
         try:
-            _, server = split_id(alias, "#")
+            localpart, server = split_id(alias, "#")
         except ValueError:
             raise errors.invalid_param(f"Invalid alias {alias!r}") from None
         if server != self.server_name:
             raise errors.invalid_param("Alias must be on this server")
+        if not reserved_ok:
+            self._check_alias_namespace(requester, localpart)
         if room_id not in self._room_versions:
             raise errors.not_found("Unknown room")
         if await self.resolve_alias_local(alias) is not None:
@@ -900,6 +923,7 @@ class Rooms:
         row = await self.db.fetchone("SELECT room_id, creator FROM room_aliases WHERE alias = ?", (alias,))
         if row is None:
             raise errors.not_found("Alias not found")
+        self._check_alias_namespace(requester, alias[1:].split(":", 1)[0])
         if row[1] != requester.user_id and not requester.is_admin:
             room = await self.get_room(row[0])
             level = auth_rules.get_user_power_level(requester.user_id, room.state)
