@@ -180,3 +180,96 @@ def test_aliases_made_before_the_namespace_was_reserved_are_adopted_by_the_upgra
     migrate(conn)
     rows = conn.execute("SELECT alias, owner, room_id FROM mqtt_default_rooms").fetchall()
     assert rows == [("#mqtt/home/kitchen:hub", "@alice:hub", "!k:hub")]
+
+
+# -- L3: who may bind topics to rooms ---------------------------------------------------------------
+
+def bind(hub: GatewayProcess, token: str, room_id: str, topic_filter: str) -> None:
+    """A binding state event in a room, as Element would send it (the sender may send state there)."""
+    status, body = hub.request(
+        "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/state/org.matrix_gateway.mqtt.binding/{q(topic_filter)}",
+        {"topic_filter": topic_filter}, token=token)
+    assert status == 200, body
+
+
+def join(hub: GatewayProcess, inviter: str, invitee: str, invitee_token: str, room_id: str) -> None:
+    status, body = hub.request("POST", f"/_matrix/client/v3/rooms/{q(room_id)}/invite",
+                               {"user_id": f"@{invitee}:{SERVER}"}, token=inviter)
+    assert status == 200, body
+    status, body = hub.request("POST", f"/_matrix/client/v3/rooms/{q(room_id)}/join", {}, token=invitee_token)
+    assert status == 200, body
+
+
+def test_mallory_cannot_hijack_alices_topic(hub: GatewayProcess, tokens: dict[str, str]) -> None:
+    """Issue 20's hijack: mallory binds alice's sensor topic and actuator topic in her own room.
+    alice's readings still go to alice's room, and mallory's publish to the actuator is refused
+    and reaches nobody."""
+    alice, mallory = tokens["alice"], tokens["mallory"]
+    mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "flat/kitchen/temp", "t=20", 1)
+    kitchen = alias_target(hub, f"#mqtt/flat/kitchen:{SERVER}")
+    assert kitchen is not None
+    actuator = Paho(hub.mqtt_port, "alice", PASSWORD, "kitchen-light")
+    try:
+        assert actuator.connect()[1] == 0
+        assert [c.value for c in actuator.subscribe("flat/kitchen/light/set", 1)] == [1]
+        trap = create_room(hub, mallory)
+        bind(hub, mallory, trap, "flat/kitchen/temp")
+        bind(hub, mallory, trap, "flat/kitchen/light/set")
+        mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "flat/kitchen/temp", "t=21", 1)
+        assert mqtt_messages(hub, mallory, trap) == []
+        readings = [m["payload"]["text"] for m in mqtt_messages(hub, alice, kitchen) if m["topic"] == "flat/kitchen/temp"]
+        assert readings == ["t=21", "t=20"]
+        assert publish_v5(hub, "mallory", "flat/kitchen/light/set", b"on", "mallory-light") == 0x87
+        # alice's own command still reaches her actuator: the first message it gets is hers.
+        mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "flat/kitchen/light/set", "off", 1)
+        got = actuator.get()
+        assert (got.topic, got.payload) == ("flat/kitchen/light/set", b"off")
+    finally:
+        actuator.disconnect()
+    assert "binding of 'flat/kitchen/temp'" in hub.read_log()
+
+
+def test_binding_hash_denies_nobody(hub: GatewayProcess, tokens: dict[str, str]) -> None:
+    """Issue 20's denial of service: mallory binds `#` in a room alice is not in. alice's new
+    topics are still accepted (PUBACK 0) and land in rooms the broker makes for her."""
+    mallory = tokens["mallory"]
+    everything = create_room(hub, mallory)
+    bind(hub, mallory, everything, "#")
+    bind(hub, mallory, everything, "+/+/moisture")
+    assert publish_v5(hub, "alice", "garden/bed1/moisture", b"41", "garden-1") == 0
+    room = alias_target(hub, f"#mqtt/garden/bed1:{SERVER}")
+    assert room is not None and room != everything
+    assert creator_of(hub, tokens["alice"], room) == f"@alice:{SERVER}"
+    assert [m["topic"] for m in mqtt_messages(hub, tokens["alice"], room)] == ["garden/bed1/moisture"]
+    assert mqtt_messages(hub, mallory, everything) == []
+
+
+def test_an_owner_binds_inside_her_tree_and_an_admin_anywhere(hub: GatewayProcess, tokens: dict[str, str]) -> None:
+    """The legitimate bindings still work. alice owns `cellar/freezer` (the broker made its room
+    for her) and binds `cellar/freezer/door` to another room of hers; the admin binds a wildcard
+    filter across trees (`cellar/+/temp`), which then wins over alice's default room."""
+    alice, root = tokens["alice"], tokens["root"]
+    mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "cellar/freezer/power", "on", 1)
+    freezer = alias_target(hub, f"#mqtt/cellar/freezer:{SERVER}")
+    assert freezer is not None
+    door_room = create_room(hub, alice)
+    bind(hub, alice, door_room, "cellar/freezer/door")
+    sub = Paho(hub.mqtt_port, "alice", PASSWORD, "cellar-sub")
+    try:
+        assert sub.connect()[1] == 0
+        sub.subscribe("cellar/#", 1)
+        mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "cellar/freezer/door", "open", 1)
+        got = sub.get()
+        assert (got.topic, got.payload) == ("cellar/freezer/door", b"open")
+        assert [m["topic"] for m in mqtt_messages(hub, alice, door_room)] == ["cellar/freezer/door"]
+        # the admin's binding of a filter spanning trees, in a room alice is in
+        temps = create_room(hub, root)
+        join(hub, root, "alice", alice, temps)
+        bind(hub, root, temps, "cellar/+/temp")
+        mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "cellar/freezer/temp", "-18", 1)
+        got = sub.get()
+        assert (got.topic, got.payload) == ("cellar/freezer/temp", b"-18")
+        assert [m["topic"] for m in mqtt_messages(hub, alice, temps)] == ["cellar/freezer/temp"]
+        assert [m["topic"] for m in mqtt_messages(hub, alice, freezer)] == ["cellar/freezer/power"]
+    finally:
+        sub.disconnect()

@@ -48,10 +48,10 @@ from .routing import (
     BINDING_TYPE,
     MESSAGE_MSGTYPE,
     RETAINED_TYPE,
-    Rule,
     TopicRules,
     alias_localpart,
     default_binding,
+    effective_bindings,
 )
 from .session import Outgoing, SessionState
 from .subscriptions import SubscriptionIndex
@@ -156,6 +156,10 @@ class MqttBroker:
         self._creating: set[str] = set()  # aliases of default rooms being created now
         self._trusted: dict[str, str] = {}  # alias -> room id checked by _check_default_alias
         self._logged_untrusted: set[str] = set()
+        # (room id, topic filter) -> sender of each room's binding in force, counted or not: whether
+        # it counts (routing.binding_authority) is worked out again when admins or owners change.
+        self._bindings: dict[tuple[str, str], str] = {}
+        self._logged_ignored: set[tuple[str, str, str]] = set()
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -173,10 +177,11 @@ class MqttBroker:
                 else:
                     self.default_rooms[alias] = (owner, found)
                     await db.write(lambda c, a=alias, r=found: store.set_default_room(c, a, r))
-        for room_id, state_key, content in await store.load_room_bindings(db, BINDING_TYPE):
+        for room_id, state_key, content, sender in await store.load_room_bindings(db, BINDING_TYPE):
             if content and _valid_binding(state_key):
-                rules.append(Rule(state_key, room_id, False))
+                self._bindings[(room_id, state_key)] = sender
         self.rules.replace(rules)
+        self._apply_bindings()
         for key, (session, _) in (await store.load_sessions(db, self.settings.limits.max_queued)).items():
             self.sessions[key] = session
             self.offline_since[key] = time.monotonic()
@@ -485,7 +490,8 @@ class MqttBroker:
         self.default_rooms[alias] = (owner, room_id)
         self._trusted[alias] = room_id
         await db.write(lambda c: store.set_default_room(c, alias, room_id))
-        self.rules.bind(topic_filter, room_id)
+        self._bindings[(room_id, topic_filter)] = owner  # its binding event may still be on its way
+        self._apply_bindings()
         log.info("created room %s (%s) for MQTT topics %s", room_id, alias, topic_filter)
         return room_id
 
@@ -504,6 +510,7 @@ class MqttBroker:
             if entry is not None:  # an admin pointed the alias elsewhere: the old owner's tree is gone
                 self.default_rooms.pop(alias, None)
                 await self.hs.db.write(lambda c: store.forget_default_room(c, alias))
+                self._apply_bindings()
             self._trusted[alias] = room_id
             return
         if alias not in self._logged_untrusted:
@@ -663,9 +670,47 @@ class MqttBroker:
         if not _valid_binding(state_key):
             return
         if event.content:
-            self.rules.bind(state_key, event.room_id)
+            self._bindings[(event.room_id, state_key)] = event.sender
         else:
-            self.rules.unbind(state_key, event.room_id)
+            self._bindings.pop((event.room_id, state_key), None)
+        self._apply_bindings()
+        if event.content and event.sender not in self.admins and event.sender.endswith(":" + self.hs.server_name):
+            self.background(self._refresh_admins())  # made an admin since the last poll?
+
+    async def _refresh_admins(self) -> None:
+        """Hub admins are polled with the admin rules; a change re-decides the rooms' bindings."""
+        admins = await self.hs.accounts.admin_user_ids()
+        if admins != self.admins:
+            self.admins = admins
+            self._trusted.clear()
+            self._apply_bindings()
+
+    def _tree_owner(self, key: str) -> str | None:
+        """Who owns a topic tree: the user the broker made its default room for (while it is
+        being made, too: its own binding arrives before create_room returns)."""
+        alias = f"#{alias_localpart(key)}:{self.hs.server_name}"
+        entry = self.default_rooms.get(alias)
+        if entry is None or (entry[1] is None and alias not in self._creating):
+            return None
+        return entry[0]
+
+    def _apply_bindings(self) -> None:
+        """The rules the rooms' bindings make, from who sent each (routing.effective_bindings);
+        a binding that does not count is logged once."""
+        rules = effective_bindings(self._bindings, self.admins, self._tree_owner, self.settings.room_levels)
+        self.rules.set_bindings(rules)
+        if len(rules) == len(self._bindings):
+            return
+        counted = {(rule.room_id, rule.topic_filter) for rule in rules}
+        for (room_id, topic_filter), sender in self._bindings.items():
+            ident = (room_id, topic_filter, sender)
+            if (room_id, topic_filter) in counted or ident in self._logged_ignored:
+                continue
+            if len(self._logged_ignored) > 10_000:
+                self._logged_ignored.clear()
+            self._logged_ignored.add(ident)
+            log.info("MQTT binding of %r in %s by %s ignored: only a hub admin, or the owner of the topic "
+                     "tree it lies in, may bind topics (docs/mqtt.md)", topic_filter, room_id, sender)
 
     def _messages_for(self, pos: int, event: Event, only: str | None = None) -> list[tuple[str, Outgoing]]:
         """Per session, the message (if any) a committed event becomes."""
@@ -848,10 +893,7 @@ class MqttBroker:
                     last_rules = now
                     if self.rules.set_admin_rules(await store.load_rules(self.hs.db)):
                         log.info("MQTT topic rules changed: %d rules", len(self.rules.rules))
-                    admins = await self.hs.accounts.admin_user_ids()
-                    if admins != self.admins:
-                        self.admins = admins
-                        self._trusted.clear()
+                    await self._refresh_admins()
                 if now - last_cursor >= CURSOR_SAVE_SECONDS:
                     last_cursor = now
                     for key, client in list(self.online.items()):

@@ -109,9 +109,10 @@ def list_rules(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT topic_filter, room_id FROM mqtt_rules ORDER BY topic_filter").fetchall()
 
 
-async def load_room_bindings(db: Database, binding_type: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(room_id, state_key, content) of every current topic binding in every room. A read-only
-    look at the core's current_state at start-up; later changes arrive on the event stream."""
+async def load_room_bindings(db: Database, binding_type: str) -> list[tuple[str, str, dict[str, Any], str]]:
+    """(room_id, state_key, content, sender) of every current topic binding in every room. A
+    read-only look at the core's current_state at start-up; later changes arrive on the event
+    stream."""
     rows = await db.fetchall(
         "SELECT c.room_id, c.state_key, e.json FROM current_state c "
         f"JOIN events e ON {event_index.by_id('c.event_id', 'e')} "
@@ -120,8 +121,9 @@ async def load_room_bindings(db: Database, binding_type: str) -> list[tuple[str,
     )
     out = []
     for room_id, state_key, pdu_json in rows:
-        content = event_json.load(pdu_json).get("content", {})
-        out.append((room_id, state_key, content if isinstance(content, dict) else {}))
+        pdu = event_json.load(pdu_json)
+        content = pdu.get("content", {})
+        out.append((room_id, state_key, content if isinstance(content, dict) else {}, str(pdu.get("sender", ""))))
     return out
 
 
