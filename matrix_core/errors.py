@@ -73,6 +73,12 @@ def exclusive(error: str) -> MatrixError:
     return MatrixError(400, "M_EXCLUSIVE", error)
 
 
+def resource_limit_exceeded(error: str, admin_contact: str) -> MatrixError:
+    """A per-account quota is full. The spec requires `admin_contact` (whom to ask); Synapse
+    answers its resource limits with 403."""
+    return MatrixError(403, "M_RESOURCE_LIMIT_EXCEEDED", error, admin_contact=admin_contact)
+
+
 class AuthError(Exception):
     """An event failed the room's authorization rules (pure-logic verdict, not an HTTP answer)."""
 

@@ -9,6 +9,7 @@ room, persistent sessions in SQLite, keepalive, Last Will. See docs/mqtt.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import ssl
@@ -69,6 +70,7 @@ _ERROR_REASONS = {
     "M_NOT_FOUND": ReasonCode.NOT_AUTHORIZED,
     "M_TOO_LARGE": ReasonCode.QUOTA_EXCEEDED,
     "M_BAD_JSON": ReasonCode.PAYLOAD_FORMAT_INVALID,
+    "M_RESOURCE_LIMIT_EXCEEDED": ReasonCode.QUOTA_EXCEEDED,  # max_rooms_per_user: no room for a new tree
 }
 
 
@@ -467,6 +469,8 @@ class MqttBroker:
         publisher owns the tree (docs/mqtt.md). The claim is written first, so an alias made just
         before a crash is still recognised as the broker's."""
         owner = requester.user_id
+        if not requester.is_admin and owner in self.admins:  # a password login: its admin flag is not on it
+            requester = dataclasses.replace(requester, is_admin=True)
         db = self.hs.db
         self._creating.add(alias)
         try:

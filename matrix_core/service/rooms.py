@@ -24,6 +24,7 @@ from ..room_presets import initial_state_events
 from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from ..signing import SigningKey
 from ..store import Database, event_index, event_json
+from ..store import rooms as room_rows
 from .accounts import Requester
 from .room_cache import MAX_STATE_CHAIN, RoomCache, StateKey
 
@@ -85,6 +86,11 @@ class Rooms:
         # Alias localpart prefixes a component owns (the MQTT broker's "mqtt/", which routes topics
         # by them): only that component and hub admins create or delete aliases there.
         self.reserved_alias_prefixes: list[str] = []
+        # Rooms an account may create (0: no limit; hub admins are exempt), and the contact a
+        # refusal names (the config's max_rooms_per_user and admin_contact).
+        self.max_rooms_per_user = 0
+        self.admin_contact = ""
+        self._rooms_created: dict[str, int] = {}  # user -> rooms created, once read
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
         self.compactor = event_index.Compactor(self.db.submit)
@@ -679,6 +685,7 @@ class Rooms:
             raise errors.unsupported_room_version(str(version_id))
         version = KNOWN_ROOM_VERSIONS[version_id]
         creator = requester.user_id
+        await self._check_room_quota(requester)
 
         alias = None
         alias_name = body.get("room_alias_name")
@@ -737,6 +744,7 @@ class Rooms:
             scratch.depth = ev.depth
             events.append(ev)
 
+        counted = self._count_room(requester)
         self._room_versions[room_id] = version
         self._rooms[room_id] = room
         try:
@@ -744,12 +752,40 @@ class Rooms:
         except BaseException:
             self._rooms.pop(room_id, None)
             self._room_versions.pop(room_id, None)
+            if counted:
+                self._rooms_created[creator] -= 1
             raise
         if alias is not None:
             await self.create_alias(requester, alias, room_id, reserved_ok=True)
         if body.get("visibility") == "public":
             await self.db.write(lambda c: c.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,)))
         return {"room_id": room_id, **({"room_alias": alias} if alias else {})}
+
+    async def _check_room_quota(self, requester: Requester) -> None:
+        """Refuse before any work if the account already created max_rooms_per_user rooms (one
+        account made 299 during fuzzing). Counts every room it created, MQTT default rooms too."""
+        limit = self.max_rooms_per_user
+        if not limit or requester.is_admin:
+            return
+        if requester.user_id not in self._rooms_created:
+            count = await room_rows.count_created_by(self.db, requester.user_id)
+            self._rooms_created.setdefault(requester.user_id, count)  # a concurrent call may have read it
+        self._count_room(requester, dry_run=True)
+
+    def _count_room(self, requester: Requester, dry_run: bool = False) -> bool:
+        """Count one more room for its creator (no await between the check and the count, so
+        concurrent creations cannot both take the last one); True if counted."""
+        limit = self.max_rooms_per_user
+        if not limit or requester.is_admin:
+            return False
+        count = self._rooms_created[requester.user_id]
+        if count >= limit:
+            raise errors.resource_limit_exceeded(
+                f"This account has created {count} rooms, the most this hub allows (max_rooms_per_user)",
+                self.admin_contact)
+        if not dry_run:
+            self._rooms_created[requester.user_id] = count + 1
+        return not dry_run
 
     # -- membership -------------------------------------------------------------------------------
 
