@@ -24,6 +24,7 @@ from ..room_presets import initial_state_events
 from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from ..signing import SigningKey
 from ..store import Database, event_index, event_json
+from ..store import rooms as room_rows
 from .accounts import Requester
 from .read_access import ReadAccess, ReadGate
 from .room_cache import MAX_STATE_CHAIN, RoomCache, StateKey
@@ -83,6 +84,14 @@ class Rooms:
         self.remote_invite: Callable[[RoomCache, Event], Any] | None = None
         # Fetch older history of a room from other servers (room_id, how many) -> anything placed?
         self.backfill: Callable[[str, int], Any] | None = None
+        # Alias localpart prefixes a component owns (the MQTT broker's "mqtt/", which routes topics
+        # by them): only that component and hub admins create or delete aliases there.
+        self.reserved_alias_prefixes: list[str] = []
+        # Rooms an account may create (0: no limit; hub admins are exempt), and the contact a
+        # refusal names (the config's max_rooms_per_user and admin_contact).
+        self.max_rooms_per_user = 0
+        self.admin_contact = ""
+        self._rooms_created: dict[str, int] = {}  # user -> rooms created, once read
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
         self.compactor = event_index.Compactor(self.db.submit)
@@ -672,12 +681,15 @@ class Rooms:
 
     # -- creating rooms ---------------------------------------------------------------------------
 
-    async def create_room(self, requester: Requester, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_room(self, requester: Requester, body: dict[str, Any], *,
+                          reserved_alias_ok: bool = False) -> dict[str, Any]:
+        """`reserved_alias_ok`: the caller is the component owning the alias's namespace."""
         version_id = body.get("room_version", DEFAULT_ROOM_VERSION.identifier)
         if not isinstance(version_id, str) or version_id not in KNOWN_ROOM_VERSIONS:
             raise errors.unsupported_room_version(str(version_id))
         version = KNOWN_ROOM_VERSIONS[version_id]
         creator = requester.user_id
+        await self._check_room_quota(requester)
 
         alias = None
         alias_name = body.get("room_alias_name")
@@ -685,6 +697,8 @@ class Rooms:
             if not isinstance(alias_name, str) or not alias_name or ":" in alias_name or "#" in alias_name:
                 raise errors.MatrixError(400, "M_INVALID_PARAM", "Invalid room_alias_name")
             alias = f"#{alias_name}:{self.server_name}"
+            if not reserved_alias_ok:
+                self._check_alias_namespace(requester, alias_name)
             if await self.resolve_alias_local(alias) is not None:
                 raise errors.MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
 
@@ -734,6 +748,7 @@ class Rooms:
             scratch.depth = ev.depth
             events.append(ev)
 
+        counted = self._count_room(requester)
         self._room_versions[room_id] = version
         self._rooms[room_id] = room
         try:
@@ -741,12 +756,40 @@ class Rooms:
         except BaseException:
             self._rooms.pop(room_id, None)
             self._room_versions.pop(room_id, None)
+            if counted:
+                self._rooms_created[creator] -= 1
             raise
         if alias is not None:
-            await self.create_alias(requester, alias, room_id)
+            await self.create_alias(requester, alias, room_id, reserved_ok=True)
         if body.get("visibility") == "public":
             await self.db.write(lambda c: c.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,)))
         return {"room_id": room_id, **({"room_alias": alias} if alias else {})}
+
+    async def _check_room_quota(self, requester: Requester) -> None:
+        """Refuse before any work if the account already created max_rooms_per_user rooms (one
+        account made 299 during fuzzing). Counts every room it created, MQTT default rooms too."""
+        limit = self.max_rooms_per_user
+        if not limit or requester.is_admin:
+            return
+        if requester.user_id not in self._rooms_created:
+            count = await room_rows.count_created_by(self.db, requester.user_id)
+            self._rooms_created.setdefault(requester.user_id, count)  # a concurrent call may have read it
+        self._count_room(requester, dry_run=True)
+
+    def _count_room(self, requester: Requester, dry_run: bool = False) -> bool:
+        """Count one more room for its creator (no await between the check and the count, so
+        concurrent creations cannot both take the last one); True if counted."""
+        limit = self.max_rooms_per_user
+        if not limit or requester.is_admin:
+            return False
+        count = self._rooms_created[requester.user_id]
+        if count >= limit:
+            raise errors.resource_limit_exceeded(
+                f"This account has created {count} rooms, the most this hub allows (max_rooms_per_user)",
+                self.admin_contact)
+        if not dry_run:
+            self._rooms_created[requester.user_id] = count + 1
+        return not dry_run
 
     # -- membership -------------------------------------------------------------------------------
 
@@ -884,13 +927,29 @@ class Rooms:
             raise errors.not_found(f"Unknown room {room_id_or_alias}")
         return room_id_or_alias
 
-    async def create_alias(self, requester: Requester, alias: str, room_id: str) -> None:
+    def reserve_alias_namespace(self, localpart_prefix: str) -> None:
+        """Reserve aliases whose localpart starts with `localpart_prefix` for the calling component
+        (which passes reserved_ok / reserved_alias_ok) and hub admins, as an appservice's
+        exclusive namespace is: an alias there is trusted to be the component's."""
+        if localpart_prefix not in self.reserved_alias_prefixes:
+            self.reserved_alias_prefixes.append(localpart_prefix)
+
+    def _check_alias_namespace(self, requester: Requester, localpart: str) -> None:
+        if requester.is_admin:
+            return
+        for prefix in self.reserved_alias_prefixes:
+            if localpart.startswith(prefix):
+                raise errors.exclusive(f"Aliases starting with #{prefix} are reserved for the hub")
+
+    async def create_alias(self, requester: Requester, alias: str, room_id: str, *, reserved_ok: bool = False) -> None:
         try:
-            _, server = split_id(alias, "#")
+            localpart, server = split_id(alias, "#")
         except ValueError:
             raise errors.invalid_param(f"Invalid alias {alias!r}") from None
         if server != self.server_name:
             raise errors.invalid_param("Alias must be on this server")
+        if not reserved_ok:
+            self._check_alias_namespace(requester, localpart)
         if room_id not in self._room_versions:
             raise errors.not_found("Unknown room")
         if await self.resolve_alias_local(alias) is not None:
@@ -904,6 +963,7 @@ class Rooms:
         row = await self.db.fetchone("SELECT room_id, creator FROM room_aliases WHERE alias = ?", (alias,))
         if row is None:
             raise errors.not_found("Alias not found")
+        self._check_alias_namespace(requester, alias[1:].split(":", 1)[0])
         if row[1] != requester.user_id and not requester.is_admin:
             room = await self.get_room(row[0])
             level = auth_rules.get_user_power_level(requester.user_id, room.state)
@@ -942,7 +1002,7 @@ class Rooms:
         """The room state after the event at `position` (walks the state-group delta chain)."""
         row = await self.db.fetchone(
             event_index.room_events("e.stream_ordering, e.state_group", "?1",
-                                    "{pos} <= ?2 AND e.state_group IS NOT NULL", "DESC", "1"),
+                                    "e.state_group IS NOT NULL", "DESC", "1", upto="?2"),
             (room_id, position),
         )
         if row is None:
@@ -985,8 +1045,7 @@ class Rooms:
         lower = after if after is not None else -(2**62)
         order = "ASC" if forwards else "DESC"
         rows = await self.db.fetchall(
-            event_index.room_events("e.stream_ordering, e.event_id, e.room_id, e.json", "?1",
-                                    f"{{pos}} > ?2 AND {{pos}} <= ?3 AND {event_index.TIMELINE}", order, "?4"),
+            event_index.timeline_page(order),
             (room_id, lower, upto, limit),
         )
         return self.rows_to_events(rows)

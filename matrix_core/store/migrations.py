@@ -188,6 +188,24 @@ MQTT_MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    # Default rooms the broker made for topic trees (alias #mqtt/KEY, the publisher it made the room
+    # for: the tree's owner, who may bind topics under it). The broker routes by such an alias only
+    # if it made it (or a hub admin did). Aliases from before this step are taken as the broker's:
+    # it cannot tell them apart from a squatter's made when the namespace was open (docs/mqtt.md).
+    # room_id is NULL from just before the room is created until it is.
+    (
+        2,
+        """
+        CREATE TABLE mqtt_default_rooms (
+            alias TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            room_id TEXT,
+            created_ts INTEGER NOT NULL
+        );
+        INSERT OR IGNORE INTO mqtt_default_rooms (alias, owner, room_id, created_ts)
+            SELECT alias, creator, room_id, 0 FROM room_aliases WHERE substr(alias, 1, 6) = '#mqtt/'
+        """,
+    ),
 ]
 
 # The CoAP front end (bridges/coap/psk.py): coaps pre-shared keys, one per device, set with
