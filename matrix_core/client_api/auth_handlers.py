@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .. import errors
+from .. import errors, params
 from ..identifiers import is_valid_localpart, user_id_for
 from ..store import accounts as account_rows
 from .request import ApiRequest, ApiResponse, ok
@@ -92,14 +92,14 @@ async def register(hs: Any, req: ApiRequest) -> ApiResponse:
 
 
 async def get_profile(hs: Any, req: ApiRequest) -> ApiResponse:
-    return ok(await hs.accounts.get_profile(req.params["userId"]))
+    return ok(await hs.accounts.get_profile(params.user_id(req.params["userId"])))
 
 
 async def get_profile_field(hs: Any, req: ApiRequest) -> ApiResponse:
     field = req.params["field"]
     if field not in ("displayname", "avatar_url"):
         raise errors.unrecognized()
-    profile = await hs.accounts.get_profile(req.params["userId"])
+    profile = await hs.accounts.get_profile(params.user_id(req.params["userId"]))
     if field not in profile:
         raise errors.not_found("Profile field not set")
     return ok({field: profile[field]})
@@ -138,10 +138,8 @@ async def create_filter(hs: Any, req: ApiRequest) -> ApiResponse:
 
 
 async def load_filter(hs: Any, user_id: str, filter_id: str) -> dict[str, Any]:
-    if not filter_id.isdigit():
-        raise errors.invalid_param("Invalid filter id")
     row = await hs.db.fetchone("SELECT json FROM filters WHERE user_id = ? AND filter_id = ?",
-                               (user_id, int(filter_id)))
+                               (user_id, params.filter_id(filter_id)))
     if row is None:
         raise errors.not_found("No such filter")
     return json.loads(row[0])
