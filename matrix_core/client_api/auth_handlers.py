@@ -47,10 +47,8 @@ async def login(hs: Any, req: ApiRequest) -> ApiResponse:
         raise errors.bad_json("'device_id' must be a string")
     if display_name is not None and not isinstance(display_name, str):
         raise errors.bad_json("'initial_device_display_name' must be a string")
-    hs.login_limiter.check(req.remote)
-    result = await hs.accounts.login(user, password, device_id, display_name)
-    hs.login_limiter.reset(req.remote)  # a success clears the failure count
-    return ok(result)
+    # The core throttles failed passwords per account and per address (M_LIMIT_EXCEEDED).
+    return ok(await hs.accounts.login(user, password, device_id, display_name, req.remote or "unknown"))
 
 
 async def logout(hs: Any, req: ApiRequest) -> ApiResponse:
@@ -87,7 +85,7 @@ async def register(hs: Any, req: ApiRequest) -> ApiResponse:
         raise errors.MatrixError(400, "M_USER_IN_USE", "User ID already taken")
     device_id = body.get("device_id") or None
     await hs.db.write(lambda conn: account_rows.insert_user(conn, user_id, password, False))
-    result = await hs.accounts.login(user_id, password, device_id, body.get("initial_device_display_name"))
+    result = await hs.accounts.login(user_id, password, device_id, body.get("initial_device_display_name"), None)
     return ok(result)
 
 
