@@ -139,7 +139,7 @@ class HttpListener:
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _CappedProtocol(handler_factory(), self.cap, self._refusals), self.host, self.port,
             reuse_address=True, backlog=128)
-        sockets = self._server.sockets or []
+        sockets: tuple[Any, ...] = tuple(self._server.sockets or ())
         return int(sockets[0].getsockname()[1]) if sockets else self.port
 
     async def stop(self) -> None:

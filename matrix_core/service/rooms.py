@@ -710,7 +710,7 @@ class Rooms:
             # origin_server_ts on until the id is new; nothing awaits between this check and
             # the room's registration below, so two creations cannot both pass it.
             while create.room_id in self._room_versions:
-                pdu["origin_server_ts"] += 1
+                pdu["origin_server_ts"] = create.origin_server_ts + 1
                 create = self._finish_event(pdu, {}, version)
             room_id = create.room_id
         else:
