@@ -58,7 +58,9 @@ def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> li
     from matrix_core.federation.server import FederationFrontend  # first: sets hs.federation_client, hs.keyring
     frontends.append(FederationFrontend(hs, data_dir, config.bind, config.federation_port,
                                         config.federation_tls_cert, config.federation_tls_key,
-                                        config.federation_tls_verify, config.federation_allow_loopback))
+                                        config.federation_tls_verify, config.federation_allow_loopback,
+                                        idle_timeout=config.http_idle_timeout,
+                                        max_per_address=config.http_max_connections_per_address))
     from matrix_core.federation.service import FederationService  # after the listener: rooms over federation
     frontends.append(FederationService(hs))
     from bridges.coap.server import CoapFrontend

@@ -29,9 +29,9 @@ class GatewayConfig:
     server_name: str = "localhost"
     bind: str = "127.0.0.1"
     http_port: int = 8008
-    # HTTP connections (matrix_core/client_api/http_listener.py): seconds a connection may stay
-    # without sending a complete request's headers (new, idle, or a slowloris), and how many
-    # connections one client address may hold open (0: no cap).
+    # HTTP connections, client API and federation (matrix_core/client_api/http_listener.py):
+    # seconds a connection may stay without sending a complete request's headers (new, idle, or a
+    # slowloris), and how many connections one client address may hold open (0: no cap).
     http_idle_timeout: float = 15.0
     http_max_connections_per_address: int = 64
     coap_port: int = 5683
@@ -144,8 +144,8 @@ server_name = "{config.server_name}"
 # Address the listeners bind to. 127.0.0.1 = this machine only; 0.0.0.0 = your LAN.
 bind = "{config.bind}"
 http_port = {config.http_port}          # Matrix client-server API (Element, curl, matrix-nio)
-# Seconds an HTTP connection may go without sending complete request headers (new, idle between
-# requests, or trickling them: slowloris) before it is closed.
+# Seconds an HTTP connection (client API and federation) may go without sending complete request
+# headers (new, idle between requests, or trickling them: slowloris) before it is closed.
 http_idle_timeout = {config.http_idle_timeout}
 # Connections one client address (an IPv6 /64) may hold open at once; 0: no cap. Behind a reverse
 # proxy every client shares the proxy's address: raise it there.

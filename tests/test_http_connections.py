@@ -185,3 +185,26 @@ def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
                          capture_output=True, text=True, timeout=30, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout.split()
     assert out == ["4096", "4096"]
+
+
+def test_the_federation_listener_closes_silent_and_half_open_tls_connections(hub: GatewayProcess) -> None:
+    """The same listener serves federation (TLS): a connection that never starts its handshake,
+    or never sends a request after it, is closed within the idle timeout too."""
+    import ssl
+
+    silent = socket.create_connection(("127.0.0.1", hub.federation_port), timeout=10)
+    assert closed_by_hub_within(silent, IDLE_TIMEOUT + 4) <= IDLE_TIMEOUT + 4
+    silent.close()
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", hub.federation_port), timeout=10)
+    tls = context.wrap_socket(raw)  # handshake done, then nothing
+    tls.sendall(b"GET /_matrix/federation/v1/version HTTP/1.1\r\n")
+    started = time.monotonic()
+    tls.settimeout(IDLE_TIMEOUT + 4)
+    try:
+        assert tls.recv(4096) == b""
+    except (ssl.SSLError, ConnectionError):
+        pass  # closed without a TLS close_notify
+    assert time.monotonic() - started <= IDLE_TIMEOUT + 4
+    tls.close()

@@ -118,12 +118,15 @@ class _ClientErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 class HttpListener:
-    """The client-server API's HTTP listener: an aiohttp runner on one capped TCP server."""
+    """An aiohttp application on one capped TCP server: the client-server API's listener, and
+    (with TLS) the federation one."""
 
     def __init__(self, app: web.Application, host: str, port: int, idle_timeout: float,
-                 max_per_address: int) -> None:
+                 max_per_address: int, ssl_context: Any = None) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
+        self.idle_timeout = idle_timeout
         self.cap = ConnectionCap(max_per_address)
         self._refusals = LogLimiter(60.0)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, handle_signals=False,
@@ -138,7 +141,9 @@ class HttpListener:
         assert handler_factory is not None
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _CappedProtocol(handler_factory(), self.cap, self._refusals), self.host, self.port,
-            reuse_address=True, backlog=128)
+            ssl=self.ssl_context, reuse_address=True, backlog=128,
+            # with TLS the handshake comes first, and aiohttp sees the connection only after it
+            ssl_handshake_timeout=self.idle_timeout if self.ssl_context is not None else None)
         sockets: tuple[Any, ...] = tuple(self._server.sockets or ())
         return int(sockets[0].getsockname()[1]) if sockets else self.port
 
