@@ -115,7 +115,8 @@ class Sync:
             if entry[0] in ("join", "invite"):
                 try:
                     if self.rooms.room_version(room_id) is not None:
-                        await self.rooms.get_room(room_id)
+                        if self.rooms.loaded_room(room_id) is None:
+                            await self.rooms.get_room(room_id)
                     elif entry[0] == "join":
                         raise LookupError("a membership names a room this hub does not hold")
                 except Exception as exc:
