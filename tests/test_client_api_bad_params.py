@@ -176,3 +176,44 @@ def test_a_room_that_fails_to_load_is_left_out_of_sync(tmp_path) -> None:
         assert log.count(f"sync leaves out room {broken}") == 1
         assert log.count(f"sync leaves out room {gone}") == 1
         assert "Traceback" not in log
+
+
+# ---------------------------------------------------------------------------------------------
+# the pure parts: matrix_core/params.py and matrix_core/log_limit.py
+# ---------------------------------------------------------------------------------------------
+
+
+def test_params_parse_strictly() -> None:
+    from matrix_core import params
+    from matrix_core.errors import MatrixError
+
+    assert params.stream_token("s42") == 42 and params.stream_token("t-7") == -7
+    assert params.stream_token(f"s{2**62}") == 2**62 and params.stream_token(None) is None
+    for bad in (f"s{2**62 + 1}", f"s-{2**62 + 1}", "s", "x5", "s 5", "s1_0", "s\uff11", "s\u00b2", "s5\n"):
+        with pytest.raises(MatrixError) as info:
+            params.stream_token(bad)
+        assert info.value.errcode == "M_INVALID_PARAM"
+    assert params.filter_id("0") == 0 and params.filter_id(str(2**63 - 1)) == 2**63 - 1
+    for bad in (str(2**63), "-1", "", "\u00b2", "1.0"):
+        with pytest.raises(MatrixError):
+            params.filter_id(bad)
+    assert params.int_param("limit", "99999", 1, 1000) == 1000 and params.int_param("limit", "-3", 1, 10) == 1
+    assert params.room_id_or_alias("#a:hub") == "#a:hub" and params.room_id_or_alias("!x") == "!x"
+    for bad in ("#", "#:", "#a", "!", "a", "#a:hub name", "!x\x00", "!" + "x" * 300):
+        with pytest.raises(MatrixError):
+            params.room_id_or_alias(bad)
+    with pytest.raises(MatrixError):
+        params.room_alias("!room")
+
+
+def test_log_limiter_says_once_per_interval_and_counts_the_rest() -> None:
+    from matrix_core.log_limit import LogLimiter
+
+    now = [0.0]
+    limiter = LogLimiter(60.0, clock=lambda: now[0])
+    assert limiter.allow("emfile") == 0
+    assert [limiter.allow("emfile") for _ in range(3)] == [None] * 3
+    assert limiter.allow("other") == 0  # keys are independent
+    now[0] = 61.0
+    assert limiter.allow("emfile") == 3  # the next line reports what it kept quiet
+    assert limiter.allow("emfile") is None

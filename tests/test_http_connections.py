@@ -208,3 +208,15 @@ def test_the_federation_listener_closes_silent_and_half_open_tls_connections(hub
         pass  # closed without a TLS close_notify
     assert time.monotonic() - started <= IDLE_TIMEOUT + 4
     tls.close()
+
+
+def test_connection_cap_bookkeeping() -> None:
+    from matrix_core.client_api.http_listener import ConnectionCap
+
+    cap = ConnectionCap(2)
+    assert cap.admit("a") and cap.admit("a") and not cap.admit("a") and cap.admit("b")
+    cap.release("a")
+    assert cap.admit("a") and not cap.admit("a")
+    cap.release("a"), cap.release("a"), cap.release("b")
+    assert cap.open == {}
+    assert all(ConnectionCap(0).admit("a") for _ in range(100))  # 0: no cap
