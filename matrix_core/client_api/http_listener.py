@@ -100,7 +100,7 @@ class _CappedProtocol(asyncio.Protocol):
             self.inner.connection_lost(exc)
 
 
-class _ClientErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _ClientErrorLog(logging.LoggerAdapter):
     """aiohttp's server logger, except that a client's malformed request is one short line."""
 
     def __init__(self, logger: logging.Logger) -> None:
