@@ -29,6 +29,11 @@ class GatewayConfig:
     server_name: str = "localhost"
     bind: str = "127.0.0.1"
     http_port: int = 8008
+    # HTTP connections, client API and federation (matrix_core/client_api/http_listener.py):
+    # seconds a connection may stay without sending a complete request's headers (new, idle, or a
+    # slowloris), and how many connections one client address may hold open (0: no cap).
+    http_idle_timeout: float = 15.0
+    http_max_connections_per_address: int = 64
     coap_port: int = 5683
     coaps_port: int = 5684
     coaps_enabled: bool = True
@@ -120,6 +125,10 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: sqlite_synchronous must be FULL or NORMAL")
         if key in ("messages_per_second", "messages_burst") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
+        if key == "http_idle_timeout" and not 0 < value <= 3600:
+            raise ConfigError(f"{source}: http_idle_timeout must be between 0 and 3600 seconds (not 0)")
+        if key == "http_max_connections_per_address" and value < 0:
+            raise ConfigError(f"{source}: http_max_connections_per_address must not be negative")
         if key in ("retention_default_days", "retention_interval_minutes", "max_rooms_per_user") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
         if key == "admin_contact" and (not value.isprintable() or '"' in value or "\\" in value):
@@ -140,6 +149,12 @@ server_name = "{config.server_name}"
 # Address the listeners bind to. 127.0.0.1 = this machine only; 0.0.0.0 = your LAN.
 bind = "{config.bind}"
 http_port = {config.http_port}          # Matrix client-server API (Element, curl, matrix-nio)
+# Seconds an HTTP connection (client API and federation) may go without sending complete request
+# headers (new, idle between requests, or trickling them: slowloris) before it is closed.
+http_idle_timeout = {config.http_idle_timeout}
+# Connections one client address (an IPv6 /64) may hold open at once; 0: no cap. Behind a reverse
+# proxy every client shares the proxy's address: raise it there.
+http_max_connections_per_address = {config.http_max_connections_per_address}
 coap_port = {config.coap_port}          # CoAP + CBOR for sensors (coap-client)
 # coaps: DTLS with a pre-shared key per device (`matrix-gateway device add ... --psk`); needs aiocoap[tinydtls].
 coaps_enabled = {str(config.coaps_enabled).lower()}

@@ -17,6 +17,7 @@ from aiocoap import error as coap_error
 from aiocoap import resource
 from aiocoap.blockwise import _extract_block_key  # pinned aiocoap: the key its Block2 cache uses
 from aiocoap.numbers.codes import Code
+from aiocoap.util import hostportsplit
 
 from matrix_core import errors
 from matrix_core.client_api.request import ApiRequest, ApiResponse
@@ -124,7 +125,8 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             return message_of(await self.answer(
                 int(request.code), request.opt.uri_path, request.opt.uri_query,
                 token_opts[-1].value if token_opts else None, _int_or_none(request.opt.accept),
-                _int_or_none(request.opt.content_format), request.payload, request.remote))
+                _int_or_none(request.opt.content_format), request.payload, request.remote,
+                client_address(request.remote)))
         content_format = codes.CONTENT_FORMAT_CBOR
         method = "GET"
         try:
@@ -141,7 +143,7 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             position = self.hs.stream.position
             cf = _int_or_none(request.opt.content_format)
             payload = request.payload
-            response = await self.dispatch(call, lambda: decode_body(payload, cf))
+            response = await self.dispatch(call, lambda: decode_body(payload, cf), client_address(request.remote))
             if observing and response.status == 200:
                 await self._observe(servobs, request, call, response, position, content_format)
                 return self._first_block(request, to_message(response, method, content_format))
@@ -157,11 +159,12 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
 
     async def answer(self, method_code: int, uri_path: Any, uri_query: Any, token_option: bytes | None,
                      accept: int | None, content_format: int | None, payload: bytes,
-                     remote: Any = None) -> Answer:
+                     remote: Any = None, client: str = "coap") -> Answer:
         """A request that is not an observation, from its fields: every error is an answer.
 
         The hub's message layer calls this for its hot path (remote None: plain UDP has no
-        DTLS identity); render() for everything else aiocoap delivers.
+        DTLS identity); render() for everything else aiocoap delivers. `client` is the device's
+        IP address (login throttling is per address).
         """
         response_cf = codes.CONTENT_FORMAT_CBOR
         method = "GET"
@@ -171,7 +174,7 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             method = call.method
             if call.access_token is None and remote is not None:
                 call = await self._with_psk_token(call, remote)
-            response = await self.dispatch(call, lambda: decode_body(payload, content_format))
+            response = await self.dispatch(call, lambda: decode_body(payload, content_format), client)
         except errors.MatrixError as err:
             response = ApiResponse(err.status, err.to_json())
         except Exception:
@@ -195,10 +198,10 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         self._block2._completes[_extract_block_key(request)] = msg
         return msg._extract_block(0, size_exp, limit)
 
-    async def dispatch(self, call: ApiCall, load_body: Any = lambda: None) -> ApiResponse:
+    async def dispatch(self, call: ApiCall, load_body: Any = lambda: None, client: str = "coap") -> ApiResponse:
         """Run one API call through the shared route table; Matrix errors become answers."""
         api_request = ApiRequest(method=call.method, segments=list(call.segments), query=call.query,
-                                 access_token=call.access_token, remote="coap", load_body=load_body,
+                                 access_token=call.access_token, remote=client, load_body=load_body,
                                  transport="coap")
         try:
             return await ROUTER.dispatch(self.hs, api_request)
@@ -236,6 +239,14 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         self._observation_removers[id(servobs)] = self.observations.add(observation)
         if self.hs.stream.position > position:  # events committed while the first answer was built
             observation.poke(self.hs.stream.position)
+
+
+def client_address(remote: Any) -> str:
+    """The IP address a CoAP request came from (plain UDP or DTLS), for per-address throttling."""
+    try:
+        return hostportsplit(remote.hostinfo)[0]
+    except Exception:  # an address kind without a host: one shared key rather than no answer
+        return "coap"
 
 
 def _int_or_none(value: Any) -> int | None:

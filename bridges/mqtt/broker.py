@@ -308,13 +308,15 @@ class MqttBroker:
             if requester.user_id == user_id:
                 return requester
         try:
-            self.hs.login_limiter.check(f"mqtt:{peer}")
-        except errors.MatrixError:
-            return ReasonCode.BAD_USER_NAME_OR_PASSWORD
-        found = await accounts.check_credentials(connect.username, password)
+            found = await accounts.check_credentials(connect.username, password, peer)
+        except errors.MatrixError as err:
+            if err.errcode != "M_LIMIT_EXCEEDED":
+                raise
+            # The core's login throttle: "try later", not "wrong password" (a client may drop
+            # a password it was told is wrong). MQTT 3.1.1 has no such code: Server unavailable.
+            return ReasonCode.QUOTA_EXCEEDED
         if found is None:
             return ReasonCode.BAD_USER_NAME_OR_PASSWORD
-        self.hs.login_limiter.reset(f"mqtt:{peer}")
         return Requester(found, f"mqtt:{connect.client_id}", False, "")
 
     # -- sessions -------------------------------------------------------------------------------

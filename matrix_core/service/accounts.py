@@ -8,6 +8,7 @@ from typing import Any
 from .. import errors
 from ..identifiers import random_string, user_id_for
 from ..passwords import check_password
+from ..ratelimit import LoginThrottle
 from ..store import Database
 from ..store import accounts as account_rows
 
@@ -23,9 +24,10 @@ class Requester:
 
 
 class Accounts:
-    def __init__(self, db: Database, server_name: str) -> None:
+    def __init__(self, db: Database, server_name: str, login_throttle: LoginThrottle | None = None) -> None:
         self.db = db
         self.server_name = server_name
+        self.login_throttle = login_throttle or LoginThrottle()
         self._token_cache: dict[str, Requester] = {}
         # Set by the federation front end: a remote user's profile via /query/profile.
         self.remote_profile: Any = None
@@ -59,18 +61,28 @@ class Accounts:
         """The hub admins (`matrix-gateway user add --admin`)."""
         return {row[0] for row in await self.db.fetchall("SELECT user_id FROM users WHERE admin = 1")}
 
-    async def check_credentials(self, localpart_or_id: str, password: str) -> str | None:
-        """The user id if the password is right, else None (scrypt runs off the event loop)."""
+    async def check_credentials(self, localpart_or_id: str, password: str, address: str | None) -> str | None:
+        """The user id if the password is right, else None (scrypt runs off the event loop).
+
+        `address` is the client's IP, whatever the protocol: password guessing is throttled here
+        for all of them (ratelimit.LoginThrottle), raising M_LIMIT_EXCEEDED; None only for a
+        password the hub itself just set (registration).
+        """
         user_id = self.local_user_id(localpart_or_id)
+        attempt = self.login_throttle.attempt(user_id, address) if address is not None else None
         row = await self.db.fetchone("SELECT password_hash FROM users WHERE user_id = ?", (user_id,))
         if row is None or not row[0]:
             return None
         ok = await asyncio.get_running_loop().run_in_executor(None, check_password, password, row[0])
-        return user_id if ok else None
+        if not ok:
+            return None
+        if attempt is not None:
+            self.login_throttle.succeeded(attempt)
+        return user_id
 
     async def login(self, localpart_or_id: str, password: str, device_id: str | None,
-                    display_name: str | None) -> dict[str, Any]:
-        user_id = await self.check_credentials(localpart_or_id, password)
+                    display_name: str | None, address: str | None) -> dict[str, Any]:
+        user_id = await self.check_credentials(localpart_or_id, password, address)
         if user_id is None:
             raise errors.forbidden("Invalid username or password")
         device = device_id or random_string(10).upper()

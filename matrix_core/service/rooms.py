@@ -20,7 +20,7 @@ from ..event_hashing import compute_event_id, hash_and_encode_new_event, sign_if
 from ..events import Event
 from ..identifiers import is_valid_user_id, random_string, split_id
 from ..notifier import EventStream
-from ..room_presets import initial_state_events
+from ..room_presets import check_body as check_create_body, initial_state_events
 from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from ..signing import SigningKey
 from ..store import Database, event_index, event_json
@@ -684,6 +684,7 @@ class Rooms:
     async def create_room(self, requester: Requester, body: dict[str, Any], *,
                           reserved_alias_ok: bool = False) -> dict[str, Any]:
         """`reserved_alias_ok`: the caller is the component owning the alias's namespace."""
+        check_create_body(body, self.server_name)
         version_id = body.get("room_version", DEFAULT_ROOM_VERSION.identifier)
         if not isinstance(version_id, str) or version_id not in KNOWN_ROOM_VERSIONS:
             raise errors.unsupported_room_version(str(version_id))
@@ -721,6 +722,14 @@ class Rooms:
                 "origin_server_ts": self.clock(), "depth": 1, "prev_events": [], "auth_events": [],
             }
             create = self._finish_event(pdu, {}, version)
+            # The room id is the create event's hash, and its only entropy is the millisecond:
+            # one user creating rooms in the same millisecond (an MQTT device's first publishes
+            # to new topics, a script) would make one room id twice. Like Synapse, move
+            # origin_server_ts on until the id is new; nothing awaits between this check and
+            # the room's registration below, so two creations cannot both pass it.
+            while create.room_id in self._room_versions:
+                pdu["origin_server_ts"] = create.origin_server_ts + 1
+                create = self._finish_event(pdu, {}, version)
             room_id = create.room_id
         else:
             room_id = f"!{random_string(18)}:{self.server_name}"
