@@ -175,10 +175,10 @@ class MqttBroker:
                 found = await self.hs.rooms.resolve_alias_local(alias)
                 if found is None:
                     del self.default_rooms[alias]
-                    await db.write(lambda c, a=alias: store.forget_default_room(c, a))
+                    await db.write(lambda c: store.forget_default_room(c, alias))  # awaited: alias is current
                 else:
                     self.default_rooms[alias] = (owner, found)
-                    await db.write(lambda c, a=alias, r=found: store.set_default_room(c, a, r))
+                    await db.write(lambda c: store.set_default_room(c, alias, found))
         for room_id, state_key, content, sender in await store.load_room_bindings(db, BINDING_TYPE):
             if content and _valid_binding(state_key):
                 self._bindings[(room_id, state_key)] = sender
