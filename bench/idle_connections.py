@@ -4,7 +4,8 @@
     python bench/idle_connections.py [--connections 2000] [--only gateway|mosquitto]
 
 Each connection is a raw TCP socket that sends one MQTT 3.1.1 CONNECT with a username and
-password (keepalive 0: never pinged), reads its CONNACK and stays open. The connections come
+secret (keepalive 0: never pinged; the hub's secret is a device access token, as a sensor's
+would be: a password costs an scrypt each, ~0.13 s here, and mosquitto's its own hash), reads its CONNACK and stays open. The connections come
 from 20 loopback source addresses (127.0.0.2 ...), as a house of devices would come from many,
 so the hub's per-address cap (mqtt_max_connections_per_address, default 100) is exercised as
 deployed, not switched off. Prints RSS before, with all connections open, and after they closed.
@@ -39,13 +40,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def connect_packet(client_id: str) -> bytes:
+def connect_packet(client_id: str, secret: str) -> bytes:
     def s(text: str) -> bytes:
         raw = text.encode()
         return struct.pack("!H", len(raw)) + raw
 
     variable = s("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 0)  # 3.1.1, user+password+clean, keepalive 0
-    payload = s(client_id) + s(USER) + s(PASSWORD)
+    payload = s(client_id) + s(USER) + s(secret)
     body = variable + payload
     length = bytearray()
     n = len(body)
@@ -57,7 +58,7 @@ def connect_packet(client_id: str) -> bytes:
     return bytes([0x10]) + bytes(length) + body
 
 
-async def open_idle(port: int, count: int) -> tuple[list[asyncio.StreamWriter], int]:
+async def open_idle(port: int, count: int, secret: str) -> tuple[list[asyncio.StreamWriter], int]:
     """Open `count` authenticated idle connections; returns them and how many were refused."""
     writers: list[asyncio.StreamWriter] = []
     refused = 0
@@ -69,7 +70,7 @@ async def open_idle(port: int, count: int) -> tuple[list[asyncio.StreamWriter], 
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port,
                                                                local_addr=(SOURCES[i % len(SOURCES)], 0))
-                writer.write(connect_packet(f"idle-{i}"))
+                writer.write(connect_packet(f"idle-{i}", secret))
                 ack = await asyncio.wait_for(reader.readexactly(4), 20)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
                 refused += 1
@@ -84,12 +85,12 @@ async def open_idle(port: int, count: int) -> tuple[list[asyncio.StreamWriter], 
     return writers, refused
 
 
-def measure(name: str, pid: int, port: int, count: int) -> None:
+def measure(name: str, pid: int, port: int, count: int, secret: str) -> None:
     before = rss_mb(pid)
 
     async def run() -> tuple[float, int, int]:
         started = time.monotonic()
-        writers, refused = await open_idle(port, count)
+        writers, refused = await open_idle(port, count, secret)
         opened_s = time.monotonic() - started
         await asyncio.sleep(2.0)  # let the broker settle (timers, buffers) before reading RSS
         during = rss_mb(pid)
@@ -110,13 +111,15 @@ def run_gateway(count: int) -> None:
     data.mkdir(parents=True)
     with GatewayProcess(data) as gw:
         gw.add_user(USER, PASSWORD)
-        measure("gateway", gw.pid, gw.mqtt_port, count)
+        measure("gateway", gw.pid, gw.mqtt_port, count, gw.device_token(USER, "idle"))
 
 
 def run_mosquitto(count: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="idle-mosq-"))
     passwords = tmp / "passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), USER, PASSWORD], check=True)
+    tmp.chmod(0o755)  # mosquitto started as root reads it as the `mosquitto` user
+    passwords.chmod(0o644)
     port = free_port()
     conf = tmp / "mosquitto.conf"
     conf.write_text(f"listener {port} 0.0.0.0\nallow_anonymous false\npassword_file {passwords}\n"
@@ -131,7 +134,7 @@ def run_mosquitto(count: int) -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        measure("mosquitto", proc.pid, port, count)
+        measure("mosquitto", proc.pid, port, count, PASSWORD)
     finally:
         proc.terminate()
         proc.wait(10)
