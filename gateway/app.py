@@ -24,6 +24,21 @@ from .ops.appliance import Appliance
 
 log = logging.getLogger("gateway")
 
+# Exit status when the disk is too full to start (EX_TEMPFAIL: try again later; systemd's
+# Restart=on-failure does).
+EXIT_DISK_FULL = 75
+
+
+def disk_full_at_start(data_dir: Path, exc: BaseException) -> bool:
+    """Is this start-up failure a full disk? Then say so in one line on stderr (no traceback)."""
+    from matrix_core.store.disk_space import describe, means_full, no_room
+
+    if not means_full(exc, lambda: no_room(data_dir)):
+        return False
+    print(f"error: cannot start: {describe(data_dir)}; free some space, then start the hub again",
+          file=sys.stderr, flush=True)
+    return True
+
 
 def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
     return HomeserverSettings(
@@ -116,7 +131,19 @@ class Gateway:
 async def serve(config: GatewayConfig, data_dir: Path) -> int:
     started = time.monotonic()
     gateway = Gateway(config, data_dir)
-    await gateway.start()
+    appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
+    try:
+        await gateway.start()
+        appliance.record_address()
+    except Exception as exc:
+        # Close what started (the database's reader thread would keep a dead hub's process alive).
+        try:
+            await gateway.stop()
+        except Exception:
+            log.debug("stopping after a failed start failed too", exc_info=True)
+        if disk_full_at_start(data_dir, exc):
+            return EXIT_DISK_FULL
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,7 +158,6 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
         f"{gateway.describe()} data_dir={data_dir}",
         flush=True,
     )
-    appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
     appliance.start()
     settler = SettleWhenQuiet(loop, lambda: gateway.hs.db.writes_committed, settle_memory)
     await stop.wait()

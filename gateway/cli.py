@@ -72,12 +72,18 @@ def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
     from .config import load_or_create_signing_key
     from matrix_core.store.database import open_sync as migrate_db
 
+    from .app import EXIT_DISK_FULL, disk_full_at_start
+
     try:
         prepare_data_dir(data_dir)
         config = load_config(data_dir, config_file, flags, create=True)
         load_or_create_signing_key(data_dir)
         migrate_db(data_dir / DATABASE_FILE).close()
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, OSError, sqlite3.Error) as exc:
+        if disk_full_at_start(data_dir, exc):
+            sys.exit(EXIT_DISK_FULL)
+        if isinstance(exc, sqlite3.Error):
+            raise
         fail(str(exc))
     sys.exit(run_hub(config, data_dir))
 

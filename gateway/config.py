@@ -76,6 +76,8 @@ class GatewayConfig:
     # LAN discovery with mDNS/DNS-SD (gateway/ops/discovery.py); empty hostname: the machine's
     mdns: bool = False
     mdns_hostname: str = ""
+    # warn (log, `status`) when the data dir's disk has less free space than this; 0: never
+    disk_warn_free_mb: int = 100
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -117,7 +119,7 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: sqlite_synchronous must be FULL or NORMAL")
         if key in ("messages_per_second", "messages_burst") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
-        if key in ("retention_default_days", "retention_interval_minutes") and value < 0:
+        if key in ("retention_default_days", "retention_interval_minutes", "disk_warn_free_mb") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
         if key == "mdns_hostname" and value and not _is_mdns_label(value):
             raise ConfigError(f"{source}: mdns_hostname {value!r} must be one DNS label (letters, digits, -)")
@@ -170,6 +172,9 @@ retention_interval_minutes = {config.retention_interval_minutes}
 # Advertise the hub on the LAN with mDNS/DNS-SD (NAME.local; _http._tcp, _coap._udp, _mqtt._tcp).
 mdns = {str(config.mdns).lower()}
 mdns_hostname = "{config.mdns_hostname}"
+# Warn (in the log at most hourly, and in `matrix-gateway status`) when the disk holding the data
+# dir has less than this many MB free; 0: never. On a full disk writes are refused (HTTP 507).
+disk_warn_free_mb = {config.disk_warn_free_mb}
 """
 
 
@@ -195,7 +200,11 @@ def load_config(data_dir: Path, config_file: Path | None, overrides: dict[str, A
     config = replace(config, **validate({k: v for k, v in overrides.items() if v is not None}, "command line"))
     if create and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(config))
+        try:
+            path.write_text(render(config))
+        except BaseException:  # a full disk: no truncated file (the next start writes it whole)
+            path.unlink(missing_ok=True)
+            raise
     return config
 
 
@@ -209,8 +218,12 @@ def load_or_create_signing_key(data_dir: Path) -> SigningKey:
             raise ConfigError(f"{path}: not a signing key: {exc}") from None
     key = generate_signing_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(serialize_signing_key(key) + "\n")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(serialize_signing_key(key) + "\n")
+    except BaseException:  # a full disk: no half-written key that would stop every later start
+        path.unlink(missing_ok=True)
+        raise
     return key
 
 

@@ -24,7 +24,7 @@ import aiosqlite
 
 from .. import errors
 from . import event_index
-from .disk_space import FullDiskLog, free_bytes, means_full
+from .disk_space import FullDiskLog, means_full, no_room
 from .migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class Database:
             self._queue.put(None)
             thread, self._writer_thread = self._writer_thread, None
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
+            self.storage.tick(force=True)  # what a full disk refused since its last line
         if self.reader is not None:
             await self.reader.close()
             self.reader = None
@@ -137,7 +138,8 @@ class Database:
     def commit_soon(self) -> None:
         """Commit what is queued without waiting out any write's delay (a front end whose
         client is held back by writes that are only waiting to share a commit)."""
-        self.submit(_nothing)
+        if self._writer_thread is not None:  # not open (a start that failed): nothing waits
+            self.submit(_nothing)
 
     def stop_delaying(self) -> None:
         """Shutting down: commit what waits now, and let no later write wait either (the
@@ -227,7 +229,7 @@ class Database:
 
     def is_full(self, exc: BaseException) -> bool:
         """Does this error from a write mean the disk holding the database is full?"""
-        return means_full(exc, lambda: free_bytes(self.path))
+        return means_full(exc, lambda: no_room(self.path))
 
     def _settle(self, batch: list[_Write], outcomes: list[tuple[bool, Any]], stored: bool) -> None:
         """On the event loop: settle the futures, then tell `storage` what the disk did."""

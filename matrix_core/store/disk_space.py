@@ -22,27 +22,45 @@ log = logging.getLogger(__name__)
 
 SQLITE_FULL = 13
 SQLITE_IOERR = 10
+SQLITE_CANTOPEN = 14
 # SQLite reports ENOSPC as SQLITE_FULL when it writes, but as a generic SQLITE_IOERR when it
-# extends its shared-memory index (-shm) or truncates: an I/O error while less than this is free
-# is taken for a full disk (a failing SD card with room left stays an I/O error).
+# extends its shared-memory index (-shm) or truncates, and as SQLITE_CANTOPEN when it cannot make
+# its -wal/-shm files: such an error while less than this is free (or no inode is) is taken for
+# a full disk (a failing SD card with room left stays an I/O error).
 IOERR_FULL_BELOW = 1 << 20
 LOG_INTERVAL = 60.0  # seconds between two lines about a full disk
+
+
+def _statvfs(path: Path) -> os.statvfs_result | None:
+    target = path if path.is_dir() else path.parent
+    try:
+        return os.statvfs(target)
+    except OSError:
+        return None
 
 
 def free_bytes(path: Path) -> int | None:
     """Bytes an unprivileged writer may still use on the filesystem holding `path` (a file or
     a directory); None if that cannot be asked."""
-    target = path if path.is_dir() else path.parent
-    try:
-        st = os.statvfs(target)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
+    st = _statvfs(path)
+    return None if st is None else st.f_bavail * st.f_frsize
 
 
-def means_full(exc: BaseException, free: Callable[[], int | None]) -> bool:
-    """Does `exc` (from SQLite or a file write) mean the disk has no space left? `free` is asked
-    only for SQLite's ambiguous I/O errors."""
+def out_of_inodes(path: Path) -> bool:
+    """No new file can be made there, however many bytes are free (many small files)."""
+    st = _statvfs(path)
+    return st is not None and st.f_files > 0 and st.f_favail == 0
+
+
+def no_room(path: Path) -> bool:
+    """Next to nothing free on the filesystem holding `path`: bytes or inodes."""
+    space = free_bytes(path)
+    return (space is not None and space < IOERR_FULL_BELOW) or out_of_inodes(path)
+
+
+def means_full(exc: BaseException, no_room: Callable[[], bool]) -> bool:
+    """Does `exc` (from SQLite or a file write) mean the disk has no space left? `no_room` is
+    asked only for SQLite's ambiguous errors."""
     if isinstance(exc, errors.StorageFull):
         return True
     if isinstance(exc, OSError):
@@ -53,9 +71,9 @@ def means_full(exc: BaseException, free: Callable[[], int | None]) -> bool:
     primary = code & 0xFF if isinstance(code, int) else None
     if primary == SQLITE_FULL or "database or disk is full" in str(exc):
         return True
-    if primary == SQLITE_IOERR or (primary is None and "disk I/O error" in str(exc)):
-        space = free()
-        return space is not None and space < IOERR_FULL_BELOW
+    if primary in (SQLITE_IOERR, SQLITE_CANTOPEN) or (
+            primary is None and ("disk I/O error" in str(exc) or "unable to open" in str(exc))):
+        return no_room()
     return False
 
 
@@ -63,15 +81,16 @@ def describe(path: Path) -> str:
     """One line naming the full disk, for start-up failures and `status`."""
     space = free_bytes(path)
     shown = "unknown" if space is None else f"{space} bytes"
-    return f"no space left on the disk holding {path} ({shown} free)"
+    inodes = ", and no inode free for a new file" if out_of_inodes(path) else ""
+    return f"no space left on the disk holding {path} ({shown} free{inodes})"
 
 
 class FullDiskLog:
     """Whether the last write needing space found none, and at most one line a minute about it.
 
-    Called on the event loop with the loop's clock: `refused` when writes were refused for lack
-    of space, `stored` when a commit changed rows (so space was there), `tick` from a timer so a
-    summary or the all-clear is written even when no write comes."""
+    Called on the event loop: `refused` when writes were refused for lack of space, `stored`
+    when a commit changed rows (so space was there), `tick` from a timer so that "still full"
+    or "space is back" is written even when no write comes to say it."""
 
     def __init__(self, where: Path, interval: float = LOG_INTERVAL,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -80,11 +99,13 @@ class FullDiskLog:
         self.clock = clock
         self.full = False
         self.last_refused: float | None = None
-        self.refused_total = 0
+        self.refused_total = 0  # over the hub's life
+        self._episode = 0  # refused since the disk was last found full after having room
         self._unreported = 0
-        self._recovered = False
-        self._last_line: float | None = None
         self._first_unreported = 0.0  # when the first refusal not yet in a line came
+        self._announced = False  # this episode's first line is out
+        self._recovered = False  # space came back since the last line
+        self._last_line: float | None = None
 
     def refused(self, n: int) -> None:
         now = self.clock()
@@ -92,6 +113,7 @@ class FullDiskLog:
             self._first_unreported = now
         self.full, self.last_refused, self._recovered = True, now, False
         self.refused_total += n
+        self._episode += n
         self._unreported += n
         self.tick()
 
@@ -100,17 +122,23 @@ class FullDiskLog:
             self.full, self._recovered = False, True
             self.tick()
 
-    def tick(self) -> None:
+    def tick(self, force: bool = False) -> None:
+        """Write the line that is due, if a minute has passed since the last (or `force`)."""
         now = self.clock()
-        if self._last_line is not None and now - self._last_line < self.interval:
+        if not force and self._last_line is not None and now - self._last_line < self.interval:
             return
         if self.full and self._unreported:
-            log.error("disk full: %s; %d writes refused in %.0f s (HTTP 507, CoAP 5.03, MQTT 0x97). "
-                      "Free some space: writes resume by themselves", describe(self.where), self._unreported,
-                      now - self._first_unreported)
-        elif self._recovered:
-            log.warning("disk space is back: writes to %s are stored again (%d refused since the last report, "
-                        "%d in all)", self.where, self._unreported, self.refused_total)
+            if not self._announced:
+                log.error("disk full: %s: writes are refused (HTTP 507, CoAP 5.03, MQTT 0x97) until space is "
+                          "freed, then resume by themselves", describe(self.where))
+                self._announced = True
+            else:
+                log.error("disk still full: %s: %d writes refused in the last %.0f s", describe(self.where),
+                          self._unreported, now - self._first_unreported)
+        elif self._recovered and self._announced:
+            log.warning("disk space is back: writes to %s are stored again (%d were refused while it was full)",
+                        self.where, self._episode)
+            self._announced, self._episode = False, 0
         else:
             return
         self._last_line, self._unreported, self._recovered = now, 0, False

@@ -9,9 +9,10 @@ The test reaches the tmpfs through ``/proc/PID/root/DATA_DIR`` (the hub's own vi
 file system) to fill it, free it, and look at the database the hub wrote. The hub keeps its PID
 through the wrapper: `unshare` and this module's ``main`` both exec the next command.
 
-Run as ``python -m tests.support.full_disk SIZE LEAVE DATA_DIR -- COMMAND...``: mount a tmpfs of
-SIZE bytes over DATA_DIR, copy DATA_DIR's files in, fill it until LEAVE bytes stay free (-1: do
-not fill), then exec COMMAND.
+Run as ``python -m tests.support.full_disk SIZE LEAVE FILES DATA_DIR -- COMMAND...``: mount a
+tmpfs of SIZE bytes over DATA_DIR, copy DATA_DIR's files in, fill it until LEAVE bytes stay free
+(-1: do not fill), then exec COMMAND. FILES >= 0 limits the tmpfs to that many files more than
+it holds after the copy (a disk out of inodes: no new file, though bytes are free).
 """
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ FILLER = ".filler"
 CHUNK = 1 << 20
 
 
-def wrapper(data_dir: Path, size: int, leave: int = -1) -> list[str]:
+def wrapper(data_dir: Path, size: int, leave: int = -1, files: int = -1) -> list[str]:
     """The command prefix that runs the next command with DATA_DIR on its own tmpfs."""
     unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
-    return [*unshare, sys.executable, "-m", "tests.support.full_disk", str(size), str(leave), str(data_dir), "--"]
+    return [*unshare, sys.executable, "-m", "tests.support.full_disk", str(size), str(leave), str(files),
+            str(data_dir), "--"]
 
 
 def fill(path: Path, leave: int = 0) -> int:
@@ -71,12 +73,15 @@ def seen_from(pid: int, data_dir: Path) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    size, leave, data_dir, sep, *command = argv
-    assert sep == "--" and command, "usage: SIZE LEAVE DATA_DIR -- COMMAND..."
+    size, leave, files, data_dir, sep, *command = argv
+    assert sep == "--" and command, "usage: SIZE LEAVE FILES DATA_DIR -- COMMAND..."
     target = Path(data_dir).resolve()
     target.mkdir(parents=True, exist_ok=True)
+    options = f"size={int(size)},mode=0700"
+    if int(files) >= 0:  # the tmpfs's root and every copied file or directory take one inode each
+        options += f",nr_inodes={1 + sum(1 for _ in target.rglob('*')) + int(files)}"
     underneath = os.open(target, os.O_RDONLY | os.O_DIRECTORY)  # the dir's files, once hidden
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size)},mode=0700", "tmpfs", str(target)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], check=True)
     shutil.copytree(f"/proc/self/fd/{underneath}", target, dirs_exist_ok=True, symlinks=True)
     os.close(underneath)
     if int(leave) >= 0:
