@@ -21,23 +21,10 @@ from matrix_core.ratelimit import RateLimit
 
 from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
 from .ops.appliance import Appliance
+from .ops.disk import EXIT_DISK_FULL, disk_full_at_start
 
 log = logging.getLogger("gateway")
 
-# Exit status when the disk is too full to start (EX_TEMPFAIL: try again later; systemd's
-# Restart=on-failure does).
-EXIT_DISK_FULL = 75
-
-
-def disk_full_at_start(data_dir: Path, exc: BaseException) -> bool:
-    """Is this start-up failure a full disk? Then say so in one line on stderr (no traceback)."""
-    from matrix_core.store.disk_space import describe, means_full, no_room
-
-    if not means_full(exc, lambda: no_room(data_dir)):
-        return False
-    print(f"error: cannot start: {describe(data_dir)}; free some space, then start the hub again",
-          file=sys.stderr, flush=True)
-    return True
 
 
 def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:

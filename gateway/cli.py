@@ -68,11 +68,9 @@ def main() -> None:
               help="Allow outbound federation to loopback addresses (default: off; for tests on one machine).")
 def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
     """Run the hub (creates DATA_DIR with a config, a signing key and a database on first run)."""
-    from .app import run as run_hub
     from .config import load_or_create_signing_key
+    from .ops.disk import EXIT_DISK_FULL, disk_full_at_start
     from matrix_core.store.database import open_sync as migrate_db
-
-    from .app import EXIT_DISK_FULL, disk_full_at_start
 
     try:
         prepare_data_dir(data_dir)
@@ -85,6 +83,8 @@ def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
         if isinstance(exc, sqlite3.Error):
             raise
         fail(str(exc))
+    from .app import run as run_hub  # after the checks: a hub that cannot start loads no listeners
+
     sys.exit(run_hub(config, data_dir))
 
 

@@ -383,3 +383,10 @@ def test_status_shows_free_space_and_warns_below_the_threshold(prepared: Path, t
     config.write_text(config.read_text().replace("disk_warn_free_mb = 1000000000", "disk_warn_free_mb = 0"))
     proc = gateway_cli("status", "--data-dir", str(data_dir), check=False)
     assert "WARNING" not in proc.stdout
+
+
+def test_systemd_keeps_restarting_a_hub_that_cannot_start() -> None:
+    """Exit 75 on a full disk is retried until space is back: no start limit that gives up."""
+    lines = (REPO_ROOT / "systemd" / "matrix-gateway.service").read_text().splitlines()
+    assert "Restart=on-failure" in lines and "StartLimitIntervalSec=0" in lines
+    assert not [line for line in lines if line.startswith(("RestartPreventExitStatus=", "SuccessExitStatus="))]

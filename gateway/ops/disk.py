@@ -10,17 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from matrix_core.store.disk_space import FullDiskLog, free_bytes
+from matrix_core.store.disk_space import FullDiskLog, describe, free_bytes, means_full, no_room
 
 log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 30.0
 WARN_EVERY = 3600.0
 MB = 1_000_000
+# Exit status of a hub whose disk is too full to start (EX_TEMPFAIL: try again later, which
+# systemd's Restart=on-failure does; systemd/matrix-gateway.service never gives up on it).
+EXIT_DISK_FULL = 75
+
+
+def disk_full_at_start(data_dir: Path, exc: BaseException) -> bool:
+    """Is this start-up failure a full disk (bytes or inodes)? Then say so in one line on stderr,
+    naming the disk, instead of a traceback."""
+    if not means_full(exc, lambda: no_room(data_dir)):
+        return False
+    print(f"error: cannot start: {describe(data_dir)}; free some space, then start the hub again",
+          file=sys.stderr, flush=True)
+    return True
 
 
 class LowSpace:
