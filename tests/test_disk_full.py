@@ -266,10 +266,12 @@ def test_full_disk_answers_on_every_protocol_logs_once_and_recovers(
     v5 = Paho(gw.mqtt_port, "alice", PASSWORD, "disk-v5", protocol=mqtt.MQTTv5)
     v3 = Paho(gw.mqtt_port, "alice", PASSWORD, "disk-v311")
     v3.client.reconnect_delay_set(1, 1)
+    sub5 = Paho(gw.mqtt_port, "alice", PASSWORD, "disk-sub5", protocol=mqtt.MQTTv5, clean=False, session_expiry=300)
+    late5 = Paho(gw.mqtt_port, "alice", PASSWORD, "disk-late5", protocol=mqtt.MQTTv5, session_expiry=300)
     acks5: list[int] = []
     v5.client.on_publish = lambda c, u, mid, rc, props: acks5.append(rc.value)
     try:
-        assert v5.connect()[1] == 0 and v3.connect()[1] == 0
+        assert v5.connect()[1] == 0 and v3.connect()[1] == 0 and sub5.connect()[1] == 0
         v5.publish("disk/sensor/t", b"before", qos=1)  # the MQTT room exists before the disk fills
         assert acks5 == [0]
         acked = ["before-0"]
@@ -297,6 +299,9 @@ def test_full_disk_answers_on_every_protocol_logs_once_and_recovers(
         # MQTT 5: PUBACK 0x97 Quota exceeded, and the connection stays
         v5.publish("disk/sensor/t", b"v5-refused", qos=1)
         assert acks5 == [0, 0x97]
+        # MQTT 5, persistent sessions: what cannot be saved is refused, not half-granted
+        assert [code.value for code in sub5.subscribe("disk/other/#", 1)] == [0x97]
+        assert late5.connect()[1] == 0x97
         # MQTT 3.1.1: no PUBACK for what was not stored: closed once, then CONNACK 0x03 while full
         kept = v3.client.publish("disk/sensor/t", b"v311-kept", qos=1)
         assert v3.disconnects.get(timeout=10) is not None
@@ -319,12 +324,13 @@ def test_full_disk_answers_on_every_protocol_logs_once_and_recovers(
         assert v3.connack.get(timeout=10)[1] == 0
         v5.publish("disk/sensor/t", b"v5-after", qos=1)
         assert acks5 == [0, 0x97, 0]
+        assert [code.value for code in sub5.subscribe("disk/other/#", 1)] == [1]
         resp = asyncio.run(_coap_post(coap_send, {"msgtype": "m.text", "body": "coap-after"}))
         assert resp.code == aiocoap.CHANGED
         acked.append("coap-after")
     finally:
-        v5.disconnect()
-        v3.disconnect()
+        for client in (v5, v3, sub5, late5):
+            client.disconnect()
 
     bodies = _bodies(gw, token, room)
     assert set(acked) <= set(bodies) and not {"refused", "coap-refused"} & set(bodies)
