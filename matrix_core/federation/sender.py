@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from .. import errors
 from ..events import Event
 from .client import federation_path
 from ..identifiers import server_of
@@ -151,9 +152,12 @@ class FederationSender:
             last = max(pos for pos, _ in batch)
             if last > dest.last_stream:
                 dest.last_stream = last
-                await self.hs.db.write(lambda conn, n=dest.name, p=last: conn.execute(
-                    "INSERT INTO federation_outbound (destination, last_stream) VALUES (?, ?) "
-                    "ON CONFLICT(destination) DO UPDATE SET last_stream = excluded.last_stream", (n, p)))
+                try:
+                    await self.hs.db.write(lambda conn, n=dest.name, p=last: conn.execute(
+                        "INSERT INTO federation_outbound (destination, last_stream) VALUES (?, ?) "
+                        "ON CONFLICT(destination) DO UPDATE SET last_stream = excluded.last_stream", (n, p)))
+                except errors.StorageFull:  # saved with a later batch; a restart before resends (deduplicated)
+                    pass
 
     async def ping(self, server_name: str) -> None:
         """An empty transaction: tells a server we are back (it then retries what it owes us)."""
