@@ -26,7 +26,6 @@ from .ops.disk import EXIT_DISK_FULL, disk_full_at_start
 log = logging.getLogger("gateway")
 
 
-
 def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
     return HomeserverSettings(
         server_name=config.server_name,

@@ -407,7 +407,8 @@ class MqttBroker:
         try:
             await self.store_publish(requester, publish, key)
         except (PublishRefused, errors.MatrixError) as exc:
-            log.info("will of %s on %r not published: %s", requester.user_id, publish.topic, exc)
+            if not isinstance(exc, errors.StorageFull):  # a full disk: counted in the store's log line
+                log.info("will of %s on %r not published: %s", requester.user_id, publish.topic, exc)
 
     # -- publish: client -> room ----------------------------------------------------------------
 
