@@ -17,6 +17,7 @@ it holds after the copy (a disk out of inodes: no new file, though bytes are fre
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import subprocess
@@ -27,10 +28,25 @@ FILLER = ".filler"
 CHUNK = 1 << 20
 
 
+@functools.cache
+def unshare() -> list[str]:
+    """How this machine gives a process its own mount namespace: as root directly, else (or in a
+    container that refuses that) inside a new user namespace. Neither: a loud failure, no skip."""
+    tried = []
+    for command in (["unshare", "--mount"], ["unshare", "--user", "--map-root-user", "--mount"]):
+        if "--user" not in command and os.geteuid() != 0:
+            continue
+        probe = subprocess.run([*command, "true"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return command
+        tried.append(f"{' '.join(command)}: {probe.stderr.strip()}")
+    raise RuntimeError("the full-disk tests need a mount namespace of their own; " + "; ".join(tried) +
+                       " (in a container: allow unshare, e.g. docker run --cap-add SYS_ADMIN, or user namespaces)")
+
+
 def wrapper(data_dir: Path, size: int, leave: int = -1, files: int = -1) -> list[str]:
     """The command prefix that runs the next command with DATA_DIR on its own tmpfs."""
-    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
-    return [*unshare, sys.executable, "-m", "tests.support.full_disk", str(size), str(leave), str(files),
+    return [*unshare(), sys.executable, "-m", "tests.support.full_disk", str(size), str(leave), str(files),
             str(data_dir), "--"]
 
 
