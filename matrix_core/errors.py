@@ -68,6 +68,17 @@ def unsupported_room_version(version: str) -> MatrixError:
     return MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"Room version {version!r} is not supported.")
 
 
+def exclusive(error: str) -> MatrixError:
+    """An alias in a namespace reserved for a component (Synapse's answer for an appservice's)."""
+    return MatrixError(400, "M_EXCLUSIVE", error)
+
+
+def resource_limit_exceeded(error: str, admin_contact: str) -> MatrixError:
+    """A per-account quota is full. The spec requires `admin_contact` (whom to ask); Synapse
+    answers its resource limits with 403."""
+    return MatrixError(403, "M_RESOURCE_LIMIT_EXCEEDED", error, admin_contact=admin_contact)
+
+
 class AuthError(Exception):
     """An event failed the room's authorization rules (pure-logic verdict, not an HTTP answer)."""
 
@@ -89,11 +100,9 @@ class StorageFull(MatrixError):
 STORAGE_RETRY_MS = 60_000
 
 
-def storage_full(admin_contact: str | None = None) -> StorageFull:
-    """HTTP 507 Insufficient Storage; CoAP 5.03 with Max-Age; MQTT 5 reason 0x97 Quota exceeded."""
-    extra: dict[str, Any] = {"retry_after_ms": STORAGE_RETRY_MS}
-    if admin_contact:
-        extra["admin_contact"] = admin_contact
+def storage_full(admin_contact: str = "") -> StorageFull:
+    """HTTP 507 Insufficient Storage; CoAP 5.03 with Max-Age; MQTT 5 reason 0x97 Quota exceeded.
+    `admin_contact` as in resource_limit_exceeded (the config's, whom to tell)."""
     return StorageFull(507, "M_RESOURCE_LIMIT_EXCEEDED",
                        "The hub's storage is full: nothing was stored. Try again once its owner has freed "
-                       "disk space.", **extra)
+                       "disk space.", admin_contact=admin_contact, retry_after_ms=STORAGE_RETRY_MS)

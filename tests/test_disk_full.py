@@ -41,6 +41,7 @@ from tests.test_mqtt_peers import Paho, mosquitto_pub
 
 TMPFS_BYTES = 4 << 20
 MAX_SENDS = 60  # writes tried after filling before the WAL's slack is used up and one is refused
+ADMIN = "mailto:owner@example.org"
 
 # ---------------------------------------------------------------------------------------------
 # pure parts: which errors mean a full disk, the log's rate, the low-space warning, MQTT hold-back
@@ -77,7 +78,7 @@ def test_storage_full_is_507_resource_limit_exceeded() -> None:
     assert isinstance(err, errors.MatrixError) and err.status == 507
     body = err.to_json()
     assert body["errcode"] == "M_RESOURCE_LIMIT_EXCEEDED" and "full" in body["error"]
-    assert body["retry_after_ms"] == errors.STORAGE_RETRY_MS and "admin_contact" not in body
+    assert body["retry_after_ms"] == errors.STORAGE_RETRY_MS and body["admin_contact"] == ""
     assert errors.storage_full("mailto:admin@example.org").to_json()["admin_contact"] == "mailto:admin@example.org"
 
 
@@ -217,6 +218,8 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
         status, body = gw.request("POST", "/_matrix/client/v3/createRoom", {"room_alias_name": "disk"}, token=token)
         assert status == 200, body
         (data_dir.parent / "facts.json").write_text(json.dumps({"token": token, "room": body["room_id"]}))
+    config = data_dir / "gateway.toml"
+    config.write_text(config.read_text().replace('admin_contact = ""', f'admin_contact = "{ADMIN}"'))
     return data_dir
 
 
@@ -287,6 +290,7 @@ def test_full_disk_answers_on_every_protocol_logs_once_and_recovers(
             acked.append(f"full-{i}" + "x" * 4000)
         assert status == 507, (status, body)
         assert body["errcode"] == "M_RESOURCE_LIMIT_EXCEEDED" and body["retry_after_ms"] == 60_000, body
+        assert body["admin_contact"] == ADMIN and "storage is full" in body["error"], body
         assert _send(gw, token, room, "f-again", "refused")[0] == 507
 
         # CoAP: 5.03 Service Unavailable, a CBOR diagnostic and Max-Age (aiocoap, libcoap)

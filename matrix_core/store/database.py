@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 import aiosqlite
 
@@ -83,6 +83,7 @@ class Database:
         self.batches_committed = 0
         self.writes_committed = 0
         self.storage = FullDiskLog(path)
+        self.admin_contact = ""  # named in the storage-full answers (set by the Homeserver)
 
     async def open(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
@@ -178,7 +179,7 @@ class Database:
                 outcomes, stored = self._run_batch([fn for fn, _, _ in batch])
             except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
                 if self.is_full(exc):  # counted and logged once a minute by self.storage
-                    outcomes = [(False, errors.storage_full()) for _ in batch]
+                    outcomes = [(False, errors.storage_full(self.admin_contact)) for _ in batch]
                 else:
                     log.error("group commit of %d writes failed: %s", len(batch), exc)
                     failure = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
@@ -209,7 +210,7 @@ class Database:
                     if self.is_full(exc):
                         if not conn.in_transaction:  # SQLite undid the whole transaction itself
                             raise
-                        exc = errors.storage_full()
+                        exc = errors.storage_full(self.admin_contact)
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
                     outcomes.append((False, exc))
@@ -246,12 +247,12 @@ class Database:
     async def fetchall(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
         assert self.reader is not None
         async with self.reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+            return cast(list[tuple[Any, ...]], await cur.fetchall())  # no row_factory: rows are tuples
 
     async def fetchone(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> tuple[Any, ...] | None:
         assert self.reader is not None
         async with self.reader.execute(sql, params) as cur:
-            return await cur.fetchone()
+            return cast("tuple[Any, ...] | None", await cur.fetchone())
 
 
 def _nothing(conn: sqlite3.Connection) -> None:
