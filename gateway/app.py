@@ -21,6 +21,7 @@ from matrix_core.ratelimit import RateLimit
 from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
 from .ops.appliance import Appliance
 from .resources import install_loop_exception_handler, raise_open_files_limit
+from .ops.disk import EXIT_DISK_FULL, disk_full_at_start
 
 log = logging.getLogger("gateway")
 
@@ -116,7 +117,19 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     started = time.monotonic()
     install_loop_exception_handler(asyncio.get_running_loop())
     gateway = Gateway(config, data_dir)
-    await gateway.start()
+    appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
+    try:
+        await gateway.start()
+        appliance.record_address()
+    except Exception as exc:
+        # Close what started (the database's reader thread would keep a dead hub's process alive).
+        try:
+            await gateway.stop()
+        except Exception:
+            log.debug("stopping after a failed start failed too", exc_info=True)
+        if disk_full_at_start(data_dir, exc):
+            return EXIT_DISK_FULL
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,7 +144,6 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
         f"{gateway.describe()} data_dir={data_dir}",
         flush=True,
     )
-    appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
     appliance.start()
     settler = SettleWhenQuiet(loop, lambda: gateway.hs.db.writes_committed, settle_memory)
     await stop.wait()

@@ -84,6 +84,8 @@ class GatewayConfig:
     # Rooms one account may create (0: no limit; admins exempt); whom a refusal tells users to ask.
     max_rooms_per_user: int = 1000
     admin_contact: str = ""
+    # warn (log, `status`) when the data dir's disk has less free space than this; 0: never
+    disk_warn_free_mb: int = 100
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -129,7 +131,8 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: http_idle_timeout must be between 0 and 3600 seconds (not 0)")
         if key == "http_max_connections_per_address" and value < 0:
             raise ConfigError(f"{source}: http_max_connections_per_address must not be negative")
-        if key in ("retention_default_days", "retention_interval_minutes", "max_rooms_per_user") and value < 0:
+        if key in ("retention_default_days", "retention_interval_minutes", "max_rooms_per_user",
+                   "disk_warn_free_mb") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
         if key == "admin_contact" and (not value.isprintable() or '"' in value or "\\" in value):
             raise ConfigError(f"{source}: admin_contact must be printable, without quotes or backslashes")
@@ -194,6 +197,9 @@ mdns_hostname = "{config.mdns_hostname}"
 # hub admins are exempt). Over it: M_RESOURCE_LIMIT_EXCEEDED, naming admin_contact (e.g. "mailto:you@example.org").
 max_rooms_per_user = {config.max_rooms_per_user}
 admin_contact = "{config.admin_contact}"
+# Warn (in the log at most hourly, and in `matrix-gateway status`) when the disk holding the data
+# dir has less than this many MB free; 0: never. On a full disk writes are refused (HTTP 507).
+disk_warn_free_mb = {config.disk_warn_free_mb}
 """
 
 
@@ -219,7 +225,11 @@ def load_config(data_dir: Path, config_file: Path | None, overrides: dict[str, A
     config = replace(config, **validate({k: v for k, v in overrides.items() if v is not None}, "command line"))
     if create and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(config))
+        try:
+            path.write_text(render(config))
+        except BaseException:  # a full disk: no truncated file (the next start writes it whole)
+            path.unlink(missing_ok=True)
+            raise
     return config
 
 
@@ -233,8 +243,12 @@ def load_or_create_signing_key(data_dir: Path) -> SigningKey:
             raise ConfigError(f"{path}: not a signing key: {exc}") from None
     key = generate_signing_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(serialize_signing_key(key) + "\n")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(serialize_signing_key(key) + "\n")
+    except BaseException:  # a full disk: no half-written key that would stop every later start
+        path.unlink(missing_ok=True)
+        raise
     return key
 
 

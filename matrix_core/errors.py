@@ -88,3 +88,21 @@ class AuthError(Exception):
 
     def as_matrix_error(self) -> MatrixError:
         return forbidden(self.reason)
+
+
+class StorageFull(MatrixError):
+    """The disk holding the database is full: the write was refused whole and nothing of it was
+    stored. A subclass so front ends can tell it from other limits (MQTT 3.1.1 holds back the
+    client it disconnected; see bridges/mqtt/broker.py)."""
+
+
+# How long a client should wait before trying a refused write again (CoAP Max-Age, MQTT hold-back).
+STORAGE_RETRY_MS = 60_000
+
+
+def storage_full(admin_contact: str = "") -> StorageFull:
+    """HTTP 507 Insufficient Storage; CoAP 5.03 with Max-Age; MQTT 5 reason 0x97 Quota exceeded.
+    `admin_contact` as in resource_limit_exceeded (the config's, whom to tell)."""
+    return StorageFull(507, "M_RESOURCE_LIMIT_EXCEEDED",
+                       "The hub's storage is full: nothing was stored. Try again once its owner has freed "
+                       "disk space.", admin_contact=admin_contact, retry_after_ms=STORAGE_RETRY_MS)

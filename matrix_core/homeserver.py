@@ -42,6 +42,7 @@ class Homeserver:
         self.server_name = settings.server_name
         self.signing_key = settings.signing_key
         self.db = Database(settings.database_path, settings.sqlite_synchronous, settings.commit_window_ms / 1000)
+        self.db.admin_contact = settings.admin_contact
         self.stream = EventStream()
         self.accounts = Accounts(self.db, self.server_name, LoginThrottle(settings.login_limits))
         self.rooms = Rooms(self.db, self.stream, self.server_name, self.signing_key)

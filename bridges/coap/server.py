@@ -50,7 +50,7 @@ class Answer(NamedTuple):
     code: int
     payload: bytes
     content_format: int
-    max_age: int | None = None  # RFC 8516: seconds until a 4.29 may be retried
+    max_age: int | None = None  # RFC 8516: seconds until a 4.29 (or a 5.03) may be retried
     size1: int | None = None  # 4.13: the largest body accepted
 
 
@@ -61,7 +61,7 @@ def answer_of(response: ApiResponse, method: str, content_format: int) -> Answer
     else:
         code = codes.error_code(response.status)
     max_age = size1 = None
-    if response.status == 429 and isinstance(response.body, dict):
+    if response.status in (429, 507) and isinstance(response.body, dict):  # 5.03: RFC 7252 §5.9.3.4
         retry_ms = response.body.get("retry_after_ms")
         if isinstance(retry_ms, int):
             max_age = max(1, math.ceil(retry_ms / 1000))

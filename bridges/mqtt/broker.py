@@ -42,6 +42,7 @@ from .connection import (
 )
 from .constants import MQTT_5, SUBACK_V311_FAILURE, ReasonCode
 from .deny import DenyRules
+from .full_disk import HoldBack
 from .messages import matrix_event_payload, message_content, parse_mqtt, publish_content
 from .packets import NO_PROPERTIES, Connect, Publish, Subscription
 from .routing import (
@@ -70,7 +71,7 @@ _ERROR_REASONS = {
     "M_NOT_FOUND": ReasonCode.NOT_AUTHORIZED,
     "M_TOO_LARGE": ReasonCode.QUOTA_EXCEEDED,
     "M_BAD_JSON": ReasonCode.PAYLOAD_FORMAT_INVALID,
-    "M_RESOURCE_LIMIT_EXCEEDED": ReasonCode.QUOTA_EXCEEDED,  # max_rooms_per_user: no room for a new tree
+    "M_RESOURCE_LIMIT_EXCEEDED": ReasonCode.QUOTA_EXCEEDED,  # max_rooms_per_user; a full disk (full_disk.py)
 }
 
 
@@ -162,6 +163,8 @@ class MqttBroker:
         # it counts (routing.binding_authority) is worked out again when admins or owners change.
         self._bindings: dict[tuple[str, str], str] = {}
         self._logged_ignored: set[tuple[str, str, str]] = set()
+        # 3.1.1 clients closed for want of disk space: their CONNECTs wait (full_disk.py)
+        self.held_back = HoldBack(errors.STORAGE_RETRY_MS / 1000)
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -433,7 +436,8 @@ class MqttBroker:
         try:
             await self.store_publish(requester, publish, key)
         except (PublishRefused, errors.MatrixError) as exc:
-            log.info("will of %s on %r not published: %s", requester.user_id, publish.topic, exc)
+            if not isinstance(exc, errors.StorageFull):  # a full disk: counted in the store's log line
+                log.info("will of %s on %r not published: %s", requester.user_id, publish.topic, exc)
 
     # -- publish: client -> room ----------------------------------------------------------------
 
@@ -1112,6 +1116,10 @@ class ClientProtocol(asyncio.Protocol):
             self.requester = result
             if self._closed:
                 return
+            if connect.protocol_level != MQTT_5 and broker.held_back.holds(
+                    (result.user_id, connect.client_id), time.monotonic(), broker.hs.db.storage.full):
+                self.conn.refuse(ReasonCode.SERVER_UNAVAILABLE)  # 3.1.1: 0x03, until the disk has room
+                return
             session, present, key = await broker.open_session(self, result, connect)
             self.key = key
             if self._closed or self.conn.state is not State.AUTHENTICATING:
@@ -1123,6 +1131,9 @@ class ClientProtocol(asyncio.Protocol):
             events = self.conn.accept(session, present, time.monotonic(), props)
             if events:
                 self._handle(events)
+        except errors.StorageFull:  # its session could not be saved; the store logs the full disk
+            if self.conn.state is State.AUTHENTICATING:
+                self.conn.refuse(ReasonCode.QUOTA_EXCEEDED)  # 3.1.1: 0x03 Server unavailable
         except Exception:
             log.exception("MQTT CONNECT handling failed")
             if self.conn.state is State.AUTHENTICATING:
@@ -1226,6 +1237,13 @@ class ClientProtocol(asyncio.Protocol):
         self._acks.append((publish.packet_id or 0, publish.qos, done))
         self._on_stored(done)
 
+    def _refused_for_space(self, publish: Publish) -> None:
+        self._start_batch()
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_exception(errors.storage_full(self.broker.hs.db.admin_contact))
+        self._acks.append((publish.packet_id or 0, publish.qos, done))
+        self._on_stored(done)
+
     async def _feed(self) -> None:
         """The slow path: room creation, room loading or rate limiting, still in order."""
         broker = self.broker
@@ -1243,6 +1261,9 @@ class ClientProtocol(asyncio.Protocol):
                 continue
             except errors.MatrixError as exc:
                 self._waiting.popleft()
+                if isinstance(exc, errors.StorageFull):  # its room could not be made: as if its write failed
+                    self._refused_for_space(publish)
+                    continue
                 log.info("MQTT publish to %r by %s refused: %s", publish.topic, self.requester.user_id, exc)
                 self._refused(publish, _ERROR_REASONS.get(exc.errcode, ReasonCode.UNSPECIFIED_ERROR))
                 continue
@@ -1272,8 +1293,11 @@ class ClientProtocol(asyncio.Protocol):
             else:
                 log.error("MQTT publish failed: %r", exc)
                 reason = ReasonCode.UNSPECIFIED_ERROR
-            if reason != ReasonCode.NOT_AUTHORIZED or qos:
+            full = isinstance(exc, errors.StorageFull)  # counted and logged once a minute by the store
+            if not full and (reason != ReasonCode.NOT_AUTHORIZED or qos):
                 log.info("MQTT publish by %r refused: 0x%02X %s", self.client_id, reason, exc)
+            if full and qos and conn.level != MQTT_5 and conn.state is State.CONNECTED and self.requester:
+                self.broker.held_back.refused((self.requester.user_id, self.client_id), time.monotonic())
             if qos:
                 conn.ack_publish(packet_id, qos, reason)
                 if conn.state is State.CLOSED:
@@ -1328,6 +1352,7 @@ class ClientProtocol(asyncio.Protocol):
         codes: list[int] = []
         new_subs: list[tuple[Subscription, bool]] = []
         reason = ""
+        before = dict(session.subscriptions), dict(session.subscription_ids)
         for i, sub in enumerate(packet.subscriptions):
             if invalid and invalid[i] >= 0:
                 codes.append(invalid[i])
@@ -1351,7 +1376,13 @@ class ClientProtocol(asyncio.Protocol):
             new_subs.append((sub, existed))
         try:
             if session.persistent:
-                await broker.hs.db.write(lambda c: store.save_session(c, key, session, None))
+                try:
+                    await broker.hs.db.write(lambda c: store.save_session(c, key, session, None))
+                except errors.StorageFull:  # not durable, so not granted: the session stays as it was
+                    self._undo_subscribe(key, session, new_subs, *before)
+                    failed = ReasonCode.QUOTA_EXCEEDED if self.conn.level == MQTT_5 else SUBACK_V311_FAILURE
+                    codes, new_subs = [code if code >= 0x80 else failed for code in codes], []
+                    reason = "the hub's storage is full"
             self.conn.send_suback(packet.packet_id, codes, reason)
             self.flush_out()
             now = time.monotonic()
@@ -1364,6 +1395,18 @@ class ClientProtocol(asyncio.Protocol):
             self.flush_out()
         except Exception:
             log.exception("MQTT SUBSCRIBE handling failed")
+
+    def _undo_subscribe(self, key: str, session: SessionState, new_subs: list[tuple[Subscription, bool]],
+                        subscriptions: dict[str, Subscription], ids: dict[str, int]) -> None:
+        index = self.broker.index
+        for sub, _ in new_subs:
+            index.remove(key, sub.topic_filter)
+            if sub.topic_filter in subscriptions:
+                index.add(key, subscriptions[sub.topic_filter])
+        session.subscriptions.clear()
+        session.subscriptions.update(subscriptions)
+        session.subscription_ids.clear()
+        session.subscription_ids.update(ids)
 
     def _on_unsubscribe(self, packet: Any) -> None:
         broker = self.broker

@@ -94,6 +94,8 @@ async def purge_periodically(db: "Database", default_days: int, interval_s: floa
     import asyncio
     import logging
 
+    from matrix_core.errors import StorageFull
+
     log = logging.getLogger(__name__)
     while True:
         await asyncio.sleep(interval_s)
@@ -101,6 +103,8 @@ async def purge_periodically(db: "Database", default_days: int, interval_s: floa
         try:
             while n := await db.write(lambda conn: purge_step(conn, default_days, clock())):
                 total += n
+        except StorageFull:  # the store logs a full disk; the next interval tries again
+            pass
         except Exception:
             log.exception("retention purge failed; retrying at the next interval")
         if total:

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from .. import errors
 from ..events import Event
 from .client import federation_path
 from ..identifiers import server_of
@@ -144,7 +145,10 @@ class FederationSender:
             last = max(pos for pos, _ in batch)
             if last > dest.last_stream:
                 dest.last_stream = last
-                await federation_store.set_outbound_position(self.hs.db, dest.name, last)
+                try:
+                    await federation_store.set_outbound_position(self.hs.db, dest.name, last)
+                except errors.StorageFull:  # saved with a later batch; a restart before resends (deduplicated)
+                    pass
 
     async def ping(self, server_name: str) -> None:
         """An empty transaction: tells a server we are back (it then retries what it owes us)."""

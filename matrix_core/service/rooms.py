@@ -389,8 +389,9 @@ class Rooms:
 
         def on_committed(f: "asyncio.Future[Any]") -> None:
             if f.cancelled() or f.exception() is not None:
-                log.error("write for room %s failed (%s); reloading its state", room.room_id,
-                          None if f.cancelled() else f.exception())
+                exc = None if f.cancelled() else f.exception()
+                if not isinstance(exc, errors.StorageFull):  # a full disk is logged by the store, once a minute
+                    log.error("write for room %s failed (%s); reloading its state", room.room_id, exc)
                 self._rooms.pop(room.room_id, None)
                 return
             if rows.visibility_changed:

@@ -35,6 +35,8 @@ import logging
 import sqlite3
 from typing import Any, Awaitable, Callable, Iterable
 
+from .. import errors
+
 log = logging.getLogger(__name__)
 
 TAIL = 1024  # events an edge gathers before they are indexed, and the most one step indexes
@@ -378,6 +380,8 @@ class Compactor:
             while await self._submit(compact_step, delay):
                 self.steps += 1
                 delay = 0.0
+        except errors.StorageFull:  # the disk is full: the store logs that; the next poke retries
+            pass
         except Exception:  # a failed step leaves the index as it was; the next poke retries
             log.exception("event index compaction step failed")
 
