@@ -23,7 +23,7 @@ from aiohttp import web
 from matrix_core import errors
 from matrix_core.events import Event
 from matrix_core.homeserver import Homeserver
-from matrix_core.service.accounts import Requester
+from matrix_core.service.accounts import Requester, TokensRevoked
 
 from . import store, tls, websocket
 from .connection import (
@@ -137,6 +137,7 @@ class MqttBroker:
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._unsubscribe: Callable[[], None] | None = None
+        self._unlisten_revoked: Callable[[], None] | None = None
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._wills: dict[str, asyncio.TimerHandle] = {}
         self._bg: set[asyncio.Task[Any]] = set()
@@ -163,6 +164,7 @@ class MqttBroker:
             for sub in session.subscriptions.values():
                 self.index.add(key, sub)
         self._unsubscribe = self.hs.stream.subscribe(self._on_stream)
+        self._unlisten_revoked = self.hs.accounts.on_revoked(self._on_tokens_revoked)
         await self._listen()
         self._tasks.append(asyncio.create_task(self._ticker(), name="mqtt-ticker"))
 
@@ -221,6 +223,8 @@ class MqttBroker:
             await client.drain_publishes()
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._unlisten_revoked is not None:
+            self._unlisten_revoked()
         for client in list(self.clients):
             client.close(ReasonCode.SERVER_SHUTTING_DOWN, publish_will=False)
         for handle in self._wills.values():
@@ -288,6 +292,20 @@ class MqttBroker:
             return ReasonCode.BAD_USER_NAME_OR_PASSWORD
         self.hs.login_limiter.reset(f"mqtt:{peer}")
         return Requester(found, f"mqtt:{connect.client_id}", False, "")
+
+    def _on_tokens_revoked(self, revoked: TokensRevoked) -> None:
+        """Logout (or logout all) of the token a client connected with ends its connection at
+        once, as mosquitto does when a client's credentials go: MQTT 5 DISCONNECT 0x98
+        Administrative action, 3.1.1 a plain close. Its will is not published (that would be a
+        publish with the revoked token); a persistent session stays for valid credentials, and a
+        CONNECT with the revoked token is refused like any unknown password. A client still
+        being authenticated is closed too (its requester is set before its session opens)."""
+        for client in list(self.clients):
+            requester = client.requester
+            if requester is not None and requester.access_token in revoked.tokens:
+                log.info("MQTT client %r (%s): its access token was revoked, disconnecting", client.client_id,
+                         client.peer)
+                client.close(ReasonCode.ADMINISTRATIVE_ACTION, publish_will=False)
 
     # -- sessions -------------------------------------------------------------------------------
 
