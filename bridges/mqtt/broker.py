@@ -60,6 +60,9 @@ log = logging.getLogger("bridges.mqtt")
 
 NEVER_EXPIRES = 0xFFFFFFFF
 TICK_SECONDS = 0.5
+# A tick this much later than due means the event loop stalled (SIGSTOP, swap, a slow SD card
+# blocking the process): the stall is not held against any client's keepalive.
+STALL_SECONDS = 1.0
 RULES_POLL_SECONDS = 0.5
 CURSOR_SAVE_SECONDS = 5.0
 
@@ -777,14 +780,26 @@ class MqttBroker:
         last_rules = 0.0
         last_cursor = 0.0
         saved_cursors: dict[str, int] = {}
+        overdue: set[ClientProtocol] = set()
         while True:
+            slept_at = time.monotonic()
             await asyncio.sleep(TICK_SECONDS)
             now = time.monotonic()
             try:
-                for client in list(self.clients):
-                    if client.conn.keepalive_expired(now):
-                        log.info("MQTT client %r: keepalive expired", client.client_id)
-                        client.close(ReasonCode.KEEP_ALIVE_TIMEOUT, publish_will=True)
+                stalled = now - slept_at - TICK_SECONDS
+                if stalled > STALL_SECONDS:
+                    log.warning("MQTT broker: the event loop stalled %.1f s; keepalive deadlines moved by as much",
+                                stalled)
+                    for client in self.clients:
+                        client.conn.excuse(stalled, now)
+                # Read before judging: a client past its deadline is closed at the next tick if it
+                # still is, once the loop has read what sat in its socket (after a stall, timers
+                # can run before the reads the stall held back).
+                expired = {client for client in self.clients if client.conn.keepalive_expired(now)}
+                for client in expired & overdue:
+                    log.info("MQTT client %r: keepalive expired", client.client_id)
+                    client.close(ReasonCode.KEEP_ALIVE_TIMEOUT, publish_will=True)
+                overdue = expired - overdue
                 for key, since in list(self.offline_since.items()):
                     session = self.sessions.get(key)
                     if session is None or session.expiry_interval == NEVER_EXPIRES:

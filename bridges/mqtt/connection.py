@@ -460,6 +460,11 @@ class Connection:
             return False
         return now - self.last_received > 1.5 * self.keepalive
 
+    def excuse(self, seconds: float, now: float) -> None:
+        """*seconds* of silence were the server's own (its event loop stalled, the client's
+        packets waited unread in the socket buffer): they do not count against the client."""
+        self.last_received = min(now, self.last_received + seconds)
+
     @property
     def pending_incoming(self) -> int:
         return len(self._pending_in)
