@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import struct
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from bridges.mqtt.connection import Connection, Limits
+from matrix_core.homeserver import Homeserver, HomeserverSettings
+from matrix_core.ratelimit import RateLimit
+from matrix_core.service.accounts import Requester
+from matrix_core.signing import generate_signing_key
+from matrix_core.store import accounts as account_rows
 from tests.conftest import PASSWORD
 from tests.support.gateway import GatewayProcess
-from tests.test_mqtt_broker import _connect_v5, _publish_v5
+from tests.test_mqtt_broker import _connect_v5, _publish_v5, _varint, room_events
 from tests.test_mqtt_peers import Paho, RawClient, mosquitto_pub
 
 WAIT = 10.0
@@ -80,3 +88,95 @@ def test_keepalive_excuses_a_stall_up_to_now() -> None:
     assert conn.last_received == 35.0 and not conn.keepalive_expired(40.0)
     conn.excuse(30.0, 41.0)  # never into the future
     assert conn.last_received == 41.0
+
+
+# -- D1: QoS 2 exactly once across a crash -------------------------------------------------------
+
+
+def _connect_v311(client_id: str, user: str, password: str, clean: bool = True, keepalive: int = 60) -> bytes:
+    def s(x: str) -> bytes:
+        return struct.pack(">H", len(x.encode())) + x.encode()
+    flags = 0x80 | 0x40 | (0x02 if clean else 0)
+    body = s("MQTT") + bytes([4, flags]) + struct.pack(">H", keepalive) + s(client_id) + s(user) + s(password)
+    return b"\x10" + _varint(len(body)) + body
+
+
+def _publish_v311(topic: str, payload: bytes, packet_id: int, qos: int = 2, dup: bool = False) -> bytes:
+    body = struct.pack(">H", len(topic.encode())) + topic.encode() + struct.pack(">H", packet_id) + payload
+    return bytes([0x30 | qos << 1 | (0x08 if dup else 0)]) + _varint(len(body)) + body
+
+
+def test_a_qos2_resend_after_a_crash_is_stored_once(tmp_path: Path) -> None:
+    """PUBREC comes after the COMMIT that holds both the message and its packet id; the hub is
+    killed (SIGKILL) before the client's PUBREL; after the restart the client resumes its session
+    and resends the PUBLISH with DUP and the same packet id: PUBREC, PUBREL, PUBCOMP, and the
+    room holds the message exactly once."""
+    gw = GatewayProcess(tmp_path / "data")
+    gw.start()
+    try:
+        gw.add_user("alice", PASSWORD)
+        token = gw.login("alice", PASSWORD)
+        mosquitto_pub(gw.mqtt_port, "alice", PASSWORD, "once/dev/x", "room exists", 1)
+        raw = RawClient(gw.mqtt_port)
+        raw.send(_connect_v311("exactly-once", "alice", PASSWORD, clean=False))
+        assert raw.read_packet() == b"\x20\x02\x00\x00"
+        raw.send(_publish_v311("once/dev/x", b"only once", 9))
+        assert raw.read_packet() == b"\x50\x02\x00\x09"  # PUBREC: durable
+        gw.kill()  # before PUBREL
+        gw.proc = None
+        raw.close()
+        gw.start()
+        raw = RawClient(gw.mqtt_port)
+        raw.send(_connect_v311("exactly-once", "alice", PASSWORD, clean=False))
+        assert raw.read_packet() == b"\x20\x02\x01\x00"  # session present
+        raw.send(_publish_v311("once/dev/x", b"only once", 9, dup=True))
+        assert raw.read_packet() == b"\x50\x02\x00\x09"  # PUBREC for the stored message
+        raw.send(b"\x62\x02\x00\x09")  # PUBREL
+        assert raw.read_packet() == b"\x70\x02\x00\x09"  # PUBCOMP
+        raw.send(_publish_v311("once/dev/x", b"next", 9))  # the id is free again: a new message
+        assert raw.read_packet() == b"\x50\x02\x00\x09"
+        raw.send(b"\x62\x02\x00\x09")
+        assert raw.read_packet() == b"\x70\x02\x00\x09"
+        raw.close()
+        texts = [e["content"]["mqtt"]["payload"]["text"]
+                 for e in room_events(gw, token, "#mqtt/once/dev:localhost") if e["type"] == "m.room.message"]
+        assert sorted(texts) == ["next", "only once", "room exists"], texts
+    finally:
+        gw.stop()
+
+
+async def test_a_packet_id_commits_in_the_same_transaction_as_its_event(tmp_path: Path) -> None:
+    """The core's send path runs a front end's extra write inside the event's own transaction:
+    the event is there for that transaction but not yet committed for anyone else, and a failing
+    extra write takes the event down with it."""
+    db_path = tmp_path / "db.sqlite"
+    hs = Homeserver(HomeserverSettings("hub", db_path, generate_signing_key(), message_rate=RateLimit(0, 0)))
+    await hs.start()
+    try:
+        await hs.db.write(lambda c: account_rows.insert_user(c, "@a:hub", None, False))
+        alice = Requester("@a:hub", "D", False, "t")
+        room_id = (await hs.rooms.create_room(alice, {}))["room_id"]
+        seen: list[tuple[int, int]] = []
+
+        def record(conn: sqlite3.Connection) -> None:
+            mine = conn.execute("SELECT count(*) FROM events WHERE type = 'm.room.message'").fetchone()[0]
+            with sqlite3.connect(db_path) as other:
+                theirs = other.execute("SELECT count(*) FROM events WHERE type = 'm.room.message'").fetchone()[0]
+            seen.append((mine, theirs))
+
+        future, outcomes = hs.rooms.send_events_nowait(
+            alice, room_id, [("m.room.message", {"body": "1"}, None), ("m.room.message", {"body": "2"}, None)],
+            extras=[None, record])
+        await future
+        assert seen == [(2, 0)]  # inside the events' transaction, before its COMMIT
+
+        def broken(conn: sqlite3.Connection) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        with pytest.raises(sqlite3.OperationalError):
+            await hs.rooms.send_event(alice, room_id, "m.room.message", {"body": "3"}, also=broken)
+        with sqlite3.connect(db_path) as conn:
+            bodies = [row[0] for row in conn.execute("SELECT json FROM events WHERE type = 'm.room.message'")]
+        assert len(bodies) == 2  # the event whose extra write failed was not stored
+    finally:
+        await hs.stop()

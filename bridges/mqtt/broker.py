@@ -24,6 +24,7 @@ from matrix_core import errors
 from matrix_core.events import Event
 from matrix_core.homeserver import Homeserver
 from matrix_core.service.accounts import Requester, TokensRevoked
+from matrix_core.store.database import WriteFn
 
 from . import store, tls, websocket
 from .connection import (
@@ -499,7 +500,8 @@ class MqttBroker:
     def send_batch_nowait(self, requester: Requester, room_id: str,
                           items: list[tuple[str, dict[str, Any], str | None, Publish]],
                           key: str | None, delay: float = 0.0,
-                          deliver_early: bool = False) -> "list[asyncio.Future[Any]] | None":
+                          deliver_early: bool = False,
+                          extras: "list[WriteFn | None] | None" = None) -> "list[asyncio.Future[Any]] | None":
         """The hot path of `send` for publishes read together for one room (retained ones too):
         no coroutine or task per message, and one write for all of them. Per item a future (the
         shared one, or a failed one for an item refused alone); None when the core cannot take
@@ -511,7 +513,7 @@ class MqttBroker:
         early: list[int] = []
         on_placed = (lambda entries: early.extend(self._deliver_early(entries))) if deliver_early else None
         fut, outcomes = self.hs.rooms.send_events_nowait(requester, room_id, [item[:3] for item in items], delay,
-                                                         on_placed)
+                                                         on_placed, extras)
         if not outcomes:
             for own in owns:
                 del self._own[id(own.content)]
@@ -541,12 +543,13 @@ class MqttBroker:
         return futures
 
     async def send(self, requester: Requester, room_id: str, event_type: str, content: dict[str, Any],
-                   state_key: str | None, publish: Publish, key: str | None) -> str:
+                   state_key: str | None, publish: Publish, key: str | None, also: "WriteFn | None" = None) -> str:
         own = _Own(content, publish, key or "")
         ident = id(content)
         self._own[ident] = own
         try:
-            return await self.hs.rooms.send_event(requester, room_id, event_type, content, state_key=state_key)
+            return await self.hs.rooms.send_event(requester, room_id, event_type, content, state_key=state_key,
+                                                  also=also)
         finally:
             if self._own.get(ident) is own:
                 del self._own[ident]
@@ -1061,7 +1064,7 @@ class ClientProtocol(asyncio.Protocol):
             self._refused(publish, ReasonCode.NOT_AUTHORIZED)
             return True
         room_id = broker.rules.resolve(topic)
-        if room_id is None or room_id not in broker.ready_rooms or self._remembers_qos2(publish):
+        if room_id is None or room_id not in broker.ready_rooms:
             return False
         assert self.requester is not None
         try:
@@ -1071,12 +1074,18 @@ class ClientProtocol(asyncio.Protocol):
         self._start(publish, room_id)
         return True
 
-    def _remembers_qos2(self, publish: Publish) -> bool:
-        """A QoS 2 publish of a persistent session: its packet id is written after its event."""
-        if publish.qos != 2 or not self.key:
-            return False
-        session = self.broker.sessions.get(self.key)
-        return session is not None and session.persistent
+    def _qos2_record(self, publish: Publish) -> "WriteFn | None":
+        """For a QoS 2 publish of a persistent session, the write of its packet id, committed
+        in the same transaction as its event: after a crash the DUP resend is recognised
+        (PUBREC, not stored again), and an id is never kept for a message that was not stored."""
+        key = self.key
+        if publish.qos != 2 or not key:
+            return None
+        session = self.broker.sessions.get(key)
+        if session is None or not session.persistent:
+            return None
+        packet_id = publish.packet_id or 0
+        return lambda c: store.add_incoming_qos2(c, key, packet_id)
 
     def _start(self, publish: Publish, room_id: str) -> None:
         assert self.requester is not None
@@ -1085,17 +1094,10 @@ class ClientProtocol(asyncio.Protocol):
         except PublishRefused as exc:
             self._refused(publish, exc.reason_code)
             return
-        if not self._remembers_qos2(publish):
-            if self._batch_room != room_id:
-                self._start_batch()
-                self._batch_room = room_id
-            self._batch.append((event_type, content, state_key, publish))
-            return
-        self._start_batch()
-        stored = self.broker.send(self.requester, room_id, event_type, content, state_key, publish, self.key)
-        fut = self.broker.background(self._remember_qos2(stored, publish.packet_id or 0))
-        self._acks.append((publish.packet_id or 0, publish.qos, fut))
-        fut.add_done_callback(self._on_stored)
+        if self._batch_room != room_id:
+            self._start_batch()
+            self._batch_room = room_id
+        self._batch.append((event_type, content, state_key, publish))
 
     def _start_batch(self) -> None:
         """Send the gathered publishes as one write; their acknowledgements stay in order."""
@@ -1105,30 +1107,22 @@ class ClientProtocol(asyncio.Protocol):
         self._batch, self._batch_room = [], None
         assert self.requester is not None and room_id is not None
         broker = self.broker
-        unacknowledged = all(item[3].qos == 0 for item in items)
-        delay = broker.settings.qos0_commit_delay if unacknowledged else 0.0
+        top_qos = max(item[3].qos for item in items)
+        delay = broker.settings.qos0_commit_delay if top_qos == 0 else 0.0
         # Delivered before the commit only if no QoS 1/2 publish of this client is still being
         # stored: its subscribers get this client's messages in the order it sent them.
         early = delay > 0 and not any(qos for _, qos, _ in self._acks)
-        futures = broker.send_batch_nowait(self.requester, room_id, items, self.key, delay, early)
+        extras = [self._qos2_record(item[3]) for item in items] if top_qos == 2 else None
+        futures = broker.send_batch_nowait(self.requester, room_id, items, self.key, delay, early, extras)
         if futures is None:  # the room left memory meanwhile: one at a time, the awaiting way
             futures = [broker.background(broker.send(self.requester, room_id, event_type, content, state_key,
-                                                     publish, self.key))
+                                                     publish, self.key, self._qos2_record(publish)))
                        for event_type, content, state_key, publish in items]
         for item, fut in zip(items, futures):
             publish = item[3]
             self._acks.append((publish.packet_id or 0, publish.qos, fut))
         for fut in dict.fromkeys(futures):
             fut.add_done_callback(self._on_stored)
-
-    async def _remember_qos2(self, stored: Any, packet_id: int) -> str:
-        """A persistent session's QoS 2 packet id is durable before PUBREC, so a retransmission
-        after a restart is recognised and not stored twice."""
-        event_id = await stored
-        key = self.key
-        assert key is not None
-        await self.broker.hs.db.write(lambda c: store.add_incoming_qos2(c, key, packet_id))
-        return event_id
 
     def _refused(self, publish: Publish, reason_code: int) -> None:
         self._start_batch()
@@ -1159,10 +1153,6 @@ class ClientProtocol(asyncio.Protocol):
                 continue
             self._start(publish, room_id)
             self._start_batch()
-            if self._remembers_qos2(publish) and self._acks:
-                # Its store and packet-id record are two writes: later publishes wait behind
-                # them in _waiting, so a topic stays ordered.
-                await asyncio.wait([self._acks[-1][2]])  # type: ignore[list-item]
             self._waiting.popleft()
             self._check_pressure()
 
