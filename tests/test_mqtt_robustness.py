@@ -180,3 +180,42 @@ async def test_a_packet_id_commits_in_the_same_transaction_as_its_event(tmp_path
         assert len(bodies) == 2  # the event whose extra write failed was not stored
     finally:
         await hs.stop()
+
+
+# -- R3: a refused CONNECT, then a close ---------------------------------------------------------
+
+
+def _log_since(gw: GatewayProcess, offset: int) -> str:
+    return gw.log_path().read_text()[offset:]
+
+
+def _await_log(gw: GatewayProcess, offset: int, needle: str, count: int = 1) -> str:
+    """The log written since *offset* once it holds *needle* *count* times (bounded wait: the
+    hub writes it soon; the log file is the only outside view of it)."""
+    deadline = time.monotonic() + WAIT
+    while (text := _log_since(gw, offset)).count(needle) < count:
+        assert time.monotonic() < deadline, f"{needle!r} not logged {count} times: {text[-2000:]}"
+        time.sleep(0.05)
+    return text
+
+
+def test_a_refused_connect_then_a_close_logs_no_traceback(gateway: GatewayProcess) -> None:
+    port = gateway.mqtt_port
+    offset = len(gateway.log_path().read_text())
+    for connect in (_connect_v5("hangs-up-5", "alice", "wrong password"),
+                    _connect_v311("hangs-up-3", "alice", "wrong password")):
+        raw = RawClient(port)
+        raw.send(connect)
+        raw.close()  # before the answer: the credentials are still being checked
+    _await_log(gateway, offset, "MQTT CONNECT refused for 'alice'", count=2)
+    mosquitto_pub(port, "alice", PASSWORD, "hangup/dev/x", "served on", 1)  # handled after the refusals
+    text = _log_since(gateway, offset)
+    assert "Traceback" not in text and "AssertionError" not in text, text
+
+
+def test_refuse_after_the_client_hung_up_does_nothing() -> None:
+    conn = Connection(Limits(), 0.0)
+    conn.receive_data(_connect_v311("c", "u", "p"), 0.0)
+    conn.close()
+    conn.refuse(0x86)
+    assert conn.data_to_send() == b""

@@ -362,8 +362,10 @@ class Connection:
         return events
 
     def refuse(self, reason_code: int) -> None:
-        """CONNACK failure (an MQTT 5 reason code; mapped for 3.1.1), then closed."""
-        assert self.state is State.AUTHENTICATING
+        """CONNACK failure (an MQTT 5 reason code; mapped for 3.1.1), then closed. Nothing if the
+        connection closed meanwhile (the client hung up while its credentials were checked)."""
+        if self.state is not State.AUTHENTICATING:
+            return
         code = reason_code if self.level == MQTT_5 else connack_return_code_v311(reason_code)
         self._send(ConnAck(False, code))
         self._close()
