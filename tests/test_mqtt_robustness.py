@@ -219,3 +219,65 @@ def test_refuse_after_the_client_hung_up_does_nothing() -> None:
     conn.close()
     conn.refuse(0x86)
     assert conn.data_to_send() == b""
+
+
+# -- R2: connections that never send CONNECT; many from one address -----------------------------
+
+
+def test_silent_connections_time_out_and_one_address_is_capped(tmp_path: Path) -> None:
+    """mqtt_connect_timeout_s = 1, mqtt_max_connections_per_address = 4: four raw sockets that
+    send nothing (one drips a CONNECT a byte at a time) are closed after about a second; a fifth
+    and sixth from the same address are closed at once; each kind is logged once; afterwards a
+    real client from that address connects."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gateway.toml").write_text("mqtt_connect_timeout_s = 1\nmqtt_max_connections_per_address = 4\n")
+    with GatewayProcess(data) as gw:
+        gw.add_user("alice", PASSWORD)
+        port = gw.mqtt_port
+        opened = time.monotonic()
+        silent = [RawClient(port) for _ in range(4)]
+        connect = _connect_v311("dripper", "alice", PASSWORD)
+        closed = threading.Event()
+
+        def drip() -> None:
+            for byte in connect[:-1]:  # never the whole CONNECT
+                if closed.wait(0.1):
+                    return
+                try:
+                    silent[0].send(bytes([byte]))
+                except OSError:
+                    return
+
+        dripper = threading.Thread(target=drip)
+        dripper.start()
+        try:
+            for _ in range(2):
+                extra = RawClient(port)
+                assert extra.recv_until_closed() == b""  # over the cap: closed at once, no answer
+                extra.close()
+            for client in silent:
+                assert client.recv_until_closed() == b""
+            took = time.monotonic() - opened
+        finally:
+            closed.set()
+            dripper.join()
+            for client in silent:
+                client.close()
+        assert 1.0 <= took < 1.0 + 2 * 0.5 + 2.0, took  # the timeout, the tick that confirms it, slack
+        paho = Paho(port, "alice", PASSWORD, "after-the-cap")
+        assert paho.connect()[1] == 0
+        paho.disconnect()
+        log = gw.log_path().read_text()
+    assert log.count("MQTT connection from 127.0.0.1 refused") == 1, log
+    assert log.count("no CONNECT within 1 s") == 1, log
+    assert "Traceback" not in log
+
+
+def test_connect_overdue_counts_from_the_opening_not_the_last_byte() -> None:
+    conn = Connection(Limits(), 0.0)
+    conn.receive_data(b"\x10", 9.0)  # a drip of a CONNECT
+    assert not conn.connect_overdue(10.0, 10) and conn.connect_overdue(10.1, 10)
+    conn = Connection(Limits(), 0.0)
+    conn.receive_data(_connect_v311("c", "u", "p"), 1.0)
+    assert not conn.connect_overdue(100.0, 10)  # CONNECT received: the broker is on it

@@ -97,6 +97,30 @@ class BrokerSettings:
     # Seconds a batch of QoS 0 publishes may wait for later writes to share its commit (SD-card
     # writes); 0: commit at once, like every acknowledged write.
     qos0_commit_delay: float = 0.0
+    connect_timeout: float = 10.0  # seconds from accept to CONNECT; then the socket is closed
+    max_connections_per_address: int = 100  # open connections per remote address; 0: no cap
+
+
+class _Quiet:
+    """At most one log line per period for something strangers can cause at will (connections
+    refused or timed out): the next line counts those not logged."""
+
+    def __init__(self, period: float = 60.0) -> None:
+        self.period = period
+        self._next = 0.0
+        self._unlogged = 0
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._unlogged += 1
+            return
+        self._next = now + self.period
+        if self._unlogged:
+            message += " (%d more not logged in the last %.0f s)"
+            args = (*args, self._unlogged, self.period)
+        self._unlogged = 0
+        log.log(level, message, *args)
 
 
 class PublishRefused(Exception):
@@ -135,6 +159,9 @@ class MqttBroker:
         self.restored: set[str] = set()  # sessions loaded from disk: replay history on resume
         self.online: dict[str, ClientProtocol] = {}
         self.clients: set[ClientProtocol] = set()
+        self.per_address: dict[str, int] = {}  # remote address -> open connections
+        self.quiet_refusals = _Quiet()
+        self.quiet_timeouts = _Quiet()
         self._own: dict[int, _Own] = {}
         # stream position -> sessions that got its QoS 0 message before its commit (_deliver_early)
         self._early: dict[int, set[str]] = {}
@@ -798,8 +825,15 @@ class MqttBroker:
                 # Read before judging: a client past its deadline is closed at the next tick if it
                 # still is, once the loop has read what sat in its socket (after a stall, timers
                 # can run before the reads the stall held back).
-                expired = {client for client in self.clients if client.conn.keepalive_expired(now)}
+                connect_timeout = self.settings.connect_timeout
+                expired = {client for client in self.clients
+                           if client.conn.keepalive_expired(now) or client.conn.connect_overdue(now, connect_timeout)}
                 for client in expired & overdue:
+                    if client.conn.state is State.AWAIT_CONNECT:
+                        self.quiet_timeouts.log(logging.INFO, "MQTT connection from %s closed: no CONNECT within "
+                                                "%.0f s (mqtt_connect_timeout_s)", client.peer, connect_timeout)
+                        client.close(ReasonCode.MAXIMUM_CONNECT_TIME, publish_will=False)
+                        continue
                     log.info("MQTT client %r: keepalive expired", client.client_id)
                     client.close(ReasonCode.KEEP_ALIVE_TIMEOUT, publish_will=True)
                 overdue = expired - overdue
@@ -863,11 +897,25 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- transport callbacks --------------------------------------------------------------------
 
+    _counted = False  # counted in broker.per_address (not refused at once)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
-        self.broker.clients.add(self)
+        broker = self.broker
+        cap = broker.settings.max_connections_per_address
+        open_now = broker.per_address.get(self.peer, 0)
+        if cap and open_now >= cap:
+            broker.quiet_refusals.log(logging.WARNING, "MQTT connection from %s refused: %d open from that address "
+                                      "(mqtt_max_connections_per_address)", self.peer, open_now)
+            self.conn.close()
+            self._closed = True
+            transport.close()
+            return
+        broker.per_address[self.peer] = open_now + 1
+        self._counted = True
+        broker.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
         events = self.conn.receive_data(data, time.monotonic())
@@ -903,6 +951,15 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if not self._counted:
+            return  # refused in connection_made: nothing else was set up
+        self._counted = False
+        per_address = self.broker.per_address
+        left = per_address.get(self.peer, 1) - 1
+        if left > 0:
+            per_address[self.peer] = left
+        else:
+            per_address.pop(self.peer, None)
         self.broker.clients.discard(self)
         if self.conn.state is not State.CLOSED:
             self.conn.close()

@@ -124,6 +124,7 @@ class Connection:
         self.session: SessionState | None = None
         self.connect: Connect | None = None
         self.keepalive = 0
+        self.opened = now  # a CONNECT is due within the broker's connect timeout from here
         self.last_received = now
         self._out = bytearray()
         self._stash: list[Any] = []  # packets that arrived behind CONNECT, before the answer
@@ -462,10 +463,16 @@ class Connection:
             return False
         return now - self.last_received > 1.5 * self.keepalive
 
+    def connect_overdue(self, now: float, timeout: float) -> bool:
+        """No CONNECT *timeout* seconds after the connection opened (partial bytes do not count:
+        a slow drip must not hold a socket open)."""
+        return self.state is State.AWAIT_CONNECT and now - self.opened > timeout
+
     def excuse(self, seconds: float, now: float) -> None:
         """*seconds* of silence were the server's own (its event loop stalled, the client's
         packets waited unread in the socket buffer): they do not count against the client."""
         self.last_received = min(now, self.last_received + seconds)
+        self.opened = min(now, self.opened + seconds)
 
     @property
     def pending_incoming(self) -> int:
