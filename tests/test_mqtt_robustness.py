@@ -281,3 +281,44 @@ def test_connect_overdue_counts_from_the_opening_not_the_last_byte() -> None:
     conn = Connection(Limits(), 0.0)
     conn.receive_data(_connect_v311("c", "u", "p"), 1.0)
     assert not conn.connect_overdue(100.0, 10)  # CONNECT received: the broker is on it
+
+
+# -- the persistent-session quota ----------------------------------------------------------------
+
+
+def test_persistent_sessions_per_account_are_bounded(tmp_path: Path) -> None:
+    """mqtt_max_sessions_per_account = 2: a third persistent session is refused in CONNACK (5.0:
+    0x97 Quota exceeded, 3.1.1: 0x03) and nothing of it is stored; resuming one of the two, clean
+    sessions, and another account's sessions are not affected."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gateway.toml").write_text("mqtt_max_sessions_per_account = 2\n")
+    with GatewayProcess(data) as gw:
+        gw.add_user("alice", PASSWORD)
+        gw.add_user("bob", PASSWORD)
+        port = gw.mqtt_port
+        for i in range(2):
+            kept = Paho(port, "alice", PASSWORD, f"kept-{i}", protocol=V5, clean=False, session_expiry=3600)
+            assert kept.connect()[1] == 0
+            kept.subscribe("quota/dev/#", 1)
+            kept.disconnect()
+        third = Paho(port, "alice", PASSWORD, "third", protocol=V5, clean=False, session_expiry=3600)
+        assert third.connect()[1] == 0x97  # Quota exceeded
+        third.disconnect()
+        old = Paho(port, "alice", PASSWORD, "third-v311", clean=False)
+        rc = old.connect()[1]
+        assert rc.is_failure and rc.getName() == "Server unavailable", rc  # 3.1.1 code 3: it has no quota code
+        old.disconnect()
+        resumed = Paho(port, "alice", PASSWORD, "kept-0", protocol=V5, clean=False, session_expiry=3600)
+        flags, rc, _ = resumed.connect()
+        assert rc == 0 and flags.session_present
+        resumed.disconnect()
+        clean = Paho(port, "alice", PASSWORD, "clean-one", protocol=V5)
+        assert clean.connect()[1] == 0
+        clean.disconnect()
+        bobs = Paho(port, "bob", PASSWORD, "bobs", protocol=V5, clean=False, session_expiry=3600)
+        assert bobs.connect()[1] == 0
+        bobs.disconnect()
+    with sqlite3.connect(data / "homeserver.db") as conn:
+        stored = sorted(row[0] for row in conn.execute("SELECT client_id FROM mqtt_sessions"))
+    assert stored == ["@alice:localhost kept-0", "@alice:localhost kept-1", "@bob:localhost bobs"], stored

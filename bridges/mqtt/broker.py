@@ -99,6 +99,7 @@ class BrokerSettings:
     qos0_commit_delay: float = 0.0
     connect_timeout: float = 10.0  # seconds from accept to CONNECT; then the socket is closed
     max_connections_per_address: int = 100  # open connections per remote address; 0: no cap
+    max_sessions_per_account: int = 100  # persistent sessions one account may keep; 0: no cap
 
 
 class _Quiet:
@@ -162,6 +163,7 @@ class MqttBroker:
         self.per_address: dict[str, int] = {}  # remote address -> open connections
         self.quiet_refusals = _Quiet()
         self.quiet_timeouts = _Quiet()
+        self.quiet_quota = _Quiet()
         self._own: dict[int, _Own] = {}
         # stream position -> sessions that got its QoS 0 message before its commit (_deliver_early)
         self._early: dict[int, set[str]] = {}
@@ -341,14 +343,17 @@ class MqttBroker:
     # -- sessions -------------------------------------------------------------------------------
 
     async def open_session(self, client: "ClientProtocol", requester: Requester, connect: Connect
-                           ) -> tuple[SessionState, bool, str]:
-        """Find or create the session for a CONNECT; takes over an older connection."""
+                           ) -> tuple[SessionState, bool, str] | int:
+        """Find or create the session for a CONNECT; takes over an older connection. A reason
+        code instead when the account may not keep one more persistent session."""
         client_id = connect.client_id
         if connect.protocol_level == MQTT_5:
             expiry = connect.properties.get("session_expiry_interval", 0)
         else:
             expiry = 0 if connect.clean_start else NEVER_EXPIRES
         key = store.session_key(requester.user_id, client_id)
+        if expiry and self._over_session_quota(requester.user_id, key):
+            return ReasonCode.QUOTA_EXCEEDED
         old = self.online.get(key)
         if old is not None and old is not client:
             old.close(ReasonCode.SESSION_TAKEN_OVER, publish_will=True)
@@ -374,6 +379,16 @@ class MqttBroker:
             await self.hs.db.write(lambda c: store.save_session(c, key, session, None))
         self.online[key] = client
         return session, present, key
+
+    def _over_session_quota(self, user_id: str, key: str) -> bool:
+        """Would a new persistent session *key* take the account over its quota? Resuming or
+        replacing one of its persistent sessions never does. (A scan, on CONNECT only.)"""
+        limit = self.settings.max_sessions_per_account
+        existing = self.sessions.get(key)
+        if not limit or (existing is not None and existing.persistent):
+            return False
+        kept = sum(1 for session in self.sessions.values() if session.persistent and session.user_id == user_id)
+        return kept >= limit
 
     def _drop_session(self, key: str) -> None:
         session = self.sessions.pop(key, None)
@@ -1083,7 +1098,14 @@ class ClientProtocol(asyncio.Protocol):
             self.requester = result
             if self._closed:
                 return
-            session, present, key = await broker.open_session(self, result, connect)
+            opened = await broker.open_session(self, result, connect)
+            if isinstance(opened, int):
+                broker.quiet_quota.log(logging.INFO, "MQTT CONNECT of %r by %s refused: 0x%02X, over "
+                                          "mqtt_max_sessions_per_account persistent sessions", connect.client_id,
+                                          result.user_id, opened)
+                self.conn.refuse(opened)
+                return
+            session, present, key = opened
             self.key = key
             if self._closed or self.conn.state is not State.AUTHENTICATING:
                 broker.session_closed(self)
