@@ -34,6 +34,8 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
         sqlite_synchronous=config.sqlite_synchronous.upper(),
         commit_window_ms=config.commit_window_ms,
         message_rate=RateLimit(config.messages_per_second, config.messages_burst),
+        max_rooms_per_user=config.max_rooms_per_user,
+        admin_contact=config.admin_contact,
     )
 
 

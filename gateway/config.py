@@ -82,6 +82,9 @@ class GatewayConfig:
     # LAN discovery with mDNS/DNS-SD (gateway/ops/discovery.py); empty hostname: the machine's
     mdns: bool = False
     mdns_hostname: str = ""
+    # Rooms one account may create (0: no limit; admins exempt); whom a refusal tells users to ask.
+    max_rooms_per_user: int = 1000
+    admin_contact: str = ""
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -123,8 +126,10 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: sqlite_synchronous must be FULL or NORMAL")
         if key in ("messages_per_second", "messages_burst") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
-        if key in ("retention_default_days", "retention_interval_minutes") and value < 0:
+        if key in ("retention_default_days", "retention_interval_minutes", "max_rooms_per_user") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
+        if key == "admin_contact" and (not value.isprintable() or '"' in value or "\\" in value):
+            raise ConfigError(f"{source}: admin_contact must be printable, without quotes or backslashes")
         if key == "mdns_hostname" and value and not _is_mdns_label(value):
             raise ConfigError(f"{source}: mdns_hostname {value!r} must be one DNS label (letters, digits, -)")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
@@ -176,6 +181,10 @@ retention_interval_minutes = {config.retention_interval_minutes}
 # Advertise the hub on the LAN with mDNS/DNS-SD (NAME.local; _http._tcp, _coap._udp, _mqtt._tcp).
 mdns = {str(config.mdns).lower()}
 mdns_hostname = "{config.mdns_hostname}"
+# Rooms one account may create, counting those the MQTT broker made for its topics (0: no limit;
+# hub admins are exempt). Over it: M_RESOURCE_LIMIT_EXCEEDED, naming admin_contact (e.g. "mailto:you@example.org").
+max_rooms_per_user = {config.max_rooms_per_user}
+admin_contact = "{config.admin_contact}"
 """
 
 

@@ -68,6 +68,17 @@ def unsupported_room_version(version: str) -> MatrixError:
     return MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"Room version {version!r} is not supported.")
 
 
+def exclusive(error: str) -> MatrixError:
+    """An alias in a namespace reserved for a component (Synapse's answer for an appservice's)."""
+    return MatrixError(400, "M_EXCLUSIVE", error)
+
+
+def resource_limit_exceeded(error: str, admin_contact: str) -> MatrixError:
+    """A per-account quota is full. The spec requires `admin_contact` (whom to ask); Synapse
+    answers its resource limits with 403."""
+    return MatrixError(403, "M_RESOURCE_LIMIT_EXCEEDED", error, admin_contact=admin_contact)
+
+
 class AuthError(Exception):
     """An event failed the room's authorization rules (pure-logic verdict, not an HTTP answer)."""
 

@@ -32,6 +32,8 @@ class HomeserverSettings:
     commit_window_ms: int = 0
     message_rate: RateLimit = field(default_factory=lambda: RateLimit(per_second=50.0, burst=200))
     login_rate: RateLimit = field(default_factory=lambda: RateLimit(per_second=0.5, burst=10))
+    max_rooms_per_user: int = 1000  # rooms an account may create (0: no limit; admins exempt)
+    admin_contact: str = ""  # named in M_RESOURCE_LIMIT_EXCEEDED answers
 
 
 class Homeserver:
@@ -43,6 +45,8 @@ class Homeserver:
         self.stream = EventStream()
         self.accounts = Accounts(self.db, self.server_name)
         self.rooms = Rooms(self.db, self.stream, self.server_name, self.signing_key)
+        self.rooms.max_rooms_per_user = settings.max_rooms_per_user
+        self.rooms.admin_contact = settings.admin_contact
         self.sync = Sync(self.rooms, self.stream)
         self.message_limiter = RateLimiter(settings.message_rate)
         self.login_limiter = RateLimiter(settings.login_rate)

@@ -71,6 +71,9 @@ async def whoami(hs: Any, req: ApiRequest) -> ApiResponse:
 
 
 async def register(hs: Any, req: ApiRequest) -> ApiResponse:
+    if req.arg("kind", "user") != "user":
+        # No guest access on a hub: a guest would otherwise get a full account (the spec's answer).
+        raise errors.MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed on this hub")
     if not hs.settings.enable_registration:
         raise errors.forbidden("Registration is disabled on this hub; an admin adds users with the CLI")
     body = req.json_object()

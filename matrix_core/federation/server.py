@@ -62,14 +62,14 @@ class FederationRequest:
 Handler = Callable[[Any, str, FederationRequest], Awaitable[tuple[int, Any]]]
 
 
-class FederationRoutes(Router):
+class FederationRoutes(Router[Handler]):
     """Method + path template -> handler, with the client API's route matching (one router):
     templates use {name} for one decoded path segment and must live under /_matrix/."""
 
-    def add(self, method: str, path: str, handler: Handler) -> None:  # type: ignore[override]
+    def add(self, method: str, path: str, handler: Handler) -> None:
         if not path.startswith("/_matrix/"):
             raise ValueError(f"federation routes live under /_matrix/: {path}")
-        super().add(method, path, handler)  # type: ignore[arg-type]
+        super().add(method, path, handler)
 
 
 FEDERATION_ROUTES = FederationRoutes()

@@ -84,6 +84,10 @@ class Accounts:
     async def user_exists(self, user_id: str) -> bool:
         return await self.db.fetchone("SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is not None
 
+    async def admin_user_ids(self) -> set[str]:
+        """The hub admins (`matrix-gateway user add --admin`)."""
+        return {row[0] for row in await self.db.fetchall("SELECT user_id FROM users WHERE admin = 1")}
+
     async def check_credentials(self, localpart_or_id: str, password: str) -> str | None:
         """The user id if the password is right, else None (scrypt runs off the event loop)."""
         user_id = self.local_user_id(localpart_or_id)

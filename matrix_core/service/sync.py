@@ -96,14 +96,22 @@ class Sync:
             room = await self._room_if_known(room_id)
             if membership == "join":
                 timeline, limited = await self._room_window(room_id, None, upto, limit)
+                timeline = await self._visible(requester, room_id, timeline)
                 in_timeline = {ev.event_id for _, ev in timeline}
                 state = [ev for ev in room.state.values() if ev.event_id not in in_timeline]
                 join[room_id] = self._joined_room_body(requester, timeline, limited, state)
             elif membership == "invite":
-                state = self._invite_state(requester.user_id, room_id, room)
-                if state is not None:
-                    invite[room_id] = {"invite_state": {"events": state}}
+                stripped = self._invite_state(requester.user_id, room_id, room)
+                if stripped is not None:
+                    invite[room_id] = {"invite_state": {"events": stripped}}
         return {"join": join, "invite": invite, "leave": {}}
+
+    async def _visible(self, requester: Requester, room_id: str,
+                       timeline: list[tuple[int, Event]]) -> list[tuple[int, Event]]:
+        """The events of a timeline window the user may see (history visibility)."""
+        if not timeline:
+            return timeline
+        return (await self.rooms.read_access(requester, room_id)).visible(timeline)
 
     def _invite_state(self, user_id: str, room_id: str, room: Any) -> list[dict[str, Any]] | None:
         """Stripped state for an invite: from the room if we know it, else from the remote invite."""
@@ -140,6 +148,7 @@ class Sync:
                     timeline, limited = await self._room_window(room_id, since, upto, limit)
                 if not timeline and not changed and not full_state:
                     continue
+                timeline = await self._visible(requester, room_id, timeline)
                 room = await self.rooms.get_room(room_id)
                 in_timeline = {ev.event_id for _, ev in timeline}
                 if changed or full_state or by_room is None:
@@ -151,11 +160,12 @@ class Sync:
                     state = []
                 join[room_id] = self._joined_room_body(requester, timeline, limited, state)
             elif membership == "invite" and changed:
-                state = self._invite_state(requester.user_id, room_id, await self._room_if_known(room_id))
-                if state is not None:
-                    invite[room_id] = {"invite_state": {"events": state}}
+                stripped = self._invite_state(requester.user_id, room_id, await self._room_if_known(room_id))
+                if stripped is not None:
+                    invite[room_id] = {"invite_state": {"events": stripped}}
             elif membership in ("leave", "ban") and changed:
                 timeline, limited = await self._room_window(room_id, since, mpos, limit)
+                timeline = await self._visible(requester, room_id, timeline)
                 leave[room_id] = {
                     "timeline": {
                         "events": [self.rooms.serialize(ev, requester) for _, ev in timeline],

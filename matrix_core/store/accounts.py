@@ -3,14 +3,10 @@ thread and from the CLI (which may run beside a live hub: WAL lets both write)."
 from __future__ import annotations
 
 import sqlite3
-import time
 
+from ..clock import now_ms
 from ..identifiers import new_access_token
 from ..passwords import hash_password
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def user_exists(conn: sqlite3.Connection, user_id: str) -> bool:

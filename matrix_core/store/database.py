@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 import aiosqlite
 
@@ -207,12 +207,12 @@ class Database:
     async def fetchall(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
         assert self.reader is not None
         async with self.reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+            return cast(list[tuple[Any, ...]], await cur.fetchall())  # no row_factory: rows are tuples
 
     async def fetchone(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> tuple[Any, ...] | None:
         assert self.reader is not None
         async with self.reader.execute(sql, params) as cur:
-            return await cur.fetchone()
+            return cast("tuple[Any, ...] | None", await cur.fetchone())
 
 
 def _nothing(conn: sqlite3.Connection) -> None:
