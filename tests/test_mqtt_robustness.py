@@ -14,7 +14,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from bridges.mqtt.connection import Connection, Limits
+from bridges.mqtt.connection import Connection, Limits, PublishReceived, Qos2Released
+from bridges.mqtt.session import SessionState
 from matrix_core.homeserver import Homeserver, HomeserverSettings
 from matrix_core.ratelimit import RateLimit
 from matrix_core.service.accounts import Requester
@@ -110,7 +111,8 @@ def test_a_qos2_resend_after_a_crash_is_stored_once(tmp_path: Path) -> None:
     """PUBREC comes after the COMMIT that holds both the message and its packet id; the hub is
     killed (SIGKILL) before the client's PUBREL; after the restart the client resumes its session
     and resends the PUBLISH with DUP and the same packet id: PUBREC, PUBREL, PUBCOMP, and the
-    room holds the message exactly once."""
+    room holds the message exactly once. And the other way: killed right after a PUBCOMP, the
+    hub takes the id's next message as new (PUBCOMP waits for the id's removal to commit)."""
     gw = GatewayProcess(tmp_path / "data")
     gw.start()
     try:
@@ -136,11 +138,22 @@ def test_a_qos2_resend_after_a_crash_is_stored_once(tmp_path: Path) -> None:
         raw.send(_publish_v311("once/dev/x", b"next", 9))  # the id is free again: a new message
         assert raw.read_packet() == b"\x50\x02\x00\x09"
         raw.send(b"\x62\x02\x00\x09")
+        assert raw.read_packet() == b"\x70\x02\x00\x09"  # PUBCOMP: the id's release is durable
+        gw.kill()  # right after PUBCOMP: the id must not come back from the disk
+        gw.proc = None
+        raw.close()
+        gw.start()
+        raw = RawClient(gw.mqtt_port)
+        raw.send(_connect_v311("exactly-once", "alice", PASSWORD, clean=False))
+        assert raw.read_packet() == b"\x20\x02\x01\x00"
+        raw.send(_publish_v311("once/dev/x", b"reused id", 9))  # a new message, not a resend
+        assert raw.read_packet() == b"\x50\x02\x00\x09"
+        raw.send(b"\x62\x02\x00\x09")
         assert raw.read_packet() == b"\x70\x02\x00\x09"
         raw.close()
         texts = [e["content"]["mqtt"]["payload"]["text"]
                  for e in room_events(gw, token, "#mqtt/once/dev:localhost") if e["type"] == "m.room.message"]
-        assert sorted(texts) == ["next", "only once", "room exists"], texts
+        assert sorted(texts) == ["next", "only once", "reused id", "room exists"], texts
     finally:
         gw.stop()
 
@@ -322,3 +335,21 @@ def test_persistent_sessions_per_account_are_bounded(tmp_path: Path) -> None:
     with sqlite3.connect(data / "homeserver.db") as conn:
         stored = sorted(row[0] for row in conn.execute("SELECT client_id FROM mqtt_sessions"))
     assert stored == ["@alice:localhost kept-0", "@alice:localhost kept-1", "@bob:localhost bobs"], stored
+
+
+def test_pubcomp_of_a_persistent_session_waits_for_the_broker() -> None:
+    conn = Connection(Limits(), 0.0)
+    conn.receive_data(_connect_v311("c", "u", "p", clean=False), 0.0)
+    session = SessionState("c", "@u:hub", 4, expiry_interval=0xFFFFFFFF)
+    conn.accept(session, False, 0.0)
+    conn.data_to_send()
+    assert [type(e) for e in conn.receive_data(_publish_v311("a/b", b"x", 3), 1.0)] == [PublishReceived]
+    conn.ack_publish(3, 2)
+    assert conn.data_to_send() == b"\x50\x02\x00\x03"  # PUBREC
+    assert conn.receive_data(b"\x62\x02\x00\x03", 2.0) == [Qos2Released(3)]
+    assert conn.receive_data(b"\x62\x02\x00\x03", 2.1) == []  # a repeated PUBREL: still waiting
+    assert conn.data_to_send() == b""  # no PUBCOMP before the id's removal is durable
+    conn.complete_qos2(3)
+    assert conn.data_to_send() == b"\x70\x02\x00\x03"
+    conn.complete_qos2(3)
+    assert conn.data_to_send() == b""  # once

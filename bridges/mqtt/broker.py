@@ -1410,10 +1410,21 @@ class ClientProtocol(asyncio.Protocol):
             self.broker.hs.db.commit_soon()
 
     def _qos2_released(self, packet_id: int) -> None:
+        """A persistent session's released packet id leaves the disk before PUBCOMP goes out
+        (the Connection holds PUBCOMP back for those)."""
         key = self.key
         session = self.broker.sessions.get(key) if key else None
         if key is not None and session is not None and session.persistent:
-            self.broker.background(self.broker.hs.db.write(lambda c: store.remove_incoming_qos2(c, key, packet_id)))
+            removed = self.broker.background(self.broker.hs.db.write(
+                lambda c: store.remove_incoming_qos2(c, key, packet_id)))
+
+            def complete(_: Any) -> None:
+                self.conn.complete_qos2(packet_id)
+                self.flush_out()
+
+            removed.add_done_callback(complete)
+        else:
+            self.conn.complete_qos2(packet_id)  # nothing held back; harmless either way
 
     # -- subscribe ------------------------------------------------------------------------------
 
