@@ -62,6 +62,12 @@ class GatewayConfig:
     # QoS 0 publishes wait up to 1 s to share a commit (SD-card writes; live MQTT subscribers get
     # them at once): the interval Home Assistant's recorder commits at by default.
     mqtt_qos0_commit_ms: int = 1000
+    # A TCP connection that sends no CONNECT within this many seconds is closed (mosquitto-like).
+    mqtt_connect_timeout_s: int = 10
+    # Open MQTT connections from one remote address (0: no cap).
+    mqtt_max_connections_per_address: int = 100
+    # Persistent MQTT sessions (clean_session 0 / a session expiry) one account may keep (0: no cap).
+    mqtt_max_sessions_per_account: int = 100
     federation_port: int = 8448
     # federation TLS (matrix_core/federation/tls.py): empty = a self-signed pair made in the data dir
     federation_tls_cert: str = ""

@@ -22,6 +22,7 @@ from aiocoap.util import hostportsplit
 from matrix_core import errors
 from matrix_core.client_api.request import ApiRequest, ApiResponse
 from matrix_core.client_api.routes import ROUTER
+from matrix_core.service.accounts import TokensRevoked
 
 from . import codes, fast_lane, message_layer, stale_refusal
 from .content import MAX_BODY_BYTES, decode_body, encode_body, response_format
@@ -112,6 +113,11 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         # render() deregisters it early when the call is not observable or fails.
         self._observe_requests[id(request)] = serverobservation
         serverobservation.accept(lambda: self._end_observation(serverobservation))
+
+    def end_revoked(self, revoked: TokensRevoked) -> None:
+        """A logout ends the observations made with its tokens now (accounts.TokensRevoked)."""
+        final = ApiResponse(401, errors.unknown_token().to_json())
+        self.observations.end_where(lambda obs: obs.call.access_token in revoked.tokens, final)
 
     def _end_observation(self, serverobservation: Any) -> None:
         remove = self._observation_removers.pop(id(serverobservation), None)
@@ -274,12 +280,14 @@ class CoapFrontend:
         self.site = ApiResource(hs)
         self._contexts: list[Any] = []
         self._unsubscribe: Any = None
+        self._unlisten_revoked: Any = None
         self._psk_store: PskStore | None = None
         self._coaps_running = False
         self._message_layers: list[Any] = []
 
     async def start(self) -> None:
         self._unsubscribe = self.hs.stream.subscribe(self.site.observations.on_events)
+        self._unlisten_revoked = self.hs.accounts.on_revoked(self.site.end_revoked)
         context = await aiocoap.Context.create_server_context(
             self.site, bind=(self.bind, self.port), transports=["udp6"], loggername="coap-server")
         stale_refusal.guard(context)
@@ -309,6 +317,8 @@ class CoapFrontend:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._unlisten_revoked is not None:
+            self._unlisten_revoked()
         self.site.observations.close()
         for layer in self._message_layers:
             await layer.close()

@@ -42,8 +42,9 @@ def save_session(conn: sqlite3.Connection, key: str, session: SessionState, disc
         [(key, s.topic_filter, s.qos, int(s.no_local), int(s.retain_as_published), s.retain_handling,
           session.subscription_ids.get(s.topic_filter)) for s in session.subscriptions.values()],
     )
-    conn.execute("DELETE FROM mqtt_incoming_qos2 WHERE client_id = ?", (key,))
-    conn.executemany("INSERT INTO mqtt_incoming_qos2 (client_id, packet_id) VALUES (?, ?)",
+    # Added, never replaced: an id committed with its event (add_incoming_qos2) whose PUBREC is
+    # not out yet is not in memory yet, and must survive this save. PUBREL removes an id.
+    conn.executemany("INSERT OR IGNORE INTO mqtt_incoming_qos2 (client_id, packet_id) VALUES (?, ?)",
                      [(key, pid) for pid in sorted(session.incoming_qos2)])
 
 

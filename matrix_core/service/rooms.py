@@ -25,6 +25,7 @@ from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersi
 from ..signing import SigningKey
 from ..store import Database, event_index, event_json
 from ..store import rooms as room_rows
+from ..store.database import WriteFn
 from .accounts import Requester
 from .read_access import ReadAccess, ReadGate
 from .room_cache import MAX_STATE_CHAIN, RoomCache, StateKey
@@ -337,10 +338,12 @@ class Rooms:
         return group, base_chain + 1
 
     def _apply_and_enqueue(self, room: RoomCache, events: list[Event], txn_key: str | None = None,
-                           new_room: bool = False) -> "asyncio.Future[Any]":
+                           new_room: bool = False, also: WriteFn | None = None) -> "asyncio.Future[Any]":
         """Advance the room's in-memory state past local `events` and queue their write (no await)."""
         rows = _Rows()
         self._apply(room, events, rows, txn_key)
+        if also is not None:
+            rows.also.append(also)
         if new_room:
             rows.new_room = (room.room_id, room.version.identifier, events[0].sender)
         self._update_room_row(rows, room, latest_is_sole_extremity=True)
@@ -606,8 +609,12 @@ class Rooms:
             "DELETE FROM remote_invites WHERE user_id = ? AND room_id = ?", (user_id, room_id)))
 
     async def send_event(self, requester: Requester, room_id: str, event_type: str, content: Any,
-                         txn_id: str | None = None, state_key: str | None = None) -> str:
-        """Send a message or state event as the requester; returns the event id once durable."""
+                         txn_id: str | None = None, state_key: str | None = None,
+                         also: WriteFn | None = None) -> str:
+        """Send a message or state event as the requester; returns the event id once durable.
+
+        `also`: a front end's own write committed in the same transaction as the event (MQTT
+        records a QoS 2 packet id with its message: a crash cannot keep one without the other)."""
         if not isinstance(content, dict):
             raise errors.bad_json("Event content must be a JSON object")
         txn_key = f"{requester.user_id}|{requester.device_id}|{txn_id}" if txn_id is not None else None
@@ -625,7 +632,7 @@ class Rooms:
             if len(self._txn_of_event) > TXN_MEMORY:
                 self._txn_of_event.clear()
         try:
-            await self._apply_and_enqueue(room, [event], txn_key)
+            await self._apply_and_enqueue(room, [event], txn_key, also=also)
         except BaseException:
             if txn_key is not None:
                 self._txns.pop(txn_key, None)
@@ -642,7 +649,8 @@ class Rooms:
 
     def send_events_nowait(self, requester: Requester, room_id: str,
                            items: list[tuple[str, dict[str, Any], str | None]], delay: float = 0.0,
-                           on_placed: Callable[[list[tuple[int, Event]]], None] | None = None
+                           on_placed: Callable[[list[tuple[int, Event]]], None] | None = None,
+                           extras: "list[WriteFn | None] | None" = None,
                            ) -> "tuple[asyncio.Future[Any] | None, list[Any]]":
         """`send_event` without a coroutine, for many messages to one room as one write: a burst
         of device messages (MQTT reads dozens of PUBLISHes per socket read) shares one future,
@@ -656,20 +664,25 @@ class Rooms:
         `delay`: seconds the commit may wait to share it with later writes, for messages nobody
         is waiting to see acknowledged (MQTT QoS 0); they reach the stream after that commit.
         `on_placed` gets the (position, event) pairs at once, before the commit: a front end
-        may pass them on to its own live subscribers while they wait (MQTT QoS 0)."""
+        may pass them on to its own live subscribers while they wait (MQTT QoS 0).
+        `extras`: per item, a front end's own write (or None) committed in the same transaction
+        as that item's event, and only if the item is accepted (like `send_event`'s `also`)."""
         room = self._rooms.get(room_id)
         if room is None:
             return None, []
         outcomes: list[Any] = []
         events: list[Event] = []
         rows = _Rows()
-        for event_type, content, state_key in items:
+        for i, (event_type, content, state_key) in enumerate(items):
             try:
                 event = self._build_requested(room, requester, event_type, content, state_key)
             except errors.MatrixError as exc:
                 outcomes.append(exc)
                 continue
             self._apply(room, [event], rows)  # the next event builds on this one
+            extra = extras[i] if extras is not None else None
+            if extra is not None:
+                rows.also.append(extra)
             events.append(event)
             outcomes.append(event.event_id)
         if not events:
@@ -1107,6 +1120,7 @@ class _Rows:
         self.new_room: tuple[str, str, str | None] | None = None
         self.visibility_changed = False  # holds an m.room.history_visibility event (read_access)
         self.room_update: tuple[str, int | None, str] | None = None
+        self.also: list[WriteFn] = []  # front ends' writes that commit with these events or not at all
 
     def add_event(self, pos: int, ev: Event, group: int | None, before_group: int | None, txn_key: str | None,
                   outlier: bool = False, rejected: str | None = None, announce: bool = True,
@@ -1196,3 +1210,5 @@ class _Rows:
                 "UPDATE rooms SET forward_extremities = ?, current_state_group = ? WHERE room_id = ?",
                 self.room_update,
             )
+        for fn in self.also:
+            fn(conn)

@@ -49,5 +49,8 @@ def delete_token(conn: sqlite3.Connection, token: str) -> None:
     conn.execute("DELETE FROM access_tokens WHERE token = ?", (token,))
 
 
-def delete_all_tokens(conn: sqlite3.Connection, user_id: str) -> None:
+def delete_all_tokens(conn: sqlite3.Connection, user_id: str) -> list[str]:
+    """Delete every access token of the user; returns them (live sessions opened with them end)."""
+    tokens = [row[0] for row in conn.execute("SELECT token FROM access_tokens WHERE user_id = ?", (user_id,))]
     conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
+    return tokens
