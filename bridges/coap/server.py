@@ -220,12 +220,8 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         claim = next((c for c in claims if isinstance(c, PskClaim)), None)
         if claim is None:
             return call
-        row = await self.hs.db.fetchone(
-            "SELECT token FROM access_tokens WHERE user_id = ? AND device_id = ? LIMIT 1",
-            (claim.user_id, claim.device_id))
-        if row is None:
-            raise errors.unknown_token()
-        return ApiCall(call.method, call.full_path, call.segments, call.query, row[0])
+        token = await self.hs.accounts.device_token(claim.user_id, claim.device_id)
+        return ApiCall(call.method, call.full_path, call.segments, call.query, token)
 
     async def _observe(self, servobs: Any, request: aiocoap.Message, call: ApiCall, first: ApiResponse,
                        position: int, content_format: int) -> None:

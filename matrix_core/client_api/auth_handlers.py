@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import errors, params
 from ..identifiers import is_valid_localpart, user_id_for
-from ..store import accounts as account_rows
+from ..store import filters as filter_rows
 from .request import ApiRequest, ApiResponse, ok
 
 SUPPORTED_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9",
@@ -87,7 +87,7 @@ async def register(hs: Any, req: ApiRequest) -> ApiResponse:
     if await hs.accounts.user_exists(user_id):
         raise errors.MatrixError(400, "M_USER_IN_USE", "User ID already taken")
     device_id = body.get("device_id") or None
-    await hs.db.write(lambda conn: account_rows.insert_user(conn, user_id, password, False))
+    await hs.accounts.create_user(user_id, password)
     result = await hs.accounts.login(user_id, password, device_id, body.get("initial_device_display_name"), None)
     return ok(result)
 
@@ -126,24 +126,15 @@ async def create_filter(hs: Any, req: ApiRequest) -> ApiResponse:
         raise errors.forbidden("You may only create filters for yourself")
     body = req.json_object()
     text = json.dumps(body)
-
-    def insert(conn: Any) -> int:
-        row = conn.execute("SELECT MAX(filter_id) FROM filters WHERE user_id = ?", (requester.user_id,)).fetchone()
-        filter_id = (row[0] or 0) + 1
-        conn.execute("INSERT INTO filters (user_id, filter_id, json) VALUES (?, ?, ?)",
-                     (requester.user_id, filter_id, text))
-        return filter_id
-
-    filter_id = await hs.db.write(insert)
+    filter_id = await hs.db.write(lambda conn: filter_rows.insert_filter(conn, requester.user_id, text))
     return ok({"filter_id": str(filter_id)})
 
 
 async def load_filter(hs: Any, user_id: str, filter_id: str) -> dict[str, Any]:
-    row = await hs.db.fetchone("SELECT json FROM filters WHERE user_id = ? AND filter_id = ?",
-                               (user_id, params.filter_id(filter_id)))
-    if row is None:
+    text = await filter_rows.filter_json(hs.db, user_id, params.filter_id(filter_id))
+    if text is None:
         raise errors.not_found("No such filter")
-    return json.loads(row[0])
+    return json.loads(text)
 
 
 async def get_filter(hs: Any, req: ApiRequest) -> ApiResponse:

@@ -7,6 +7,7 @@ from typing import Any
 from .. import errors, params
 from ..canonical_json import CanonicalJSONError, parse_json
 from ..service.sync import parse_stream_token
+from ..store import rooms as room_rows
 from .auth_handlers import load_filter
 from .request import ApiRequest, ApiResponse, ok
 
@@ -198,9 +199,8 @@ async def delete_alias(hs: Any, req: ApiRequest) -> ApiResponse:
 
 
 async def public_rooms(hs: Any, req: ApiRequest) -> ApiResponse:
-    rows = await hs.db.fetchall("SELECT room_id FROM rooms WHERE is_public = 1")
     chunk = []
-    for (room_id,) in rows:
+    for room_id in await room_rows.public_room_ids(hs.db):
         room = await hs.rooms.get_room(room_id)
         entry: dict[str, Any] = {"room_id": room_id, "num_joined_members": len(room.joined_users()),
                                  "world_readable": False, "guest_can_join": False}

@@ -9,3 +9,8 @@ async def count_created_by(db: Database, user_id: str) -> int:
     creator). Read once per account; the service counts on in memory."""
     row = await db.fetchone("SELECT COUNT(*) FROM rooms WHERE creator = ?", (user_id,))
     return int(row[0]) if row else 0
+
+
+async def public_room_ids(db: Database) -> list[str]:
+    """Rooms published in the room directory (/publicRooms)."""
+    return [row[0] for row in await db.fetchall("SELECT room_id FROM rooms WHERE is_public = 1")]
