@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 from aiohttp import web
@@ -12,6 +12,9 @@ from ..canonical_json import CanonicalJSONError, JSONSyntaxError, encode_json, p
 from .request import ApiRequest, ApiResponse
 from .router import client_api_segments
 from .routes import ROUTER
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ def error_response(err: errors.MatrixError) -> web.Response:
     return json_response(ApiResponse(err.status, err.to_json()))
 
 
-def make_app(hs: Any) -> web.Application:
+def make_app(hs: Homeserver) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=CORS_HEADERS)

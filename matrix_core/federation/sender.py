@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..events import Event
 from .client import federation_path
 from ..identifiers import server_of
 from ..store import federation as federation_store
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ class Destination:
 
 
 class FederationSender:
-    def __init__(self, hs: Any) -> None:
+    def __init__(self, hs: Homeserver) -> None:
         self.hs = hs
         self._destinations: dict[str, Destination] = {}
         self._txn_counter = int(time.time() * 1000)
@@ -108,8 +111,10 @@ class FederationSender:
         """After a restart: our events the destination has not acknowledged, in rooms it is in."""
         rows = await federation_store.unsent_events(self.hs.db, dest.last_stream, self.hs.server_name, dest.name)
         rooms = self.hs.rooms
-        dest.queue.extend((pos, rooms.outgoing_pdu(Event(pdu, event_id, rooms.room_version(room_id))))
-                          for pos, event_id, room_id, pdu in rows)
+        # Every room holding events is known (its version loaded at start): the test only types it.
+        dest.queue.extend((pos, rooms.outgoing_pdu(Event(pdu, event_id, version)))
+                          for pos, event_id, room_id, pdu in rows
+                          if (version := rooms.room_version(room_id)) is not None)
         if dest.queue:
             dest.wake.set()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote
 
 from aiohttp import web
@@ -27,6 +27,10 @@ from ..canonical_json import CanonicalJSONError, JSONSyntaxError, encode_json, p
 from .keyring import KeyLookupError, KeyRing
 from .keys import KeyDocumentError, parse_key_query
 from .xmatrix import XMatrixError, parse_header, verify_request
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
+    from .client import FederationClient
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class FederationRequest:
         return values[-1] if values else default
 
 
-Handler = Callable[[Any, str, FederationRequest], Awaitable[tuple[int, Any]]]
+Handler = Callable[["Homeserver", str, FederationRequest], Awaitable[tuple[int, Any]]]
 
 
 class FederationRoutes(Router[Handler]):
@@ -110,7 +114,7 @@ def _split(raw_path: str) -> tuple[list[str], dict[str, list[str]]]:
     return [unquote(seg) for seg in path.split("/")[1:]], parse_qs(query, keep_blank_values=True)
 
 
-def make_federation_app(hs: Any, routes: FederationRoutes, keyring: KeyRing,
+def make_federation_app(hs: Homeserver, routes: FederationRoutes, keyring: KeyRing,
                         clock: Callable[[], int] | None = None) -> web.Application:
     now = clock or keyring.clock
 
@@ -188,7 +192,7 @@ class FederationFrontend:
 
     name = "federation"
 
-    def __init__(self, hs: Any, data_dir: Path, bind: str, port: int, tls_cert: str = "", tls_key: str = "",
+    def __init__(self, hs: Homeserver, data_dir: Path, bind: str, port: int, tls_cert: str = "", tls_key: str = "",
                  verify_tls: bool = True, allow_loopback: bool = False,
                  routes: FederationRoutes = FEDERATION_ROUTES, idle_timeout: float = 15.0,
                  max_per_address: int = 64) -> None:
@@ -204,7 +208,7 @@ class FederationFrontend:
         self.idle_timeout = idle_timeout
         self.max_per_address = max_per_address
         self._listener: HttpListener | None = None
-        self.client: Any = None
+        self.client: FederationClient | None = None
         self.keyring: KeyRing | None = None
 
     async def start(self) -> None:

@@ -3,7 +3,7 @@ and the hooks that let the core join rooms hosted elsewhere. Starts after the li
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..identifiers import server_of
@@ -15,13 +15,16 @@ from .pdu import BadPDU, parse_pdu
 from .joins import remote_membership, send_invite
 from .sender import FederationSender
 
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
+
 log = logging.getLogger(__name__)
 
 
 class FederationService:
     name = "federation-rooms"
 
-    def __init__(self, hs: Any) -> None:
+    def __init__(self, hs: Homeserver) -> None:
         self.hs = hs
 
     async def start(self) -> None:
@@ -76,6 +79,8 @@ class FederationService:
         if not wanted:
             return False
         version = hs.rooms.room_version(room_id)
+        if version is None:  # not reached: a room with servers in it and an oldest event is known
+            return False
         for server in sorted(servers):
             try:
                 body = await hs.federation_client.request(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .. import errors
 from ..identifiers import random_string, user_id_for
@@ -55,7 +55,7 @@ class Accounts:
         # again, so a revoked token is never cached (nor handed to a front end) after the fact.
         self._revocations = 0
         # Set by the federation front end: a remote user's profile via /query/profile.
-        self.remote_profile: Any = None
+        self.remote_profile: Callable[[str], Awaitable[dict[str, Any]]] | None = None
 
     def local_user_id(self, localpart_or_id: str) -> str:
         return user_id_for(localpart_or_id, self.server_name)
