@@ -68,9 +68,8 @@ class _CappedProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         key = address_key(str(peer[0])) if peer else "?"
         if not self.cap.admit(key):
-            if (suppressed := self.refusals.allow(key)) is not None:
-                log.warning("HTTP: %s already has %d connections open, refusing more%s", key,
-                            self.cap.max_per_address, f" ({suppressed} more since the last line)" if suppressed else "")
+            self.refusals.log(log, logging.WARNING, key, "HTTP: %s already has %d connections open, refusing more",
+                              key, self.cap.max_per_address)
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(REFUSAL)
             transport.close()
@@ -109,10 +108,9 @@ class _ClientErrorLog(logging.LoggerAdapter):
 
     def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
         if isinstance(exc_info, HttpProcessingError):
-            if (suppressed := self.limiter.allow("bad request")) is not None:
-                reason = (exc_info.message or "").strip().splitlines()[:1] or [type(exc_info).__name__]
-                self.logger.warning("HTTP: bad request from %s answered 400: %s%s", args[0] if args else "?",
-                                    reason[0][:80], f" ({suppressed} more since the last line)" if suppressed else "")
+            reason = (exc_info.message or "").strip().splitlines()[:1] or [type(exc_info).__name__]
+            self.limiter.log(self.logger, logging.WARNING, "bad request", "HTTP: bad request from %s answered 400: %s",
+                             args[0] if args else "?", reason[0][:80])
             return
         self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
 

@@ -5,10 +5,10 @@ Each handler takes (hs, origin, request) where `origin` is already authenticated
 """
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
+from ..clock import now_ms
 from ..store import federation as federation_store
 from ..events import Event
 from ..identifiers import server_of
@@ -20,10 +20,6 @@ if TYPE_CHECKING:
 
 MAX_BACKFILL = 100
 MAX_MISSING = 50
-
-
-def _now() -> int:
-    return int(time.time() * 1000)
 
 
 async def _room_visible_to(hs: Homeserver, origin: str, room_id: str) -> Any:
@@ -77,7 +73,7 @@ async def on_event(hs: Homeserver, origin: str, req: FederationRequest) -> tuple
         raise errors.not_found("unknown event")
     event = found[event_id][0]
     await _room_visible_to(hs, origin, event.room_id)
-    return 200, {"origin": hs.server_name, "origin_server_ts": _now(), "pdus": [hs.rooms.outgoing_pdu(event)]}
+    return 200, {"origin": hs.server_name, "origin_server_ts": now_ms(), "pdus": [hs.rooms.outgoing_pdu(event)]}
 
 
 async def _state_before(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[Any, list[Event]]:
@@ -140,7 +136,7 @@ async def on_backfill(hs: Homeserver, origin: str, req: FederationRequest) -> tu
     except ValueError:
         raise errors.invalid_param("limit must be an integer") from None
     events = await _walk_back(hs, starts, set(), limit)
-    return 200, {"origin": hs.server_name, "origin_server_ts": _now(), "pdus": hs.rooms.outgoing_pdus(events)}
+    return 200, {"origin": hs.server_name, "origin_server_ts": now_ms(), "pdus": hs.rooms.outgoing_pdus(events)}
 
 
 async def on_get_missing_events(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
+from ..clock import now_ms
 from ..events import Event
 from .client import federation_path
 from ..identifiers import server_of
@@ -42,7 +42,7 @@ class FederationSender:
     def __init__(self, hs: Homeserver) -> None:
         self.hs = hs
         self._destinations: dict[str, Destination] = {}
-        self._txn_counter = int(time.time() * 1000)
+        self._txn_counter = now_ms()
         self._stopping = False
         # Events received from others that we, as the resident server, must pass on (send_join).
         self._forward: set[str] = set()
@@ -129,7 +129,7 @@ class FederationSender:
             txn_id = str(self._txn_counter)
             body = {
                 "origin": self.hs.server_name,
-                "origin_server_ts": int(time.time() * 1000),
+                "origin_server_ts": now_ms(),
                 "pdus": [pdu for _, pdu in batch],
             }
             try:
@@ -161,7 +161,7 @@ class FederationSender:
         try:
             await self.hs.federation_client.request(
                 server_name, "PUT", federation_path("/_matrix/federation/v1/send/{t}", t=str(self._txn_counter)),
-                body={"origin": self.hs.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": []},
+                body={"origin": self.hs.server_name, "origin_server_ts": now_ms(), "pdus": []},
             )
         except Exception as exc:
             log.info("could not reach %s: %s", server_name, exc)

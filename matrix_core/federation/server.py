@@ -23,7 +23,8 @@ from aiohttp import web
 from .. import errors
 from ..client_api.http_listener import HttpListener
 from ..client_api.router import Router
-from ..canonical_json import CanonicalJSONError, JSONSyntaxError, encode_json, parse_json
+from ..canonical_json import encode_json
+from ..client_api.request import error_answer, json_body
 from .keyring import KeyLookupError, KeyRing
 from .keys import KeyDocumentError, parse_key_query
 from .xmatrix import XMatrixError, parse_header, verify_request
@@ -109,6 +110,12 @@ def _json(status: int, body: Any) -> web.Response:
     return web.Response(status=status, body=encode_json(body), content_type="application/json")
 
 
+def _error(err: errors.MatrixError) -> web.Response:
+    """Federation's edge: every Matrix error becomes its HTTP answer here."""
+    answer = error_answer(err)
+    return _json(answer.status, answer.body)
+
+
 def _split(raw_path: str) -> tuple[list[str], dict[str, list[str]]]:
     path, _, query = raw_path.partition("?")
     return [unquote(seg) for seg in path.split("/")[1:]], parse_qs(query, keep_blank_values=True)
@@ -128,14 +135,7 @@ def make_federation_app(hs: Homeserver, routes: FederationRoutes, keyring: KeyRi
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
                 raise errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")
             raw = await request.read() if request.can_read_body else b""
-            content = None
-            if raw.strip():
-                try:
-                    content = parse_json(raw)
-                except JSONSyntaxError:
-                    raise errors.not_json() from None
-                except CanonicalJSONError as exc:
-                    raise errors.bad_json(str(exc)) from None
+            content = json_body(raw)
             method = request.method
             path = "/" + "/".join(segments)
 
@@ -172,12 +172,12 @@ def make_federation_app(hs: Homeserver, routes: FederationRoutes, keyring: KeyRi
             status, body = await handler(hs, origin, fed_request)
             return _json(status, body)
         except errors.MatrixError as err:
-            return _json(err.status, err.to_json())
+            return _error(err)
         except web.HTTPRequestEntityTooLarge:
-            return _json(413, errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes").to_json())
+            return _error(errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes"))
         except Exception:
             log.exception("unhandled error on federation %s %s", request.method, request.path)
-            return _json(500, {"errcode": "M_UNKNOWN", "error": "Internal server error"})
+            return _error(errors.MatrixError(500, "M_UNKNOWN", "Internal server error"))
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_route("*", "/{tail:.*}", handle)
