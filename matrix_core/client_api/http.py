@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
@@ -70,7 +71,7 @@ def make_app(hs: Homeserver) -> web.Application:
                 query=query,
                 access_token=token_from(request.headers, query),
                 remote=request.remote or "",
-                load_body=lambda: json_body(raw),
+                load_body=partial(json_body, raw),
             )
             return json_response(await ROUTER.dispatch(hs, api_request))
         except errors.MatrixError as err:
