@@ -21,15 +21,20 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from .. import errors
 from ..log_limit import LogLimiter
 from ..ratelimit import address_key
+from .request import error_answer
 
 log = logging.getLogger(__name__)
 
-_REFUSAL_BODY = json.dumps({"errcode": "M_LIMIT_EXCEEDED", "error": "Too many connections from this address",
-                            "retry_after_ms": 1000}).encode()
-REFUSAL = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nConnection: close\r\n"
-           b"Content-Length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY)
+# Written before any HTTP parsing (the connection is refused at accept): the bytes are built once,
+# from the same error mapping as every other answer.
+_REFUSED = error_answer(errors.MatrixError(429, "M_LIMIT_EXCEEDED", "Too many connections from this address",
+                                           retry_after_ms=1000))
+_REFUSAL_BODY = json.dumps(_REFUSED.body).encode()
+REFUSAL = (b"HTTP/1.1 %d Too Many Requests\r\nContent-Type: application/json\r\nConnection: close\r\n"
+           b"Content-Length: %d\r\n\r\n" % (_REFUSED.status, len(_REFUSAL_BODY)) + _REFUSAL_BODY)
 
 
 class ConnectionCap:
