@@ -3,12 +3,16 @@ writer thread, account SQL behind the store's API, `status` without a full scan 
 one base64 rule in the payload mapping, one device-JSON decoder, one log limiter."""
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridges import payload_mapping
 from bridges.coap import content as coap_content
@@ -120,3 +124,21 @@ def test_the_log_limiter_writes_one_line_per_interval_and_counts_the_rest(caplog
         assert limiter.log(logger, logging.WARNING, "k", "refused %s", "d") is True
     assert [r.getMessage() for r in caplog.records] == [
         "refused a", "other 1", "refused d (2 more since the last line)"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.text(alphabet="AQgw/+9=", max_size=12),
+                 st.binary(max_size=10).map(lambda b: base64.b64encode(b).decode())))
+def test_the_base64_rule_is_what_encoding_writes(text: str) -> None:
+    """The canonical check (done without re-encoding) accepts exactly what b64encode writes."""
+    try:
+        expected: bytes | None = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        expected = None
+    if expected is not None and base64.b64encode(expected).decode() != text:
+        expected = None
+    try:
+        got: bytes | None = payload_mapping._b64decode(text, "")
+    except PayloadError:
+        got = None
+    assert got == expected
