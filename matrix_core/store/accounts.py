@@ -1,19 +1,15 @@
-"""Account rows: users, devices, access tokens, profiles. Plain sqlite3 functions, usable from the
-writer thread and from the CLI (which may run beside a live hub: WAL lets both write), and async
-reads through the hub's Database.
-
-Passwords arrive here already hashed: scrypt costs ~50 ms of CPU, which must not run inside a
-write (on the single writer thread every other write would wait for it)."""
+"""Account rows: users, devices, access tokens. Plain sqlite3 functions, usable from the writer
+thread and from the CLI (which may run beside a live hub: WAL lets both write)."""
 from __future__ import annotations
 
 import sqlite3
+from typing import TYPE_CHECKING
 
 from ..clock import now_ms
 from ..identifiers import new_access_token
-from .database import Database
 
-#: Profile fields and their columns (the only columns `set_profile_field` writes).
-PROFILE_COLUMNS = {"displayname": "displayname", "avatar_url": "avatar_url"}
+if TYPE_CHECKING:
+    from .database import Database
 
 
 def user_exists(conn: sqlite3.Connection, user_id: str) -> bool:
@@ -32,7 +28,9 @@ def _check_hash(password_hash: str | None) -> None:
 
 
 def insert_user(conn: sqlite3.Connection, user_id: str, password_hash: str | None, admin: bool) -> None:
-    """A new account; `password_hash` from passwords.hash_password (None: no password login)."""
+    """A new account; `password_hash` from passwords.hash_password (None: no password login).
+    Hashed by the caller beforehand: scrypt costs ~50 ms of CPU, which inside a write would hold
+    the single writer thread (and every other write) that long."""
     _check_hash(password_hash)
     conn.execute(
         "INSERT INTO users (user_id, password_hash, admin, displayname, created_ts) VALUES (?, ?, ?, ?, ?)",
@@ -45,9 +43,44 @@ def set_password(conn: sqlite3.Connection, user_id: str, password_hash: str) -> 
     conn.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id))
 
 
+#: Profile fields and their columns (the only columns `set_profile_field` writes).
+PROFILE_COLUMNS = {"displayname": "displayname", "avatar_url": "avatar_url"}
+
+
 def set_profile_field(conn: sqlite3.Connection, user_id: str, field: str, value: str | None) -> None:
     column = PROFILE_COLUMNS[field]
     conn.execute(f"UPDATE users SET {column} = ? WHERE user_id = ?", (value, user_id))
+
+
+async def token_owner(db: Database, token: str) -> tuple[str, str, bool] | None:
+    """(user id, device id, is admin) of an access token, or None if no such token."""
+    row = await db.fetchone(
+        "SELECT t.user_id, t.device_id, u.admin FROM access_tokens t JOIN users u ON u.user_id = t.user_id "
+        "WHERE t.token = ?",
+        (token,),
+    )
+    return None if row is None else (row[0], row[1], bool(row[2]))
+
+
+async def device_token(db: Database, user_id: str, device_id: str) -> str | None:
+    """One access token of the device (a coaps PSK identity names the device, not a token)."""
+    row = await db.fetchone(
+        "SELECT token FROM access_tokens WHERE user_id = ? AND device_id = ? LIMIT 1", (user_id, device_id))
+    return None if row is None else str(row[0])
+
+
+async def user_known(db: Database, user_id: str) -> bool:
+    return await db.fetchone("SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is not None
+
+
+async def admin_user_ids(db: Database) -> set[str]:
+    return {row[0] for row in await db.fetchall("SELECT user_id FROM users WHERE admin = 1")}
+
+
+async def password_hash(db: Database, user_id: str) -> str | None:
+    """The stored hash; None for no such user or an account without password login."""
+    row = await db.fetchone("SELECT password_hash FROM users WHERE user_id = ?", (user_id,))
+    return row[0] if row is not None and row[0] else None
 
 
 def insert_device_token(
@@ -82,38 +115,7 @@ def delete_all_tokens(conn: sqlite3.Connection, user_id: str) -> list[str]:
     return tokens
 
 
-async def token_owner(db: Database, token: str) -> tuple[str, str, bool] | None:
-    """(user id, device id, is admin) of an access token, or None if no such token."""
-    row = await db.fetchone(
-        "SELECT t.user_id, t.device_id, u.admin FROM access_tokens t JOIN users u ON u.user_id = t.user_id "
-        "WHERE t.token = ?",
-        (token,),
-    )
-    return None if row is None else (row[0], row[1], bool(row[2]))
-
-
-async def device_token(db: Database, user_id: str, device_id: str) -> str | None:
-    """One access token of the device (a coaps PSK identity names the device, not a token)."""
-    row = await db.fetchone(
-        "SELECT token FROM access_tokens WHERE user_id = ? AND device_id = ? LIMIT 1", (user_id, device_id))
-    return None if row is None else str(row[0])
-
-
-async def user_known(db: Database, user_id: str) -> bool:
-    return await db.fetchone("SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is not None
-
-
-async def admin_user_ids(db: Database) -> set[str]:
-    return {row[0] for row in await db.fetchall("SELECT user_id FROM users WHERE admin = 1")}
-
-
-async def password_hash(db: Database, user_id: str) -> str | None:
-    """The stored hash; None for no such user or an account without password login."""
-    row = await db.fetchone("SELECT password_hash FROM users WHERE user_id = ?", (user_id,))
-    return row[0] if row is not None and row[0] else None
-
-
 async def profile(db: Database, user_id: str) -> tuple[str | None, str | None] | None:
-    """(displayname, avatar_url) of a local user, or None if no such user."""
+    """(displayname, avatar_url) of a local account, None if there is no such account."""
     row = await db.fetchone("SELECT displayname, avatar_url FROM users WHERE user_id = ?", (user_id,))
     return None if row is None else (row[0], row[1])
