@@ -18,7 +18,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-__all__ = ["Mutator", "Failure", "Result", "run"]
+__all__ = ["Mutator", "Failure", "Result", "run", "mutate_json"]
 
 #: Byte values that sit on boundaries parsers test (length bytes, continuation bits, markers).
 INTERESTING_8 = (0x00, 0x01, 0x02, 0x0C, 0x0D, 0x0E, 0x0F, 0x10, 0x17, 0x18, 0x1B, 0x1F, 0x20, 0x3F,
@@ -30,6 +30,58 @@ INTERESTING_CHUNKS = (b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80"
                       b"\\ud800", b"\"", b"{", b"}", b"[", b"]", b":", b",", b"1e999", b"-0",
                       b"9007199254740993", b"NaN", b"$", b"#", b"+", b"/", b"%", b"%00", b"\xf9\x7e\x00",
                       b"\x9f", b"\xbf", b"\x5f", b"\x7f", b"\xc2", b"\xd8\x19", b"\x80\x80\x80\x80\x01")
+
+
+#: JSON values of every type, for replacing a node of a request body (what byte flips rarely
+#: produce: a well-formed body with a value of the wrong type where a handler expects another).
+INTERESTING_JSON: tuple[object, ...] = (None, True, False, 0, -1, 2**53 - 1, -(2**53) + 1, 2**53, 10**30, 1.5,
+                                        "", "x", "\u0000", "@u:localhost", "!r:localhost", "#a:localhost",
+                                        "$e", [], [None], [1, "a"], {}, {"": None}, {"k": {}}, [[[[]]]])
+
+
+def mutate_json(rng: random.Random, value: object, rounds: int = 1) -> object:
+    """`value` (parsed JSON) with `rounds` nodes replaced, keys added or removed, at random."""
+    for _ in range(rounds):
+        value = _mutate_json_once(rng, value)
+    return value
+
+
+def _mutate_json_once(rng: random.Random, value: object) -> object:
+    # collect (container, key) slots, the root included
+    slots: list[tuple[object, object]] = [(None, None)]
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for k, v in node.items():
+                slots.append((node, k))
+                stack.append(v)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                slots.append((node, i))
+                stack.append(v)
+    container, key = rng.choice(slots)
+    new = rng.choice(INTERESTING_JSON)
+    new = new.copy() if isinstance(new, (dict, list)) else new
+    if container is None:
+        return new
+    action = rng.random()
+    if isinstance(container, dict):
+        if action < 0.15:
+            del container[key]
+        elif action < 0.3:
+            container[rng.choice(("type", "content", "body", "msgtype", "user_id", "room_id", "preset", "limit",
+                                  "state_key", "membership", "$x", ""))] = new
+        else:
+            container[key] = new
+    elif isinstance(container, list):
+        if action < 0.15:
+            del container[key]  # type: ignore[arg-type]
+        elif action < 0.3:
+            container.insert(key, new)  # type: ignore[arg-type]
+        else:
+            container[key] = new  # type: ignore[index]
+    return value
 
 
 @dataclass
