@@ -40,6 +40,8 @@ def pure(protocols: list[str], seed: int, count: int | None, seconds: float | No
         total += result.count
         print(f"{name:16} {result.count:>10,} inputs  {result.seconds:7.1f} s  {result.rate:>9,.0f} inputs/s  "
               f"slowest {result.slowest * 1000:6.1f} ms  failures {len(result.failures)}", flush=True)
+        print(f"{'':16} slowest input ({len(result.slowest_input)} bytes): {result.slowest_input[:64].hex()}"
+              f"{'...' if len(result.slowest_input) > 64 else ''}")
         for why, n in sorted(result.known.items()):
             print(f"{'':16} counted apart ({n:,} inputs): {why}")
         for failure in result.failures:

@@ -315,13 +315,13 @@ def fuzz_coap(port: int, token: str, room: str, seed: int, seconds: float) -> E2
 
     while time.monotonic() - started < seconds:
         if mutator.rng.random() < 0.2:
-            data = bytearray(_coap_with_mutated_body(mutator, specs))
+            buf = bytearray(_coap_with_mutated_body(mutator, specs))
         else:
-            data = bytearray(mutator.next())
+            buf = bytearray(mutator.next())
         mid = (mid + 1) & 0xFFFF
-        if len(data) >= 4:
-            data[2:4] = mid.to_bytes(2, "big")  # aiocoap would take a repeated id for a retransmission
-        data = bytes(data)
+        if len(buf) >= 4:
+            buf[2:4] = mid.to_bytes(2, "big")  # aiocoap would take a repeated id for a retransmission
+        data = bytes(buf)
         why = _coap_known(data)
         if why is not None:
             result.known[why] = result.known.get(why, 0) + 1

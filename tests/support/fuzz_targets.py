@@ -436,12 +436,13 @@ def _same_device_value(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         if len(a) != len(b):
             return False
+        unmatched = list(b.items())  # by value, not by lookup: a NaN key is never found by lookup
         for k, v in a.items():
-            try:
-                w = b[k]
-            except (KeyError, TypeError):
-                return False
-            if not _same_device_value(v, w):
+            for i, (k2, v2) in enumerate(unmatched):
+                if _same_device_value(k, k2) and _same_device_value(v, v2):
+                    del unmatched[i]
+                    break
+            else:
                 return False
         return True
     if ta is cbor2.CBORTag:

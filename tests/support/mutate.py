@@ -16,7 +16,7 @@ import random
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["Mutator", "Failure", "Result", "run", "mutate_json"]
 
@@ -48,7 +48,7 @@ def mutate_json(rng: random.Random, value: object, rounds: int = 1) -> object:
 
 def _mutate_json_once(rng: random.Random, value: object) -> object:
     # collect (container, key) slots, the root included
-    slots: list[tuple[object, object]] = [(None, None)]
+    slots: list[tuple[Any, Any]] = [(None, None)]
     stack = [value]
     while stack:
         node = stack.pop()
@@ -76,11 +76,11 @@ def _mutate_json_once(rng: random.Random, value: object) -> object:
             container[key] = new
     elif isinstance(container, list):
         if action < 0.15:
-            del container[key]  # type: ignore[arg-type]
+            del container[key]
         elif action < 0.3:
-            container.insert(key, new)  # type: ignore[arg-type]
+            container.insert(key, new)
         else:
-            container[key] = new  # type: ignore[index]
+            container[key] = new
     return value
 
 
@@ -108,6 +108,7 @@ class Result:
     seconds: float = 0.0
     failures: list[Failure] = field(default_factory=list)
     slowest: float = 0.0  # seconds, one input
+    slowest_input: bytes = b""
     known: dict[str, int] = field(default_factory=dict)  # expected-elsewhere class -> inputs
 
     @property
@@ -247,6 +248,7 @@ def run(target: str, check: Callable[[bytes], None], corpus: Sequence[bytes], se
         took = clock() - t0
         if took > result.slowest:
             result.slowest = took
+            result.slowest_input = data
         if took > slow:
             result.failures.append(Failure(target, seed, i, data, f"slow input: {took:.2f} s"))
         i += 1
