@@ -25,7 +25,7 @@ import socket
 import struct
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.client import HTTPConnection, HTTPException
 from typing import Any
 
@@ -86,6 +86,93 @@ def mqtt_sessions(user: str, token: str) -> list[tuple[bytes, bytes]]:
     return out
 
 
+_LEVELS = ("fuzz", "home", "kitchen", "temp", "é", "日本", "a b", "", "$x", "#no", "+no", "x" * 70, "=41", "mqtt",
+           "..", "%2F", "\u200b", "🙂")
+_PAYLOADS = (b"", b"21.5", b'{"t":21.5}', b'{"t":', b"\xa1\x61t\xf9\x4d\x60", b"\xff\xfe", b"null", b"[1,2]",
+             b"x" * 3000, b'{"$f":"1"}', b"\x00")
+
+
+def _topic(rng: Any, wildcards: bool = False) -> str:
+    levels = [rng.choice(_LEVELS) for _ in range(rng.randint(1, 5))]
+    if wildcards:
+        if rng.random() < 0.4:
+            levels[rng.randrange(len(levels))] = "+"
+        if rng.random() < 0.4:
+            levels.append("#")
+        if rng.random() < 0.1:
+            levels = ["$share", "g", *levels]
+    topic = "/".join(levels)
+    return topic if topic else "fuzz"
+
+
+def _props(rng: Any) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    if rng.random() < 0.3:
+        props["content_type"] = rng.choice(("application/json", "application/cbor", "text/plain", "x", ""))
+    if rng.random() < 0.2:
+        props["payload_format_indicator"] = rng.randint(0, 1)
+    if rng.random() < 0.2:
+        props["message_expiry_interval"] = rng.choice((0, 1, 60, 2**32 - 1))
+    if rng.random() < 0.2:
+        props["response_topic"] = _topic(rng)
+    if rng.random() < 0.2:
+        props["correlation_data"] = bytes(rng.randrange(256) for _ in range(rng.randint(0, 8)))
+    if rng.random() < 0.2:
+        props["user_property"] = [(_topic(rng), _topic(rng)) for _ in range(rng.randint(1, 3))]
+    if rng.random() < 0.2:
+        props["topic_alias"] = rng.randint(1, 4)
+    return props
+
+
+def random_mqtt_session(rng: Any, user: str, token: str) -> bytes:
+    """A well-formed session with random content: what a valid but odd device sends."""
+    level = rng.choice((4, 5))
+    v5 = level == 5
+    will = None
+    if rng.random() < 0.2:
+        will = Will(_topic(rng), rng.choice(_PAYLOADS), rng.randint(0, 2), rng.random() < 0.3,
+                    {"will_delay_interval": rng.choice((0, 1))} if v5 else {})
+    cprops = {"session_expiry_interval": rng.choice((0, 0, 5)), "topic_alias_maximum": rng.choice((0, 2)),
+              "receive_maximum": rng.choice((1, 65535))} if v5 else {}
+    connect = Connect(f"r{rng.randrange(50)}", rng.random() < 0.8, rng.choice((0, 5, 60)), user, token.encode(),
+                      will, level, cprops)
+    try:
+        parts = [encode(connect, None)]
+    except ValueError:  # a Will topic with a wildcard: the encoder refuses it
+        parts = [encode(replace(connect, will=None), None)]
+    for _ in range(rng.randint(1, 8)):
+        kind = rng.random()
+        try:
+            if kind < 0.5:
+                qos = rng.randint(0, 2)
+                topic = _topic(rng)
+                props = _props(rng) if v5 else {}
+                if "topic_alias" in props and rng.random() < 0.3:
+                    topic = ""
+                parts.append(encode(Publish(topic, rng.choice(_PAYLOADS), qos, rng.random() < 0.2, False,
+                                            rng.randint(1, 5) if qos else None, props), level))
+            elif kind < 0.65:
+                subs = tuple(Subscription(_topic(rng, True), rng.randint(0, 2), v5 and rng.random() < 0.2,
+                                          v5 and rng.random() < 0.2, rng.randint(0, 2) if v5 else 0)
+                             for _ in range(rng.randint(1, 3)))
+                parts.append(encode(Subscribe(rng.randint(1, 5), subs,
+                                              {"subscription_identifier": [rng.randint(1, 9)]} if v5 and rng.random() < 0.3 else {}),
+                                    level))
+            elif kind < 0.72:
+                parts.append(encode(Unsubscribe(rng.randint(1, 5), (_topic(rng, True),), {}), level))
+            elif kind < 0.85:
+                cls = rng.choice((PubAck, PubRec, PubRel, PubComp))
+                parts.append(encode(cls(rng.randint(1, 5)), level))
+            elif kind < 0.95:
+                parts.append(encode(PingReq(), level))
+            else:
+                parts.append(encode(Disconnect(rng.choice((0, 4)) if v5 else 0,
+                                               {"session_expiry_interval": rng.choice((0, 10))} if v5 else {}), level))
+        except ValueError:  # EncodeError: a combination the protocol cannot carry
+            continue
+    return b"".join(parts)
+
+
 def _read_until_quiet(sock: socket.socket, first_wait: float, quiet: float, limit: float) -> tuple[bytes, bool]:
     """Read what the broker sends: wait up to `first_wait` for the first bytes (the CONNACK),
     then until `quiet` seconds pass without any; returns (bytes, closed by the broker)."""
@@ -107,9 +194,9 @@ def _read_until_quiet(sock: socket.socket, first_wait: float, quiet: float, limi
 
 
 def fuzz_mqtt(port: int, user: str, token: str, seed: int, seconds: float, workers: int = 6) -> E2EResult:
-    """Mutated MQTT sessions, one TCP connection each, from `workers` threads (worker i seeded
-    seed+i): half keep their CONNECT intact (to get past authentication), half are mutated from
-    the first byte."""
+    """MQTT sessions, one TCP connection each, from `workers` threads (worker i seeded seed+i):
+    30% well-formed with random content (odd topics, properties, packet ids, flows), 35% a valid
+    CONNECT and mutated traffic, 35% mutated from the first byte."""
     import threading
     result = E2EResult("mqtt", seed)
     sessions = mqtt_sessions(user, token)
@@ -122,7 +209,10 @@ def fuzz_mqtt(port: int, user: str, token: str, seed: int, seconds: float, worke
         while time.monotonic() - started < seconds:
             connect, rest = rng.choice(sessions)
             rounds = rng.choice((1, 1, 2, 3))
-            if rng.random() < 0.5:
+            what = rng.random()
+            if what < 0.3:
+                data = random_mqtt_session(rng, user, token)
+            elif what < 0.65:
                 data = connect + mutator.mutate(rest, rounds)
             else:
                 data = mutator.mutate(connect + rest, rounds)
