@@ -76,6 +76,22 @@ def test_run_reports_failures_with_their_input_and_counts_known_classes() -> Non
     assert result.known["fixed elsewhere"] >= 1
 
 
+def test_mutate_json_changes_types_and_never_shares_its_constants() -> None:
+    """Shared constants once made a body cyclic (cbor2: cyclic data structure) after two rounds."""
+    import random
+    from tests.support.mutate import INTERESTING_JSON, mutate_json
+    before = json.dumps(INTERESTING_JSON)
+    rng = random.Random(3)
+    body = {"name": "x", "invite": ["@bob:hub"], "creation_content": {"m.federate": False}}
+    seen = set()
+    for _ in range(3000):
+        value = mutate_json(rng, json.loads(json.dumps(body)), 3)
+        cbor2.dumps(value)  # no cycles
+        seen.add(json.dumps(value, sort_keys=True))
+    assert json.dumps(INTERESTING_JSON) == before
+    assert len(seen) > 1000
+
+
 # ---------------------------------------------------------------------------------------------
 # mutation fuzzing, one seed, a fixed count per protocol
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ tried and what failed; the same (seed, corpus) always produces the same inputs i
 """
 from __future__ import annotations
 
+import copy
 import random
 import time
 import traceback
@@ -62,7 +63,7 @@ def _mutate_json_once(rng: random.Random, value: object) -> object:
                 stack.append(v)
     container, key = rng.choice(slots)
     new = rng.choice(INTERESTING_JSON)
-    new = new.copy() if isinstance(new, (dict, list)) else new
+    new = copy.deepcopy(new)  # never share (and later mutate) the constants' own containers
     if container is None:
         return new
     action = rng.random()
