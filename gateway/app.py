@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from aiohttp import web
-
 from matrix_core.client_api.http import make_app
+from matrix_core.client_api.http_listener import HttpListener
 from matrix_core.homeserver import Homeserver, HomeserverSettings
 from matrix_core.ratelimit import RateLimit
 
 from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
 from .ops.appliance import Appliance
+from .resources import install_loop_exception_handler, raise_open_files_limit
+from .ops.disk import EXIT_DISK_FULL, disk_full_at_start
 
 log = logging.getLogger("gateway")
 
@@ -34,6 +35,8 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
         sqlite_synchronous=config.sqlite_synchronous.upper(),
         commit_window_ms=config.commit_window_ms,
         message_rate=RateLimit(config.messages_per_second, config.messages_burst),
+        max_rooms_per_user=config.max_rooms_per_user,
+        admin_contact=config.admin_contact,
     )
 
 
@@ -58,7 +61,9 @@ def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> li
     from matrix_core.federation.server import FederationFrontend  # first: sets hs.federation_client, hs.keyring
     frontends.append(FederationFrontend(hs, data_dir, config.bind, config.federation_port,
                                         config.federation_tls_cert, config.federation_tls_key,
-                                        config.federation_tls_verify, config.federation_allow_loopback))
+                                        config.federation_tls_verify, config.federation_allow_loopback,
+                                        idle_timeout=config.http_idle_timeout,
+                                        max_per_address=config.http_max_connections_per_address))
     from matrix_core.federation.service import FederationService  # after the listener: rooms over federation
     frontends.append(FederationService(hs))
     from bridges.coap.server import CoapFrontend
@@ -76,20 +81,15 @@ class Gateway:
         self.config = config
         self.data_dir = data_dir
         self.hs = Homeserver(settings_for(config, data_dir))
-        self._http_runner: web.AppRunner | None = None
+        self._http: HttpListener | None = None
         self.http_port: int | None = None
         self.frontends: list[Frontend] = []
 
     async def start(self) -> None:
         await self.hs.start()
-        self._http_runner = web.AppRunner(make_app(self.hs), access_log=None, shutdown_timeout=5.0,
-                                          handle_signals=False)
-        await self._http_runner.setup()
-        site = web.TCPSite(self._http_runner, self.config.bind, self.config.http_port, reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        self._http = HttpListener(make_app(self.hs), self.config.bind, self.config.http_port,
+                                  self.config.http_idle_timeout, self.config.http_max_connections_per_address)
+        self.http_port = await self._http.start()
         for frontend in build_frontends(self.config, self.data_dir, self.hs):
             await frontend.start()
             self.frontends.append(frontend)
@@ -108,15 +108,28 @@ class Gateway:
                 await frontend.stop()
             except Exception:
                 log.exception("stopping %s failed", frontend.name)
-        if self._http_runner is not None:
-            await self._http_runner.cleanup()
+        if self._http is not None:
+            await self._http.stop()
         await self.hs.stop()
 
 
 async def serve(config: GatewayConfig, data_dir: Path) -> int:
     started = time.monotonic()
+    install_loop_exception_handler(asyncio.get_running_loop())
     gateway = Gateway(config, data_dir)
-    await gateway.start()
+    appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
+    try:
+        await gateway.start()
+        appliance.record_address()
+    except Exception as exc:
+        # Close what started (the database's reader thread would keep a dead hub's process alive).
+        try:
+            await gateway.stop()
+        except Exception:
+            log.debug("stopping after a failed start failed too", exc_info=True)
+        if disk_full_at_start(data_dir, exc):
+            return EXIT_DISK_FULL
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,7 +144,6 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
         f"{gateway.describe()} data_dir={data_dir}",
         flush=True,
     )
-    appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
     appliance.start()
     settler = SettleWhenQuiet(loop, lambda: gateway.hs.db.writes_committed, settle_memory)
     await stop.wait()
@@ -147,6 +159,7 @@ def run(config: GatewayConfig, data_dir: Path) -> int:
     from .memory import tune_malloc
 
     tune_malloc()
+    raise_open_files_limit()
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(serve(config, data_dir))

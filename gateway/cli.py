@@ -68,8 +68,8 @@ def main() -> None:
               help="Allow outbound federation to loopback addresses (default: off; for tests on one machine).")
 def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
     """Run the hub (creates DATA_DIR with a config, a signing key and a database on first run)."""
-    from .app import run as run_hub
     from .config import load_or_create_signing_key
+    from .ops.disk import EXIT_DISK_FULL, disk_full_at_start
     from matrix_core.store.database import open_sync as migrate_db
 
     try:
@@ -77,8 +77,14 @@ def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
         config = load_config(data_dir, config_file, flags, create=True)
         load_or_create_signing_key(data_dir)
         migrate_db(data_dir / DATABASE_FILE).close()
-    except (ConfigError, OSError) as exc:
+    except (ConfigError, OSError, sqlite3.Error) as exc:
+        if disk_full_at_start(data_dir, exc):
+            sys.exit(EXIT_DISK_FULL)
+        if isinstance(exc, sqlite3.Error):
+            raise
         fail(str(exc))
+    from .app import run as run_hub  # after the checks: a hub that cannot start loads no listeners
+
     sys.exit(run_hub(config, data_dir))
 
 

@@ -29,6 +29,11 @@ class GatewayConfig:
     server_name: str = "localhost"
     bind: str = "127.0.0.1"
     http_port: int = 8008
+    # HTTP connections, client API and federation (matrix_core/client_api/http_listener.py):
+    # seconds a connection may stay without sending a complete request's headers (new, idle, or a
+    # slowloris), and how many connections one client address may hold open (0: no cap).
+    http_idle_timeout: float = 15.0
+    http_max_connections_per_address: int = 64
     coap_port: int = 5683
     coaps_port: int = 5684
     coaps_enabled: bool = True
@@ -57,6 +62,12 @@ class GatewayConfig:
     # QoS 0 publishes wait up to 1 s to share a commit (SD-card writes; live MQTT subscribers get
     # them at once): the interval Home Assistant's recorder commits at by default.
     mqtt_qos0_commit_ms: int = 1000
+    # A TCP connection that sends no CONNECT within this many seconds is closed (mosquitto-like).
+    mqtt_connect_timeout_s: int = 10
+    # Open MQTT connections from one remote address (0: no cap).
+    mqtt_max_connections_per_address: int = 100
+    # Persistent MQTT sessions (clean_session 0 / a session expiry) one account may keep (0: no cap).
+    mqtt_max_sessions_per_account: int = 100
     federation_port: int = 8448
     # federation TLS (matrix_core/federation/tls.py): empty = a self-signed pair made in the data dir
     federation_tls_cert: str = ""
@@ -76,6 +87,11 @@ class GatewayConfig:
     # LAN discovery with mDNS/DNS-SD (gateway/ops/discovery.py); empty hostname: the machine's
     mdns: bool = False
     mdns_hostname: str = ""
+    # Rooms one account may create (0: no limit; admins exempt); whom a refusal tells users to ask.
+    max_rooms_per_user: int = 1000
+    admin_contact: str = ""
+    # warn (log, `status`) when the data dir's disk has less free space than this; 0: never
+    disk_warn_free_mb: int = 100
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -117,8 +133,15 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: sqlite_synchronous must be FULL or NORMAL")
         if key in ("messages_per_second", "messages_burst") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
-        if key in ("retention_default_days", "retention_interval_minutes") and value < 0:
+        if key == "http_idle_timeout" and not 0 < value <= 3600:
+            raise ConfigError(f"{source}: http_idle_timeout must be between 0 and 3600 seconds (not 0)")
+        if key == "http_max_connections_per_address" and value < 0:
+            raise ConfigError(f"{source}: http_max_connections_per_address must not be negative")
+        if key in ("retention_default_days", "retention_interval_minutes", "max_rooms_per_user",
+                   "disk_warn_free_mb") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
+        if key == "admin_contact" and (not value.isprintable() or '"' in value or "\\" in value):
+            raise ConfigError(f"{source}: admin_contact must be printable, without quotes or backslashes")
         if key == "mdns_hostname" and value and not _is_mdns_label(value):
             raise ConfigError(f"{source}: mdns_hostname {value!r} must be one DNS label (letters, digits, -)")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
@@ -135,6 +158,12 @@ server_name = "{config.server_name}"
 # Address the listeners bind to. 127.0.0.1 = this machine only; 0.0.0.0 = your LAN.
 bind = "{config.bind}"
 http_port = {config.http_port}          # Matrix client-server API (Element, curl, matrix-nio)
+# Seconds an HTTP connection (client API and federation) may go without sending complete request
+# headers (new, idle between requests, or trickling them: slowloris) before it is closed.
+http_idle_timeout = {config.http_idle_timeout}
+# Connections one client address (an IPv6 /64) may hold open at once; 0: no cap. Behind a reverse
+# proxy every client shares the proxy's address: raise it there.
+http_max_connections_per_address = {config.http_max_connections_per_address}
 coap_port = {config.coap_port}          # CoAP + CBOR for sensors (coap-client)
 # coaps: DTLS with a pre-shared key per device (`matrix-gateway device add ... --psk`); needs aiocoap[tinydtls].
 coaps_enabled = {str(config.coaps_enabled).lower()}
@@ -170,6 +199,13 @@ retention_interval_minutes = {config.retention_interval_minutes}
 # Advertise the hub on the LAN with mDNS/DNS-SD (NAME.local; _http._tcp, _coap._udp, _mqtt._tcp).
 mdns = {str(config.mdns).lower()}
 mdns_hostname = "{config.mdns_hostname}"
+# Rooms one account may create, counting those the MQTT broker made for its topics (0: no limit;
+# hub admins are exempt). Over it: M_RESOURCE_LIMIT_EXCEEDED, naming admin_contact (e.g. "mailto:you@example.org").
+max_rooms_per_user = {config.max_rooms_per_user}
+admin_contact = "{config.admin_contact}"
+# Warn (in the log at most hourly, and in `matrix-gateway status`) when the disk holding the data
+# dir has less than this many MB free; 0: never. On a full disk writes are refused (HTTP 507).
+disk_warn_free_mb = {config.disk_warn_free_mb}
 """
 
 
@@ -195,7 +231,11 @@ def load_config(data_dir: Path, config_file: Path | None, overrides: dict[str, A
     config = replace(config, **validate({k: v for k, v in overrides.items() if v is not None}, "command line"))
     if create and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(config))
+        try:
+            path.write_text(render(config))
+        except BaseException:  # a full disk: no truncated file (the next start writes it whole)
+            path.unlink(missing_ok=True)
+            raise
     return config
 
 
@@ -209,8 +249,12 @@ def load_or_create_signing_key(data_dir: Path) -> SigningKey:
             raise ConfigError(f"{path}: not a signing key: {exc}") from None
     key = generate_signing_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(serialize_signing_key(key) + "\n")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(serialize_signing_key(key) + "\n")
+    except BaseException:  # a full disk: no half-written key that would stop every later start
+        path.unlink(missing_ok=True)
+        raise
     return key
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 from typing import Callable
 
 M_MMAP_THRESHOLD = -3
@@ -29,10 +30,17 @@ def tune_malloc(mmap_threshold: int = 256 * 1024, arena_max: int = 2) -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_ARENA_MAX, arena_max))
 
 
+@functools.lru_cache(maxsize=1)
+def _libc_name() -> str | None:
+    """Looked up once: find_library runs ldconfig in a subprocess (descriptors, a fork) each call,
+    which failed with a traceback each quiet moment once the hub was out of descriptors."""
+    return ctypes.util.find_library("c")
+
+
 def release_free_memory() -> bool:
     """Give the heap's free pages back to the kernel (malloc_trim(3)): start-up imports leave
     megabytes of freed temporaries behind that would otherwise stay resident for good."""
-    name = ctypes.util.find_library("c")
+    name = _libc_name()
     if not name:
         return False
     try:

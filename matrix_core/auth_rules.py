@@ -25,7 +25,6 @@ listed auth events were themselves rejected. ``check_auth_events`` covers the re
 """
 from __future__ import annotations
 
-import base64
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -34,6 +33,7 @@ from typing import Any
 from .errors import AuthError
 from .events import Event
 from .room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from .signing import SignatureError, decode_base64, verify_json_signature
 
 AuthState = Mapping[tuple[str, str], Event]
 
@@ -480,32 +480,20 @@ def _third_party_public_keys(content: Mapping[str, Any]) -> list[str]:
     return keys
 
 
-def _unbase64(value: str) -> bytes:
-    value = value.replace("-", "+").replace("_", "/")
-    return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-
-
 def _signed_by_any(signed: Mapping[str, Any], public_keys: list[str]) -> bool:
     """Whether any ed25519 signature on ``signed`` verifies under any of ``public_keys``."""
-    from canonicaljson import encode_canonical_json
-    from nacl.exceptions import BadSignatureError
-    from nacl.signing import VerifyKey
-
     signatures = signed.get("signatures")
     if not isinstance(signatures, dict):
         return False
-    message = encode_canonical_json({k: v for k, v in signed.items() if k not in ("signatures", "unsigned")})
-    for server_sigs in signatures.values():
+    for server_name, server_sigs in signatures.items():
         if not isinstance(server_sigs, dict):
             continue
-        for key_id, signature in server_sigs.items():
-            if not str(key_id).startswith("ed25519:") or not isinstance(signature, str):
-                continue
+        for key_id in server_sigs:
             for public_key in public_keys:
                 try:
-                    VerifyKey(_unbase64(public_key)).verify(message, _unbase64(signature))
+                    verify_json_signature(dict(signed), server_name, str(key_id), decode_base64(public_key))
                     return True
-                except (BadSignatureError, ValueError, TypeError):
+                except (SignatureError, ValueError):
                     continue
     return False
 

@@ -68,6 +68,17 @@ def unsupported_room_version(version: str) -> MatrixError:
     return MatrixError(400, "M_UNSUPPORTED_ROOM_VERSION", f"Room version {version!r} is not supported.")
 
 
+def exclusive(error: str) -> MatrixError:
+    """An alias in a namespace reserved for a component (Synapse's answer for an appservice's)."""
+    return MatrixError(400, "M_EXCLUSIVE", error)
+
+
+def resource_limit_exceeded(error: str, admin_contact: str) -> MatrixError:
+    """A per-account quota is full. The spec requires `admin_contact` (whom to ask); Synapse
+    answers its resource limits with 403."""
+    return MatrixError(403, "M_RESOURCE_LIMIT_EXCEEDED", error, admin_contact=admin_contact)
+
+
 class AuthError(Exception):
     """An event failed the room's authorization rules (pure-logic verdict, not an HTTP answer)."""
 
@@ -77,3 +88,21 @@ class AuthError(Exception):
 
     def as_matrix_error(self) -> MatrixError:
         return forbidden(self.reason)
+
+
+class StorageFull(MatrixError):
+    """The disk holding the database is full: the write was refused whole and nothing of it was
+    stored. A subclass so front ends can tell it from other limits (MQTT 3.1.1 holds back the
+    client it disconnected; see bridges/mqtt/broker.py)."""
+
+
+# How long a client should wait before trying a refused write again (CoAP Max-Age, MQTT hold-back).
+STORAGE_RETRY_MS = 60_000
+
+
+def storage_full(admin_contact: str = "") -> StorageFull:
+    """HTTP 507 Insufficient Storage; CoAP 5.03 with Max-Age; MQTT 5 reason 0x97 Quota exceeded.
+    `admin_contact` as in resource_limit_exceeded (the config's, whom to tell)."""
+    return StorageFull(507, "M_RESOURCE_LIMIT_EXCEEDED",
+                       "The hub's storage is full: nothing was stored. Try again once its owner has freed "
+                       "disk space.", admin_contact=admin_contact, retry_after_ms=STORAGE_RETRY_MS)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .notifier import EventStream
-from .ratelimit import RateLimit, RateLimiter
+from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.accounts import Accounts
 from .service.rooms import Rooms
 from .service.sync import Sync
@@ -31,7 +31,9 @@ class HomeserverSettings:
     sqlite_synchronous: str = "FULL"
     commit_window_ms: int = 0
     message_rate: RateLimit = field(default_factory=lambda: RateLimit(per_second=50.0, burst=200))
-    login_rate: RateLimit = field(default_factory=lambda: RateLimit(per_second=0.5, burst=10))
+    login_limits: LoginLimits = field(default_factory=LoginLimits)
+    max_rooms_per_user: int = 1000  # rooms an account may create (0: no limit; admins exempt)
+    admin_contact: str = ""  # named in M_RESOURCE_LIMIT_EXCEEDED answers
 
 
 class Homeserver:
@@ -40,12 +42,14 @@ class Homeserver:
         self.server_name = settings.server_name
         self.signing_key = settings.signing_key
         self.db = Database(settings.database_path, settings.sqlite_synchronous, settings.commit_window_ms / 1000)
+        self.db.admin_contact = settings.admin_contact
         self.stream = EventStream()
-        self.accounts = Accounts(self.db, self.server_name)
+        self.accounts = Accounts(self.db, self.server_name, LoginThrottle(settings.login_limits))
         self.rooms = Rooms(self.db, self.stream, self.server_name, self.signing_key)
+        self.rooms.max_rooms_per_user = settings.max_rooms_per_user
+        self.rooms.admin_contact = settings.admin_contact
         self.sync = Sync(self.rooms, self.stream)
         self.message_limiter = RateLimiter(settings.message_rate)
-        self.login_limiter = RateLimiter(settings.login_rate)
         # Set at start-up by the federation listener (matrix_core/federation/server.py).
         self.federation_client: Any = None
         self.keyring: Any = None

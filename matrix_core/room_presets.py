@@ -16,6 +16,40 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# createRoom's body fields and the JSON type each must have (the spec's request schema). A field
+# of the wrong type is M_BAD_JSON before anything is built (a dict preset used to be a 500).
+# room_version and room_alias_name keep their own errcodes (checked where they are used).
+BODY_FIELD_TYPES: dict[str, type] = {
+    "creation_content": dict, "initial_state": list, "invite": list, "invite_3pid": list,
+    "is_direct": bool, "name": str, "power_level_content_override": dict, "preset": str,
+    "topic": str, "visibility": str,
+}
+VISIBILITIES = ("public", "private")
+MAX_ALIAS_LENGTH = 255
+
+
+def check_body(body: dict[str, Any], server_name: str) -> None:
+    """Refuse a createRoom body whose fields have the wrong types or values (null counts as absent)."""
+    for name, kind in BODY_FIELD_TYPES.items():
+        value = body.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise errors.bad_json(f"'{name}' must be {_KIND_NAMES[kind]}")
+    if body.get("visibility") is not None and body["visibility"] not in VISIBILITIES:
+        raise errors.bad_json("'visibility' must be 'public' or 'private'")
+    preset = body.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise errors.bad_json(f"Unknown preset {preset[:40]!r}")
+    alias_name = body.get("room_alias_name")
+    if alias_name is not None:
+        if not isinstance(alias_name, str) or not alias_name or any(
+                c in ":#" or c.isspace() or not c.isprintable() for c in alias_name) \
+                or len(f"#{alias_name}:{server_name}") > MAX_ALIAS_LENGTH:
+            raise errors.invalid_param("Invalid room_alias_name")
+
+
+_KIND_NAMES = {dict: "an object", list: "a list", bool: "a boolean", str: "a string"}
+
+
 def default_power_levels(version: RoomVersion, creator: str, invitee_admins: list[str]) -> dict[str, Any]:
     users: dict[str, int] = {} if version.privileged_creators else {creator: 100}
     for invitee in invitee_admins:
@@ -54,7 +88,7 @@ def initial_state_events(
     preset_name = body.get("preset")
     if preset_name is None:
         preset_name = "public_chat" if body.get("visibility") == "public" else "private_chat"
-    if preset_name not in PRESETS:
+    if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise errors.bad_json(f"Unknown preset {preset_name!r}")
     preset = PRESETS[preset_name]
     invites = body.get("invite", [])

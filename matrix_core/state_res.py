@@ -179,7 +179,7 @@ def auth_difference(state_sets: Sequence[StateMap], events: Mapping[str, Event])
     if not state_sets:
         return set()
     chains = [_full_auth_chain(state_set, events) for state_set in state_sets]
-    return set().union(*chains) - set.intersection(*chains)
+    return set[str]().union(*chains) - set[str].intersection(*chains)
 
 
 def conflicted_subgraph(conflicted_ids: Collection[str], events: Mapping[str, Event]) -> set[str]:

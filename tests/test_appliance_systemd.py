@@ -68,6 +68,7 @@ def test_security_exposure_is_low(tmp_path: Path) -> None:
 @pytest.mark.parametrize("directive", [
     "Type=notify", "WatchdogSec=", "NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=matrix-gateway",
     "SystemCallFilter=@system-service", "Restart=on-failure", "User=matrix-gateway",
+    "LimitNOFILE=65536",  # the default 1,024 descriptors fell to ~1,100 idle connections (issue 20, R2)
 ])
 def test_unit_has_the_promised_directives(directive: str) -> None:
     lines = UNIT.read_text().splitlines()

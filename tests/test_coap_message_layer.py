@@ -34,7 +34,7 @@ class Stub(resource.Resource):
         self.aiocoap_posts = 0
 
     async def answer(self, code: int, path: Any, query: Any, token: Any, accept: Any, cf: Any,
-                     payload: bytes, remote: Any = None) -> Answer:
+                     payload: bytes, remote: Any = None, client: str = "coap") -> Answer:
         self.calls.append((code, list(path), list(query), token, accept, cf, payload))
         self.called.set()
         if self.gate is not None:

@@ -5,8 +5,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridges.mqtt.messages import message_content, parse_mqtt, publish_content
-from bridges.mqtt.routing import Rule, TopicRules, alias_localpart, default_binding, literal_prefix
-from bridges.mqtt.topics import is_valid_topic_name
+from bridges.mqtt.routing import (
+    HUB,
+    OWNER,
+    Rule,
+    TopicRules,
+    alias_localpart,
+    binding_authority,
+    default_binding,
+    effective_bindings,
+    literal_prefix,
+    tree_key,
+)
+from bridges.mqtt.topics import is_valid_topic_filter, is_valid_topic_name
 
 
 def test_most_specific_rule_wins_and_admin_breaks_ties() -> None:
@@ -76,3 +87,85 @@ def test_parse_mqtt_refuses_what_is_not_a_message() -> None:
     assert parse_mqtt({"topic": "a/+", "payload": {"kind": "text", "text": "x"}}) is None
     assert parse_mqtt({"topic": "a", "payload": {"kind": "nope"}}) is None
     assert parse_mqtt("a") is None
+
+
+# -- who may bind what (issue 20, L3) ---------------------------------------------------------------
+
+ADMINS = frozenset({"@root:hub"})
+OWNERS = {"home/kitchen": "@alice:hub", "home/hall": "@bob:hub", "test": "@alice:hub"}
+
+
+def test_tree_key_is_the_default_rooms_key_of_every_topic_of_the_filter() -> None:
+    assert tree_key("home/kitchen/#", 2) == "home/kitchen"  # matches home/kitchen too: same key
+    assert tree_key("home/kitchen/temp", 2) == "home/kitchen"
+    assert tree_key("home/kitchen/+/set", 2) == "home/kitchen"
+    assert tree_key("home/kitchen", 2) == "home/kitchen"
+    assert tree_key("test", 2) == "test"  # a short topic is its own key
+    assert tree_key("home/#", 2) is None  # home, home/a, home/b...: several keys
+    assert tree_key("home/+/temp", 2) is None
+    assert tree_key("+/kitchen/temp", 2) is None
+    assert tree_key("#", 2) is None
+    assert tree_key("test/#", 2) is None  # test and test/a are different keys
+    assert tree_key("home/#", 1) == "home"
+
+
+def test_an_admin_binds_anything_an_owner_only_inside_her_tree_and_nobody_else_anything() -> None:
+    def who(topic_filter: str, sender: str) -> str | None:
+        return binding_authority(topic_filter, sender, ADMINS, OWNERS.get, 2)
+
+    assert who("#", "@root:hub") == HUB
+    assert who("home/kitchen/temp", "@root:hub") == HUB
+    assert who("home/kitchen/temp", "@alice:hub") == OWNER
+    assert who("home/kitchen/#", "@alice:hub") == OWNER
+    assert who("test", "@alice:hub") == OWNER
+    # the hijack and the denial of service of issue 20
+    assert who("home/kitchen/temp", "@mallory:hub") is None
+    assert who("#", "@mallory:hub") is None
+    assert who("#", "@alice:hub") is None  # owning one tree is not owning all
+    assert who("home/#", "@alice:hub") is None
+    assert who("+/kitchen/temp", "@alice:hub") is None
+    assert who("home/hall/temp", "@alice:hub") is None  # bob's tree
+    assert who("garden/bed/x", "@mallory:hub") is None  # nobody's tree yet: nobody's to bind
+
+
+def test_owner_bindings_apply_only_where_no_rule_of_the_hubs_authority_does() -> None:
+    bindings = {
+        ("!alices-fridge", "home/kitchen/fridge/#"): "@alice:hub",  # owner, inside her tree
+        ("!alices-kitchen", "home/kitchen/#"): "@alice:hub",  # her default room's own binding
+        ("!root-door", "home/kitchen/fridge/door"): "@root:hub",  # a hub admin's binding
+        ("!mallory", "home/kitchen/temp"): "@mallory:hub",  # the hijack: ignored
+        ("!mallory", "#"): "@mallory:hub",  # the denial of service: ignored
+    }
+    rules = TopicRules([Rule("home/kitchen/light/#", "!cli-light", True)])
+    assert rules.set_bindings(effective_bindings(bindings, ADMINS, OWNERS.get, 2))
+    assert rules.resolve("home/kitchen/temp") == "!alices-kitchen"
+    assert rules.resolve("home/kitchen/fridge/temp") == "!alices-fridge"
+    assert rules.resolve("home/kitchen/fridge/door") == "!root-door"
+    assert rules.resolve("home/kitchen/light/set") == "!cli-light"  # less specific, but the admin's
+    assert rules.resolve("garden/bed") is None  # the default rule, not mallory's '#'
+    assert rules.topic_of_room("!alices-fridge") == "home/kitchen/fridge"
+    assert not rules.set_bindings(effective_bindings(bindings, ADMINS, OWNERS.get, 2))  # no change
+
+
+_level = st.sampled_from(["home", "kitchen", "hall", "temp", "test", "+", "x"])
+_filters = st.lists(_level, min_size=1, max_size=4).flatmap(
+    lambda levels: st.sampled_from(["/".join(levels), "/".join(levels + ["#"])])).filter(is_valid_topic_filter)
+_topics = st.lists(st.sampled_from(["home", "kitchen", "hall", "temp", "test", "x"]), min_size=1,
+                   max_size=5).map("/".join)
+
+
+@given(st.lists(st.tuples(_filters, st.sampled_from(["@root:hub", "@alice:hub", "@bob:hub"])), max_size=6),
+       st.lists(_filters, min_size=1, max_size=6), st.lists(_topics, min_size=1, max_size=10))
+def test_what_a_stranger_binds_changes_no_topics_room(others: list[tuple[str, str]], mallorys: list[str],
+                                                      topics: list[str]) -> None:
+    """Whatever bindings exist, adding any set of bindings by a user who is neither admin nor
+    owner (in rooms of hers) sends no topic anywhere else."""
+    base = {(f"!r{i}", f): sender for i, (f, sender) in enumerate(others)}
+    with_mallory = dict(base)
+    with_mallory.update({("!mallory", f): "@mallory:hub" for f in mallorys})
+    before = TopicRules([Rule("home/hall/#", "!cli", True)])
+    before.set_bindings(effective_bindings(base, ADMINS, OWNERS.get, 2))
+    after = TopicRules([Rule("home/hall/#", "!cli", True)])
+    after.set_bindings(effective_bindings(with_mallory, ADMINS, OWNERS.get, 2))
+    for topic in topics:
+        assert after.resolve(topic) == before.resolve(topic)

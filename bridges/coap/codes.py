@@ -49,6 +49,7 @@ _STATUS_TO_CODE: dict[int, int] = {
     502: c(5, 2),
     503: c(5, 3),
     504: c(5, 4),
+    507: c(5, 3),  # the hub's disk is full (M_RESOURCE_LIMIT_EXCEEDED): Service Unavailable, with Max-Age
 }
 
 

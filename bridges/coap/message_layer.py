@@ -152,7 +152,8 @@ class MessageLayer:
         try:
             answer = await self.resource.answer(request.code, request.uri_path, request.uri_query,
                                                 request.access_token, request.accept,
-                                                request.content_format, request.payload)
+                                                request.content_format, request.payload,
+                                                client=str(address[0]))
             code, payload, options = answer.code, answer.payload, _options(answer)
         except Exception:  # answer() maps every error itself; this is the last resort
             log.exception("CoAP message layer: answering a request failed")

@@ -135,6 +135,17 @@ class Observations:
 
         return remove
 
+    def end_where(self, pick: Callable[[Observation], bool], final: ApiResponse) -> int:
+        """End at once the observations *pick* chooses (those of a revoked access token): each
+        gets *final* as its last notification (a non-2.xx ends it, RFC 7641 §3.2), none after.
+        Returns how many ended."""
+        ended = [obs for obs in self._live if pick(obs)]
+        for obs in ended:
+            self._live.pop(obs, None)
+            obs.cancel()
+            obs._notify(final)
+        return len(ended)
+
     def on_events(self, entries: list[tuple[int, Event]]) -> None:
         """EventStream subscriber: called after COMMIT, in commit order."""
         if not self._live:

@@ -3,18 +3,18 @@
 Why a table of its own: the PSK must be readable at handshake time (synchronously, from inside
 the DTLS library's callback) and a device added with ``matrix-gateway device add --psk`` while
 the hub runs must be able to connect at once, so lookups read SQLite directly (WAL: never
-blocked by the writer). The table is the "coap" component's migration in
-matrix_core/store/migrations.py. The key is a secret: it is printed once by the CLI and never logged.
+blocked by the writer). Its rows are kept by matrix_core/store/coap_psk.py. The key is a secret: it is printed once by the CLI and never logged.
 """
 from __future__ import annotations
 
 import secrets
 import sqlite3
 import string
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from matrix_core.store import coap_psk as psk_rows
 
 __all__ = ["PSK_LENGTH", "PskClaim", "PskStore", "add_device_psk", "new_psk"]
 
@@ -35,13 +35,11 @@ def add_device_psk(conn: sqlite3.Connection, user_id: str, device_id: str, ident
     says in its handshake); a device given a new key loses its old one.
     """
     identity = identity or device_id
-    row = conn.execute("SELECT user_id, device_id FROM coap_psk WHERE identity = ?", (identity,)).fetchone()
-    if row is not None and tuple(row) != (user_id, device_id):
-        raise ValueError(f"PSK identity {identity!r} already belongs to {row[0]} device {row[1]}")
+    owner = psk_rows.owner_of(conn, identity)
+    if owner is not None and owner != (user_id, device_id):
+        raise ValueError(f"PSK identity {identity!r} already belongs to {owner[0]} device {owner[1]}")
     psk = new_psk()
-    conn.execute("DELETE FROM coap_psk WHERE user_id = ? AND device_id = ?", (user_id, device_id))
-    conn.execute("INSERT INTO coap_psk (identity, psk, user_id, device_id, created_ts) VALUES (?, ?, ?, ?, ?)",
-                 (identity, psk, user_id, device_id, int(time.time() * 1000)))
+    psk_rows.replace_device_psk(conn, identity, psk, user_id, device_id)
     return identity, psk
 
 
@@ -67,9 +65,8 @@ class PskStore:
         except UnicodeDecodeError:
             return None
         if self._conn is None:
-            self._conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, check_same_thread=False)
-        row = self._conn.execute("SELECT psk, user_id, device_id FROM coap_psk WHERE identity = ?",
-                                 (name,)).fetchone()
+            self._conn = psk_rows.open_reader(self._path)
+        row = psk_rows.key_of(self._conn, name)
         if row is None:
             return None
         return row[0].encode("utf-8"), PskClaim(name, row[1], row[2])

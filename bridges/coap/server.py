@@ -17,10 +17,12 @@ from aiocoap import error as coap_error
 from aiocoap import resource
 from aiocoap.blockwise import _extract_block_key  # pinned aiocoap: the key its Block2 cache uses
 from aiocoap.numbers.codes import Code
+from aiocoap.util import hostportsplit
 
 from matrix_core import errors
 from matrix_core.client_api.request import ApiRequest, ApiResponse
 from matrix_core.client_api.routes import ROUTER
+from matrix_core.service.accounts import TokensRevoked
 
 from . import codes, fast_lane, message_layer, stale_refusal
 from .content import MAX_BODY_BYTES, decode_body, encode_body, response_format
@@ -49,7 +51,7 @@ class Answer(NamedTuple):
     code: int
     payload: bytes
     content_format: int
-    max_age: int | None = None  # RFC 8516: seconds until a 4.29 may be retried
+    max_age: int | None = None  # RFC 8516: seconds until a 4.29 (or a 5.03) may be retried
     size1: int | None = None  # 4.13: the largest body accepted
 
 
@@ -60,7 +62,7 @@ def answer_of(response: ApiResponse, method: str, content_format: int) -> Answer
     else:
         code = codes.error_code(response.status)
     max_age = size1 = None
-    if response.status == 429 and isinstance(response.body, dict):
+    if response.status in (429, 507) and isinstance(response.body, dict):  # 5.03: RFC 7252 §5.9.3.4
         retry_ms = response.body.get("retry_after_ms")
         if isinstance(retry_ms, int):
             max_age = max(1, math.ceil(retry_ms / 1000))
@@ -112,6 +114,11 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         self._observe_requests[id(request)] = serverobservation
         serverobservation.accept(lambda: self._end_observation(serverobservation))
 
+    def end_revoked(self, revoked: TokensRevoked) -> None:
+        """A logout ends the observations made with its tokens now (accounts.TokensRevoked)."""
+        final = ApiResponse(401, errors.unknown_token().to_json())
+        self.observations.end_where(lambda obs: obs.call.access_token in revoked.tokens, final)
+
     def _end_observation(self, serverobservation: Any) -> None:
         remove = self._observation_removers.pop(id(serverobservation), None)
         if remove is not None:
@@ -124,7 +131,8 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             return message_of(await self.answer(
                 int(request.code), request.opt.uri_path, request.opt.uri_query,
                 token_opts[-1].value if token_opts else None, _int_or_none(request.opt.accept),
-                _int_or_none(request.opt.content_format), request.payload, request.remote))
+                _int_or_none(request.opt.content_format), request.payload, request.remote,
+                client_address(request.remote)))
         content_format = codes.CONTENT_FORMAT_CBOR
         method = "GET"
         try:
@@ -141,7 +149,7 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             position = self.hs.stream.position
             cf = _int_or_none(request.opt.content_format)
             payload = request.payload
-            response = await self.dispatch(call, lambda: decode_body(payload, cf))
+            response = await self.dispatch(call, lambda: decode_body(payload, cf), client_address(request.remote))
             if observing and response.status == 200:
                 await self._observe(servobs, request, call, response, position, content_format)
                 return self._first_block(request, to_message(response, method, content_format))
@@ -157,11 +165,12 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
 
     async def answer(self, method_code: int, uri_path: Any, uri_query: Any, token_option: bytes | None,
                      accept: int | None, content_format: int | None, payload: bytes,
-                     remote: Any = None) -> Answer:
+                     remote: Any = None, client: str = "coap") -> Answer:
         """A request that is not an observation, from its fields: every error is an answer.
 
         The hub's message layer calls this for its hot path (remote None: plain UDP has no
-        DTLS identity); render() for everything else aiocoap delivers.
+        DTLS identity); render() for everything else aiocoap delivers. `client` is the device's
+        IP address (login throttling is per address).
         """
         response_cf = codes.CONTENT_FORMAT_CBOR
         method = "GET"
@@ -171,7 +180,7 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             method = call.method
             if call.access_token is None and remote is not None:
                 call = await self._with_psk_token(call, remote)
-            response = await self.dispatch(call, lambda: decode_body(payload, content_format))
+            response = await self.dispatch(call, lambda: decode_body(payload, content_format), client)
         except errors.MatrixError as err:
             response = ApiResponse(err.status, err.to_json())
         except Exception:
@@ -195,10 +204,10 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         self._block2._completes[_extract_block_key(request)] = msg
         return msg._extract_block(0, size_exp, limit)
 
-    async def dispatch(self, call: ApiCall, load_body: Any = lambda: None) -> ApiResponse:
+    async def dispatch(self, call: ApiCall, load_body: Any = lambda: None, client: str = "coap") -> ApiResponse:
         """Run one API call through the shared route table; Matrix errors become answers."""
         api_request = ApiRequest(method=call.method, segments=list(call.segments), query=call.query,
-                                 access_token=call.access_token, remote="coap", load_body=load_body,
+                                 access_token=call.access_token, remote=client, load_body=load_body,
                                  transport="coap")
         try:
             return await ROUTER.dispatch(self.hs, api_request)
@@ -238,6 +247,14 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             observation.poke(self.hs.stream.position)
 
 
+def client_address(remote: Any) -> str:
+    """The IP address a CoAP request came from (plain UDP or DTLS), for per-address throttling."""
+    try:
+        return hostportsplit(remote.hostinfo)[0]
+    except Exception:  # an address kind without a host: one shared key rather than no answer
+        return "coap"
+
+
 def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -263,12 +280,14 @@ class CoapFrontend:
         self.site = ApiResource(hs)
         self._contexts: list[Any] = []
         self._unsubscribe: Any = None
+        self._unlisten_revoked: Any = None
         self._psk_store: PskStore | None = None
         self._coaps_running = False
         self._message_layers: list[Any] = []
 
     async def start(self) -> None:
         self._unsubscribe = self.hs.stream.subscribe(self.site.observations.on_events)
+        self._unlisten_revoked = self.hs.accounts.on_revoked(self.site.end_revoked)
         context = await aiocoap.Context.create_server_context(
             self.site, bind=(self.bind, self.port), transports=["udp6"], loggername="coap-server")
         stale_refusal.guard(context)
@@ -298,6 +317,8 @@ class CoapFrontend:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._unlisten_revoked is not None:
+            self._unlisten_revoked()
         self.site.observations.close()
         for layer in self._message_layers:
             await layer.close()

@@ -9,6 +9,7 @@ room, persistent sessions in SQLite, keepalive, Last Will. See docs/mqtt.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import ssl
@@ -23,7 +24,8 @@ from aiohttp import web
 from matrix_core import errors
 from matrix_core.events import Event
 from matrix_core.homeserver import Homeserver
-from matrix_core.service.accounts import Requester
+from matrix_core.service.accounts import Requester, TokensRevoked
+from matrix_core.store.database import WriteFn
 
 from . import store, tls, websocket
 from .connection import (
@@ -41,16 +43,18 @@ from .connection import (
 )
 from .constants import MQTT_5, SUBACK_V311_FAILURE, ReasonCode
 from .deny import DenyRules
+from .full_disk import HoldBack
 from .messages import matrix_event_payload, message_content, parse_mqtt, publish_content
 from .packets import NO_PROPERTIES, Connect, Publish, Subscription
 from .routing import (
+    ALIAS_PREFIX,
     BINDING_TYPE,
     MESSAGE_MSGTYPE,
     RETAINED_TYPE,
-    Rule,
     TopicRules,
     alias_localpart,
     default_binding,
+    effective_bindings,
 )
 from .session import Outgoing, SessionState
 from .subscriptions import SubscriptionIndex
@@ -60,6 +64,9 @@ log = logging.getLogger("bridges.mqtt")
 
 NEVER_EXPIRES = 0xFFFFFFFF
 TICK_SECONDS = 0.5
+# A tick this much later than due means the event loop stalled (SIGSTOP, swap, a slow SD card
+# blocking the process): the stall is not held against any client's keepalive.
+STALL_SECONDS = 1.0
 RULES_POLL_SECONDS = 0.5
 CURSOR_SAVE_SECONDS = 5.0
 
@@ -68,6 +75,7 @@ _ERROR_REASONS = {
     "M_NOT_FOUND": ReasonCode.NOT_AUTHORIZED,
     "M_TOO_LARGE": ReasonCode.QUOTA_EXCEEDED,
     "M_BAD_JSON": ReasonCode.PAYLOAD_FORMAT_INVALID,
+    "M_RESOURCE_LIMIT_EXCEEDED": ReasonCode.QUOTA_EXCEEDED,  # max_rooms_per_user; a full disk (full_disk.py)
 }
 
 
@@ -93,6 +101,31 @@ class BrokerSettings:
     # Seconds a batch of QoS 0 publishes may wait for later writes to share its commit (SD-card
     # writes); 0: commit at once, like every acknowledged write.
     qos0_commit_delay: float = 0.0
+    connect_timeout: float = 10.0  # seconds from accept to CONNECT; then the socket is closed
+    max_connections_per_address: int = 100  # open connections per remote address; 0: no cap
+    max_sessions_per_account: int = 100  # persistent sessions one account may keep; 0: no cap
+
+
+class _Quiet:
+    """At most one log line per period for something strangers can cause at will (connections
+    refused or timed out): the next line counts those not logged."""
+
+    def __init__(self, period: float = 60.0) -> None:
+        self.period = period
+        self._next = 0.0
+        self._unlogged = 0
+
+    def log(self, level: int, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._unlogged += 1
+            return
+        self._next = now + self.period
+        if self._unlogged:
+            message += " (%d more not logged in the last %.0f s)"
+            args = (*args, self._unlogged, self.period)
+        self._unlogged = 0
+        log.log(level, message, *args)
 
 
 class PublishRefused(Exception):
@@ -131,12 +164,17 @@ class MqttBroker:
         self.restored: set[str] = set()  # sessions loaded from disk: replay history on resume
         self.online: dict[str, ClientProtocol] = {}
         self.clients: set[ClientProtocol] = set()
+        self.per_address: dict[str, int] = {}  # remote address -> open connections
+        self.quiet_refusals = _Quiet()
+        self.quiet_timeouts = _Quiet()
+        self.quiet_quota = _Quiet()
         self._own: dict[int, _Own] = {}
         # stream position -> sessions that got its QoS 0 message before its commit (_deliver_early)
         self._early: dict[int, set[str]] = {}
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._unsubscribe: Callable[[], None] | None = None
+        self._unlisten_revoked: Callable[[], None] | None = None
         self._room_locks: dict[str, asyncio.Lock] = {}
         self._wills: dict[str, asyncio.TimerHandle] = {}
         self._bg: set[asyncio.Task[Any]] = set()
@@ -146,16 +184,43 @@ class MqttBroker:
         self._ws_sites: list[web.TCPSite] = []
         self.ready_rooms: set[str] = set()  # rooms whose state the core has loaded
         self.dropped_slow = 0
+        # The alias namespace the default rule routes by is the broker's (and hub admins'): nobody
+        # else can point #mqtt/home/garage at their room and catch the first publish there.
+        hs.rooms.reserve_alias_namespace(ALIAS_PREFIX)
+        self.admins: set[str] = set()  # hub admins, polled with the admin rules
+        # alias -> (owner, room id) of the default rooms the broker made (None: being created)
+        self.default_rooms: dict[str, tuple[str, str | None]] = {}
+        self._creating: set[str] = set()  # aliases of default rooms being created now
+        self._trusted: dict[str, str] = {}  # alias -> room id checked by _check_default_alias
+        self._logged_untrusted: set[str] = set()
+        # (room id, topic filter) -> sender of each room's binding in force, counted or not: whether
+        # it counts (routing.binding_authority) is worked out again when admins or owners change.
+        self._bindings: dict[tuple[str, str], str] = {}
+        self._logged_ignored: set[tuple[str, str, str]] = set()
+        # 3.1.1 clients closed for want of disk space: their CONNECTs wait (full_disk.py)
+        self.held_back = HoldBack(errors.STORAGE_RETRY_MS / 1000)
 
     # -- life cycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         db = self.hs.db
         rules = await store.load_rules(db)
-        for room_id, state_key, content in await store.load_room_bindings(db, BINDING_TYPE):
+        self.admins = await self.hs.accounts.admin_user_ids()
+        self.default_rooms = await store.load_default_rooms(db)
+        for alias, (owner, room_id) in list(self.default_rooms.items()):
+            if room_id is None:  # the hub stopped while creating it: made, or not
+                found = await self.hs.rooms.resolve_alias_local(alias)
+                if found is None:
+                    del self.default_rooms[alias]
+                    await db.write(lambda c: store.forget_default_room(c, alias))  # awaited: alias is current
+                else:
+                    self.default_rooms[alias] = (owner, found)
+                    await db.write(lambda c: store.set_default_room(c, alias, found))
+        for room_id, state_key, content, sender in await store.load_room_bindings(db, BINDING_TYPE):
             if content and _valid_binding(state_key):
-                rules.append(Rule(state_key, room_id, False))
+                self._bindings[(room_id, state_key)] = sender
         self.rules.replace(rules)
+        self._apply_bindings()
         for key, (session, _) in (await store.load_sessions(db, self.settings.limits.max_queued)).items():
             self.sessions[key] = session
             self.offline_since[key] = time.monotonic()
@@ -163,6 +228,7 @@ class MqttBroker:
             for sub in session.subscriptions.values():
                 self.index.add(key, sub)
         self._unsubscribe = self.hs.stream.subscribe(self._on_stream)
+        self._unlisten_revoked = self.hs.accounts.on_revoked(self._on_tokens_revoked)
         await self._listen()
         self._tasks.append(asyncio.create_task(self._ticker(), name="mqtt-ticker"))
 
@@ -221,6 +287,8 @@ class MqttBroker:
             await client.drain_publishes()
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._unlisten_revoked is not None:
+            self._unlisten_revoked()
         for client in list(self.clients):
             client.close(ReasonCode.SERVER_SHUTTING_DOWN, publish_will=False)
         for handle in self._wills.values():
@@ -280,26 +348,45 @@ class MqttBroker:
             if requester.user_id == user_id:
                 return requester
         try:
-            self.hs.login_limiter.check(f"mqtt:{peer}")
-        except errors.MatrixError:
-            return ReasonCode.BAD_USER_NAME_OR_PASSWORD
-        found = await accounts.check_credentials(connect.username, password)
+            found = await accounts.check_credentials(connect.username, password, peer)
+        except errors.MatrixError as err:
+            if err.errcode != "M_LIMIT_EXCEEDED":
+                raise
+            # The core's login throttle: "try later", not "wrong password" (a client may drop
+            # a password it was told is wrong). MQTT 3.1.1 has no such code: Server unavailable.
+            return ReasonCode.QUOTA_EXCEEDED
         if found is None:
             return ReasonCode.BAD_USER_NAME_OR_PASSWORD
-        self.hs.login_limiter.reset(f"mqtt:{peer}")
         return Requester(found, f"mqtt:{connect.client_id}", False, "")
+
+    def _on_tokens_revoked(self, revoked: TokensRevoked) -> None:
+        """Logout (or logout all) of the token a client connected with ends its connection at
+        once, as mosquitto does when a client's credentials go: MQTT 5 DISCONNECT 0x98
+        Administrative action, 3.1.1 a plain close. Its will is not published (that would be a
+        publish with the revoked token); a persistent session stays for valid credentials, and a
+        CONNECT with the revoked token is refused like any unknown password. A client still
+        being authenticated is closed too (its requester is set before its session opens)."""
+        for client in list(self.clients):
+            requester = client.requester
+            if requester is not None and requester.access_token in revoked.tokens:
+                log.info("MQTT client %r (%s): its access token was revoked, disconnecting", client.client_id,
+                         client.peer)
+                client.close(ReasonCode.ADMINISTRATIVE_ACTION, publish_will=False)
 
     # -- sessions -------------------------------------------------------------------------------
 
     async def open_session(self, client: "ClientProtocol", requester: Requester, connect: Connect
-                           ) -> tuple[SessionState, bool, str]:
-        """Find or create the session for a CONNECT; takes over an older connection."""
+                           ) -> tuple[SessionState, bool, str] | int:
+        """Find or create the session for a CONNECT; takes over an older connection. A reason
+        code instead when the account may not keep one more persistent session."""
         client_id = connect.client_id
         if connect.protocol_level == MQTT_5:
             expiry = connect.properties.get("session_expiry_interval", 0)
         else:
             expiry = 0 if connect.clean_start else NEVER_EXPIRES
         key = store.session_key(requester.user_id, client_id)
+        if expiry and self._over_session_quota(requester.user_id, key):
+            return ReasonCode.QUOTA_EXCEEDED
         old = self.online.get(key)
         if old is not None and old is not client:
             old.close(ReasonCode.SESSION_TAKEN_OVER, publish_will=True)
@@ -325,6 +412,16 @@ class MqttBroker:
             await self.hs.db.write(lambda c: store.save_session(c, key, session, None))
         self.online[key] = client
         return session, present, key
+
+    def _over_session_quota(self, user_id: str, key: str) -> bool:
+        """Would a new persistent session *key* take the account over its quota? Resuming or
+        replacing one of its persistent sessions never does. (A scan, on CONNECT only.)"""
+        limit = self.settings.max_sessions_per_account
+        existing = self.sessions.get(key)
+        if not limit or (existing is not None and existing.persistent):
+            return False
+        kept = sum(1 for session in self.sessions.values() if session.persistent and session.user_id == user_id)
+        return kept >= limit
 
     def _drop_session(self, key: str) -> None:
         session = self.sessions.pop(key, None)
@@ -403,7 +500,8 @@ class MqttBroker:
         try:
             await self.store_publish(requester, publish, key)
         except (PublishRefused, errors.MatrixError) as exc:
-            log.info("will of %s on %r not published: %s", requester.user_id, publish.topic, exc)
+            if not isinstance(exc, errors.StorageFull):  # a full disk: counted in the store's log line
+                log.info("will of %s on %r not published: %s", requester.user_id, publish.topic, exc)
 
     # -- publish: client -> room ----------------------------------------------------------------
 
@@ -429,19 +527,72 @@ class MqttBroker:
             rooms = self.hs.rooms
             room_id = await rooms.resolve_alias_local(alias)
             if room_id is None:
-                result = await rooms.create_room(requester, {
-                    "preset": "private_chat",
-                    "room_alias_name": local,
-                    "name": f"MQTT {key}",
-                    "topic": f"MQTT topic filter {topic_filter}",
-                    "initial_state": [{"type": BINDING_TYPE, "state_key": topic_filter,
-                                       "content": {"topic_filter": topic_filter}}],
-                })
-                room_id = result["room_id"]
-                self.rules.bind(topic_filter, room_id)
-                log.info("created room %s (%s) for MQTT topics %s", room_id, alias, topic_filter)
+                room_id = await self._create_default_room(requester, key, topic_filter, local, alias)
+            else:
+                await self._check_default_alias(alias, room_id)
             self._room_locks.pop(key, None)
             return room_id
+
+    async def _create_default_room(self, requester: Requester, key: str, topic_filter: str, local: str,
+                                   alias: str) -> str:
+        """The publisher's new room for a topic tree, under the broker's reserved alias; the
+        publisher owns the tree (docs/mqtt.md). The claim is written first, so an alias made just
+        before a crash is still recognised as the broker's."""
+        owner = requester.user_id
+        if not requester.is_admin and owner in self.admins:  # a password login: its admin flag is not on it
+            requester = dataclasses.replace(requester, is_admin=True)
+        db = self.hs.db
+        self._creating.add(alias)
+        try:
+            await db.write(lambda c: store.claim_default_room(c, alias, owner))
+            self.default_rooms[alias] = (owner, None)
+            result = await self.hs.rooms.create_room(requester, {
+                "preset": "private_chat",
+                "room_alias_name": local,
+                "name": f"MQTT {key}",
+                "topic": f"MQTT topic filter {topic_filter}",
+                "initial_state": [{"type": BINDING_TYPE, "state_key": topic_filter,
+                                   "content": {"topic_filter": topic_filter}}],
+            }, reserved_alias_ok=True)
+        except BaseException:
+            self.default_rooms.pop(alias, None)
+            await db.write(lambda c: store.forget_default_room(c, alias))
+            raise
+        finally:
+            self._creating.discard(alias)
+        room_id: str = result["room_id"]
+        self.default_rooms[alias] = (owner, room_id)
+        self._trusted[alias] = room_id
+        await db.write(lambda c: store.set_default_room(c, alias, room_id))
+        self._bindings[(room_id, topic_filter)] = owner  # its binding event may still be on its way
+        self._apply_bindings()
+        log.info("created room %s (%s) for MQTT topics %s", room_id, alias, topic_filter)
+        return room_id
+
+    async def _check_default_alias(self, alias: str, room_id: str) -> None:
+        """Route by a #mqtt/... alias only if the broker made it (or a hub admin did): one made
+        by anyone else (before the namespace was reserved, or written into the database behind
+        the hub's back) would collect other users' first publishes in its maker's room."""
+        if self._trusted.get(alias) == room_id:
+            return
+        entry = self.default_rooms.get(alias)
+        if entry is not None and entry[1] == room_id:
+            self._trusted[alias] = room_id
+            return
+        creator = await store.alias_creator(self.hs.db, alias)
+        if creator is not None and creator in self.admins:
+            if entry is not None:  # an admin pointed the alias elsewhere: the old owner's tree is gone
+                self.default_rooms.pop(alias, None)
+                await self.hs.db.write(lambda c: store.forget_default_room(c, alias))
+                self._apply_bindings()
+            self._trusted[alias] = room_id
+            return
+        if alias not in self._logged_untrusted:
+            self._logged_untrusted.add(alias)
+            log.warning("MQTT: not routing to %s (%s): the alias was made by %s, not by the broker or a hub admin; "
+                        "a hub admin can delete it (DELETE /_matrix/client/v3/directory/room/...)",
+                        alias, room_id, creator)
+        raise PublishRefused(ReasonCode.NOT_AUTHORIZED, f"{alias} was not made by the broker")
 
     def prepare(self, requester: Requester, publish: Publish, room_id: str) -> tuple[str, dict[str, Any], str | None]:
         """(event type, content, state key) for a PUBLISH."""
@@ -478,7 +629,8 @@ class MqttBroker:
     def send_batch_nowait(self, requester: Requester, room_id: str,
                           items: list[tuple[str, dict[str, Any], str | None, Publish]],
                           key: str | None, delay: float = 0.0,
-                          deliver_early: bool = False) -> "list[asyncio.Future[Any]] | None":
+                          deliver_early: bool = False,
+                          extras: "list[WriteFn | None] | None" = None) -> "list[asyncio.Future[Any]] | None":
         """The hot path of `send` for publishes read together for one room (retained ones too):
         no coroutine or task per message, and one write for all of them. Per item a future (the
         shared one, or a failed one for an item refused alone); None when the core cannot take
@@ -490,7 +642,7 @@ class MqttBroker:
         early: list[int] = []
         on_placed = (lambda entries: early.extend(self._deliver_early(entries))) if deliver_early else None
         fut, outcomes = self.hs.rooms.send_events_nowait(requester, room_id, [item[:3] for item in items], delay,
-                                                         on_placed)
+                                                         on_placed, extras)
         if not outcomes:
             for own in owns:
                 del self._own[id(own.content)]
@@ -520,12 +672,13 @@ class MqttBroker:
         return futures
 
     async def send(self, requester: Requester, room_id: str, event_type: str, content: dict[str, Any],
-                   state_key: str | None, publish: Publish, key: str | None) -> str:
+                   state_key: str | None, publish: Publish, key: str | None, also: "WriteFn | None" = None) -> str:
         own = _Own(content, publish, key or "")
         ident = id(content)
         self._own[ident] = own
         try:
-            return await self.hs.rooms.send_event(requester, room_id, event_type, content, state_key=state_key)
+            return await self.hs.rooms.send_event(requester, room_id, event_type, content, state_key=state_key,
+                                                  also=also)
         finally:
             if self._own.get(ident) is own:
                 del self._own[ident]
@@ -593,9 +746,47 @@ class MqttBroker:
         if not _valid_binding(state_key):
             return
         if event.content:
-            self.rules.bind(state_key, event.room_id)
+            self._bindings[(event.room_id, state_key)] = event.sender
         else:
-            self.rules.unbind(state_key, event.room_id)
+            self._bindings.pop((event.room_id, state_key), None)
+        self._apply_bindings()
+        if event.content and event.sender not in self.admins and event.sender.endswith(":" + self.hs.server_name):
+            self.background(self._refresh_admins())  # made an admin since the last poll?
+
+    async def _refresh_admins(self) -> None:
+        """Hub admins are polled with the admin rules; a change re-decides the rooms' bindings."""
+        admins = await self.hs.accounts.admin_user_ids()
+        if admins != self.admins:
+            self.admins = admins
+            self._trusted.clear()
+            self._apply_bindings()
+
+    def _tree_owner(self, key: str) -> str | None:
+        """Who owns a topic tree: the user the broker made its default room for (while it is
+        being made, too: its own binding arrives before create_room returns)."""
+        alias = f"#{alias_localpart(key)}:{self.hs.server_name}"
+        entry = self.default_rooms.get(alias)
+        if entry is None or (entry[1] is None and alias not in self._creating):
+            return None
+        return entry[0]
+
+    def _apply_bindings(self) -> None:
+        """The rules the rooms' bindings make, from who sent each (routing.effective_bindings);
+        a binding that does not count is logged once."""
+        rules = effective_bindings(self._bindings, self.admins, self._tree_owner, self.settings.room_levels)
+        self.rules.set_bindings(rules)
+        if len(rules) == len(self._bindings):
+            return
+        counted = {(rule.room_id, rule.topic_filter) for rule in rules}
+        for (room_id, topic_filter), sender in self._bindings.items():
+            ident = (room_id, topic_filter, sender)
+            if (room_id, topic_filter) in counted or ident in self._logged_ignored:
+                continue
+            if len(self._logged_ignored) > 10_000:
+                self._logged_ignored.clear()
+            self._logged_ignored.add(ident)
+            log.info("MQTT binding of %r in %s by %s ignored: only a hub admin, or the owner of the topic "
+                     "tree it lies in, may bind topics (docs/mqtt.md)", topic_filter, room_id, sender)
 
     def _messages_for(self, pos: int, event: Event, only: str | None = None) -> list[tuple[str, Outgoing]]:
         """Per session, the message (if any) a committed event becomes."""
@@ -759,14 +950,33 @@ class MqttBroker:
         last_rules = 0.0
         last_cursor = 0.0
         saved_cursors: dict[str, int] = {}
+        overdue: set[ClientProtocol] = set()
         while True:
+            slept_at = time.monotonic()
             await asyncio.sleep(TICK_SECONDS)
             now = time.monotonic()
             try:
-                for client in list(self.clients):
-                    if client.conn.keepalive_expired(now):
-                        log.info("MQTT client %r: keepalive expired", client.client_id)
-                        client.close(ReasonCode.KEEP_ALIVE_TIMEOUT, publish_will=True)
+                stalled = now - slept_at - TICK_SECONDS
+                if stalled > STALL_SECONDS:
+                    log.warning("MQTT broker: the event loop stalled %.1f s; keepalive deadlines moved by as much",
+                                stalled)
+                    for client in self.clients:
+                        client.conn.excuse(stalled, now)
+                # Read before judging: a client past its deadline is closed at the next tick if it
+                # still is, once the loop has read what sat in its socket (after a stall, timers
+                # can run before the reads the stall held back).
+                connect_timeout = self.settings.connect_timeout
+                expired = {client for client in self.clients
+                           if client.conn.keepalive_expired(now) or client.conn.connect_overdue(now, connect_timeout)}
+                for client in expired & overdue:
+                    if client.conn.state is State.AWAIT_CONNECT:
+                        self.quiet_timeouts.log(logging.INFO, "MQTT connection from %s closed: no CONNECT within "
+                                                "%.0f s (mqtt_connect_timeout_s)", client.peer, connect_timeout)
+                        client.close(ReasonCode.MAXIMUM_CONNECT_TIME, publish_will=False)
+                        continue
+                    log.info("MQTT client %r: keepalive expired", client.client_id)
+                    client.close(ReasonCode.KEEP_ALIVE_TIMEOUT, publish_will=True)
+                overdue = expired - overdue
                 for key, since in list(self.offline_since.items()):
                     session = self.sessions.get(key)
                     if session is None or session.expiry_interval == NEVER_EXPIRES:
@@ -778,6 +988,7 @@ class MqttBroker:
                     last_rules = now
                     if self.rules.set_admin_rules(await store.load_rules(self.hs.db)):
                         log.info("MQTT topic rules changed: %d rules", len(self.rules.rules))
+                    await self._refresh_admins()
                 if now - last_cursor >= CURSOR_SAVE_SECONDS:
                     last_cursor = now
                     for key, client in list(self.online.items()):
@@ -827,11 +1038,25 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- transport callbacks --------------------------------------------------------------------
 
+    _counted = False  # counted in broker.per_address (not refused at once)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "?"
-        self.broker.clients.add(self)
+        broker = self.broker
+        cap = broker.settings.max_connections_per_address
+        open_now = broker.per_address.get(self.peer, 0)
+        if cap and open_now >= cap:
+            broker.quiet_refusals.log(logging.WARNING, "MQTT connection from %s refused: %d open from that address "
+                                      "(mqtt_max_connections_per_address)", self.peer, open_now)
+            self.conn.close()
+            self._closed = True
+            transport.close()
+            return
+        broker.per_address[self.peer] = open_now + 1
+        self._counted = True
+        broker.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
         events = self.conn.receive_data(data, time.monotonic())
@@ -867,6 +1092,15 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if not self._counted:
+            return  # refused in connection_made: nothing else was set up
+        self._counted = False
+        per_address = self.broker.per_address
+        left = per_address.get(self.peer, 1) - 1
+        if left > 0:
+            per_address[self.peer] = left
+        else:
+            per_address.pop(self.peer, None)
         self.broker.clients.discard(self)
         if self.conn.state is not State.CLOSED:
             self.conn.close()
@@ -990,7 +1224,18 @@ class ClientProtocol(asyncio.Protocol):
             self.requester = result
             if self._closed:
                 return
-            session, present, key = await broker.open_session(self, result, connect)
+            if connect.protocol_level != MQTT_5 and broker.held_back.holds(
+                    (result.user_id, connect.client_id), time.monotonic(), broker.hs.db.storage.full):
+                self.conn.refuse(ReasonCode.SERVER_UNAVAILABLE)  # 3.1.1: 0x03, until the disk has room
+                return
+            opened = await broker.open_session(self, result, connect)
+            if isinstance(opened, int):
+                broker.quiet_quota.log(logging.INFO, "MQTT CONNECT of %r by %s refused: 0x%02X, over "
+                                          "mqtt_max_sessions_per_account persistent sessions", connect.client_id,
+                                          result.user_id, opened)
+                self.conn.refuse(opened)
+                return
+            session, present, key = opened
             self.key = key
             if self._closed or self.conn.state is not State.AUTHENTICATING:
                 broker.session_closed(self)
@@ -1001,6 +1246,9 @@ class ClientProtocol(asyncio.Protocol):
             events = self.conn.accept(session, present, time.monotonic(), props)
             if events:
                 self._handle(events)
+        except errors.StorageFull:  # its session could not be saved; the store logs the full disk
+            if self.conn.state is State.AUTHENTICATING:
+                self.conn.refuse(ReasonCode.QUOTA_EXCEEDED)  # 3.1.1: 0x03 Server unavailable
         except Exception:
             log.exception("MQTT CONNECT handling failed")
             if self.conn.state is State.AUTHENTICATING:
@@ -1028,7 +1276,7 @@ class ClientProtocol(asyncio.Protocol):
             self._refused(publish, ReasonCode.NOT_AUTHORIZED)
             return True
         room_id = broker.rules.resolve(topic)
-        if room_id is None or room_id not in broker.ready_rooms or self._remembers_qos2(publish):
+        if room_id is None or room_id not in broker.ready_rooms:
             return False
         assert self.requester is not None
         try:
@@ -1038,12 +1286,18 @@ class ClientProtocol(asyncio.Protocol):
         self._start(publish, room_id)
         return True
 
-    def _remembers_qos2(self, publish: Publish) -> bool:
-        """A QoS 2 publish of a persistent session: its packet id is written after its event."""
-        if publish.qos != 2 or not self.key:
-            return False
-        session = self.broker.sessions.get(self.key)
-        return session is not None and session.persistent
+    def _qos2_record(self, publish: Publish) -> "WriteFn | None":
+        """For a QoS 2 publish of a persistent session, the write of its packet id, committed
+        in the same transaction as its event: after a crash the DUP resend is recognised
+        (PUBREC, not stored again), and an id is never kept for a message that was not stored."""
+        key = self.key
+        if publish.qos != 2 or not key:
+            return None
+        session = self.broker.sessions.get(key)
+        if session is None or not session.persistent:
+            return None
+        packet_id = publish.packet_id or 0
+        return lambda c: store.add_incoming_qos2(c, key, packet_id)
 
     def _start(self, publish: Publish, room_id: str) -> None:
         assert self.requester is not None
@@ -1052,17 +1306,10 @@ class ClientProtocol(asyncio.Protocol):
         except PublishRefused as exc:
             self._refused(publish, exc.reason_code)
             return
-        if not self._remembers_qos2(publish):
-            if self._batch_room != room_id:
-                self._start_batch()
-                self._batch_room = room_id
-            self._batch.append((event_type, content, state_key, publish))
-            return
-        self._start_batch()
-        stored = self.broker.send(self.requester, room_id, event_type, content, state_key, publish, self.key)
-        fut = self.broker.background(self._remember_qos2(stored, publish.packet_id or 0))
-        self._acks.append((publish.packet_id or 0, publish.qos, fut))
-        fut.add_done_callback(self._on_stored)
+        if self._batch_room != room_id:
+            self._start_batch()
+            self._batch_room = room_id
+        self._batch.append((event_type, content, state_key, publish))
 
     def _start_batch(self) -> None:
         """Send the gathered publishes as one write; their acknowledgements stay in order."""
@@ -1072,15 +1319,16 @@ class ClientProtocol(asyncio.Protocol):
         self._batch, self._batch_room = [], None
         assert self.requester is not None and room_id is not None
         broker = self.broker
-        unacknowledged = all(item[3].qos == 0 for item in items)
-        delay = broker.settings.qos0_commit_delay if unacknowledged else 0.0
+        top_qos = max(item[3].qos for item in items)
+        delay = broker.settings.qos0_commit_delay if top_qos == 0 else 0.0
         # Delivered before the commit only if no QoS 1/2 publish of this client is still being
         # stored: its subscribers get this client's messages in the order it sent them.
         early = delay > 0 and not any(qos for _, qos, _ in self._acks)
-        futures = broker.send_batch_nowait(self.requester, room_id, items, self.key, delay, early)
+        extras = [self._qos2_record(item[3]) for item in items] if top_qos == 2 else None
+        futures = broker.send_batch_nowait(self.requester, room_id, items, self.key, delay, early, extras)
         if futures is None:  # the room left memory meanwhile: one at a time, the awaiting way
             futures = [broker.background(broker.send(self.requester, room_id, event_type, content, state_key,
-                                                     publish, self.key))
+                                                     publish, self.key, self._qos2_record(publish)))
                        for event_type, content, state_key, publish in items]
         for item, fut in zip(items, futures):
             publish = item[3]
@@ -1088,19 +1336,17 @@ class ClientProtocol(asyncio.Protocol):
         for fut in dict.fromkeys(futures):
             fut.add_done_callback(self._on_stored)
 
-    async def _remember_qos2(self, stored: Any, packet_id: int) -> str:
-        """A persistent session's QoS 2 packet id is durable before PUBREC, so a retransmission
-        after a restart is recognised and not stored twice."""
-        event_id = await stored
-        key = self.key
-        assert key is not None
-        await self.broker.hs.db.write(lambda c: store.add_incoming_qos2(c, key, packet_id))
-        return event_id
-
     def _refused(self, publish: Publish, reason_code: int) -> None:
         self._start_batch()
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         done.set_exception(PublishRefused(reason_code, "refused"))
+        self._acks.append((publish.packet_id or 0, publish.qos, done))
+        self._on_stored(done)
+
+    def _refused_for_space(self, publish: Publish) -> None:
+        self._start_batch()
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_exception(errors.storage_full(self.broker.hs.db.admin_contact))
         self._acks.append((publish.packet_id or 0, publish.qos, done))
         self._on_stored(done)
 
@@ -1121,15 +1367,14 @@ class ClientProtocol(asyncio.Protocol):
                 continue
             except errors.MatrixError as exc:
                 self._waiting.popleft()
+                if isinstance(exc, errors.StorageFull):  # its room could not be made: as if its write failed
+                    self._refused_for_space(publish)
+                    continue
                 log.info("MQTT publish to %r by %s refused: %s", publish.topic, self.requester.user_id, exc)
                 self._refused(publish, _ERROR_REASONS.get(exc.errcode, ReasonCode.UNSPECIFIED_ERROR))
                 continue
             self._start(publish, room_id)
             self._start_batch()
-            if self._remembers_qos2(publish) and self._acks:
-                # Its store and packet-id record are two writes: later publishes wait behind
-                # them in _waiting, so a topic stays ordered.
-                await asyncio.wait([self._acks[-1][2]])  # type: ignore[list-item]
             self._waiting.popleft()
             self._check_pressure()
 
@@ -1150,8 +1395,11 @@ class ClientProtocol(asyncio.Protocol):
             else:
                 log.error("MQTT publish failed: %r", exc)
                 reason = ReasonCode.UNSPECIFIED_ERROR
-            if reason != ReasonCode.NOT_AUTHORIZED or qos:
+            full = isinstance(exc, errors.StorageFull)  # counted and logged once a minute by the store
+            if not full and (reason != ReasonCode.NOT_AUTHORIZED or qos):
                 log.info("MQTT publish by %r refused: 0x%02X %s", self.client_id, reason, exc)
+            if full and qos and conn.level != MQTT_5 and conn.state is State.CONNECTED and self.requester:
+                self.broker.held_back.refused((self.requester.user_id, self.client_id), time.monotonic())
             if qos:
                 conn.ack_publish(packet_id, qos, reason)
                 if conn.state is State.CLOSED:
@@ -1188,10 +1436,21 @@ class ClientProtocol(asyncio.Protocol):
             self.broker.hs.db.commit_soon()
 
     def _qos2_released(self, packet_id: int) -> None:
+        """A persistent session's released packet id leaves the disk before PUBCOMP goes out
+        (the Connection holds PUBCOMP back for those)."""
         key = self.key
         session = self.broker.sessions.get(key) if key else None
         if key is not None and session is not None and session.persistent:
-            self.broker.background(self.broker.hs.db.write(lambda c: store.remove_incoming_qos2(c, key, packet_id)))
+            removed = self.broker.background(self.broker.hs.db.write(
+                lambda c: store.remove_incoming_qos2(c, key, packet_id)))
+
+            def complete(_: Any) -> None:
+                self.conn.complete_qos2(packet_id)
+                self.flush_out()
+
+            removed.add_done_callback(complete)
+        else:
+            self.conn.complete_qos2(packet_id)  # nothing held back; harmless either way
 
     # -- subscribe ------------------------------------------------------------------------------
 
@@ -1206,6 +1465,7 @@ class ClientProtocol(asyncio.Protocol):
         codes: list[int] = []
         new_subs: list[tuple[Subscription, bool]] = []
         reason = ""
+        before = dict(session.subscriptions), dict(session.subscription_ids)
         for i, sub in enumerate(packet.subscriptions):
             if invalid and invalid[i] >= 0:
                 codes.append(invalid[i])
@@ -1229,7 +1489,13 @@ class ClientProtocol(asyncio.Protocol):
             new_subs.append((sub, existed))
         try:
             if session.persistent:
-                await broker.hs.db.write(lambda c: store.save_session(c, key, session, None))
+                try:
+                    await broker.hs.db.write(lambda c: store.save_session(c, key, session, None))
+                except errors.StorageFull:  # not durable, so not granted: the session stays as it was
+                    self._undo_subscribe(key, session, new_subs, *before)
+                    failed = ReasonCode.QUOTA_EXCEEDED if self.conn.level == MQTT_5 else SUBACK_V311_FAILURE
+                    codes, new_subs = [code if code >= 0x80 else failed for code in codes], []
+                    reason = "the hub's storage is full"
             self.conn.send_suback(packet.packet_id, codes, reason)
             self.flush_out()
             now = time.monotonic()
@@ -1242,6 +1508,18 @@ class ClientProtocol(asyncio.Protocol):
             self.flush_out()
         except Exception:
             log.exception("MQTT SUBSCRIBE handling failed")
+
+    def _undo_subscribe(self, key: str, session: SessionState, new_subs: list[tuple[Subscription, bool]],
+                        subscriptions: dict[str, Subscription], ids: dict[str, int]) -> None:
+        index = self.broker.index
+        for sub, _ in new_subs:
+            index.remove(key, sub.topic_filter)
+            if sub.topic_filter in subscriptions:
+                index.add(key, subscriptions[sub.topic_filter])
+        session.subscriptions.clear()
+        session.subscriptions.update(subscriptions)
+        session.subscription_ids.clear()
+        session.subscription_ids.update(ids)
 
     def _on_unsubscribe(self, packet: Any) -> None:
         broker = self.broker

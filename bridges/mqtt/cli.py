@@ -12,19 +12,12 @@ from typing import Any, Callable
 import click
 
 from matrix_core.store.database import open_sync
+from matrix_core.store.room_lookup import resolve_room
 
 from . import store
 from .topics import is_valid_topic_filter
 
 
-def _resolve_room(conn: sqlite3.Connection, room: str, server_name: str) -> str | None:
-    if room.startswith("#"):
-        if ":" not in room:
-            room = f"{room}:{server_name}"
-        row = conn.execute("SELECT room_id FROM room_aliases WHERE alias = ?", (room,)).fetchone()
-        return row[0] if row else None
-    row = conn.execute("SELECT room_id FROM rooms WHERE room_id = ?", (room,)).fetchone()
-    return row[0] if row else None
 
 
 def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: Any,
@@ -50,7 +43,7 @@ def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: An
             fail(f"{topic_filter!r} is not a topic filter a rule can use (no $share/, no leading $)")
         config, conn = open_db(data_dir, config_file)
         try:
-            room_id = _resolve_room(conn, room, config.server_name)
+            room_id = resolve_room(conn, room, config.server_name)
             if room_id is None:
                 fail(f"no such room on this hub: {room}")
             conn.execute("BEGIN IMMEDIATE")

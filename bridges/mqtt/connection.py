@@ -91,7 +91,9 @@ class Delivered:
 
 @dataclass(frozen=True, slots=True)
 class Qos2Released:
-    """PUBREL for an incoming QoS 2 message: its packet id may be reused."""
+    """PUBREL for an incoming QoS 2 message: its packet id may be reused. For a persistent
+    session the broker calls `complete_qos2` once the id's removal is durable: PUBCOMP lets the
+    client reuse the id, and an id still on disk after a crash would swallow its next message."""
 
     packet_id: int
 
@@ -124,11 +126,13 @@ class Connection:
         self.session: SessionState | None = None
         self.connect: Connect | None = None
         self.keepalive = 0
+        self.opened = now  # a CONNECT is due within the broker's connect timeout from here
         self.last_received = now
         self._out = bytearray()
         self._stash: list[Any] = []  # packets that arrived behind CONNECT, before the answer
         self._aliases: dict[int, str] = {}
         self._pending_in: dict[int, int] = {}  # incoming packet id -> qos, not yet acknowledged
+        self._releasing: set[int] = set()  # PUBREL in, PUBCOMP waiting for the broker (persistent)
         self.send_window = limits.max_inflight
         self.client_max_packet = 0  # 0: no limit from the client
         self.request_problem_info = True
@@ -226,10 +230,15 @@ class Connection:
         elif kind is PubRel:
             assert self.session is not None
             pid = pkt.packet_id
+            if pid in self._releasing:
+                return  # a repeated PUBREL: its PUBCOMP follows
             if pid in self.session.incoming_qos2:
                 self.session.incoming_qos2.discard(pid)
                 self._pending_in.pop(pid, None)
-                self._send(PubComp(pid))
+                if self.session.persistent:
+                    self._releasing.add(pid)
+                else:
+                    self._send(PubComp(pid))
                 events.append(Qos2Released(pid))
             else:
                 self._send(PubComp(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.level == MQTT_5 else 0))
@@ -362,8 +371,10 @@ class Connection:
         return events
 
     def refuse(self, reason_code: int) -> None:
-        """CONNACK failure (an MQTT 5 reason code; mapped for 3.1.1), then closed."""
-        assert self.state is State.AUTHENTICATING
+        """CONNACK failure (an MQTT 5 reason code; mapped for 3.1.1), then closed. Nothing if the
+        connection closed meanwhile (the client hung up while its credentials were checked)."""
+        if self.state is not State.AUTHENTICATING:
+            return
         code = reason_code if self.level == MQTT_5 else connack_return_code_v311(reason_code)
         self._send(ConnAck(False, code))
         self._close()
@@ -391,6 +402,13 @@ class Connection:
                 self.session.incoming_qos2.add(packet_id)
                 self._pending_in.pop(packet_id, None)
                 self._out += _PUBACK_V311.pack(0x50, 2, packet_id)
+
+    def complete_qos2(self, packet_id: int) -> None:
+        """PUBCOMP for a persistent session's PUBREL, once the packet id's removal is durable."""
+        if packet_id in self._releasing:
+            self._releasing.discard(packet_id)
+            if self.state is State.CONNECTED:
+                self._send(PubComp(packet_id))
 
     def send_suback(self, packet_id: int, codes: list[int], reason: str = "") -> None:
         """SUBACK; in 5.0 *reason* goes out as the reason string (if the client wants them)."""
@@ -459,6 +477,17 @@ class Connection:
         if self.keepalive == 0 or self.state is State.CLOSED:
             return False
         return now - self.last_received > 1.5 * self.keepalive
+
+    def connect_overdue(self, now: float, timeout: float) -> bool:
+        """No CONNECT *timeout* seconds after the connection opened (partial bytes do not count:
+        a slow drip must not hold a socket open)."""
+        return self.state is State.AWAIT_CONNECT and now - self.opened > timeout
+
+    def excuse(self, seconds: float, now: float) -> None:
+        """*seconds* of silence were the server's own (its event loop stalled, the client's
+        packets waited unread in the socket buffer): they do not count against the client."""
+        self.last_received = min(now, self.last_received + seconds)
+        self.opened = min(now, self.opened + seconds)
 
     @property
     def pending_incoming(self) -> int:

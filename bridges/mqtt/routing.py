@@ -2,15 +2,19 @@
 
 Rules come from two places: the hub admin (`matrix-gateway mqtt map FILTER ROOM`, kept in the
 `mqtt_rules` table) and rooms themselves (a `BINDING_TYPE` state event whose state key is the
-topic filter, sent by anyone with the power to send that state event, e.g. a room admin in
-Element). The most specific matching filter wins (see `specificity`); admin rules beat room
-bindings of equal specificity. A topic no rule matches falls to the default rule: its first
-`levels` levels name a room, found by its alias or created by the publisher (docs/mqtt.md).
+topic filter). A room's binding counts only if `binding_authority` says its sender may bind that
+filter: a hub admin may bind anything; anyone else only topics of a tree whose default room the
+broker made for them (they own it), and such owner bindings apply only where no rule of the hub's
+authority matches. Among rules of the same authority the most specific matching filter wins (see
+`specificity`); admin rules beat room bindings of equal specificity. A topic no rule matches falls
+to the default rule: its first `levels` levels name a room, found by its alias (reserved for the
+broker) or created by the publisher, who then owns that tree (docs/mqtt.md).
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import AbstractSet, Callable, Mapping
 
 from .topics import topic_matches
 
@@ -29,11 +33,16 @@ class Rule:
     topic_filter: str
     room_id: str
     admin: bool  # set with the CLI (True) or bound from inside the room (False)
+    # None: the hub's authority (the CLI, or a binding sent by a hub admin). Else the non-admin
+    # owner of the topic tree who bound it: such a rule applies only to topics no rule of the
+    # hub's authority matches, so an owner can never take traffic from a room an admin chose.
+    owner: str | None = None
 
 
-def specificity(rule: Rule) -> tuple[int, int, int, int, str, str]:
-    """Sort key, most specific first: no wildcard at all; more literal levels before the first
-    wildcard; no '#'; fewer '+'; admin rules; then by filter and room for a stable order."""
+def specificity(rule: Rule) -> tuple[int, int, int, int, int, int, str]:
+    """Sort key, first match wins: rules of the hub's authority before owners' bindings; then most
+    specific first: no wildcard at all; more literal levels before the first wildcard; no '#';
+    fewer '+'; admin rules; then by filter and room for a stable order."""
     levels = rule.topic_filter.split("/")
     literal = 0
     for level in levels:
@@ -41,8 +50,8 @@ def specificity(rule: Rule) -> tuple[int, int, int, int, str, str]:
             break
         literal += 1
     wild = literal != len(levels)
-    return (int(wild), -literal, int("#" in levels), levels.count("+"), int(not rule.admin),
-            rule.topic_filter + "\x00" + rule.room_id)
+    return (int(rule.owner is not None), int(wild), -literal, int("#" in levels), levels.count("+"),
+            int(not rule.admin), rule.topic_filter + "\x00" + rule.room_id)
 
 
 class TopicRules:
@@ -66,6 +75,14 @@ class TopicRules:
     def set_admin_rules(self, rules: list[Rule]) -> bool:
         """Swap in the admin rules; True if anything changed."""
         new = [r for r in self._rules if not r.admin] + rules
+        if set(new) == set(self._rules):
+            return False
+        self.replace(new)
+        return True
+
+    def set_bindings(self, rules: list[Rule]) -> bool:
+        """Swap in the rooms' bindings that count (`effective_bindings`); True if anything changed."""
+        new = [r for r in self._rules if r.admin] + rules
         if set(new) == set(self._rules):
             return False
         self.replace(new)
@@ -107,6 +124,58 @@ class TopicRules:
                     break
         self._room_topic[room_id] = topic
         return topic
+
+
+# -- who may bind what ---------------------------------------------------------------------------
+
+HUB = "hub"  # a hub admin's binding: a rule like the CLI's
+OWNER = "owner"  # the owner of the filter's topic tree: applies where no hub rule does
+
+
+def tree_key(topic_filter: str, levels: int) -> str | None:
+    """The default rule's room key that every topic the filter matches falls under (what
+    `default_binding` gives each), or None when they span several keys: a wildcard within the
+    first `levels` levels (`#`, `+/temp`, `home/#` with levels=2)."""
+    parts = topic_filter.split("/")
+    literal: list[str] = []
+    for part in parts:
+        if part in ("+", "#"):
+            break
+        literal.append(part)
+    if len(literal) == len(parts):  # no wildcard: one topic
+        return default_binding(topic_filter, levels)[0]
+    if len(literal) >= levels:
+        return "/".join(literal[:levels])
+    return None
+
+
+def binding_authority(topic_filter: str, sender: str, admins: AbstractSet[str],
+                      tree_owner: Callable[[str], str | None], levels: int) -> str | None:
+    """Whether a room's binding of `topic_filter` sent by `sender` counts, and as what: HUB for a
+    hub admin; OWNER when every topic of the filter lies in one default-rule tree (`tree_key`)
+    whose default room the broker made for `sender` (`tree_owner(key)`); else None: the binding
+    is ignored, whoever could send the state event in their own room. So nobody can bind `#`,
+    `+/...` or another user's tree (the hijack and the hub-wide denial of service of issue 20)."""
+    if sender in admins:
+        return HUB
+    key = tree_key(topic_filter, levels)
+    if key is not None and tree_owner(key) == sender:
+        return OWNER
+    return None
+
+
+def effective_bindings(bindings: Mapping[tuple[str, str], str], admins: AbstractSet[str],
+                       tree_owner: Callable[[str], str | None], levels: int) -> list[Rule]:
+    """The rules the rooms' bindings make: `bindings` maps (room id, filter) to the sender of the
+    binding in force; those `binding_authority` refuses are left out."""
+    out = []
+    for (room_id, topic_filter), sender in bindings.items():
+        authority = binding_authority(topic_filter, sender, admins, tree_owner, levels)
+        if authority == HUB:
+            out.append(Rule(topic_filter, room_id, False))
+        elif authority == OWNER:
+            out.append(Rule(topic_filter, room_id, False, owner=sender))
+    return out
 
 
 def literal_prefix(topic_filter: str) -> str | None:

@@ -22,6 +22,9 @@ _RANGES = {
     "mqtt_wss_port": (0, 65535),
     "mqtt_max_keepalive": (10, 65535),
     "mqtt_qos0_commit_ms": (0, 10_000),
+    "mqtt_connect_timeout_s": (1, 3600),
+    "mqtt_max_connections_per_address": (0, 1_000_000),
+    "mqtt_max_sessions_per_account": (0, 1_000_000),
 }
 
 RENDERED = """# MQTT broker (docs/mqtt.md). Devices log in with a Matrix account: username = localpart or
@@ -66,6 +69,15 @@ mqtt_qos0_commit_ms = {mqtt_qos0_commit_ms}
 # Topic filters nobody may subscribe to or receive over MQTT, e.g. ["secrets/#"]. A SUBSCRIBE
 # inside one is refused (SUBACK 0x80 / 0x87); wider filters (#) never get those topics either.
 mqtt_deny_subscribe = {mqtt_deny_subscribe}
+# Seconds a new connection may take to send its CONNECT; then it is closed (idle or slow sockets
+# must not hold the hub's file descriptors).
+mqtt_connect_timeout_s = {mqtt_connect_timeout_s}
+# Open connections from one remote address; more are closed at once (0: no cap). Raise it for
+# a load test from one machine, or for many devices behind one NAT address.
+mqtt_max_connections_per_address = {mqtt_max_connections_per_address}
+# Persistent sessions (clean_session 0, or an MQTT 5 session expiry) one account may keep, online
+# or not; a CONNECT for one more is refused (5.0: 0x97 Quota exceeded; 3.1.1: 0x03). 0: no cap.
+mqtt_max_sessions_per_account = {mqtt_max_sessions_per_account}
 """
 
 
@@ -94,7 +106,8 @@ def render(config: Any) -> str:
     for key in ("mqtt_anonymous_user", "mqtt_room_levels", "mqtt_max_packet_size", "mqtt_receive_maximum",
                 "mqtt_max_inflight", "mqtt_max_queued_messages", "mqtt_topic_alias_maximum", "mqtt_max_keepalive",
                 "mqtt_tls_port", "mqtt_tls_cert", "mqtt_tls_key", "mqtt_ws_port", "mqtt_ws_path", "mqtt_wss_port",
-                "mqtt_qos0_commit_ms"):
+                "mqtt_qos0_commit_ms", "mqtt_connect_timeout_s", "mqtt_max_connections_per_address",
+                "mqtt_max_sessions_per_account"):
         values[key] = getattr(config, key)
     values["mqtt_deny_subscribe"] = json.dumps(list(config.mqtt_deny_subscribe), ensure_ascii=False)  # a TOML array of strings
     return RENDERED.format(**values)
@@ -123,6 +136,9 @@ def broker_settings(config: Any, data_dir: Path | None = None) -> Any:
         anonymous_user=config.mqtt_anonymous_user,
         room_levels=config.mqtt_room_levels,
         qos0_commit_delay=config.mqtt_qos0_commit_ms / 1000,
+        connect_timeout=float(config.mqtt_connect_timeout_s),
+        max_connections_per_address=config.mqtt_max_connections_per_address,
+        max_sessions_per_account=config.mqtt_max_sessions_per_account,
         limits=Limits(
             max_packet_size=config.mqtt_max_packet_size,
             receive_maximum=config.mqtt_receive_maximum,

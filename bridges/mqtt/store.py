@@ -42,8 +42,9 @@ def save_session(conn: sqlite3.Connection, key: str, session: SessionState, disc
         [(key, s.topic_filter, s.qos, int(s.no_local), int(s.retain_as_published), s.retain_handling,
           session.subscription_ids.get(s.topic_filter)) for s in session.subscriptions.values()],
     )
-    conn.execute("DELETE FROM mqtt_incoming_qos2 WHERE client_id = ?", (key,))
-    conn.executemany("INSERT INTO mqtt_incoming_qos2 (client_id, packet_id) VALUES (?, ?)",
+    # Added, never replaced: an id committed with its event (add_incoming_qos2) whose PUBREC is
+    # not out yet is not in memory yet, and must survive this save. PUBREL removes an id.
+    conn.executemany("INSERT OR IGNORE INTO mqtt_incoming_qos2 (client_id, packet_id) VALUES (?, ?)",
                      [(key, pid) for pid in sorted(session.incoming_qos2)])
 
 
@@ -109,9 +110,10 @@ def list_rules(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     return conn.execute("SELECT topic_filter, room_id FROM mqtt_rules ORDER BY topic_filter").fetchall()
 
 
-async def load_room_bindings(db: Database, binding_type: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(room_id, state_key, content) of every current topic binding in every room. A read-only
-    look at the core's current_state at start-up; later changes arrive on the event stream."""
+async def load_room_bindings(db: Database, binding_type: str) -> list[tuple[str, str, dict[str, Any], str]]:
+    """(room_id, state_key, content, sender) of every current topic binding in every room. A
+    read-only look at the core's current_state at start-up; later changes arrive on the event
+    stream."""
     rows = await db.fetchall(
         "SELECT c.room_id, c.state_key, e.json FROM current_state c "
         f"JOIN events e ON {event_index.by_id('c.event_id', 'e')} "
@@ -120,6 +122,37 @@ async def load_room_bindings(db: Database, binding_type: str) -> list[tuple[str,
     )
     out = []
     for room_id, state_key, pdu_json in rows:
-        content = event_json.load(pdu_json).get("content", {})
-        out.append((room_id, state_key, content if isinstance(content, dict) else {}))
+        pdu = event_json.load(pdu_json)
+        content = pdu.get("content", {})
+        out.append((room_id, state_key, content if isinstance(content, dict) else {}, str(pdu.get("sender", ""))))
     return out
+
+
+# -- default rooms (the #mqtt/... aliases the broker made) ----------------------------------------
+
+
+async def load_default_rooms(db: Database) -> dict[str, tuple[str, str | None]]:
+    """alias -> (owner, room id or None while being created) of the broker's default rooms."""
+    rows = await db.fetchall("SELECT alias, owner, room_id FROM mqtt_default_rooms")
+    return {alias: (owner, room_id) for alias, owner, room_id in rows}
+
+
+def claim_default_room(conn: sqlite3.Connection, alias: str, owner: str) -> None:
+    """Written before the room is created: a crash between the two leaves an alias the broker
+    still recognises as its own."""
+    conn.execute("INSERT OR REPLACE INTO mqtt_default_rooms (alias, owner, room_id, created_ts) VALUES (?, ?, NULL, ?)",
+                 (alias, owner, now_ms()))
+
+
+def set_default_room(conn: sqlite3.Connection, alias: str, room_id: str) -> None:
+    conn.execute("UPDATE mqtt_default_rooms SET room_id = ? WHERE alias = ?", (room_id, alias))
+
+
+def forget_default_room(conn: sqlite3.Connection, alias: str) -> None:
+    conn.execute("DELETE FROM mqtt_default_rooms WHERE alias = ?", (alias,))
+
+
+async def alias_creator(db: Database, alias: str) -> str | None:
+    """Who made a local alias (a read-only look at the core's room_aliases)."""
+    row = await db.fetchone("SELECT creator FROM room_aliases WHERE alias = ?", (alias,))
+    return row[0] if row else None

@@ -25,12 +25,24 @@ class Appliance:
         self._tasks: list[asyncio.Task[None]] = []
         self._advertiser: Any = None
 
+    def record_address(self) -> None:
+        """Before the ready line, so that a disk too full for this small file fails start-up
+        (exit non-zero, systemd restarts the hub) instead of killing a hub that said it was ready."""
+        try:
+            record_address(self.data_dir, self.config.bind, self.gateway.http_port or self.config.http_port)
+        except BaseException:
+            clear_address(self.data_dir)
+            raise
+
     def start(self) -> None:
-        """After the ready line: READY=1, the watchdog, the address file, retention, mDNS."""
+        """After the ready line: READY=1, the watchdog, the disk space timer, retention, mDNS."""
         config, gateway = self.config, self.gateway
         self.notifier.ready(f"serving {gateway.describe()}")
         self._tasks.append(asyncio.create_task(self.notifier.keep_watchdog_alive(), name="sd-watchdog"))
-        record_address(self.data_dir, config.bind, gateway.http_port or config.http_port)
+        from .disk import watch as watch_disk
+
+        self._tasks.append(asyncio.create_task(watch_disk(
+            self.data_dir, config.disk_warn_free_mb, gateway.hs.db.storage), name="disk-space"))
         if config.retention_interval_minutes > 0:
             from .retention import purge_periodically
 

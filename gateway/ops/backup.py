@@ -11,13 +11,14 @@ import hashlib
 import io
 import json
 import os
-import sqlite3
 import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from matrix_core.store import maintenance
 
 from ..config import CONFIG_FILE, DATABASE_FILE, SIGNING_KEY_FILE
 
@@ -49,24 +50,8 @@ def _no_progress(step: str, done: int, total: int) -> None:
 
 
 def snapshot_database(source: Path, dest: Path, progress: Progress = _no_progress) -> int:
-    """Copy the live database with the online backup API; returns its event count.
-
-    One step (pages=-1) holds a single read transaction: a snapshot that a concurrent writer
-    cannot restart, unlike a page-by-page copy that starts over after every foreign commit.
-    """
-    src = sqlite3.connect(source)  # reads only; not mode=ro, which WAL without -shm refuses
-    try:
-        src.execute("PRAGMA busy_timeout=10000")
-        out = sqlite3.connect(dest)
-        try:
-            src.backup(out, pages=-1, progress=lambda _s, remaining, total: progress("database", total - remaining, total))
-            out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file in the archive
-            (events,) = out.execute("SELECT COUNT(*) FROM events").fetchone()
-        finally:
-            out.close()
-    finally:
-        src.close()
-    return int(events)
+    """Copy the live database (a consistent online snapshot, store/maintenance.py); returns its event count."""
+    return maintenance.snapshot(source, dest, lambda done, total: progress("database", done, total))
 
 
 def sha256_file(path: Path) -> str:

@@ -5,13 +5,15 @@ inside each command, so `matrix-gateway run` pays nothing for them.
 """
 from __future__ import annotations
 
-import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import click
+
+from matrix_core.store.retention import room_ids
+from matrix_core.store.room_lookup import resolve_room
 
 DURATION_UNITS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -138,7 +140,7 @@ def add_ops_commands(main: click.Group, data_dir_option: Callable, config_option
                     fail(f"no such room {room!r} on this hub")
                 ages = {room_id: age}
             elif age is not None:
-                ages = {room_id: age for (room_id,) in conn.execute("SELECT room_id FROM rooms")}
+                ages = {room_id: age for room_id in room_ids(conn)}
             else:
                 ages = room_ages(conn, config.retention_default_days)
             bars = ProgressBars(threshold=1000)
@@ -152,12 +154,5 @@ def add_ops_commands(main: click.Group, data_dir_option: Callable, config_option
         click.echo(f"{verb} {report.deleted} events in {len(report.rooms)} of {len(ages)} rooms with retention")
 
 
-def resolve_room(conn: sqlite3.Connection, room: str) -> str | None:
-    """A room id or alias of this hub -> the room id."""
-    if room.startswith("#"):
-        row = conn.execute("SELECT room_id FROM room_aliases WHERE alias = ?", (room,)).fetchone()
-        return row[0] if row else None
-    row = conn.execute("SELECT room_id FROM rooms WHERE room_id = ?", (room,)).fetchone()
-    return row[0] if row else None
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from matrix_core.signing import parse_signing_key
+from matrix_core.store import maintenance
 from matrix_core.store.migrations import COMPONENTS
 
 from ..config import CONFIG_FILE, DATABASE_FILE, SIGNING_KEY_FILE, ConfigError, load_config
@@ -106,24 +107,24 @@ def extract_checked(tar: tarfile.TarFile, manifest: dict[str, Any], staging: Pat
 
 def check_database(path: Path, source: Path) -> int:
     """Integrity, a known schema, and the number of events."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = maintenance.open_read_only(path)
     try:
-        (verdict,) = conn.execute("PRAGMA integrity_check").fetchone()
+        verdict = maintenance.integrity(conn)
         if verdict != "ok":
             raise RestoreError(f"{source}: the database fails SQLite's integrity check ({verdict})")
-        versions = dict(conn.execute("SELECT component, version FROM schema_versions").fetchall())
+        versions = maintenance.schema_versions(conn)
         for component, found in versions.items():
             steps = COMPONENTS.get(component)
             latest = steps[-1][0] if steps else 0
             if found > latest:
                 raise RestoreError(f"{source}: database schema of {component!r} is version {found}, newer than "
                                    f"this program knows ({latest}): upgrade matrix-gateway first")
-        (events,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+        events = maintenance.event_count(conn)
     except sqlite3.DatabaseError as exc:
         raise RestoreError(f"{source}: the database cannot be read: {exc}") from None
     finally:
         conn.close()
-    return int(events)
+    return events
 
 
 def restore(source: Path, data_dir: Path, progress: Progress = _no_progress) -> RestoreResult:

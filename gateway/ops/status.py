@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import DATABASE_FILE, GatewayConfig
+from .disk import LowSpace, free_bytes
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class Status:
     database_bytes: int
     wal_bytes: int
     schema_versions: dict[str, int]
+    disk_free_bytes: int | None = None  # on the disk holding the data dir
+    disk_low: bool = False  # below disk_warn_free_mb: the hub refuses writes when it is full
+    disk_warn_free_mb: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -47,7 +51,18 @@ class Status:
             f"rooms:      {self.rooms} rooms, {self.events} events (last at {last})",
             f"database:   {self.database_bytes / 1e6:.1f} MB + WAL {self.wal_bytes / 1e6:.1f} MB",
             "schema:     " + ", ".join(f"{k} v{v}" for k, v in sorted(self.schema_versions.items())),
+            f"disk:       {disk_line(self.disk_free_bytes, self.disk_low, self.disk_warn_free_mb)}",
         ]
+
+
+def disk_line(free: int | None, low: bool, warn_mb: int) -> str:
+    if free is None:
+        return "free space unknown"
+    text = f"{free / 1e6:.1f} MB free"
+    if low:
+        text += (f" - WARNING: below disk_warn_free_mb = {warn_mb}; on a full disk the hub refuses writes "
+                 "until space is freed")
+    return text
 
 
 ADDRESS_FILE = "hub.address"  # written by the running hub: where its HTTP listener really is
@@ -109,11 +124,13 @@ def gather(config: GatewayConfig, data_dir: Path) -> Status:
     finally:
         conn.close()
     wal = db.with_name(db.name + "-wal")
+    free = free_bytes(data_dir)
     url = http_url(config, data_dir)
     answer = probe(url)
     return Status(
         running=answer is not None, http_url=url, answer_ms=answer, server_name=config.server_name,
         data_dir=str(data_dir), users=users, devices=devices, rooms=rooms, events=events, last_event_ts=last,
         database_bytes=db.stat().st_size, wal_bytes=wal.stat().st_size if wal.exists() else 0,
-        schema_versions=versions,
+        schema_versions=versions, disk_free_bytes=free, disk_low=LowSpace(config.disk_warn_free_mb).is_low(free),
+        disk_warn_free_mb=config.disk_warn_free_mb,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import errors
+from .. import errors, params
 
 _UNSET: Any = object()
 
@@ -45,11 +45,7 @@ class ApiRequest:
         raw = self.arg(name)
         if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise errors.invalid_param(f"Query parameter {name!r} must be an integer") from None
-        return max(minimum, min(maximum, value))
+        return params.int_param(name, raw, minimum, maximum)
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import errors
+from .. import errors, params
 from ..canonical_json import CanonicalJSONError, parse_json
 from ..service.sync import parse_stream_token
 from .auth_handlers import load_filter
@@ -15,7 +15,7 @@ MAX_SYNC_TIMEOUT_MS = 300_000
 
 async def _requester_and_room(hs: Any, req: ApiRequest) -> tuple[Any, str]:
     requester = await hs.accounts.authenticate(req.access_token)
-    room_id = await hs.rooms.resolve_room(req.params["roomId"])
+    room_id = await hs.rooms.resolve_room(params.room_id_or_alias(req.params["roomId"]))
     return requester, room_id
 
 
@@ -30,7 +30,7 @@ async def join(hs: Any, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     req.json_object()  # validate the (optional) body
     hs.message_limiter.check(requester.user_id)
-    room_id = await hs.rooms.join(requester, req.params["roomIdOrAlias"])
+    room_id = await hs.rooms.join(requester, params.room_id_or_alias(req.params["roomIdOrAlias"]))
     return ok({"room_id": room_id})
 
 
@@ -38,7 +38,7 @@ async def knock(hs: Any, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     reason = req.json_object().get("reason")
     hs.message_limiter.check(requester.user_id)
-    room_id = await hs.rooms.resolve_room(req.params["roomIdOrAlias"])
+    room_id = await hs.rooms.resolve_room(params.room_id_or_alias(req.params["roomIdOrAlias"]))
     await hs.rooms.update_membership(requester, room_id, requester.user_id, "knock", reason)
     return ok({"room_id": room_id})
 
@@ -175,7 +175,7 @@ async def sync(hs: Any, req: ApiRequest) -> ApiResponse:
 
 
 async def get_alias(hs: Any, req: ApiRequest) -> ApiResponse:
-    alias = req.params["roomAlias"]
+    alias = params.room_alias(req.params["roomAlias"])
     room_id = await hs.rooms.resolve_alias_local(alias)
     if room_id is None:
         raise errors.not_found(f"Room alias {alias} not found")
@@ -187,13 +187,13 @@ async def put_alias(hs: Any, req: ApiRequest) -> ApiResponse:
     room_id = req.json_object().get("room_id")
     if not isinstance(room_id, str):
         raise errors.missing_param("Missing 'room_id'")
-    await hs.rooms.create_alias(requester, req.params["roomAlias"], room_id)
+    await hs.rooms.create_alias(requester, params.room_alias(req.params["roomAlias"]), room_id)
     return ok()
 
 
 async def delete_alias(hs: Any, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
-    await hs.rooms.delete_alias(requester, req.params["roomAlias"])
+    await hs.rooms.delete_alias(requester, params.room_alias(req.params["roomAlias"]))
     return ok()
 
 

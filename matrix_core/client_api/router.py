@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 from .. import errors
 from .request import ApiRequest, ApiResponse
 
 Handler = Callable[[Any, ApiRequest], Awaitable[ApiResponse]]
+H = TypeVar("H")  # a handler: the client API's `Handler`, or federation's
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class Route(Generic[H]):
     method: str
     pattern: tuple[str, ...]  # literal segments, or "{name}" captures, or "{name...}" for the rest
-    handler: Handler
+    handler: H
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         params: dict[str, str] = {}
@@ -31,15 +32,18 @@ class Route:
         return params if len(segments) == len(self.pattern) else None
 
 
-class Router:
+class Router(Generic[H]):
+    """Method + path segments -> (handler, path parameters); generic in the handler's type so the
+    client API and federation share the matching (one router) with their own handler signatures."""
+
     def __init__(self) -> None:
-        self.routes: list[Route] = []
+        self.routes: list[Route[H]] = []
         # (first segment, number of segments) -> the routes that can match: a dict hit instead of
         # trying every route on each request (the send route is matched thousands of times a second).
-        self._index: dict[tuple[str, int], list[Route]] = {}
-        self._open_ended: list[Route] = []
+        self._index: dict[tuple[str, int], list[Route[H]]] = {}
+        self._open_ended: list[Route[H]] = []
 
-    def add(self, method: str, path: str, handler: Handler) -> None:
+    def add(self, method: str, path: str, handler: H) -> None:
         """Register a handler; adding the same method and path again replaces the earlier one."""
         route = Route(method.upper(), tuple(path.strip("/").split("/")), handler)
         if any(r.method == route.method and r.pattern == route.pattern for r in self.routes):
@@ -51,18 +55,18 @@ class Router:
             self._index.setdefault((route.pattern[0], len(route.pattern)), []).append(route)
 
     def _remove(self, method: str, pattern: tuple[str, ...]) -> None:
-        def keep(routes: list[Route]) -> list[Route]:
+        def keep(routes: list[Route[H]]) -> list[Route[H]]:
             return [r for r in routes if not (r.method == method and r.pattern == pattern)]
 
         self.routes = keep(self.routes)
         self._open_ended = keep(self._open_ended)
         self._index = {k: keep(v) for k, v in self._index.items()}
 
-    def _candidates(self, segments: list[str]) -> list[Route]:
+    def _candidates(self, segments: list[str]) -> list[Route[H]]:
         indexed = self._index.get((segments[0], len(segments)), []) if segments else []
         return indexed + self._open_ended if self._open_ended else indexed
 
-    def resolve(self, method: str, segments: list[str]) -> tuple[Handler, dict[str, str]]:
+    def resolve(self, method: str, segments: list[str]) -> tuple[H, dict[str, str]]:
         path_matched = False
         for route in self._candidates(segments):
             params = route.match(segments)
@@ -74,6 +78,11 @@ class Router:
         if path_matched:
             raise errors.MatrixError(405, "M_UNRECOGNIZED", f"Method {method} not allowed here")
         raise errors.unrecognized()
+
+
+
+class ClientRouter(Router[Handler]):
+    """The client-server API's route table (HTTP and CoAP dispatch through it)."""
 
     async def dispatch(self, hs: Any, request: ApiRequest) -> ApiResponse:
         handler, params = self.resolve(request.method, request.segments)

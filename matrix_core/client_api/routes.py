@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from . import auth_handlers as a
 from . import room_handlers as r
-from .router import Router
+from .router import ClientRouter
 
 
-def build_router() -> Router:
-    router = Router()
+def build_router() -> ClientRouter:
+    router = ClientRouter()
     add = router.add
     add("GET", "versions", a.versions)
     add("GET", "login", a.login_flows)

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from .. import errors
-from ..store import event_index
+from ..store import federation as federation_store
 from ..events import Event
 from ..identifiers import server_of
 from .joins import make_membership_template, on_invite, on_send_membership
@@ -83,13 +83,10 @@ async def _state_before(hs: Any, origin: str, req: FederationRequest) -> tuple[A
     event_id = req.arg("event_id")
     if not event_id:
         raise errors.missing_param("event_id is required")
-    row = await hs.db.fetchone(
-        f"SELECT state_group_before FROM events WHERE {event_index.BY_ID_PARAM} AND room_id = ?2 AND outlier = 0",
-        (event_id, room_id),
-    )
-    if row is None or row[0] is None:
+    group = await federation_store.state_group_before(hs.db, event_id, room_id)
+    if group is None:
         raise errors.not_found("no state known at that event")
-    state = await hs.rooms.load_state_group(room_id, row[0])
+    state = await hs.rooms.load_state_group(room_id, group)
     return room_id, list(state.values())
 
 

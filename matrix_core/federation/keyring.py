@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any, Callable, Iterable
 
 from ..canonical_json import encode_json
+from ..clock import now_ms as _now_ms
+from ..store import federation as federation_store
 from ..signing import SignatureError, SigningKey, decode_base64, encode_base64, verify_json_signature
 from .client import FederationTransportError
 from .keys import (
@@ -34,10 +35,6 @@ KEY_FETCH_TIMEOUT = 15.0
 
 class KeyLookupError(Exception):
     """No key valid at the requested time could be found for that server and key id."""
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class KeyRing:
@@ -211,15 +208,12 @@ class KeyRing:
         return key
 
     async def _load(self, server_name: str) -> None:
-        rows = await self.db.fetchall(
-            "SELECT key_id, verify_key, valid_until_ts, expired_ts FROM federation_server_keys WHERE server_name = ?",
-            (server_name,))
-        for key_id, verify_key, valid_until, expired in rows:
+        for key_id, verify_key, valid_until, expired in await federation_store.server_keys(self.db, server_name):
             self._keys.setdefault((server_name, key_id),
                                   ServerKey(server_name, key_id, decode_base64(verify_key), valid_until, expired))
-        row = await self.db.fetchone("SELECT json FROM federation_key_documents WHERE server_name = ?", (server_name,))
-        if row is not None and server_name not in self._docs:
-            self._docs[server_name] = json.loads(row[0])
+        doc = await federation_store.key_document(self.db, server_name)
+        if doc is not None and server_name not in self._docs:
+            self._docs[server_name] = json.loads(doc)
 
     async def _store(self, server_name: str, doc: dict[str, Any], keys: dict[str, ServerKey], from_server: str) -> None:
         # Keep only the origin's own signatures: that is what we relay (with ours) as a notary.
@@ -234,18 +228,9 @@ class KeyRing:
             return
         now = self.clock()
         doc_json = encode_json(self._docs[server_name]).decode()
-        rows = [(server_name, k.key_id, encode_base64(k.key), k.valid_until_ts, k.expired_ts, now, from_server)
-                for k in keys.values()]
-
-        def write(conn: Any) -> None:
-            conn.executemany(
-                "INSERT OR REPLACE INTO federation_server_keys (server_name, key_id, verify_key, valid_until_ts,"
-                " expired_ts, fetched_ts, from_server) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            conn.execute(
-                "INSERT OR REPLACE INTO federation_key_documents (server_name, valid_until_ts, fetched_ts, json)"
-                " VALUES (?, ?, ?, ?)", (server_name, self._docs[server_name]["valid_until_ts"], now, doc_json))
-
-        await self.db.write(write)
+        rows = [(k.key_id, encode_base64(k.key), k.valid_until_ts, k.expired_ts) for k in keys.values()]
+        await federation_store.store_keys(self.db, server_name, rows, from_server,
+                                          self._docs[server_name]["valid_until_ts"], doc_json, now)
 
     # -- serving as a notary -----------------------------------------------------------------
 

@@ -12,10 +12,11 @@ import logging
 import time
 from typing import Any
 
+from .. import errors
 from ..events import Event
 from .client import federation_path
 from ..identifiers import server_of
-from ..store import event_json
+from ..store import federation as federation_store
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ class FederationSender:
         self._forward: set[str] = set()
 
     async def start(self) -> None:
-        rows = await self.hs.db.fetchall("SELECT destination, last_stream FROM federation_outbound")
-        for name, last in rows:
+        for name, last in await federation_store.outbound_positions(self.hs.db):
             dest = self._destination(name, last)
             await self._refill_from_store(dest)
         self.hs.rooms.persist_listeners.append(self._on_persisted)
@@ -106,15 +106,9 @@ class FederationSender:
 
     async def _refill_from_store(self, dest: Destination) -> None:
         """After a restart: our events the destination has not acknowledged, in rooms it is in."""
-        rows = await self.hs.db.fetchall(
-            "SELECT e.stream_ordering, e.event_id, e.room_id, e.json FROM events e "
-            "WHERE e.stream_ordering > ? AND e.outlier = 0 AND e.rejected_reason IS NULL AND e.sender LIKE ? AND e.room_id IN ("
-            "SELECT room_id FROM current_state WHERE type = 'm.room.member' AND membership = 'join' "
-            "AND state_key LIKE ?) ORDER BY e.stream_ordering LIMIT 5000",
-            (dest.last_stream, f"%:{self.hs.server_name}", f"%:{dest.name}"),
-        )
+        rows = await federation_store.unsent_events(self.hs.db, dest.last_stream, self.hs.server_name, dest.name)
         rooms = self.hs.rooms
-        dest.queue.extend((pos, rooms.outgoing_pdu(Event(event_json.load(pdu), event_id, rooms.room_version(room_id))))
+        dest.queue.extend((pos, rooms.outgoing_pdu(Event(pdu, event_id, rooms.room_version(room_id))))
                           for pos, event_id, room_id, pdu in rows)
         if dest.queue:
             dest.wake.set()
@@ -151,9 +145,10 @@ class FederationSender:
             last = max(pos for pos, _ in batch)
             if last > dest.last_stream:
                 dest.last_stream = last
-                await self.hs.db.write(lambda conn, n=dest.name, p=last: conn.execute(
-                    "INSERT INTO federation_outbound (destination, last_stream) VALUES (?, ?) "
-                    "ON CONFLICT(destination) DO UPDATE SET last_stream = excluded.last_stream", (n, p)))
+                try:
+                    await federation_store.set_outbound_position(self.hs.db, dest.name, last)
+                except errors.StorageFull:  # saved with a later batch; a restart before resends (deduplicated)
+                    pass
 
     async def ping(self, server_name: str) -> None:
         """An empty transaction: tells a server we are back (it then retries what it owes us)."""

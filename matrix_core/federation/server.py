@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote
 from aiohttp import web
 
 from .. import errors
+from ..client_api.http_listener import HttpListener
 from ..client_api.router import Router
 from ..canonical_json import CanonicalJSONError, JSONSyntaxError, encode_json, parse_json
 from .keyring import KeyLookupError, KeyRing
@@ -62,14 +63,14 @@ class FederationRequest:
 Handler = Callable[[Any, str, FederationRequest], Awaitable[tuple[int, Any]]]
 
 
-class FederationRoutes(Router):
+class FederationRoutes(Router[Handler]):
     """Method + path template -> handler, with the client API's route matching (one router):
     templates use {name} for one decoded path segment and must live under /_matrix/."""
 
-    def add(self, method: str, path: str, handler: Handler) -> None:  # type: ignore[override]
+    def add(self, method: str, path: str, handler: Handler) -> None:
         if not path.startswith("/_matrix/"):
             raise ValueError(f"federation routes live under /_matrix/: {path}")
-        super().add(method, path, handler)  # type: ignore[arg-type]
+        super().add(method, path, handler)
 
 
 FEDERATION_ROUTES = FederationRoutes()
@@ -189,7 +190,8 @@ class FederationFrontend:
 
     def __init__(self, hs: Any, data_dir: Path, bind: str, port: int, tls_cert: str = "", tls_key: str = "",
                  verify_tls: bool = True, allow_loopback: bool = False,
-                 routes: FederationRoutes = FEDERATION_ROUTES) -> None:
+                 routes: FederationRoutes = FEDERATION_ROUTES, idle_timeout: float = 15.0,
+                 max_per_address: int = 64) -> None:
         self.hs = hs
         self.data_dir = Path(data_dir)
         self.bind = bind
@@ -199,7 +201,9 @@ class FederationFrontend:
         self.verify_tls = verify_tls
         self.allow_loopback = allow_loopback
         self.routes = routes
-        self._runner: web.AppRunner | None = None
+        self.idle_timeout = idle_timeout
+        self.max_per_address = max_per_address
+        self._listener: HttpListener | None = None
         self.client: Any = None
         self.keyring: KeyRing | None = None
 
@@ -214,19 +218,15 @@ class FederationFrontend:
         self.hs.federation_client = self.client
         self.hs.keyring = self.keyring
         self.hs.federation_routes = self.routes
-        self._runner = web.AppRunner(make_federation_app(self.hs, self.routes, self.keyring), access_log=None,
-                                     shutdown_timeout=5.0, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.bind, self.port, ssl_context=ssl_context, reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        # The client API's listener, with TLS: idle and slowloris connections closed, a cap per address.
+        self._listener = HttpListener(make_federation_app(self.hs, self.routes, self.keyring), self.bind,
+                                      self.port, self.idle_timeout, self.max_per_address, ssl_context)
+        self.port = await self._listener.start()
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self.client is not None:
             await self.client.close()
 

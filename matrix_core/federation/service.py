@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import errors
 from ..identifiers import server_of
-from ..store import event_index, event_json
+from ..store import federation as federation_store
 from . import endpoints  # noqa: F401  (registers the room endpoints on the route table)
 from .client import federation_path
 from .inbound import InboundEvents, PDUError
@@ -35,10 +35,7 @@ class FederationService:
         hs.accounts.remote_profile = self._remote_profile
         await hs.federation_sender.start()
         # Tell every server we share a room with that we are (back) up: they retry what they owe us.
-        rows = await hs.db.fetchall(
-            "SELECT DISTINCT state_key FROM current_state WHERE type = 'm.room.member' AND membership = 'join'"
-        )
-        servers = {server_of(user) for (user,) in rows} - {hs.server_name}
+        servers = {server_of(user) for user in await federation_store.joined_user_ids(hs.db)} - {hs.server_name}
         for server in servers:
             import asyncio
 
@@ -69,11 +66,9 @@ class FederationService:
         servers = hs.federation_sender.servers_in_room(room_id) - {hs.server_name}
         if not servers:
             return False
-        row = await hs.db.fetchone(
-            event_index.room_events("e.stream_ordering, e.json", "?1", event_index.TIMELINE, "ASC", "1"), (room_id,))
-        if row is None:
+        oldest = await federation_store.oldest_event(hs.db, room_id)
+        if oldest is None:
             return False
-        oldest = event_json.load(row[1])
         if oldest.get("type") == "m.room.create" or not oldest.get("prev_events"):
             return False
         known = await hs.rooms.get_events_any(oldest["prev_events"])

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .. import errors
 from ..identifiers import random_string, user_id_for
 from ..passwords import check_password
+from ..ratelimit import LoginThrottle
 from ..store import Database
 from ..store import accounts as account_rows
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,11 +26,34 @@ class Requester:
     access_token: str
 
 
+@dataclass(frozen=True, slots=True)
+class TokensRevoked:
+    """Access tokens that stopped working (logout, logout all): every live session opened with
+    one of them (an MQTT connection, a CoAP observation) must end now, not at its next request.
+
+    `device_id` is None when every device of the user lost its tokens. `tokens` names exactly the
+    tokens revoked, so a listener decides without a database read; sessions authenticated with
+    the account password are not covered (the password still works)."""
+
+    user_id: str
+    device_id: str | None
+    tokens: frozenset[str]
+
+
+#: Told, synchronously after the COMMIT and before the revoking request is answered.
+RevocationListener = Callable[[TokensRevoked], None]
+
+
 class Accounts:
-    def __init__(self, db: Database, server_name: str) -> None:
+    def __init__(self, db: Database, server_name: str, login_throttle: LoginThrottle | None = None) -> None:
         self.db = db
         self.server_name = server_name
+        self.login_throttle = login_throttle or LoginThrottle()
         self._token_cache: dict[str, Requester] = {}
+        self._revocation_listeners: list[RevocationListener] = []
+        # Bumped at every revocation: a token lookup that was reading while one happened reads
+        # again, so a revoked token is never cached (nor handed to a front end) after the fact.
+        self._revocations = 0
         # Set by the federation front end: a remote user's profile via /query/profile.
         self.remote_profile: Any = None
 
@@ -39,11 +66,15 @@ class Accounts:
         cached = self._token_cache.get(token)
         if cached is not None:
             return cached
-        row = await self.db.fetchone(
-            "SELECT t.user_id, t.device_id, u.admin FROM access_tokens t JOIN users u ON u.user_id = t.user_id "
-            "WHERE t.token = ?",
-            (token,),
-        )
+        while True:
+            revocations = self._revocations
+            row = await self.db.fetchone(
+                "SELECT t.user_id, t.device_id, u.admin FROM access_tokens t JOIN users u ON u.user_id = t.user_id "
+                "WHERE t.token = ?",
+                (token,),
+            )
+            if revocations == self._revocations:
+                break
         if row is None:
             raise errors.unknown_token()
         requester = Requester(row[0], row[1], bool(row[2]), token)
@@ -55,18 +86,32 @@ class Accounts:
     async def user_exists(self, user_id: str) -> bool:
         return await self.db.fetchone("SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is not None
 
-    async def check_credentials(self, localpart_or_id: str, password: str) -> str | None:
-        """The user id if the password is right, else None (scrypt runs off the event loop)."""
+    async def admin_user_ids(self) -> set[str]:
+        """The hub admins (`matrix-gateway user add --admin`)."""
+        return {row[0] for row in await self.db.fetchall("SELECT user_id FROM users WHERE admin = 1")}
+
+    async def check_credentials(self, localpart_or_id: str, password: str, address: str | None) -> str | None:
+        """The user id if the password is right, else None (scrypt runs off the event loop).
+
+        `address` is the client's IP, whatever the protocol: password guessing is throttled here
+        for all of them (ratelimit.LoginThrottle), raising M_LIMIT_EXCEEDED; None only for a
+        password the hub itself just set (registration).
+        """
         user_id = self.local_user_id(localpart_or_id)
+        attempt = self.login_throttle.attempt(user_id, address) if address is not None else None
         row = await self.db.fetchone("SELECT password_hash FROM users WHERE user_id = ?", (user_id,))
         if row is None or not row[0]:
             return None
         ok = await asyncio.get_running_loop().run_in_executor(None, check_password, password, row[0])
-        return user_id if ok else None
+        if not ok:
+            return None
+        if attempt is not None:
+            self.login_throttle.succeeded(attempt)
+        return user_id
 
     async def login(self, localpart_or_id: str, password: str, device_id: str | None,
-                    display_name: str | None) -> dict[str, Any]:
-        user_id = await self.check_credentials(localpart_or_id, password)
+                    display_name: str | None, address: str | None) -> dict[str, Any]:
+        user_id = await self.check_credentials(localpart_or_id, password, address)
         if user_id is None:
             raise errors.forbidden("Invalid username or password")
         device = device_id or random_string(10).upper()
@@ -80,15 +125,38 @@ class Accounts:
             "home_server": self.server_name,
         }
 
+    def on_revoked(self, listener: RevocationListener) -> Callable[[], None]:
+        """Register a front end to be told of revoked tokens (at its start-up); returns the
+        function that unregisters it."""
+        self._revocation_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._revocation_listeners:
+                self._revocation_listeners.remove(listener)
+
+        return remove
+
+    def _revoked(self, revoked: TokensRevoked) -> None:
+        """After the tokens' deletion is committed: forget them, then tell every listener."""
+        self._revocations += 1
+        for token in revoked.tokens:
+            self._token_cache.pop(token, None)
+        for listener in list(self._revocation_listeners):
+            try:
+                listener(revoked)
+            except Exception:  # one front end's bug must not keep the others' sessions open
+                log.exception("token revocation listener failed")
+
     async def logout(self, requester: Requester) -> None:
         await self.db.write(lambda conn: account_rows.delete_token(conn, requester.access_token))
-        self._token_cache.pop(requester.access_token, None)
+        self._revoked(TokensRevoked(requester.user_id, requester.device_id, frozenset([requester.access_token])))
 
     async def logout_all(self, requester: Requester) -> None:
-        await self.db.write(lambda conn: account_rows.delete_all_tokens(conn, requester.user_id))
+        tokens = await self.db.write(lambda conn: account_rows.delete_all_tokens(conn, requester.user_id))
         for token, cached in list(self._token_cache.items()):
             if cached.user_id == requester.user_id:
                 del self._token_cache[token]
+        self._revoked(TokensRevoked(requester.user_id, None, frozenset(tokens) | {requester.access_token}))
 
     async def get_profile(self, user_id: str) -> dict[str, Any]:
         if not user_id.endswith(":" + self.server_name) and self.remote_profile is not None:

@@ -20,11 +20,14 @@ from ..event_hashing import compute_event_id, hash_and_encode_new_event, sign_if
 from ..events import Event
 from ..identifiers import is_valid_user_id, random_string, split_id
 from ..notifier import EventStream
-from ..room_presets import initial_state_events
+from ..room_presets import check_body as check_create_body, initial_state_events
 from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from ..signing import SigningKey
 from ..store import Database, event_index, event_json
+from ..store import rooms as room_rows
+from ..store.database import WriteFn
 from .accounts import Requester
+from .read_access import ReadAccess, ReadGate
 from .room_cache import MAX_STATE_CHAIN, RoomCache, StateKey
 
 log = logging.getLogger(__name__)
@@ -82,9 +85,18 @@ class Rooms:
         self.remote_invite: Callable[[RoomCache, Event], Any] | None = None
         # Fetch older history of a room from other servers (room_id, how many) -> anything placed?
         self.backfill: Callable[[str, int], Any] | None = None
+        # Alias localpart prefixes a component owns (the MQTT broker's "mqtt/", which routes topics
+        # by them): only that component and hub admins create or delete aliases there.
+        self.reserved_alias_prefixes: list[str] = []
+        # Rooms an account may create (0: no limit; hub admins are exempt), and the contact a
+        # refusal names (the config's max_rooms_per_user and admin_contact).
+        self.max_rooms_per_user = 0
+        self.admin_contact = ""
+        self._rooms_created: dict[str, int] = {}  # user -> rooms created, once read
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
         self.compactor = event_index.Compactor(self.db.submit)
+        self.read_gate = ReadGate(db)
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -326,10 +338,12 @@ class Rooms:
         return group, base_chain + 1
 
     def _apply_and_enqueue(self, room: RoomCache, events: list[Event], txn_key: str | None = None,
-                           new_room: bool = False) -> "asyncio.Future[Any]":
+                           new_room: bool = False, also: WriteFn | None = None) -> "asyncio.Future[Any]":
         """Advance the room's in-memory state past local `events` and queue their write (no await)."""
         rows = _Rows()
         self._apply(room, events, rows, txn_key)
+        if also is not None:
+            rows.also.append(also)
         if new_room:
             rows.new_room = (room.room_id, room.version.identifier, events[0].sender)
         self._update_room_row(rows, room, latest_is_sole_extremity=True)
@@ -378,10 +392,13 @@ class Rooms:
 
         def on_committed(f: "asyncio.Future[Any]") -> None:
             if f.cancelled() or f.exception() is not None:
-                log.error("write for room %s failed (%s); reloading its state", room.room_id,
-                          None if f.cancelled() else f.exception())
+                exc = None if f.cancelled() else f.exception()
+                if not isinstance(exc, errors.StorageFull):  # a full disk is logged by the store, once a minute
+                    log.error("write for room %s failed (%s); reloading its state", room.room_id, exc)
                 self._rooms.pop(room.room_id, None)
                 return
+            if rows.visibility_changed:
+                self.read_gate.visibility_changed(room.room_id)
             for user_id, membership, pos in rows.member_updates:
                 self.memberships.setdefault(user_id, {})[room.room_id] = (membership, pos)
             for _, ev in rows.notify:
@@ -592,8 +609,12 @@ class Rooms:
             "DELETE FROM remote_invites WHERE user_id = ? AND room_id = ?", (user_id, room_id)))
 
     async def send_event(self, requester: Requester, room_id: str, event_type: str, content: Any,
-                         txn_id: str | None = None, state_key: str | None = None) -> str:
-        """Send a message or state event as the requester; returns the event id once durable."""
+                         txn_id: str | None = None, state_key: str | None = None,
+                         also: WriteFn | None = None) -> str:
+        """Send a message or state event as the requester; returns the event id once durable.
+
+        `also`: a front end's own write committed in the same transaction as the event (MQTT
+        records a QoS 2 packet id with its message: a crash cannot keep one without the other)."""
         if not isinstance(content, dict):
             raise errors.bad_json("Event content must be a JSON object")
         txn_key = f"{requester.user_id}|{requester.device_id}|{txn_id}" if txn_id is not None else None
@@ -611,7 +632,7 @@ class Rooms:
             if len(self._txn_of_event) > TXN_MEMORY:
                 self._txn_of_event.clear()
         try:
-            await self._apply_and_enqueue(room, [event], txn_key)
+            await self._apply_and_enqueue(room, [event], txn_key, also=also)
         except BaseException:
             if txn_key is not None:
                 self._txns.pop(txn_key, None)
@@ -628,7 +649,8 @@ class Rooms:
 
     def send_events_nowait(self, requester: Requester, room_id: str,
                            items: list[tuple[str, dict[str, Any], str | None]], delay: float = 0.0,
-                           on_placed: Callable[[list[tuple[int, Event]]], None] | None = None
+                           on_placed: Callable[[list[tuple[int, Event]]], None] | None = None,
+                           extras: "list[WriteFn | None] | None" = None,
                            ) -> "tuple[asyncio.Future[Any] | None, list[Any]]":
         """`send_event` without a coroutine, for many messages to one room as one write: a burst
         of device messages (MQTT reads dozens of PUBLISHes per socket read) shares one future,
@@ -642,20 +664,25 @@ class Rooms:
         `delay`: seconds the commit may wait to share it with later writes, for messages nobody
         is waiting to see acknowledged (MQTT QoS 0); they reach the stream after that commit.
         `on_placed` gets the (position, event) pairs at once, before the commit: a front end
-        may pass them on to its own live subscribers while they wait (MQTT QoS 0)."""
+        may pass them on to its own live subscribers while they wait (MQTT QoS 0).
+        `extras`: per item, a front end's own write (or None) committed in the same transaction
+        as that item's event, and only if the item is accepted (like `send_event`'s `also`)."""
         room = self._rooms.get(room_id)
         if room is None:
             return None, []
         outcomes: list[Any] = []
         events: list[Event] = []
         rows = _Rows()
-        for event_type, content, state_key in items:
+        for i, (event_type, content, state_key) in enumerate(items):
             try:
                 event = self._build_requested(room, requester, event_type, content, state_key)
             except errors.MatrixError as exc:
                 outcomes.append(exc)
                 continue
             self._apply(room, [event], rows)  # the next event builds on this one
+            extra = extras[i] if extras is not None else None
+            if extra is not None:
+                rows.also.append(extra)
             events.append(event)
             outcomes.append(event.event_id)
         if not events:
@@ -668,12 +695,16 @@ class Rooms:
 
     # -- creating rooms ---------------------------------------------------------------------------
 
-    async def create_room(self, requester: Requester, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_room(self, requester: Requester, body: dict[str, Any], *,
+                          reserved_alias_ok: bool = False) -> dict[str, Any]:
+        """`reserved_alias_ok`: the caller is the component owning the alias's namespace."""
+        check_create_body(body, self.server_name)
         version_id = body.get("room_version", DEFAULT_ROOM_VERSION.identifier)
         if not isinstance(version_id, str) or version_id not in KNOWN_ROOM_VERSIONS:
             raise errors.unsupported_room_version(str(version_id))
         version = KNOWN_ROOM_VERSIONS[version_id]
         creator = requester.user_id
+        await self._check_room_quota(requester)
 
         alias = None
         alias_name = body.get("room_alias_name")
@@ -681,6 +712,8 @@ class Rooms:
             if not isinstance(alias_name, str) or not alias_name or ":" in alias_name or "#" in alias_name:
                 raise errors.MatrixError(400, "M_INVALID_PARAM", "Invalid room_alias_name")
             alias = f"#{alias_name}:{self.server_name}"
+            if not reserved_alias_ok:
+                self._check_alias_namespace(requester, alias_name)
             if await self.resolve_alias_local(alias) is not None:
                 raise errors.MatrixError(400, "M_ROOM_IN_USE", "Room alias already taken")
 
@@ -703,6 +736,14 @@ class Rooms:
                 "origin_server_ts": self.clock(), "depth": 1, "prev_events": [], "auth_events": [],
             }
             create = self._finish_event(pdu, {}, version)
+            # The room id is the create event's hash, and its only entropy is the millisecond:
+            # one user creating rooms in the same millisecond (an MQTT device's first publishes
+            # to new topics, a script) would make one room id twice. Like Synapse, move
+            # origin_server_ts on until the id is new; nothing awaits between this check and
+            # the room's registration below, so two creations cannot both pass it.
+            while create.room_id in self._room_versions:
+                pdu["origin_server_ts"] = create.origin_server_ts + 1
+                create = self._finish_event(pdu, {}, version)
             room_id = create.room_id
         else:
             room_id = f"!{random_string(18)}:{self.server_name}"
@@ -730,6 +771,7 @@ class Rooms:
             scratch.depth = ev.depth
             events.append(ev)
 
+        counted = self._count_room(requester)
         self._room_versions[room_id] = version
         self._rooms[room_id] = room
         try:
@@ -737,12 +779,40 @@ class Rooms:
         except BaseException:
             self._rooms.pop(room_id, None)
             self._room_versions.pop(room_id, None)
+            if counted:
+                self._rooms_created[creator] -= 1
             raise
         if alias is not None:
-            await self.create_alias(requester, alias, room_id)
+            await self.create_alias(requester, alias, room_id, reserved_ok=True)
         if body.get("visibility") == "public":
             await self.db.write(lambda c: c.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,)))
         return {"room_id": room_id, **({"room_alias": alias} if alias else {})}
+
+    async def _check_room_quota(self, requester: Requester) -> None:
+        """Refuse before any work if the account already created max_rooms_per_user rooms (one
+        account made 299 during fuzzing). Counts every room it created, MQTT default rooms too."""
+        limit = self.max_rooms_per_user
+        if not limit or requester.is_admin:
+            return
+        if requester.user_id not in self._rooms_created:
+            count = await room_rows.count_created_by(self.db, requester.user_id)
+            self._rooms_created.setdefault(requester.user_id, count)  # a concurrent call may have read it
+        self._count_room(requester, dry_run=True)
+
+    def _count_room(self, requester: Requester, dry_run: bool = False) -> bool:
+        """Count one more room for its creator (no await between the check and the count, so
+        concurrent creations cannot both take the last one); True if counted."""
+        limit = self.max_rooms_per_user
+        if not limit or requester.is_admin:
+            return False
+        count = self._rooms_created[requester.user_id]
+        if count >= limit:
+            raise errors.resource_limit_exceeded(
+                f"This account has created {count} rooms, the most this hub allows (max_rooms_per_user)",
+                self.admin_contact)
+        if not dry_run:
+            self._rooms_created[requester.user_id] = count + 1
+        return not dry_run
 
     # -- membership -------------------------------------------------------------------------------
 
@@ -880,13 +950,29 @@ class Rooms:
             raise errors.not_found(f"Unknown room {room_id_or_alias}")
         return room_id_or_alias
 
-    async def create_alias(self, requester: Requester, alias: str, room_id: str) -> None:
+    def reserve_alias_namespace(self, localpart_prefix: str) -> None:
+        """Reserve aliases whose localpart starts with `localpart_prefix` for the calling component
+        (which passes reserved_ok / reserved_alias_ok) and hub admins, as an appservice's
+        exclusive namespace is: an alias there is trusted to be the component's."""
+        if localpart_prefix not in self.reserved_alias_prefixes:
+            self.reserved_alias_prefixes.append(localpart_prefix)
+
+    def _check_alias_namespace(self, requester: Requester, localpart: str) -> None:
+        if requester.is_admin:
+            return
+        for prefix in self.reserved_alias_prefixes:
+            if localpart.startswith(prefix):
+                raise errors.exclusive(f"Aliases starting with #{prefix} are reserved for the hub")
+
+    async def create_alias(self, requester: Requester, alias: str, room_id: str, *, reserved_ok: bool = False) -> None:
         try:
-            _, server = split_id(alias, "#")
+            localpart, server = split_id(alias, "#")
         except ValueError:
             raise errors.invalid_param(f"Invalid alias {alias!r}") from None
         if server != self.server_name:
             raise errors.invalid_param("Alias must be on this server")
+        if not reserved_ok:
+            self._check_alias_namespace(requester, localpart)
         if room_id not in self._room_versions:
             raise errors.not_found("Unknown room")
         if await self.resolve_alias_local(alias) is not None:
@@ -900,6 +986,7 @@ class Rooms:
         row = await self.db.fetchone("SELECT room_id, creator FROM room_aliases WHERE alias = ?", (alias,))
         if row is None:
             raise errors.not_found("Alias not found")
+        self._check_alias_namespace(requester, alias[1:].split(":", 1)[0])
         if row[1] != requester.user_id and not requester.is_admin:
             room = await self.get_room(row[0])
             level = auth_rules.get_user_power_level(requester.user_id, room.state)
@@ -910,31 +997,26 @@ class Rooms:
 
     # -- reading state and history ----------------------------------------------------------------
 
-    async def check_can_read(self, requester: Requester, room_id: str) -> int | None:
-        """Raise unless the user may read the room; returns the last position they may see."""
+    async def read_access(self, requester: Requester, room_id: str) -> ReadAccess:
+        """Raise unless the user may read the room; what they may see of it (history visibility)."""
         room = await self.get_room(room_id)
-        member = self.membership_of(requester.user_id, room_id)
-        if member is not None and member[0] == "join":
-            return None
-        if room.state_content("m.room.history_visibility").get("history_visibility") == "world_readable":
-            return None
-        if member is not None and member[0] in ("leave", "ban"):
-            return member[1]
-        raise errors.forbidden("You are not a member of this room")
+        visibility = room.state_content("m.room.history_visibility").get("history_visibility")
+        return await self.read_gate.access(requester.user_id, room_id, self.membership_of(requester.user_id, room_id),
+                                           visibility if isinstance(visibility, str) else "shared")
+
+    async def _readable_state(self, requester: Requester, room_id: str) -> dict[StateKey, Event]:
+        """The state the user may read: the current one, or the one they left (if they could read it)."""
+        upto = (await self.read_access(requester, room_id)).state_position()
+        if upto is None:
+            return (await self.get_room(room_id)).state
+        return await self.state_at(room_id, upto)
 
     async def get_state(self, requester: Requester, room_id: str) -> list[dict[str, Any]]:
-        upto = await self.check_can_read(requester, room_id)
-        room = await self.get_room(room_id)
-        if upto is not None:
-            return [self.serialize(ev) for ev in (await self.state_at(room_id, upto)).values()]
-        return [self.serialize(ev) for ev in room.state.values()]
+        return [self.serialize(ev) for ev in (await self._readable_state(requester, room_id)).values()]
 
     async def get_state_event(self, requester: Requester, room_id: str, event_type: str,
                               state_key: str) -> Event:
-        upto = await self.check_can_read(requester, room_id)
-        room = await self.get_room(room_id)
-        state = room.state if upto is None else await self.state_at(room_id, upto)
-        ev = state.get((event_type, state_key))
+        ev = (await self._readable_state(requester, room_id)).get((event_type, state_key))
         if ev is None:
             raise errors.not_found("Event not found.")
         return ev
@@ -943,7 +1025,7 @@ class Rooms:
         """The room state after the event at `position` (walks the state-group delta chain)."""
         row = await self.db.fetchone(
             event_index.room_events("e.stream_ordering, e.state_group", "?1",
-                                    "{pos} <= ?2 AND e.state_group IS NOT NULL", "DESC", "1"),
+                                    "e.state_group IS NOT NULL", "DESC", "1", upto="?2"),
             (room_id, position),
         )
         if row is None:
@@ -974,9 +1056,9 @@ class Rooms:
         return out
 
     async def get_event_for_client(self, requester: Requester, room_id: str, event_id: str) -> dict[str, Any]:
-        upto = await self.check_can_read(requester, room_id)
+        access = await self.read_access(requester, room_id)
         found = await self.fetch_event(event_id)
-        if found is None or found[0].room_id != room_id or (upto is not None and found[1] > upto):
+        if found is None or found[0].room_id != room_id or not access.event_visible(found[1], found[0]):
             raise errors.not_found("Event not found.")
         return self.serialize(found[0], requester)
 
@@ -986,16 +1068,15 @@ class Rooms:
         lower = after if after is not None else -(2**62)
         order = "ASC" if forwards else "DESC"
         rows = await self.db.fetchall(
-            event_index.room_events("e.stream_ordering, e.event_id, e.room_id, e.json", "?1",
-                                    f"{{pos}} > ?2 AND {{pos}} <= ?3 AND {event_index.TIMELINE}", order, "?4"),
+            event_index.timeline_page(order),
             (room_id, lower, upto, limit),
         )
         return self.rows_to_events(rows)
 
     async def messages(self, requester: Requester, room_id: str, from_pos: int | None, direction: str,
                        limit: int, to_pos: int | None) -> dict[str, Any]:
-        upto = await self.check_can_read(requester, room_id)
-        ceiling = self.stream.position if upto is None else upto
+        access = await self.read_access(requester, room_id)
+        ceiling = self.stream.position if access.upto is None else access.upto
         if direction == "b":
             start = ceiling if from_pos is None else min(from_pos, ceiling)
             got = await self.timeline(room_id, start, limit, after=to_pos)
@@ -1009,7 +1090,7 @@ class Rooms:
             got = await self.timeline(room_id, upper, limit, after=start, forwards=True)
             end = got[-1][0] if got else None
         body: dict[str, Any] = {
-            "chunk": [self.serialize(ev, requester) for _, ev in got],
+            "chunk": [self.serialize(ev, requester) for _, ev in access.visible(got)],
             "start": f"s{start}",
         }
         if end is not None and len(got) == limit:
@@ -1037,7 +1118,9 @@ class _Rows:
         self.member_updates: list[tuple[str, str, int]] = []
         self.notify: list[tuple[int, Event]] = []
         self.new_room: tuple[str, str, str | None] | None = None
+        self.visibility_changed = False  # holds an m.room.history_visibility event (read_access)
         self.room_update: tuple[str, int | None, str] | None = None
+        self.also: list[WriteFn] = []  # front ends' writes that commit with these events or not at all
 
     def add_event(self, pos: int, ev: Event, group: int | None, before_group: int | None, txn_key: str | None,
                   outlier: bool = False, rejected: str | None = None, announce: bool = True,
@@ -1054,6 +1137,8 @@ class _Rows:
         self.fresh.append(fresh)
         if ev.type == "m.room.redaction" and ev.redacts and not outlier and rejected is None:
             self.redactions.append((ev.redacts, ev.event_id))
+        if ev.type == "m.room.history_visibility":
+            self.visibility_changed = True
         if announce and not outlier and rejected is None:
             self.notify.append((pos, ev))
 
@@ -1125,3 +1210,5 @@ class _Rows:
                 "UPDATE rooms SET forward_extremities = ?, current_state_group = ? WHERE room_id = ?",
                 self.room_update,
             )
+        for fn in self.also:
+            fn(conn)

@@ -1,29 +1,26 @@
 """/sync: what changed for one user since a stream position, long-polling on the event stream."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from .. import errors
+from .. import errors, params
 from ..events import Event
+from ..log_limit import LogLimiter
 from ..notifier import EventStream
 from .accounts import Requester
 from .rooms import Rooms
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 500
 
 
 def parse_stream_token(token: str | None) -> int | None:
-    """Our tokens are 's<position>' (also 't<position>'); positions may be negative (backfill)."""
-    if token is None:
-        return None
-    if len(token) >= 2 and token[0] in "st":
-        try:
-            return int(token[1:])
-        except ValueError:
-            pass
-    raise errors.invalid_param(f"Invalid stream token {token!r}")
+    """Our tokens are 's<position>' (also 't<position>'); strict and bounded (params.py)."""
+    return params.stream_token(token)
 
 
 def timeline_limit(sync_filter: dict[str, Any]) -> int:
@@ -39,6 +36,7 @@ class Sync:
     def __init__(self, rooms: Rooms, stream: EventStream) -> None:
         self.rooms = rooms
         self.stream = stream
+        self._skip_log = LogLimiter(60.0)
 
     async def sync(self, requester: Requester, since: str | None, timeout_ms: int, full_state: bool,
                    sync_filter: dict[str, Any]) -> dict[str, Any]:
@@ -92,18 +90,50 @@ class Sync:
     async def _initial(self, requester: Requester, upto: int, limit: int) -> dict[str, Any]:
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
-        for room_id, (membership, _) in list(self.rooms.memberships.get(requester.user_id, {}).items()):
+        for room_id, (membership, _) in await self._loadable_memberships(requester.user_id):
             room = await self._room_if_known(room_id)
             if membership == "join":
                 timeline, limited = await self._room_window(room_id, None, upto, limit)
+                timeline = await self._visible(requester, room_id, timeline)
                 in_timeline = {ev.event_id for _, ev in timeline}
                 state = [ev for ev in room.state.values() if ev.event_id not in in_timeline]
                 join[room_id] = self._joined_room_body(requester, timeline, limited, state)
             elif membership == "invite":
-                state = self._invite_state(requester.user_id, room_id, room)
-                if state is not None:
-                    invite[room_id] = {"invite_state": {"events": state}}
+                stripped = self._invite_state(requester.user_id, room_id, room)
+                if stripped is not None:
+                    invite[room_id] = {"invite_state": {"events": stripped}}
         return {"join": join, "invite": invite, "leave": {}}
+
+    async def _loadable_memberships(self, user_id: str) -> list[tuple[str, tuple[str, int]]]:
+        """The user's memberships, less joined and invited rooms that cannot be loaded now.
+
+        A room this hub does not know although a join names it, or whose rows fail to load, is
+        left out with one log line a minute: one bad room must not make every /sync of its
+        members a 500. (Invites into rooms hosted elsewhere have no local room: they stay.)
+        """
+        out: list[tuple[str, tuple[str, int]]] = []
+        for room_id, entry in list(self.rooms.memberships.get(user_id, {}).items()):
+            if entry[0] in ("join", "invite"):
+                try:
+                    if self.rooms.room_version(room_id) is not None:
+                        if self.rooms.loaded_room(room_id) is None:
+                            await self.rooms.get_room(room_id)
+                    elif entry[0] == "join":
+                        raise LookupError("a membership names a room this hub does not hold")
+                except Exception as exc:
+                    if (suppressed := self._skip_log.allow(room_id)) is not None:
+                        log.error("sync leaves out room %s for %s: %r%s", room_id, user_id, exc,
+                                  f" ({suppressed} more since the last line)" if suppressed else "")
+                    continue
+            out.append((room_id, entry))
+        return out
+
+    async def _visible(self, requester: Requester, room_id: str,
+                       timeline: list[tuple[int, Event]]) -> list[tuple[int, Event]]:
+        """The events of a timeline window the user may see (history visibility)."""
+        if not timeline:
+            return timeline
+        return (await self.rooms.read_access(requester, room_id)).visible(timeline)
 
     def _invite_state(self, user_id: str, room_id: str, room: Any) -> list[dict[str, Any]] | None:
         """Stripped state for an invite: from the room if we know it, else from the remote invite."""
@@ -129,7 +159,7 @@ class Sync:
             for pos, ev in recent:
                 if pos <= upto:
                     by_room.setdefault(ev.room_id, []).append((pos, ev))
-        for room_id, (membership, mpos) in list(self.rooms.memberships.get(requester.user_id, {}).items()):
+        for room_id, (membership, mpos) in await self._loadable_memberships(requester.user_id):
             changed = since < mpos <= upto
             if membership == "join":
                 if by_room is not None:
@@ -140,6 +170,7 @@ class Sync:
                     timeline, limited = await self._room_window(room_id, since, upto, limit)
                 if not timeline and not changed and not full_state:
                     continue
+                timeline = await self._visible(requester, room_id, timeline)
                 room = await self.rooms.get_room(room_id)
                 in_timeline = {ev.event_id for _, ev in timeline}
                 if changed or full_state or by_room is None:
@@ -151,11 +182,12 @@ class Sync:
                     state = []
                 join[room_id] = self._joined_room_body(requester, timeline, limited, state)
             elif membership == "invite" and changed:
-                state = self._invite_state(requester.user_id, room_id, await self._room_if_known(room_id))
-                if state is not None:
-                    invite[room_id] = {"invite_state": {"events": state}}
+                stripped = self._invite_state(requester.user_id, room_id, await self._room_if_known(room_id))
+                if stripped is not None:
+                    invite[room_id] = {"invite_state": {"events": stripped}}
             elif membership in ("leave", "ban") and changed:
                 timeline, limited = await self._room_window(room_id, since, mpos, limit)
+                timeline = await self._visible(requester, room_id, timeline)
                 leave[room_id] = {
                     "timeline": {
                         "events": [self.rooms.serialize(ev, requester) for _, ev in timeline],

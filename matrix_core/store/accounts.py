@@ -3,14 +3,10 @@ thread and from the CLI (which may run beside a live hub: WAL lets both write)."
 from __future__ import annotations
 
 import sqlite3
-import time
 
+from ..clock import now_ms
 from ..identifiers import new_access_token
 from ..passwords import hash_password
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def user_exists(conn: sqlite3.Connection, user_id: str) -> bool:
@@ -53,5 +49,8 @@ def delete_token(conn: sqlite3.Connection, token: str) -> None:
     conn.execute("DELETE FROM access_tokens WHERE token = ?", (token,))
 
 
-def delete_all_tokens(conn: sqlite3.Connection, user_id: str) -> None:
+def delete_all_tokens(conn: sqlite3.Connection, user_id: str) -> list[str]:
+    """Delete every access token of the user; returns them (live sessions opened with them end)."""
+    tokens = [row[0] for row in conn.execute("SELECT token FROM access_tokens WHERE user_id = ?", (user_id,))]
     conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
+    return tokens

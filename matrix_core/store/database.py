@@ -4,6 +4,10 @@ Why one writer: SQLite allows one writer at a time anyway; funnelling every writ
 queue lets concurrent requests share a transaction (and its fsync), which is what makes
 durability cheap on an SD card. Each queued write runs inside its own SAVEPOINT so one bad write
 fails alone while the rest of the batch commits. Nothing resolves before COMMIT returns.
+
+A full disk is not a bug: every write it refuses fails with `errors.StorageFull` (SQLite undoes
+it whole), the writer goes on, and later writes succeed once space is back. `storage` says
+whether the disk was last found full and writes the log about it (disk_space.py).
 """
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 import aiosqlite
 
+from .. import errors
 from . import event_index
+from .disk_space import FullDiskLog, means_full, no_room
 from .migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -76,6 +82,8 @@ class Database:
         self.reader: aiosqlite.Connection | None = None
         self.batches_committed = 0
         self.writes_committed = 0
+        self.storage = FullDiskLog(path)
+        self.admin_contact = ""  # named in the storage-full answers (set by the Homeserver)
 
     async def open(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
@@ -94,6 +102,7 @@ class Database:
             self._queue.put(None)
             thread, self._writer_thread = self._writer_thread, None
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
+            self.storage.tick(force=True)  # what a full disk refused since its last line
         if self.reader is not None:
             await self.reader.close()
             self.reader = None
@@ -130,7 +139,8 @@ class Database:
     def commit_soon(self) -> None:
         """Commit what is queued without waiting out any write's delay (a front end whose
         client is held back by writes that are only waiting to share a commit)."""
-        self.submit(_nothing)
+        if self._writer_thread is not None:  # not open (a start that failed): nothing waits
+            self.submit(_nothing)
 
     def stop_delaying(self) -> None:
         """Shutting down: commit what waits now, and let no later write wait either (the
@@ -164,55 +174,85 @@ class Database:
                     break
                 batch.extend(nxt)
                 deadline = min(deadline, min(due for _, _, due in nxt))
+            stored = False
             try:
-                outcomes = self._run_batch([fn for fn, _, _ in batch])
+                outcomes, stored = self._run_batch([fn for fn, _, _ in batch])
             except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
-                log.error("group commit of %d writes failed: %s", len(batch), exc)
-                failure = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
-                outcomes = [(False, failure)] * len(batch)
+                if self.is_full(exc):  # counted and logged once a minute by self.storage
+                    outcomes = [(False, errors.storage_full(self.admin_contact)) for _ in batch]
+                else:
+                    log.error("group commit of %d writes failed: %s", len(batch), exc)
+                    failure = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+                    outcomes = [(False, failure)] * len(batch)
             else:
                 self.batches_committed += 1
                 self.writes_committed += len(batch)
-            loop.call_soon_threadsafe(_resolve, batch, outcomes)
+            loop.call_soon_threadsafe(self._settle, batch, outcomes, stored)
             # Drop this batch before waiting for the next: up to MAX_BATCH writes' rows (a burst's
             # worth of event JSON) would otherwise stay resident for as long as the hub is idle.
             item = nxt = batch = outcomes = None  # type: ignore[assignment]
 
-    def _run_batch(self, fns: list[WriteFn]) -> list[tuple[bool, Any]]:
+    def _run_batch(self, fns: list[WriteFn]) -> tuple[list[tuple[bool, Any]], bool]:
+        """Outcomes per write, and whether a write that succeeded changed rows (so the disk had
+        room: `storage` stops saying it is full)."""
         conn = self._writer_conn
         assert conn is not None
         outcomes: list[tuple[bool, Any]] = []
+        changed = False
         conn.execute("BEGIN IMMEDIATE")
         try:
             for fn in fns:
                 conn.execute("SAVEPOINT w")
+                before = conn.total_changes
                 try:
                     value = fn(conn)
                 except Exception as exc:  # this write alone is undone
+                    if self.is_full(exc):
+                        if not conn.in_transaction:  # SQLite undid the whole transaction itself
+                            raise
+                        exc = errors.storage_full(self.admin_contact)
                     conn.execute("ROLLBACK TO w")
                     conn.execute("RELEASE w")
                     outcomes.append((False, exc))
                 else:
                     conn.execute("RELEASE w")
                     outcomes.append((True, value))
+                    changed = changed or conn.total_changes > before
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # the error being raised says more
+                    pass
             raise
-        return outcomes
+        return outcomes, changed
+
+    def is_full(self, exc: BaseException) -> bool:
+        """Does this error from a write mean the disk holding the database is full?"""
+        return means_full(exc, lambda: no_room(self.path))
+
+    def _settle(self, batch: list[_Write], outcomes: list[tuple[bool, Any]], stored: bool) -> None:
+        """On the event loop: settle the futures, then tell `storage` what the disk did."""
+        _resolve(batch, outcomes)
+        refused = sum(1 for (fn, _, _), (ok, value) in zip(batch, outcomes)
+                      if not ok and isinstance(value, errors.StorageFull) and fn is not _nothing)
+        if refused:
+            self.storage.refused(refused)
+        elif stored:
+            self.storage.stored()
 
     # -- reads ------------------------------------------------------------------------------
 
     async def fetchall(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
         assert self.reader is not None
         async with self.reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+            return cast(list[tuple[Any, ...]], await cur.fetchall())  # no row_factory: rows are tuples
 
     async def fetchone(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> tuple[Any, ...] | None:
         assert self.reader is not None
         async with self.reader.execute(sql, params) as cur:
-            return await cur.fetchone()
+            return cast("tuple[Any, ...] | None", await cur.fetchone())
 
 
 def _nothing(conn: sqlite3.Connection) -> None:

@@ -137,6 +137,17 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
         UPDATE event_index_span SET lo = COALESCE((SELECT MIN(stream_ordering) FROM events), 0),
                                     hi = COALESCE((SELECT MAX(stream_ordering) FROM events), 0);
         """,
+    ),    (
+        3,
+        # History visibility reads each user's membership changes and each room's visibility
+        # changes (store/history.py). Partial indexes: only those two event types are written to
+        # them, so a message or a retained MQTT reading costs no index page.
+        """
+        CREATE INDEX events_member_changes ON events (room_id, state_key, stream_ordering)
+            WHERE type = 'm.room.member';
+        CREATE INDEX events_visibility_changes ON events (room_id, stream_ordering)
+            WHERE type = 'm.room.history_visibility'
+        """,
     ),
 ]
 
@@ -175,6 +186,24 @@ MQTT_MIGRATIONS: list[tuple[int, str]] = [
             packet_id INTEGER NOT NULL,
             PRIMARY KEY (client_id, packet_id)
         );
+        """,
+    ),
+    # Default rooms the broker made for topic trees (alias #mqtt/KEY, the publisher it made the room
+    # for: the tree's owner, who may bind topics under it). The broker routes by such an alias only
+    # if it made it (or a hub admin did). Aliases from before this step are taken as the broker's:
+    # it cannot tell them apart from a squatter's made when the namespace was open (docs/mqtt.md).
+    # room_id is NULL from just before the room is created until it is.
+    (
+        2,
+        """
+        CREATE TABLE mqtt_default_rooms (
+            alias TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            room_id TEXT,
+            created_ts INTEGER NOT NULL
+        );
+        INSERT OR IGNORE INTO mqtt_default_rooms (alias, owner, room_id, created_ts)
+            SELECT alias, creator, room_id, 0 FROM room_aliases WHERE substr(alias, 1, 6) = '#mqtt/'
         """,
     ),
 ]

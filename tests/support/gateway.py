@@ -55,6 +55,8 @@ class GatewayProcess:
         self.env = dict(env or {})  # extra environment, e.g. NOTIFY_SOCKET as systemd sets it
         self.extra_args = list(extra_args or [])
         self.server_name = server_name
+        # A command the hub runs under, e.g. tests/support/full_disk.py's wrapper (a tmpfs data dir).
+        self.wrapper: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.http_port = free_port()
         self.coap_port = free_port(socket.SOCK_DGRAM)
@@ -85,7 +87,7 @@ class GatewayProcess:
         started = time.monotonic()
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *self.run_args()], cwd=REPO_ROOT, env=env,
+            [*self.wrapper, sys.executable, "-m", "gateway", *self.run_args()], cwd=REPO_ROOT, env=env,
             stdout=subprocess.PIPE, stderr=open(self.log_path(), "a"), text=True,
         )
         assert self.proc.stdout is not None

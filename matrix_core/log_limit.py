@@ -1,0 +1,33 @@
+"""At most one log line per kind of trouble per interval. Pure apart from the clock passed in.
+
+What a client or the machine can repeat thousands of times a second (a bad header, a full
+descriptor table, one broken room in every /sync) must not fill an SD card with the same line:
+the first occurrence is logged, the rest of the interval is counted and reported with the next one.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+MAX_KEYS = 1024
+
+
+class LogLimiter:
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None: stay quiet. Else log now; the value is how many were suppressed since the last line."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        if len(self._last) >= MAX_KEYS and key not in self._last:
+            self._last.clear()  # many distinct keys: forget them rather than grow without bound
+            self._suppressed.clear()
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)

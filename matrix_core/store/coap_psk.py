@@ -1,0 +1,31 @@
+"""CoAP pre-shared keys (coaps, DTLS-PSK): the `coap_psk` table's rows (bridges/coap/psk.py says why
+lookups are synchronous). Plain sqlite3, usable from the CLI and the DTLS handshake callback."""
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+
+def owner_of(conn: sqlite3.Connection, identity: str) -> tuple[str, str] | None:
+    """(user id, device id) that holds the PSK identity, if any."""
+    row = conn.execute("SELECT user_id, device_id FROM coap_psk WHERE identity = ?", (identity,)).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def replace_device_psk(conn: sqlite3.Connection, identity: str, psk: str, user_id: str, device_id: str) -> None:
+    """The device's one key becomes `psk` under `identity` (inside the caller's transaction)."""
+    conn.execute("DELETE FROM coap_psk WHERE user_id = ? AND device_id = ?", (user_id, device_id))
+    conn.execute("INSERT INTO coap_psk (identity, psk, user_id, device_id, created_ts) VALUES (?, ?, ?, ?, ?)",
+                 (identity, psk, user_id, device_id, int(time.time() * 1000)))
+
+
+def open_reader(database_path: Path) -> sqlite3.Connection:
+    """A read-only connection for handshake-time lookups (WAL: never blocked by the writer)."""
+    return sqlite3.connect(f"file:{database_path}?mode=ro", uri=True, check_same_thread=False)
+
+
+def key_of(conn: sqlite3.Connection, identity: str) -> tuple[str, str, str] | None:
+    """(psk, user id, device id) for a PSK identity."""
+    row = conn.execute("SELECT psk, user_id, device_id FROM coap_psk WHERE identity = ?", (identity,)).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
