@@ -9,6 +9,10 @@ makes alice a member of many rooms, which makes every sync of hers heavier.
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
 from typing import Any, Iterator
 
 import cbor2
@@ -16,6 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from bridges.coap import wire
+from tests.conftest import PASSWORD
 from tests.support.fuzz_e2e import E2EResult, fuzz_coap, fuzz_http, fuzz_mqtt, tracebacks
 from tests.support.gateway import GatewayProcess
 from tests.test_mqtt_peers import Paho
@@ -104,3 +109,59 @@ def test_mqtt_fuzz_leaves_the_broker_serving(hub: dict[str, Any]) -> None:
     finally:
         client.disconnect()
     _log_is_clean(gw, result)
+
+
+# ---------------------------------------------------------------------------------------------
+# found by fuzzing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sigterm_stores_a_rate_limited_mqtt_backlog_at_once(tmp_path: Path) -> None:
+    """After the MQTT fuzz, SIGTERM took 8-27 s (systemd's TimeoutStopSec is 15 s): publishes read
+    before it waited out the per-user message rate one by one. They are stored at once now."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "gateway.toml").write_text("messages_per_second = 2\nmessages_burst = 5\n")
+    gw = GatewayProcess(data_dir)
+    gw.start()
+    try:
+        gw.add_user("alice", PASSWORD)
+        token = gw.device_token("alice", "burster")
+        lines = "".join(f"reading {i}\n" for i in range(40))
+        proc = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(gw.mqtt_port), "-u", "alice",
+                               "-P", token, "-t", "burst/x", "-q", "0", "-l"], input=lines.encode(),
+                              capture_output=True, timeout=20)
+        assert proc.returncode == 0, proc.stderr
+        room = _wait_for_room(gw, token, "#mqtt/burst/x:localhost")
+        assert 5 <= _readings(gw, token, room) < 40  # the burst is in, the rest waits for the rate
+        started = time.monotonic()
+        assert gw.stop(timeout=30) == 0
+        took = time.monotonic() - started
+        assert took < 5, f"SIGTERM took {took:.1f} s (35 readings at 2/s would take ~17 s)"
+        gw.start()
+        assert _readings(gw, token, room) == 40
+    finally:
+        gw.stop()
+
+
+def _wait_for_room(gw: GatewayProcess, token: str, alias: str) -> str:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status, body = gw.request("GET", "/_matrix/client/v3/directory/room/" + urllib.parse.quote(alias, safe=""),
+                                  token=token)
+        if status == 200:
+            return body["room_id"]
+        time.sleep(0.05)  # polled: the room appears when the broker has made it
+    raise AssertionError(f"{alias} never appeared")
+
+
+def _readings(gw: GatewayProcess, token: str, room: str) -> int:
+    deadline = time.monotonic() + 20
+    while True:
+        status, body = gw.request("GET", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room, safe='')}"
+                                         "/messages?dir=b&limit=1000", token=token)
+        assert status == 200, body
+        n = sum(1 for ev in body["chunk"] if ev["type"] == "m.room.message")
+        if n >= 5 or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)  # polled: the first five are stored once the broker has read them
