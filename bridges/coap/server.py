@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import aiocoap
 from aiocoap import error as coap_error
 from aiocoap import resource
+from aiocoap.blockwise import Block1Spool, Block2Cache, ContinueException, IncompleteException
 from aiocoap.blockwise import _extract_block_key  # pinned aiocoap: the key its Block2 cache uses
 from aiocoap.numbers.codes import Code
 
@@ -23,6 +24,7 @@ from matrix_core.client_api.request import ApiRequest, ApiResponse
 from matrix_core.client_api.routes import ROUTER
 
 from . import codes, fast_lane, message_layer, stale_refusal
+from .message_layer import bad_input
 from .content import MAX_BODY_BYTES, decode_body, encode_body, response_format
 from .observe import Observation, Observations, observable, with_query
 from .psk import PskClaim, PskStore
@@ -41,6 +43,58 @@ class _TooLarge(coap_error.RenderableError):
     def to_message(self) -> aiocoap.Message:
         err = errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")
         return error_message(err, self.content_format)
+
+
+class _BlockError(coap_error.RenderableError):
+    """A Block1 upload that cannot be assembled: 4.08 or 4.00 with a CBOR diagnostic, one log line
+    a minute (aiocoap's spool lets a gap or overlap escape as ValueError: 5.00 and a traceback)."""
+
+    def __init__(self, code: int, reason: str, content_format: int) -> None:
+        self.code = code
+        self.reason = reason
+        self.content_format = content_format
+
+    def to_message(self) -> aiocoap.Message:
+        body = {"errcode": "M_INVALID_PARAM", "error": self.reason}
+        return aiocoap.Message(code=Code(self.code), payload=encode_body(body, self.content_format),
+                               content_format=self.content_format)
+
+
+class _Block1Spool(Block1Spool):
+    """aiocoap's Block1 assembly with every way it can fail answered as a client error."""
+
+    def feed_and_take(self, req: aiocoap.Message) -> aiocoap.Message:
+        block1 = req.opt.block1
+        if block1 is not None and block1.size_exponent == 7:  # BERT is for CoAP over TCP only
+            raise self._refuse(req, codes.BAD_REQUEST, "Block1 size exponent 7 is reserved over UDP")
+        try:
+            return super().feed_and_take(req)
+        except ContinueException:
+            raise
+        except (IncompleteException, ValueError):
+            raise self._refuse(req, codes.REQUEST_ENTITY_INCOMPLETE, "Block1 block does not follow the "
+                               "blocks received (RFC 7959 §2.3): start again from block 0") from None
+        except coap_error.BadRequest:
+            raise self._refuse(req, codes.BAD_REQUEST, "Block1 payload size does not match its block "
+                               "size") from None
+
+    @staticmethod
+    def _refuse(req: aiocoap.Message, code: int, reason: str) -> _BlockError:
+        bad_input.log("coap-blockwise", "CoAP: a block-wise request from %s answered %s: %s",
+                      getattr(req.remote, "hostinfo", req.remote), codes.code_text(code), reason)
+        return _BlockError(code, reason, _format_or_cbor(req))
+
+
+class _Block2Cache(Block2Cache):
+    """aiocoap's Block2 cache; a block asked for that is not there (expired, or never was) is a
+    4.08 with a CBOR diagnostic rather than an empty one."""
+
+    async def extract_or_insert(self, req: aiocoap.Message, response_builder: Any) -> aiocoap.Message:
+        try:
+            return await super().extract_or_insert(req, response_builder)
+        except IncompleteException:
+            raise _Block1Spool._refuse(req, codes.REQUEST_ENTITY_INCOMPLETE, "Block2 block asked for is not "
+                                       "available: ask for block 0 again") from None
 
 
 class Answer(NamedTuple):
@@ -92,6 +146,8 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
 
     def __init__(self, hs: Any) -> None:
         super().__init__()
+        self._block1 = _Block1Spool()
+        self._block2 = _Block2Cache()
         self.hs = hs
         self.observations = Observations(hs.rooms.joined_room_ids)
         self._observe_requests: dict[int, Any] = {}
@@ -249,6 +305,22 @@ def _format_or_cbor(request: aiocoap.Message) -> int:
         return codes.CONTENT_FORMAT_CBOR
 
 
+#: aiocoap's lines that a stranger's datagrams can trigger one each: at most one a minute
+_AIOCOAP_NOISE = (("Ignoring unparsable message", "coap-unparsable"),
+                  ("Render request raised a renderable error", "coap-renderable-error"))
+
+
+def quiet_aiocoap_logs(logger_name: str) -> None:
+    """Rate-limit aiocoap's per-datagram log lines on its server logger (issue 20, R3)."""
+    logger = logging.getLogger(logger_name)
+    if any(getattr(f, "coap_rate_limit", False) for f in logger.filters):
+        return
+    for prefix, kind in _AIOCOAP_NOISE:
+        limit = bad_input.filter(prefix, kind)
+        limit.coap_rate_limit = True  # type: ignore[attr-defined]
+        logger.addFilter(limit)
+
+
 class CoapFrontend:
     """The CoAP (UDP) listener and, when enabled, the coaps (DTLS-PSK) one: a gateway Frontend."""
 
@@ -268,6 +340,7 @@ class CoapFrontend:
         self._message_layers: list[Any] = []
 
     async def start(self) -> None:
+        quiet_aiocoap_logs("coap-server")
         self._unsubscribe = self.hs.stream.subscribe(self.site.observations.on_events)
         context = await aiocoap.Context.create_server_context(
             self.site, bind=(self.bind, self.port), transports=["udp6"], loggername="coap-server")
@@ -289,6 +362,7 @@ class CoapFrontend:
             log.error("coaps disabled: aiocoap's DTLS server needs one address to bind to, not %r", self.bind)
             return
         self._psk_store = PskStore(self.database_path)
+        quiet_aiocoap_logs("coaps-server")
         # aiocoap's DTLS server binds to the given port + 1 (5683 -> 5684): hand it one less.
         self._contexts.append(await aiocoap.Context.create_server_context(
             self.site, bind=(self.bind, self.coaps_port - 1), transports=["tinydtls_server"],
