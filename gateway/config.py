@@ -76,6 +76,11 @@ class GatewayConfig:
     # LAN discovery with mDNS/DNS-SD (gateway/ops/discovery.py); empty hostname: the machine's
     mdns: bool = False
     mdns_hostname: str = ""
+    # CoAP Observe caps (bridges/coap/observe.py): per client (access token, and remote endpoint)
+    # and in the hub; over the first a client's oldest observation ends, over the second a new
+    # one is answered without Observe (RFC 7641 §4.1)
+    coap_max_observations_per_client: int = 16
+    coap_max_observations: int = 2000
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -121,6 +126,8 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: {key} must not be negative")
         if key == "mdns_hostname" and value and not _is_mdns_label(value):
             raise ConfigError(f"{source}: mdns_hostname {value!r} must be one DNS label (letters, digits, -)")
+        if key in ("coap_max_observations_per_client", "coap_max_observations") and value < 1:
+            raise ConfigError(f"{source}: {key} must be at least 1")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
             raise ConfigError(f"{source}: {problem}")
         out[key] = value
@@ -170,6 +177,11 @@ retention_interval_minutes = {config.retention_interval_minutes}
 # Advertise the hub on the LAN with mDNS/DNS-SD (NAME.local; _http._tcp, _coap._udp, _mqtt._tcp).
 mdns = {str(config.mdns).lower()}
 mdns_hostname = "{config.mdns_hostname}"
+# CoAP Observe: the most observations one client (an access token; a remote address and port)
+# holds: a newer one ends its oldest. And the most in the hub: past that a GET with Observe is
+# answered once, without Observe (the device polls).
+coap_max_observations_per_client = {config.coap_max_observations_per_client}
+coap_max_observations = {config.coap_max_observations}
 """
 
 
