@@ -128,6 +128,7 @@ class Observation:
                 raise
             except Exception:
                 log.exception("CoAP notification failed")
+        self._task = None  # a finished task (and its coroutine) is not kept per observer
 
     async def _call(self, call: ApiCall) -> ApiResponse:
         """The call's answer, shared with every observer making the same call in this batch.
