@@ -135,7 +135,8 @@ async def run(args: argparse.Namespace) -> None:
         print(f"{total} registrations in {time.monotonic() - started:.1f} s: {with_observe} with Observe, "
               f"{without} answered without; hub RSS {rss1 / 1e6:.1f} MB "
               f"(+{(rss1 - rss0) / 1e6:.1f} MB, {(rss1 - rss0) / max(1, total) / 1e3:.1f} KB per registration)")
-        held = min(total, 2000)
+        held = with_observe - sum(d.ended for d in devices)  # those a cap ended already said so
+        print(f"held by the hub: {held}")
         for j in range(args.messages):
             before = sum(d.notes for d in devices)
             t0 = time.monotonic()
