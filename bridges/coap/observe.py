@@ -150,7 +150,10 @@ class Observation:
                     return ApiResponse(err.status, err.to_json())
             query = {k: v for k, v in call.query.items() if k != "access_token"}
             key = ("messages", self.user_id, call.full_path, _frozen(query))
-        return await shared.shared(key, call, self._dispatch)
+        response = await shared.shared(key, call, self._dispatch)
+        if response.status == 401 and not self.is_sync():  # made with another device's token, since revoked
+            response = await self._dispatch(call)
+        return response
 
     async def _once(self, upto: int) -> None:
         if self.is_sync():
