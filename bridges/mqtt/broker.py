@@ -21,9 +21,10 @@ from matrix_core import errors
 from matrix_core.events import Event
 from matrix_core.homeserver import Homeserver
 from matrix_core.service.accounts import Requester, TokensRevoked
+from matrix_core.store import mqtt as mqtt_store
 from matrix_core.store.database import WriteFn
 
-from . import store
+from . import persistence
 from .auth import authenticate
 from .connection import Limits, State
 from .constants import MQTT_5, ReasonCode
@@ -123,7 +124,8 @@ class MqttBroker:
     async def start(self) -> None:
         db = self.hs.db
         await self.topic_rooms.load()
-        for key, (session, _) in (await store.load_sessions(db, self.settings.limits.max_queued)).items():
+        for row in await mqtt_store.load_sessions(db):
+            key, session = row.key, persistence.session_of(row, self.settings.limits.max_queued)
             self.sessions[key] = session
             self.offline_since[key] = time.monotonic()
             self.restored.add(key)
@@ -161,7 +163,7 @@ class MqttBroker:
         writes = []
         for key, session in self.sessions.items():
             if session.persistent:
-                writes.append(self.hs.db.submit(lambda c, k=key, s=session: store.save_session(c, k, s, store.now_ms())))
+                writes.append(self.hs.db.submit(persistence.save_session(key, session, disconnected=True)))
         if writes:
             await asyncio.gather(*writes, return_exceptions=True)
         await self.listeners.close()
@@ -211,7 +213,7 @@ class MqttBroker:
             expiry = connect.properties.get("session_expiry_interval", 0)
         else:
             expiry = 0 if connect.clean_start else NEVER_EXPIRES
-        key = store.session_key(requester.user_id, client_id)
+        key = persistence.session_key(requester.user_id, client_id)
         if expiry and self._over_session_quota(requester.user_id, key):
             return ReasonCode.QUOTA_EXCEEDED
         old = self.online.get(key)
@@ -223,7 +225,7 @@ class MqttBroker:
         if session is not None and connect.clean_start:
             self._drop_session(key)
             if session.persistent:
-                await self.hs.db.write(lambda c: store.delete_session(c, key))
+                await self.hs.db.write(persistence.delete_session(key))
             session = None
         if session is None:
             session = SessionState(client_id, requester.user_id, connect.protocol_level, expiry,
@@ -236,7 +238,7 @@ class MqttBroker:
             self.restored.discard(key)
             await self._replay(key, session)
         if session.persistent:
-            await self.hs.db.write(lambda c: store.save_session(c, key, session, None))
+            await self.hs.db.write(persistence.save_session(key, session))
         self.online[key] = client
         return session, present, key
 
@@ -271,7 +273,7 @@ class MqttBroker:
             return
         session.forget_qos0()
         self.offline_since[key] = time.monotonic()
-        self.background(self.hs.db.write(lambda c: store.save_session(c, key, session, store.now_ms())))
+        self.background(self.hs.db.write(persistence.save_session(key, session, disconnected=True)))
 
     async def _replay(self, key: str, session: SessionState) -> None:
         """After a restart: queue the QoS 1/2 messages the session had not acknowledged, read
@@ -544,7 +546,7 @@ class MqttBroker:
                         continue
                     if now - since >= session.expiry_interval:
                         self._drop_session(key)
-                        self.background(self.hs.db.write(lambda c, k=key: store.delete_session(c, k)))
+                        self.background(self.hs.db.write(persistence.delete_session(key)))
                 if now - last_rules >= RULES_POLL_SECONDS:
                     last_rules = now
                     await self.topic_rooms.poll_admin_rules()
@@ -556,8 +558,7 @@ class MqttBroker:
                             cursor = session.cursor()
                             if saved_cursors.get(key) != cursor:
                                 saved_cursors[key] = cursor
-                                self.background(self.hs.db.write(
-                                    lambda c, k=key, v=cursor: store.save_cursor(c, k, v)))
+                                self.background(self.hs.db.write(persistence.save_cursor(key, cursor)))
             except asyncio.CancelledError:
                 raise
             except Exception:

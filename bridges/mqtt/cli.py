@@ -11,10 +11,10 @@ from typing import Any, Callable
 
 import click
 
+from matrix_core.store import mqtt as mqtt_store
 from matrix_core.store.database import open_sync
 from matrix_core.store.room_lookup import resolve_room
 
-from . import store
 from .topics import is_valid_topic_filter
 
 
@@ -46,9 +46,7 @@ def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: An
             room_id = resolve_room(conn, room, config.server_name)
             if room_id is None:
                 fail(f"no such room on this hub: {room}")
-            conn.execute("BEGIN IMMEDIATE")
-            store.set_rule(conn, topic_filter, room_id)  # type: ignore[arg-type]
-            conn.execute("COMMIT")
+            mqtt_store.set_rule(conn, topic_filter, room_id)  # type: ignore[arg-type]
         finally:
             conn.close()
         click.echo(f"{topic_filter} -> {room_id}")
@@ -61,9 +59,7 @@ def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: An
         """Remove the rule for TOPIC_FILTER."""
         _, conn = open_db(data_dir, config_file)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            removed = store.delete_rule(conn, topic_filter)
-            conn.execute("COMMIT")
+            removed = mqtt_store.delete_rule(conn, topic_filter)
         finally:
             conn.close()
         if not removed:
@@ -77,7 +73,7 @@ def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: An
         """List the rules (topic filter, room id), one per line."""
         _, conn = open_db(data_dir, config_file)
         try:
-            for topic_filter, room_id in store.list_rules(conn):
+            for topic_filter, room_id in mqtt_store.list_rules(conn):
                 click.echo(f"{topic_filter}\t{room_id}")
         finally:
             conn.close()

@@ -19,7 +19,7 @@ from matrix_core import errors
 from matrix_core.service.accounts import Requester
 from matrix_core.store.database import WriteFn
 
-from . import store
+from . import persistence
 from .connection import (
     ConnectReceived,
     Connection,
@@ -333,7 +333,7 @@ class ClientProtocol(asyncio.Protocol):
         if session is None or not session.persistent:
             return None
         packet_id = publish.packet_id or 0
-        return lambda c: store.add_incoming_qos2(c, key, packet_id)
+        return persistence.add_incoming_qos2(key, packet_id)
 
     def _start(self, publish: Publish, room_id: str) -> None:
         assert self.requester is not None
@@ -478,7 +478,7 @@ class ClientProtocol(asyncio.Protocol):
         session = self.broker.sessions.get(key) if key else None
         if key is not None and session is not None and session.persistent:
             removed = self.broker.background(self.broker.hs.db.write(
-                lambda c: store.remove_incoming_qos2(c, key, packet_id)))
+                persistence.remove_incoming_qos2(key, packet_id)))
 
             def complete(_: Any) -> None:
                 self.conn.complete_qos2(packet_id)
@@ -526,7 +526,7 @@ class ClientProtocol(asyncio.Protocol):
         try:
             if session.persistent:
                 try:
-                    await broker.hs.db.write(lambda c: store.save_session(c, key, session, None))
+                    await broker.hs.db.write(persistence.save_session(key, session))
                 except errors.StorageFull:  # not durable, so not granted: the session stays as it was
                     self._undo_subscribe(key, session, new_subs, *before)
                     failed = ReasonCode.QUOTA_EXCEEDED if self.conn.level == MQTT_5 else SUBACK_V311_FAILURE
@@ -574,7 +574,7 @@ class ClientProtocol(asyncio.Protocol):
                 codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
         if session.persistent:
             async def save_then_ack() -> None:
-                await broker.hs.db.write(lambda c: store.save_session(c, key, session, None))
+                await broker.hs.db.write(persistence.save_session(key, session))
                 self.conn.send_unsuback(packet.packet_id, codes)
                 self.flush_out()
             broker.background(save_then_ack())

@@ -15,8 +15,9 @@ from typing import Any, Callable
 from matrix_core.events import Event
 from matrix_core.homeserver import Homeserver
 from matrix_core.service.accounts import Requester
+from matrix_core.store import mqtt as mqtt_store
 
-from . import store
+from . import persistence
 from .constants import ReasonCode
 from .refusals import PublishRefused
 from .routing import BINDING_TYPE, TopicRules, alias_localpart, default_binding, effective_bindings
@@ -49,19 +50,19 @@ class TopicRooms:
     async def load(self) -> None:
         """At start-up: the admin rules, the hub admins, the default rooms, the rooms' bindings."""
         db = self.hs.db
-        rules = await store.load_rules(db)
+        rules = persistence.rules_of(await mqtt_store.load_rules(db))
         self.admins = await self.hs.accounts.admin_user_ids()
-        self.default_rooms = await store.load_default_rooms(db)
+        self.default_rooms = await mqtt_store.load_default_rooms(db)
         for alias, (owner, room_id) in list(self.default_rooms.items()):
             if room_id is None:  # the hub stopped while creating it: made, or not
                 found = await self.hs.rooms.resolve_alias_local(alias)
                 if found is None:
                     del self.default_rooms[alias]
-                    await db.write(lambda c: store.forget_default_room(c, alias))  # awaited: alias is current
+                    await db.write(lambda c: mqtt_store.forget_default_room(c, alias))  # awaited: alias is current
                 else:
                     self.default_rooms[alias] = (owner, found)
-                    await db.write(lambda c: store.set_default_room(c, alias, found))
-        for room_id, state_key, content, sender in await store.load_room_bindings(db, BINDING_TYPE):
+                    await db.write(lambda c: mqtt_store.set_default_room(c, alias, found))
+        for room_id, state_key, content, sender in await mqtt_store.load_room_bindings(db, BINDING_TYPE):
             if content and valid_binding(state_key):
                 self._bindings[(room_id, state_key)] = sender
         self.rules.replace(rules)
@@ -69,7 +70,7 @@ class TopicRooms:
 
     async def poll_admin_rules(self) -> None:
         """The CLI's rules (`matrix-gateway mqtt map`) and the hub admins, as they are now."""
-        if self.rules.set_admin_rules(await store.load_rules(self.hs.db)):
+        if self.rules.set_admin_rules(persistence.rules_of(await mqtt_store.load_rules(self.hs.db))):
             log.info("MQTT topic rules changed: %d rules", len(self.rules.rules))
         await self.refresh_admins()
 
@@ -112,7 +113,7 @@ class TopicRooms:
         db = self.hs.db
         self._creating.add(alias)
         try:
-            await db.write(lambda c: store.claim_default_room(c, alias, owner))
+            await db.write(lambda c: mqtt_store.claim_default_room(c, alias, owner))
             self.default_rooms[alias] = (owner, None)
             result = await self.hs.rooms.create_room(requester, {
                 "preset": "private_chat",
@@ -124,14 +125,14 @@ class TopicRooms:
             }, reserved_alias_ok=True)
         except BaseException:
             self.default_rooms.pop(alias, None)
-            await db.write(lambda c: store.forget_default_room(c, alias))
+            await db.write(lambda c: mqtt_store.forget_default_room(c, alias))
             raise
         finally:
             self._creating.discard(alias)
         room_id: str = result["room_id"]
         self.default_rooms[alias] = (owner, room_id)
         self._trusted[alias] = room_id
-        await db.write(lambda c: store.set_default_room(c, alias, room_id))
+        await db.write(lambda c: mqtt_store.set_default_room(c, alias, room_id))
         self._bindings[(room_id, topic_filter)] = owner  # its binding event may still be on its way
         self._apply_bindings()
         log.info("created room %s (%s) for MQTT topics %s", room_id, alias, topic_filter)
@@ -147,11 +148,11 @@ class TopicRooms:
         if entry is not None and entry[1] == room_id:
             self._trusted[alias] = room_id
             return
-        creator = await store.alias_creator(self.hs.db, alias)
+        creator = await mqtt_store.alias_creator(self.hs.db, alias)
         if creator is not None and creator in self.admins:
             if entry is not None:  # an admin pointed the alias elsewhere: the old owner's tree is gone
                 self.default_rooms.pop(alias, None)
-                await self.hs.db.write(lambda c: store.forget_default_room(c, alias))
+                await self.hs.db.write(lambda c: mqtt_store.forget_default_room(c, alias))
                 self._apply_bindings()
             self._trusted[alias] = room_id
             return

@@ -9,3 +9,12 @@ async def count_created_by(db: Database, user_id: str) -> int:
     creator). Read once per account; the service counts on in memory."""
     row = await db.fetchone("SELECT COUNT(*) FROM rooms WHERE creator = ?", (user_id,))
     return int(row[0]) if row else 0
+
+
+# -- aliases ------------------------------------------------------------------------------------------
+
+
+async def alias_room(db: Database, alias: str) -> tuple[str, str | None] | None:
+    """(room id, creator) of a local alias, or None."""
+    row = await db.fetchone("SELECT room_id, creator FROM room_aliases WHERE alias = ?", (alias,))
+    return None if row is None else (row[0], row[1])
