@@ -59,7 +59,7 @@ class ClientProtocol(asyncio.Protocol):
         self.peer = ""
         self._acks: deque[tuple[int, int, asyncio.Future[Any] | None]] = deque()
         self._waiting: deque[Publish] = deque()
-        self._feeder: asyncio.Task[None] | None = None
+        self._feeder: asyncio.Future[Any] | None = None
         self._paused = False
         self._write_paused = False
         self._closed = False
@@ -417,9 +417,9 @@ class ClientProtocol(asyncio.Protocol):
     def _on_stored(self, _: Any) -> None:
         acks = self._acks
         conn = self.conn
-        while acks and acks[0][2] is not None and acks[0][2].done():  # type: ignore[union-attr]
+        while acks and acks[0][2] is not None and acks[0][2].done():
             packet_id, qos, fut = acks.popleft()
-            exc = fut.exception() if fut is not None else None  # type: ignore[union-attr]
+            exc = fut.exception() if fut is not None else None
             if exc is None:
                 if qos:
                     conn.ack_publish(packet_id, qos)
@@ -563,7 +563,7 @@ class ClientProtocol(asyncio.Protocol):
         session = broker.sessions.get(key) if key else None
         if session is None or key is None:
             return
-        codes = []
+        codes: list[int] = []
         for topic_filter in packet.topic_filters:
             if topic_filter in session.subscriptions:
                 del session.subscriptions[topic_filter]
