@@ -3,21 +3,18 @@ or the anonymous account when the hub allows it; else the MQTT 5 reason code ref
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from matrix_core import errors
 from matrix_core.service.accounts import Accounts, Requester
 
 from .constants import ReasonCode
 from .packets import Connect
-
-if TYPE_CHECKING:
-    from .broker import BrokerSettings
+from .settings import BrokerSettings
 
 log = logging.getLogger("bridges.mqtt")
 
 
-async def authenticate(accounts: Accounts, settings: "BrokerSettings", connect: Connect, peer: str
+async def authenticate(accounts: Accounts, settings: BrokerSettings, connect: Connect, peer: str
                        ) -> Requester | int:
     """The Matrix account behind a CONNECT, or the MQTT 5 reason code refusing it."""
     if connect.username is None:

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from matrix_core import errors
@@ -26,7 +25,7 @@ from matrix_core.store.database import WriteFn
 
 from . import persistence
 from .auth import authenticate
-from .connection import Limits, State
+from .connection import State
 from .constants import MQTT_5, ReasonCode
 from .deny import DenyRules
 from .fanout import FanOut, OwnPublish
@@ -38,6 +37,7 @@ from .protocol import ClientProtocol
 from .refusals import PublishRefused, Quiet
 from .routing import ALIAS_PREFIX, BINDING_TYPE, RETAINED_TYPE, TopicRules
 from .session import Outgoing, SessionState
+from .settings import BrokerSettings
 from .subscriptions import SubscriptionIndex
 from .topic_rooms import TopicRooms
 
@@ -50,33 +50,6 @@ TICK_SECONDS = 0.5
 STALL_SECONDS = 1.0
 RULES_POLL_SECONDS = 0.5
 CURSOR_SAVE_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class BrokerSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    tls_enabled: bool = False
-    tls_port: int = 8883
-    tls_cert: str = ""  # PEM files; both empty: a self-signed pair in data_dir (bridges/mqtt/tls.py)
-    tls_key: str = ""
-    ws_enabled: bool = False
-    ws_port: int = 8083
-    ws_path: str = "/mqtt"
-    wss_enabled: bool = False  # WebSockets over TLS, with the mqtts certificate
-    wss_port: int = 8084
-    deny_subscribe: tuple[str, ...] = ()
-    data_dir: str = ""
-    allow_anonymous: bool = False
-    anonymous_user: str = "mqtt-guest"
-    room_levels: int = 2
-    limits: Limits = Limits()
-    # Seconds a batch of QoS 0 publishes may wait for later writes to share its commit (SD-card
-    # writes); 0: commit at once, like every acknowledged write.
-    qos0_commit_delay: float = 0.0
-    connect_timeout: float = 10.0  # seconds from accept to CONNECT; then the socket is closed
-    max_connections_per_address: int = 100  # open connections per remote address; 0: no cap
-    max_sessions_per_account: int = 100  # persistent sessions one account may keep; 0: no cap
 
 
 class MqttBroker:
@@ -387,9 +360,9 @@ class MqttBroker:
         Each accepted publish is registered under the event id the core gives back for it, so
         the fan-out of its event reuses its bytes and knows its session (No Local), until the
         commit (and the fan-out it brings) is done."""
-        placed: list[list[tuple[int, Event]]] = []
+        placed: list[list[tuple[int, Event]]] | None = [] if deliver_early else None
         fut, outcomes = self.hs.rooms.send_events_nowait(requester, room_id, [item[:3] for item in items], delay,
-                                                         placed.append if deliver_early else None, extras)
+                                                         placed.append if placed is not None else None, extras)
         if not outcomes:
             return None
         own = self._own

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Callable
 from aiohttp import web
 
 from . import tls, websocket
+from .settings import BrokerSettings
 
 if TYPE_CHECKING:
-    from .broker import BrokerSettings
     from .protocol import ClientProtocol
 
 
 class Listeners:
-    def __init__(self, settings: "BrokerSettings", server_name: str,
+    def __init__(self, settings: BrokerSettings, server_name: str,
                  protocol_factory: "Callable[[], ClientProtocol]") -> None:
         self.settings = settings
         self.server_name = server_name
