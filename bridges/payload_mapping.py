@@ -494,7 +494,7 @@ def _check_cbor_structure(data: bytes) -> None:
                 raise PayloadError(f"CBOR nested deeper than {MAX_DEPTH} levels")
             stack.append([1, depth + 1, True])
         else:  # major 7: simple values and floats
-            if info == 24 and arg < 32:
+            if info == 24 and arg is not None and arg < 32:
                 raise PayloadError("invalid CBOR: two-byte simple value below 32")
             _item_done(stack)
     if stack:
@@ -612,7 +612,7 @@ def _bytes_content(payload: bytes) -> dict:
     return {"kind": "bytes", "base64": base64.b64encode(payload).decode("ascii")}
 
 
-def content_to_mqtt_payload(content: Mapping) -> bytes:
+def content_to_mqtt_payload(content: object) -> bytes:
     """Exact inverse of :func:`mqtt_payload_to_content`: the original payload bytes.
 
     Raises PayloadError for content that is not in the documented shape.

@@ -170,7 +170,7 @@ def register_commands() -> None:
     add_ops_commands(main, data_dir_option, config_option, existing_config, fail)
     from bridges.mqtt.cli import add_mqtt_commands  # mqtt map / unmap / maps
 
-    add_mqtt_commands(main, data_dir_option, config_option, existing_config, fail)
+    add_mqtt_commands(main, data_dir_option, config_option, existing_config, fail, open_db)
 
 
 register_commands()

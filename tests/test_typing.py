@@ -7,7 +7,7 @@ import sys
 
 from tests.support.gateway import REPO_ROOT
 
-CHECKED = ["matrix_core"]
+CHECKED = ["matrix_core", "bridges"]
 
 
 def test_mypy_passes() -> None:

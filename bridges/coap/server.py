@@ -418,7 +418,7 @@ class CoapFrontend:
         quiet_aiocoap_logs("coaps-server")
         # aiocoap's DTLS server binds to the given port + 1 (5683 -> 5684): hand it one less.
         context = await aiocoap.Context.create_server_context(
-            self.site, bind=(self.bind, self.coaps_port - 1), transports=["tinydtls_server"],
+            self.site, bind=(self.bind, (self.coaps_port or 0) - 1), transports=["tinydtls_server"],
             server_credentials=self._psk_store.credentials(), loggername="coaps-server")
         self.site.window.install(context)
         self._contexts.append(context)

@@ -1,7 +1,9 @@
 """`matrix-gateway mqtt map|unmap|maps`: the hub admin's topic rules.
 
 They write the `mqtt_rules` table straight into the SQLite store (WAL), like the account
-commands, so they work while the hub runs; the broker picks changes up within a second.
+commands, so they work while the hub runs; the broker picks changes up within a second. The
+gateway's CLI hands in what these commands need of it (its options, its config loader, its
+way of opening the database): nothing here imports the gateway.
 """
 from __future__ import annotations
 
@@ -11,26 +13,24 @@ from typing import Any, Callable
 
 import click
 
-from matrix_core.store.database import open_sync
+from matrix_core.store import mqtt as mqtt_store
 from matrix_core.store.room_lookup import resolve_room
 
-from . import store
 from .topics import is_valid_topic_filter
 
 
-
-
 def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: Any,
-                      existing_config: Callable[[Path, Path | None], Any], fail: Callable[[str], None]) -> None:
+                      existing_config: Callable[[Path, Path | None], Any], fail: Callable[[str], None],
+                      open_db: Callable[[Path], sqlite3.Connection]) -> None:
+    """`existing_config(data_dir, config_file)`: the hub's config (fails if there is no hub);
+    `open_db(data_dir)`: a migrated connection to its database; `fail(message)` exits."""
     @main.group()
     def mqtt() -> None:
         """Topic <-> room rules of the MQTT broker (applied to a running hub within a second)."""
 
-    def open_db(data_dir: Path, config_file: Path | None) -> tuple[Any, sqlite3.Connection]:
+    def open_hub(data_dir: Path, config_file: Path | None) -> tuple[Any, sqlite3.Connection]:
         config = existing_config(data_dir, config_file)
-        from gateway.config import DATABASE_FILE
-
-        return config, open_sync(data_dir / DATABASE_FILE)
+        return config, open_db(data_dir)
 
     @mqtt.command("map")
     @click.argument("topic_filter")
@@ -41,14 +41,13 @@ def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: An
         """Publishes to topics matching TOPIC_FILTER go to ROOM (a room id or #alias)."""
         if not is_valid_topic_filter(topic_filter, allow_shared=False) or topic_filter.startswith("$"):
             fail(f"{topic_filter!r} is not a topic filter a rule can use (no $share/, no leading $)")
-        config, conn = open_db(data_dir, config_file)
+        config, conn = open_hub(data_dir, config_file)
         try:
             room_id = resolve_room(conn, room, config.server_name)
             if room_id is None:
                 fail(f"no such room on this hub: {room}")
-            conn.execute("BEGIN IMMEDIATE")
-            store.set_rule(conn, topic_filter, room_id)  # type: ignore[arg-type]
-            conn.execute("COMMIT")
+                return  # (fail exits)
+            mqtt_store.set_rule(conn, topic_filter, room_id)
         finally:
             conn.close()
         click.echo(f"{topic_filter} -> {room_id}")
@@ -59,11 +58,9 @@ def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: An
     @config_option
     def mqtt_unmap(topic_filter: str, data_dir: Path, config_file: Path | None) -> None:
         """Remove the rule for TOPIC_FILTER."""
-        _, conn = open_db(data_dir, config_file)
+        _, conn = open_hub(data_dir, config_file)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            removed = store.delete_rule(conn, topic_filter)
-            conn.execute("COMMIT")
+            removed = mqtt_store.delete_rule(conn, topic_filter)
         finally:
             conn.close()
         if not removed:
@@ -75,9 +72,9 @@ def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: An
     @config_option
     def mqtt_maps(data_dir: Path, config_file: Path | None) -> None:
         """List the rules (topic filter, room id), one per line."""
-        _, conn = open_db(data_dir, config_file)
+        _, conn = open_hub(data_dir, config_file)
         try:
-            for topic_filter, room_id in store.list_rules(conn):
+            for topic_filter, room_id in mqtt_store.list_rules(conn):
                 click.echo(f"{topic_filter}\t{room_id}")
         finally:
             conn.close()

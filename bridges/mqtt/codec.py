@@ -469,7 +469,7 @@ def _dec_subscribe(level: int | None, b1: int, data: bytes, p: int, end: int) ->
     props: Any = NO_PROPERTIES
     if v5:
         props, p = _read_props(data, p, end, PacketType.SUBSCRIBE)
-    subs = []
+    subs: list[Subscription] = []
     invalid = []
     while p < end:
         topic_filter, p = _read_str(data, p, end)
@@ -538,7 +538,7 @@ def _dec_unsubscribe(level: int | None, b1: int, data: bytes, p: int, end: int) 
     props: Any = NO_PROPERTIES
     if level == MQTT_5:
         props, p = _read_props(data, p, end, PacketType.UNSUBSCRIBE)
-    filters = []
+    filters: list[str] = []
     invalid = []
     while p < end:
         f, p = _read_str(data, p, end)
@@ -1185,4 +1185,4 @@ def encode(packet: Packet, protocol_level: int | None) -> bytes:
             raise EncodeError(f"Connect.protocol_level {packet.protocol_level} != {protocol_level}")
     elif protocol_level != MQTT_3_1_1 and protocol_level != MQTT_5:
         raise EncodeError(f"unsupported protocol level {protocol_level!r}")
-    return enc(packet, protocol_level)  # type: ignore[arg-type]
+    return enc(packet, protocol_level)

@@ -432,7 +432,7 @@ class Connection:
         if self.state is not State.CONNECTED or self.session is None or self.write_blocked:
             return
         for item in self.session.take_sendable(self.send_window, now):
-            if type(item) is InFlight:
+            if isinstance(item, InFlight):
                 self._send_publish(item.message, item.packet_id, dup=False, now=now)
             else:
                 self._send_publish(item, None, dup=False, now=now)

@@ -325,7 +325,7 @@ REASON_CODES_BY_PACKET: dict[int, frozenset[int]] = {
     _P.AUTH: frozenset({0x00, 0x18, 0x19}),
 }
 
-_NAME_OVERRIDES = {
+_NAME_OVERRIDES: dict[tuple[int, int], str] = {
     (_P.DISCONNECT, 0x00): "Normal disconnection",
     (_P.SUBACK, 0x00): "Granted QoS 0",
 }

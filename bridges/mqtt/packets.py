@@ -21,7 +21,7 @@ from .constants import PacketType
 Properties = Mapping[str, Any]
 
 
-class _NoProperties(dict):  # type: ignore[type-arg]
+class _NoProperties(dict[str, Any]):
     """The shared, immutable, hashable empty property set (a dict subclass so that truth tests
     and lookups stay C-speed on the hot path)."""
 
@@ -30,7 +30,7 @@ class _NoProperties(dict):  # type: ignore[type-arg]
     def _readonly(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("NO_PROPERTIES is immutable")
 
-    __setitem__ = __delitem__ = setdefault = update = pop = popitem = clear = __ior__ = _readonly  # type: ignore[assignment]
+    __setitem__ = __delitem__ = setdefault = update = pop = popitem = clear = __ior__ = _readonly
 
     def __hash__(self) -> int:  # type: ignore[override]
         return 0
@@ -41,10 +41,7 @@ class _NoProperties(dict):  # type: ignore[type-arg]
 
 NO_PROPERTIES: Properties = _NoProperties()
 
-_dc = dataclass(frozen=True, slots=True)
-
-
-@_dc
+@dataclass(frozen=True, slots=True)
 class Will:
     topic: str
     payload: bytes = b""
@@ -53,7 +50,7 @@ class Will:
     properties: Properties = NO_PROPERTIES
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Connect:
     client_id: str = ""
     clean_start: bool = True
@@ -66,7 +63,7 @@ class Connect:
     packet_type = PacketType.CONNECT
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class ConnAck:
     """``reason_code`` is the wire value for the protocol level: a 3.1.1 return code (0-5,
     ``ConnackReturnCode``) or an MQTT 5 reason code (``ReasonCode``)."""
@@ -77,7 +74,7 @@ class ConnAck:
     packet_type = PacketType.CONNACK
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Publish:
     topic: str
     payload: bytes = b""
@@ -89,7 +86,7 @@ class Publish:
     packet_type = PacketType.PUBLISH
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class PubAck:
     packet_id: int
     reason_code: int = 0
@@ -97,7 +94,7 @@ class PubAck:
     packet_type = PacketType.PUBACK
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class PubRec:
     packet_id: int
     reason_code: int = 0
@@ -105,7 +102,7 @@ class PubRec:
     packet_type = PacketType.PUBREC
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class PubRel:
     packet_id: int
     reason_code: int = 0
@@ -113,7 +110,7 @@ class PubRel:
     packet_type = PacketType.PUBREL
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class PubComp:
     packet_id: int
     reason_code: int = 0
@@ -121,7 +118,7 @@ class PubComp:
     packet_type = PacketType.PUBCOMP
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Subscription:
     """One (topic filter, subscription options) pair of a SUBSCRIBE. Under 3.1.1 only ``qos`` is
     on the wire; the other options must keep their defaults."""
@@ -133,7 +130,7 @@ class Subscription:
     retain_handling: int = 0  # constants.RetainHandling
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Subscribe:
     packet_id: int
     subscriptions: tuple[Subscription, ...]
@@ -141,7 +138,7 @@ class Subscribe:
     packet_type = PacketType.SUBSCRIBE
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class SubAck:
     """``reason_codes``: one per subscription; 3.1.1 return codes are 0, 1, 2 or 0x80."""
 
@@ -151,7 +148,7 @@ class SubAck:
     packet_type = PacketType.SUBACK
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Unsubscribe:
     packet_id: int
     topic_filters: tuple[str, ...]
@@ -159,7 +156,7 @@ class Unsubscribe:
     packet_type = PacketType.UNSUBSCRIBE
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class UnsubAck:
     """``reason_codes`` exist only in MQTT 5 (one per filter); empty under 3.1.1."""
 
@@ -169,24 +166,24 @@ class UnsubAck:
     packet_type = PacketType.UNSUBACK
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class PingReq:
     packet_type = PacketType.PINGREQ
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class PingResp:
     packet_type = PacketType.PINGRESP
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Disconnect:
     reason_code: int = 0
     properties: Properties = NO_PROPERTIES
     packet_type = PacketType.DISCONNECT
 
 
-@_dc
+@dataclass(frozen=True, slots=True)
 class Auth:
     """MQTT 5 only."""
 

@@ -1,13 +1,43 @@
 """The broker's settings: the `mqtt_*` keys of gateway.toml, checked and turned into
-BrokerSettings. Kept here so gateway/config.py only needs one call."""
+`BrokerSettings` (defined here, so the broker's modules share it without importing the broker).
+Kept here so gateway/config.py only needs one call."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .connection import Limits
 from .topics import is_valid_topic_filter
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls_enabled: bool = False
+    tls_port: int = 8883
+    tls_cert: str = ""  # PEM files; both empty: a self-signed pair in data_dir (bridges/mqtt/tls.py)
+    tls_key: str = ""
+    ws_enabled: bool = False
+    ws_port: int = 8083
+    ws_path: str = "/mqtt"
+    wss_enabled: bool = False  # WebSockets over TLS, with the mqtts certificate
+    wss_port: int = 8084
+    deny_subscribe: tuple[str, ...] = ()
+    data_dir: str = ""
+    allow_anonymous: bool = False
+    anonymous_user: str = "mqtt-guest"
+    room_levels: int = 2
+    limits: Limits = Limits()
+    # Seconds a batch of QoS 0 publishes may wait for later writes to share its commit (SD-card
+    # writes); 0: commit at once, like every acknowledged write.
+    qos0_commit_delay: float = 0.0
+    connect_timeout: float = 10.0  # seconds from accept to CONNECT; then the socket is closed
+    max_connections_per_address: int = 100  # open connections per remote address; 0: no cap
+    max_sessions_per_account: int = 100  # persistent sessions one account may keep; 0: no cap
+
 
 # key -> (smallest, largest) for the integer settings
 _RANGES = {
@@ -113,9 +143,7 @@ def render(config: Any) -> str:
     return RENDERED.format(**values)
 
 
-def broker_settings(config: Any, data_dir: Path | None = None) -> Any:
-    from .broker import BrokerSettings
-
+def broker_settings(config: Any, data_dir: Path | None = None) -> BrokerSettings:
     if (config.mqtt_tls_enabled or config.mqtt_wss_enabled) and bool(config.mqtt_tls_cert) != bool(config.mqtt_tls_key):
         raise ValueError("mqtt_tls_cert and mqtt_tls_key must be given together (or both left empty)")
     return BrokerSettings(

@@ -5,10 +5,13 @@ subscriptions (`$share/GROUP/FILTER`) are kept per (group, filter) so one member
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 from .packets import Subscription
 from .topics import parse_shared_subscription, topic_matches
 
 Match = dict[str, list[Subscription]]  # session key -> its matching subscriptions
+K = TypeVar("K")
 
 
 class SubscriptionIndex:
@@ -30,16 +33,11 @@ class SubscriptionIndex:
     def remove(self, key: str, topic_filter: str) -> None:
         shared = parse_shared_subscription(topic_filter)
         if shared is not None:
-            table, k = self._shared, (shared.group, shared.topic_filter)
+            _discard(self._shared, (shared.group, shared.topic_filter), key)
         elif "+" in topic_filter or "#" in topic_filter:
-            table, k = self._wild, topic_filter  # type: ignore[assignment]
+            _discard(self._wild, topic_filter, key)
         else:
-            table, k = self._exact, topic_filter  # type: ignore[assignment]
-        entry = table.get(k)  # type: ignore[call-overload]
-        if entry is not None:
-            entry.pop(key, None)
-            if not entry:
-                del table[k]  # type: ignore[arg-type]
+            _discard(self._exact, topic_filter, key)
 
     def match(self, topic: str) -> Match:
         """Non-shared subscriptions matching `topic`, grouped by session."""
@@ -62,3 +60,12 @@ class SubscriptionIndex:
         n = self._rr.get(group, 0)
         self._rr[group] = n + 1
         return sorted(candidates)[n % len(candidates)]
+
+
+def _discard(table: dict[K, dict[str, Subscription]], k: K, key: str) -> None:
+    """Drop session `key` from the entry `k` of one of the index's tables, and the entry once empty."""
+    entry = table.get(k)
+    if entry is not None:
+        entry.pop(key, None)
+        if not entry:
+            del table[k]

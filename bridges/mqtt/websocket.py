@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 if TYPE_CHECKING:
-    from .broker import ClientProtocol, MqttBroker
+    from .protocol import ClientProtocol
 
 log = logging.getLogger("bridges.mqtt")
 
@@ -93,17 +93,16 @@ class WebSocketTransport(asyncio.Transport):
                 return
 
 
-def make_app(broker: "MqttBroker", path: str) -> web.Application:
-    """One route: the WebSocket upgrade on *path*; anything else is aiohttp's 404."""
+def make_app(protocol_factory: "Callable[[], ClientProtocol]", path: str, max_packet: int) -> web.Application:
+    """One route: the WebSocket upgrade on *path*; anything else is aiohttp's 404. Each
+    WebSocket gets a protocol from *protocol_factory* (the broker's, as its TCP listener does)."""
     app = web.Application(client_max_size=1024)
-    app.router.add_get(path, lambda request: serve(broker, request))
+    app.router.add_get(path, lambda request: serve(protocol_factory, max_packet, request))
     return app
 
 
-async def serve(broker: "MqttBroker", request: web.Request) -> web.StreamResponse:
-    from .broker import ClientProtocol
-
-    max_packet = broker.settings.limits.max_packet_size
+async def serve(protocol_factory: "Callable[[], ClientProtocol]", max_packet: int,
+                request: web.Request) -> web.StreamResponse:
     # A frame somewhat over the packet limit still reaches the codec, which refuses the packet
     # from its fixed header with the usual DISCONNECT 0x95; far larger ones aiohttp refuses (1009).
     ws = web.WebSocketResponse(protocols=SUBPROTOCOLS, max_msg_size=2 * max_packet + 16, autoping=True,
@@ -116,7 +115,7 @@ async def serve(broker: "MqttBroker", request: web.Request) -> web.StreamRespons
         return web.Response(status=400, text="MQTT over WebSocket needs the WebSocket subprotocol 'mqtt'\n")
     await ws.prepare(request)
     peername = request.transport.get_extra_info("peername") if request.transport else None
-    protocol = ClientProtocol(broker)
+    protocol = protocol_factory()
     transport = WebSocketTransport(ws, peername, protocol)
     protocol.connection_made(transport)
     writer = asyncio.create_task(transport.write_loop(), name="mqtt-ws-writer")

@@ -1102,6 +1102,18 @@ class Rooms:
         stripped.append(stripped_state(invite))
         return stripped
 
+    # -- membership queries for front ends --------------------------------------------------------
+
+    def is_joined(self, user_id: str, room_id: str) -> bool:
+        """Whether the user is joined to the room now (committed membership): what a front end
+        asks before handing a room's events to one of the user's connections (MQTT's fan-out,
+        per matching session per event: a dict lookup, no allocation)."""
+        rooms = self.memberships.get(user_id)
+        if rooms is None:
+            return False
+        entry = rooms.get(room_id)
+        return entry is not None and entry[0] == "join"
+
 
 class _Rows:
     """The rows one persistence step writes, and what to announce once they are committed."""

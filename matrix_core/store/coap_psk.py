@@ -7,6 +7,27 @@ from pathlib import Path
 
 from ..clock import now_ms
 
+# The CoAP front end's schema (component "coap", registered in migrations.COMPONENT_STORES): coaps
+# pre-shared keys, one per device, set with
+# `matrix-gateway device add ... --psk`; the identity is what a device says in its DTLS handshake.
+COMPONENT = "coap"
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE coap_psk (
+            identity TEXT PRIMARY KEY,
+            psk TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            created_ts INTEGER NOT NULL
+        );
+        CREATE INDEX coap_psk_device ON coap_psk (user_id, device_id)
+        """,
+    ),
+]
+
 
 def owner_of(conn: sqlite3.Connection, identity: str) -> tuple[str, str] | None:
     """(user id, device id) that holds the PSK identity, if any."""

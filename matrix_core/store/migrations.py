@@ -1,14 +1,17 @@
 """Versioned schema migrations, applied in order at start-up inside one transaction each.
 
 Each component (the core, the MQTT broker, federation, ...) has its own numbered list and its
-own version row, so components can grow their tables independently. Never edit a released step:
+own version row, so components can grow their tables independently. A front end's steps live in
+its own store module (store/mqtt.py, store/coap_psk.py), registered in `COMPONENT_STORES`. Never edit a released step:
 append a new one. `state_groups` keep the room state after each event (as deltas), so state
 resolution can be added without a new schema.
 """
 from __future__ import annotations
 
 import sqlite3
+from types import ModuleType
 
+from . import coap_psk, mqtt
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -151,81 +154,6 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-# The MQTT broker (bridges/mqtt): topic rules set with `matrix-gateway mqtt map`, persistent
-# sessions (clean session 0 / session expiry) with their subscriptions, the stream position each
-# has handled up to, and incoming QoS 2 packet ids awaiting PUBREL.
-MQTT_MIGRATIONS: list[tuple[int, str]] = [
-    (
-        1,
-        """
-        CREATE TABLE mqtt_rules (
-            topic_filter TEXT PRIMARY KEY,
-            room_id TEXT NOT NULL,
-            created_ts INTEGER NOT NULL
-        );
-        CREATE TABLE mqtt_sessions (
-            client_id TEXT PRIMARY KEY,
-            user_id TEXT NOT NULL,
-            protocol_level INTEGER NOT NULL,
-            expiry_interval INTEGER NOT NULL,
-            disconnected_ts INTEGER,
-            cursor INTEGER NOT NULL
-        );
-        CREATE TABLE mqtt_subscriptions (
-            client_id TEXT NOT NULL,
-            topic_filter TEXT NOT NULL,
-            qos INTEGER NOT NULL,
-            no_local INTEGER NOT NULL DEFAULT 0,
-            retain_as_published INTEGER NOT NULL DEFAULT 0,
-            retain_handling INTEGER NOT NULL DEFAULT 0,
-            subscription_id INTEGER,
-            PRIMARY KEY (client_id, topic_filter)
-        );
-        CREATE TABLE mqtt_incoming_qos2 (
-            client_id TEXT NOT NULL,
-            packet_id INTEGER NOT NULL,
-            PRIMARY KEY (client_id, packet_id)
-        );
-        """,
-    ),
-    # Default rooms the broker made for topic trees (alias #mqtt/KEY, the publisher it made the room
-    # for: the tree's owner, who may bind topics under it). The broker routes by such an alias only
-    # if it made it (or a hub admin did). Aliases from before this step are taken as the broker's:
-    # it cannot tell them apart from a squatter's made when the namespace was open (docs/mqtt.md).
-    # room_id is NULL from just before the room is created until it is.
-    (
-        2,
-        """
-        CREATE TABLE mqtt_default_rooms (
-            alias TEXT PRIMARY KEY,
-            owner TEXT NOT NULL,
-            room_id TEXT,
-            created_ts INTEGER NOT NULL
-        );
-        INSERT OR IGNORE INTO mqtt_default_rooms (alias, owner, room_id, created_ts)
-            SELECT alias, creator, room_id, 0 FROM room_aliases WHERE substr(alias, 1, 6) = '#mqtt/'
-        """,
-    ),
-]
-
-# The CoAP front end (bridges/coap/psk.py): coaps pre-shared keys, one per device, set with
-# `matrix-gateway device add ... --psk`; the identity is what a device says in its DTLS handshake.
-COAP_MIGRATIONS: list[tuple[int, str]] = [
-    (
-        1,
-        """
-        CREATE TABLE coap_psk (
-            identity TEXT PRIMARY KEY,
-            psk TEXT NOT NULL,
-            user_id TEXT NOT NULL,
-            device_id TEXT NOT NULL,
-            created_ts INTEGER NOT NULL
-        );
-        CREATE INDEX coap_psk_device ON coap_psk (user_id, device_id)
-        """,
-    ),
-]
-
 FEDERATION_ROOMS_MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -274,13 +202,17 @@ FEDERATION_MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-# component name -> its steps. Add a component's list here (one line) when it needs tables.
+# A front end's tables live with its store module, which declares them: COMPONENT (its name in
+# schema_versions) and MIGRATIONS (its steps), next to the SQL that uses them. The core does not
+# know their schema; a new component adds its module here (one entry).
+COMPONENT_STORES: tuple[ModuleType, ...] = (mqtt, coap_psk)
+
+# component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).
 COMPONENTS: dict[str, list[tuple[int, str]]] = {
     "core": CORE_MIGRATIONS,
     "federation": FEDERATION_MIGRATIONS,
     "federation_rooms": FEDERATION_ROOMS_MIGRATIONS,
-    "mqtt": MQTT_MIGRATIONS,
-    "coap": COAP_MIGRATIONS,
+    **{store.COMPONENT: store.MIGRATIONS for store in COMPONENT_STORES},
 }
 
 
