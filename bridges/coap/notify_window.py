@@ -19,7 +19,7 @@ from typing import Any, Callable
 __all__ = ["NotifyWindow"]
 
 
-class _Backlogs(dict):  # type: ignore[type-arg]
+class _Backlogs(dict[Any, Any]):
     """aiocoap's per-remote backlog dict, telling us when a remote's entry goes."""
 
     def __init__(self, items: dict[Any, Any], cleared: Callable[[Any], None]) -> None:
