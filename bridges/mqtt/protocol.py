@@ -356,7 +356,7 @@ class ClientProtocol(asyncio.Protocol):
         assert self.requester is not None and room_id is not None
         broker = self.broker
         top_qos = max(item[3].qos for item in items)
-        delay = broker.settings.qos0_commit_delay if top_qos == 0 else 0.0
+        delay = broker.settings.qos0_commit_delay if top_qos == 0 and not self._would_wait_on(len(items)) else 0.0
         # Delivered before the commit only if no QoS 1/2 publish of this client is still being
         # stored: its subscribers get this client's messages in the order it sent them.
         early = delay > 0 and not any(qos for _, qos, _ in self._acks)
@@ -464,6 +464,13 @@ class ClientProtocol(asyncio.Protocol):
         elif self._paused and backlog < limit // 2:
             self._paused = False
             self.transport.resume_reading()
+
+    def _would_wait_on(self, adding: int) -> bool:
+        """Is (or, with `adding` more publishes pending, will) this client be held back until its
+        publishes are stored? Then its QoS 0 writes must not wait to share a commit: a write
+        handed over after `_held_back` asked for a commit (the last batch of a read, publishes
+        that waited for the message rate) would otherwise hold the client for the whole delay."""
+        return self._paused or len(self._acks) + adding >= self.broker.settings.limits.receive_maximum
 
     def _held_back(self) -> None:
         """This client waits for its publishes to be stored: QoS 0 ones waiting to share a
