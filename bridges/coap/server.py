@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiocoap
 from aiocoap import error as coap_error
@@ -34,6 +34,9 @@ from .observe import MAX_PER_CLIENT, MAX_TOTAL, Observation, Observations, obser
 from .psk import PskClaim, PskStore
 from .short_paths import ACCESS_TOKEN_OPTION
 from .translate import ApiCall, translate
+
+if TYPE_CHECKING:
+    from matrix_core.homeserver import Homeserver
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +151,7 @@ def error_message(err: errors.MatrixError, content_format: int = codes.CONTENT_F
 class ApiResource(resource.ObservableResource, resource.PathCapable):
     """The whole CoAP URI space: every request goes to the client-server route table."""
 
-    def __init__(self, hs: Any, max_observations_per_client: int = MAX_PER_CLIENT,
+    def __init__(self, hs: "Homeserver", max_observations_per_client: int = MAX_PER_CLIENT,
                  max_observations: int = MAX_TOTAL) -> None:
         super().__init__()
         self._block1 = _Block1Spool()
@@ -375,7 +378,7 @@ class CoapFrontend:
 
     name = "coap"
 
-    def __init__(self, hs: Any, bind: str, port: int, coaps_port: int | None, database_path: Path,
+    def __init__(self, hs: "Homeserver", bind: str, port: int, coaps_port: int | None, database_path: Path,
                  max_observations_per_client: int = MAX_PER_CLIENT, max_observations: int = MAX_TOTAL) -> None:
         self.hs = hs
         self.bind = bind

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .connection import Limits
 from .topics import is_valid_topic_filter
+
+if TYPE_CHECKING:
+    from matrix_core.homeserver import Homeserver
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def broker_settings(config: Any, data_dir: Path | None = None) -> BrokerSettings
     )
 
 
-def build_frontend(config: Any, hs: Any, data_dir: Path | None = None) -> list[Any]:
+def build_frontend(config: Any, hs: "Homeserver", data_dir: Path | None = None) -> list[Any]:
     """The broker as a gateway Frontend (none when mqtt_enabled is false). *data_dir* holds the
     self-signed TLS pair when TLS is on without a configured certificate."""
     from .broker import MqttBroker
