@@ -9,6 +9,7 @@ messages and live delivery, paho).
 """
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
 from typing import Any
 
@@ -184,3 +185,28 @@ def test_mqtt_retained_and_live_reach_members_only(world: World) -> None:
     finally:
         for client in (alice, erin, bob):
             client.disconnect()
+
+
+async def test_coap_observe_follows_the_same_rules(world: World) -> None:
+    """Observe (RFC 7641) on /sync and /messages: erin's observed sync shows her no history; bob's
+    observed /messages gets the next message as a notification."""
+    ctx = await aiocoap.Context.create_client_context()
+    base = f"coap://127.0.0.1:{world.gw.coap_port}/_matrix/client/v3"
+    try:
+        erin = ctx.request(aiocoap.Message(code=aiocoap.GET, observe=0,
+                                           uri=f"{base}/sync?since=s0&access_token={world.tokens['erin']}"))
+        first = await erin.response
+        assert first.code == aiocoap.CONTENT and first.opt.observe is not None
+        assert bodies(cbor2.loads(first.payload)["rooms"]["leave"][world.room]["timeline"]["events"]) == []
+        erin.observation.cancel()
+        bob = ctx.request(aiocoap.Message(code=aiocoap.GET, observe=0, uri=(
+            f"{base}/rooms/{Q(world.room)}/messages?dir=b&limit=1&access_token={world.tokens['bob']}")))
+        first = await bob.response
+        assert first.code == aiocoap.CONTENT and first.opt.observe is not None
+        notifications = bob.observation.__aiter__()
+        world.ok("alice", "PUT", world.r("/send/m.room.message/obs1"), {"msgtype": "m.text", "body": "observed"})
+        note = await asyncio.wait_for(notifications.__anext__(), 20)
+        assert bodies(cbor2.loads(note.payload)["chunk"]) == ["observed"]
+        bob.observation.cancel()
+    finally:
+        await ctx.shutdown()
