@@ -11,7 +11,8 @@ import sqlite3
 import time
 from typing import Any
 
-from matrix_core.store import Database, event_index, event_json
+from matrix_core.store import Database, event_json
+from matrix_core.store import events as event_rows
 
 from .packets import Subscription
 from .routing import Rule
@@ -114,12 +115,7 @@ async def load_room_bindings(db: Database, binding_type: str) -> list[tuple[str,
     """(room_id, state_key, content, sender) of every current topic binding in every room. A
     read-only look at the core's current_state at start-up; later changes arrive on the event
     stream."""
-    rows = await db.fetchall(
-        "SELECT c.room_id, c.state_key, e.json FROM current_state c "
-        f"JOIN events e ON {event_index.by_id('c.event_id', 'e')} "
-        "WHERE c.type = ?",
-        (binding_type,),
-    )
+    rows = await event_rows.current_state_of_type(db, binding_type)
     out = []
     for room_id, state_key, pdu_json in rows:
         pdu = event_json.load(pdu_json)

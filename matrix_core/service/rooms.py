@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
@@ -23,9 +22,10 @@ from ..notifier import EventStream
 from ..room_presets import check_body as check_create_body, initial_state_events
 from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS, RoomVersion
 from ..signing import SigningKey
-from ..store import Database, event_index, event_json
-from ..store import rooms as room_rows
+from ..store import Database, event_json
+from ..store import accounts as account_rows, events as event_rows, rooms as room_rows, state_groups
 from ..store.database import WriteFn
+from ..store.events import Compactor, EventRows
 from .accounts import Requester
 from .read_access import ReadAccess, ReadGate
 from .room_cache import MAX_STATE_CHAIN, RoomCache, StateKey
@@ -95,46 +95,32 @@ class Rooms:
         self._rooms_created: dict[str, int] = {}  # user -> rooms created, once read
         # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
         self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
-        self.compactor = event_index.Compactor(self.db.submit)
+        self.compactor = Compactor(self.db.submit)
         self.read_gate = ReadGate(db)
 
     # -- start-up -----------------------------------------------------------------------------
 
     async def load(self) -> None:
         """Read counters and the small indexes kept in memory; room state loads on first use."""
-        row = await self.db.fetchone("SELECT MAX(stream_ordering) FROM events")
-        last = row[0] if row and row[0] is not None else 0
+        top, bottom = await event_rows.position_bounds(self.db)
+        last = top if top is not None else 0
         self._next_stream = last + 1
         self.stream.reset(last)
-        row = await self.db.fetchone("SELECT MIN(stream_ordering) FROM events")
-        self._next_backfill = min(-1, (row[0] or 0) - 1) if row else -1
+        self._next_backfill = min(-1, (bottom or 0) - 1)
         self.compactor.note_positions(self._next_stream, self._next_backfill)  # resumes interrupted work
-        row = await self.db.fetchone("SELECT MAX(id) FROM state_groups")
-        self._next_state_group = (row[0] or 0) + 1 if row else 1
-        for room_id, version in await self.db.fetchall("SELECT room_id, room_version FROM rooms"):
+        self._next_state_group = await state_groups.next_group_id(self.db)
+        for room_id, version in await room_rows.room_versions(self.db):
             self._room_versions[room_id] = KNOWN_ROOM_VERSIONS[version]
-        for room_id, user_id, membership, pos in await self.db.fetchall(
-            "SELECT c.room_id, c.state_key, c.membership, e.stream_ordering FROM current_state c "
-            f"JOIN events e ON {event_index.by_id('c.event_id', 'e')} WHERE c.type = 'm.room.member'"
-        ):
+        for room_id, user_id, membership, pos in await event_rows.local_memberships(self.db):
             if user_id.endswith(":" + self.server_name):
                 self.memberships.setdefault(user_id, {})[room_id] = (membership, pos)
-        for user_id, room_id, version, invite_json, invite_state, pos in await self.db.fetchall(
-            "SELECT user_id, room_id, room_version, event_json, invite_state, stream_ordering FROM remote_invites"
-        ):
-            self.remote_invites[(user_id, room_id)] = (KNOWN_ROOM_VERSIONS[version], json.loads(invite_json),
-                                                       json.loads(invite_state))
+        for user_id, room_id, version, invite_pdu, invite_state, pos in await room_rows.remote_invites(self.db):
+            self.remote_invites[(user_id, room_id)] = (KNOWN_ROOM_VERSIONS[version], invite_pdu, invite_state)
             if room_id not in self._room_versions:
                 self.memberships.setdefault(user_id, {})[room_id] = ("invite", pos)
-        for txn_key, event_id in reversed(await self.db.fetchall(
-            "SELECT txn_key, event_id FROM events WHERE txn_key IS NOT NULL ORDER BY stream_ordering DESC LIMIT ?",
-            (TXN_MEMORY,),
-        )):
+        for txn_key, event_id in await event_rows.recent_txns(self.db, TXN_MEMORY):
             self._txns[txn_key] = event_id
-        for redacted, redaction_id, room_id, pdu_json in await self.db.fetchall(
-            "SELECT r.redacted_event_id, r.redaction_event_id, e.room_id, e.json FROM redactions r "
-            f"JOIN events e ON {event_index.by_id('r.redaction_event_id', 'e')}"
-        ):
+        for redacted, redaction_id, room_id, pdu_json in await event_rows.redactions(self.db):
             self.redactions[redacted] = redaction_id
             self._redaction_events[redaction_id] = Event(
                 event_json.load(pdu_json), redaction_id, self._room_versions[room_id]
@@ -174,36 +160,19 @@ class Rooms:
 
     async def _load_room(self, room_id: str) -> RoomCache:
         version = self._room_versions[room_id]
-        row = await self.db.fetchone(
-            "SELECT forward_extremities, current_state_group FROM rooms WHERE room_id = ?", (room_id,)
-        )
-        assert row is not None
-        room = RoomCache(room_id, version, extremities=json.loads(row[0]), state_group=row[1],
-                         stored_extremities=row[0], stored_group=row[1])
+        stored_extremities, group = await room_rows.room_head(self.db, room_id)
+        room = RoomCache(room_id, version, extremities=json.loads(stored_extremities), state_group=group,
+                         stored_extremities=stored_extremities, stored_group=group)
         if not room.extremities:
-            latest = await self.db.fetchone(
-                event_index.room_events("e.stream_ordering, e.event_id", "?1", event_index.TIMELINE, "DESC", "1"),
-                (room_id,))
+            latest = await event_rows.latest_timeline_event(self.db, room_id)
             room.extremities = [latest[1]] if latest else []
-        rows = await self.db.fetchall(
-            f"SELECT e.event_id, e.json FROM current_state c JOIN events e ON {event_index.by_id('c.event_id', 'e')} "
-            "WHERE c.room_id = ?",
-            (room_id,),
-        )
-        for event_id, pdu_json in rows:
+        for event_id, pdu_json in await event_rows.current_state_json(self.db, room_id):
             ev = Event(event_json.load(pdu_json), event_id, version)
             room.state[(ev.type, ev.state_key or "")] = ev
         if room.extremities:
-            depth_row = await self.db.fetchone(
-                f"SELECT MAX(depth) FROM events WHERE {event_index.by_ids()}",
-                (event_index.ids_param(room.extremities),),
-            )
-            room.depth = depth_row[0] or 0 if depth_row else 0
+            room.depth = await event_rows.max_depth(self.db, room.extremities)
         if room.state_group is not None:
-            chain_row = await self.db.fetchone(
-                "SELECT chain_length FROM state_groups WHERE id = ?", (room.state_group,)
-            )
-            room.state_chain = chain_row[0] if chain_row else 0
+            room.state_chain = await state_groups.chain_length(self.db, room.state_group)
         return room
 
     def placed_in_memory(self, event_id: str) -> bool:
@@ -218,11 +187,7 @@ class Rooms:
 
     async def fetch_event(self, event_id: str) -> tuple[Event, int] | None:
         """An accepted, non-outlier event and its stream position, or None."""
-        row = await self.db.fetchone(
-            f"SELECT room_id, json, stream_ordering FROM events WHERE {event_index.BY_ID_PARAM} "
-            "AND rejected_reason IS NULL",
-            (event_id,),
-        )
+        row = await event_rows.accepted_event(self.db, event_id)
         if row is None:
             return None
         version = self._room_versions[row[0]]
@@ -323,7 +288,7 @@ class Rooms:
             self._auth_passed.add(auth_memo)
         return event
 
-    def _new_group(self, rows: "_Rows", room_id: str, state: dict[StateKey, Event], base_group: int | None,
+    def _new_group(self, rows: EventRows, room_id: str, state: dict[StateKey, Event], base_group: int | None,
                    base_chain: int, delta: dict[StateKey, Event]) -> tuple[int, int]:
         """Write a state group: a delta on `base_group`, or whole when there is no base or the
         chain is long. Returns (group id, chain length)."""
@@ -340,7 +305,7 @@ class Rooms:
     def _apply_and_enqueue(self, room: RoomCache, events: list[Event], txn_key: str | None = None,
                            new_room: bool = False, also: WriteFn | None = None) -> "asyncio.Future[Any]":
         """Advance the room's in-memory state past local `events` and queue their write (no await)."""
-        rows = _Rows()
+        rows = EventRows()
         self._apply(room, events, rows, txn_key)
         if also is not None:
             rows.also.append(also)
@@ -349,7 +314,7 @@ class Rooms:
         self._update_room_row(rows, room, latest_is_sole_extremity=True)
         return self._submit(room, rows)
 
-    def _apply(self, room: RoomCache, events: list[Event], rows: "_Rows", txn_key: str | None = None) -> None:
+    def _apply(self, room: RoomCache, events: list[Event], rows: EventRows, txn_key: str | None = None) -> None:
         """Advance the room's in-memory state past local `events`, adding their rows to `rows`."""
         for i, ev in enumerate(events):
             pos = self._next_stream
@@ -371,23 +336,23 @@ class Rooms:
             self._remember_state_after(ev.event_id, room.state, room.state_group)
 
     @staticmethod
-    def _update_room_row(rows: "_Rows", room: RoomCache, latest_is_sole_extremity: bool) -> None:
+    def _update_room_row(rows: EventRows, room: RoomCache, latest_is_sole_extremity: bool) -> None:
         """Write the rooms row only when it changes: most messages leave it alone (SD-card writes)."""
         extremities = "[]" if latest_is_sole_extremity else json.dumps(room.extremities)
         if extremities != room.stored_extremities or room.state_group != room.stored_group:
             rows.room_update = (extremities, room.state_group, room.room_id)
             room.stored_extremities, room.stored_group = extremities, room.state_group
 
-    def _note_member(self, rows: "_Rows", ev: Event, pos: int) -> None:
+    def _note_member(self, rows: EventRows, ev: Event, pos: int) -> None:
         if ev.type == "m.room.member" and ev.state_key and ev.state_key.endswith(":" + self.server_name):
             rows.member_updates.append((ev.state_key, ev.membership or "leave", pos))
 
-    def _submit_rows(self, rows: "_Rows", delay: float = 0.0) -> "asyncio.Future[Any]":
+    def _submit_rows(self, rows: EventRows, delay: float = 0.0) -> "asyncio.Future[Any]":
         fut = self.db.submit(rows.write, delay)
         self.compactor.note_positions(self._next_stream, self._next_backfill)
         return fut
 
-    def _submit(self, room: RoomCache, rows: "_Rows", delay: float = 0.0) -> "asyncio.Future[Any]":
+    def _submit(self, room: RoomCache, rows: EventRows, delay: float = 0.0) -> "asyncio.Future[Any]":
         fut = self._submit_rows(rows, delay)
 
         def on_committed(f: "asyncio.Future[Any]") -> None:
@@ -438,13 +403,10 @@ class Rooms:
             ids.append(event_id)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            for event_id, room_id, pdu_json, outlier, rejected in await self.db.fetchall(
-                f"SELECT event_id, room_id, json, outlier, rejected_reason FROM events WHERE {event_index.by_ids()}",
-                (event_index.ids_param(chunk),),
-            ):
+            for event_id, room_id, pdu_json, is_outlier, rejected in await event_rows.events_any(self.db, chunk):
                 version = self._room_versions.get(room_id)
                 if version is not None:
-                    out[event_id] = (Event(event_json.load(pdu_json), event_id, version), bool(outlier), rejected)
+                    out[event_id] = (Event(event_json.load(pdu_json), event_id, version), bool(is_outlier), rejected)
         return out
 
     def _remember_state_after(self, event_id: str, state: dict[StateKey, Event], group: int | None) -> None:
@@ -460,14 +422,10 @@ class Rooms:
         recent = self._recent_state.get(event_id)
         if recent is not None:
             return dict(recent[0]), recent[1]
-        row = await self.db.fetchone(
-            f"SELECT state_group FROM events WHERE {event_index.BY_ID_PARAM} AND outlier = 0 "
-            "AND rejected_reason IS NULL",
-            (event_id,),
-        )
-        if row is None or row[0] is None:
+        group = await event_rows.state_group_after(self.db, event_id)
+        if group is None:
             return None
-        return await self.load_state_group(room.room_id, row[0]), row[0]
+        return await self.load_state_group(room.room_id, group), group
 
     async def resolve_states(self, version: RoomVersion, state_sets: list[dict[StateKey, Event]]
                              ) -> dict[StateKey, Event]:
@@ -514,7 +472,7 @@ class Rooms:
 
     def enqueue_outliers(self, events: list[Event]) -> "asyncio.Future[Any]":
         """Store events we need for auth or state but have not placed in the DAG (no stream)."""
-        rows = _Rows()
+        rows = EventRows()
         for ev in events:
             rows.add_event(self._alloc_position(True), ev, None, None, None, outlier=True, announce=False)
             self._outlier_cache[ev.event_id] = ev
@@ -523,7 +481,7 @@ class Rooms:
         return self._submit_rows(rows)
 
     def enqueue_rejected(self, ev: Event, reason: str) -> "asyncio.Future[Any]":
-        rows = _Rows()
+        rows = EventRows()
         rows.add_event(self._alloc_position(True), ev, None, None, None, rejected=reason, announce=False)
         return self._submit_rows(rows)
 
@@ -548,7 +506,7 @@ class Rooms:
                     new_current = await self.resolve_states(room.version, [dict(room.state), state_after])
             if room.extremities == extremities_seen:
                 break  # nothing moved while we resolved: apply now, without awaiting
-        rows = _Rows()
+        rows = EventRows()
         if new_room:
             rows.new_room = (room.room_id, room.version.identifier, None)
         pos = position if position is not None else self._alloc_position(backfilled)
@@ -591,10 +549,8 @@ class Rooms:
         pos = self._alloc_position(False)
         stripped = list(invite_state) + [{"type": "m.room.member", "state_key": user_id,
                                           "content": pdu.get("content", {}), "sender": pdu.get("sender")}]
-        await self.db.write(lambda conn: conn.execute(
-            "INSERT OR REPLACE INTO remote_invites (user_id, room_id, room_version, event_json, invite_state, "
-            "stream_ordering) VALUES (?, ?, ?, ?, ?, ?)",
-            (user_id, room_id, version.identifier, json.dumps(pdu), json.dumps(stripped), pos)))
+        await self.db.write(lambda conn: room_rows.put_remote_invite(
+            conn, user_id, room_id, version.identifier, pdu, stripped, pos))
         self.remote_invites[(user_id, room_id)] = (version, pdu, stripped)
         if room_id in self._room_versions:
             return  # a room we already know: the invite also arrives as a room event
@@ -605,8 +561,7 @@ class Rooms:
     async def forget_remote_invite(self, user_id: str, room_id: str) -> None:
         if self.remote_invites.pop((user_id, room_id), None) is None:
             return
-        await self.db.write(lambda conn: conn.execute(
-            "DELETE FROM remote_invites WHERE user_id = ? AND room_id = ?", (user_id, room_id)))
+        await self.db.write(lambda conn: room_rows.delete_remote_invite(conn, user_id, room_id))
 
     async def send_event(self, requester: Requester, room_id: str, event_type: str, content: Any,
                          txn_id: str | None = None, state_key: str | None = None,
@@ -672,7 +627,7 @@ class Rooms:
             return None, []
         outcomes: list[Any] = []
         events: list[Event] = []
-        rows = _Rows()
+        rows = EventRows()
         for i, (event_type, content, state_key) in enumerate(items):
             try:
                 event = self._build_requested(room, requester, event_type, content, state_key)
@@ -785,7 +740,7 @@ class Rooms:
         if alias is not None:
             await self.create_alias(requester, alias, room_id, reserved_ok=True)
         if body.get("visibility") == "public":
-            await self.db.write(lambda c: c.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,)))
+            await self.db.write(lambda c: room_rows.set_public(c, room_id))
         return {"room_id": room_id, **({"room_alias": alias} if alias else {})}
 
     async def _check_room_quota(self, requester: Requester) -> None:
@@ -828,9 +783,7 @@ class Rooms:
                 raise errors.bad_json("'reason' must be a string")
             content["reason"] = reason
         if membership in ("join", "invite", "knock"):
-            profile = await self.db.fetchone(
-                "SELECT displayname, avatar_url FROM users WHERE user_id = ?", (target,)
-            )
+            profile = await account_rows.profile(self.db, target)
             if profile is not None:
                 if profile[0] is not None:
                     content["displayname"] = profile[0]
@@ -931,7 +884,7 @@ class Rooms:
         cached = self._aliases.get(alias)
         if cached is not None:
             return cached
-        row = await self.db.fetchone("SELECT room_id FROM room_aliases WHERE alias = ?", (alias,))
+        row = await room_rows.alias_room(self.db, alias)
         if row is None:
             return None
         self._aliases[alias] = row[0]
@@ -977,13 +930,11 @@ class Rooms:
             raise errors.not_found("Unknown room")
         if await self.resolve_alias_local(alias) is not None:
             raise errors.MatrixError(409, "M_UNKNOWN", "Room alias already exists")
-        await self.db.write(lambda c: c.execute(
-            "INSERT INTO room_aliases (alias, room_id, creator) VALUES (?, ?, ?)", (alias, room_id, requester.user_id)
-        ))
+        await self.db.write(lambda c: room_rows.insert_alias(c, alias, room_id, requester.user_id))
         self._aliases[alias] = room_id
 
     async def delete_alias(self, requester: Requester, alias: str) -> None:
-        row = await self.db.fetchone("SELECT room_id, creator FROM room_aliases WHERE alias = ?", (alias,))
+        row = await room_rows.alias_room(self.db, alias)
         if row is None:
             raise errors.not_found("Alias not found")
         self._check_alias_namespace(requester, alias[1:].split(":", 1)[0])
@@ -992,7 +943,7 @@ class Rooms:
             level = auth_rules.get_user_power_level(requester.user_id, room.state)
             if level < auth_rules.get_required_level("m.room.canonical_alias", True, room.state):
                 raise errors.forbidden("You may not delete this alias")
-        await self.db.write(lambda c: c.execute("DELETE FROM room_aliases WHERE alias = ?", (alias,)))
+        await self.db.write(lambda c: room_rows.delete_alias(c, alias))
         self._aliases.pop(alias, None)
 
     # -- reading state and history ----------------------------------------------------------------
@@ -1023,32 +974,17 @@ class Rooms:
 
     async def state_at(self, room_id: str, position: int) -> dict[StateKey, Event]:
         """The room state after the event at `position` (walks the state-group delta chain)."""
-        row = await self.db.fetchone(
-            event_index.room_events("e.stream_ordering, e.state_group", "?1",
-                                    "e.state_group IS NOT NULL", "DESC", "1", upto="?2"),
-            (room_id, position),
-        )
-        if row is None:
+        group = await event_rows.state_group_at(self.db, room_id, position)
+        if group is None:
             return {}
-        return await self.load_state_group(room_id, row[1])
+        return await self.load_state_group(room_id, group)
 
     async def load_state_group(self, room_id: str, group: int) -> dict[StateKey, Event]:
-        ids: dict[StateKey, str] = {}
-        current: int | None = group
-        while current is not None:
-            for t, sk, eid in await self.db.fetchall(
-                "SELECT type, state_key, event_id FROM state_group_entries WHERE group_id = ?", (current,)
-            ):
-                ids.setdefault((t, sk), eid)
-            prev = await self.db.fetchone("SELECT prev_group FROM state_groups WHERE id = ?", (current,))
-            current = prev[0] if prev else None
+        ids = await state_groups.state_ids(self.db, group)
         version = self._room_versions[room_id]
         out: dict[StateKey, Event] = {}
         if ids:
-            rows = await self.db.fetchall(
-                f"SELECT event_id, json FROM events WHERE {event_index.by_ids()}",
-                (event_index.ids_param(list(ids.values())),),
-            )
+            rows = await event_rows.events_json(self.db, list(ids.values()))
             by_id = {eid: Event(event_json.load(j), eid, version) for eid, j in rows}
             for key, eid in ids.items():
                 if eid in by_id:
@@ -1067,10 +1003,7 @@ class Rooms:
         """Events of a room in the window (after, upto], newest `limit` (or oldest if forwards)."""
         lower = after if after is not None else -(2**62)
         order = "ASC" if forwards else "DESC"
-        rows = await self.db.fetchall(
-            event_index.timeline_page(order),
-            (room_id, lower, upto, limit),
-        )
+        rows = await event_rows.timeline_page(self.db, room_id, lower, upto, limit, order)
         return self.rows_to_events(rows)
 
     async def messages(self, requester: Requester, room_id: str, from_pos: int | None, direction: str,
@@ -1102,113 +1035,3 @@ class Rooms:
         stripped.append(stripped_state(invite))
         return stripped
 
-
-class _Rows:
-    """The rows one persistence step writes, and what to announce once they are committed."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[Any, ...]] = []
-        # Per event: built here just now (its id, a hash of new content, cannot be stored yet).
-        self.fresh: list[bool] = []
-        self.groups: list[tuple[Any, ...]] = []
-        self.entries: list[tuple[Any, ...]] = []
-        self.current: list[tuple[Any, ...]] = []
-        self.current_deleted: list[tuple[str, str, str]] = []
-        self.redactions: list[tuple[str, str]] = []
-        self.member_updates: list[tuple[str, str, int]] = []
-        self.notify: list[tuple[int, Event]] = []
-        self.new_room: tuple[str, str, str | None] | None = None
-        self.visibility_changed = False  # holds an m.room.history_visibility event (read_access)
-        self.room_update: tuple[str, int | None, str] | None = None
-        self.also: list[WriteFn] = []  # front ends' writes that commit with these events or not at all
-
-    def add_event(self, pos: int, ev: Event, group: int | None, before_group: int | None, txn_key: str | None,
-                  outlier: bool = False, rejected: str | None = None, announce: bool = True,
-                  fresh: bool = False) -> None:
-        if ev.canonical is not None:
-            stored = event_json.pack(ev.canonical)
-            ev.release_canonical()  # the row has it now; cached events stay light
-        else:
-            stored = event_json.pack(json.dumps(ev.pdu, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-        self.events.append((
-            pos, ev.event_id, ev.room_id, ev.type, ev.state_key, ev.sender, ev.depth, ev.origin_server_ts,
-            group, before_group, int(outlier), rejected, txn_key, stored,
-        ))
-        self.fresh.append(fresh)
-        if ev.type == "m.room.redaction" and ev.redacts and not outlier and rejected is None:
-            self.redactions.append((ev.redacts, ev.event_id))
-        if ev.type == "m.room.history_visibility":
-            self.visibility_changed = True
-        if announce and not outlier and rejected is None:
-            self.notify.append((pos, ev))
-
-    def _write_events(self, conn: sqlite3.Connection) -> None:
-        """Insert the events. An event that came from elsewhere may be stored already: an outlier
-        (an auth event we fetched) placed for real later becomes a timeline row at its new
-        position; any other duplicate is ignored. New events are indexed later, in bulk
-        (store/event_index.py); one from elsewhere may have a position the index covers."""
-        rows: list[tuple[Any, ...]] = []
-        arrived: list[tuple[int, str, str]] = []  # stored now, not built here: maybe inside the span
-        seen: set[str] = set()
-        for row, fresh in zip(self.events, self.fresh):
-            pos, event_id, outlier = row[0], row[1], row[10]
-            if not fresh:
-                if event_id in seen:
-                    continue
-                stored = conn.execute(
-                    f"SELECT stream_ordering, outlier FROM events WHERE {event_index.BY_ID_PARAM}", (event_id,)
-                ).fetchone()
-                if stored is not None:
-                    if stored[1] == 1 and outlier == 0:
-                        conn.execute(
-                            "UPDATE events SET stream_ordering = ?, state_group = ?, state_group_before = ?, "
-                            "outlier = 0, rejected_reason = ? WHERE stream_ordering = ?",
-                            (pos, row[8], row[9], row[11], stored[0]),
-                        )
-                        arrived.append((pos, event_id, row[2]))
-                    continue
-                arrived.append((pos, event_id, row[2]))
-            seen.add(event_id)
-            rows.append(row)
-        conn.executemany(
-            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, "
-            "origin_server_ts, state_group, state_group_before, outlier, rejected_reason, txn_key, json) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows,
-        )
-        event_index.index_late(conn, arrived)
-
-    def write(self, conn: sqlite3.Connection) -> None:
-        if self.new_room is not None:
-            conn.execute("INSERT INTO rooms (room_id, room_version, creator) VALUES (?, ?, ?)", self.new_room)
-        self._write_events(conn)
-        if self.groups:
-            conn.executemany(
-                "INSERT INTO state_groups (id, room_id, prev_group, chain_length) VALUES (?,?,?,?)", self.groups
-            )
-            conn.executemany(
-                "INSERT INTO state_group_entries (group_id, type, state_key, event_id) VALUES (?,?,?,?)",
-                self.entries,
-            )
-        if self.current_deleted:
-            conn.executemany(
-                "DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?", self.current_deleted
-            )
-        if self.current:
-            conn.executemany(
-                "INSERT OR REPLACE INTO current_state (room_id, type, state_key, event_id, membership) "
-                "VALUES (?,?,?,?,?)",
-                self.current,
-            )
-        if self.redactions:
-            conn.executemany(
-                "INSERT OR IGNORE INTO redactions (redacted_event_id, redaction_event_id) VALUES (?,?)",
-                self.redactions,
-            )
-        if self.room_update is not None:
-            conn.execute(
-                "UPDATE rooms SET forward_extremities = ?, current_state_group = ? WHERE room_id = ?",
-                self.room_update,
-            )
-        for fn in self.also:
-            fn(conn)

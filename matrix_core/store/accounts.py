@@ -3,10 +3,14 @@ thread and from the CLI (which may run beside a live hub: WAL lets both write)."
 from __future__ import annotations
 
 import sqlite3
+from typing import TYPE_CHECKING
 
 from ..clock import now_ms
 from ..identifiers import new_access_token
 from ..passwords import hash_password
+
+if TYPE_CHECKING:
+    from .database import Database
 
 
 def user_exists(conn: sqlite3.Connection, user_id: str) -> bool:
@@ -54,3 +58,9 @@ def delete_all_tokens(conn: sqlite3.Connection, user_id: str) -> list[str]:
     tokens = [row[0] for row in conn.execute("SELECT token FROM access_tokens WHERE user_id = ?", (user_id,))]
     conn.execute("DELETE FROM access_tokens WHERE user_id = ?", (user_id,))
     return tokens
+
+
+async def profile(db: Database, user_id: str) -> tuple[str | None, str | None] | None:
+    """(displayname, avatar_url) of a local account, None if there is no such account."""
+    row = await db.fetchone("SELECT displayname, avatar_url FROM users WHERE user_id = ?", (user_id,))
+    return None if row is None else (row[0], row[1])
