@@ -28,6 +28,7 @@ from ..store.database import WriteFn
 from ..store.events import Compactor, EventRows
 from .accounts import Requester
 from .read_access import ReadAccess, ReadGate
+from .remote_rooms import NO_FEDERATION, RemoteRooms
 from .room_cache import MAX_STATE_CHAIN, RoomCache, StateKey
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,8 @@ class Rooms:
         self._aliases: dict[str, str] = {}
         # (user_id, room_id) -> (room version, invite PDU, stripped state) for rooms on other servers.
         self.remote_invites: dict[tuple[str, str], tuple[RoomVersion, dict[str, Any], list[dict[str, Any]]]] = {}
-        # Set by the federation front end: join/leave a room hosted elsewhere (user, room, servers, membership).
-        self.remote_membership: Callable[[str, str, list[str], str], Any] | None = None
-        self.resolve_remote_alias: Callable[[str], Any] | None = None
-        self.remote_invite: Callable[[RoomCache, Event], Any] | None = None
-        # Fetch older history of a room from other servers (room_id, how many) -> anything placed?
-        self.backfill: Callable[[str, int], Any] | None = None
+        # Rooms hosted elsewhere: the federation front end, once attached (attach_federation).
+        self.remote: RemoteRooms = NO_FEDERATION
         # Alias localpart prefixes a component owns (the MQTT broker's "mqtt/", which routes topics
         # by them): only that component and hub admins create or delete aliases there.
         self.reserved_alias_prefixes: list[str] = []
@@ -93,10 +90,16 @@ class Rooms:
         self.max_rooms_per_user = 0
         self.admin_contact = ""
         self._rooms_created: dict[str, int] = {}  # user -> rooms created, once read
-        # Called with (room_id, [(position, event)]) after each commit: federation's outbound queue.
-        self.persist_listeners: list[Callable[[str, list[tuple[int, Event]]], None]] = []
         self.compactor = Compactor(self.db.submit)
         self.read_gate = ReadGate(db)
+
+    def attach_federation(self, remote: RemoteRooms) -> None:
+        """Plug in the federation front end, once. Not a constructor argument: the Homeserver
+        builds Rooms before the gateway decides whether to federate, and federation's own parts
+        (sender, inbound handler) are built from the Homeserver, i.e. after Rooms."""
+        if self.remote is not NO_FEDERATION:
+            raise RuntimeError("federation is already attached")
+        self.remote = remote
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -371,8 +374,7 @@ class Rooms:
                     self.redactions[ev.redacts] = ev.event_id
                     self._redaction_events[ev.event_id] = ev
             self.stream.advance(rows.notify)
-            for listener in self.persist_listeners:
-                listener(room.room_id, rows.notify)
+            self.remote.events_persisted(room.room_id, rows.notify)
 
         fut.add_done_callback(on_committed)
         return fut
@@ -802,10 +804,10 @@ class Rooms:
             raise errors.forbidden("This room does not accept knocks")
         event = self._build_event(room, requester.user_id, "m.room.member", content, target)
         if membership == "invite" and not target.endswith(":" + self.server_name):
-            if self.remote_invite is None:
+            if not self.remote.federates:
                 raise errors.forbidden("This hub does not federate: only local users can be invited")
             # The invitee's server countersigns first (invites v2), then the event is ours to place.
-            event = await self.remote_invite(room, event)
+            event = await self.remote.remote_invite(room, event)
         await self._apply_and_enqueue(room, [event])
         return event.event_id
 
@@ -814,9 +816,9 @@ class Rooms:
         invite = self.remote_invites.get((requester.user_id, room_id))
         if invite is None:
             raise errors.not_found(f"Unknown room {room_id}")
-        if self.remote_membership is not None:
+        if self.remote.federates:
             try:
-                await self.remote_membership(requester.user_id, room_id,
+                await self.remote.remote_membership(requester.user_id, room_id,
                                              [invite[1]["sender"].split(":", 1)[1]], "leave")
             except Exception as exc:  # the inviter may be gone: declining locally still counts
                 log.info("could not tell the inviting server about the declined invite: %s", exc)
@@ -828,9 +830,9 @@ class Rooms:
         server that invited us)."""
         servers = list(via or [])
         if room_id_or_alias.startswith("#") and not room_id_or_alias.endswith(":" + self.server_name):
-            if self.resolve_remote_alias is None:
+            if not self.remote.federates:
                 raise errors.not_found(f"Room alias {room_id_or_alias} not found")
-            room_id, alias_servers = await self.resolve_remote_alias(room_id_or_alias)
+            room_id, alias_servers = await self.remote.resolve_remote_alias(room_id_or_alias)
             servers += alias_servers
         elif room_id_or_alias.startswith("!") and room_id_or_alias not in self._room_versions:
             room_id = room_id_or_alias
@@ -844,16 +846,16 @@ class Rooms:
                 await self.update_membership(requester, room_id, requester.user_id, "join")
                 return room_id
             except errors.MatrixError:
-                if not servers or self.remote_membership is None:
+                if not servers or not self.remote.federates:
                     raise  # else: not allowed on our (possibly stale) copy; ask a resident server
         invite = self.remote_invites.get((requester.user_id, room_id))
         if invite is not None:
             servers.append(invite[1]["sender"].split(":", 1)[1])
         if ":" in room_id:  # room versions before 12 name their creating server
             servers.append(room_id.split(":", 1)[1])
-        if self.remote_membership is None or not servers:
+        if not self.remote.federates or not servers:
             raise errors.not_found(f"Unknown room {room_id}")
-        await self.remote_membership(requester.user_id, room_id, list(dict.fromkeys(servers)), "join")
+        await self.remote.remote_membership(requester.user_id, room_id, list(dict.fromkeys(servers)), "join")
         return room_id
 
     # -- redaction --------------------------------------------------------------------------------
@@ -1013,8 +1015,8 @@ class Rooms:
         if direction == "b":
             start = ceiling if from_pos is None else min(from_pos, ceiling)
             got = await self.timeline(room_id, start, limit, after=to_pos)
-            if len(got) < limit and to_pos is None and self.backfill is not None \
-                    and await self.backfill(room_id, limit - len(got)):
+            if len(got) < limit and to_pos is None and self.remote.federates \
+                    and await self.remote.backfill(room_id, limit - len(got)):
                 got = await self.timeline(room_id, start, limit, after=to_pos)  # older history arrived
             end = got[-1][0] - 1 if got else None
         else:
