@@ -45,9 +45,8 @@ class Homeserver:
         self.db.admin_contact = settings.admin_contact
         self.stream = EventStream()
         self.accounts = Accounts(self.db, self.server_name, LoginThrottle(settings.login_limits))
-        self.rooms = Rooms(self.db, self.stream, self.server_name, self.signing_key)
-        self.rooms.max_rooms_per_user = settings.max_rooms_per_user
-        self.rooms.admin_contact = settings.admin_contact
+        self.rooms = Rooms(self.db, self.stream, self.server_name, self.signing_key,
+                           max_rooms_per_user=settings.max_rooms_per_user, admin_contact=settings.admin_contact)
         self.sync = Sync(self.rooms, self.stream)
         self.message_limiter = RateLimiter(settings.message_rate)
         # Set at start-up by the federation listener (matrix_core/federation/server.py).
