@@ -553,7 +553,7 @@ class MqttBroker:
                 "topic": f"MQTT topic filter {topic_filter}",
                 "initial_state": [{"type": BINDING_TYPE, "state_key": topic_filter,
                                    "content": {"topic_filter": topic_filter}}],
-            }, reserved_alias_ok=True)
+            }, reserved_alias_ok=True, rate_limit=False)  # the broker's room: the publish is what counts
         except BaseException:
             self.default_rooms.pop(alias, None)
             await db.write(lambda c: store.forget_default_room(c, alias))
@@ -618,10 +618,10 @@ class MqttBroker:
     async def wait_rate(self, user_id: str) -> None:
         """The per-user message rate applies to MQTT too: over it, the publisher is slowed down
         (TCP backpressure) instead of losing messages."""
-        limiter = self.hs.message_limiter
+        check = self.hs.rooms.check_send_rate  # the core's rate; the send then skips it
         while True:
             try:
-                limiter.check(user_id)
+                check(user_id)
                 return
             except errors.MatrixError as exc:
                 await asyncio.sleep(exc.extra.get("retry_after_ms", 100) / 1000)
@@ -642,7 +642,7 @@ class MqttBroker:
         early: list[int] = []
         on_placed = (lambda entries: early.extend(self._deliver_early(entries))) if deliver_early else None
         fut, outcomes = self.hs.rooms.send_events_nowait(requester, room_id, [item[:3] for item in items], delay,
-                                                         on_placed, extras)
+                                                         on_placed, extras, rate_limit=False)  # admitted
         if not outcomes:
             for own in owns:
                 del self._own[id(own.content)]
@@ -678,7 +678,7 @@ class MqttBroker:
         self._own[ident] = own
         try:
             return await self.hs.rooms.send_event(requester, room_id, event_type, content, state_key=state_key,
-                                                  also=also)
+                                                  also=also, rate_limit=False)  # admitted (wait_rate)
         finally:
             if self._own.get(ident) is own:
                 del self._own[ident]
@@ -1280,7 +1280,7 @@ class ClientProtocol(asyncio.Protocol):
             return False
         assert self.requester is not None
         try:
-            broker.hs.message_limiter.check(self.requester.user_id)
+            broker.hs.rooms.check_send_rate(self.requester.user_id)
         except errors.MatrixError:
             return False
         self._start(publish, room_id)

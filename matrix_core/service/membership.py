@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import errors
 from ..identifiers import is_valid_user_id
+from ..ratelimit import RateLimiter
 from ..store import Database
 from ..store import accounts as account_rows
 from .accounts import Requester
@@ -22,8 +23,10 @@ log = logging.getLogger(__name__)
 
 class RoomMembership:
     def __init__(self, db: Database, server_name: str, registry: RoomRegistry, builder: EventBuilder,
-                 persister: EventPersister, aliases: RoomAliases, federated: FederatedRooms) -> None:
+                 persister: EventPersister, aliases: RoomAliases, federated: FederatedRooms,
+                 limiter: RateLimiter) -> None:
         self.db = db
+        self.limiter = limiter
         self.server_name = server_name
         self.registry = registry
         self.builder = builder
@@ -33,8 +36,12 @@ class RoomMembership:
         self.remote: RemoteRooms = NO_FEDERATION  # rooms hosted elsewhere (Rooms.attach_federation)
 
     async def update_membership(self, requester: Requester, room_id: str, target: str, membership: str,
-                                reason: str | None = None, extra: dict[str, Any] | None = None) -> str:
-        """join / invite / leave / ban / knock, and kick/unban as leave of another user."""
+                                reason: str | None = None, extra: dict[str, Any] | None = None,
+                                rate_limit: bool = True) -> str:
+        """join / invite / leave / ban / knock, and kick/unban as leave of another user. Each
+        costs one message of the user's rate (`rate_limit` False: already counted)."""
+        if rate_limit:
+            self.limiter.check(requester.user_id)
         if not is_valid_user_id(target):
             raise errors.invalid_param(f"Invalid user id {target!r}")
         room = await self.registry.get_room(room_id)
@@ -86,7 +93,8 @@ class RoomMembership:
 
     async def join(self, requester: Requester, room_id_or_alias: str, via: list[str] | None = None) -> str:
         """Join a local room, or one hosted elsewhere (through the alias's servers, `via`, or the
-        server that invited us)."""
+        server that invited us). Costs one message of the user's rate."""
+        self.limiter.check(requester.user_id)
         servers = list(via or [])
         if room_id_or_alias.startswith("#") and not room_id_or_alias.endswith(":" + self.server_name):
             if not self.remote.federates:
@@ -102,7 +110,7 @@ class RoomMembership:
             if member is not None and member[0] == "join":
                 return room_id
             try:  # a room we hold: our own join event, built on our copy of its state
-                await self.update_membership(requester, room_id, requester.user_id, "join")
+                await self.update_membership(requester, room_id, requester.user_id, "join", rate_limit=False)
                 return room_id
             except errors.MatrixError:
                 if not servers or not self.remote.federates:

@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import errors
 from ..identifiers import is_valid_user_id, random_string
+from ..ratelimit import RateLimiter
 from ..room_presets import check_body as check_create_body, initial_state_events
 from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
 from ..store import Database
@@ -19,11 +20,15 @@ from .room_cache import RoomCache
 from .room_registry import RoomRegistry
 
 
+CREATE_COST = 5  # of the per-user message rate
+
+
 class RoomCreation:
     def __init__(self, db: Database, server_name: str, registry: RoomRegistry, builder: EventBuilder,
-                 persister: EventPersister, aliases: RoomAliases, max_rooms_per_user: int = 0,
+                 persister: EventPersister, aliases: RoomAliases, limiter: RateLimiter, max_rooms_per_user: int = 0,
                  admin_contact: str = "") -> None:
         self.db = db
+        self.limiter = limiter
         self.server_name = server_name
         self.registry = registry
         self.builder = builder
@@ -36,8 +41,12 @@ class RoomCreation:
         self._rooms_created: dict[str, int] = {}  # user -> rooms created, once read
 
     async def create_room(self, requester: Requester, body: dict[str, Any], *,
-                          reserved_alias_ok: bool = False) -> dict[str, Any]:
-        """`reserved_alias_ok`: the caller is the component owning the alias's namespace."""
+                          reserved_alias_ok: bool = False, rate_limit: bool = True) -> dict[str, Any]:
+        """`reserved_alias_ok`: the caller is the component owning the alias's namespace.
+        `rate_limit`: a room costs CREATE_COST messages of the user's rate; False for a room a
+        component makes on its own (MQTT's default rooms)."""
+        if rate_limit:
+            self.limiter.check(requester.user_id, cost=CREATE_COST)
         check_create_body(body, self.server_name)
         version_id = body.get("room_version", DEFAULT_ROOM_VERSION.identifier)
         if not isinstance(version_id, str) or version_id not in KNOWN_ROOM_VERSIONS:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from .. import auth_rules, errors
 from ..events import Event
+from ..ratelimit import RateLimiter
 from ..store import Database
 from ..store import events as event_rows
 from ..store.database import WriteFn
@@ -53,7 +54,8 @@ class SentTransactions:
 
 class RoomSending:
     def __init__(self, registry: RoomRegistry, builder: EventBuilder, persister: EventPersister,
-                 txns: SentTransactions, reads: RoomReads) -> None:
+                 txns: SentTransactions, reads: RoomReads, limiter: RateLimiter) -> None:
+        self.limiter = limiter  # the per-user message rate, for every front end
         self.registry = registry
         self.builder = builder
         self.persister = persister
@@ -63,11 +65,15 @@ class RoomSending:
 
     async def send_event(self, requester: Requester, room_id: str, event_type: str, content: Any,
                          txn_id: str | None = None, state_key: str | None = None,
-                         also: WriteFn | None = None) -> str:
+                         also: WriteFn | None = None, rate_limit: bool = True) -> str:
         """Send a message or state event as the requester; returns the event id once durable.
 
         `also`: a front end's own write committed in the same transaction as the event (MQTT
-        records a QoS 2 packet id with its message: a crash cannot keep one without the other)."""
+        records a QoS 2 packet id with its message: a crash cannot keep one without the other).
+        `rate_limit`: False when the caller already took the send's token (`Rooms.check_send_rate`:
+        MQTT slows a publisher down before it builds anything) or it is the hub's own send."""
+        if rate_limit:
+            self.limiter.check(requester.user_id)
         if not isinstance(content, dict):
             raise errors.bad_json("Event content must be a JSON object")
         txn_key = f"{requester.user_id}|{requester.device_id}|{txn_id}" if txn_id is not None else None
@@ -90,7 +96,7 @@ class RoomSending:
     def send_events_nowait(self, requester: Requester, room_id: str,
                            items: list[tuple[str, dict[str, Any], str | None]], delay: float = 0.0,
                            on_placed: Callable[[list[tuple[int, Event]]], None] | None = None,
-                           extras: "list[WriteFn | None] | None" = None,
+                           extras: "list[WriteFn | None] | None" = None, rate_limit: bool = True,
                            ) -> "tuple[asyncio.Future[Any] | None, list[Any]]":
         """`send_event` without a coroutine, for many messages to one room as one write: a burst
         of device messages (MQTT reads dozens of PUBLISHes per socket read) shares one future,
@@ -106,7 +112,8 @@ class RoomSending:
         `on_placed` gets the (position, event) pairs at once, before the commit: a front end
         may pass them on to its own live subscribers while they wait (MQTT QoS 0).
         `extras`: per item, a front end's own write (or None) committed in the same transaction
-        as that item's event, and only if the item is accepted (like `send_event`'s `also`)."""
+        as that item's event, and only if the item is accepted (like `send_event`'s `also`).
+        `rate_limit`: as for `send_event`, per item (an item over the rate is refused alone)."""
         room = self.registry.rooms.get(room_id)
         if room is None:
             return None, []
@@ -115,8 +122,12 @@ class RoomSending:
         rows = EventRows()
         build = self.builder.build_requested
         persister = self.persister
+        check = self.limiter.check if rate_limit else None
+        user_id = requester.user_id
         for i, (event_type, content, state_key) in enumerate(items):
             try:
+                if check is not None:
+                    check(user_id)
                 event = build(room, requester, event_type, content, state_key)
             except errors.MatrixError as exc:
                 outcomes.append(exc)
@@ -137,6 +148,7 @@ class RoomSending:
 
     async def redact(self, requester: Requester, room_id: str, event_id: str, reason: str | None,
                      txn_id: str | None) -> str:
+        self.limiter.check(requester.user_id)
         room = await self.registry.get_room(room_id)
         found = await self.reads.fetch_event(event_id)
         if found is None or found[0].room_id != room_id:
@@ -153,4 +165,5 @@ class RoomSending:
             content["reason"] = reason
         if room.version.msc2174_redacts_in_content:
             content["redacts"] = event_id
-        return await self.send_event(requester, room_id, "m.room.redaction", content, txn_id=txn_id)
+        return await self.send_event(requester, room_id, "m.room.redaction", content, txn_id=txn_id,
+                                     rate_limit=False)

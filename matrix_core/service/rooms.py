@@ -27,6 +27,7 @@ import time
 from typing import Callable
 
 from ..notifier import EventStream
+from ..ratelimit import RateLimit, RateLimiter
 from ..signing import SigningKey
 from ..store import Database
 from .aliases import RoomAliases
@@ -48,9 +49,14 @@ def now_ms() -> int:
 
 class Rooms:
     def __init__(self, db: Database, stream: EventStream, server_name: str, signing_key: SigningKey,
-                 clock: Callable[[], int] = now_ms, *, max_rooms_per_user: int = 0, admin_contact: str = "") -> None:
+                 clock: Callable[[], int] = now_ms, *, max_rooms_per_user: int = 0, admin_contact: str = "",
+                 limiter: RateLimiter | None = None) -> None:
         """`max_rooms_per_user`: rooms an account may create (0: no limit; hub admins are exempt);
-        `admin_contact`: named when that limit refuses (the config's keys of the same names)."""
+        `admin_contact`: named when that limit refuses (the config's keys of the same names);
+        `limiter`: the per-user message rate (none if not given), which sending, creating rooms and
+        membership changes take from whichever front end they come (M_LIMIT_EXCEEDED with
+        retry_after_ms when over it)."""
+        limiter = limiter if limiter is not None else RateLimiter(RateLimit(per_second=0, burst=0))
         self.db = db
         self.stream = stream
         self.server_name = server_name
@@ -64,13 +70,13 @@ class Rooms:
         self._txns = txns = SentTransactions(db)
         self._reads = reads = RoomReads(db, stream, registry, persister, txns, read_gate, server_name, signing_key,
                                         clock)
-        self._sending = sending = RoomSending(registry, builder, persister, txns, reads)
+        self._sending = sending = RoomSending(registry, builder, persister, txns, reads, limiter)
         self._aliases = aliases = RoomAliases(db, server_name, registry)
         self._creation = creation = RoomCreation(db, server_name, registry, builder, persister, aliases,
-                                                 max_rooms_per_user, admin_contact)
+                                                 limiter, max_rooms_per_user, admin_contact)
         self._federated = federated = FederatedRooms(db, stream, registry, persister, reads)
         self._membership = membership = RoomMembership(db, server_name, registry, builder, persister, aliases,
-                                                       federated)
+                                                       federated, limiter)
         self.compactor = persister.compactor  # the event index's background work (stopped with the hub)
 
         # -- the rooms held, and where local users stand in them --
@@ -83,6 +89,10 @@ class Rooms:
         self.joined_room_ids = registry.joined_room_ids
         self.add_room = registry.add_room
         # -- sending (the hot path: HTTP PUT, CoAP POST, MQTT PUBLISH) --
+        # Take one message of the user's rate, or raise M_LIMIT_EXCEEDED (retry_after_ms): for a
+        # front end that admits a message before building it (MQTT slows the publisher down and
+        # then sends with rate_limit=False).
+        self.check_send_rate = limiter.check
         self.send_event = sending.send_event
         self.send_events_nowait = sending.send_events_nowait
         self.redact = sending.redact
