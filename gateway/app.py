@@ -68,7 +68,8 @@ def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> li
     frontends.append(FederationService(hs))
     from bridges.coap.server import CoapFrontend
     frontends.append(CoapFrontend(hs, config.bind, config.coap_port,
-                                  config.coaps_port if config.coaps_enabled else None, data_dir / DATABASE_FILE))
+                                  config.coaps_port if config.coaps_enabled else None, data_dir / DATABASE_FILE,
+                                  config.coap_max_observations_per_client, config.coap_max_observations))
     from bridges.mqtt.settings import build_frontend as mqtt_frontend  # the MQTT broker (bridges/mqtt)
     frontends += mqtt_frontend(config, hs, data_dir)
     return frontends

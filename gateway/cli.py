@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from matrix_core.identifiers import is_valid_localpart, user_id_for
+from matrix_core.passwords import hash_password
 from matrix_core.store import accounts as account_rows
 from matrix_core.store.database import open_sync
 
@@ -110,12 +111,13 @@ def user_add(localpart: str, password: str, admin: bool, data_dir: Path, config_
         user_id = user_id_for(localpart, config.server_name)
     if not password:
         fail("the password must not be empty")
+    hashed = hash_password(password)  # before the write lock: a live hub's writes don't wait for scrypt
     conn = open_db(data_dir)
     try:
         if account_rows.user_exists(conn, user_id):
             fail(f"{user_id} already exists")
         conn.execute("BEGIN IMMEDIATE")
-        account_rows.insert_user(conn, user_id, password, admin)
+        account_rows.insert_user(conn, user_id, hashed, admin)
         conn.execute("COMMIT")
     finally:
         conn.close()

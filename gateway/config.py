@@ -92,6 +92,11 @@ class GatewayConfig:
     admin_contact: str = ""
     # warn (log, `status`) when the data dir's disk has less free space than this; 0: never
     disk_warn_free_mb: int = 100
+    # CoAP Observe caps (bridges/coap/observe.py): per client (access token, and remote endpoint)
+    # and in the hub; over the first a client's oldest observation ends, over the second a new
+    # one is answered without Observe (RFC 7641 §4.1)
+    coap_max_observations_per_client: int = 16
+    coap_max_observations: int = 2000
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -144,6 +149,8 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: admin_contact must be printable, without quotes or backslashes")
         if key == "mdns_hostname" and value and not _is_mdns_label(value):
             raise ConfigError(f"{source}: mdns_hostname {value!r} must be one DNS label (letters, digits, -)")
+        if key in ("coap_max_observations_per_client", "coap_max_observations") and value < 1:
+            raise ConfigError(f"{source}: {key} must be at least 1")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
             raise ConfigError(f"{source}: {problem}")
         out[key] = value
@@ -206,6 +213,11 @@ admin_contact = "{config.admin_contact}"
 # Warn (in the log at most hourly, and in `matrix-gateway status`) when the disk holding the data
 # dir has less than this many MB free; 0: never. On a full disk writes are refused (HTTP 507).
 disk_warn_free_mb = {config.disk_warn_free_mb}
+# CoAP Observe: the most observations one client (an access token; a remote address and port)
+# holds: a newer one ends its oldest. And the most in the hub: past that a GET with Observe is
+# answered once, without Observe (the device polls).
+coap_max_observations_per_client = {config.coap_max_observations_per_client}
+coap_max_observations = {config.coap_max_observations}
 """
 
 

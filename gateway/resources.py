@@ -44,11 +44,9 @@ def install_loop_exception_handler(loop: asyncio.AbstractEventLoop) -> None:
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in _OUT_OF:
-            if (suppressed := limiter.allow(str(exc.errno))) is not None:
-                log.error("out of %s: %s; new connections wait until some close (open files limit %d)%s",
-                          _OUT_OF[exc.errno], context.get("message", exc),
-                          resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-                          f" ({suppressed} more since the last line)" if suppressed else "")
+            limiter.log(log, logging.ERROR, str(exc.errno),
+                        "out of %s: %s; new connections wait until some close (open files limit %d)",
+                        _OUT_OF[exc.errno], context.get("message", exc), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
             return
         loop.default_exception_handler(context)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "CANONICALJSON_MAX_INT",
@@ -225,6 +225,18 @@ _DECODER = json.JSONDecoder(
     parse_constant=_reject_constant,
     strict=True,
 )
+
+
+def _not_json(name: str) -> Any:
+    raise CanonicalJSONError(f"{name} is not JSON")
+
+
+#: JSON as devices send it (CoAP bodies, MQTT payloads): the one decoder for it. Floats are kept
+#: (the payload mapping carries them losslessly); NaN/Infinity are refused, since no JSON peer
+#: could read them back. Raises CanonicalJSONError/JSONDecodeError (both ValueErrors). Matrix
+#: content from clients goes through the stricter `parse_json` instead.
+DEVICE_JSON_DECODER = json.JSONDecoder(parse_constant=_not_json)
+decode_device_json: Callable[[str], Any] = DEVICE_JSON_DECODER.decode
 # A \u escape of a UTF-16 surrogate: only then can the parsed strings hold lone surrogates.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 

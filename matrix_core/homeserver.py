@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .notifier import EventStream
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
@@ -17,6 +17,13 @@ from .service.rooms import Rooms
 from .service.sync import Sync
 from .signing import SigningKey
 from .store import Database
+
+if TYPE_CHECKING:  # the federation front end's parts (federation imports the core, not the reverse)
+    from .federation.client import FederationClient
+    from .federation.inbound import InboundEvents
+    from .federation.keyring import KeyRing
+    from .federation.sender import FederationSender
+    from .federation.server import FederationRoutes
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,16 @@ class HomeserverSettings:
 
 
 class Homeserver:
+    # The federation front end's parts, set at its start-up (federation/server.py sets the client,
+    # keyring and routes, federation/service.py the inbound handler and sender). Only federation
+    # code reads them, and it runs only after that start-up; without federation they do not exist
+    # (hence annotated here, not assigned None in __init__: a reader need not test for None).
+    federation_client: FederationClient
+    keyring: KeyRing
+    federation_inbound: InboundEvents
+    federation_sender: FederationSender
+    federation_routes: FederationRoutes
+
     def __init__(self, settings: HomeserverSettings) -> None:
         self.settings = settings
         self.server_name = settings.server_name
@@ -51,12 +68,6 @@ class Homeserver:
                            max_rooms_per_user=settings.max_rooms_per_user, admin_contact=settings.admin_contact,
                            limiter=self.message_limiter)
         self.sync = Sync(self.rooms, self.stream)
-        # Set at start-up by the federation listener (matrix_core/federation/server.py).
-        self.federation_client: Any = None
-        self.keyring: Any = None
-        self.federation_inbound: Any = None  # set by the federation front end
-        self.federation_sender: Any = None
-        self.federation_routes: Any = None
 
     async def start(self) -> None:
         await self.db.open()

@@ -6,8 +6,9 @@ the first occurrence is logged, the rest of the interval is counted and reported
 """
 from __future__ import annotations
 
+import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 MAX_KEYS = 1024
 
@@ -31,3 +32,15 @@ class LogLimiter:
             self._suppressed.clear()
         self._last[key] = now
         return self._suppressed.pop(key, 0)
+
+    def log(self, logger: logging.Logger, level: int, key: str, message: str, *args: Any) -> bool:
+        """Write the line (True) unless one of this `key` went out less than `interval` ago
+        (False: counted). A line after suppressed ones ends with how many were not written."""
+        suppressed = self.allow(key)
+        if suppressed is None:
+            return False
+        if suppressed:
+            message += " (%d more since the last line)"
+            args = (*args, suppressed)
+        logger.log(level, message, *args)
+        return True

@@ -148,3 +148,40 @@ def test_malformed_goes_to_aiocoap(data: bytes) -> None:
 @given(st.binary(max_size=64))
 def test_never_raises(data: bytes) -> None:
     wire.parse_request(data)
+
+
+# -- bad_string_option: requests aiocoap cannot decode (issue 20, R3) ----------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(mtype=st.sampled_from([Type.CON, Type.NON]), code=st.sampled_from([Code.GET, Code.POST, Code.PUT]),
+       mid=st.integers(0, 65535), token=st.binary(max_size=8), path=st.lists(_segment, max_size=6),
+       query=st.lists(_segment, max_size=3), payload=_payload)
+def test_good_strings_are_not_rejected(mtype, code, mid, token, path, query, payload) -> None:
+    data = aiocoap_request(mtype, code, mid, token, path, query, None, None, None, payload)
+    assert wire.bad_string_option(data) is None
+
+
+@pytest.mark.parametrize("number, name", [(11, "Uri-Path"), (15, "Uri-Query"), (3, "Uri-Host")])
+@given(mtype=st.sampled_from([wire.CON, wire.NON]), mid=st.integers(0, 65535), token=st.binary(max_size=8))
+def test_a_string_option_that_is_not_utf8_is_rejected(number: int, name: str, mtype: int, mid: int,
+                                                      token: bytes) -> None:
+    data = wire.encode(mtype, 1, mid, token, [(number, b"\xc3\x28")], b"body")
+    with pytest.raises(UnicodeDecodeError):  # what aiocoap's decoder does with it
+        aiocoap.Message.decode(data)
+    assert wire.bad_string_option(data) == wire.Rejection(mtype, mid, token, f"{name} option is not UTF-8")
+
+
+@pytest.mark.parametrize("data", [
+    b"\x60\x01\x00\x01\xb2\xc3\x28",  # an ACK
+    b"\x40\x45\x00\x01\xb2\xc3\x28",  # a response (2.05)
+    b"\x40\x00\x00\x01",  # empty
+    b"\x40\x01\x00\x01\xb5\xc3\x28",  # option longer than the datagram
+    b"\x40\x01\x00\x01\xf2\xc3\x28",  # delta 15
+])
+def test_rejects_only_well_formed_requests(data: bytes) -> None:
+    assert wire.bad_string_option(data) is None
+
+
+@given(st.binary(max_size=64))
+def test_bad_string_option_never_raises(data: bytes) -> None:
+    wire.bad_string_option(data)

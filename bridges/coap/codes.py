@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = ["c", "code_text", "error_code", "success_code", "CONTENT_FORMAT_CBOR",
            "CONTENT_FORMAT_JSON", "BAD_REQUEST", "UNSUPPORTED_CONTENT_FORMAT",
-           "NOT_ACCEPTABLE", "REQUEST_ENTITY_TOO_LARGE", "INTERNAL_SERVER_ERROR"]
+           "NOT_ACCEPTABLE", "REQUEST_ENTITY_INCOMPLETE", "REQUEST_ENTITY_TOO_LARGE", "INTERNAL_SERVER_ERROR"]
 
 CONTENT_FORMAT_JSON = 50  # application/json
 CONTENT_FORMAT_CBOR = 60  # application/cbor
@@ -26,6 +26,7 @@ def code_text(code: int) -> str:
 CREATED, DELETED, CHANGED, CONTENT = c(2, 1), c(2, 2), c(2, 4), c(2, 5)
 BAD_REQUEST = c(4, 0)
 NOT_ACCEPTABLE = c(4, 6)
+REQUEST_ENTITY_INCOMPLETE = c(4, 8)  # RFC 7959 §2.9.2
 REQUEST_ENTITY_TOO_LARGE = c(4, 13)
 UNSUPPORTED_CONTENT_FORMAT = c(4, 15)
 INTERNAL_SERVER_ERROR = c(5, 0)

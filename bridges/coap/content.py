@@ -7,7 +7,6 @@ Matrix events cannot hold. Both directions go through the one lossless mapping o
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import cbor2
@@ -15,7 +14,7 @@ import cbor2
 from bridges.payload_mapping import (PayloadError, device_view, from_device_cbor, from_event_value,
                                      to_event_value)
 from matrix_core import errors
-from matrix_core.canonical_json import encode_json
+from matrix_core.canonical_json import decode_device_json, encode_json
 
 from .codes import CONTENT_FORMAT_CBOR, CONTENT_FORMAT_JSON
 
@@ -23,13 +22,6 @@ __all__ = ["MAX_BODY_BYTES", "decode_body", "response_format", "encode_body"]
 
 #: Same ceiling as the HTTP front end (a whole request body, after Block1 assembly).
 MAX_BODY_BYTES = 128 * 1024
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def decode_body(payload: bytes, content_format: int | None) -> Any:
@@ -48,7 +40,7 @@ def decode_body(payload: bytes, content_format: int | None) -> Any:
         return None
     if content_format == CONTENT_FORMAT_JSON:
         try:
-            return to_event_value(_JSON.decode(payload.decode("utf-8")))
+            return to_event_value(decode_device_json(payload.decode("utf-8")))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # PayloadError is a ValueError
             raise errors.not_json(f"Malformed JSON: {exc}") from None
     try:

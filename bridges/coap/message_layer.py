@@ -23,6 +23,9 @@ CoAP semantics kept here (RFC 7252 §4):
   ACK/RST all stay aiocoap's).
 - A NON is answered NON, with a message id from aiocoap's own counter.
 - Requests arriving on a multicast address go to aiocoap (it knows not to answer errors there).
+- A request whose string option (Uri-Path, Uri-Query, ...) is not UTF-8 is answered 4.00 Bad
+  Request here, with a CBOR diagnostic and at most one log line a minute (``bad_input``):
+  aiocoap's decoder would raise out of its receive callback (no answer, a traceback each).
 
 Reaches into aiocoap's private layering (Context.request_interfaces -> TokenManager ->
 MessageManager -> MessageInterfaceUDP6), like stale_refusal.py; pinned by pyproject.
@@ -41,9 +44,15 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.types import Type
 
-from . import wire
+from matrix_core import errors
+
+from . import codes, wire
+from .content import encode_body
+from .log_limit import LogLimiter
 
 log = logging.getLogger(__name__)
+#: one line a minute per kind of bad input, shared by every listener (issue 20, R3)
+bad_input = LogLimiter(log)
 
 _TUNING = TransportTuning()
 EXCHANGE_LIFETIME = _TUNING.EXCHANGE_LIFETIME  # 247 s
@@ -111,7 +120,11 @@ class MessageLayer:
     def datagram_msg_received(self, data: bytes, ancdata: Any, flags: int, address: Any) -> None:
         request = wire.parse_request(data)
         if request is None:
-            self._aiocoap_receive(data, ancdata, flags, address)
+            rejection = wire.bad_string_option(data)
+            if rejection is None:
+                self._aiocoap_receive(data, ancdata, flags, address)
+            else:
+                self._reject(rejection, ancdata, address)
             return
         pktinfo = None
         for level, kind, value in ancdata:
@@ -136,6 +149,20 @@ class MessageLayer:
         if request.mtype == wire.CON:
             exchange.timer = self.loop.call_later(self.ack_delay, self._ack_empty, key, address, pktinfo)
         exchange.task = self.loop.create_task(self._serve(key, exchange, request, address, pktinfo))
+
+    def _reject(self, rejection: wire.Rejection, ancdata: Any, address: Any) -> None:
+        """4.00 Bad Request with a CBOR diagnostic; nothing else is done with the request."""
+        pktinfo = _pktinfo(ancdata)
+        bad_input.log("coap-bad-option", "CoAP: a request from %s answered 4.00: %s", address[0], rejection.reason)
+        if _is_multicast(pktinfo):
+            return  # RFC 7252 §8.1: no error answers to multicast requests
+        if rejection.mtype == wire.CON:
+            mtype, mid = wire.ACK, rejection.mid
+        else:
+            mtype, mid = wire.NON, self.manager._next_message_id()
+        options = [(wire.CONTENT_FORMAT, wire.encode_uint(codes.CONTENT_FORMAT_CBOR))]
+        self._send(wire.encode(mtype, codes.BAD_REQUEST, mid, rejection.token, options,
+                               bad_request(rejection.reason)), address, pktinfo)
 
     def _ack_empty(self, key: tuple[Any, ...], address: Any, pktinfo: bytes | None) -> None:
         exchange = self._pending.get(key)
@@ -228,6 +255,20 @@ class MessageLayer:
 
     def remembered(self) -> int:
         return len(self._answered)
+
+
+def _pktinfo(ancdata: Any) -> bytes | None:
+    pktinfo = None
+    for level, kind, value in ancdata:
+        if (level, kind) == _PKTINFO:
+            pktinfo = value
+    return pktinfo
+
+
+def bad_request(reason: str) -> bytes:
+    """The CBOR diagnostic of a 4.00 for a request that cannot be read."""
+    err = errors.MatrixError(400, "M_UNRECOGNIZED", f"Bad request: {reason}")
+    return encode_body(err.to_json(), codes.CONTENT_FORMAT_CBOR)
 
 
 def _options(answer: Any) -> list[tuple[int, bytes]]:

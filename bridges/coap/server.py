@@ -15,8 +15,10 @@ from typing import Any, NamedTuple
 import aiocoap
 from aiocoap import error as coap_error
 from aiocoap import resource
+from aiocoap.blockwise import Block1Spool, Block2Cache, ContinueException, IncompleteException
 from aiocoap.blockwise import _extract_block_key  # pinned aiocoap: the key its Block2 cache uses
 from aiocoap.numbers.codes import Code
+from aiocoap.numbers.types import Type
 from aiocoap.util import hostportsplit
 
 from matrix_core import errors
@@ -25,8 +27,10 @@ from matrix_core.client_api.routes import ROUTER
 from matrix_core.service.accounts import TokensRevoked
 
 from . import codes, fast_lane, message_layer, stale_refusal
+from .message_layer import bad_input
 from .content import MAX_BODY_BYTES, decode_body, encode_body, response_format
-from .observe import Observation, Observations, observable, with_query
+from .notify_window import NotifyWindow
+from .observe import MAX_PER_CLIENT, MAX_TOTAL, Observation, Observations, observable, with_query
 from .psk import PskClaim, PskStore
 from .short_paths import ACCESS_TOKEN_OPTION
 from .translate import ApiCall, translate
@@ -43,6 +47,58 @@ class _TooLarge(coap_error.RenderableError):
     def to_message(self) -> aiocoap.Message:
         err = errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")
         return error_message(err, self.content_format)
+
+
+class _BlockError(coap_error.RenderableError):
+    """A Block1 upload that cannot be assembled: 4.08 or 4.00 with a CBOR diagnostic, one log line
+    a minute (aiocoap's spool lets a gap or overlap escape as ValueError: 5.00 and a traceback)."""
+
+    def __init__(self, code: int, reason: str, content_format: int) -> None:
+        self.code = code
+        self.reason = reason
+        self.content_format = content_format
+
+    def to_message(self) -> aiocoap.Message:
+        body = {"errcode": "M_INVALID_PARAM", "error": self.reason}
+        return aiocoap.Message(code=Code(self.code), payload=encode_body(body, self.content_format),
+                               content_format=self.content_format)
+
+
+class _Block1Spool(Block1Spool):
+    """aiocoap's Block1 assembly with every way it can fail answered as a client error."""
+
+    def feed_and_take(self, req: aiocoap.Message) -> aiocoap.Message:
+        block1 = req.opt.block1
+        if block1 is not None and block1.size_exponent == 7:  # BERT is for CoAP over TCP only
+            raise self._refuse(req, codes.BAD_REQUEST, "Block1 size exponent 7 is reserved over UDP")
+        try:
+            return super().feed_and_take(req)
+        except ContinueException:
+            raise
+        except (IncompleteException, ValueError):
+            raise self._refuse(req, codes.REQUEST_ENTITY_INCOMPLETE, "Block1 block does not follow the "
+                               "blocks received (RFC 7959 §2.3): start again from block 0") from None
+        except coap_error.BadRequest:
+            raise self._refuse(req, codes.BAD_REQUEST, "Block1 payload size does not match its block "
+                               "size") from None
+
+    @staticmethod
+    def _refuse(req: aiocoap.Message, code: int, reason: str) -> _BlockError:
+        bad_input.log("coap-blockwise", "CoAP: a block-wise request from %s answered %s: %s",
+                      getattr(req.remote, "hostinfo", req.remote), codes.code_text(code), reason)
+        return _BlockError(code, reason, _format_or_cbor(req))
+
+
+class _Block2Cache(Block2Cache):
+    """aiocoap's Block2 cache; a block asked for that is not there (expired, or never was) is a
+    4.08 with a CBOR diagnostic rather than an empty one."""
+
+    async def extract_or_insert(self, req: aiocoap.Message, response_builder: Any) -> aiocoap.Message:
+        try:
+            return await super().extract_or_insert(req, response_builder)
+        except IncompleteException:
+            raise _Block1Spool._refuse(req, codes.REQUEST_ENTITY_INCOMPLETE, "Block2 block asked for is not "
+                                       "available: ask for block 0 again") from None
 
 
 class Answer(NamedTuple):
@@ -92,12 +148,20 @@ def error_message(err: errors.MatrixError, content_format: int = codes.CONTENT_F
 class ApiResource(resource.ObservableResource, resource.PathCapable):
     """The whole CoAP URI space: every request goes to the client-server route table."""
 
-    def __init__(self, hs: Any) -> None:
+    def __init__(self, hs: Any, max_observations_per_client: int = MAX_PER_CLIENT,
+                 max_observations: int = MAX_TOTAL) -> None:
         super().__init__()
+        self._block1 = _Block1Spool()
+        self._block2 = _Block2Cache()
         self.hs = hs
-        self.observations = Observations(hs.rooms.joined_room_ids)
+        self.observations = Observations(hs.rooms.joined_room_ids, max_observations_per_client, max_observations,
+                                         authenticate=hs.accounts.authenticate)
+        self.window = NotifyWindow()
         self._observe_requests: dict[int, Any] = {}
         self._observation_removers: dict[int, Any] = {}
+        #: notification answers encoded once per batch, by (id(response), content format)
+        self._encoded: dict[tuple[int, int], tuple[ApiResponse, Answer]] = {}
+        self._encoded_generation = -1
 
     def get_link_description(self) -> None:
         return None
@@ -151,7 +215,8 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             payload = request.payload
             response = await self.dispatch(call, lambda: decode_body(payload, cf), client_address(request.remote))
             if observing and response.status == 200:
-                await self._observe(servobs, request, call, response, position, content_format)
+                if not await self._observe(servobs, request, call, response, position, content_format):
+                    servobs.deregister()  # the hub holds all it may: a plain answer (RFC 7641 §4.1)
                 return self._first_block(request, to_message(response, method, content_format))
             servobs.deregister()  # not observable: a plain answer, no Observe option
         except errors.MatrixError as err:
@@ -220,15 +285,12 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         claim = next((c for c in claims if isinstance(c, PskClaim)), None)
         if claim is None:
             return call
-        row = await self.hs.db.fetchone(
-            "SELECT token FROM access_tokens WHERE user_id = ? AND device_id = ? LIMIT 1",
-            (claim.user_id, claim.device_id))
-        if row is None:
-            raise errors.unknown_token()
-        return ApiCall(call.method, call.full_path, call.segments, call.query, row[0])
+        token = await self.hs.accounts.device_token(claim.user_id, claim.device_id)
+        return ApiCall(call.method, call.full_path, call.segments, call.query, token)
 
     async def _observe(self, servobs: Any, request: aiocoap.Message, call: ApiCall, first: ApiResponse,
-                       position: int, content_format: int) -> None:
+                       position: int, content_format: int) -> bool:
+        """Register the observation; False when the hub holds all it may (the caps, observe.py)."""
         requester = await self.hs.accounts.authenticate(call.access_token)
         room_id = None
         if call.segments[0] == "rooms":
@@ -237,14 +299,40 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             token = first.body.get("next_batch", "")
             position = int(token[1:]) if token[:1] == "s" and token[1:].lstrip("-").isdigit() else position
 
-        def notify(response: ApiResponse) -> None:
-            message = self._first_block(request, to_message(response, "GET", content_format))
+        def notify(response: ApiResponse, evicted: bool = False) -> None:
+            message = self._first_block(request, message_of(self._encode(response, content_format)))
+            if evicted:  # its client has moved on: no retransmissions, nothing queued behind others
+                message.mtype = Type.NON
+                bad_input.log("coap-observe-evicted", "CoAP: %s holds %d observations, the most a client may: "
+                              "its oldest ended", getattr(request.remote, "hostinfo", request.remote),
+                              self.observations.max_per_client)
             servobs.trigger(message, is_last=response.status != 200)
 
-        observation = Observation(call, requester.user_id, room_id, position, self.dispatch, notify)
-        self._observation_removers[id(servobs)] = self.observations.add(observation)
+        remote = request.remote
+        observation = Observation(call, requester.user_id, room_id, position, self.dispatch, notify,
+                                  endpoint=remote, ready=lambda: self.window.wait_clear(remote))
+        remove = self.observations.add(observation)
+        if remove is None:
+            bad_input.log("coap-observe-full", "CoAP: the hub holds %d observations, the most it may: a new "
+                          "one was answered without Observe", self.observations.max_total)
+            return False
+        self._observation_removers[id(servobs)] = remove
         if self.hs.stream.position > position:  # events committed while the first answer was built
             observation.poke(self.hs.stream.position)
+        return True
+
+    def _encode(self, response: ApiResponse, content_format: int) -> Answer:
+        """A notification's answer, encoded once for every observer it is shared with."""
+        generation = self.observations.generation
+        if generation != self._encoded_generation:
+            self._encoded, self._encoded_generation = {}, generation
+        key = (id(response), content_format)
+        hit = self._encoded.get(key)
+        if hit is not None and hit[0] is response:
+            return hit[1]
+        answer = answer_of(response, "GET", content_format)
+        self._encoded[key] = (response, answer)
+        return answer
 
 
 def client_address(remote: Any) -> str:
@@ -266,18 +354,35 @@ def _format_or_cbor(request: aiocoap.Message) -> int:
         return codes.CONTENT_FORMAT_CBOR
 
 
+#: aiocoap's lines that a stranger's datagrams can trigger one each: at most one a minute
+_AIOCOAP_NOISE = (("Ignoring unparsable message", "coap-unparsable"),
+                  ("Render request raised a renderable error", "coap-renderable-error"))
+
+
+def quiet_aiocoap_logs(logger_name: str) -> None:
+    """Rate-limit aiocoap's per-datagram log lines on its server logger (issue 20, R3)."""
+    logger = logging.getLogger(logger_name)
+    if any(getattr(f, "coap_rate_limit", False) for f in logger.filters):
+        return
+    for prefix, kind in _AIOCOAP_NOISE:
+        limit = bad_input.filter(prefix, kind)
+        limit.coap_rate_limit = True  # type: ignore[attr-defined]
+        logger.addFilter(limit)
+
+
 class CoapFrontend:
     """The CoAP (UDP) listener and, when enabled, the coaps (DTLS-PSK) one: a gateway Frontend."""
 
     name = "coap"
 
-    def __init__(self, hs: Any, bind: str, port: int, coaps_port: int | None, database_path: Path) -> None:
+    def __init__(self, hs: Any, bind: str, port: int, coaps_port: int | None, database_path: Path,
+                 max_observations_per_client: int = MAX_PER_CLIENT, max_observations: int = MAX_TOTAL) -> None:
         self.hs = hs
         self.bind = bind
         self.port = port
         self.coaps_port = coaps_port
         self.database_path = database_path
-        self.site = ApiResource(hs)
+        self.site = ApiResource(hs, max_observations_per_client, max_observations)
         self._contexts: list[Any] = []
         self._unsubscribe: Any = None
         self._unlisten_revoked: Any = None
@@ -286,11 +391,13 @@ class CoapFrontend:
         self._message_layers: list[Any] = []
 
     async def start(self) -> None:
+        quiet_aiocoap_logs("coap-server")
         self._unsubscribe = self.hs.stream.subscribe(self.site.observations.on_events)
         self._unlisten_revoked = self.hs.accounts.on_revoked(self.site.end_revoked)
         context = await aiocoap.Context.create_server_context(
             self.site, bind=(self.bind, self.port), transports=["udp6"], loggername="coap-server")
         stale_refusal.guard(context)
+        self.site.window.install(context)
         fast_lane.install(context, self.site)
         self._message_layers = message_layer.install(context, self.site)
         self._contexts.append(context)
@@ -308,10 +415,13 @@ class CoapFrontend:
             log.error("coaps disabled: aiocoap's DTLS server needs one address to bind to, not %r", self.bind)
             return
         self._psk_store = PskStore(self.database_path)
+        quiet_aiocoap_logs("coaps-server")
         # aiocoap's DTLS server binds to the given port + 1 (5683 -> 5684): hand it one less.
-        self._contexts.append(await aiocoap.Context.create_server_context(
+        context = await aiocoap.Context.create_server_context(
             self.site, bind=(self.bind, self.coaps_port - 1), transports=["tinydtls_server"],
-            server_credentials=self._psk_store.credentials(), loggername="coaps-server"))
+            server_credentials=self._psk_store.credentials(), loggername="coaps-server")
+        self.site.window.install(context)
+        self._contexts.append(context)
         self._coaps_running = True
 
     async def stop(self) -> None:
@@ -320,6 +430,7 @@ class CoapFrontend:
         if self._unlisten_revoked is not None:
             self._unlisten_revoked()
         self.site.observations.close()
+        self.site.window.close()
         for layer in self._message_layers:
             await layer.close()
         for context in reversed(self._contexts):

@@ -13,7 +13,7 @@ import struct
 from typing import NamedTuple, Sequence
 
 __all__ = ["CON", "NON", "ACK", "RST", "Request", "FAST_OPTIONS", "parse_request", "encode",
-           "encode_uint", "empty"]
+           "encode_uint", "empty", "STRING_OPTIONS", "Rejection", "bad_string_option"]
 
 CON, NON, ACK, RST = 0, 1, 2, 3
 
@@ -127,6 +127,82 @@ def parse_request(data: bytes) -> Request | None:
     except (IndexError, UnicodeDecodeError):
         return None
     return Request(mtype, code, mid, token, path, query, content_format, accept, access_token, payload)
+
+
+#: RFC 7252 §5.10 / RFC 8613: options whose value is a UTF-8 string (Uri-Host, Location-Path,
+#: Uri-Path, Uri-Query, Location-Query, Proxy-Uri, Proxy-Scheme).
+STRING_OPTIONS = {3: "Uri-Host", 8: "Location-Path", 11: "Uri-Path", 15: "Uri-Query", 20: "Location-Query",
+                  35: "Proxy-Uri", 39: "Proxy-Scheme"}
+
+
+class Rejection(NamedTuple):
+    """A request to answer 4.00 without aiocoap: enough of it to address the answer."""
+
+    mtype: int  # CON or NON
+    mid: int
+    token: bytes
+    reason: str  # the diagnostic, e.g. "Uri-Path option is not UTF-8"
+
+
+def bad_string_option(data: bytes) -> Rejection | None:
+    """The request in `data` if it is well-formed but a string option is not UTF-8, else None.
+
+    Why: aiocoap's decoder raises UnicodeDecodeError for such a datagram, which escapes its
+    receive callback (no answer, a 2 KB traceback per datagram). RFC 7252 §5.4.1 leaves a bad
+    option value to the server; a request gets 4.00 Bad Request here. Anything else (a response,
+    an empty message, a malformed datagram) is None: aiocoap handles it as before.
+    """
+    n = len(data)
+    if n < 4:
+        return None
+    first, code = data[0], data[1]
+    if first >> 6 != 1 or not 1 <= code <= 31:  # version 1, a request (0.01-0.31)
+        return None
+    mtype = (first >> 4) & 3
+    tkl = first & 0x0F
+    if mtype > NON or tkl > 8 or 4 + tkl > n:
+        return None
+    pos = 4 + tkl
+    number = 0
+    bad: str | None = None
+    try:
+        while pos < n:
+            byte = data[pos]
+            pos += 1
+            if byte == 0xFF:
+                if pos == n:
+                    return None
+                break
+            delta, length = byte >> 4, byte & 0x0F
+            if delta == 15 or length == 15:
+                return None
+            if delta == 13:
+                delta = data[pos] + 13
+                pos += 1
+            elif delta == 14:
+                delta = (data[pos] << 8 | data[pos + 1]) + 269
+                pos += 2
+            if length == 13:
+                length = data[pos] + 13
+                pos += 1
+            elif length == 14:
+                length = (data[pos] << 8 | data[pos + 1]) + 269
+                pos += 2
+            number += delta
+            end = pos + length
+            if end > n:
+                return None
+            if bad is None and number in STRING_OPTIONS:
+                try:
+                    data[pos:end].decode("utf-8")
+                except UnicodeDecodeError:
+                    bad = STRING_OPTIONS[number]
+            pos = end
+    except IndexError:
+        return None
+    if bad is None:
+        return None
+    return Rejection(mtype, data[2] << 8 | data[3], data[4:4 + tkl], f"{bad} option is not UTF-8")
 
 
 def encode_uint(value: int) -> bytes:

@@ -7,9 +7,10 @@ is ready and stop() before it shuts the listeners down.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from matrix_core.clock import now_ms
 
 from .sd_notify import Notifier
 from .status import clear_address, record_address
@@ -48,7 +49,7 @@ class Appliance:
 
             self._tasks.append(asyncio.create_task(purge_periodically(
                 gateway.hs.db, config.retention_default_days, config.retention_interval_minutes * 60.0,
-                lambda: int(time.time() * 1000)), name="retention"))
+                now_ms), name="retention"))
         if config.mdns:
             from .discovery import Advertiser
 

@@ -13,11 +13,11 @@ import json
 import os
 import tarfile
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from matrix_core.clock import now_ms
 from matrix_core.store import maintenance
 
 from ..config import CONFIG_FILE, DATABASE_FILE, SIGNING_KEY_FILE
@@ -82,7 +82,7 @@ def make_backup(data_dir: Path, config_file: Path, out: Path, progress: Progress
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
-            "created_ts": int(time.time() * 1000),
+            "created_ts": now_ms(),
             "events": events,
             "files": {name: {"size": path.stat().st_size, "sha256": sha256_file(path)} for name, path in files.items()},
         }

@@ -6,12 +6,12 @@ inside each command, so `matrix-gateway run` pays nothing for them.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import click
 
+from matrix_core.clock import now_ms
 from matrix_core.store.retention import room_ids
 from matrix_core.store.room_lookup import resolve_room
 
@@ -144,7 +144,7 @@ def add_ops_commands(main: click.Group, data_dir_option: Callable, config_option
             else:
                 ages = room_ages(conn, config.retention_default_days)
             bars = ProgressBars(threshold=1000)
-            report = do_purge(conn, ages, int(time.time() * 1000), bars, dry_run=dry_run)
+            report = do_purge(conn, ages, now_ms(), bars, dry_run=dry_run)
             bars.close()
         finally:
             conn.close()

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from matrix_core.identifiers import is_valid_localpart, user_id_for
+from matrix_core.passwords import hash_password
 from matrix_core.store import accounts as account_rows
 from matrix_core.store.database import open_sync
 
@@ -48,14 +49,15 @@ def provision(data_dir: Path, preseed: Path | None, overrides: dict[str, object]
     load_or_create_signing_key(data_dir)
     conn = open_sync(data_dir / DATABASE_FILE)
     try:
-        if conn.execute("SELECT 1 FROM users WHERE admin = 1 LIMIT 1").fetchone():
+        if account_rows.has_admin(conn):
             return None
         if not is_valid_localpart(admin):
             raise ConfigError(f"admin name {admin!r} is not a valid localpart (use a-z, 0-9 and ._=-/+)")
         user_id = user_id_for(admin, config.server_name)
         password = secrets.token_urlsafe(15)
+        hashed = hash_password(password)  # before the write lock, not inside it
         conn.execute("BEGIN IMMEDIATE")
-        account_rows.insert_user(conn, user_id, password, True)
+        account_rows.insert_user(conn, user_id, hashed, True)
         token = account_rows.insert_device_token(conn, user_id, device)
         conn.execute("COMMIT")
     finally:

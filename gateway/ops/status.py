@@ -6,12 +6,13 @@ from a pid file; the figures come from a read-only connection to its database.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from matrix_core.store import maintenance
 
 from ..config import DATABASE_FILE, GatewayConfig
 from .disk import LowSpace, free_bytes
@@ -27,7 +28,7 @@ class Status:
     users: int
     devices: int
     rooms: int
-    events: int
+    events: int  # event positions handed out: an upper bound, not a COUNT(*) (see maintenance.status_figures)
     last_event_ts: int | None
     database_bytes: int
     wal_bytes: int
@@ -48,7 +49,8 @@ class Status:
             f"server:     {self.server_name}",
             f"data dir:   {self.data_dir}",
             f"accounts:   {self.users} users, {self.devices} devices",
-            f"rooms:      {self.rooms} rooms, {self.events} events (last at {last})",
+            f"rooms:      {self.rooms} rooms, up to {self.events} events (positions used, not counted; "
+            f"last at {last})",
             f"database:   {self.database_bytes / 1e6:.1f} MB + WAL {self.wal_bytes / 1e6:.1f} MB",
             "schema:     " + ", ".join(f"{k} v{v}" for k, v in sorted(self.schema_versions.items())),
             f"disk:       {disk_line(self.disk_free_bytes, self.disk_low, self.disk_warn_free_mb)}",
@@ -108,19 +110,9 @@ def probe(url: str, timeout: float = 2.0) -> float | None:
 
 def gather(config: GatewayConfig, data_dir: Path) -> Status:
     db = data_dir / DATABASE_FILE
-    conn = sqlite3.connect(db)  # not mode=ro: a WAL database needs its -shm to read
+    conn = maintenance.open_reader(db)
     try:
-        conn.execute("PRAGMA busy_timeout=10000")
-
-        def one(sql: str) -> int:
-            row = conn.execute(sql).fetchone()
-            return int(row[0] or 0) if row else 0
-
-        users, devices, rooms = one("SELECT COUNT(*) FROM users"), one("SELECT COUNT(*) FROM devices"), \
-            one("SELECT COUNT(*) FROM rooms")
-        events = one("SELECT COUNT(*) FROM events")
-        last = one("SELECT origin_server_ts FROM events ORDER BY stream_ordering DESC LIMIT 1") or None
-        versions = dict(conn.execute("SELECT component, version FROM schema_versions").fetchall())
+        figures = maintenance.status_figures(conn)
     finally:
         conn.close()
     wal = db.with_name(db.name + "-wal")
@@ -129,8 +121,9 @@ def gather(config: GatewayConfig, data_dir: Path) -> Status:
     answer = probe(url)
     return Status(
         running=answer is not None, http_url=url, answer_ms=answer, server_name=config.server_name,
-        data_dir=str(data_dir), users=users, devices=devices, rooms=rooms, events=events, last_event_ts=last,
+        data_dir=str(data_dir), users=figures.users, devices=figures.devices, rooms=figures.rooms,
+        events=figures.events, last_event_ts=figures.last_event_ts,
         database_bytes=db.stat().st_size, wal_bytes=wal.stat().st_size if wal.exists() else 0,
-        schema_versions=versions, disk_free_bytes=free, disk_low=LowSpace(config.disk_warn_free_mb).is_low(free),
+        schema_versions=figures.schema_versions, disk_free_bytes=free, disk_low=LowSpace(config.disk_warn_free_mb).is_low(free),
         disk_warn_free_mb=config.disk_warn_free_mb,
     )

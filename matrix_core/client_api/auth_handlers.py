@@ -2,22 +2,25 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors, params
 from ..identifiers import is_valid_localpart, user_id_for
-from ..store import accounts as account_rows
+from ..store import filters as filter_rows
 from .request import ApiRequest, ApiResponse, ok
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
 
 SUPPORTED_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9",
                       "v1.10", "v1.11", "v1.12"]
 
 
-async def versions(hs: Any, req: ApiRequest) -> ApiResponse:
+async def versions(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     return ok({"versions": SUPPORTED_VERSIONS, "unstable_features": {}})
 
 
-async def login_flows(hs: Any, req: ApiRequest) -> ApiResponse:
+async def login_flows(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     return ok({"flows": [{"type": "m.login.password"}]})
 
 
@@ -33,7 +36,7 @@ def _login_user(body: dict[str, Any]) -> str:
     raise errors.missing_param("Missing 'identifier'")
 
 
-async def login(hs: Any, req: ApiRequest) -> ApiResponse:
+async def login(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     body = req.json_object()
     if body.get("type") != "m.login.password":
         raise errors.MatrixError(400, "M_UNKNOWN", "Only m.login.password is supported")
@@ -51,24 +54,24 @@ async def login(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok(await hs.accounts.login(user, password, device_id, display_name, req.remote or "unknown"))
 
 
-async def logout(hs: Any, req: ApiRequest) -> ApiResponse:
+async def logout(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     await hs.accounts.logout(requester)
     return ok()
 
 
-async def logout_all(hs: Any, req: ApiRequest) -> ApiResponse:
+async def logout_all(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     await hs.accounts.logout_all(requester)
     return ok()
 
 
-async def whoami(hs: Any, req: ApiRequest) -> ApiResponse:
+async def whoami(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     return ok({"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False})
 
 
-async def register(hs: Any, req: ApiRequest) -> ApiResponse:
+async def register(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     if req.arg("kind", "user") != "user":
         # No guest access on a hub: a guest would otherwise get a full account (the spec's answer).
         raise errors.MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed on this hub")
@@ -87,16 +90,16 @@ async def register(hs: Any, req: ApiRequest) -> ApiResponse:
     if await hs.accounts.user_exists(user_id):
         raise errors.MatrixError(400, "M_USER_IN_USE", "User ID already taken")
     device_id = body.get("device_id") or None
-    await hs.db.write(lambda conn: account_rows.insert_user(conn, user_id, password, False))
+    await hs.accounts.create_user(user_id, password)
     result = await hs.accounts.login(user_id, password, device_id, body.get("initial_device_display_name"), None)
     return ok(result)
 
 
-async def get_profile(hs: Any, req: ApiRequest) -> ApiResponse:
+async def get_profile(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     return ok(await hs.accounts.get_profile(params.user_id(req.params["userId"])))
 
 
-async def get_profile_field(hs: Any, req: ApiRequest) -> ApiResponse:
+async def get_profile_field(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     field = req.params["field"]
     if field not in ("displayname", "avatar_url"):
         raise errors.unrecognized()
@@ -106,7 +109,7 @@ async def get_profile_field(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok({field: profile[field]})
 
 
-async def set_profile_field(hs: Any, req: ApiRequest) -> ApiResponse:
+async def set_profile_field(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     field = req.params["field"]
     if field not in ("displayname", "avatar_url"):
@@ -120,40 +123,31 @@ async def set_profile_field(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok()
 
 
-async def create_filter(hs: Any, req: ApiRequest) -> ApiResponse:
+async def create_filter(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     if req.params["userId"] != requester.user_id:
         raise errors.forbidden("You may only create filters for yourself")
     body = req.json_object()
     text = json.dumps(body)
-
-    def insert(conn: Any) -> int:
-        row = conn.execute("SELECT MAX(filter_id) FROM filters WHERE user_id = ?", (requester.user_id,)).fetchone()
-        filter_id = (row[0] or 0) + 1
-        conn.execute("INSERT INTO filters (user_id, filter_id, json) VALUES (?, ?, ?)",
-                     (requester.user_id, filter_id, text))
-        return filter_id
-
-    filter_id = await hs.db.write(insert)
+    filter_id = await hs.db.write(lambda conn: filter_rows.insert_filter(conn, requester.user_id, text))
     return ok({"filter_id": str(filter_id)})
 
 
-async def load_filter(hs: Any, user_id: str, filter_id: str) -> dict[str, Any]:
-    row = await hs.db.fetchone("SELECT json FROM filters WHERE user_id = ? AND filter_id = ?",
-                               (user_id, params.filter_id(filter_id)))
-    if row is None:
+async def load_filter(hs: Homeserver, user_id: str, filter_id: str) -> dict[str, Any]:
+    text = await filter_rows.filter_json(hs.db, user_id, params.filter_id(filter_id))
+    if text is None:
         raise errors.not_found("No such filter")
-    return json.loads(row[0])
+    return json.loads(text)
 
 
-async def get_filter(hs: Any, req: ApiRequest) -> ApiResponse:
+async def get_filter(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     if req.params["userId"] != requester.user_id:
         raise errors.forbidden("You may only read your own filters")
     return ok(await load_filter(hs, requester.user_id, req.params["filterId"]))
 
 
-async def capabilities(hs: Any, req: ApiRequest) -> ApiResponse:
+async def capabilities(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     await hs.accounts.authenticate(req.access_token)
     from ..room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
 

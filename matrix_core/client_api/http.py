@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 from aiohttp import web
 
 from .. import errors
-from ..canonical_json import CanonicalJSONError, JSONSyntaxError, encode_json, parse_json
-from .request import ApiRequest, ApiResponse
+from ..canonical_json import encode_json
+from .request import ApiRequest, ApiResponse, error_answer, json_body
 from .router import client_api_segments
 from .routes import ROUTER
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,11 @@ def json_response(response: ApiResponse) -> web.Response:
 
 
 def error_response(err: errors.MatrixError) -> web.Response:
-    return json_response(ApiResponse(err.status, err.to_json()))
+    """The client API's edge: every Matrix error becomes its HTTP answer here."""
+    return json_response(error_answer(err))
 
 
-def make_app(hs: Any) -> web.Application:
+def make_app(hs: Homeserver) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=CORS_HEADERS)
@@ -60,23 +65,13 @@ def make_app(hs: Any) -> web.Application:
                 raise errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")
             raw = await request.read() if request.can_read_body else b""
 
-            def load_body() -> Any:
-                if not raw.strip():
-                    return None
-                try:
-                    return parse_json(raw)
-                except JSONSyntaxError:
-                    raise errors.not_json() from None
-                except CanonicalJSONError as exc:
-                    raise errors.bad_json(str(exc)) from None
-
             api_request = ApiRequest(
                 method=request.method,
                 segments=api_segments,
                 query=query,
                 access_token=token_from(request.headers, query),
                 remote=request.remote or "",
-                load_body=load_body,
+                load_body=partial(json_body, raw),
             )
             return json_response(await ROUTER.dispatch(hs, api_request))
         except errors.MatrixError as err:

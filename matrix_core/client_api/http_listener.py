@@ -21,15 +21,20 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from .. import errors
 from ..log_limit import LogLimiter
 from ..ratelimit import address_key
+from .request import error_answer
 
 log = logging.getLogger(__name__)
 
-_REFUSAL_BODY = json.dumps({"errcode": "M_LIMIT_EXCEEDED", "error": "Too many connections from this address",
-                            "retry_after_ms": 1000}).encode()
-REFUSAL = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nConnection: close\r\n"
-           b"Content-Length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY)
+# Written before any HTTP parsing (the connection is refused at accept): the bytes are built once,
+# from the same error mapping as every other answer.
+_REFUSED = error_answer(errors.MatrixError(429, "M_LIMIT_EXCEEDED", "Too many connections from this address",
+                                           retry_after_ms=1000))
+_REFUSAL_BODY = json.dumps(_REFUSED.body).encode()
+REFUSAL = (b"HTTP/1.1 %d Too Many Requests\r\nContent-Type: application/json\r\nConnection: close\r\n"
+           b"Content-Length: %d\r\n\r\n" % (_REFUSED.status, len(_REFUSAL_BODY)) + _REFUSAL_BODY)
 
 
 class ConnectionCap:
@@ -68,9 +73,8 @@ class _CappedProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         key = address_key(str(peer[0])) if peer else "?"
         if not self.cap.admit(key):
-            if (suppressed := self.refusals.allow(key)) is not None:
-                log.warning("HTTP: %s already has %d connections open, refusing more%s", key,
-                            self.cap.max_per_address, f" ({suppressed} more since the last line)" if suppressed else "")
+            self.refusals.log(log, logging.WARNING, key, "HTTP: %s already has %d connections open, refusing more",
+                              key, self.cap.max_per_address)
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(REFUSAL)
             transport.close()
@@ -109,10 +113,9 @@ class _ClientErrorLog(logging.LoggerAdapter):
 
     def exception(self, msg: object, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
         if isinstance(exc_info, HttpProcessingError):
-            if (suppressed := self.limiter.allow("bad request")) is not None:
-                reason = (exc_info.message or "").strip().splitlines()[:1] or [type(exc_info).__name__]
-                self.logger.warning("HTTP: bad request from %s answered 400: %s%s", args[0] if args else "?",
-                                    reason[0][:80], f" ({suppressed} more since the last line)" if suppressed else "")
+            reason = (exc_info.message or "").strip().splitlines()[:1] or [type(exc_info).__name__]
+            self.limiter.log(self.logger, logging.WARNING, "bad request", "HTTP: bad request from %s answered 400: %s",
+                             args[0] if args else "?", reason[0][:80])
             return
         self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import errors, params
+from ..canonical_json import CanonicalJSONError, JSONSyntaxError, parse_json
 
 _UNSET: Any = object()
 
@@ -56,3 +57,24 @@ class ApiResponse:
 
 def ok(body: Any = None) -> ApiResponse:
     return ApiResponse(200, {} if body is None else body)
+
+
+def json_body(raw: bytes) -> Any:
+    """A JSON request body (client API and federation alike), parsed strictly: None when empty;
+    M_NOT_JSON when it is not JSON, M_BAD_JSON when it is JSON Matrix does not allow (floats,
+    integers out of range, lone surrogates)."""
+    if not raw.strip():
+        return None
+    try:
+        return parse_json(raw)
+    except JSONSyntaxError:
+        raise errors.not_json() from None
+    except CanonicalJSONError as exc:
+        raise errors.bad_json(str(exc)) from None
+
+
+def error_answer(err: errors.MatrixError) -> ApiResponse:
+    """The one mapping of a Matrix error to an answer: its status and {"errcode", "error", ...}.
+    Each protocol edge encodes that once (JSON over HTTP and federation, CBOR with the matching
+    CoAP code); none builds an error body of its own."""
+    return ApiResponse(err.status, err.to_json())

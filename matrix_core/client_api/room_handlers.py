@@ -2,37 +2,41 @@
 from __future__ import annotations
 
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors, params
 from ..canonical_json import CanonicalJSONError, parse_json
 from ..service.sync import parse_stream_token
+from ..store import rooms as room_rows
 from .auth_handlers import load_filter
 from .request import ApiRequest, ApiResponse, ok
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
 
 MAX_SYNC_TIMEOUT_MS = 300_000
 
 
-async def _requester_and_room(hs: Any, req: ApiRequest) -> tuple[Any, str]:
+async def _requester_and_room(hs: Homeserver, req: ApiRequest) -> tuple[Any, str]:
     requester = await hs.accounts.authenticate(req.access_token)
     room_id = await hs.rooms.resolve_room(params.room_id_or_alias(req.params["roomId"]))
     return requester, room_id
 
 
-async def create_room(hs: Any, req: ApiRequest) -> ApiResponse:
+async def create_room(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     body = req.json_object()
     return ok(await hs.rooms.create_room(requester, body))
 
 
-async def join(hs: Any, req: ApiRequest) -> ApiResponse:
+async def join(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     req.json_object()  # validate the (optional) body
     room_id = await hs.rooms.join(requester, params.room_id_or_alias(req.params["roomIdOrAlias"]))
     return ok({"room_id": room_id})
 
 
-async def knock(hs: Any, req: ApiRequest) -> ApiResponse:
+async def knock(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     reason = req.json_object().get("reason")
     room_id = await hs.rooms.resolve_room(params.room_id_or_alias(req.params["roomIdOrAlias"]))
@@ -41,7 +45,7 @@ async def knock(hs: Any, req: ApiRequest) -> ApiResponse:
 
 
 def _membership_action(membership: str, needs_target: bool):
-    async def handler(hs: Any, req: ApiRequest) -> ApiResponse:
+    async def handler(hs: Homeserver, req: ApiRequest) -> ApiResponse:
         if membership == "leave" and not needs_target:
             requester = await hs.accounts.authenticate(req.access_token)
             if (requester.user_id, req.params["roomId"]) in hs.rooms.remote_invites \
@@ -72,7 +76,7 @@ ban = _membership_action("ban", needs_target=True)
 unban = _membership_action("leave", needs_target=True)
 
 
-async def send(hs: Any, req: ApiRequest) -> ApiResponse:
+async def send(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     """PUT .../send/{eventType}/{txnId} (idempotent per device) and the seed's legacy POST."""
     requester, room_id = await _requester_and_room(hs, req)
     content = req.json()
@@ -81,7 +85,7 @@ async def send(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok({"event_id": event_id})
 
 
-async def put_state(hs: Any, req: ApiRequest) -> ApiResponse:
+async def put_state(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester, room_id = await _requester_and_room(hs, req)
     content = req.json()
     event_type, state_key = req.params["eventType"], req.params.get("stateKey", "")
@@ -91,12 +95,12 @@ async def put_state(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok({"event_id": event_id})
 
 
-async def get_state(hs: Any, req: ApiRequest) -> ApiResponse:
+async def get_state(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester, room_id = await _requester_and_room(hs, req)
     return ok(await hs.rooms.get_state(requester, room_id))
 
 
-async def get_state_event(hs: Any, req: ApiRequest) -> ApiResponse:
+async def get_state_event(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester, room_id = await _requester_and_room(hs, req)
     event = await hs.rooms.get_state_event(requester, room_id, req.params["eventType"],
                                            req.params.get("stateKey", ""))
@@ -105,19 +109,19 @@ async def get_state_event(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok(hs.rooms.serialize(event)["content"])
 
 
-async def redact(hs: Any, req: ApiRequest) -> ApiResponse:
+async def redact(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester, room_id = await _requester_and_room(hs, req)
     reason = req.json_object().get("reason")
     event_id = await hs.rooms.redact(requester, room_id, req.params["eventId"], reason, req.params.get("txnId"))
     return ok({"event_id": event_id})
 
 
-async def get_event(hs: Any, req: ApiRequest) -> ApiResponse:
+async def get_event(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester, room_id = await _requester_and_room(hs, req)
     return ok(await hs.rooms.get_event_for_client(requester, room_id, req.params["eventId"]))
 
 
-async def messages(hs: Any, req: ApiRequest) -> ApiResponse:
+async def messages(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester, room_id = await _requester_and_room(hs, req)
     direction = req.arg("dir", "b")
     if direction not in ("b", "f"):
@@ -128,13 +132,13 @@ async def messages(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok(await hs.rooms.messages(requester, room_id, from_pos, direction, limit, to_pos))
 
 
-async def members(hs: Any, req: ApiRequest) -> ApiResponse:
+async def members(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester, room_id = await _requester_and_room(hs, req)
     state = await hs.rooms.get_state(requester, room_id)
     return ok({"chunk": [ev for ev in state if ev["type"] == "m.room.member"]})
 
 
-async def joined_members(hs: Any, req: ApiRequest) -> ApiResponse:
+async def joined_members(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester, room_id = await _requester_and_room(hs, req)
     state = await hs.rooms.get_state(requester, room_id)
     joined = {
@@ -145,12 +149,12 @@ async def joined_members(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok({"joined": joined})
 
 
-async def joined_rooms(hs: Any, req: ApiRequest) -> ApiResponse:
+async def joined_rooms(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     return ok({"joined_rooms": hs.rooms.joined_room_ids(requester.user_id)})
 
 
-async def sync(hs: Any, req: ApiRequest) -> ApiResponse:
+async def sync(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     raw_filter = req.arg("filter")
     sync_filter: dict[str, Any] = {}
@@ -167,7 +171,7 @@ async def sync(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok(await hs.sync.sync(requester, req.arg("since"), timeout, full_state, sync_filter))
 
 
-async def get_alias(hs: Any, req: ApiRequest) -> ApiResponse:
+async def get_alias(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     alias = params.room_alias(req.params["roomAlias"])
     room_id = await hs.rooms.resolve_alias_local(alias)
     if room_id is None:
@@ -175,7 +179,7 @@ async def get_alias(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok({"room_id": room_id, "servers": [hs.server_name]})
 
 
-async def put_alias(hs: Any, req: ApiRequest) -> ApiResponse:
+async def put_alias(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     room_id = req.json_object().get("room_id")
     if not isinstance(room_id, str):
@@ -184,16 +188,15 @@ async def put_alias(hs: Any, req: ApiRequest) -> ApiResponse:
     return ok()
 
 
-async def delete_alias(hs: Any, req: ApiRequest) -> ApiResponse:
+async def delete_alias(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     await hs.rooms.delete_alias(requester, params.room_alias(req.params["roomAlias"]))
     return ok()
 
 
-async def public_rooms(hs: Any, req: ApiRequest) -> ApiResponse:
-    rows = await hs.db.fetchall("SELECT room_id FROM rooms WHERE is_public = 1")
+async def public_rooms(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     chunk = []
-    for (room_id,) in rows:
+    for room_id in await room_rows.public_room_ids(hs.db):
         room = await hs.rooms.get_room(room_id)
         entry: dict[str, Any] = {"room_id": room_id, "num_joined_members": len(room.joined_users()),
                                  "world_readable": False, "guest_can_join": False}

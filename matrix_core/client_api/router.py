@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Generic, TypeVar
 
 from .. import errors
 from .request import ApiRequest, ApiResponse
 
-Handler = Callable[[Any, ApiRequest], Awaitable[ApiResponse]]
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
+
+Handler = Callable[["Homeserver", ApiRequest], Awaitable[ApiResponse]]
 H = TypeVar("H")  # a handler: the client API's `Handler`, or federation's
 
 
@@ -84,7 +87,7 @@ class Router(Generic[H]):
 class ClientRouter(Router[Handler]):
     """The client-server API's route table (HTTP and CoAP dispatch through it)."""
 
-    async def dispatch(self, hs: Any, request: ApiRequest) -> ApiResponse:
+    async def dispatch(self, hs: Homeserver, request: ApiRequest) -> ApiResponse:
         handler, params = self.resolve(request.method, request.segments)
         request.params = params
         return await handler(hs, request)

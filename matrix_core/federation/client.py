@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import quote
 
 import aiohttp
@@ -20,6 +20,9 @@ from .discovery import Target, _ip_literal, address_allowed, parse_server_name
 from .resolver import AddressRefused, PolicyResolver, ServerResolver
 from .tls import client_context
 from .xmatrix import build_authorization
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class FederationClient:
     `hs` only needs those two attributes, so tools and tests can sign as a hub without running one.
     """
 
-    def __init__(self, hs: Any, verify_tls: bool = True, allow_loopback: bool = False,
+    def __init__(self, hs: Homeserver, verify_tls: bool = True, allow_loopback: bool = False,
                  per_host_connections: int = PER_HOST_CONNECTIONS) -> None:
         self.server_name: str = hs.server_name
         self.signing_key = hs.signing_key

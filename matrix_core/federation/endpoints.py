@@ -5,25 +5,24 @@ Each handler takes (hs, origin, request) where `origin` is already authenticated
 """
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
+from ..clock import now_ms
 from ..store import federation as federation_store
 from ..events import Event
 from ..identifiers import server_of
 from .joins import make_membership_template, on_invite, on_send_membership
 from .server import FEDERATION_ROUTES, FederationRequest
 
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
+
 MAX_BACKFILL = 100
 MAX_MISSING = 50
 
 
-def _now() -> int:
-    return int(time.time() * 1000)
-
-
-async def _room_visible_to(hs: Any, origin: str, room_id: str) -> Any:
+async def _room_visible_to(hs: Homeserver, origin: str, room_id: str) -> Any:
     """The room, if `origin` has (or had) a member in it; M_FORBIDDEN otherwise."""
     if hs.rooms.room_version(room_id) is None:
         raise errors.not_found("unknown room")
@@ -35,49 +34,49 @@ async def _room_visible_to(hs: Any, origin: str, room_id: str) -> Any:
     return room
 
 
-async def on_send(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_send(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     body = req.content
     if isinstance(body, dict) and body.get("origin") not in (None, origin):
         raise errors.forbidden("the transaction's origin is not the authenticated server")
     return 200, await hs.federation_inbound.on_transaction(origin, body)
 
 
-async def on_make_join(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_make_join(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     versions = req.query.get("ver") or ["1"]
     return 200, await make_membership_template(hs, origin, req.path_params["roomId"], req.path_params["userId"],
                                                "join", versions)
 
 
-async def on_make_leave(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_make_leave(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     return 200, await make_membership_template(hs, origin, req.path_params["roomId"], req.path_params["userId"],
                                                "leave", None)
 
 
-async def on_send_join(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_send_join(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     return 200, await on_send_membership(hs, origin, req.path_params["roomId"], req.path_params["eventId"],
                                          req.content, "join")
 
 
-async def on_send_leave(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_send_leave(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     return 200, await on_send_membership(hs, origin, req.path_params["roomId"], req.path_params["eventId"],
                                          req.content, "leave")
 
 
-async def on_invite_v2(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_invite_v2(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     return 200, await on_invite(hs, origin, req.path_params["roomId"], req.path_params["eventId"], req.content)
 
 
-async def on_event(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_event(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     event_id = req.path_params["eventId"]
     found = await hs.rooms.get_events_any([event_id])
     if event_id not in found or found[event_id][2]:
         raise errors.not_found("unknown event")
     event = found[event_id][0]
     await _room_visible_to(hs, origin, event.room_id)
-    return 200, {"origin": hs.server_name, "origin_server_ts": _now(), "pdus": [hs.rooms.outgoing_pdu(event)]}
+    return 200, {"origin": hs.server_name, "origin_server_ts": now_ms(), "pdus": [hs.rooms.outgoing_pdu(event)]}
 
 
-async def _state_before(hs: Any, origin: str, req: FederationRequest) -> tuple[Any, list[Event]]:
+async def _state_before(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[Any, list[Event]]:
     room_id = req.path_params["roomId"]
     await _room_visible_to(hs, origin, room_id)
     event_id = req.arg("event_id")
@@ -90,7 +89,7 @@ async def _state_before(hs: Any, origin: str, req: FederationRequest) -> tuple[A
     return room_id, list(state.values())
 
 
-async def on_state_ids(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_state_ids(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     from .joins import auth_chain_pdus
 
     _, state = await _state_before(hs, origin, req)
@@ -102,14 +101,14 @@ async def on_state_ids(hs: Any, origin: str, req: FederationRequest) -> tuple[in
     return 200, {"pdu_ids": [ev.event_id for ev in state], "auth_chain_ids": chain_ids}
 
 
-async def on_state(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_state(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     from .joins import auth_chain_pdus
 
     _, state = await _state_before(hs, origin, req)
     return 200, {"pdus": hs.rooms.outgoing_pdus(state), "auth_chain": await auth_chain_pdus(hs, state)}
 
 
-async def _walk_back(hs: Any, start: list[str], stop: set[str], limit: int) -> list[Event]:
+async def _walk_back(hs: Homeserver, start: list[str], stop: set[str], limit: int) -> list[Event]:
     """Breadth-first over prev_events from `start` (exclusive of `stop`), newest first."""
     out: list[Event] = []
     seen = set(stop)
@@ -128,7 +127,7 @@ async def _walk_back(hs: Any, start: list[str], stop: set[str], limit: int) -> l
     return out
 
 
-async def on_backfill(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_backfill(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     room_id = req.path_params["roomId"]
     await _room_visible_to(hs, origin, room_id)
     starts = req.query.get("v") or []
@@ -137,10 +136,10 @@ async def on_backfill(hs: Any, origin: str, req: FederationRequest) -> tuple[int
     except ValueError:
         raise errors.invalid_param("limit must be an integer") from None
     events = await _walk_back(hs, starts, set(), limit)
-    return 200, {"origin": hs.server_name, "origin_server_ts": _now(), "pdus": hs.rooms.outgoing_pdus(events)}
+    return 200, {"origin": hs.server_name, "origin_server_ts": now_ms(), "pdus": hs.rooms.outgoing_pdus(events)}
 
 
-async def on_get_missing_events(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_get_missing_events(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     room_id = req.path_params["roomId"]
     await _room_visible_to(hs, origin, room_id)
     body = req.content if isinstance(req.content, dict) else {}
@@ -158,7 +157,7 @@ async def on_get_missing_events(hs: Any, origin: str, req: FederationRequest) ->
     return 200, {"events": hs.rooms.outgoing_pdus(events)}
 
 
-async def on_query_directory(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_query_directory(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     alias = req.arg("room_alias")
     if not alias:
         raise errors.missing_param("room_alias is required")
@@ -170,7 +169,7 @@ async def on_query_directory(hs: Any, origin: str, req: FederationRequest) -> tu
     return 200, {"room_id": room_id, "servers": [hs.server_name] + servers}
 
 
-async def on_query_profile(hs: Any, origin: str, req: FederationRequest) -> tuple[int, Any]:
+async def on_query_profile(hs: Homeserver, origin: str, req: FederationRequest) -> tuple[int, Any]:
     user_id = req.arg("user_id")
     if not user_id or not user_id.endswith(":" + hs.server_name):
         raise errors.not_found("no such user here")

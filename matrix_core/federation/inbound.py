@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import auth_rules, errors
 from ..event_hashing import check_content_hash, redact_pdu, verify_event_signature
@@ -18,6 +18,9 @@ from .client import federation_path
 from ..room_versions import RoomVersion
 from ..service.room_cache import RoomCache, StateKey
 from .pdu import BadPDU, parse_pdu
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ class PDUError(Exception):
 
 
 class InboundEvents:
-    def __init__(self, hs: Any) -> None:
+    def __init__(self, hs: Homeserver) -> None:
         self.hs = hs
         self.rooms = hs.rooms
         self._room_locks: dict[str, asyncio.Lock] = {}
@@ -191,7 +194,8 @@ class InboundEvents:
         ids = list(event.auth_event_ids)
         # Auth events are nearly always in the room's current state: look there before the store.
         current = {ev.event_id: ev for ev in room.state.values()} if room is not None else {}
-        known = {eid: (current[eid], False, None) for eid in ids if eid in current}
+        known: dict[str, tuple[Event, bool, str | None]] = {
+            eid: (current[eid], False, None) for eid in ids if eid in current}
         rest = [eid for eid in ids if eid not in known]
         if rest:
             known.update(await self.rooms.get_events_any(rest))

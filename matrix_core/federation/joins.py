@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import auth_rules, errors
 from ..client_format import stripped_state
@@ -24,6 +24,9 @@ from ..service.room_cache import RoomCache, StateKey
 from .inbound import PDUError
 from .pdu import BadPDU, parse_pdu
 
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
+
 log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = sorted(KNOWN_ROOM_VERSIONS)
@@ -31,7 +34,7 @@ SUPPORTED_VERSIONS = sorted(KNOWN_ROOM_VERSIONS)
 
 # -- resident side ------------------------------------------------------------------------------
 
-async def make_membership_template(hs: Any, origin: str, room_id: str, user_id: str, membership: str,
+async def make_membership_template(hs: Homeserver, origin: str, room_id: str, user_id: str, membership: str,
                                    versions: list[str] | None) -> dict[str, Any]:
     if server_of(user_id) != origin:
         raise errors.forbidden("a server may only make membership events for its own users")
@@ -55,7 +58,7 @@ async def make_membership_template(hs: Any, origin: str, room_id: str, user_id: 
     return {"event": pdu, "room_version": room.version.identifier}
 
 
-async def auth_chain_pdus(hs: Any, events: list[Event]) -> list[dict[str, Any]]:
+async def auth_chain_pdus(hs: Homeserver, events: list[Event]) -> list[dict[str, Any]]:
     """The full auth chain of `events` (not including them unless reached), as PDUs."""
     seen: set[str] = set()
     frontier = [eid for ev in events for eid in ev.auth_event_ids]
@@ -73,7 +76,7 @@ async def auth_chain_pdus(hs: Any, events: list[Event]) -> list[dict[str, Any]]:
     return hs.rooms.outgoing_pdus(sorted(chain, key=lambda e: e.depth))
 
 
-async def on_send_membership(hs: Any, origin: str, room_id: str, event_id: str, body: Any,
+async def on_send_membership(hs: Homeserver, origin: str, room_id: str, event_id: str, body: Any,
                              membership: str) -> dict[str, Any]:
     version = hs.rooms.room_version(room_id)
     if version is None:
@@ -109,7 +112,7 @@ async def on_send_membership(hs: Any, origin: str, room_id: str, event_id: str, 
     }
 
 
-async def on_invite(hs: Any, origin: str, room_id: str, event_id: str, body: Any) -> dict[str, Any]:
+async def on_invite(hs: Homeserver, origin: str, room_id: str, event_id: str, body: Any) -> dict[str, Any]:
     """A remote server invites one of our users: countersign, remember the invite for /sync."""
     if not isinstance(body, dict):
         raise errors.bad_json("expected an object")
@@ -125,7 +128,8 @@ async def on_invite(hs: Any, origin: str, room_id: str, event_id: str, body: Any
         raise errors.bad_json("the event does not match the path")
     if event.type != "m.room.member" or event.membership != "invite" or not event.state_key:
         raise errors.bad_json("not an invite")
-    if server_of(event.state_key) != hs.server_name:
+    invitee: str = event.state_key
+    if server_of(invitee) != hs.server_name:
         raise errors.forbidden("the invitee is not on this server")
     if event.origin_server() != origin:
         raise errors.forbidden("the inviter is not from the requesting server")
@@ -139,14 +143,14 @@ async def on_invite(hs: Any, origin: str, room_id: str, event_id: str, body: Any
     invite_state = body.get("invite_room_state", [])
     if not isinstance(invite_state, list):
         invite_state = []
-    await hs.rooms.remember_remote_invite(event.state_key, room_id, version, signed,
+    await hs.rooms.remember_remote_invite(invitee, room_id, version, signed,
                                           [s for s in invite_state if isinstance(s, dict)])
     return {"event": signed}
 
 
 # -- joining side -------------------------------------------------------------------------------
 
-async def remote_membership(hs: Any, user_id: str, room_id: str, servers: list[str], membership: str) -> str:
+async def remote_membership(hs: Homeserver, user_id: str, room_id: str, servers: list[str], membership: str) -> str:
     """Join (or leave) a room hosted elsewhere through the first server that answers."""
     last_error: Exception | None = None
     for server in servers:
@@ -162,7 +166,7 @@ async def remote_membership(hs: Any, user_id: str, room_id: str, servers: list[s
     raise errors.MatrixError(404, "M_NOT_FOUND", f"no server could {membership} us to {room_id}: {last_error}")
 
 
-async def _membership_via(hs: Any, server: str, user_id: str, room_id: str, membership: str) -> str:
+async def _membership_via(hs: Homeserver, server: str, user_id: str, room_id: str, membership: str) -> str:
     client = hs.federation_client
     query = {"ver": SUPPORTED_VERSIONS} if membership == "join" else None
     try:
@@ -205,7 +209,7 @@ async def _membership_via(hs: Any, server: str, user_id: str, room_id: str, memb
     return event_id
 
 
-async def send_invite(hs: Any, room: RoomCache, invite: Event) -> Event:
+async def send_invite(hs: Homeserver, room: RoomCache, invite: Event) -> Event:
     """Invites v2: the invitee's server checks and countersigns our invite before we place it."""
     target_server = server_of(invite.state_key or "")
     body = {
@@ -241,7 +245,7 @@ async def send_invite(hs: Any, room: RoomCache, invite: Event) -> Event:
     return countersigned
 
 
-async def _place_join(hs: Any, server: str, room_id: str, version: RoomVersion, join: Event, answer: Any) -> None:
+async def _place_join(hs: Homeserver, server: str, room_id: str, version: RoomVersion, join: Event, answer: Any) -> None:
     if not isinstance(answer, dict):
         raise errors.MatrixError(502, "M_UNKNOWN", f"{server} sent a malformed send_join answer")
     inbound = hs.federation_inbound
@@ -256,11 +260,11 @@ async def _place_join(hs: Any, server: str, room_id: str, version: RoomVersion, 
     state: dict[StateKey, Event] = {}
     for pdu in answer.get("state", []):
         try:
-            ev = checked.get(parse_pdu(pdu, version).event_id)
+            found = checked.get(parse_pdu(pdu, version).event_id)
         except BadPDU:
             continue
-        if ev is not None and ev.is_state:
-            state[(ev.type, ev.state_key or "")] = ev
+        if found is not None and found.is_state:
+            state[(found.type, found.state_key or "")] = found
     if ("m.room.create", "") not in state:
         raise errors.MatrixError(502, "M_UNKNOWN", f"{server}'s send_join answer has no create event")
     # Each state event must be allowed by its own auth events (the spec's check for send_join).

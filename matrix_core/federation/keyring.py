@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..canonical_json import encode_json
 from ..clock import now_ms as _now_ms
@@ -22,6 +22,10 @@ from .keys import (
     KeyDocumentError, ServerKey, check_key_document, check_notary_signature, key_valid_at, notary_sign,
     own_key_document,
 )
+
+if TYPE_CHECKING:
+    from ..store import Database
+    from .client import FederationClient
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,8 @@ class KeyLookupError(Exception):
 class KeyRing:
     """Server keys for verifying requests and events, with our own key as the first entry."""
 
-    def __init__(self, server_name: str, signing_key: SigningKey, client: Any = None, db: Any = None,
+    def __init__(self, server_name: str, signing_key: SigningKey, client: FederationClient | None = None,
+                 db: Database | None = None,
                  notaries: Iterable[str] = (), clock: Callable[[], int] = _now_ms) -> None:
         self.server_name = server_name
         self.signing_key = signing_key
@@ -203,15 +208,15 @@ class KeyRing:
         key = self._keys.get((server_name, key_id))
         if key is None and self.db is not None and server_name not in self._loaded:
             self._loaded.add(server_name)
-            await self._load(server_name)
+            await self._load(self.db, server_name)
             key = self._keys.get((server_name, key_id))
         return key
 
-    async def _load(self, server_name: str) -> None:
-        for key_id, verify_key, valid_until, expired in await federation_store.server_keys(self.db, server_name):
+    async def _load(self, db: Database, server_name: str) -> None:
+        for key_id, verify_key, valid_until, expired in await federation_store.server_keys(db, server_name):
             self._keys.setdefault((server_name, key_id),
                                   ServerKey(server_name, key_id, decode_base64(verify_key), valid_until, expired))
-        doc = await federation_store.key_document(self.db, server_name)
+        doc = await federation_store.key_document(db, server_name)
         if doc is not None and server_name not in self._docs:
             self._docs[server_name] = json.loads(doc)
 
@@ -246,7 +251,7 @@ class KeyRing:
             minimum = max(key_ids.values(), default=0)
             if server not in self._docs and self.db is not None and server not in self._loaded:
                 self._loaded.add(server)
-                await self._load(server)
+                await self._load(self.db, server)
             doc = self._docs.get(server)
             stale = doc is None or doc.get("valid_until_ts", 0) < max(minimum, now) or any(
                 kid and kid not in doc.get("verify_keys", {}) and kid not in doc.get("old_verify_keys", {})

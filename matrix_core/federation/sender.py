@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
+from ..clock import now_ms
 from ..events import Event
 from .client import federation_path
 from ..identifiers import server_of
 from ..store import federation as federation_store
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,10 @@ class Destination:
 
 
 class FederationSender:
-    def __init__(self, hs: Any) -> None:
+    def __init__(self, hs: Homeserver) -> None:
         self.hs = hs
         self._destinations: dict[str, Destination] = {}
-        self._txn_counter = int(time.time() * 1000)
+        self._txn_counter = now_ms()
         self._stopping = False
         # Events received from others that we, as the resident server, must pass on (send_join).
         self._forward: set[str] = set()
@@ -109,8 +112,10 @@ class FederationSender:
         """After a restart: our events the destination has not acknowledged, in rooms it is in."""
         rows = await federation_store.unsent_events(self.hs.db, dest.last_stream, self.hs.server_name, dest.name)
         rooms = self.hs.rooms
-        dest.queue.extend((pos, rooms.outgoing_pdu(Event(pdu, event_id, rooms.room_version(room_id))))
-                          for pos, event_id, room_id, pdu in rows)
+        # Every room holding events is known (its version loaded at start): the test only types it.
+        dest.queue.extend((pos, rooms.outgoing_pdu(Event(pdu, event_id, version)))
+                          for pos, event_id, room_id, pdu in rows
+                          if (version := rooms.room_version(room_id)) is not None)
         if dest.queue:
             dest.wake.set()
 
@@ -125,7 +130,7 @@ class FederationSender:
             txn_id = str(self._txn_counter)
             body = {
                 "origin": self.hs.server_name,
-                "origin_server_ts": int(time.time() * 1000),
+                "origin_server_ts": now_ms(),
                 "pdus": [pdu for _, pdu in batch],
             }
             try:
@@ -157,7 +162,7 @@ class FederationSender:
         try:
             await self.hs.federation_client.request(
                 server_name, "PUT", federation_path("/_matrix/federation/v1/send/{t}", t=str(self._txn_counter)),
-                body={"origin": self.hs.server_name, "origin_server_ts": int(time.time() * 1000), "pdus": []},
+                body={"origin": self.hs.server_name, "origin_server_ts": now_ms(), "pdus": []},
             )
         except Exception as exc:
             log.info("could not reach %s: %s", server_name, exc)

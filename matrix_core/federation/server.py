@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import parse_qs, unquote
 
 from aiohttp import web
@@ -23,10 +23,15 @@ from aiohttp import web
 from .. import errors
 from ..client_api.http_listener import HttpListener
 from ..client_api.router import Router
-from ..canonical_json import CanonicalJSONError, JSONSyntaxError, encode_json, parse_json
+from ..canonical_json import encode_json
+from ..client_api.request import error_answer, json_body
 from .keyring import KeyLookupError, KeyRing
 from .keys import KeyDocumentError, parse_key_query
 from .xmatrix import XMatrixError, parse_header, verify_request
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
+    from .client import FederationClient
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,7 @@ class FederationRequest:
         return values[-1] if values else default
 
 
-Handler = Callable[[Any, str, FederationRequest], Awaitable[tuple[int, Any]]]
+Handler = Callable[["Homeserver", str, FederationRequest], Awaitable[tuple[int, Any]]]
 
 
 class FederationRoutes(Router[Handler]):
@@ -105,12 +110,18 @@ def _json(status: int, body: Any) -> web.Response:
     return web.Response(status=status, body=encode_json(body), content_type="application/json")
 
 
+def _error(err: errors.MatrixError) -> web.Response:
+    """Federation's edge: every Matrix error becomes its HTTP answer here."""
+    answer = error_answer(err)
+    return _json(answer.status, answer.body)
+
+
 def _split(raw_path: str) -> tuple[list[str], dict[str, list[str]]]:
     path, _, query = raw_path.partition("?")
     return [unquote(seg) for seg in path.split("/")[1:]], parse_qs(query, keep_blank_values=True)
 
 
-def make_federation_app(hs: Any, routes: FederationRoutes, keyring: KeyRing,
+def make_federation_app(hs: Homeserver, routes: FederationRoutes, keyring: KeyRing,
                         clock: Callable[[], int] | None = None) -> web.Application:
     now = clock or keyring.clock
 
@@ -124,14 +135,7 @@ def make_federation_app(hs: Any, routes: FederationRoutes, keyring: KeyRing,
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
                 raise errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")
             raw = await request.read() if request.can_read_body else b""
-            content = None
-            if raw.strip():
-                try:
-                    content = parse_json(raw)
-                except JSONSyntaxError:
-                    raise errors.not_json() from None
-                except CanonicalJSONError as exc:
-                    raise errors.bad_json(str(exc)) from None
+            content = json_body(raw)
             method = request.method
             path = "/" + "/".join(segments)
 
@@ -168,12 +172,12 @@ def make_federation_app(hs: Any, routes: FederationRoutes, keyring: KeyRing,
             status, body = await handler(hs, origin, fed_request)
             return _json(status, body)
         except errors.MatrixError as err:
-            return _json(err.status, err.to_json())
+            return _error(err)
         except web.HTTPRequestEntityTooLarge:
-            return _json(413, errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes").to_json())
+            return _error(errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes"))
         except Exception:
             log.exception("unhandled error on federation %s %s", request.method, request.path)
-            return _json(500, {"errcode": "M_UNKNOWN", "error": "Internal server error"})
+            return _error(errors.MatrixError(500, "M_UNKNOWN", "Internal server error"))
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -188,7 +192,7 @@ class FederationFrontend:
 
     name = "federation"
 
-    def __init__(self, hs: Any, data_dir: Path, bind: str, port: int, tls_cert: str = "", tls_key: str = "",
+    def __init__(self, hs: Homeserver, data_dir: Path, bind: str, port: int, tls_cert: str = "", tls_key: str = "",
                  verify_tls: bool = True, allow_loopback: bool = False,
                  routes: FederationRoutes = FEDERATION_ROUTES, idle_timeout: float = 15.0,
                  max_per_address: int = 64) -> None:
@@ -204,7 +208,7 @@ class FederationFrontend:
         self.idle_timeout = idle_timeout
         self.max_per_address = max_per_address
         self._listener: HttpListener | None = None
-        self.client: Any = None
+        self.client: FederationClient | None = None
         self.keyring: KeyRing | None = None
 
     async def start(self) -> None:

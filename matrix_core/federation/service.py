@@ -18,6 +18,7 @@ from .joins import remote_membership, send_invite
 from .sender import FederationSender
 
 if TYPE_CHECKING:
+    from ..homeserver import Homeserver
     from ..service.remote_rooms import RemoteRooms
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 class FederationService:
     name = "federation-rooms"
 
-    def __init__(self, hs: Any) -> None:
+    def __init__(self, hs: Homeserver) -> None:
         self.hs = hs
 
     async def start(self) -> None:
@@ -60,8 +61,8 @@ class FederationService:
         return await send_invite(self.hs, room, event)
 
     def events_persisted(self, room_id: str, events: list[tuple[int, Event]]) -> None:
-        sender = self.hs.federation_sender
-        if sender is not None and sender.started:  # it refills from the store before listening
+        sender = self.hs.federation_sender  # set in start(), before federation is attached
+        if sender.started:  # it refills from the store before listening
             sender.on_persisted(room_id, events)
 
     async def _remote_profile(self, user_id: str) -> dict[str, Any]:
@@ -90,6 +91,8 @@ class FederationService:
         if not wanted:
             return False
         version = hs.rooms.room_version(room_id)
+        if version is None:  # not reached: a room with servers in it and an oldest event is known
+            return False
         for server in sorted(servers):
             try:
                 body = await hs.federation_client.request(

@@ -4,11 +4,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .. import errors
 from ..identifiers import random_string, user_id_for
-from ..passwords import check_password
+from ..passwords import check_password, hash_password
 from ..ratelimit import LoginThrottle
 from ..store import Database
 from ..store import accounts as account_rows
@@ -55,7 +55,7 @@ class Accounts:
         # again, so a revoked token is never cached (nor handed to a front end) after the fact.
         self._revocations = 0
         # Set by the federation front end: a remote user's profile via /query/profile.
-        self.remote_profile: Any = None
+        self.remote_profile: Callable[[str], Awaitable[dict[str, Any]]] | None = None
 
     def local_user_id(self, localpart_or_id: str) -> str:
         return user_id_for(localpart_or_id, self.server_name)
@@ -68,27 +68,36 @@ class Accounts:
             return cached
         while True:
             revocations = self._revocations
-            row = await self.db.fetchone(
-                "SELECT t.user_id, t.device_id, u.admin FROM access_tokens t JOIN users u ON u.user_id = t.user_id "
-                "WHERE t.token = ?",
-                (token,),
-            )
+            row = await account_rows.token_owner(self.db, token)
             if revocations == self._revocations:
                 break
         if row is None:
             raise errors.unknown_token()
-        requester = Requester(row[0], row[1], bool(row[2]), token)
+        requester = Requester(row[0], row[1], row[2], token)
         if len(self._token_cache) > 10_000:
             self._token_cache.clear()
         self._token_cache[token] = requester
         return requester
 
     async def user_exists(self, user_id: str) -> bool:
-        return await self.db.fetchone("SELECT 1 FROM users WHERE user_id = ?", (user_id,)) is not None
+        return await account_rows.user_known(self.db, user_id)
 
     async def admin_user_ids(self) -> set[str]:
         """The hub admins (`matrix-gateway user add --admin`)."""
-        return {row[0] for row in await self.db.fetchall("SELECT user_id FROM users WHERE admin = 1")}
+        return await account_rows.admin_user_ids(self.db)
+
+    async def device_token(self, user_id: str, device_id: str) -> str:
+        """An access token of the device (coaps: the PSK identity names the device)."""
+        token = await account_rows.device_token(self.db, user_id, device_id)
+        if token is None:
+            raise errors.unknown_token()
+        return token
+
+    async def create_user(self, user_id: str, password: str | None, admin: bool = False) -> None:
+        """Store a new account. scrypt runs first, in a worker thread: inside the write it would
+        hold the single writer thread (and every other write) for its ~50 ms."""
+        hashed = await asyncio.to_thread(hash_password, password) if password else None
+        await self.db.write(lambda conn: account_rows.insert_user(conn, user_id, hashed, admin))
 
     async def check_credentials(self, localpart_or_id: str, password: str, address: str | None) -> str | None:
         """The user id if the password is right, else None (scrypt runs off the event loop).
@@ -99,10 +108,10 @@ class Accounts:
         """
         user_id = self.local_user_id(localpart_or_id)
         attempt = self.login_throttle.attempt(user_id, address) if address is not None else None
-        row = await self.db.fetchone("SELECT password_hash FROM users WHERE user_id = ?", (user_id,))
-        if row is None or not row[0]:
+        stored = await account_rows.password_hash(self.db, user_id)
+        if stored is None:
             return None
-        ok = await asyncio.get_running_loop().run_in_executor(None, check_password, password, row[0])
+        ok = await asyncio.get_running_loop().run_in_executor(None, check_password, password, stored)
         if not ok:
             return None
         if attempt is not None:
@@ -161,7 +170,7 @@ class Accounts:
     async def get_profile(self, user_id: str) -> dict[str, Any]:
         if not user_id.endswith(":" + self.server_name) and self.remote_profile is not None:
             return await self.remote_profile(user_id)
-        row = await self.db.fetchone("SELECT displayname, avatar_url FROM users WHERE user_id = ?", (user_id,))
+        row = await account_rows.profile(self.db, user_id)
         if row is None:
             raise errors.not_found("Profile was not found.")
         profile: dict[str, Any] = {}
@@ -172,7 +181,5 @@ class Accounts:
         return profile
 
     async def set_profile_field(self, user_id: str, field: str, value: str | None) -> None:
-        column = {"displayname": "displayname", "avatar_url": "avatar_url"}[field]
-        await self.db.write(
-            lambda conn: conn.execute(f"UPDATE users SET {column} = ? WHERE user_id = ?", (value, user_id))
-        )
+        account_rows.PROFILE_COLUMNS[field]  # KeyError for an unknown field, before any write
+        await self.db.write(lambda conn: account_rows.set_profile_field(conn, user_id, field, value))

@@ -121,9 +121,8 @@ class Sync:
                     elif entry[0] == "join":
                         raise LookupError("a membership names a room this hub does not hold")
                 except Exception as exc:
-                    if (suppressed := self._skip_log.allow(room_id)) is not None:
-                        log.error("sync leaves out room %s for %s: %r%s", room_id, user_id, exc,
-                                  f" ({suppressed} more since the last line)" if suppressed else "")
+                    self._skip_log.log(log, logging.ERROR, room_id, "sync leaves out room %s for %s: %r",
+                                       room_id, user_id, exc)
                     continue
             out.append((room_id, entry))
         return out

@@ -3,8 +3,9 @@ lookups are synchronous). Plain sqlite3, usable from the CLI and the DTLS handsh
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
+
+from ..clock import now_ms
 
 
 def owner_of(conn: sqlite3.Connection, identity: str) -> tuple[str, str] | None:
@@ -17,7 +18,7 @@ def replace_device_psk(conn: sqlite3.Connection, identity: str, psk: str, user_i
     """The device's one key becomes `psk` under `identity` (inside the caller's transaction)."""
     conn.execute("DELETE FROM coap_psk WHERE user_id = ? AND device_id = ?", (user_id, device_id))
     conn.execute("INSERT INTO coap_psk (identity, psk, user_id, device_id, created_ts) VALUES (?, ?, ?, ?, ?)",
-                 (identity, psk, user_id, device_id, int(time.time() * 1000)))
+                 (identity, psk, user_id, device_id, now_ms()))
 
 
 def open_reader(database_path: Path) -> sqlite3.Connection:

@@ -16,6 +16,11 @@ async def count_created_by(db: Database, user_id: str) -> int:
     return int(row[0]) if row else 0
 
 
+async def public_room_ids(db: Database) -> list[str]:
+    """Rooms published in the room directory (/publicRooms)."""
+    return [row[0] for row in await db.fetchall("SELECT room_id FROM rooms WHERE is_public = 1")]
+
+
 async def room_versions(db: Database) -> list[tuple[str, str]]:
     """(room id, room version identifier) of every room held."""
     return await db.fetchall("SELECT room_id, room_version FROM rooms")
