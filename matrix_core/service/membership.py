@@ -85,7 +85,7 @@ class RoomMembership:
         if self.remote.federates:
             try:
                 await self.remote.remote_membership(requester.user_id, room_id,
-                                             [invite[1]["sender"].split(":", 1)[1]], "leave")
+                                                    [invite[1]["sender"].split(":", 1)[1]], "leave")
             except Exception as exc:  # the inviter may be gone: declining locally still counts
                 log.info("could not tell the inviting server about the declined invite: %s", exc)
         await self.federated.forget_remote_invite(requester.user_id, room_id)
