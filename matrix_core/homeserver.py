@@ -62,11 +62,12 @@ class Homeserver:
         self.db.admin_contact = settings.admin_contact
         self.stream = EventStream()
         self.accounts = Accounts(self.db, self.server_name, LoginThrottle(settings.login_limits))
-        self.rooms = Rooms(self.db, self.stream, self.server_name, self.signing_key)
-        self.rooms.max_rooms_per_user = settings.max_rooms_per_user
-        self.rooms.admin_contact = settings.admin_contact
-        self.sync = Sync(self.rooms, self.stream)
+        # The per-user message rate: the rooms service applies it to every front end's sends.
         self.message_limiter = RateLimiter(settings.message_rate)
+        self.rooms = Rooms(self.db, self.stream, self.server_name, self.signing_key,
+                           max_rooms_per_user=settings.max_rooms_per_user, admin_contact=settings.admin_contact,
+                           limiter=self.message_limiter)
+        self.sync = Sync(self.rooms, self.stream)
 
     async def start(self) -> None:
         await self.db.open()

@@ -338,16 +338,17 @@ class MqttBroker:
 
     async def wait_rate(self, user_id: str) -> None:
         """The per-user message rate applies to MQTT too: over it, the publisher is slowed down
-        (TCP backpressure) instead of losing messages.
+        (TCP backpressure) instead of losing messages. The rate is the core's (the send then
+        skips it: rate_limit=False).
 
         Not once the broker stops: what is queued then is stored at once. Paced, a backlog read
         before SIGTERM (fuzzing left 300 connections' worth at 50/s) kept the hub stopping for
         20 s and more, past the unit's TimeoutStopSec=15s, and systemd killed it mid-save."""
-        limiter = self.hs.message_limiter
+        check = self.hs.rooms.check_send_rate
         stopping = self._stopping
         while not stopping.is_set():
             try:
-                limiter.check(user_id)
+                check(user_id)
                 return
             except errors.MatrixError as exc:
                 try:
@@ -372,7 +373,8 @@ class MqttBroker:
         commit (and the fan-out it brings) is done."""
         placed: list[list[tuple[int, Event]]] | None = [] if deliver_early else None
         fut, outcomes = self.hs.rooms.send_events_nowait(requester, room_id, [item[:3] for item in items], delay,
-                                                         placed.append if placed is not None else None, extras)
+                                                         placed.append if placed is not None else None, extras,
+                                                         rate_limit=False)  # admitted (wait_rate, _try_start)
         if not outcomes:
             return None
         own = self._own

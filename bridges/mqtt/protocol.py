@@ -316,7 +316,7 @@ class ClientProtocol(asyncio.Protocol):
             return False
         assert self.requester is not None
         try:
-            broker.hs.message_limiter.check(self.requester.user_id)
+            broker.hs.rooms.check_send_rate(self.requester.user_id)
         except errors.MatrixError:
             return False
         self._start(publish, room_id)

@@ -122,7 +122,7 @@ class TopicRooms:
                 "topic": f"MQTT topic filter {topic_filter}",
                 "initial_state": [{"type": BINDING_TYPE, "state_key": topic_filter,
                                    "content": {"topic_filter": topic_filter}}],
-            }, reserved_alias_ok=True)
+            }, reserved_alias_ok=True, rate_limit=False)  # the broker's room: the publish is what counts
         except BaseException:
             self.default_rooms.pop(alias, None)
             await db.write(lambda c: mqtt_store.forget_default_room(c, alias))

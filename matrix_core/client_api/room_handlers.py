@@ -26,14 +26,12 @@ async def _requester_and_room(hs: Homeserver, req: ApiRequest) -> tuple[Any, str
 async def create_room(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     body = req.json_object()
-    hs.message_limiter.check(requester.user_id, cost=5)
     return ok(await hs.rooms.create_room(requester, body))
 
 
 async def join(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     req.json_object()  # validate the (optional) body
-    hs.message_limiter.check(requester.user_id)
     room_id = await hs.rooms.join(requester, params.room_id_or_alias(req.params["roomIdOrAlias"]))
     return ok({"room_id": room_id})
 
@@ -41,7 +39,6 @@ async def join(hs: Homeserver, req: ApiRequest) -> ApiResponse:
 async def knock(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     reason = req.json_object().get("reason")
-    hs.message_limiter.check(requester.user_id)
     room_id = await hs.rooms.resolve_room(params.room_id_or_alias(req.params["roomIdOrAlias"]))
     await hs.rooms.update_membership(requester, room_id, requester.user_id, "knock", reason)
     return ok({"room_id": room_id})
@@ -62,7 +59,6 @@ def _membership_action(membership: str, needs_target: bool):
             target = body.get("user_id")
             if not isinstance(target, str):
                 raise errors.missing_param("Missing 'user_id'")
-        hs.message_limiter.check(requester.user_id)
         if membership == "join":
             await hs.rooms.update_membership(requester, room_id, target, "join", body.get("reason"))
             return ok({"room_id": room_id})
@@ -84,7 +80,6 @@ async def send(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     """PUT .../send/{eventType}/{txnId} (idempotent per device) and the seed's legacy POST."""
     requester, room_id = await _requester_and_room(hs, req)
     content = req.json()
-    hs.message_limiter.check(requester.user_id)
     event_id = await hs.rooms.send_event(requester, room_id, req.params["eventType"], content,
                                          txn_id=req.params.get("txnId"))
     return ok({"event_id": event_id})
@@ -93,7 +88,6 @@ async def send(hs: Homeserver, req: ApiRequest) -> ApiResponse:
 async def put_state(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester, room_id = await _requester_and_room(hs, req)
     content = req.json()
-    hs.message_limiter.check(requester.user_id)
     event_type, state_key = req.params["eventType"], req.params.get("stateKey", "")
     if event_type == "m.room.member":
         raise errors.forbidden("Use the membership endpoints (join, invite, leave, kick, ban) instead")
@@ -118,7 +112,6 @@ async def get_state_event(hs: Homeserver, req: ApiRequest) -> ApiResponse:
 async def redact(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester, room_id = await _requester_and_room(hs, req)
     reason = req.json_object().get("reason")
-    hs.message_limiter.check(requester.user_id)
     event_id = await hs.rooms.redact(requester, room_id, req.params["eventId"], reason, req.params.get("txnId"))
     return ok({"event_id": event_id})
 

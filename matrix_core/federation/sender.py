@@ -46,12 +46,13 @@ class FederationSender:
         self._stopping = False
         # Events received from others that we, as the resident server, must pass on (send_join).
         self._forward: set[str] = set()
+        self.started = False
 
     async def start(self) -> None:
         for name, last in await federation_store.outbound_positions(self.hs.db):
             dest = self._destination(name, last)
             await self._refill_from_store(dest)
-        self.hs.rooms.persist_listeners.append(self._on_persisted)
+        self.started = True  # FederationService.events_persisted passes commits on from now
 
     async def stop(self) -> None:
         self._stopping = True
@@ -89,7 +90,7 @@ class FederationSender:
             dest.task = asyncio.get_running_loop().create_task(self._run(dest), name=f"federation-send-{name}")
         return dest
 
-    def _on_persisted(self, room_id: str, entries: list[tuple[int, Event]]) -> None:
+    def on_persisted(self, room_id: str, entries: list[tuple[int, Event]]) -> None:
         ours = self.hs.server_name
         for pos, ev in entries:
             if ev.origin_server() != ours and ev.event_id not in self._forward:

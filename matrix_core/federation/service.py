@@ -6,7 +6,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
+from ..events import Event
 from ..identifiers import server_of
+from ..service.room_cache import RoomCache
 from ..store import federation as federation_store
 from . import endpoints  # noqa: F401  (registers the room endpoints on the route table)
 from .client import federation_path
@@ -17,6 +19,7 @@ from .sender import FederationSender
 
 if TYPE_CHECKING:
     from ..homeserver import Homeserver
+    from ..service.remote_rooms import RemoteRooms
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,7 @@ class FederationService:
         hs = self.hs
         hs.federation_inbound = InboundEvents(hs)
         hs.federation_sender = FederationSender(hs)
-        hs.rooms.remote_membership = self._remote_membership
-        hs.rooms.resolve_remote_alias = self._resolve_remote_alias
-        hs.rooms.remote_invite = lambda room, event: send_invite(hs, room, event)
-        hs.rooms.backfill = self._backfill
+        hs.rooms.attach_federation(self)
         hs.accounts.remote_profile = self._remote_profile
         await hs.federation_sender.start()
         # Tell every server we share a room with that we are (back) up: they retry what they owe us.
@@ -50,8 +50,20 @@ class FederationService:
     def describe(self) -> str:
         return ""
 
-    async def _remote_membership(self, user_id: str, room_id: str, servers: list[str], membership: str) -> str:
+    # -- matrix_core.service.remote_rooms.RemoteRooms: what the rooms service asks of federation --
+
+    federates = True
+
+    async def remote_membership(self, user_id: str, room_id: str, servers: list[str], membership: str) -> str:
         return await remote_membership(self.hs, user_id, room_id, servers, membership)
+
+    async def remote_invite(self, room: RoomCache, event: Event) -> Event:
+        return await send_invite(self.hs, room, event)
+
+    def events_persisted(self, room_id: str, events: list[tuple[int, Event]]) -> None:
+        sender = self.hs.federation_sender  # set in start(), before federation is attached
+        if sender.started:  # it refills from the store before listening
+            sender.on_persisted(room_id, events)
 
     async def _remote_profile(self, user_id: str) -> dict[str, Any]:
         try:
@@ -63,7 +75,7 @@ class FederationService:
             raise errors.not_found("Profile was not found.")
         return {k: v for k, v in body.items() if k in ("displayname", "avatar_url") and isinstance(v, str)}
 
-    async def _backfill(self, room_id: str, limit: int) -> bool:
+    async def backfill(self, room_id: str, limit: int) -> bool:
         """Fetch history older than the oldest event we hold, from a server in the room."""
         hs = self.hs
         servers = hs.federation_sender.servers_in_room(room_id) - {hs.server_name}
@@ -110,7 +122,7 @@ class FederationService:
                 return True
         return False
 
-    async def _resolve_remote_alias(self, alias: str) -> tuple[str, list[str]]:
+    async def resolve_remote_alias(self, alias: str) -> tuple[str, list[str]]:
         server = alias.split(":", 1)[1]
         try:
             body = await self.hs.federation_client.request(
@@ -122,6 +134,11 @@ class FederationService:
             raise errors.not_found(f"Room alias {alias} not found")
         servers = [s for s in body.get("servers", []) if isinstance(s, str)] or [server]
         return room_id, servers
+
+
+if TYPE_CHECKING:  # mypy checks that FederationService is the core's RemoteRooms
+    def _implements(service: FederationService) -> RemoteRooms:
+        return service
 
 
 __all__ = ["FederationService", "federation_path"]
