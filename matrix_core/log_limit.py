@@ -44,3 +44,21 @@ class LogLimiter:
             args = (*args, suppressed)
         logger.log(level, message, *args)
         return True
+
+    def filter(self, prefix: str, key: str) -> logging.Filter:
+        """A logging filter passing another library's records that start with `prefix` through
+        this limiter under `key` (aiocoap's own per-datagram warnings); other records pass."""
+        limiter = self
+
+        class _Filter(logging.Filter):
+            def filter(self, record: logging.LogRecord) -> bool:
+                if not isinstance(record.msg, str) or not record.msg.startswith(prefix):
+                    return True
+                suppressed = limiter.allow(key)
+                if suppressed is None:
+                    return False
+                if suppressed:
+                    record.msg += f" ({suppressed} more since the last line)".replace("%", "%%")
+                return True
+
+        return _Filter()

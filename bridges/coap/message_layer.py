@@ -45,14 +45,14 @@ from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.types import Type
 
 from matrix_core import errors
+from matrix_core.log_limit import LogLimiter
 
 from . import codes, wire
 from .content import encode_body
-from .log_limit import LogLimiter
 
 log = logging.getLogger(__name__)
 #: one line a minute per kind of bad input, shared by every listener (issue 20, R3)
-bad_input = LogLimiter(log)
+bad_input = LogLimiter(60.0)
 
 _TUNING = TransportTuning()
 EXCHANGE_LIFETIME = _TUNING.EXCHANGE_LIFETIME  # 247 s
@@ -153,7 +153,7 @@ class MessageLayer:
     def _reject(self, rejection: wire.Rejection, ancdata: Any, address: Any) -> None:
         """4.00 Bad Request with a CBOR diagnostic; nothing else is done with the request."""
         pktinfo = _pktinfo(ancdata)
-        bad_input.log("coap-bad-option", "CoAP: a request from %s answered 4.00: %s", address[0], rejection.reason)
+        bad_input.log(log, logging.WARNING, "coap-bad-option", "CoAP: a request from %s answered 4.00: %s", address[0], rejection.reason)
         if _is_multicast(pktinfo):
             return  # RFC 7252 §8.1: no error answers to multicast requests
         if rejection.mtype == wire.CON:

@@ -87,7 +87,7 @@ class _Block1Spool(Block1Spool):
 
     @staticmethod
     def _refuse(req: aiocoap.Message, code: int, reason: str) -> _BlockError:
-        bad_input.log("coap-blockwise", "CoAP: a block-wise request from %s answered %s: %s",
+        bad_input.log(log, logging.WARNING, "coap-blockwise", "CoAP: a block-wise request from %s answered %s: %s",
                       getattr(req.remote, "hostinfo", req.remote), codes.code_text(code), reason)
         return _BlockError(code, reason, _format_or_cbor(req))
 
@@ -306,7 +306,7 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             message = self._first_block(request, message_of(self._encode(response, content_format)))
             if evicted:  # its client has moved on: no retransmissions, nothing queued behind others
                 message.mtype = Type.NON
-                bad_input.log("coap-observe-evicted", "CoAP: %s holds %d observations, the most a client may: "
+                bad_input.log(log, logging.WARNING, "coap-observe-evicted", "CoAP: %s holds %d observations, the most a client may: "
                               "its oldest ended", getattr(request.remote, "hostinfo", request.remote),
                               self.observations.max_per_client)
             servobs.trigger(message, is_last=response.status != 200)
@@ -316,7 +316,7 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
                                   endpoint=remote, ready=lambda: self.window.wait_clear(remote))
         remove = self.observations.add(observation)
         if remove is None:
-            bad_input.log("coap-observe-full", "CoAP: the hub holds %d observations, the most it may: a new "
+            bad_input.log(log, logging.WARNING, "coap-observe-full", "CoAP: the hub holds %d observations, the most it may: a new "
                           "one was answered without Observe", self.observations.max_total)
             return False
         self._observation_removers[id(servobs)] = remove

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from matrix_core import errors
 from matrix_core.events import Event
 from matrix_core.homeserver import Homeserver
+from matrix_core.log_limit import LogLimiter
 from matrix_core.service.accounts import Requester, TokensRevoked
 from matrix_core.store import mqtt as mqtt_store
 from matrix_core.store.database import WriteFn
@@ -34,7 +35,7 @@ from .listeners import Listeners
 from .messages import message_content, publish_content
 from .packets import NO_PROPERTIES, Connect, Publish, Subscription
 from .protocol import ClientProtocol
-from .refusals import PublishRefused, Quiet
+from .refusals import PublishRefused
 from .routing import ALIAS_PREFIX, BINDING_TYPE, RETAINED_TYPE, TopicRules
 from .session import Outgoing, SessionState
 from .settings import BrokerSettings
@@ -67,9 +68,8 @@ class MqttBroker:
         self.online: dict[str, ClientProtocol] = {}
         self.clients: set[ClientProtocol] = set()
         self.per_address: dict[str, int] = {}  # remote address -> open connections
-        self.quiet_refusals = Quiet()
-        self.quiet_timeouts = Quiet()
-        self.quiet_quota = Quiet()
+        # one line a minute per kind of refusal strangers can cause at will (matrix_core/log_limit.py)
+        self.quiet = LogLimiter(60.0)
         # event id -> our client's PUBLISH stored as that event, from the core's answer until
         # its commit's fan-out is done (fanout.OwnPublish)
         self._own: dict[str, OwnPublish] = {}
@@ -518,7 +518,7 @@ class MqttBroker:
                            if client.conn.keepalive_expired(now) or client.conn.connect_overdue(now, connect_timeout)}
                 for client in expired & overdue:
                     if client.conn.state is State.AWAIT_CONNECT:
-                        self.quiet_timeouts.log(logging.INFO, "MQTT connection from %s closed: no CONNECT within "
+                        self.quiet.log(log, logging.INFO, "connect-timeout", "MQTT connection from %s closed: no CONNECT within "
                                                 "%.0f s (mqtt_connect_timeout_s)", client.peer, connect_timeout)
                         client.close(ReasonCode.MAXIMUM_CONNECT_TIME, publish_will=False)
                         continue

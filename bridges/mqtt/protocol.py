@@ -84,7 +84,7 @@ class ClientProtocol(asyncio.Protocol):
         cap = broker.settings.max_connections_per_address
         open_now = broker.per_address.get(self.peer, 0)
         if cap and open_now >= cap:
-            broker.quiet_refusals.log(logging.WARNING, "MQTT connection from %s refused: %d open from that address "
+            broker.quiet.log(log, logging.WARNING, "per-address-cap", "MQTT connection from %s refused: %d open from that address "
                                       "(mqtt_max_connections_per_address)", self.peer, open_now)
             self.conn.close()
             self._closed = True
@@ -266,7 +266,7 @@ class ClientProtocol(asyncio.Protocol):
                 return
             opened = await broker.open_session(self, result, connect)
             if isinstance(opened, int):
-                broker.quiet_quota.log(logging.INFO, "MQTT CONNECT of %r by %s refused: 0x%02X, over "
+                broker.quiet.log(log, logging.INFO, "session-quota", "MQTT CONNECT of %r by %s refused: 0x%02X, over "
                                           "mqtt_max_sessions_per_account persistent sessions", connect.client_id,
                                           result.user_id, opened)
                 self.conn.refuse(opened)

@@ -7,8 +7,6 @@ pipeline (protocol.py) and the broker.
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
 
 from .constants import ReasonCode
 
@@ -29,25 +27,3 @@ class PublishRefused(Exception):
     def __init__(self, reason_code: int, message: str) -> None:
         super().__init__(message)
         self.reason_code = reason_code
-
-
-class Quiet:
-    """At most one log line per period for something strangers can cause at will (connections
-    refused or timed out): the next line counts those not logged."""
-
-    def __init__(self, period: float = 60.0) -> None:
-        self.period = period
-        self._next = 0.0
-        self._unlogged = 0
-
-    def log(self, level: int, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._unlogged += 1
-            return
-        self._next = now + self.period
-        if self._unlogged:
-            message += " (%d more not logged in the last %.0f s)"
-            args = (*args, self._unlogged, self.period)
-        self._unlogged = 0
-        log.log(level, message, *args)
