@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cbor2  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from bridges.coap import wire  # noqa: E402
+from frontends.coap import wire  # noqa: E402
 from tests.support import full_disk  # noqa: E402
 from tests.support.gateway import GatewayProcess  # noqa: E402
 

@@ -66,11 +66,11 @@ def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> li
                                         max_per_address=config.http_max_connections_per_address))
     from matrix_core.federation.service import FederationService  # after the listener: rooms over federation
     frontends.append(FederationService(hs))
-    from bridges.coap.server import CoapFrontend
+    from frontends.coap.server import CoapFrontend
     frontends.append(CoapFrontend(hs, config.bind, config.coap_port,
                                   config.coaps_port if config.coaps_enabled else None, data_dir / DATABASE_FILE,
                                   config.coap_max_observations_per_client, config.coap_max_observations))
-    from bridges.mqtt.settings import build_frontend as mqtt_frontend  # the MQTT broker (bridges/mqtt)
+    from frontends.mqtt.settings import build_frontend as mqtt_frontend  # the MQTT broker (frontends/mqtt)
     frontends += mqtt_frontend(config, hs, data_dir)
     return frontends
 

@@ -148,7 +148,7 @@ def device_add(localpart: str, device_id: str, psk: bool, data_dir: Path, config
         token = account_rows.insert_device_token(conn, user_id, device_id)
         psk_lines = []
         if psk:
-            from bridges.coap.psk import add_device_psk
+            from frontends.coap.psk import add_device_psk
             try:
                 identity, key = add_device_psk(conn, user_id, device_id)
             except ValueError as exc:
@@ -168,7 +168,7 @@ def register_commands() -> None:
     from .ops.commands import add_ops_commands  # backup, restore, status, purge
 
     add_ops_commands(main, data_dir_option, config_option, existing_config, fail)
-    from bridges.mqtt.cli import add_mqtt_commands  # mqtt map / unmap / maps
+    from frontends.mqtt.cli import add_mqtt_commands  # mqtt map / unmap / maps
 
     add_mqtt_commands(main, data_dir_option, config_option, existing_config, fail, open_db)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bridges.mqtt.settings import config_problem as mqtt_config_problem, render as mqtt_render
+from frontends.mqtt.settings import config_problem as mqtt_config_problem, render as mqtt_render
 from matrix_core.identifiers import is_valid_server_name
 from matrix_core.signing import SigningKey, generate_signing_key, parse_signing_key, serialize_signing_key
 
@@ -38,7 +38,7 @@ class GatewayConfig:
     coaps_port: int = 5684
     coaps_enabled: bool = True
     mqtt_port: int = 1883
-    # MQTT broker (bridges/mqtt/settings.py explains each; rendered with comments below)
+    # MQTT broker (frontends/mqtt/settings.py explains each; rendered with comments below)
     mqtt_enabled: bool = True
     mqtt_allow_anonymous: bool = False
     mqtt_anonymous_user: str = "mqtt-guest"
@@ -92,7 +92,7 @@ class GatewayConfig:
     admin_contact: str = ""
     # warn (log, `status`) when the data dir's disk has less free space than this; 0: never
     disk_warn_free_mb: int = 100
-    # CoAP Observe caps (bridges/coap/observe.py): per client (access token, and remote endpoint)
+    # CoAP Observe caps (frontends/coap/observe.py): per client (access token, and remote endpoint)
     # and in the hub; over the first a client's oldest observation ends, over the second a new
     # one is answered without Observe (RFC 7641 §4.1)
     coap_max_observations_per_client: int = 16

@@ -93,7 +93,7 @@ class AuthError(Exception):
 class StorageFull(MatrixError):
     """The disk holding the database is full: the write was refused whole and nothing of it was
     stored. A subclass so front ends can tell it from other limits (MQTT 3.1.1 holds back the
-    client it disconnected; see bridges/mqtt/full_disk.py)."""
+    client it disconnected; see frontends/mqtt/full_disk.py)."""
 
 
 # How long a client should wait before trying a refused write again (CoAP Max-Age, MQTT hold-back).

@@ -309,13 +309,13 @@ def test_blockwise_post_and_get_with_coap_client(hub: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the message layer (bridges/coap/message_layer.py) with a bare UDP peer: what a device whose
+# the message layer (frontends/coap/message_layer.py) with a bare UDP peer: what a device whose
 # ACK got lost, or whose hub is slow, sees
 # ---------------------------------------------------------------------------------------------
 
 
 def _raw_post(hub: dict[str, Any], mid: int, token: bytes, body: Any, mtype: int = 0) -> bytes:
-    from bridges.coap import wire
+    from frontends.coap import wire
     path = ["_m", "c", "a", "v1", "r", ALIAS_IN_URI.replace("%23", "#"), "s", "m.room.message"]
     options = [(11, seg.encode()) for seg in path] + [(15, f"a={hub['token']}".encode())]
     return wire.encode(mtype, 2, mid, token, options, cbor2.dumps(body))

@@ -1,4 +1,4 @@
-"""bridges.coap.message_layer inside a real aiocoap udp6 server context, driven by a bare UDP
+"""frontends.coap.message_layer inside a real aiocoap udp6 server context, driven by a bare UDP
 client: piggybacked answers, deduplication, empty ACK + separate response, NON, fall-through.
 
 The resource is a stub whose answers wait on a future the test releases, so "slow" is a state
@@ -15,8 +15,8 @@ import aiocoap
 import pytest
 from aiocoap import resource
 
-from bridges.coap import message_layer, wire
-from bridges.coap.server import Answer
+from frontends.coap import message_layer, wire
+from frontends.coap.server import Answer
 from tests.support.gateway import free_port
 
 WAIT = 10.0

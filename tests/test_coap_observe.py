@@ -154,7 +154,7 @@ def test_notifications_are_confirmable(hub: dict[str, Any]) -> None:
     """A bare UDP client: the notification for a new event is a CON message, which we ACK.
 
     Another observer dies first without a word: the ICMP refusal its next notification draws
-    must not cancel this observation (bridges/coap/stale_refusal.py)."""
+    must not cancel this observation (frontends/coap/stale_refusal.py)."""
     dead = subprocess.Popen(["coap-client-notls", "-m", "get", "-s", "20", "-o", "-",
                              f"{hub['base']}/7?a={hub['token']}&fi=%7B%7D"], stdout=subprocess.PIPE)
     assert dead.stdout is not None

@@ -1,12 +1,12 @@
-"""bridges.coap.observe without sockets: the caps decide whose observation goes, and observers
+"""frontends.coap.observe without sockets: the caps decide whose observation goes, and observers
 making the same call share one dispatch per batch of events (issue 20, R1)."""
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from bridges.coap.observe import EVICTED, Observation, Observations
-from bridges.coap.translate import ApiCall, translate
+from frontends.coap.observe import EVICTED, Observation, Observations
+from frontends.coap.translate import ApiCall, translate
 from matrix_core.client_api.request import ApiResponse
 
 

@@ -1,12 +1,12 @@
-"""Tests for bridges.coap.short_paths: CoAP short paths -> full Matrix paths."""
+"""Tests for frontends.coap.short_paths: CoAP short paths -> full Matrix paths."""
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridges.coap import short_paths as sp
-from bridges.coap.short_paths import (
+from frontends.coap import short_paths as sp
+from frontends.coap.short_paths import (
     ACCESS_TOKEN_OPTION,
     MSC3079_PATHS,
     QUERY_ABBREVIATIONS,

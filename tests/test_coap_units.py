@@ -6,11 +6,11 @@ import math
 import cbor2
 import pytest
 
-from bridges.coap import codes
-from bridges.coap.content import decode_body, encode_body, response_format, text_keyed
-from bridges.coap.observe import observable, with_query
-from bridges.coap.translate import translate
-from bridges.payload_mapping import device_view, to_event_value
+from frontends.coap import codes
+from frontends.coap.content import decode_body, encode_body, response_format, text_keyed
+from frontends.coap.observe import observable, with_query
+from frontends.coap.translate import translate
+from frontends.payload_mapping import device_view, to_event_value
 from matrix_core import errors
 
 

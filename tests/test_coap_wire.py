@@ -1,4 +1,4 @@
-"""bridges.coap.wire (the hot path's datagram parser and builder) against aiocoap's own codec."""
+"""frontends.coap.wire (the hot path's datagram parser and builder) against aiocoap's own codec."""
 from __future__ import annotations
 
 import warnings
@@ -11,7 +11,7 @@ from aiocoap.optiontypes import OpaqueOption, UintOption
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridges.coap import wire
+from frontends.coap import wire
 
 # aiocoap deprecates giving a message its type and id; these tests pin exact datagrams
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridges import payload_mapping
-from bridges.coap import content as coap_content
-from bridges.payload_mapping import PayloadError, content_to_mqtt_payload
+from frontends import payload_mapping
+from frontends.coap import content as coap_content
+from frontends.payload_mapping import PayloadError, content_to_mqtt_payload
 from matrix_core import canonical_json
 from matrix_core.homeserver import Homeserver, HomeserverSettings
 from matrix_core.log_limit import LogLimiter

@@ -27,7 +27,7 @@ import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
-from bridges.mqtt.full_disk import HoldBack
+from frontends.mqtt.full_disk import HoldBack
 from gateway.config import ConfigError, load_config
 from gateway.ops.disk import LowSpace
 from matrix_core import errors

@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridges.coap import wire
-from bridges.coap.translate import translate
-from bridges.mqtt.codec import encode
-from bridges.mqtt.packets import Connect
+from frontends.coap import wire
+from frontends.coap.translate import translate
+from frontends.mqtt.codec import encode
+from frontends.mqtt.packets import Connect
 from matrix_core import errors
 from tests.support import fuzz_targets
 from tests.support.fuzz_targets import CORPORA, TARGETS, KnownElsewhere

@@ -19,7 +19,7 @@ import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
-from bridges.coap import wire
+from frontends.coap import wire
 from tests.conftest import PASSWORD
 from tests.support.fuzz_e2e import E2EResult, fuzz_coap, fuzz_http, fuzz_mqtt, tracebacks
 from tests.support.gateway import GatewayProcess

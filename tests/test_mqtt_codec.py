@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bridges.mqtt.codec import (
+from frontends.mqtt.codec import (
     Decoder,
     EncodeError,
     InvalidTopicFilter,
@@ -22,7 +22,7 @@ from bridges.mqtt.codec import (
     encode,
     encode_varint,
 )
-from bridges.mqtt.constants import (
+from frontends.mqtt.constants import (
     PROPERTY_SPECS,
     REASON_CODES_BY_PACKET,
     WILL_PROPERTIES,
@@ -32,7 +32,7 @@ from bridges.mqtt.constants import (
     connack_return_code_v311,
     reason_code_name,
 )
-from bridges.mqtt.packets import (
+from frontends.mqtt.packets import (
     NO_PROPERTIES,
     Auth,
     ConnAck,

@@ -1,8 +1,8 @@
 """The sans-I/O connection and session state machines, driven with bytes from the codec (no sockets)."""
 from __future__ import annotations
 
-from bridges.mqtt import codec
-from bridges.mqtt.connection import (
+from frontends.mqtt import codec
+from frontends.mqtt.connection import (
     ConnectReceived,
     Connection,
     Delivered,
@@ -14,8 +14,8 @@ from bridges.mqtt.connection import (
     State,
     SubscribeReceived,
 )
-from bridges.mqtt.constants import MQTT_3_1_1, MQTT_5
-from bridges.mqtt.packets import (
+from frontends.mqtt.constants import MQTT_3_1_1, MQTT_5
+from frontends.mqtt.packets import (
     ConnAck,
     Connect,
     Disconnect,
@@ -29,7 +29,7 @@ from bridges.mqtt.packets import (
     Subscribe,
     Subscription,
 )
-from bridges.mqtt.session import Outgoing, SessionState
+from frontends.mqtt.session import Outgoing, SessionState
 
 
 def decode(data: bytes, level: int) -> list:

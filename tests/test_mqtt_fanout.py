@@ -1,4 +1,4 @@
-"""The fan-out (bridges/mqtt/fanout.py) as the pure function it is: tables in, messages out, no
+"""The fan-out (frontends/mqtt/fanout.py) as the pure function it is: tables in, messages out, no
 sockets, no database, no clock. Which session gets which message for a committed room event:
 membership (asked of a lookup, as the core's `Rooms.is_joined` answers it), QoS downgrade, No
 Local through the broker's own-publish handle, share groups, message expiry, MQTT 5 properties."""
@@ -7,13 +7,13 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from bridges.mqtt.deny import DenyRules
-from bridges.mqtt.fanout import FanOut, OwnPublish
-from bridges.mqtt.messages import message_content, publish_content
-from bridges.mqtt.packets import NO_PROPERTIES, Publish, Subscription
-from bridges.mqtt.routing import RETAINED_TYPE, Rule, TopicRules
-from bridges.mqtt.session import SessionState
-from bridges.mqtt.subscriptions import SubscriptionIndex
+from frontends.mqtt.deny import DenyRules
+from frontends.mqtt.fanout import FanOut, OwnPublish
+from frontends.mqtt.messages import message_content, publish_content
+from frontends.mqtt.packets import NO_PROPERTIES, Publish, Subscription
+from frontends.mqtt.routing import RETAINED_TYPE, Rule, TopicRules
+from frontends.mqtt.session import SessionState
+from frontends.mqtt.subscriptions import SubscriptionIndex
 from matrix_core.events import Event
 from matrix_core.room_versions import ROOM_V10
 

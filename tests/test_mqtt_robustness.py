@@ -14,8 +14,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from bridges.mqtt.connection import Connection, Limits, PublishReceived, Qos2Released
-from bridges.mqtt.session import SessionState
+from frontends.mqtt.connection import Connection, Limits, PublishReceived, Qos2Released
+from frontends.mqtt.session import SessionState
 from matrix_core.homeserver import Homeserver, HomeserverSettings
 from matrix_core.ratelimit import RateLimit
 from matrix_core.service.accounts import Requester

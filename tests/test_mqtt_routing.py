@@ -4,8 +4,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridges.mqtt.messages import message_content, parse_mqtt, publish_content
-from bridges.mqtt.routing import (
+from frontends.mqtt.messages import message_content, parse_mqtt, publish_content
+from frontends.mqtt.routing import (
     HUB,
     OWNER,
     Rule,
@@ -17,7 +17,7 @@ from bridges.mqtt.routing import (
     literal_prefix,
     tree_key,
 )
-from bridges.mqtt.topics import is_valid_topic_filter, is_valid_topic_name
+from frontends.mqtt.topics import is_valid_topic_filter, is_valid_topic_name
 
 
 def test_most_specific_rule_wins_and_admin_breaks_ties() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridges.mqtt.topics import (
+from frontends.mqtt.topics import (
     SharedSubscription,
     TopicError,
     has_wildcards,
@@ -142,7 +142,7 @@ def test_replacing_levels_by_plus_still_matches(name, data):
     assert topic_matches(flt_hash, name) is (not (cut == 0 and name.startswith("$")))
 
 
-# -- deny rules (bridges/mqtt/deny.py) -------------------------------------------------------------
+# -- deny rules (frontends/mqtt/deny.py) -------------------------------------------------------------
 
 
 def _filters(depth: int, levels: tuple[str, ...] = ("a", "+", "#", "$s")) -> list[str]:
@@ -157,7 +157,7 @@ def _filters(depth: int, levels: tuple[str, ...] = ("a", "+", "#", "$s")) -> lis
 def test_covers_is_exactly_topic_set_inclusion():
     """covers(outer, inner) <=> every name inner matches, outer matches (exhaustive on a small
     alphabet: names one level deeper than the filters witness every difference)."""
-    from bridges.mqtt.deny import covers
+    from frontends.mqtt.deny import covers
 
     names = _filters(4, ("a", "c", "$s"))  # "c": a level no literal in the filters matches
     filters = _filters(3)
@@ -169,7 +169,7 @@ def test_covers_is_exactly_topic_set_inclusion():
 
 
 def test_deny_rules_refuse_and_hide():
-    from bridges.mqtt.deny import DenyRules
+    from frontends.mqtt.deny import DenyRules
 
     rules = DenyRules(["test/nosubscribe", "vault/#"])
     assert rules.refuses("test/nosubscribe") and rules.refuses("$share/g/vault/+/x") and rules.refuses("vault")

@@ -1,4 +1,4 @@
-"""Tests for bridges.payload_mapping: device values <-> canonical-JSON event content."""
+"""Tests for frontends.payload_mapping: device values <-> canonical-JSON event content."""
 from __future__ import annotations
 
 import base64
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bridges import payload_mapping
-from bridges.payload_mapping import (
+from frontends import payload_mapping
+from frontends.payload_mapping import (
     MAX_DEPTH,
     PayloadError,
     content_to_mqtt_payload,

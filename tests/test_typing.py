@@ -7,7 +7,7 @@ import sys
 
 from tests.support.gateway import REPO_ROOT
 
-CHECKED = ["matrix_core", "bridges"]
+CHECKED = ["matrix_core", "frontends"]
 
 
 def test_mypy_passes() -> None:

@@ -1,4 +1,4 @@
-"""CoAP pre-shared keys (coaps, DTLS-PSK): the `coap_psk` table's rows (bridges/coap/psk.py says why
+"""CoAP pre-shared keys (coaps, DTLS-PSK): the `coap_psk` table's rows (frontends/coap/psk.py says why
 lookups are synchronous). Plain sqlite3, usable from the CLI and the DTLS handshake callback."""
 from __future__ import annotations
 

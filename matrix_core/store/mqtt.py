@@ -1,4 +1,4 @@
-"""The MQTT broker's own tables (bridges/mqtt): topic rules set with `matrix-gateway mqtt map`,
+"""The MQTT broker's own tables (frontends/mqtt): topic rules set with `matrix-gateway mqtt map`,
 persistent sessions (clean session 0 / session expiry) with their subscriptions, the stream
 position each has handled up to and its incoming QoS 2 packet ids awaiting PUBREL, and the
 default rooms the broker made for topic trees. Retained messages are room state (the core's).

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, replace
 from http.client import HTTPConnection, HTTPException
 from typing import Any
 
-from bridges.coap import wire
-from bridges.mqtt.codec import encode
-from bridges.mqtt.packets import (Connect, Disconnect, PingReq, PubAck, PubComp, Publish, PubRec, PubRel, Subscribe,
+from frontends.coap import wire
+from frontends.mqtt.codec import encode
+from frontends.mqtt.packets import (Connect, Disconnect, PingReq, PubAck, PubComp, Publish, PubRec, PubRel, Subscribe,
                                   Subscription, Unsubscribe, Will)
 from tests.support.mutate import Mutator, mutate_json
 

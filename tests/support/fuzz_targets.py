@@ -7,14 +7,14 @@ TypeError, RecursionError, ...) escaping the code under test, or a property that
 (a round trip that loses something, an accepted value that cannot be stored as an event). The
 documented errors, read from the code:
 
-* MQTT codec (``bridges/mqtt/codec.py``): :class:`MQTTCodecError` subclasses, each with a reason
+* MQTT codec (``frontends/mqtt/codec.py``): :class:`MQTTCodecError` subclasses, each with a reason
   code >= 0x80; the connection state machine (``connection.py``) turns every one into a
   ``ProtocolViolation`` and never raises.
 * CoAP: ``wire.parse_request`` answers None for anything it does not take (never raises);
   aiocoap's ``Message.decode`` raises ``UnparsableMessage``; ``translate``, ``decode_body`` and
   ``response_format`` raise ``MatrixError`` (the front end maps it to a 4.xx with a CBOR
   diagnostic, ``answer_of``).
-* CBOR/JSON payload mapping (``bridges/payload_mapping.py``): ``PayloadError``.
+* CBOR/JSON payload mapping (``frontends/payload_mapping.py``): ``PayloadError``.
 * JSON (``matrix_core/canonical_json.py``): ``JSONSyntaxError`` (HTTP M_NOT_JSON) or another
   ``CanonicalJSONError`` (M_BAD_JSON).
 
@@ -28,21 +28,21 @@ from typing import Any, Callable
 
 import cbor2
 
-from bridges.coap import wire
-from bridges.coap.codes import CONTENT_FORMAT_CBOR, CONTENT_FORMAT_JSON
-from bridges.coap.content import decode_body, encode_body, response_format
-from bridges.coap.translate import ApiCall, translate
-from bridges.mqtt.codec import Decoder, EncodeError, MQTTCodecError, encode
-from bridges.mqtt.connection import (ConnectReceived, Connection, Limits, ProtocolViolation, PublishReceived,
+from frontends.coap import wire
+from frontends.coap.codes import CONTENT_FORMAT_CBOR, CONTENT_FORMAT_JSON
+from frontends.coap.content import decode_body, encode_body, response_format
+from frontends.coap.translate import ApiCall, translate
+from frontends.mqtt.codec import Decoder, EncodeError, MQTTCodecError, encode
+from frontends.mqtt.connection import (ConnectReceived, Connection, Limits, ProtocolViolation, PublishReceived,
                                      State, SubscribeReceived, UnsubscribeReceived)
-from bridges.mqtt.constants import MQTT_5
-from bridges.mqtt.messages import message_content, parse_mqtt, publish_content
-from bridges.mqtt.routing import MAX_ALIAS_LOCALPART, alias_localpart, default_binding
-from bridges.mqtt.topics import is_valid_topic_filter, topic_matches
-from bridges.mqtt.packets import (Auth, ConnAck, Connect, Disconnect, PingReq, PingResp, PubAck, PubComp, Publish,
+from frontends.mqtt.constants import MQTT_5
+from frontends.mqtt.messages import message_content, parse_mqtt, publish_content
+from frontends.mqtt.routing import MAX_ALIAS_LOCALPART, alias_localpart, default_binding
+from frontends.mqtt.topics import is_valid_topic_filter, topic_matches
+from frontends.mqtt.packets import (Auth, ConnAck, Connect, Disconnect, PingReq, PingResp, PubAck, PubComp, Publish,
                                   PubRec, PubRel, SubAck, Subscribe, Subscription, UnsubAck, Unsubscribe, Will)
-from bridges.mqtt.session import Outgoing, SessionState
-from bridges.payload_mapping import (PayloadError, content_to_mqtt_payload, device_view, from_device_cbor,
+from frontends.mqtt.session import Outgoing, SessionState
+from frontends.payload_mapping import (PayloadError, content_to_mqtt_payload, device_view, from_device_cbor,
                                      from_event_value, mqtt_payload_to_content, to_device_cbor)
 from matrix_core import errors
 from matrix_core.canonical_json import CanonicalJSONError, JSONSyntaxError, encode_canonical_json, parse_json
@@ -334,7 +334,7 @@ def _coap_corpus() -> list[bytes]:
 
 
 def _answer_error(err: errors.MatrixError, method: str, content_format: int) -> None:
-    from bridges.coap.server import answer_of  # imports aiocoap; only when a target runs
+    from frontends.coap.server import answer_of  # imports aiocoap; only when a target runs
     from matrix_core.client_api.request import ApiResponse
     answer = answer_of(ApiResponse(err.status, err.to_json()), method, content_format)
     if not (0x80 <= answer.code < 0xC0):  # 4.xx, or 5.xx for a 5xx status

@@ -2,7 +2,7 @@
 
 Why a CoAP body is not parsed like an HTTP one: devices send floats and byte strings, which
 Matrix events cannot hold. Both directions go through the one lossless mapping of
-``bridges/payload_mapping.py`` (docs/payload-mapping.md): ``21.5`` is stored as
+``frontends/payload_mapping.py`` (docs/payload-mapping.md): ``21.5`` is stored as
 ``{"$f": "21.5"}`` and comes back to a device as the CBOR float 21.5.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import cbor2
 
-from bridges.payload_mapping import (PayloadError, device_view, from_device_cbor, from_event_value,
+from frontends.payload_mapping import (PayloadError, device_view, from_device_cbor, from_event_value,
                                      to_event_value)
 from matrix_core import errors
 from matrix_core.canonical_json import decode_device_json, encode_json

@@ -2,7 +2,7 @@
 
 A PUBLISH becomes an `m.room.message` with msgtype `org.matrix_gateway.mqtt`: Element shows its
 `body` (topic and a readable payload); the `mqtt` object carries the topic, the payload in the
-lossless mapping shared with CoAP (bridges/payload_mapping.py) and the MQTT 5 properties that
+lossless mapping shared with CoAP (frontends/payload_mapping.py) and the MQTT 5 properties that
 travel with a message. A retained PUBLISH is the same `mqtt` object as room state
 (`org.matrix_gateway.mqtt.retained`, state key = topic). Events that did not come from MQTT
 are published as a small JSON document (docs/mqtt.md).

@@ -1,6 +1,6 @@
 """MQTT 3.1.1 / 5.0 wire constants: packet types, protocol levels, property table, reason codes, limits.
 
-Nothing here does I/O or parsing; :mod:`bridges.mqtt.codec` and the session layer import these.
+Nothing here does I/O or parsing; :mod:`frontends.mqtt.codec` and the session layer import these.
 Reason codes are the MQTT 5.0 numbering throughout (errors raised by the codec carry one); the
 MQTT 3.1.1 CONNACK return codes are a separate small enum, with a mapping from the 5.0 codes.
 """

@@ -42,7 +42,7 @@ from .settings import BrokerSettings
 from .subscriptions import SubscriptionIndex
 from .topic_rooms import TopicRooms
 
-log = logging.getLogger("bridges.mqtt")
+log = logging.getLogger("frontends.mqtt")
 
 NEVER_EXPIRES = 0xFFFFFFFF
 TICK_SECONDS = 0.5

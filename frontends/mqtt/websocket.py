@@ -22,7 +22,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 if TYPE_CHECKING:
     from .protocol import ClientProtocol
 
-log = logging.getLogger("bridges.mqtt")
+log = logging.getLogger("frontends.mqtt")
 
 SUBPROTOCOLS = ("mqtt", "mqttv3.1")  # "mqttv3.1": what MQTT 3.1 era clients ask for
 WRITE_HIGH = 256 * 1024  # bytes queued for a peer before the broker stops sending to it

@@ -12,7 +12,7 @@ import logging
 import ssl
 from pathlib import Path
 
-log = logging.getLogger("bridges.mqtt")
+log = logging.getLogger("frontends.mqtt")
 
 CERT_FILE = "mqtt.crt"
 KEY_FILE = "mqtt.key"

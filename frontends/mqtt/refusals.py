@@ -10,7 +10,7 @@ import logging
 
 from .constants import ReasonCode
 
-log = logging.getLogger("bridges.mqtt")
+log = logging.getLogger("frontends.mqtt")
 
 ERROR_REASONS = {
     "M_FORBIDDEN": ReasonCode.NOT_AUTHORIZED,

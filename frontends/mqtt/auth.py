@@ -11,7 +11,7 @@ from .constants import ReasonCode
 from .packets import Connect
 from .settings import BrokerSettings
 
-log = logging.getLogger("bridges.mqtt")
+log = logging.getLogger("frontends.mqtt")
 
 
 async def authenticate(accounts: Accounts, settings: BrokerSettings, connect: Connect, peer: str

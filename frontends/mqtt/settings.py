@@ -21,7 +21,7 @@ class BrokerSettings:
     port: int = 1883
     tls_enabled: bool = False
     tls_port: int = 8883
-    tls_cert: str = ""  # PEM files; both empty: a self-signed pair in data_dir (bridges/mqtt/tls.py)
+    tls_cert: str = ""  # PEM files; both empty: a self-signed pair in data_dir (frontends/mqtt/tls.py)
     tls_key: str = ""
     ws_enabled: bool = False
     ws_port: int = 8083

@@ -23,7 +23,7 @@ from .refusals import PublishRefused
 from .routing import BINDING_TYPE, TopicRules, alias_localpart, default_binding, effective_bindings
 from .topics import is_valid_topic_filter
 
-log = logging.getLogger("bridges.mqtt")
+log = logging.getLogger("frontends.mqtt")
 
 
 class TopicRooms:

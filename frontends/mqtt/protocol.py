@@ -40,7 +40,7 @@ from .session import SessionState
 if TYPE_CHECKING:
     from .broker import MqttBroker
 
-log = logging.getLogger("bridges.mqtt")
+log = logging.getLogger("frontends.mqtt")
 
 # Publishes started per pass of the event loop before the rest of a read waits for the next pass.
 PUBLISHES_PER_PASS = 50
