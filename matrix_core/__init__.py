@@ -1,1 +1,11 @@
-"""The embedded Matrix homeserver: pure protocol logic, storage, service layer and client API."""
+"""The embedded Matrix homeserver: pure protocol logic, storage, service layer and client API.
+
+`PURE_MODULES` are the modules of pure protocol logic (ARCHITECTURE.md rule 4): data in, data
+out, no socket, database, event loop or thread (a clock only as a parameter's default). They are
+tested without sockets; tests/test_pure_modules.py keeps them free of I/O imports."""
+
+PURE_MODULES = (
+    "canonical_json", "signing", "event_hashing", "events", "room_versions", "auth_rules", "state_res",
+    "history_visibility", "room_presets", "params", "identifiers", "client_format", "log_limit", "ratelimit",
+    "errors", "clock",
+)
