@@ -46,6 +46,14 @@ async def knock(hs: Homeserver, req: ApiRequest) -> ApiResponse:
 
 def _membership_action(membership: str, needs_target: bool):
     async def handler(hs: Homeserver, req: ApiRequest) -> ApiResponse:
+        if membership == "join" and not needs_target:
+            room_param = params.room_id_or_alias(req.params["roomId"])
+            if room_param.startswith("!") and hs.rooms.room_version(room_param) is None:
+                # A room hosted elsewhere (an invite over federation): joined the way
+                # POST /join/{roomIdOrAlias} joins it, through the server that invited us.
+                requester = await hs.accounts.authenticate(req.access_token)
+                req.json_object()  # validate the (optional) body
+                return ok({"room_id": await hs.rooms.join(requester, room_param)})
         if membership == "leave" and not needs_target:
             requester = await hs.accounts.authenticate(req.access_token)
             if (requester.user_id, req.params["roomId"]) in hs.rooms.remote_invites \
