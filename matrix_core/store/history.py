@@ -9,17 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from ..history_visibility import membership_of, visibility_of
-from . import event_json
+from . import event_index, event_json
 from .database import Database
 
-_TIMELINE = "outlier = 0 AND rejected_reason IS NULL"
 MEMBERSHIP_CHANGES_SQL = (
-    "SELECT stream_ordering, json FROM events WHERE type = 'm.room.member' AND room_id = ? "
-    f"AND state_key = ? AND {_TIMELINE} ORDER BY stream_ordering"
+    "SELECT e.stream_ordering, e.json FROM events e WHERE e.type = 'm.room.member' AND e.room_id = ? "
+    f"AND e.state_key = ? AND {event_index.TIMELINE} ORDER BY e.stream_ordering"
 )
 VISIBILITY_CHANGES_SQL = (
-    "SELECT stream_ordering, json FROM events WHERE type = 'm.room.history_visibility' AND room_id = ? "
-    f"AND {_TIMELINE} ORDER BY stream_ordering"
+    "SELECT e.stream_ordering, e.json FROM events e WHERE e.type = 'm.room.history_visibility' "
+    f"AND e.room_id = ? AND {event_index.TIMELINE} ORDER BY e.stream_ordering"
 )
 
 
