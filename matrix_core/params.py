@@ -55,15 +55,19 @@ def filter_id(raw: str) -> int:
     return value
 
 
+def has_space_or_control(value: str) -> bool:
+    """Any whitespace or unprintable character? (`" " in value or not value.isprintable()`: every
+    whitespace character but the ASCII space is unprintable, so this is the per-character test,
+    checked in C: it runs on every room request.)"""
+    return " " in value or not value.isprintable()
+
+
 def room_id_or_alias(value: str) -> str:
     """A room id ('!opaque', '!local:server' before v12) or alias ('#local:server'), unchanged.
 
     Malformed ones are M_INVALID_PARAM here, so the core never splits a '#' without a server.
     """
-    # " " in value or not value.isprintable(): the same test as "any character is whitespace or
-    # not printable" (every whitespace character but the ASCII space is unprintable), in C: this
-    # runs on every room request.
-    if len(value) > MAX_ID_LENGTH or " " in value or not value.isprintable():
+    if len(value) > MAX_ID_LENGTH or has_space_or_control(value):
         raise errors.invalid_param(f"Not a room id or alias: {value[:40]!r}")
     if value.startswith("#"):
         try:

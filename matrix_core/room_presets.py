@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import errors
+from .params import has_space_or_control
 from .room_versions import RoomVersion
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -41,9 +42,8 @@ def check_body(body: dict[str, Any], server_name: str) -> None:
         raise errors.bad_json(f"Unknown preset {preset[:40]!r}")
     alias_name = body.get("room_alias_name")
     if alias_name is not None:
-        if not isinstance(alias_name, str) or not alias_name or any(
-                c in ":#" or c.isspace() or not c.isprintable() for c in alias_name) \
-                or len(f"#{alias_name}:{server_name}") > MAX_ALIAS_LENGTH:
+        if not isinstance(alias_name, str) or not alias_name or ":" in alias_name or "#" in alias_name \
+                or has_space_or_control(alias_name) or len(f"#{alias_name}:{server_name}") > MAX_ALIAS_LENGTH:
             raise errors.invalid_param("Invalid room_alias_name")
 
 
