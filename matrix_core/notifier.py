@@ -82,6 +82,24 @@ class EventStream:
             self._waiters.discard(fut)
         return self.position > since
 
+    async def wait_for_signal(self, changed: Callable[[], bool], timeout: float) -> None:
+        """Wait until `changed()` holds, checked on each new event or `wake_all` (a change that is
+        not an event: a receipt, typing, account data), or `timeout` seconds pass."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not changed() and not self.closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(fut)
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), remaining)
+            except asyncio.TimeoutError:
+                return
+            finally:
+                self._waiters.discard(fut)
+
     def recent_since(self, since: int) -> list[tuple[int, Event]] | None:
         """Events after `since` from memory, or None when the buffer no longer reaches back."""
         if since < self._forgotten_upto:

@@ -13,7 +13,9 @@ from . import errors
 from .identifiers import split_id
 
 _DECIMAL = re.compile(r"-?[0-9]{1,30}\Z")
-_TOKEN = re.compile(r"[st](-?[0-9]{1,30})\Z")
+# A pagination token is 's<position>'; a /sync next_batch ('s<events>_<account data>_...', see
+# sync_token.py) is accepted too, by its event position, as clients pass it to /messages.
+_TOKEN = re.compile(r"[st](-?[0-9]{1,30})(?:_[0-9]{1,30}){0,16}\Z")
 
 # Stream positions are SQLite integers, negative for backfilled history; 2**62 leaves room for
 # the +-1 arithmetic around a window's ends. The timeline's own "no lower bound" is -(2**62).

@@ -162,7 +162,7 @@ class Observation:
                 self._notify(response)
                 return
             body = response.body
-            new_pos = _token_position(body.get("next_batch"), self.position)
+            new_pos = token_position(body.get("next_batch"), self.position)
             rooms = body.get("rooms") or {}
             if new_pos > self.position:
                 self.position = new_pos
@@ -185,10 +185,11 @@ def _frozen(query: dict[str, list[str]]) -> tuple[tuple[str, tuple[str, ...]], .
     return tuple(sorted((k, tuple(v)) for k, v in query.items()))
 
 
-def _token_position(token: Any, default: int) -> int:
+def token_position(token: Any, default: int) -> int:
+    """The event position of a sync token (`s<events>_<side streams...>`, sync_token.py)."""
     if isinstance(token, str) and token[:1] == "s":
         try:
-            return int(token[1:])
+            return int(token[1:].split("_", 1)[0])
         except ValueError:
             pass
     return default

@@ -30,7 +30,7 @@ from . import codes, fast_lane, message_layer, stale_refusal
 from .message_layer import bad_input
 from .content import MAX_BODY_BYTES, decode_body, encode_body, response_format
 from .notify_window import NotifyWindow
-from .observe import MAX_PER_CLIENT, MAX_TOTAL, Observation, Observations, observable, with_query
+from .observe import MAX_PER_CLIENT, MAX_TOTAL, Observation, Observations, observable, token_position, with_query
 from .psk import PskClaim, PskStore
 from .short_paths import ACCESS_TOKEN_OPTION
 from .translate import ApiCall, translate
@@ -299,8 +299,7 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         if call.segments[0] == "rooms":
             room_id = await self.hs.rooms.resolve_room(call.segments[1])
         else:
-            token = first.body.get("next_batch", "")
-            position = int(token[1:]) if token[:1] == "s" and token[1:].lstrip("-").isdigit() else position
+            position = token_position(first.body.get("next_batch"), position)
 
         def notify(response: ApiResponse, evicted: bool = False) -> None:
             message = self._first_block(request, message_of(self._encode(response, content_format)))

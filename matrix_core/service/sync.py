@@ -9,8 +9,10 @@ from .. import errors, params
 from ..events import Event
 from ..log_limit import LogLimiter
 from ..notifier import EventStream
+from ..sync_token import SIDE_STREAMS, SyncToken, parse_sync_token
 from .accounts import Requester
 from .rooms import Rooms
+from .sync_sources import SyncContext, SyncOutput, SyncSource
 
 log = logging.getLogger(__name__)
 
@@ -37,32 +39,87 @@ class Sync:
         self.rooms = rooms
         self.stream = stream
         self._skip_log = LogLimiter(60.0)
+        self._sources: list[SyncSource] = []
+
+    def add_source(self, source: SyncSource) -> None:
+        """Register a domain that adds to /sync answers (sync_sources.py); one per stream."""
+        if source.stream not in SIDE_STREAMS or any(s.stream == source.stream for s in self._sources):
+            raise ValueError(f"sync source stream {source.stream!r} is unknown or taken")
+        self._sources.append(source)
+
+    def notify(self) -> None:
+        """A source's stream moved: wake the long-polls so they look."""
+        self.stream.wake_all()
+
+    def _side_positions(self) -> dict[str, int]:
+        return {source.stream: source.position() for source in self._sources}
 
     async def sync(self, requester: Requester, since: str | None, timeout_ms: int, full_state: bool,
                    sync_filter: dict[str, Any]) -> dict[str, Any]:
-        since_pos = parse_stream_token(since)
+        since_token = parse_sync_token(since)
         limit = timeline_limit(sync_filter)
         deadline = time.monotonic() + max(0, timeout_ms) / 1000
         while True:
             upto = self.stream.position
-            if since_pos is None:
-                rooms = await self._initial(requester, upto, limit)
+            side_upto = self._side_positions()
+            memberships = await self._loadable_memberships(requester.user_id)
+            if since_token is None:
+                rooms = await self._initial(requester, upto, limit, memberships)
             else:
-                rooms = await self._incremental(requester, since_pos, upto, limit, full_state)
+                rooms = await self._incremental(requester, since_token.events, upto, limit, full_state,
+                                                memberships)
+            joined = [room_id for room_id, (membership, _) in memberships if membership == "join"]
+            ctx = SyncContext(requester, joined, since_token is None, full_state, sync_filter)
+            out = await self._collect_sources(ctx, since_token, side_upto)
+            await self._merge(ctx, rooms, out)
             remaining = deadline - time.monotonic()
-            if since_pos is None or full_state or any(rooms.values()) or remaining <= 0 or self.stream.closed:
+            if (since_token is None or full_state or any(rooms.values()) or out.has_news()
+                    or remaining <= 0 or self.stream.closed):
                 break
-            if not await self.stream.wait_for_change(upto, remaining):
+            await self.stream.wait_for_signal(
+                lambda: self.stream.position > upto or self._side_positions() != side_upto, remaining)
+            if self.stream.position == upto and self._side_positions() == side_upto:
                 break  # timed out (or shutting down) with nothing new: an empty answer
         return {
-            "next_batch": f"s{upto}",
+            "next_batch": SyncToken(upto, side_upto).format(),
             "rooms": rooms,
-            "presence": {"events": []},
-            "account_data": {"events": []},
-            "to_device": {"events": []},
+            "presence": {"events": out.top.get("presence", [])},
+            "account_data": {"events": out.top.get("account_data", [])},
+            "to_device": {"events": out.top.get("to_device", [])},
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
+            **out.top_fields,
         }
+
+    async def _collect_sources(self, ctx: SyncContext, since: SyncToken | None,
+                               side_upto: dict[str, int]) -> SyncOutput:
+        out = SyncOutput()
+        for source in self._sources:
+            upto = side_upto[source.stream]
+            after = 0 if since is None or ctx.full_state else min(since.position(source.stream), upto)
+            if ctx.initial or ctx.full_state or after < upto:
+                await source.collect(ctx, after, upto, out)
+        return out
+
+    async def _merge(self, ctx: SyncContext, rooms: dict[str, Any], out: SyncOutput) -> None:
+        """Put the sources' per-room news into the join section (a room with only a receipt or a
+        typing change appears with an empty timeline), then let sources annotate shown rooms."""
+        join: dict[str, Any] = rooms["join"]
+        joined = set(ctx.joined_rooms)
+        for room_id, sections in out.rooms.items():
+            if room_id not in joined:
+                continue  # a source may only speak of rooms the user is in now
+            body = join.get(room_id)
+            if body is None:
+                body = join[room_id] = self._joined_room_body(ctx.requester, [], False, [])
+            for section, events in sections.items():
+                body.setdefault(section, {"events": []})["events"].extend(events)
+        if join:
+            for source in self._sources:
+                await source.annotate(ctx, list(join), out)
+        for room_id, fields in out.room_fields.items():
+            if room_id in join:
+                join[room_id].update(fields)
 
     def _joined_room_body(self, requester: Requester, timeline: list[tuple[int, Event]], limited: bool,
                           state: list[Event]) -> dict[str, Any]:
@@ -87,10 +144,11 @@ class Sync:
         limited = len(got) > limit
         return (got[-limit:] if limit else []), limited
 
-    async def _initial(self, requester: Requester, upto: int, limit: int) -> dict[str, Any]:
+    async def _initial(self, requester: Requester, upto: int, limit: int,
+                       memberships: list[tuple[str, tuple[str, int]]]) -> dict[str, Any]:
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
-        for room_id, (membership, _) in await self._loadable_memberships(requester.user_id):
+        for room_id, (membership, _) in memberships:
             room = await self._room_if_known(room_id)
             if membership == "join":
                 timeline, limited = await self._room_window(room_id, None, upto, limit)
@@ -147,7 +205,7 @@ class Sync:
         return await self.rooms.get_room(room_id) if self.rooms.room_version(room_id) is not None else None
 
     async def _incremental(self, requester: Requester, since: int, upto: int, limit: int,
-                           full_state: bool) -> dict[str, Any]:
+                           full_state: bool, memberships: list[tuple[str, tuple[str, int]]]) -> dict[str, Any]:
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}
@@ -158,7 +216,7 @@ class Sync:
             for pos, ev in recent:
                 if pos <= upto:
                     by_room.setdefault(ev.room_id, []).append((pos, ev))
-        for room_id, (membership, mpos) in await self._loadable_memberships(requester.user_id):
+        for room_id, (membership, mpos) in memberships:
             changed = since < mpos <= upto
             if membership == "join":
                 if by_room is not None:
