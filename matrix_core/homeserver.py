@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 from .notifier import EventStream
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.accounts import Accounts
+from .service.receipts import Receipts
 from .service.rooms import Rooms
 from .service.sync import Sync
+from .service.typing import Typing
 from .signing import SigningKey
 from .store import Database
 
@@ -68,13 +70,24 @@ class Homeserver:
                            max_rooms_per_user=settings.max_rooms_per_user, admin_contact=settings.admin_contact,
                            limiter=self.message_limiter)
         self.sync = Sync(self.rooms, self.stream)
+        # Ephemeral events (issue 13): typing in memory, receipts persisted; both /sync sources.
+        self.typing = Typing(self.rooms, self.server_name, self.sync.notify)
+        # The read marker is room account data: hs.account_data is the account-data service of
+        # issue 13 (getattr: a FALLBACK for a branch without it, where the marker is not kept).
+        self.receipts = Receipts(self.db, self.rooms, self.server_name, self.sync.notify,
+                                 lambda: getattr(self, "account_data", None))
+        self.sync.add_source(self.typing.sync_source)
+        self.sync.add_source(self.receipts.sync_source)
 
     async def start(self) -> None:
         await self.db.open()
         await self.rooms.load()
+        await self.receipts.load()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
         self.stream.close()
+        self.typing.stop()
+        await self.receipts.stop()
         await self.rooms.compactor.stop()
         await self.db.close()

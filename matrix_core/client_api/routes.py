@@ -5,6 +5,7 @@ HTTP and CoAP both dispatch through `ROUTER`; adding a route here makes it reach
 from __future__ import annotations
 
 from . import auth_handlers as a
+from . import ephemeral_handlers as eph
 from . import room_handlers as r
 from .router import ClientRouter
 
@@ -54,6 +55,11 @@ def build_router() -> ClientRouter:
     add("PUT", "directory/room/{roomAlias}", r.put_alias)
     add("DELETE", "directory/room/{roomAlias}", r.delete_alias)
     add("GET", "publicRooms", r.public_rooms)
+
+    # Ephemeral events (issue 13): typing, receipts, read markers
+    add("PUT", "rooms/{roomId}/typing/{userId}", eph.set_typing)
+    add("POST", "rooms/{roomId}/receipt/{receiptType}/{eventId}", eph.post_receipt)
+    add("POST", "rooms/{roomId}/read_markers", eph.read_markers)
     return router
 
 
