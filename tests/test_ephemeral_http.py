@@ -242,9 +242,11 @@ def test_read_markers_and_fully_read_receipt(gateway: GatewayProcess, tokens: di
 
 
 def test_receipts_survive_a_restart(gateway: GatewayProcess, tokens: dict[str, str], room: str) -> None:
-    """Last in the module: it restarts the module's hub."""
+    """Last in the module: it restarts the module's hub (typing, kept in memory, starts afresh)."""
     event_id = send(gateway, room, tokens["alice"], "kept")
     api(gateway, "POST", receipt_path(room, "m.read", event_id), {}, token=tokens["bob"])
+    for typing in (True, False, True, False):  # the typing stream moves a few places
+        api(gateway, "PUT", typing_path(room, ALICE), {"typing": typing}, token=tokens["alice"])
     before = sync(gateway, tokens["alice"])
     assert gateway.stop() == 0
     gateway.start()
@@ -257,3 +259,7 @@ def test_receipts_survive_a_restart(gateway: GatewayProcess, tokens: dict[str, s
     api(gateway, "POST", receipt_path(room, "m.read", newer), {}, token=tokens["bob"])
     [content] = ephemeral(sync(gateway, tokens["alice"], before["next_batch"]), room, "m.receipt")
     assert BOB in content[newer]["m.read"]
+    # Typing is not kept, but its stream moves on past the old token's position: a client holding
+    # a token from before the restart sees typing after it.
+    api(gateway, "PUT", typing_path(room, BOB), {"typing": True, "timeout": 20_000}, token=tokens["bob"])
+    assert ephemeral(sync(gateway, tokens["alice"], before["next_batch"]), room, "m.typing") == [{"user_ids": [BOB]}]

@@ -219,8 +219,10 @@ class Receipts:
                 dropped(f"{receipt.user_id} is not in {receipt.room_id}")
                 continue
             found = await self.rooms.fetch_event(receipt.event_id)
-            position = found[1] if found is not None and found[0].room_id == receipt.room_id else None
-            keep.append((receipt, position))
+            if found is not None and found[0].room_id != receipt.room_id:
+                dropped(f"{receipt.event_id} is not an event of {receipt.room_id}")
+                continue
+            keep.append((receipt, found[1] if found is not None else None))
         if keep:
             await self._store(keep)
 

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Protocol
 
 from .. import errors
+from ..clock import now_ms
 from ..ephemeral import FEDERATION_TYPING_TIMEOUT_MS, TypingEDU, TypingRequest, typing_edu, typing_event
 from ..identifiers import server_of
 from ..ratelimit import RateLimit, RateLimiter
@@ -52,7 +53,10 @@ class Typing:
         self._limiter = RateLimiter(limit)
         self._typers: dict[str, dict[str, float]] = {}  # room -> user -> expiry (loop time, s)
         self._room_position: dict[str, int] = {}  # room -> the stream position of its last change
-        self._position = 0
+        # The stream is not persisted, so it starts at the wall clock's milliseconds: above any
+        # position handed out before a restart (changes are rate-limited far below one per ms),
+        # so a client's old token sees every change made after the restart.
+        self._position = now_ms()
         self._poked: dict[tuple[str, str], float] = {}  # (room, local user) -> last EDU sent (loop time)
         self._timer: asyncio.TimerHandle | None = None
         self.federation: EduQueue | None = None  # set by the federation front end at its start
@@ -88,6 +92,9 @@ class Typing:
         room = await self.rooms.get_room(edu.room_id)
         if room.member(edu.user_id) != "join":
             raise ValueError(f"{edu.user_id} is not in {edu.room_id}")
+        if self._limiter.tokens(edu.user_id) < 1:
+            raise ValueError(f"typing flood from {edu.user_id}")
+        self._limiter.check(edu.user_id)
         self._set(edu.room_id, edu.user_id, edu.typing, FEDERATION_TYPING_TIMEOUT_MS, local=False)
 
     def _set(self, room_id: str, user_id: str, typing: bool, timeout_ms: int, local: bool) -> None:
@@ -169,6 +176,9 @@ class Typing:
         room = self.rooms.loaded_room(room_id)
         return [user for user in typers if room is None or room.member(user) == "join"]
 
+    def rooms_with_typers(self) -> list[str]:
+        return list(self._typers)
+
     def changed_rooms(self, since: int, upto: int) -> list[str]:
         return [room for room, pos in self._room_position.items() if since < pos <= upto]
 
@@ -189,7 +199,7 @@ class TypingSource(SyncSource):
     async def collect(self, ctx: SyncContext, since: int, upto: int, out: SyncOutput) -> None:
         joined = set(ctx.joined_rooms)
         if ctx.initial:
-            rooms = [room for room in self.typing._typers if room in joined]
+            rooms = [room for room in self.typing.rooms_with_typers() if room in joined]
         else:
             rooms = [room for room in self.typing.changed_rooms(since, upto) if room in joined]
         for room_id in rooms:
