@@ -1,17 +1,22 @@
 """Inbound EDUs from a scripted remote server ("evil", signing its own requests): bad `m.typing`
 and `m.receipt` EDUs (malformed, about another server's user, about a user not in the room,
 for a room the hub does not hold) are dropped with a rate-limited log line and never fail the
-transaction; the PDU beside them is accepted; good EDUs reach the hub user's /sync."""
+transaction; good EDUs reach the hub user's /sync. Our receipts owed to a server that was down
+are sent after the hub restarts (private ones never)."""
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 import pytest
+from aiohttp import web
 
 from matrix_core.federation.client import federation_path
+from matrix_core.federation.keys import own_key_document
+from matrix_core.federation.tls import make_self_signed, server_context
 from tests.support.gateway import GatewayProcess
 from tests.test_federation_bad_input import FLAGS, EvilServer
 
@@ -107,3 +112,74 @@ async def test_bad_edus_are_dropped_and_good_ones_shown(hub: GatewayProcess, evi
     assert ephemeral(answer, room_id, "m.typing") == [{"user_ids": [eve]}]
     [content] = ephemeral(answer, room_id, "m.receipt")
     assert content[event_id]["m.read"][eve] == {"ts": 1}
+
+
+class Receiver(EvilServer):
+    """The remote server also takes /send transactions: it records their EDUs, and while
+    `failing` answers 500 (a server that is down for the hub's sender)."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.failing = True
+        self.edus: list[dict[str, Any]] = []
+        self.attempted = asyncio.Event()  # a transaction with an EDU came in (answered or not)
+        self.got_edu = asyncio.Event()  # one was accepted
+
+    async def start(self) -> None:
+        async def keys(_: web.Request) -> web.Response:
+            return web.json_response(own_key_document(self.server_name, self.key, int(time.time() * 1000)))
+
+        async def on_send(request: web.Request) -> web.Response:
+            body = await request.json()
+            if body.get("edus"):
+                self.attempted.set()
+                if not self.failing:
+                    self.edus.extend(body["edus"])
+                    self.got_edu.set()
+            return web.json_response({} if self.failing else {"pdus": {}}, status=500 if self.failing else 200)
+
+        app = web.Application()
+        app.router.add_get("/_matrix/key/v2/server", keys)
+        app.router.add_get("/_matrix/key/v2/server/{key_id}", keys)
+        app.router.add_put("/_matrix/federation/v1/send/{txn}", on_send)
+        cert, key = self.workdir / "evil.crt", self.workdir / "evil.key"
+        make_self_signed(cert, key, self.server_name)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=server_context(cert, key)).start()
+
+
+async def test_receipts_owed_to_a_down_server_are_sent_after_a_restart(hub: GatewayProcess, tmp_path: Path) -> None:
+    remote = Receiver(tmp_path)
+    await remote.start()
+    try:
+        token = hub.login("host", PW)
+        host = f"@host:{hub.server_name}"
+        room_id = hub.request("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}, token=token)[1][
+            "room_id"]
+        eve = f"@eve:{remote.server_name}"
+        made = await remote.client.request(
+            hub.server_name, "GET", federation_path("/_matrix/federation/v1/make_join/{r}/{u}", r=room_id, u=eve),
+            query={"ver": ["10", "11", "12"]})
+        join, join_id = remote.sign(dict(made["event"], origin_server_ts=int(time.time() * 1000)),
+                                    made["room_version"])
+        await remote.client.request(
+            hub.server_name, "PUT", federation_path("/_matrix/federation/v2/send_join/{r}/{e}", r=room_id, e=join_id),
+            body=join)
+        event_id = hub.request("POST", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message",
+                               {"msgtype": "m.text", "body": "read me"}, token=token)[1]["event_id"]
+        for kind in ("m.read.private", "m.read"):
+            status, _ = hub.request("POST", f"/_matrix/client/v3/rooms/{q(room_id)}/receipt/{kind}/{q(event_id)}",
+                                    {}, token=token)
+            assert status == 200
+        await asyncio.wait_for(remote.attempted.wait(), 30)  # the hub tried, and the server was down
+        assert await asyncio.to_thread(hub.stop) == 0
+        remote.failing = False
+        await asyncio.to_thread(hub.start)
+        await asyncio.wait_for(remote.got_edu.wait(), 30)
+        receipts = [edu["content"] for edu in remote.edus if edu.get("edu_type") == "m.receipt"]
+        assert any(c.get(room_id, {}).get("m.read", {}).get(host, {}).get("event_ids") == [event_id]
+                   for c in receipts), remote.edus
+        assert all("m.read.private" not in c.get(room_id, {}) for c in receipts)
+    finally:
+        await remote.stop()
