@@ -241,6 +241,24 @@ def test_read_markers_and_fully_read_receipt(gateway: GatewayProcess, tokens: di
     api(gateway, "POST", f"/_matrix/client/v3/rooms/{Q(room)}/read_markers", {}, token=tokens["bob"])
 
 
+def test_a_receipt_for_an_event_the_user_may_not_see_is_refused(gateway: GatewayProcess,
+                                                                tokens: dict[str, str]) -> None:
+    alice, bob = tokens["alice"], tokens["bob"]
+    room_id = api(gateway, "POST", "/_matrix/client/v3/createRoom", {
+        "preset": "public_chat",
+        "initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}],
+    }, token=alice)["room_id"]
+    before_bob = send(gateway, room_id, alice, "before bob joined")
+    api(gateway, "POST", f"/_matrix/client/v3/join/{Q(room_id)}", {}, token=bob)
+    since = sync(gateway, alice)["next_batch"]
+    for kind in ("m.read", "m.read.private", "m.fully_read"):
+        answer = api(gateway, "POST", receipt_path(room_id, kind, before_bob), {}, token=bob, expect=404)
+        assert answer["errcode"] == "M_NOT_FOUND"
+    assert ephemeral(sync(gateway, alice, since), room_id, "m.receipt") == []
+    seen = send(gateway, room_id, alice, "after bob joined")
+    api(gateway, "POST", receipt_path(room_id, "m.read", seen), {}, token=bob)
+
+
 def test_receipts_survive_a_restart(gateway: GatewayProcess, tokens: dict[str, str], room: str) -> None:
     """Last in the module: it restarts the module's hub (typing, kept in memory, starts afresh)."""
     event_id = send(gateway, room, tokens["alice"], "kept")
@@ -263,3 +281,4 @@ def test_receipts_survive_a_restart(gateway: GatewayProcess, tokens: dict[str, s
     # a token from before the restart sees typing after it.
     api(gateway, "PUT", typing_path(room, BOB), {"typing": True, "timeout": 20_000}, token=tokens["bob"])
     assert ephemeral(sync(gateway, tokens["alice"], before["next_batch"]), room, "m.typing") == [{"user_ids": [BOB]}]
+
