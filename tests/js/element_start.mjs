@@ -165,7 +165,12 @@ async function step(name, needs, fn) {
     } catch (err) {
         const failed = requests.slice(mark).filter((r) => r.status !== null && (r.status >= 400 || r.status === 0));
         let detail = err?.httpStatus ? `${err.httpStatus} ${err.errcode ?? ""} ${err.message}` : String(err?.message ?? err);
-        if (failed.length) detail += `; failed requests: ${failed.map(describeRequest).join(", ")}`;
+        if (failed.length) {
+            const counts = new Map();
+            for (const r of failed.map(describeRequest)) counts.set(r, (counts.get(r) ?? 0) + 1);
+            const listed = [...counts].map(([r, n]) => (n > 1 ? `${r} (x${n})` : r));
+            detail += `; failed requests: ${listed.join(", ")}`;
+        }
         emit(name, false, detail);
     }
 }

