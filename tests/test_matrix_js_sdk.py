@@ -33,7 +33,7 @@ RUN_TIMEOUT_S = 600  # the script's own global timeout is 40 steps' worth; this 
 STEPS = [
     "versions", "well_known", "login", "capabilities", "voip_turn_server", "profile", "presence", "pushers",
     "devices", "delete_device_uia", "push_rules", "start_prepared", "filter", "room_create_invite_join",
-    "messages_both_ways", "push_rules_in_sync", "account_data", "room_account_data", "room_tags", "typing",
+    "messages_both_ways", "room_members_lazy_load", "push_rules_in_sync", "account_data", "room_account_data", "room_tags", "typing",
     "notification_count", "read_receipt", "notification_count_cleared", "read_markers", "context", "reaction",
     "edit", "thread", "no_unknown_endpoints",
 ]

@@ -442,6 +442,19 @@ async function main() {
         return `${sent.first}, ${sent.reply}, ${sent.third}`;
     });
 
+    await step("room_members_lazy_load", ["messages_both_ways"], async () => {
+        // Opening a room in Element loads its member list (lazy loading): GET /rooms/{r}/members?at=...&not_membership=leave
+        const b = clients[B];
+        const room = b.client.getRoom(roomId);
+        const mark = requests.length;
+        await room.loadMembersIfNeeded();
+        const call = requests.slice(mark).find((r) => r.path.endsWith("/members"));
+        assert(call?.status === 200, `members request: ${call ? describeRequest(call) : "not made"}`);
+        const joined = room.getJoinedMembers().map((m) => m.userId).sort();
+        assert(joined.includes(clients[A].userId) && joined.includes(b.userId), `joined members: ${joined}`);
+        return `joined: ${joined.join(", ")}`;
+    });
+
     await step("push_rules_in_sync", ["start_prepared", "push_rules"], async () => {
         // Element's notification settings follow client.pushRules, which /sync updates (account_data m.push_rules).
         const c = clients[A].client;
