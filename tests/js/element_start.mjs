@@ -473,7 +473,9 @@ async function main() {
         await c.setAccountData(type, { colour: "green" });
         await waitFor(c, () => c.getAccountData(type)?.getContent()?.colour === "green",
             "global account data in /sync", [[c, ClientEvent.AccountData]]);
-        const fromServer = await c.getAccountDataFromServer(type);
+        // getAccountDataFromServer answers from the sync store once synced: ask the server itself.
+        const fromServer = await c.http.authedRequest("GET",
+            `/user/${encodeURIComponent(clients[A].userId)}/account_data/${type}`);
         assert(fromServer?.colour === "green", `GET account data: ${JSON.stringify(fromServer)}`);
         return "set, seen in /sync, read back";
     });
