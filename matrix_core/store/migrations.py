@@ -12,6 +12,7 @@ import sqlite3
 from types import ModuleType
 
 from . import coap_psk, mqtt
+from . import account_data, forgotten_rooms  # issue 13: account data, forgotten rooms
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -206,6 +207,7 @@ FEDERATION_MIGRATIONS: list[tuple[int, str]] = [
 # schema_versions) and MIGRATIONS (its steps), next to the SQL that uses them. The core does not
 # know their schema; a new component adds its module here (one entry).
 COMPONENT_STORES: tuple[ModuleType, ...] = (mqtt, coap_psk)
+COMPONENT_STORES += (account_data, forgotten_rooms)  # issue 13: account data, forgotten rooms
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).
 COMPONENTS: dict[str, list[tuple[int, str]]] = {
