@@ -3,8 +3,9 @@
 
 The user directory follows Synapse's default (`user_directory.search_all_users: false`): a
 search finds local users who share a joined room with the requester or are joined to a public
-room (join rule `public`, or history `world_readable`). Users of other servers are not searched
-(no federation query; a client can still invite a full user id it was given).
+room (join rule `public`, or history `world_readable`). Users of other servers are found when
+they share a joined room with the requester (by their member event's name); no other server is
+queried.
 """
 from __future__ import annotations
 
@@ -72,8 +73,33 @@ class Directory:
             if avatar_url is not None:
                 entry["avatar_url"] = avatar_url
             found.append((_rank(terms, user_id, displayname), entry))
+        found += await self._remote_peers(requester, terms)
         found.sort(key=lambda item: item[0])
         return {"results": [entry for _, entry in found[:limit]], "limited": len(found) > limit}
+
+    async def _remote_peers(self, requester: Requester, terms: list[str]
+                            ) -> list[tuple[tuple[int, str], dict[str, Any]]]:
+        """Users of other servers joined to the requester's rooms who match, named as their
+        member events name them."""
+        local_suffix = ":" + self.rooms.server_name
+        seen: dict[str, dict[str, Any]] = {}
+        for room_id in self.rooms.joined_room_ids(requester.user_id):
+            room = self.rooms.loaded_room(room_id) or await self.rooms.get_room(room_id)
+            for (event_type, user_id), ev in room.state.items():
+                if event_type != "m.room.member" or ev.membership != "join" or user_id.endswith(local_suffix) \
+                        or user_id in seen:
+                    continue
+                name = ev.content.get("displayname")
+                name = name if isinstance(name, str) else None
+                if _matches(terms, user_id, name):
+                    entry: dict[str, Any] = {"user_id": user_id}
+                    if name is not None:
+                        entry["display_name"] = name
+                    avatar = ev.content.get("avatar_url")
+                    if isinstance(avatar, str):
+                        entry["avatar_url"] = avatar
+                    seen[user_id] = entry
+        return [(_rank(terms, user_id, entry.get("display_name")), entry) for user_id, entry in seen.items()]
 
     async def local_aliases(self, requester: Requester, room_id: str) -> list[str]:
         """The room's local aliases, for its members (departed ones too, as Synapse allows), anyone
