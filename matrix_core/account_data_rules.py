@@ -56,12 +56,33 @@ def encode_content(content: Any) -> str:
     else (non-object, NaN/infinite numbers, strings that are not Unicode)."""
     if not isinstance(content, dict):
         raise errors.bad_json("Account data content must be a JSON object")
+    _check_plain(content)
     try:
         text = _ENCODER.encode(content)
         text.encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
         raise errors.bad_json(f"Account data content is not storable JSON: {exc}") from None
     return text
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any) -> None:
+    """Only JSON's own shapes: the encoder would silently turn an integer key into a string (a
+    CoAP device's CBOR map can have one) and fail on bytes with a less clear message."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    raise errors.bad_json("Account data keys must be strings")
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif not isinstance(item, _SCALARS):
+            raise errors.bad_json(f"Account data cannot hold a {type(item).__name__}")
 
 
 def decode_content(text: str) -> dict[str, Any]:

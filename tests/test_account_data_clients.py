@@ -1,12 +1,15 @@
 """Account data, tags, presence, forget and the user directory driven by real clients against the
 CLI-started hub (issue 13): mautrix-python as a bot (account data, tags, the directory search)
-and matrix-nio (presence, forget)."""
+matrix-nio (presence, forget), and aiocoap for the CoAP front end (the same route table)."""
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator
+import urllib.parse
+from typing import Any, AsyncIterator
 
+import aiocoap
+import cbor2
 import pytest
 from mautrix.api import Method, Path
 from mautrix.client import ClientAPI
@@ -149,3 +152,38 @@ async def test_nio_forgets_a_room_after_leaving(gateway: GatewayProcess) -> None
         assert isinstance(after, SyncResponse) and created.room_id not in after.rooms.leave
     finally:
         await bob.close()
+
+
+async def test_coap_device_sets_account_data_and_tags_with_floats(gateway: GatewayProcess) -> None:
+    """The one route table: over CoAP (aiocoap, CBOR) account data and tags take the device's
+    floats as plain numbers, read back as the same numbers over HTTP and CoAP."""
+    token = gateway.login("alice", PASSWORD)
+    status, created = gateway.request("POST", "/_matrix/client/v3/createRoom", {}, token=token)
+    assert status == 200, created
+    room = urllib.parse.quote(created["room_id"], safe="")
+    base = f"coap://127.0.0.1:{gateway.coap_port}/_matrix/client/v3/user/%40alice:localhost"
+    ctx = await aiocoap.Context.create_client_context()
+    try:
+        async def coap(method: Any, uri: str, body: Any = None) -> aiocoap.Message:
+            msg = aiocoap.Message(code=method, uri=f"{uri}?access_token={token}")
+            if body is not None:
+                msg.payload = cbor2.dumps(body)
+            return await ctx.request(msg).response
+
+        resp = await coap(aiocoap.PUT, f"{base}/rooms/{room}/tags/m.favourite", {"order": 0.5})
+        assert resp.code == aiocoap.CHANGED, resp.payload
+        resp = await coap(aiocoap.PUT, f"{base}/account_data/org.example.sensor", {"offset": -0.25, "n": 3})
+        assert resp.code == aiocoap.CHANGED, resp.payload
+        got = await coap(aiocoap.GET, f"{base}/account_data/org.example.sensor")
+        assert got.code == aiocoap.CONTENT and cbor2.loads(got.payload) == {"offset": -0.25, "n": 3}
+        # Bytes have no plain JSON form: refused, nothing stored.
+        bad = await coap(aiocoap.PUT, f"{base}/account_data/org.example.bytes", {"raw": b"\x01"})
+        assert bad.code == aiocoap.BAD_REQUEST and cbor2.loads(bad.payload)["errcode"] == "M_BAD_JSON"
+    finally:
+        await ctx.shutdown()
+    assert gateway.request("GET", f"/_matrix/client/v3/user/%40alice:localhost/rooms/{room}/tags", token=token) == \
+        (200, {"tags": {"m.favourite": {"order": 0.5}}})
+    assert gateway.request("GET", "/_matrix/client/v3/user/%40alice:localhost/account_data/org.example.sensor",
+                           token=token) == (200, {"offset": -0.25, "n": 3})
+    assert gateway.request("GET", "/_matrix/client/v3/user/%40alice:localhost/account_data/org.example.bytes",
+                           token=token)[0] == 404

@@ -60,6 +60,8 @@ def test_content_must_be_a_storable_object() -> None:
     assert errcode(rules.encode_content, [1]) == (400, "M_BAD_JSON")
     assert errcode(rules.encode_content, {"a": math.nan}) == (400, "M_BAD_JSON")
     assert errcode(rules.encode_content, {"a": "\ud800"}) == (400, "M_BAD_JSON")
+    assert errcode(rules.encode_content, {"a": {1: "int key"}}) == (400, "M_BAD_JSON")  # a CBOR map's
+    assert errcode(rules.encode_content, {"a": [b"\x01"]}) == (400, "M_BAD_JSON")
     assert rules.encode_content({"a": "日本"}) == '{"a":"日本"}'
 
 
