@@ -158,7 +158,7 @@ def test_tags_round_trip_and_appear_as_m_tag(gateway: GatewayProcess, tokens: di
     tags = f"{V3}/user/{Q(ALICE)}/rooms/{Q(room)}/tags"
     start = sync(gateway, alice)["next_batch"]
     assert gateway.request("PUT", f"{tags}/m.favourite", {"order": 0.5}, token=alice) == (200, {})
-    assert gateway.request("PUT", f"{tags}/{Q('u.My Work')}", {}, token=alice) == (200, {})
+    assert gateway.request("PUT", f"{tags}/{Q('u.My Work')}", raw=b"", token=alice) == (200, {})  # no body: {}
     assert gateway.request("PUT", f"{tags}/m.lowpriority", {"order": 1}, token=alice) == (200, {})
     assert gateway.request("GET", tags, token=alice) == (200, {"tags": {
         "m.favourite": {"order": 0.5}, "u.My Work": {}, "m.lowpriority": {"order": 1}}})

@@ -49,6 +49,8 @@ class ApiRequest:
         if self.load_plain_body is None:
             return self.json_object()
         body = self.load_plain_body()
+        if body is None:
+            return {}  # as json_object: an absent body counts as {}
         if not isinstance(body, dict):
             raise errors.bad_json("Request body must be a JSON object")
         return body

@@ -70,13 +70,12 @@ class Presence:
                 return True
         return False
 
-    async def peers(self, user_id: str, joined_rooms: list[str]) -> set[str]:
-        """The user and everyone joined to a room the user is joined to."""
-        out = {user_id}
-        for room_id in joined_rooms:
-            room = self.rooms.loaded_room(room_id) or await self.rooms.get_room(room_id)
-            out.update(room.joined_users())
-        return out
+    async def visible_to(self, user_id: str, joined_rooms: list[str], users: list[str]) -> set[str]:
+        """Which of `users` the user may see: themselves and those joined to one of their rooms.
+        A dict lookup per (room, user): the users changed in a sync window are few, while a
+        hub account may sit in hundreds of device rooms with long member lists."""
+        rooms = [self.rooms.loaded_room(r) or await self.rooms.get_room(r) for r in joined_rooms]
+        return {u for u in users if u == user_id or any(room.member(u) == "join" for room in rooms)}
 
     def changed(self, after: int, upto: int) -> list[tuple[str, UserPresence]]:
         """Users whose latest change is in (after, upto] (every known one for after = 0)."""
@@ -102,8 +101,8 @@ class PresenceSource(SyncSource):
         changed = [(u, s) for u, s in changed if event_filter_allows(filt, "m.presence", u)]
         if not changed:
             return
-        peers = await self.presence.peers(ctx.requester.user_id, ctx.joined_rooms)
+        visible = await self.presence.visible_to(ctx.requester.user_id, ctx.joined_rooms, [u for u, _ in changed])
         now = self.presence.clock()
-        events = [presence_state.event(u, s, now) for u, s in changed if u in peers]
+        events = [presence_state.event(u, s, now) for u, s in changed if u in visible]
         limit = explicit_limit(filt)
         out.add_top("presence", events[-limit:] if limit else events)
