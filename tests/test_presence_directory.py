@@ -142,6 +142,27 @@ def test_presence_switched_off_accepts_and_ignores(tmp_path: Path) -> None:
         assert gw.stop() == 0
 
 
+def test_a_presence_flood_is_held_to_the_message_rate(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gateway.toml").write_text("messages_per_second = 0.1\nmessages_burst = 3\n")
+    gw = GatewayProcess(data)
+    gw.start()
+    try:
+        gw.add_user("alice", PASSWORD)
+        token = gw.login("alice", PASSWORD)
+        put = f"{V3}/presence/{Q(ALICE)}/status"
+        for n in range(3):
+            assert gw.request("PUT", put, {"presence": "online", "status_msg": f"n{n}"}, token=token)[0] == 200
+        code, body = gw.request("PUT", put, {"presence": "online", "status_msg": "flood"}, token=token)
+        assert code == 429 and body["errcode"] == "M_LIMIT_EXCEEDED" and body["retry_after_ms"] > 0
+        assert status(gw, token, ALICE)[1]["status_msg"] == "n2"  # the refused one changed nothing
+        # Bad bodies are refused before the rate is checked: they cost nothing.
+        assert gw.request("PUT", put, {"presence": "away"}, token=token)[1]["errcode"] == "M_BAD_JSON"
+    finally:
+        assert gw.stop() == 0
+
+
 def test_forget_a_left_room(gateway: GatewayProcess, tokens: dict[str, str]) -> None:
     alice, bob = tokens["alice"], tokens["bob"]
     room = create_room(gateway, alice, preset="private_chat", room_alias_name="forgettable")

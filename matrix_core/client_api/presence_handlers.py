@@ -16,6 +16,9 @@ async def put_status(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     if req.params["userId"] != requester.user_id:
         raise errors.forbidden("Can only set your own presence state")
     presence, status_msg = presence_state.parse_status_body(req.json_object())
+    # Each change wakes every waiting /sync: a status flood is held to the user's message rate
+    # (the spec lists 429 for this endpoint), checked after the body so bad input costs nothing.
+    hs.rooms.check_send_rate(requester.user_id)
     hs.presence.set_status(requester.user_id, presence, status_msg)
     return ok()
 
