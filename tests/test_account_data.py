@@ -244,6 +244,14 @@ async def test_the_core_interface_sets_server_managed_types(tmp_path: Path) -> N
         assert await hs.account_data.get_room_account_data("@a:hub", room, "m.other") is None
         await hs.account_data.set_global_account_data("@a:hub", "m.push_rules", {"global": {}})
         assert await hs.account_data.get_global_account_data("@a:hub", "m.push_rules") == {"global": {}}
+
+        # A service keeping its type elsewhere (push rules) answers the reads of it.
+        async def push_rules(user_id: str) -> dict | None:
+            return {"global": {"owner": user_id}}
+
+        hs.account_data.register_reader("m.push_rules", push_rules)
+        assert await hs.account_data.get_global_account_data("@a:hub", "m.push_rules") == \
+            {"global": {"owner": "@a:hub"}}
     finally:
         await hs.stop()
 

@@ -6,7 +6,7 @@ Other parts of the hub set server-managed types through the same methods (read m
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .. import account_data_rules as rules
 from ..store import Database
@@ -22,6 +22,10 @@ class AccountData:
         # Called whenever the position moves (the Sync service's notify: wakes long-polls).
         self.on_change: Callable[[], None] = sync.notify
         sync.add_source(AccountDataSource(self))
+        # Global types another service keeps in its own store (the push rules service's
+        # `m.push_rules`): GET /user/{userId}/account_data/{type} reads them through it, as the
+        # spec asks ("servers must allow clients to read the above event types as normal").
+        self._readers: dict[str, Callable[[str], Awaitable[dict | None]]] = {}
 
     async def load(self) -> None:
         self._position = await rows.max_stream_id(self.db)
@@ -43,7 +47,15 @@ class AccountData:
         await self._put(user_id, room_id, data_type, content)
 
     async def get_global_account_data(self, user_id: str, data_type: str) -> dict | None:
+        reader = self._readers.get(data_type)
+        if reader is not None:
+            return await reader(user_id)
         return await self._get(user_id, rows.GLOBAL, data_type)
+
+    def register_reader(self, data_type: str, reader: Callable[[str], Awaitable[dict | None]]) -> None:
+        """Let a service that keeps a server-managed global type (`m.push_rules`) answer reads of
+        it: `reader(user_id)` gives its content, or None (404)."""
+        self._readers[data_type] = reader
 
     async def get_room_account_data(self, user_id: str, room_id: str, data_type: str) -> dict | None:
         return await self._get(user_id, room_id, data_type)
