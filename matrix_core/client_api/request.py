@@ -22,9 +22,9 @@ class ApiRequest:
     load_body: Callable[[], Any] = lambda: None
     params: dict[str, str] = field(default_factory=dict)
     transport: str = "http"
-    # The body read as plain JSON, fractions kept (`plain_json_body`), for requests whose content
-    # never becomes an event (account data, room tags). None: the transport has no such reading
-    # (CoAP's body already is the payload mapping's value, floats tagged as {"$f": ...}).
+    # The body read as plain JSON, fractions kept, for requests whose content never becomes an
+    # event (account data, room tags): HTTP's `plain_json_body`, CoAP's content.decode_plain_body.
+    # None: the transport has no such reading (plain_json_object falls back to json_object).
     load_plain_body: Callable[[], Any] | None = None
     _body: Any = _UNSET
 
