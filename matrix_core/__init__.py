@@ -8,4 +8,5 @@ PURE_MODULES = (
     "canonical_json", "signing", "event_hashing", "events", "room_versions", "auth_rules", "state_res",
     "history_visibility", "room_presets", "params", "identifiers", "client_format", "log_limit", "ratelimit",
     "errors", "clock", "sync_token", "ephemeral",
+    "account_data_rules", "presence_state",  # issue 13: account data and tags, presence
 )

@@ -1,27 +1,14 @@
 """The receipts service's interface for push-rule counts (`hs.receipts.read_positions`), in
 process: thread -> the stream position of the event the user's latest m.read / m.read.private
-receipt there points at; and the read marker handed to the account data service."""
+receipt there points at; and the read marker kept as room account data."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 from matrix_core.homeserver import Homeserver, HomeserverSettings
 from matrix_core.ratelimit import RateLimit
 from matrix_core.service.accounts import Requester
 from matrix_core.signing import generate_signing_key
 from matrix_core.store import accounts as account_rows
-
-
-class FakeAccountData:
-    """Stands in for issue 13's account data service (its one call the read marker uses)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str, dict[str, Any]]] = []
-
-    async def set_room_account_data(self, user_id: str, room_id: str, data_type: str,
-                                    content: dict[str, Any]) -> None:
-        self.calls.append((user_id, room_id, data_type, content))
 
 
 async def test_read_positions_per_thread_and_the_read_marker(tmp_path: Path) -> None:
@@ -48,12 +35,12 @@ async def test_read_positions_per_thread_and_the_read_marker(tmp_path: Path) -> 
         assert (await hs.receipts.read_positions("@a:hub", room_id))["unthreaded"] == pos[ids[2]]
         assert await hs.receipts.read_positions("@b:hub", room_id) == {}
 
-        # m.fully_read (through /receipt or /read_markers) goes to the account data service.
-        hs.account_data = FakeAccountData()  # type: ignore[attr-defined]
+        # m.fully_read (through /receipt or /read_markers) is room account data.
         await hs.receipts.client_receipt(alice, room_id, "m.fully_read", ids[2], None)
+        assert await hs.account_data.get_room_account_data("@a:hub", room_id, "m.fully_read") == {
+            "event_id": ids[2]}
         await hs.receipts.read_markers(alice, room_id, {"m.fully_read": ids[3]})
-        assert hs.account_data.calls == [  # type: ignore[attr-defined]
-            ("@a:hub", room_id, "m.fully_read", {"event_id": ids[2]}),
-            ("@a:hub", room_id, "m.fully_read", {"event_id": ids[3]})]
+        assert await hs.account_data.get_room_account_data("@a:hub", room_id, "m.fully_read") == {
+            "event_id": ids[3]}
     finally:
         await hs.stop()

@@ -37,7 +37,7 @@ MAX_CACHED_POSITIONS = 10_000
 
 
 class RoomAccountData(Protocol):
-    """The account data service's one call the read marker needs (another part of issue 13)."""
+    """The account data service's one call the read marker needs (service/account_data.py)."""
 
     async def set_room_account_data(self, user_id: str, room_id: str, data_type: str,
                                     content: dict[str, Any]) -> None: ...
@@ -45,7 +45,7 @@ class RoomAccountData(Protocol):
 
 class Receipts:
     def __init__(self, db: Database, rooms: Rooms, server_name: str, notify: Callable[[], None],
-                 account_data: Callable[[], RoomAccountData | None] = lambda: None) -> None:
+                 account_data: RoomAccountData) -> None:
         self.db = db
         self.rooms = rooms
         self.server_name = server_name
@@ -108,13 +108,7 @@ class Receipts:
         return found[1]
 
     async def _set_read_marker(self, user_id: str, room_id: str, event_id: str) -> None:
-        account_data = self._account_data()
-        if account_data is None:
-            # FALLBACK for a branch without the account data service (issue 13's account-data
-            # part provides hs.account_data): the read marker is accepted and not kept.
-            log.debug("no account data service: read marker of %s in %s not kept", user_id, room_id)
-            return
-        await account_data.set_room_account_data(user_id, room_id, FULLY_READ, {"event_id": event_id})
+        await self._account_data.set_room_account_data(user_id, room_id, FULLY_READ, {"event_id": event_id})
 
     # -- reads for push rules -------------------------------------------------------------------------
 
