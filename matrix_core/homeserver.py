@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 from .notifier import EventStream
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.accounts import Accounts
+from .service.devices import Devices
 from .service.rooms import Rooms
 from .service.sync import Sync
+from .service.uia import UserInteractiveAuth
 from .signing import SigningKey
 from .store import Database
 
@@ -41,6 +43,12 @@ class HomeserverSettings:
     login_limits: LoginLimits = field(default_factory=LoginLimits)
     max_rooms_per_user: int = 1000  # rooms an account may create (0: no limit; admins exempt)
     admin_contact: str = ""  # named in M_RESOURCE_LIMIT_EXCEEDED answers
+    # Discovery and VoIP (client_api/discovery_handlers.py): the base URL clients should use
+    # ("": the URL the request came in on), TURN servers and the TURN REST API shared secret.
+    public_base_url: str = ""
+    turn_uris: tuple[str, ...] = ()
+    turn_shared_secret: str = ""
+    turn_user_lifetime_s: int = 86400
 
 
 class Homeserver:
@@ -68,6 +76,8 @@ class Homeserver:
                            max_rooms_per_user=settings.max_rooms_per_user, admin_contact=settings.admin_contact,
                            limiter=self.message_limiter)
         self.sync = Sync(self.rooms, self.stream)
+        self.devices = Devices(self.db, self.accounts)  # device management; last-seen bookkeeping
+        self.uia = UserInteractiveAuth(self.accounts)
 
     async def start(self) -> None:
         await self.db.open()
@@ -77,4 +87,5 @@ class Homeserver:
         """Commit everything in flight, wake long-polls, close the database."""
         self.stream.close()
         await self.rooms.compactor.stop()
+        await self.devices.flush()
         await self.db.close()

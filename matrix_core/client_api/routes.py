@@ -5,6 +5,8 @@ HTTP and CoAP both dispatch through `ROUTER`; adding a route here makes it reach
 from __future__ import annotations
 
 from . import auth_handlers as a
+from . import device_handlers as dv
+from . import discovery_handlers as disc
 from . import room_handlers as r
 from .router import ClientRouter
 
@@ -54,6 +56,17 @@ def build_router() -> ClientRouter:
     add("PUT", "directory/room/{roomAlias}", r.put_alias)
     add("DELETE", "directory/room/{roomAlias}", r.delete_alias)
     add("GET", "publicRooms", r.public_rooms)
+
+    # Devices and the account behind user-interactive auth (device_handlers.py); VoIP discovery
+    add("GET", "devices", dv.list_devices)
+    add("GET", "devices/{deviceId}", dv.get_device)
+    add("PUT", "devices/{deviceId}", dv.put_device)
+    add("DELETE", "devices/{deviceId}", dv.delete_device)
+    add("POST", "delete_devices", dv.delete_devices)
+    add("POST", "account/password", dv.change_password)
+    add("POST", "account/deactivate", dv.deactivate)
+    add("GET", "account/3pid", dv.third_party_ids)
+    add("GET", "voip/turnServer", disc.turn_server)
     return router
 
 
