@@ -80,9 +80,9 @@ class Devices:
         ip, ts = self._seen.get((row.user_id, row.device_id), (row.last_seen_ip, row.last_seen_ts))
         if row.last_seen_ts is not None and (ts is None or row.last_seen_ts > ts):
             ip, ts = row.last_seen_ip, row.last_seen_ts
-        out: dict[str, Any] = {"device_id": row.device_id, "display_name": row.display_name,
-                               "last_seen_ip": ip, "last_seen_ts": ts}
-        return {k: v for k, v in out.items() if v is not None or k == "device_id"}
+        # Every key, null when unknown, as Synapse answers (matrix-nio's schema requires them).
+        return {"device_id": row.device_id, "display_name": row.display_name, "last_seen_ip": ip,
+                "last_seen_ts": ts}
 
     async def list(self, user_id: str) -> list[dict[str, Any]]:
         return [self._json(row) for row in await device_rows.user_devices(self.db, user_id)]
