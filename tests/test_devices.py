@@ -323,3 +323,44 @@ def test_configured_base_url_and_turn_credentials(configured: GatewayProcess) ->
     assert turn["password"] == expected  # what coturn's use-auth-secret computes
     assert turn["uris"] == ["turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349"]
     assert turn["ttl"] == 3600
+
+
+async def test_last_seen_costs_one_write_per_device_every_five_minutes(tmp_path: Path) -> None:
+    """A device making a request every second: the times and addresses answered are the newest,
+    while the store is written at most once per LAST_SEEN_WRITE_MS; a stop writes the rest."""
+    from matrix_core.homeserver import Homeserver, HomeserverSettings
+    from matrix_core.service.devices import LAST_SEEN_WRITE_MS
+    from matrix_core.signing import generate_signing_key
+    from matrix_core.store import accounts as account_rows
+    from matrix_core.store import devices as device_rows
+
+    settings = HomeserverSettings("hub", tmp_path / "db.sqlite", generate_signing_key())
+    hs = Homeserver(settings)
+    now = [1_000_000]
+    hs.devices.clock = lambda: now[0]
+    await hs.start()
+    try:
+        await hs.db.write(lambda c: account_rows.insert_user(c, "@a:hub", None, False))
+        token = await hs.db.write(lambda c: account_rows.insert_device_token(c, "@a:hub", "SENSOR"))
+        await hs.accounts.authenticate(token)
+        for second in range(600):  # ten minutes of one request a second
+            now[0] = 1_000_000 + second * 1000
+            hs.devices.seen(token, f"10.0.0.{second % 3}")
+        assert hs.devices.last_seen_writes == 2  # at 0 s and at 300 s
+        hs.devices.seen("not a token", "10.9.9.9")  # unknown tokens cost nothing either
+        assert hs.devices.last_seen_writes == 2
+        listed = await hs.devices.list("@a:hub")
+        assert listed == [{"device_id": "SENSOR", "display_name": None, "last_seen_ip": "10.0.0.2",
+                           "last_seen_ts": 1_000_000 + 599_000}]
+        await hs.db.write(lambda c: None)  # the delayed last-seen write has committed
+        stored = await device_rows.device(hs.db, "@a:hub", "SENSOR")
+        assert stored is not None and stored.last_seen_ts == 1_000_000 + LAST_SEEN_WRITE_MS
+    finally:
+        await hs.stop()
+    hs = Homeserver(settings)
+    await hs.start()
+    try:  # the stop wrote the newest
+        stored = await device_rows.device(hs.db, "@a:hub", "SENSOR")
+        assert stored is not None and (stored.last_seen_ip, stored.last_seen_ts) == ("10.0.0.2", 1_000_000 + 599_000)
+    finally:
+        await hs.stop()

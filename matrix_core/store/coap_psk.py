@@ -42,11 +42,6 @@ def replace_device_psk(conn: sqlite3.Connection, identity: str, psk: str, user_i
                  (identity, psk, user_id, device_id, now_ms()))
 
 
-def delete_device_keys(conn: sqlite3.Connection, user_id: str, device_id: str) -> None:
-    """A deleted device's key goes with it (inside the caller's transaction)."""
-    conn.execute("DELETE FROM coap_psk WHERE user_id = ? AND device_id = ?", (user_id, device_id))
-
-
 def open_reader(database_path: Path) -> sqlite3.Connection:
     """A read-only connection for handshake-time lookups (WAL: never blocked by the writer)."""
     return sqlite3.connect(f"file:{database_path}?mode=ro", uri=True, check_same_thread=False)

@@ -13,8 +13,6 @@ import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import coap_psk
-
 if TYPE_CHECKING:
     from .database import Database
 
@@ -67,9 +65,10 @@ def set_display_name(conn: sqlite3.Connection, user_id: str, device_id: str, dis
 
 
 def delete_devices(conn: sqlite3.Connection, user_id: str, device_ids: list[str] | None) -> dict[str, list[str]]:
-    """Delete the devices (None: every device of the user) with their access tokens, last-seen
-    rows and coaps keys (a lost sensor's key must not come back with a device of the same id);
-    returns device id -> its deleted tokens, for the devices that existed."""
+    """Delete the devices (None: every device of the user) with their access tokens and
+    last-seen rows; returns device id -> its deleted tokens, for the devices that existed. A
+    coaps key stays (as after a logout): its handshake still succeeds and every request is
+    answered 4.01 M_UNKNOWN_TOKEN, which tells the device what happened."""
     if device_ids is None:
         device_ids = [row[0] for row in conn.execute("SELECT device_id FROM devices WHERE user_id = ?", (user_id,))]
     deleted: dict[str, list[str]] = {}
@@ -82,7 +81,6 @@ def delete_devices(conn: sqlite3.Connection, user_id: str, device_ids: list[str]
             continue
         conn.execute("DELETE FROM access_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id))
         conn.execute("DELETE FROM device_last_seen WHERE user_id = ? AND device_id = ?", (user_id, device_id))
-        coap_psk.delete_device_keys(conn, user_id, device_id)
         deleted[device_id] = tokens
     return deleted
 
