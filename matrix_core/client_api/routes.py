@@ -7,6 +7,7 @@ from __future__ import annotations
 from . import auth_handlers as a
 from . import device_handlers as dv
 from . import discovery_handlers as disc
+from . import timestamp_handlers as ts
 from . import room_handlers as r
 from .router import ClientRouter
 
@@ -67,6 +68,7 @@ def build_router() -> ClientRouter:
     add("POST", "account/deactivate", dv.deactivate)
     add("GET", "account/3pid", dv.third_party_ids)
     add("GET", "voip/turnServer", disc.turn_server)
+    add("GET", "rooms/{roomId}/timestamp_to_event", ts.timestamp_to_event)  # v1.6, jump to a date
     return router
 
 
