@@ -349,7 +349,7 @@ async def test_last_seen_costs_one_write_per_device_every_five_minutes(tmp_path:
         assert hs.devices.last_seen_writes == 2  # at 0 s and at 300 s
         hs.devices.seen("not a token", "10.9.9.9")  # unknown tokens cost nothing either
         assert hs.devices.last_seen_writes == 2
-        listed = await hs.devices.list("@a:hub")
+        listed = await hs.devices.of_user("@a:hub")
         assert listed == [{"device_id": "SENSOR", "display_name": None, "last_seen_ip": "10.0.0.2",
                            "last_seen_ts": 1_000_000 + 599_000}]
         await hs.db.write(lambda c: None)  # the delayed last-seen write has committed

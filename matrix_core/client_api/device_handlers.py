@@ -27,7 +27,7 @@ async def _authorised(hs: Homeserver, req: ApiRequest, requester: Requester, bod
 
 async def list_devices(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await _requester(hs, req)
-    return ok({"devices": await hs.devices.list(requester.user_id)})
+    return ok({"devices": await hs.devices.of_user(requester.user_id)})
 
 
 async def get_device(hs: Homeserver, req: ApiRequest) -> ApiResponse:

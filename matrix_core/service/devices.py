@@ -84,7 +84,7 @@ class Devices:
         return {"device_id": row.device_id, "display_name": row.display_name, "last_seen_ip": ip,
                 "last_seen_ts": ts}
 
-    async def list(self, user_id: str) -> list[dict[str, Any]]:
+    async def of_user(self, user_id: str) -> list[dict[str, Any]]:
         return [self._json(row) for row in await device_rows.user_devices(self.db, user_id)]
 
     async def get(self, user_id: str, device_id: str) -> dict[str, Any]:
