@@ -140,6 +140,18 @@ def _mention_rules(probe: Probe) -> str | None:
     return f"default push rules lack {sorted(missing)}" if missing else None
 
 
+def _property_conditions(probe: Probe) -> str | None:
+    """v1.7's push conditions event_property_is / event_property_contains are accepted."""
+    for kind, value in (("event_property_is", "probe"), ("event_property_contains", "probe")):
+        rule = {"conditions": [{"kind": kind, "key": "content.body" if kind.endswith("is") else "content.tags",
+                                "value": value}], "actions": []}
+        status, body = probe.call("PUT", f"pushrules/global/override/probe.{kind}", rule)
+        if status != 200:
+            return f"a push rule with {kind}: {status} {body}"
+        probe.call("DELETE", f"pushrules/global/override/probe.{kind}")
+    return None
+
+
 def _room_version_11(probe: Probe) -> str | None:
     caps = probe.call("GET", "capabilities")[1]["capabilities"]["m.room_versions"]["available"]
     return None if caps.get("11") == "stable" else f"room version 11 not available: {caps}"
@@ -156,7 +168,7 @@ def _recursion(probe: Probe) -> str | None:
 
 FEATURES: dict[str, list[Callable[[Probe], str | None]]] = {
     "v1.4": [_private_receipt],
-    "v1.7": [_mention_rules],
+    "v1.7": [_mention_rules, _property_conditions],
     "v1.8": [_room_version_11],
     "v1.9": [_suppress_edits],
     "v1.10": [_recursion],
