@@ -364,3 +364,33 @@ async def test_last_seen_costs_one_write_per_device_every_five_minutes(tmp_path:
         assert stored is not None and (stored.last_seen_ip, stored.last_seen_ts) == ("10.0.0.2", 1_000_000 + 599_000)
     finally:
         await hs.stop()
+
+
+async def test_devices_over_coap_through_the_same_route_table(hub: GatewayProcess) -> None:
+    """A sensor lists the account's devices over CoAP (short path `dv`) and is seen from its
+    address; deleting one asks for the password there too (4.01 with the UIA body in CBOR)."""
+    import aiocoap
+    import cbor2
+
+    hub.add_user("ivan", PASSWORD)
+    sensor = hub.device_token("ivan", "COAP-SENSOR")
+    lost = login(hub, "ivan", "COAP-LOST")
+    base = f"coap://127.0.0.1:{hub.coap_port}/_m/c/v3"
+    ctx = await aiocoap.Context.create_client_context()
+    try:
+        listed = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=f"{base}/dv?a={sensor}")).response
+        assert listed.code == aiocoap.CONTENT, listed
+        by_id = {d["device_id"]: d for d in cbor2.loads(listed.payload)["devices"]}
+        assert set(by_id) == {"COAP-SENSOR", "COAP-LOST"} and by_id["COAP-SENSOR"]["last_seen_ip"] == "127.0.0.1"
+
+        ask = aiocoap.Message(code=aiocoap.POST, uri=f"{base}/dd?a={sensor}", payload=cbor2.dumps({"devices": ["COAP-LOST"]}))
+        challenge = await ctx.request(ask).response
+        assert challenge.code == aiocoap.UNAUTHORIZED, challenge
+        session = cbor2.loads(challenge.payload)["session"]
+        assert cbor2.loads(challenge.payload)["flows"] == [{"stages": ["m.login.password"]}]
+        done = await ctx.request(aiocoap.Message(code=aiocoap.POST, uri=f"{base}/dd?a={sensor}", payload=cbor2.dumps(
+            {"devices": ["COAP-LOST"], "auth": password_auth("ivan", PASSWORD, session)}))).response
+        assert done.code.is_successful(), done
+        assert not alive(hub, lost) and alive(hub, sensor)
+    finally:
+        await ctx.shutdown()
