@@ -38,6 +38,10 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
         max_rooms_per_user=config.max_rooms_per_user,
         admin_contact=config.admin_contact,
         presence_enabled=config.presence_enabled,
+        public_base_url=config.public_base_url,
+        turn_uris=config.turn_uris,
+        turn_shared_secret=config.turn_shared_secret,
+        turn_user_lifetime_s=config.turn_user_lifetime_s,
     )
 
 

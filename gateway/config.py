@@ -100,6 +100,13 @@ class GatewayConfig:
     # Presence (online/offline/status messages shared with room peers; service/presence.py). Off:
     # PUTs are accepted and ignored, GETs answer offline, /sync carries none (as Synapse does).
     presence_enabled: bool = True
+    # Discovery (/.well-known/matrix/client): the base URL clients should use, e.g. behind a
+    # reverse proxy "https://hub.example.org"; empty: the URL each request came in on.
+    public_base_url: str = ""
+    # VoIP (/voip/turnServer): TURN server URIs and coturn's `static-auth-secret`; empty: no TURN.
+    turn_uris: tuple[str, ...] = ()
+    turn_shared_secret: str = ""
+    turn_user_lifetime_s: int = 86400
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -154,6 +161,16 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: mdns_hostname {value!r} must be one DNS label (letters, digits, -)")
         if key in ("coap_max_observations_per_client", "coap_max_observations") and value < 1:
             raise ConfigError(f"{source}: {key} must be at least 1")
+        if key == "public_base_url" and value and not _is_base_url(value):
+            raise ConfigError(f"{source}: public_base_url must be an http(s) URL such as https://hub.example.org, "
+                              f"not {value!r}")
+        if key == "turn_uris" and not all(v.split(":", 1)[0] in ("turn", "turns") and v.isprintable()
+                                          and '"' not in v and "\\" not in v for v in value):
+            raise ConfigError(f"{source}: turn_uris must be turn: or turns: URIs (e.g. turn:hub.lan:3478?transport=udp)")
+        if key == "turn_shared_secret" and (not value.isprintable() or '"' in value or "\\" in value):
+            raise ConfigError(f"{source}: turn_shared_secret must be printable, without quotes or backslashes")
+        if key == "turn_user_lifetime_s" and not 60 <= value <= 7 * 86400:
+            raise ConfigError(f"{source}: turn_user_lifetime_s must be between 60 and 604800 seconds")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
             raise ConfigError(f"{source}: {problem}")
         out[key] = value
@@ -224,7 +241,27 @@ coap_max_observations = {config.coap_max_observations}
 # Presence: users see whether the people they share a room with are online, and their status
 # message (kept in memory only). Off: the hub accepts presence updates and ignores them.
 presence_enabled = {str(config.presence_enabled).lower()}
+# The base URL clients should use, served at /.well-known/matrix/client (Element finds the hub from
+# the server name with it). Set it behind a reverse proxy, e.g. "https://hub.example.org"; empty:
+# the URL each request came in on.
+public_base_url = "{config.public_base_url}"
+# TURN for voice/video calls through NAT (/voip/turnServer): URIs such as
+# ["turn:hub.lan:3478?transport=udp"] and coturn's static-auth-secret (use-auth-secret); the hub
+# hands out credentials valid turn_user_lifetime_s seconds. Empty: calls without a relay.
+turn_uris = [{", ".join(f'"{u}"' for u in config.turn_uris)}]
+turn_shared_secret = "{config.turn_shared_secret}"
+turn_user_lifetime_s = {config.turn_user_lifetime_s}
 """
+
+
+def _is_base_url(value: str) -> bool:
+    """An http(s) URL with a host, nothing a TOML string or a JSON answer would mangle."""
+    from urllib.parse import urlsplit
+
+    if not value.isprintable() or any(c in value for c in '"\\ ') or "?" in value or "#" in value:
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _is_mdns_label(value: str) -> bool:

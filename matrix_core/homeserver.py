@@ -14,6 +14,7 @@ from .notifier import EventStream
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.account_data import AccountData
 from .service.accounts import Accounts
+from .service.devices import Devices
 from .service.directory import Directory
 from .service.forgotten_rooms import ForgottenRooms
 from .service.presence import Presence
@@ -21,6 +22,7 @@ from .service.receipts import Receipts
 from .service.rooms import Rooms
 from .service.sync import Sync
 from .service.typing import Typing
+from .service.uia import UserInteractiveAuth
 from .signing import SigningKey
 from .store import Database
 
@@ -48,6 +50,12 @@ class HomeserverSettings:
     max_rooms_per_user: int = 1000  # rooms an account may create (0: no limit; admins exempt)
     admin_contact: str = ""  # named in M_RESOURCE_LIMIT_EXCEEDED answers
     presence_enabled: bool = True  # off: presence PUTs are ignored, GETs answer offline (service/presence.py)
+    # Discovery and VoIP (client_api/discovery_handlers.py): the base URL clients should use
+    # ("": the URL the request came in on), TURN servers and the TURN REST API shared secret.
+    public_base_url: str = ""
+    turn_uris: tuple[str, ...] = ()
+    turn_shared_secret: str = ""
+    turn_user_lifetime_s: int = 86400
 
 
 class Homeserver:
@@ -88,6 +96,8 @@ class Homeserver:
                                  self.account_data)
         self.sync.add_source(self.typing.sync_source)
         self.sync.add_source(self.receipts.sync_source)
+        self.devices = Devices(self.db, self.accounts)  # device management; last-seen bookkeeping
+        self.uia = UserInteractiveAuth(self.accounts)
 
     async def start(self) -> None:
         await self.db.open()
@@ -102,4 +112,5 @@ class Homeserver:
         self.typing.stop()
         await self.receipts.stop()
         await self.rooms.compactor.stop()
+        await self.devices.flush()
         await self.db.close()

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from .. import errors
 from ..canonical_json import encode_json
-from .request import ApiRequest, ApiResponse, error_answer, json_body, plain_json_body
+from .discovery_handlers import well_known_client
+from .request import ApiRequest, ApiResponse, error_answer, json_body, ok, plain_json_body
 from .router import client_api_segments
 from .routes import ROUTER
 
@@ -54,12 +55,24 @@ def error_response(err: errors.MatrixError) -> web.Response:
     return json_response(error_answer(err))
 
 
+def _listener_url(request: web.Request) -> str:
+    """The address the request came in on, for a request without a Host header."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname:
+        return f"{request.scheme}://localhost"
+    host = sockname[0]
+    return f"{request.scheme}://{'[' + host + ']' if ':' in host else host}:{sockname[1]}"
+
+
 def make_app(hs: Homeserver) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=CORS_HEADERS)
         try:
             segments, query = split_raw_path(request.raw_path)
+            if segments == [".well-known", "matrix", "client"] and request.method in ("GET", "HEAD"):
+                return json_response(ok(well_known_client(hs, request.scheme, request.headers.get("Host"),
+                                                          _listener_url(request))))
             api_segments = client_api_segments(segments)
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
                 raise errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")

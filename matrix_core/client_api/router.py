@@ -90,7 +90,11 @@ class ClientRouter(Router[Handler]):
     async def dispatch(self, hs: Homeserver, request: ApiRequest) -> ApiResponse:
         handler, params = self.resolve(request.method, request.segments)
         request.params = params
-        return await handler(hs, request)
+        try:
+            return await handler(hs, request)
+        finally:
+            # the device's last-seen time and address: a dict lookup, written at most every few minutes
+            hs.devices.seen(request.access_token, request.remote)
 
 
 CLIENT_VERSIONS = ("v3", "r0", "v1", "unstable")

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from . import account_data_handlers as ad
 from . import auth_handlers as a
+from . import device_handlers as dv
 from . import directory_handlers as d
+from . import discovery_handlers as disc
 from . import ephemeral_handlers as eph
 from . import membership_handlers as m
 from . import presence_handlers as p
 from . import room_handlers as r
+from . import timestamp_handlers as ts
 from .router import ClientRouter
 
 
@@ -78,6 +81,17 @@ def build_router() -> ClientRouter:
     add("POST", "rooms/{roomId}/forget", m.forget)
     add("GET", "rooms/{roomId}/aliases", d.room_aliases)
     add("POST", "user_directory/search", d.search_users)
+    # Devices and the account behind user-interactive auth (device_handlers.py); VoIP discovery
+    add("GET", "devices", dv.list_devices)
+    add("GET", "devices/{deviceId}", dv.get_device)
+    add("PUT", "devices/{deviceId}", dv.put_device)
+    add("DELETE", "devices/{deviceId}", dv.delete_device)
+    add("POST", "delete_devices", dv.delete_devices)
+    add("POST", "account/password", dv.change_password)
+    add("POST", "account/deactivate", dv.deactivate)
+    add("GET", "account/3pid", dv.third_party_ids)
+    add("GET", "voip/turnServer", disc.turn_server)
+    add("GET", "rooms/{roomId}/timestamp_to_event", ts.timestamp_to_event)  # v1.6, jump to a date
     return router
 
 

@@ -12,6 +12,7 @@ from ..passwords import check_password, hash_password
 from ..ratelimit import LoginThrottle
 from ..store import Database
 from ..store import accounts as account_rows
+from ..store import devices as device_rows
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +158,74 @@ class Accounts:
                 log.exception("token revocation listener failed")
 
     async def logout(self, requester: Requester) -> None:
-        await self.db.write(lambda conn: account_rows.delete_token(conn, requester.access_token))
+        """Revoke the token, and delete its device when that was the device's last token (Synapse
+        deletes a logged-out client's device: it leaves the device list)."""
+        await self.db.write(lambda conn: device_rows.delete_token_and_lone_device(
+            conn, requester.user_id, requester.device_id, requester.access_token))
         self._revoked(TokensRevoked(requester.user_id, requester.device_id, frozenset([requester.access_token])))
 
     async def logout_all(self, requester: Requester) -> None:
-        tokens = await self.db.write(lambda conn: account_rows.delete_all_tokens(conn, requester.user_id))
-        for token, cached in list(self._token_cache.items()):
-            if cached.user_id == requester.user_id:
-                del self._token_cache[token]
+        """Every token and every device of the user goes (Synapse's /logout/all)."""
+        def delete(conn: Any) -> list[str]:
+            tokens = account_rows.delete_all_tokens(conn, requester.user_id)
+            device_rows.delete_devices(conn, requester.user_id, None)
+            return tokens
+
+        tokens = await self.db.write(delete)
+        self._forget_user(requester.user_id)
         self._revoked(TokensRevoked(requester.user_id, None, frozenset(tokens) | {requester.access_token}))
+
+    def _forget_user(self, user_id: str) -> None:
+        for token, cached in list(self._token_cache.items()):
+            if cached.user_id == user_id:
+                del self._token_cache[token]
+
+    def cached(self, token: str) -> Requester | None:
+        """The requester of a token already authenticated (no database read): for bookkeeping
+        that must cost nothing per request, such as a device's last-seen time."""
+        return self._token_cache.get(token)
+
+    async def delete_devices(self, user_id: str, device_ids: list[str] | None, keep_token: str | None = None) -> list[str]:
+        """Delete devices (None: all of the user's) with their tokens, except the device that
+        holds `keep_token` when given, whose other tokens go but which stays (a password change
+        keeps the session that made it). Live sessions of the revoked tokens end through the
+        revocation listeners, one TokensRevoked per device. Returns the deleted device ids."""
+        deleted = await self.db.write(
+            lambda conn: device_rows.delete_devices_keeping(conn, user_id, device_ids, keep_token))
+        self._revoked_devices(user_id, deleted)
+        return [device_id for device_id in deleted.devices if device_id != deleted.kept_device]
+
+    def _revoked_devices(self, user_id: str, deleted: device_rows.Deleted) -> None:
+        for device_id, tokens in deleted.devices.items():
+            self._revoked(TokensRevoked(user_id, device_id, frozenset(tokens)))
+
+    async def change_password(self, user_id: str, new_password: str, keep_token: str | None,
+                              logout_devices: bool) -> None:
+        """Set a new password and, with `logout_devices` (the spec's default), delete every other
+        device, ending its sessions; one transaction. scrypt runs first, off the writer."""
+        hashed = await asyncio.to_thread(hash_password, new_password)
+
+        def write(conn: Any) -> device_rows.Deleted:
+            account_rows.set_password(conn, user_id, hashed)
+            if not logout_devices:
+                return device_rows.Deleted({}, None)
+            return device_rows.delete_devices_keeping(conn, user_id, None, keep_token)
+
+        self._revoked_devices(user_id, await self.db.write(write))
+
+    async def deactivate(self, user_id: str) -> None:
+        """No login again: the password goes and every device with its tokens, in one
+        transaction. The user id stays taken (it can never be given to someone else)."""
+        def write(conn: Any) -> tuple[device_rows.Deleted, list[str]]:
+            account_rows.clear_password(conn, user_id)
+            deleted = device_rows.delete_devices_keeping(conn, user_id, None, None)
+            return deleted, account_rows.delete_all_tokens(conn, user_id)  # tokens without a device row
+
+        deleted, rest = await self.db.write(write)
+        self._forget_user(user_id)
+        self._revoked_devices(user_id, deleted)
+        if rest:
+            self._revoked(TokensRevoked(user_id, None, frozenset(rest)))
 
     async def get_profile(self, user_id: str) -> dict[str, Any]:
         if not user_id.endswith(":" + self.server_name) and self.remote_profile is not None:

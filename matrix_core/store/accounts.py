@@ -43,6 +43,11 @@ def set_password(conn: sqlite3.Connection, user_id: str, password_hash: str) -> 
     conn.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id))
 
 
+def clear_password(conn: sqlite3.Connection, user_id: str) -> None:
+    """No password login any more (a deactivated account)."""
+    conn.execute("UPDATE users SET password_hash = NULL WHERE user_id = ?", (user_id,))
+
+
 #: Profile fields and their columns (the only columns `set_profile_field` writes).
 PROFILE_COLUMNS = {"displayname": "displayname", "avatar_url": "avatar_url"}
 

@@ -1,0 +1,165 @@
+"""Which client-server spec versions /versions advertises, and what each one requires of us.
+
+Why this matters: clients pick endpoints by the versions a server claims. A server that
+claimed v1.11 made clients fetch media through authenticated-media paths that did not exist
+(issue 13); matrix-js-sdk 43 refuses a server below v1.5 (its MINIMUM_MATRIX_VERSION).
+
+How the list is decided. A version is advertised when every endpoint that version requires of
+the parts of the spec we implement is in the route table and answers (tests/test_versions_truth.py
+calls each one on a running hub). `VERSION_REQUIREMENTS[v]` is that whole list for version v: the
+core API (every version), the optional modules we implement (device management, push, account
+data and tags, typing, receipts, read markers, presence, event context, VoIP's turnServer, user
+directory) and what each version added (spec changelog, client-server API):
+
+- v1.1: /knock. (Key backup and cross-signing upload belong to end-to-end encryption, which the
+  hub does not implement; /login/sso/redirect to SSO login, which it does not offer.)
+- v1.2: nothing we claim (/hierarchy is the Spaces module; registration tokens are a UIA stage
+  the hub does not offer).
+- v1.3: event relationships, GET /v1/rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]
+  (core API; refresh tokens are optional: the hub issues none).
+- v1.4: threads, GET /v1/rooms/{roomId}/threads; private and threaded receipts, m.replace (by
+  the receipts and relations endpoints above).
+- v1.5: nothing new (m.reference relations).
+- v1.6: GET /v1/rooms/{roomId}/timestamp_to_event (core API).
+- v1.7: push conditions event_property_is/contains, m.mentions push rules, m.annotation (by
+  push rules and relations); async media upload is the content repository, which the hub lacks;
+  /v1/login/get_token is optional (capability m.get_login_token: false).
+- v1.8: room version 11 (in /capabilities).
+- v1.9: the .m.rule.suppress_edits push rule.
+- v1.10: recursion on the relations endpoints (`recurse`, answered with `recursion_depth`).
+- v1.11: authenticated media (/_matrix/client/v1/media/*): not advertised until the content
+  repository exists (the media issue).
+- r0.6.1: not advertised: the r0 API differs (prev_content at the top level, ...) and no client
+  we test needs it; r0 paths still route (old clients keep working).
+
+Not claimed at any version (known gaps, by module): the content repository (Required for the
+Web, Mobile and Desktop profiles), end-to-end encryption and send-to-device, room upgrades,
+server-side filtering of ignored users, spaces, SSO, guest access, third-party invites and
+networks, search, reporting, OpenID, 3PID changes (m.3pid_changes: false).
+"""
+from __future__ import annotations
+
+# The core API and the modules we implement: required by every version we advertise.
+# (method, path after /_matrix/client/<version>/ as a client sends it; {name} is a parameter)
+CORE: tuple[tuple[str, str], ...] = (
+    ("GET", "versions"),
+    ("GET", "login"),
+    ("POST", "login"),
+    ("POST", "logout"),
+    ("POST", "logout/all"),
+    ("POST", "register"),
+    ("GET", "account/whoami"),
+    ("POST", "account/password"),
+    ("POST", "account/deactivate"),
+    ("GET", "account/3pid"),
+    ("GET", "capabilities"),
+    ("GET", "profile/{userId}"),
+    ("GET", "profile/{userId}/displayname"),
+    ("PUT", "profile/{userId}/displayname"),
+    ("GET", "profile/{userId}/avatar_url"),
+    ("PUT", "profile/{userId}/avatar_url"),
+    ("POST", "user/{userId}/filter"),
+    ("GET", "user/{userId}/filter/{filterId}"),
+    ("GET", "sync"),
+    ("POST", "createRoom"),
+    ("GET", "joined_rooms"),
+    ("POST", "join/{roomIdOrAlias}"),
+    ("POST", "rooms/{roomId}/join"),
+    ("POST", "rooms/{roomId}/invite"),
+    ("POST", "rooms/{roomId}/leave"),
+    ("POST", "rooms/{roomId}/forget"),
+    ("POST", "rooms/{roomId}/kick"),
+    ("POST", "rooms/{roomId}/ban"),
+    ("POST", "rooms/{roomId}/unban"),
+    ("PUT", "rooms/{roomId}/send/{eventType}/{txnId}"),
+    ("GET", "rooms/{roomId}/event/{eventId}"),
+    ("GET", "rooms/{roomId}/state"),
+    ("GET", "rooms/{roomId}/state/{eventType}/{stateKey}"),
+    ("PUT", "rooms/{roomId}/state/{eventType}/{stateKey}"),
+    ("PUT", "rooms/{roomId}/redact/{eventId}/{txnId}"),
+    ("GET", "rooms/{roomId}/messages"),
+    ("GET", "rooms/{roomId}/members"),
+    ("GET", "rooms/{roomId}/joined_members"),
+    ("GET", "rooms/{roomId}/aliases"),
+    ("GET", "directory/room/{roomAlias}"),
+    ("PUT", "directory/room/{roomAlias}"),
+    ("DELETE", "directory/room/{roomAlias}"),
+    ("GET", "publicRooms"),
+    ("POST", "user_directory/search"),
+    # Device management
+    ("GET", "devices"),
+    ("GET", "devices/{deviceId}"),
+    ("PUT", "devices/{deviceId}"),
+    ("DELETE", "devices/{deviceId}"),
+    ("POST", "delete_devices"),
+    # Client config (account data; m.direct for direct messaging) and room tagging
+    ("GET", "user/{userId}/account_data/{type}"),
+    ("PUT", "user/{userId}/account_data/{type}"),
+    ("GET", "user/{userId}/rooms/{roomId}/account_data/{type}"),
+    ("PUT", "user/{userId}/rooms/{roomId}/account_data/{type}"),
+    ("GET", "user/{userId}/rooms/{roomId}/tags"),
+    ("PUT", "user/{userId}/rooms/{roomId}/tags/{tag}"),
+    ("DELETE", "user/{userId}/rooms/{roomId}/tags/{tag}"),
+    # Typing notifications, receipts, read markers, presence
+    ("PUT", "rooms/{roomId}/typing/{userId}"),
+    ("POST", "rooms/{roomId}/receipt/{receiptType}/{eventId}"),
+    ("POST", "rooms/{roomId}/read_markers"),
+    ("GET", "presence/{userId}/status"),
+    ("PUT", "presence/{userId}/status"),
+    # Push notifications
+    ("GET", "pushrules/"),
+    ("GET", "pushrules/global/"),
+    ("GET", "pushrules/{scope}/{kind}/{ruleId}"),
+    ("PUT", "pushrules/{scope}/{kind}/{ruleId}"),
+    ("DELETE", "pushrules/{scope}/{kind}/{ruleId}"),
+    ("GET", "pushrules/{scope}/{kind}/{ruleId}/enabled"),
+    ("PUT", "pushrules/{scope}/{kind}/{ruleId}/enabled"),
+    ("GET", "pushrules/{scope}/{kind}/{ruleId}/actions"),
+    ("PUT", "pushrules/{scope}/{kind}/{ruleId}/actions"),
+    ("GET", "pushers"),
+    ("POST", "pushers/set"),
+    ("GET", "notifications"),
+    # Event context; voice over IP
+    ("GET", "rooms/{roomId}/context/{eventId}"),
+    ("GET", "voip/turnServer"),
+)
+
+# What each version added to the endpoints we claim (see the module docstring for the rest).
+ADDED: dict[str, tuple[tuple[str, str], ...]] = {
+    "v1.1": (("POST", "knock/{roomIdOrAlias}"),),
+    "v1.2": (),
+    "v1.3": (
+        ("GET", "rooms/{roomId}/relations/{eventId}"),
+        ("GET", "rooms/{roomId}/relations/{eventId}/{relType}"),
+        ("GET", "rooms/{roomId}/relations/{eventId}/{relType}/{eventType}"),
+    ),
+    "v1.4": (("GET", "rooms/{roomId}/threads"),),
+    "v1.5": (),
+    "v1.6": (("GET", "rooms/{roomId}/timestamp_to_event"),),
+    "v1.7": (),
+    "v1.8": (),
+    "v1.9": (),
+    "v1.10": (),
+}
+
+ORDER = tuple(ADDED)
+
+
+def _requirements() -> dict[str, tuple[tuple[str, str], ...]]:
+    table: dict[str, tuple[tuple[str, str], ...]] = {}
+    needed = CORE
+    for version in ORDER:
+        needed = needed + ADDED[version]
+        table[version] = needed
+    return table
+
+
+#: version -> every endpoint (method, path) that version requires of what we claim.
+VERSION_REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = _requirements()
+
+#: What /versions answers. v1.10 waits for `recurse` on the relations endpoints; v1.11 for
+#: authenticated media.
+SUPPORTED_VERSIONS: tuple[str, ...] = ("v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9")
+
+#: Unstable features that work (none beyond the stable versions above).
+UNSTABLE_FEATURES: dict[str, bool] = {}
