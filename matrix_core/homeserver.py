@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .notifier import EventStream
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.accounts import Accounts
+from .service.push import NO_READ_POSITIONS, PushRules
 from .service.rooms import Rooms
 from .service.sync import Sync
 from .signing import SigningKey
@@ -68,10 +69,15 @@ class Homeserver:
                            max_rooms_per_user=settings.max_rooms_per_user, admin_contact=settings.admin_contact,
                            limiter=self.message_limiter)
         self.sync = Sync(self.rooms, self.stream)
+        # Push rules and notification counts; read positions come from hs.receipts once it exists.
+        self.push = PushRules(self.db, self.rooms, self.stream, self.sync.notify,
+                              lambda: getattr(self, "receipts", NO_READ_POSITIONS))
+        self.sync.add_source(self.push.source)
 
     async def start(self) -> None:
         await self.db.open()
         await self.rooms.load()
+        await self.push.load()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""

@@ -5,6 +5,7 @@ HTTP and CoAP both dispatch through `ROUTER`; adding a route here makes it reach
 from __future__ import annotations
 
 from . import auth_handlers as a
+from . import push_handlers as p
 from . import room_handlers as r
 from .router import ClientRouter
 
@@ -54,6 +55,18 @@ def build_router() -> ClientRouter:
     add("PUT", "directory/room/{roomAlias}", r.put_alias)
     add("DELETE", "directory/room/{roomAlias}", r.delete_alias)
     add("GET", "publicRooms", r.public_rooms)
+
+    # Push rules and notifications (push_handlers.py). A trailing slash ("pushrules/", as
+    # matrix-js-sdk asks) leaves an empty last segment, which the last capture takes as "".
+    add("GET", "pushrules", p.get_all)
+    add("GET", "pushrules/{scope}", p.get_scope)
+    add("GET", "pushrules/{scope}/{kind}", p.get_kind)
+    add("GET", "pushrules/{scope}/{kind}/{ruleId}", p.get_rule)
+    add("PUT", "pushrules/{scope}/{kind}/{ruleId}", p.put_rule)
+    add("DELETE", "pushrules/{scope}/{kind}/{ruleId}", p.delete_rule)
+    add("GET", "pushrules/{scope}/{kind}/{ruleId}/{attr}", p.get_attr)
+    add("PUT", "pushrules/{scope}/{kind}/{ruleId}/{attr}", p.put_attr)
+    add("GET", "notifications", p.notifications)
     return router
 
 
