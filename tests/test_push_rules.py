@@ -310,7 +310,8 @@ def test_disabled_default_rule_and_changed_actions() -> None:
     assert rule_for(msg("hello"), rules=user) is None
     user = pr.UserRules(actions={"underride/.m.rule.message": ["notify", {"set_tweak": "highlight"}]})
     rules = pr.ruleset(ALICE, user)
-    assert pr.find_rule(rules, "underride", ".m.rule.message")["actions"][1] == {"set_tweak": "highlight"}
+    found = pr.find_rule(rules, "underride", ".m.rule.message")
+    assert found is not None and found["actions"][1] == {"set_tweak": "highlight"}
     actions = pr.Evaluator(rules).actions(msg("x"), pr.RoomFacts(THREE, ALICE))
     assert pr.notifies(actions) == (True, True)
 

@@ -22,7 +22,7 @@ sent in.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -44,6 +44,11 @@ PAGE = 250               # events read from the store per query while scanning
 COUNT_CACHE_SIZE = 4096  # (user, room) entries
 RULES_CACHE_SIZE = 256   # users whose compiled rule set is kept
 NOTIFICATIONS_SCAN = 300  # events per room looked at per GET /notifications page
+READS_KEPT = 4096        # recent note_read hints kept for incremental syncs
+# The push_rules stream position: (rule changes, persisted) * READS_SPAN + read hints (in memory,
+# from 0 again after a restart). Rule changes always move it forward across restarts; a read hint
+# lost in a restart only means the room shows its new counts with its next news instead.
+READS_SPAN = 2**32
 
 
 class ReadPositions(Protocol):
@@ -98,16 +103,40 @@ class PushRules:
         self.stream = stream
         self._notify = notify
         self._read_positions = read_positions
-        self.position = 0
+        self.position = 0  # rule changes (the persisted part of the stream position)
+        self._reads = 0     # read hints since start (the in-memory part)
+        self._read_hints: deque[tuple[int, str, str]] = deque(maxlen=READS_KEPT)  # (stream pos, user, room)
         self._user_positions: dict[str, int] = {}
         self._rule_sets: OrderedDict[str, _UserRuleSet] = OrderedDict()
         self._rules_version: dict[str, int] = {}
         self._counts: OrderedDict[tuple[str, str], _Counts] = OrderedDict()
         self.source = PushRulesSource(self)
+        self.evaluated = 0  # events looked at for counts (tests and benches read it)
 
     async def load(self) -> None:
         self.position = await rows.stream_position(self.db)
         self._user_positions = await rows.user_positions(self.db)
+
+    def stream_position(self) -> int:
+        return self.position * READS_SPAN + self._reads
+
+    def note_read(self, user_id: str, room_id: str) -> None:
+        """The receipts service's hint that the user's read position in the room moved: the
+        room then appears in the user's next /sync with its new counts even when nothing else
+        about it is news (the receipt service's own m.receipt already makes it appear; this
+        covers the rest). Cheap: no I/O."""
+        if self._reads + 1 >= READS_SPAN:
+            return
+        self._reads += 1
+        self._read_hints.append((self.stream_position(), user_id, room_id))
+        self._notify()
+
+    def rooms_read_between(self, user_id: str, since: int, upto: int) -> set[str] | None:
+        """Rooms with a read hint for the user in (since, upto]; None when the hints kept no
+        longer reach back to `since` (the caller then treats every room as possibly read)."""
+        if self._read_hints and len(self._read_hints) == READS_KEPT and self._read_hints[0][0] > since + 1:
+            return None
+        return {room for pos, user, room in self._read_hints if user == user_id and since < pos <= upto}
 
     # -- the rule set -------------------------------------------------------------------------
 
@@ -147,6 +176,7 @@ class PushRules:
         position = self.position + 1
         await self.db.write(lambda conn: fn(conn, user_id, *args, position))
         self.position = max(self.position, position)
+        self._reads = 0
         self._user_positions[user_id] = position
         self._rule_sets.pop(user_id, None)
         self._rules_version[user_id] = self._rules_version.get(user_id, 0) + 1
@@ -223,10 +253,12 @@ class PushRules:
         return entry
 
     def _lower_bound(self, user_id: str, room_id: str, read: dict[str, int]) -> int:
-        """Nothing at or before this position counts: the oldest read position of any thread (an
-        unthreaded receipt covers all), and never before the user's join."""
-        threaded = [p for t, p in read.items() if t != "unthreaded"]
-        lower = max(read.get("unthreaded", 0), min(threaded) if threaded else 0)
+        """Nothing at or before this position counts: the oldest read position of the main
+        timeline and the threads with receipts (an unthreaded receipt covers all), and never
+        before the user's join. (A thread with no receipt of its own is counted from there on:
+        which threads exist is only known by scanning.)"""
+        threaded = [p for t, p in read.items() if t not in ("unthreaded", "main")]
+        lower = max(read.get("unthreaded", 0), min([read.get("main", 0), *threaded]))
         membership = self.rooms.membership_of(user_id, room_id)
         return max(lower, membership[1] if membership is not None else 0)
 
@@ -249,6 +281,7 @@ class PushRules:
                 break
             for pos, ev in page:
                 self._count_one(user_id, ev, pos, read, evaluator, facts, entry, closed)
+            self.evaluated += len(page)
             seen += len(page)
             upto = page[-1][0] - 1
             if len(page) < PAGE:
@@ -257,13 +290,16 @@ class PushRules:
     async def _scan_forward(self, user_id: str, room_id: str, read: dict[str, int], entry: _Counts,
                             now: int) -> None:
         """Add what arrived in (entry.upto, now], oldest first; the user's own event resets its
-        thread's counts."""
-        after = max(entry.upto, self._lower_bound(user_id, room_id, read))
+        thread's counts. Counted into a copy, applied only if no concurrent sync of the same user
+        advanced the entry meanwhile (each await is a point where one could)."""
+        start = entry.upto
+        after = max(start, self._lower_bound(user_id, room_id, read))
         recent = self.stream.recent_since(after)
         if recent is not None:
             events = [(pos, ev) for pos, ev in recent if pos <= now and ev.room_id == room_id]
         else:
             events = list(reversed(await self.rooms.timeline(room_id, now, MAX_SCAN, after=after)))
+        threads = {t: list(c) for t, c in entry.threads.items()}
         evaluator: pr.Evaluator | None = None
         facts: pr.RoomFacts | None = None
         for pos, ev in events:
@@ -271,16 +307,19 @@ class PushRules:
             if pos <= _effective(read, thread):
                 continue
             if ev.sender == user_id:
-                entry.threads.pop(thread, None)
+                threads.pop(thread, None)
                 continue
             if evaluator is None or facts is None:
                 evaluator, facts = await self._evaluation(user_id, room_id)
+            self.evaluated += 1
             notify, highlight = pr.notifies(evaluator.actions(ev.pdu, facts))
             if notify:
-                counts = entry.threads.setdefault(thread, [0, 0])
+                counts = threads.setdefault(thread, [0, 0])
                 counts[0] += 1
                 counts[1] += highlight
-        entry.upto = now
+        if entry.upto == start:
+            entry.threads = threads
+            entry.upto = now
 
     @staticmethod
     def _count_one(user_id: str, ev: Event, pos: int, read: dict[str, int], evaluator: pr.Evaluator,
@@ -339,7 +378,8 @@ class PushRules:
     # -- /sync ------------------------------------------------------------------------------------
 
     def user_position(self, user_id: str) -> int:
-        return self._user_positions.get(user_id, 0)
+        """The stream position of the user's latest rule change."""
+        return self._user_positions.get(user_id, 0) * READS_SPAN
 
 
 def _kind(kind: str) -> str:
@@ -366,7 +406,7 @@ class PushRulesSource(SyncSource):
         self.push = push
 
     def position(self) -> int:
-        return self.push.position
+        return self.push.stream_position()
 
     async def collect(self, ctx: SyncContext, since: int, upto: int, out: SyncOutput) -> None:
         user_id = ctx.requester.user_id
@@ -374,6 +414,13 @@ class PushRulesSource(SyncSource):
                 (ctx.full_state and self.push.user_position(user_id) > 0):
             rules = await self.push.ruleset(user_id)
             out.add_top("account_data", [{"type": "m.push_rules", "content": {"global": rules}}])
+        if ctx.initial:
+            return
+        read = self.push.rooms_read_between(user_id, since, upto)
+        joined = set(ctx.joined_rooms)
+        for room_id in (joined if read is None else read & joined):
+            # the counts themselves are set by annotate, for every room in the answer
+            out.set_room_field(room_id, "unread_notifications", {}, makes_room_appear=True)
 
     async def annotate(self, ctx: SyncContext, room_ids: list[str], out: SyncOutput) -> None:
         user_id = ctx.requester.user_id
