@@ -282,6 +282,8 @@ _MISSING = object()
 
 
 def lookup(doc: Mapping[str, Any], parts: list[str]) -> Any:
+    if len(parts) == 1:
+        return doc.get(parts[0], _MISSING)
     value: Any = doc
     for part in parts:
         if not isinstance(value, dict):
@@ -384,6 +386,13 @@ def _compile_condition(cond: Mapping[str, Any]) -> Condition:
                 return isinstance(value, str) and value.lower() == lowered
             return exact
         regex = glob_regex(pattern, words)
+        if words and "*" not in pattern and "?" not in pattern:
+            needle = pattern.lower()
+
+            def word(doc: Mapping[str, Any], facts: RoomFacts) -> bool:
+                value = lookup(doc, parts)  # a substring test first: most bodies do not contain it
+                return isinstance(value, str) and needle in value.lower() and regex.search(value) is not None
+            return word
 
         def glob(doc: Mapping[str, Any], facts: RoomFacts) -> bool:
             value = lookup(doc, parts)
@@ -448,6 +457,23 @@ class CompiledRule:
     conditions: tuple[Condition, ...]
     actions: tuple[Any, ...]
     legacy_mention: bool
+    # The event type this rule needs (lowercased), when one of its conditions is an exact
+    # event_match on `type`: checked before any condition runs (most rules skip most events so).
+    type_gate: str | None = None
+
+
+# Conditions run cheapest first (all must hold; their order does not change the outcome).
+_COST = {"event_match": 0, "event_property_is": 1, "event_property_contains": 1, "contains_display_name": 2,
+         "room_member_count": 3, "sender_notification_permission": 4}
+
+
+def _type_gate(conditions: list[Mapping[str, Any]]) -> str | None:
+    for cond in conditions:
+        pattern = cond.get("pattern")
+        if cond.get("kind") == "event_match" and cond.get("key") == "type" and isinstance(pattern, str) \
+                and "*" not in pattern and "?" not in pattern:
+            return pattern.lower()
+    return None
 
 
 def _conditions_of(kind: str, rule: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -469,19 +495,28 @@ class Evaluator:
             for rule in rules.get(kind, []):
                 if not rule.get("enabled", True):
                     continue
-                conds = tuple(_compile_condition(c) for c in _conditions_of(kind, rule))
+                raw = sorted(_conditions_of(kind, rule), key=lambda c: _COST.get(str(c.get("kind")), 5))
+                conds = tuple(_compile_condition(c) for c in raw)
                 compiled.append(CompiledRule(kind, rule["rule_id"], conds, tuple(rule.get("actions", [])),
-                                             rule.get("default", False) and rule["rule_id"] in LEGACY_MENTION_RULES))
+                                             rule.get("default", False) and rule["rule_id"] in LEGACY_MENTION_RULES,
+                                             _type_gate(raw)))
         self.rules = tuple(compiled)
 
     def matching_rule(self, event: Mapping[str, Any], facts: RoomFacts) -> CompiledRule | None:
         """The first rule whose conditions all hold for the event (a PDU-shaped dict)."""
         content = event.get("content")
         has_mentions = isinstance(content, dict) and "m.mentions" in content
+        etype = event.get("type")
+        etype = etype.lower() if isinstance(etype, str) else None
         for rule in self.rules:
+            if rule.type_gate is not None and rule.type_gate != etype:
+                continue
             if rule.legacy_mention and has_mentions:
                 continue
-            if all(cond(event, facts) for cond in rule.conditions):
+            for cond in rule.conditions:
+                if not cond(event, facts):
+                    break
+            else:
                 return rule
         return None
 

@@ -379,3 +379,21 @@ def test_thread_of() -> None:
     assert pr.thread_of({"content": {"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}}) == "$root"
     assert pr.thread_of({"content": {"m.relates_to": {"rel_type": "m.replace", "event_id": "$x"}}}) == "main"
     assert pr.thread_of({"content": {}}) == "main"
+
+
+def test_type_gated_rules_match_case_insensitively_and_globs_are_not_gated() -> None:
+    rules = {"override": [
+        {"rule_id": "upper", "conditions": [{"kind": "event_match", "key": "type", "pattern": "COM.EXAMPLE.T"},
+                                            {"kind": "event_match", "key": "content.x", "pattern": "y"}],
+         "actions": ["notify"]},
+        {"rule_id": "glob", "conditions": [{"kind": "event_match", "key": "type", "pattern": "org.*"}],
+         "actions": ["notify"]},
+    ]}
+    evaluator = pr.Evaluator(rules)
+    facts = pr.RoomFacts(THREE, ALICE)
+    found = evaluator.matching_rule({"type": "com.example.t", "content": {"x": "Y"}}, facts)
+    assert found is not None and found.rule_id == "upper"
+    assert evaluator.matching_rule({"type": "com.example.t", "content": {"x": "z"}}, facts) is None
+    found = evaluator.matching_rule({"type": "org.sensor", "content": {}}, facts)
+    assert found is not None and found.rule_id == "glob"
+    assert evaluator.matching_rule({"content": {}}, facts) is None  # no type at all
