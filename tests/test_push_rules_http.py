@@ -265,3 +265,25 @@ def test_thread_counts_when_the_filter_asks(gateway: GatewayProcess, tokens: dic
     assert body["unread_notifications"] == {"notification_count": 1, "highlight_count": 0}
     assert body["unread_thread_notifications"] == {root["event_id"]: {"notification_count": 2,
                                                                       "highlight_count": 0}}
+
+
+def test_display_name_in_the_body_highlights(gateway: GatewayProcess, tokens: dict[str, str]) -> None:
+    """Bob's display name in the room (his join carries his profile's) said by alice highlights
+    for bob (.m.rule.contains_display_name), as a whole word, not when the event has m.mentions."""
+    alice, bob = tokens["alice"], tokens["bob"]
+    assert gateway.request("PUT", f"{V3}/profile/{Q('@bob:localhost')}/displayname",
+                           {"displayname": "Frost Watcher"}, token=bob)[0] == 200
+    status, created = gateway.request("POST", f"{V3}/createRoom", {"preset": "public_chat"}, token=alice)
+    room_id = created["room_id"]
+    assert gateway.request("POST", f"{V3}/join/{Q(room_id)}", {}, token=bob)[0] == 200
+    first = sync(gateway, bob)
+    r = f"{V3}/rooms/{Q(room_id)}"
+    for n, body in enumerate(["frost watcher: the freezer!", "Frost Watchers unite", "frost watcher",
+                              "plain"]):
+        content: dict[str, Any] = {"msgtype": "m.text", "body": body}
+        if n == 2:
+            content["m.mentions"] = {}
+        assert gateway.request("PUT", f"{r}/send/m.room.message/dn{n}", content, token=alice)[0] == 200
+    got = sync(gateway, bob, first["next_batch"], timeout=5000)
+    assert got["rooms"]["join"][room_id]["unread_notifications"] == {"notification_count": 4,
+                                                                     "highlight_count": 1}

@@ -369,7 +369,7 @@ class PushRules:
         page_items = found[:limit]
         body: dict[str, Any] = {"notifications": [
             {"actions": actions, "event": self.rooms.serialize(ev, requester), "read": is_read,
-             "room_id": room_id, "ts": ev.origin_server_ts, "profile_tag": None}
+             "room_id": room_id, "ts": ev.origin_server_ts}
             for pos, room_id, ev, actions, is_read in page_items]}
         if len(found) > limit:
             body["next_token"] = str(page_items[-1][0] - 1)
@@ -410,8 +410,7 @@ class PushRulesSource(SyncSource):
 
     async def collect(self, ctx: SyncContext, since: int, upto: int, out: SyncOutput) -> None:
         user_id = ctx.requester.user_id
-        if ctx.initial or since < self.push.user_position(user_id) <= upto or \
-                (ctx.full_state and self.push.user_position(user_id) > 0):
+        if ctx.initial or ctx.full_state or since < self.push.user_position(user_id) <= upto:
             rules = await self.push.ruleset(user_id)
             out.add_top("account_data", [{"type": "m.push_rules", "content": {"global": rules}}])
         if ctx.initial:
