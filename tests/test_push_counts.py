@@ -174,3 +174,50 @@ async def test_a_read_makes_the_room_appear_in_a_long_poll(hub: tuple[Homeserver
     hs.push.note_read(ALICE, room)
     bob_next = await hs.sync.sync(req(BOB), bob_first["next_batch"], 0, False, {})
     assert room not in bob_next["rooms"]["join"]
+
+
+async def test_rules_and_their_stream_survive_a_restart(tmp_path: Path) -> None:
+    """Rules are durable; after a restart a token handed out before it still sees later rule
+    changes (the stream position only moves forward), even past read hints that were in memory."""
+    def make() -> Homeserver:
+        return Homeserver(HomeserverSettings("hub", tmp_path / "db.sqlite", generate_signing_key(),
+                                             message_rate=RateLimit(0, 0)))
+
+    hs = make()
+    await hs.start()
+    try:
+        await hs.db.write(partial(account_rows.insert_user, user_id=ALICE, password_hash=None, admin=False))
+        await hs.push.put_rule(ALICE, "content", "kw", {"pattern": "warm", "actions": ["notify"]}, None, None)
+        await hs.push.put_rule(ALICE, "content", "kw2", {"pattern": "cold", "actions": []}, None, "kw")
+        for _ in range(3):
+            hs.push.note_read(ALICE, "!r:hub")
+        token = (await hs.sync.sync(req(ALICE), None, 0, False, {}))["next_batch"]
+    finally:
+        await hs.stop()
+    hs = make()
+    await hs.start()
+    try:
+        rules = await hs.push.ruleset(ALICE)
+        assert [r["rule_id"] for r in rules["content"]][:2] == ["kw", "kw2"]
+        quiet = await hs.sync.sync(req(ALICE), token, 0, False, {})
+        assert not [e for e in quiet["account_data"]["events"] if e["type"] == "m.push_rules"]
+        await hs.push.delete_rule(ALICE, "content", "kw")
+        changed = await hs.sync.sync(req(ALICE), token, 0, False, {})
+        [event] = [e for e in changed["account_data"]["events"] if e["type"] == "m.push_rules"]
+        assert [r["rule_id"] for r in event["content"]["global"]["content"]][0] == "kw2"
+    finally:
+        await hs.stop()
+
+
+async def test_a_user_has_a_bounded_number_of_rules(hub: tuple[Homeserver, FakeReceipts, str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from matrix_core import errors, push_rules as pr
+    hs, receipts, room = hub
+    monkeypatch.setattr(pr, "MAX_RULES_PER_USER", 2)
+    for rule_id in ("a", "b"):
+        await hs.push.put_rule(ALICE, "override", rule_id, {"conditions": [], "actions": []}, None, None)
+    await hs.push.put_rule(ALICE, "override", "a", {"conditions": [], "actions": ["notify"]}, None, None)  # replace
+    with pytest.raises(errors.MatrixError) as err:
+        await hs.push.put_rule(ALICE, "override", "c", {"conditions": [], "actions": []}, None, None)
+    assert err.value.errcode == "M_RESOURCE_LIMIT_EXCEEDED"
+    assert [r["rule_id"] for r in (await hs.push.ruleset(ALICE))["override"] if not r["default"]] == ["b", "a"]

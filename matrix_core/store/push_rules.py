@@ -84,7 +84,7 @@ def _ordered_ids(conn: sqlite3.Connection, user_id: str, kind: str) -> list[str]
 
 
 def put_rule(conn: sqlite3.Connection, user_id: str, kind: str, rule: dict[str, Any], before: str | None,
-             after: str | None, position: int, max_rules: int) -> None:
+             after: str | None, max_rules: int, position: int) -> None:
     """Add or replace the user's rule. With `before`/`after` (another of the user's rules of the
     same kind) it goes just there; else a new rule goes first in its kind (highest priority: the
     spec's "most recently added" among equals) and a replaced one keeps its place unless moved."""
