@@ -287,3 +287,19 @@ def test_display_name_in_the_body_highlights(gateway: GatewayProcess, tokens: di
     got = sync(gateway, bob, first["next_batch"], timeout=5000)
     assert got["rooms"]["join"][room_id]["unread_notifications"] == {"notification_count": 4,
                                                                      "highlight_count": 1}
+
+
+def test_push_rules_over_coap_through_the_one_route_table(gateway: GatewayProcess) -> None:
+    """libcoap's coap-client reads a rule and its `enabled` flag (CBOR answers), as HTTP does."""
+    import subprocess
+
+    import cbor2
+
+    token = gateway.device_token("alice", "push-coap")
+    base = f"coap://127.0.0.1:{gateway.coap_port}/_matrix/client/v3/pushrules/global"
+    for path, expected in ((f"underride/.m.rule.message?a={token}", ".m.rule.message"),
+                           (f"override/.m.rule.master/enabled?a={token}", {"enabled": False})):
+        proc = subprocess.run(["coap-client-notls", "-o", "-", "-m", "get", f"{base}/{path}"], capture_output=True,
+                              timeout=20)
+        answer = cbor2.loads(proc.stdout)
+        assert (answer["rule_id"] if isinstance(expected, str) else answer) == expected, proc.stderr
