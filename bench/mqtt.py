@@ -3,6 +3,7 @@
 in one run, one broker at a time (two cores: the load generator shares them).
 
     python bench/mqtt.py [--messages N] [--latency-messages N] [--rounds R] [--only gateway|amqtt|mosquitto]
+                         [--members N [--syncing]]
 
 For each broker:
 
@@ -17,6 +18,12 @@ For each broker:
 A shared two-core VM swings by +-20% from one minute to the next, so the brokers are measured in
 R rounds (default 3), taking turns (gateway, amqtt, mosquitto, gateway, ...), each round on a
 fresh broker; the table shows each figure's median over the rounds and the QoS 1 range.
+
+`--members N` (gateway only): N more local users join the publisher's room before the runs, each
+a recipient whose push rules apply to every message (issue 13's "3 local members"); with
+`--syncing` each of them long-polls /sync (timeout 30 s, one thread each) during the QoS 1 run, so
+what a syncing client costs the hub per message (its notification counts included) is in the
+broker's CPU figure.
 
 The gateway runs with `messages_per_second = 0` (rate limit off) in its gateway.toml, written
 before the first start. amqtt is the PyPI package (the `bench` extra); mosquitto is Debian's.
@@ -33,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -72,15 +80,74 @@ class Broker:
     def stop(self) -> None: ...
     def pid(self) -> int: ...
 
+    def setup_room(self) -> None:
+        """Before the runs: make the bench room (and its members, on the gateway)."""
+
+    def start_syncers(self) -> None: ...
+    def stop_syncers(self) -> None: ...
+
 
 class Gateway(Broker):
     name = "gateway"
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, members: int = 0, syncing: bool = False) -> None:
         data = Path(tempfile.mkdtemp(prefix="gateway-data-", dir=tmp))  # a fresh hub each round
         (data / "gateway.toml").write_text("messages_per_second = 0\n")
         self.gw = GatewayProcess(data)
         self.user, self.password = "bench", PASSWORD
+        self.members = members
+        self.syncing = syncing
+        self.member_tokens: list[str] = []
+        self._stop_sync = threading.Event()
+        self._sync_threads: list[threading.Thread] = []
+        self.syncs = 0
+
+    def setup_room(self) -> None:
+        if not self.members:
+            return
+        c = client(self, "bench-setup")
+        try:
+            c.publish("bench/room/warm", PAYLOAD, 1).wait_for_publish(30)  # the broker makes the room
+        finally:
+            c.disconnect()
+            c.loop_stop()
+        alias = urllib.parse.quote(f"#mqtt/bench/room:{self.gw.server_name}", safe="")
+        owner = self.gw.login("bench", PASSWORD)
+        status, body = self.gw.request("GET", f"/_matrix/client/v3/directory/room/{alias}", token=owner)
+        if status != 200:
+            raise RuntimeError(f"bench room not found: {status} {body}")
+        room = urllib.parse.quote(body["room_id"], safe="")
+        for i in range(self.members):
+            user_id = self.gw.add_user(f"member{i}", PASSWORD)
+            token = self.gw.login(f"member{i}", PASSWORD)
+            for method, path, who, payload in (("POST", f"rooms/{room}/invite", owner, {"user_id": user_id}),
+                                               ("POST", f"rooms/{room}/join", token, {})):
+                status, body = self.gw.request(method, f"/_matrix/client/v3/{path}", payload, token=who)
+                if status != 200:
+                    raise RuntimeError(f"{path}: {status} {body}")
+            self.member_tokens.append(token)
+
+    def start_syncers(self) -> None:
+        if not self.syncing:
+            return
+        self._stop_sync.clear()
+
+        def loop(token: str) -> None:
+            status, body = self.gw.request("GET", "/_matrix/client/v3/sync?timeout=0", token=token)
+            since = body["next_batch"]
+            while not self._stop_sync.is_set():
+                status, body = self.gw.request("GET", f"/_matrix/client/v3/sync?timeout=30000&since={since}",
+                                               token=token)
+                if status == 200:
+                    since = body["next_batch"]
+                    self.syncs += 1
+
+        self._sync_threads = [threading.Thread(target=loop, args=(t,), daemon=True) for t in self.member_tokens]
+        for t in self._sync_threads:
+            t.start()
+
+    def stop_syncers(self) -> None:
+        self._stop_sync.set()  # each thread ends after its current long-poll (woken by the next message)
 
     def start(self) -> None:
         self.gw.start()
@@ -235,10 +302,15 @@ def run(broker: Broker, args: argparse.Namespace) -> Figures:
     fig = Figures(broker.name)
     broker.start()
     try:
+        broker.setup_room()
         fig.qos0 = throughput(broker, 0, args.messages)
+        broker.start_syncers()
         cpu = cpu_seconds(broker.pid())
-        fig.qos1 = throughput(broker, 1, args.messages)
-        fig.cpu_us_q1 = (cpu_seconds(broker.pid()) - cpu) / args.messages * 1e6
+        try:
+            fig.qos1 = throughput(broker, 1, args.messages)
+            fig.cpu_us_q1 = (cpu_seconds(broker.pid()) - cpu) / args.messages * 1e6
+        finally:
+            broker.stop_syncers()
         fig.p50_ms, fig.p99_ms = latency(broker, args.latency_messages)
         fig.rss_mb = rss_mb(broker.pid())
     except Exception as exc:  # a baseline failing must not hide the others' figures
@@ -271,11 +343,15 @@ def main() -> None:
     parser.add_argument("--latency-messages", type=int, default=1000)
     parser.add_argument("--only", choices=["gateway", "amqtt", "mosquitto"])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per broker, taking turns (medians shown)")
+    parser.add_argument("--members", type=int, default=0,
+                        help="gateway: local users joined to the bench room besides the publisher")
+    parser.add_argument("--syncing", action="store_true",
+                        help="gateway: each member long-polls /sync during the QoS 1 run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp_name:
         tmp = Path(tmp_name)
         makers: dict[str, Callable[[], Broker]] = {
-            "gateway": lambda: Gateway(tmp),
+            "gateway": lambda: Gateway(tmp, args.members, args.syncing),
             "amqtt": lambda: amqtt_broker(tmp),
             "mosquitto": lambda: mosquitto_broker(tmp),
         }
@@ -289,6 +365,8 @@ def main() -> None:
         results = [median_figures(rounds[name]) for name in chosen]
     print(f"\nMQTT, one paho {mqtt.__name__} publisher, {len(PAYLOAD)}-byte payloads, {args.messages} messages, "
           f"{IN_FLIGHT} in flight (QoS 1); latency over {args.latency_messages} QoS 1 messages")
+    if args.members:
+        print(f"gateway room: {args.members} more local members{', each long-polling /sync' if args.syncing else ''}")
     print(f"{'broker':<10} {'QoS0 msg/s':>11} {'QoS1 msg/s':>11} {'CPU us/QoS1':>12} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'RSS MB':>8}")
     for f in results:

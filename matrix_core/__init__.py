@@ -12,4 +12,5 @@ PURE_MODULES = (
     "ephemeral",
     "account_data_rules", "presence_state",
     "uia",
+    "push_rules",
 )

@@ -19,6 +19,7 @@ from .service.directory import Directory
 from .service.forgotten_rooms import ForgottenRooms
 from .service.presence import Presence
 from .service.receipts import Receipts
+from .service.push import PushRules
 from .service.rooms import Rooms
 from .service.sync import Sync
 from .service.typing import Typing
@@ -98,6 +99,9 @@ class Homeserver:
         self.sync.add_source(self.receipts.sync_source)
         self.devices = Devices(self.db, self.accounts)  # device management; last-seen bookkeeping
         self.uia = UserInteractiveAuth(self.accounts)
+        # Push rules and notification counts, from the read positions of the user's receipts.
+        self.push = PushRules(self.db, self.rooms, self.stream, self.sync.notify, lambda: self.receipts)
+        self.sync.add_source(self.push.source)
 
     async def start(self) -> None:
         await self.db.open()
@@ -105,6 +109,7 @@ class Homeserver:
         await self.account_data.load()
         await self.forgotten_rooms.load()
         await self.receipts.load()
+        await self.push.load()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""

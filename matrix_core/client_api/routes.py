@@ -11,7 +11,8 @@ from . import directory_handlers as d
 from . import discovery_handlers as disc
 from . import ephemeral_handlers as eph
 from . import membership_handlers as m
-from . import presence_handlers as p
+from . import presence_handlers as pr
+from . import push_handlers as p
 from . import room_handlers as r
 from . import timestamp_handlers as ts
 from .router import ClientRouter
@@ -76,8 +77,8 @@ def build_router() -> ClientRouter:
     add("GET", "user/{userId}/rooms/{roomId}/tags", ad.get_tags)
     add("PUT", "user/{userId}/rooms/{roomId}/tags/{tag}", ad.put_tag)
     add("DELETE", "user/{userId}/rooms/{roomId}/tags/{tag}", ad.delete_tag)
-    add("PUT", "presence/{userId}/status", p.put_status)
-    add("GET", "presence/{userId}/status", p.get_status)
+    add("PUT", "presence/{userId}/status", pr.put_status)
+    add("GET", "presence/{userId}/status", pr.get_status)
     add("POST", "rooms/{roomId}/forget", m.forget)
     add("GET", "rooms/{roomId}/aliases", d.room_aliases)
     add("POST", "user_directory/search", d.search_users)
@@ -92,6 +93,18 @@ def build_router() -> ClientRouter:
     add("GET", "account/3pid", dv.third_party_ids)
     add("GET", "voip/turnServer", disc.turn_server)
     add("GET", "rooms/{roomId}/timestamp_to_event", ts.timestamp_to_event)  # v1.6, jump to a date
+
+    # Push rules and notifications (push_handlers.py). A trailing slash ("pushrules/", as
+    # matrix-js-sdk asks) leaves an empty last segment, which the last capture takes as "".
+    add("GET", "pushrules", p.get_all)
+    add("GET", "pushrules/{scope}", p.get_scope)
+    add("GET", "pushrules/{scope}/{kind}", p.get_kind)
+    add("GET", "pushrules/{scope}/{kind}/{ruleId}", p.get_rule)
+    add("PUT", "pushrules/{scope}/{kind}/{ruleId}", p.put_rule)
+    add("DELETE", "pushrules/{scope}/{kind}/{ruleId}", p.delete_rule)
+    add("GET", "pushrules/{scope}/{kind}/{ruleId}/{attr}", p.get_attr)
+    add("PUT", "pushrules/{scope}/{kind}/{ruleId}/{attr}", p.put_attr)
+    add("GET", "notifications", p.notifications)
     return router
 
 
