@@ -1,6 +1,6 @@
-"""Notification counts at the service level (hs.push) with the read positions the receipts service
-will give (the ReadPositions protocol, faked here until receipts land: the lead adds the
-end-to-end receipt test after merging): reset by receipts, per thread, the sender's own event
+"""Notification counts at the service level (hs.push), with the receipts' read positions faked
+(the ReadPositions protocol) to set them directly; the end-to-end receipt path is the
+matrix-js-sdk steps (tests/test_matrix_js_sdk.py): reset by receipts, per thread, the sender's own event
 as a read receipt, incremental evaluation for long-polls, bounded caches, the pushers' interface."""
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ async def hub(tmp_path: Path) -> AsyncIterator[tuple[Homeserver, FakeReceipts, s
                                        message_rate=RateLimit(0, 0)))
     await hs.start()
     receipts = FakeReceipts()
-    hs.receipts = receipts  # type: ignore[attr-defined]  # where the receipts service will be
+    real_receipts = hs.receipts
+    hs.receipts = receipts  # type: ignore[assignment]  # hs.push reads positions from hs.receipts
     try:
         for user in (ALICE, BOB, CAROL):
             await hs.db.write(partial(account_rows.insert_user, user_id=user, password_hash=None, admin=False))
@@ -47,6 +48,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[tuple[Homeserver, FakeReceipts, s
             await hs.rooms.join(req(user), room_id)
         yield hs, receipts, room_id
     finally:
+        hs.receipts = real_receipts
         await hs.stop()
 
 
