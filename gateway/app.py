@@ -16,6 +16,7 @@ from typing import Protocol
 from matrix_core.client_api.http import make_app
 from matrix_core.client_api.http_listener import HttpListener
 from matrix_core.homeserver import Homeserver, HomeserverSettings
+from matrix_core.push_gateway import RetryPolicy
 from matrix_core.ratelimit import RateLimit
 
 from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
@@ -37,6 +38,7 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
         message_rate=RateLimit(config.messages_per_second, config.messages_burst),
         max_rooms_per_user=config.max_rooms_per_user,
         admin_contact=config.admin_contact,
+        push_retry=RetryPolicy(give_up_after_s=config.push_give_up_after_s),
     )
 
 

@@ -97,6 +97,9 @@ class GatewayConfig:
     # one is answered without Observe (RFC 7641 §4.1)
     coap_max_observations_per_client: int = 16
     coap_max_observations: int = 2000
+    # Push notifications (matrix_core/service/push_delivery.py): seconds a notification a push
+    # gateway did not take is retried (with backoff) before it is dropped
+    push_give_up_after_s: float = 86400.0
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -151,6 +154,8 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: mdns_hostname {value!r} must be one DNS label (letters, digits, -)")
         if key in ("coap_max_observations_per_client", "coap_max_observations") and value < 1:
             raise ConfigError(f"{source}: {key} must be at least 1")
+        if key == "push_give_up_after_s" and not 0 < value <= 7 * 86400:
+            raise ConfigError(f"{source}: push_give_up_after_s must be more than 0 and at most 604800 (7 days)")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
             raise ConfigError(f"{source}: {problem}")
         out[key] = value
@@ -218,6 +223,10 @@ disk_warn_free_mb = {config.disk_warn_free_mb}
 # answered once, without Observe (the device polls).
 coap_max_observations_per_client = {config.coap_max_observations_per_client}
 coap_max_observations = {config.coap_max_observations}
+# Push notifications to phones (pushers set by Element & co.): a notification the app's push
+# gateway does not take (down, 5xx) is retried with backoff (from 1 s, or 1/64 of this window if
+# shorter, doubling up to 10 min) for this many seconds, then dropped: an alert that old is noise.
+push_give_up_after_s = {config.push_give_up_after_s}
 """
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .notifier import EventStream
+from .push_gateway import RetryPolicy
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.accounts import Accounts
+from .service.push_delivery import PushDelivery, PushRules, StandInPushRules
 from .service.rooms import Rooms
 from .service.sync import Sync
 from .signing import SigningKey
@@ -41,6 +43,8 @@ class HomeserverSettings:
     login_limits: LoginLimits = field(default_factory=LoginLimits)
     max_rooms_per_user: int = 1000  # rooms an account may create (0: no limit; admins exempt)
     admin_contact: str = ""  # named in M_RESOURCE_LIMIT_EXCEEDED answers
+    # Delivery to push gateways: retry window (config push_give_up_after_s), timeouts, bounds.
+    push_retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 class Homeserver:
@@ -68,13 +72,18 @@ class Homeserver:
                            max_rooms_per_user=settings.max_rooms_per_user, admin_contact=settings.admin_contact,
                            limiter=self.message_limiter)
         self.sync = Sync(self.rooms, self.stream)
+        # LEAD: at merge, replace the stand-in with the push-rules service (same two methods).
+        self.push: PushRules = StandInPushRules()
+        self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
 
     async def start(self) -> None:
         await self.db.open()
         await self.rooms.load()
+        await self.push_delivery.start()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
         self.stream.close()
+        await self.push_delivery.stop()
         await self.rooms.compactor.stop()
         await self.db.close()

@@ -5,6 +5,7 @@ HTTP and CoAP both dispatch through `ROUTER`; adding a route here makes it reach
 from __future__ import annotations
 
 from . import auth_handlers as a
+from . import pusher_handlers as pushers
 from . import room_handlers as r
 from .router import ClientRouter
 
@@ -54,6 +55,10 @@ def build_router() -> ClientRouter:
     add("PUT", "directory/room/{roomAlias}", r.put_alias)
     add("DELETE", "directory/room/{roomAlias}", r.delete_alias)
     add("GET", "publicRooms", r.public_rooms)
+
+    # Pushers (issue 13): push gateways that wake phones
+    add("GET", "pushers", pushers.get_pushers)
+    add("POST", "pushers/set", pushers.set_pusher)
     return router
 
 
