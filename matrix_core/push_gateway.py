@@ -19,6 +19,7 @@ MAX_PUSHKEY_BYTES = 512  # the spec's limits
 MAX_APP_ID_CHARS = 64
 MAX_DATA_BYTES = 4096  # a pusher's `data` as stored (JSON); a real one is well under 200 bytes
 MAX_TEXT_CHARS = 512  # display names, lang, profile_tag
+MAX_PUSHERS_PER_USER = 64  # a phone or two per app; more is a client bug filling the store
 FORMATS = ("event_id_only",)  # the spec's only format besides the default (absent)
 
 

@@ -334,6 +334,16 @@ async def test_pusher_crud_and_errors(gateway: GatewayProcess, push_gateway: Pus
     await set_pusher(gateway, bob, delete)
     assert await pushers_of(gateway, bob) == []
 
+    # At most 64 pushers an account: one more is refused (an update of one is not).
+    for i in range(64):
+        await set_pusher(gateway, alice, {**body, "pushkey": f"many-{i}"})
+    status, answer = await api(gateway, "POST", "/pushers/set", {**body, "pushkey": "one-too-many"}, alice)
+    assert (status, answer["errcode"]) == (403, "M_RESOURCE_LIMIT_EXCEEDED"), answer
+    await set_pusher(gateway, alice, {**body, "pushkey": "many-0", "lang": "de"})
+    for i in range(64):
+        await set_pusher(gateway, alice, {**delete, "pushkey": f"many-{i}"})
+    assert await pushers_of(gateway, alice) == []
+
 
 async def test_logout_deletes_that_devices_pushers(gateway: GatewayProcess, push_gateway: PushGateway) -> None:
     phone, _ = await login(gateway, "alice")

@@ -32,8 +32,9 @@ from .. import errors
 from ..clock import now_ms
 from ..events import Event
 from ..log_limit import LogLimiter
-from ..push_gateway import (DeletePusher, EventFacts, PusherConfig, RetryPolicy, SetPusher, notification,
-                            notify_body, permanent_failure, rejected_pushkeys, should_notify, tweaks_for)
+from ..push_gateway import (MAX_PUSHERS_PER_USER, DeletePusher, EventFacts, PusherConfig, RetryPolicy, SetPusher,
+                            notification, notify_body, permanent_failure, rejected_pushkeys, should_notify,
+                            tweaks_for)
 from ..store import pushers as push_rows
 from .accounts import Requester, TokensRevoked
 
@@ -115,10 +116,13 @@ class PushDelivery:
             self._remember(pusher_id, pusher)
         head = self.hs.stream.position
         saved = await push_rows.position(self.hs.db)
-        if saved is None or not self.pushers or saved > head:
+        if (saved is None or not self.pushers or saved > head) and saved != head:
             # Nobody to notify (or a first start): nothing before now is news.
             saved = head
-            await self.hs.db.write(lambda conn: push_rows.set_position(conn, head))
+            try:
+                await self.hs.db.write(lambda conn: push_rows.set_position(conn, head))
+            except errors.StorageFull:  # kept in memory; saved later (a full disk must not stop a start)
+                pass
         self._covered = self._saved = saved
         self._saved_at = self.clock()
         self._catch_up = saved < head
@@ -183,6 +187,11 @@ class PushDelivery:
             removed = await self.hs.db.write(lambda conn: push_rows.delete_pusher(conn, user_id, app_id, pushkey))
             self._forget(removed)
             return
+        mine = [self.pushers[pid] for pid in self._by_user.get(user_id, ())]
+        if len(mine) >= MAX_PUSHERS_PER_USER and not any(
+                p.app_id == request.app_id and p.pushkey == request.pushkey for p in mine):
+            raise errors.resource_limit_exceeded(
+                f"An account may have at most {MAX_PUSHERS_PER_USER} pushers", self.hs.settings.admin_contact)
         pusher = PusherConfig(user_id, requester.device_id, request.app_id, request.pushkey, request.kind,
                               request.app_display_name, request.device_display_name, request.profile_tag,
                               request.lang, request.data, self.clock())
@@ -219,32 +228,39 @@ class PushDelivery:
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            while not self._stopping:
-                if self._catch_up:
-                    overflows = self._overflows
-                    rows = await push_rows.events_after(self.hs.db, self._covered, CATCH_UP_PAGE)
-                    if not rows:
-                        # Caught up, unless events were cleared from memory during the read (some
-                        # may have committed after it): `_pending` holds every later one.
-                        self._catch_up = self._overflows != overflows
-                        continue
-                    batch = self.hs.rooms.rows_to_events(
-                        [r for r in rows if self.hs.rooms.room_version(r[2]) is not None])
-                    last = max(r[0] for r in rows)
-                    oldest_ms = self.clock() - int(self.policy.give_up_after_s * 1000)
-                    batch = [(pos, ev) for pos, ev in batch if ev.origin_server_ts >= oldest_ms]
-                else:
-                    if not self._pending:
-                        break
-                    batch = list(self._pending)
-                    self._pending.clear()
-                    last = max(pos for pos, _ in batch)
+            more = True
+            while more and not self._stopping:
                 try:
-                    await self._evaluate_batch(batch, last)
+                    more = await self._evaluate_next()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug or a full disk must not stop pushes for good
                     self._logs.log(log, logging.WARNING, "evaluate", "push evaluation failed: %r", exc)
+                    await asyncio.sleep(1.0)  # not a busy loop while it lasts
+
+    async def _evaluate_next(self) -> bool:
+        """Evaluate the next batch of events (from the store while catching up, else from memory);
+        False when there is none."""
+        if self._catch_up:
+            overflows = self._overflows
+            rows = await push_rows.events_after(self.hs.db, self._covered, CATCH_UP_PAGE)
+            if not rows:
+                # Caught up, unless events were cleared from memory during the read (some may have
+                # committed after it): `_pending` holds every later one.
+                self._catch_up = self._overflows != overflows
+                return True
+            rooms = self.hs.rooms
+            oldest_ms = self.clock() - int(self.policy.give_up_after_s * 1000)
+            batch = [(pos, ev) for pos, ev in rooms.rows_to_events(
+                [r for r in rows if rooms.room_version(r[2]) is not None]) if ev.origin_server_ts >= oldest_ms]
+            await self._evaluate_batch(batch, max(r[0] for r in rows))
+            return True
+        if not self._pending:
+            return False
+        batch = list(self._pending)
+        self._pending.clear()
+        await self._evaluate_batch(batch, max(pos for pos, _ in batch))
+        return True
 
     async def _evaluate_batch(self, batch: list[tuple[int, Event]], last: int) -> None:
         rows: list[push_rows.NewRow] = []
@@ -326,29 +342,40 @@ class PushDelivery:
             while not self._stopping:
                 kicks = self._kicks.get(pusher_id, 0)
                 pusher = self.pushers.get(pusher_id)
-                row = await push_rows.next_notification(self.hs.db, pusher_id) if pusher is not None else None
-                if row is None or pusher is None:
-                    if pusher is not None and self._kicks.get(pusher_id, 0) != kicks:
-                        continue  # rows were queued while we read
-                    return
-                if self.policy.expired(row.queued_ts, self.clock()):
-                    await self._drop(row.row_id, pusher, f"not delivered within {self.policy.give_up_after_s:g}s")
-                    continue
-                outcome = await self._post(pusher, row)
+                try:
+                    row = await push_rows.next_notification(self.hs.db, pusher_id) if pusher is not None else None
+                    if row is None or pusher is None:
+                        if pusher is not None and self._kicks.get(pusher_id, 0) != kicks:
+                            continue  # rows were queued while we read
+                        return
+                    outcome = await self._deliver_one(pusher, row)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # a full disk, a bug: try again later, never a dead task
+                    self._logs.log(log, logging.WARNING, "deliver", "push delivery failed: %r", exc)
+                    outcome = "retry"
                 if outcome == "retry":
                     failures += 1  # counted in memory: a write per failed try would wear an SD card
                     await asyncio.sleep(self.policy.backoff(failures))
-                    continue
-                failures = 0
-                if outcome == "refused":
-                    await self._drop(row.row_id, pusher, "refused by the gateway")
                 else:
-                    await self.hs.db.write(lambda conn: push_rows.remove_notification(conn, row.row_id))
-                    self.delivered += 1
+                    failures = 0
         finally:
             self._deliveries.pop(pusher_id, None)
             if pusher_id not in self.pushers:
                 self._kicks.pop(pusher_id, None)
+
+    async def _deliver_one(self, pusher: PusherConfig, row: push_rows.QueuedNotification) -> str:
+        """Send (or drop) the pusher's oldest notification; "retry" when it is to be tried again."""
+        if self.policy.expired(row.queued_ts, self.clock()):
+            await self._drop(row.row_id, pusher, f"not delivered within {self.policy.give_up_after_s:g}s")
+            return "dropped"
+        outcome = await self._post(pusher, row)
+        if outcome == "refused":
+            await self._drop(row.row_id, pusher, "refused by the gateway")
+        elif outcome == "sent":
+            await self.hs.db.write(lambda conn: push_rows.remove_notification(conn, row.row_id))
+            self.delivered += 1
+        return outcome
 
     async def _drop(self, row_id: int, pusher: PusherConfig, why: str) -> None:
         await self.hs.db.write(lambda conn: push_rows.remove_notification(conn, row_id))
