@@ -120,7 +120,7 @@ class PushDelivery:
             # Nobody to notify (or a first start): nothing before now is news.
             saved = head
             try:
-                await self.hs.db.write(lambda conn: push_rows.set_position(conn, head))
+                await self.hs.db.write(lambda conn: push_rows.reset_position(conn, head))
             except errors.StorageFull:  # kept in memory; saved later (a full disk must not stop a start)
                 pass
         self._covered = self._saved = saved

@@ -148,8 +148,15 @@ def enqueue(conn: sqlite3.Connection, rows: list[NewRow], position: int, max_per
 
 
 def set_position(conn: sqlite3.Connection, position: int) -> None:
+    """Move the covered position forward (never back: a save of an older position may commit
+    after a newer one, e.g. at shutdown while an enqueue was in flight)."""
     conn.execute("INSERT INTO push_position (id, position) VALUES (1, ?) "
-                 "ON CONFLICT (id) DO UPDATE SET position = excluded.position", (position,))
+                 "ON CONFLICT (id) DO UPDATE SET position = MAX(position, excluded.position)", (position,))
+
+
+def reset_position(conn: sqlite3.Connection, position: int) -> None:
+    """Start covering from `position` (nothing before it is news), even if that is back."""
+    conn.execute("INSERT OR REPLACE INTO push_position (id, position) VALUES (1, ?)", (position,))
 
 
 async def position(db: Database) -> int | None:
