@@ -283,7 +283,8 @@ class PushDelivery:
                 self._kick(pusher_id)
             return
         self._covered = covered
-        if covered > self._saved and now - self._saved_at >= POSITION_SAVE_INTERVAL_MS:
+        # With no pusher at all nothing is saved (a start then begins at the newest event anyway).
+        if self._by_user and covered > self._saved and now - self._saved_at >= POSITION_SAVE_INTERVAL_MS:
             self._saved, self._saved_at = covered, now
             await self.hs.db.write(lambda conn: push_rows.set_position(conn, covered))
 
