@@ -258,7 +258,7 @@ async def test_bobs_message_reaches_alices_push_gateway(gateway: GatewayProcess,
         assert isinstance(full["devices"][0]["pushkey_ts"], int)
         assert "content" not in ids_only and "sender" not in ids_only and "type" not in ids_only
         assert ids_only["devices"][0]["data"] == {"format": "event_id_only", "app_extra": "kept"}
-        assert push_gateway.received.empty()  # alice's own message notified nobody
+        assert push_gateway.received.empty(), (event_id, first, second, push_gateway.received._queue)  # alice's own message notified nobody
     finally:
         for key in ("alice-full", "alice-ids"):
             await set_pusher(gateway, token, {"kind": None, "app_id": "org.example.app.android", "pushkey": key})
@@ -393,16 +393,19 @@ async def test_gateway_down_then_up_and_across_a_restart(tmp_path: Path) -> None
         assert (await push.next())["event_id"] == third  # in order, and "two" only once
 
         # Killed (power cut) the moment the send is answered: its notification comes after the
-        # restart (queued, or re-read from the events after the last position covered), once.
+        # restart (queued, or re-read from the events after the last position covered). At least
+        # once: killed after the gateway took it but before the hub noted that, it comes twice.
         fourth = await say(bob, room_id, "four")
         await bob.close()
         bob = None
         await asyncio.to_thread(hub.kill)
         await asyncio.to_thread(hub.start)
-        assert (await push.next())["event_id"] == fourth
         bob = await nio_client(hub, "bob")
         fifth = await say(bob, room_id, "five")
-        assert (await push.next())["event_id"] == fifth
+        after_kill = [(await push.next())["event_id"]]
+        while after_kill[-1] != fifth:
+            after_kill.append((await push.next())["event_id"])
+        assert after_kill in ([fourth, fifth], [fourth, fourth, fifth]), (fourth, fifth, after_kill)
     finally:
         for client in (alice, bob):
             if client is not None:

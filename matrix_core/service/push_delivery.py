@@ -94,7 +94,11 @@ class PushDelivery:
         self._saved = 0  # ... as last written
         self._saved_at = 0
         self._deliveries: dict[int, asyncio.Task[None]] = {}
-        self._kicks: dict[int, int] = {}
+        # Per pusher: the newest queued row id, and the last one handled (sent or dropped). Rows
+        # are read after the last handled one, and a read that finds none while the newest is
+        # further on (its snapshot predates the commit) reads again: never twice, never stranded.
+        self._queued_upto: dict[int, int] = {}
+        self._handled_upto: dict[int, int] = {}
         self._evaluator: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: asyncio.Semaphore | None = None
@@ -133,8 +137,8 @@ class PushDelivery:
         self._evaluator = loop.create_task(self._evaluate(), name="push-evaluate")
         if self._catch_up:
             self._wake.set()
-        for pusher_id in await push_rows.pushers_with_queue(self.hs.db):
-            self._kick(pusher_id)
+        for pusher_id, newest in await push_rows.queued_upto(self.hs.db):
+            self._kick(pusher_id, newest)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -215,6 +219,10 @@ class PushDelivery:
     # -- 1. the event stream -----------------------------------------------------------------
 
     def _on_events(self, entries: list[tuple[int, Event]]) -> None:
+        if not self._by_user and not self._pending and not self._catch_up:
+            # No account has a pusher: nothing to evaluate, no task to wake (the MQTT hot path).
+            self._covered = max(self._covered, max(pos for pos, _ in entries))
+            return
         self._pending.extend(entries)
         if len(self._pending) > MAX_PENDING_EVENTS:  # far behind: read them from the store instead
             self._pending.clear()
@@ -272,15 +280,15 @@ class PushDelivery:
         now = self.clock()
         if rows:
             cap = self.policy.max_queued_per_pusher
-            dropped = await self.hs.db.write(lambda conn: push_rows.enqueue(conn, rows, covered, cap))
+            dropped, newest = await self.hs.db.write(lambda conn: push_rows.enqueue(conn, rows, covered, cap))
             self._covered = self._saved = covered
             self._saved_at = now
             if dropped:
                 self.dropped += dropped
                 self._logs.log(log, logging.WARNING, "overflow",
                                "push queue full: dropped the %d oldest notifications", dropped)
-            for pusher_id in {row[0] for row in rows}:
-                self._kick(pusher_id)
+            for pusher_id, row_id in newest.items():
+                self._kick(pusher_id, row_id)
             return
         self._covered = covered
         # With no pusher at all nothing is saved (a start then begins at the newest event anyway).
@@ -330,25 +338,30 @@ class PushDelivery:
 
     # -- 3. delivery ---------------------------------------------------------------------------
 
-    def _kick(self, pusher_id: int) -> None:
-        """New rows for the pusher: make sure its delivery task runs (and reads again)."""
-        self._kicks[pusher_id] = self._kicks.get(pusher_id, 0) + 1
+    def _kick(self, pusher_id: int, newest_row: int) -> None:
+        """Rows up to `newest_row` are queued for the pusher: make sure its delivery task runs."""
+        self._queued_upto[pusher_id] = max(self._queued_upto.get(pusher_id, 0), newest_row)
         if pusher_id not in self._deliveries and not self._stopping:
             self._deliveries[pusher_id] = asyncio.get_running_loop().create_task(
                 self._deliver(pusher_id), name=f"push-deliver-{pusher_id}")
 
     async def _deliver(self, pusher_id: int) -> None:
-        failures = 0
+        failures = unseen = 0
         try:
             while not self._stopping:
-                kicks = self._kicks.get(pusher_id, 0)
                 pusher = self.pushers.get(pusher_id)
+                if pusher is None:
+                    return
+                handled = self._handled_upto.get(pusher_id, 0)
                 try:
-                    row = await push_rows.next_notification(self.hs.db, pusher_id) if pusher is not None else None
-                    if row is None or pusher is None:
-                        if pusher is not None and self._kicks.get(pusher_id, 0) != kicks:
-                            continue  # rows were queued while we read
-                        return
+                    row = await push_rows.next_notification(self.hs.db, pusher_id, handled)
+                    if row is None:
+                        if self._queued_upto.get(pusher_id, 0) <= handled or unseen >= 500:
+                            return  # all handled (or the newest rows are gone: 5 s of reads)
+                        unseen += 1
+                        await asyncio.sleep(0.01)  # queued, but this read began before its commit
+                        continue
+                    unseen = 0
                     outcome = await self._deliver_one(pusher, row)
                 except asyncio.CancelledError:
                     raise
@@ -358,12 +371,15 @@ class PushDelivery:
                 if outcome == "retry":
                     failures += 1  # counted in memory: a write per failed try would wear an SD card
                     await asyncio.sleep(self.policy.backoff(failures))
-                else:
-                    failures = 0
+                    continue
+                failures = 0
+                assert row is not None
+                self._handled_upto[pusher_id] = row.row_id
         finally:
             self._deliveries.pop(pusher_id, None)
             if pusher_id not in self.pushers:
-                self._kicks.pop(pusher_id, None)
+                self._queued_upto.pop(pusher_id, None)
+                self._handled_upto.pop(pusher_id, None)
 
     async def _deliver_one(self, pusher: PusherConfig, row: push_rows.QueuedNotification) -> str:
         """Send (or drop) the pusher's oldest notification; "retry" when it is to be tried again."""

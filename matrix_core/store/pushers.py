@@ -129,22 +129,28 @@ def delete_pusher_ids(conn: sqlite3.Connection, ids: list[int]) -> list[int]:
 NewRow = tuple[int, int, dict[str, Any], dict[str, Any]]  # pusher id, queued ts, notification, tweaks
 
 
-def enqueue(conn: sqlite3.Connection, rows: list[NewRow], position: int, max_per_pusher: int) -> int:
+def enqueue(conn: sqlite3.Connection, rows: list[NewRow], position: int,
+            max_per_pusher: int) -> tuple[int, dict[int, int]]:
     """Queue notifications and move the processed position, in one transaction. A pusher's queue
-    keeps its newest `max_per_pusher` rows; returns how many older ones that dropped."""
-    conn.executemany(
-        "INSERT INTO push_queue (pusher_id, queued_ts, notification, tweaks) "
-        "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM pushers WHERE id = ?)",
-        [(pid, ts, json.dumps(note), json.dumps(tweaks), pid) for pid, ts, note, tweaks in rows])
+    keeps its newest `max_per_pusher` rows. Returns how many older ones that dropped, and the
+    newest row id queued per pusher (a pusher deleted meanwhile gets none)."""
+    newest: dict[int, int] = {}
+    for pid, ts, note, tweaks in rows:
+        cur = conn.execute(
+            "INSERT INTO push_queue (pusher_id, queued_ts, notification, tweaks) "
+            "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM pushers WHERE id = ?)",
+            (pid, ts, json.dumps(note), json.dumps(tweaks), pid))
+        if cur.rowcount:
+            newest[pid] = int(cur.lastrowid or 0)
     dropped = 0
-    for pid in {row[0] for row in rows}:
+    for pid in newest:
         (count,) = conn.execute("SELECT COUNT(*) FROM push_queue WHERE pusher_id = ?", (pid,)).fetchone()
         if count > max_per_pusher:
             dropped += conn.execute(
                 "DELETE FROM push_queue WHERE id IN (SELECT id FROM push_queue WHERE pusher_id = ? "
                 "ORDER BY id LIMIT ?)", (pid, count - max_per_pusher)).rowcount
     set_position(conn, position)
-    return dropped
+    return dropped, newest
 
 
 def set_position(conn: sqlite3.Connection, position: int) -> None:
@@ -164,18 +170,21 @@ async def position(db: Database) -> int | None:
     return None if row is None else int(row[0])
 
 
-async def next_notification(db: Database, pusher_id: int) -> QueuedNotification | None:
-    """The pusher's oldest queued notification."""
+async def next_notification(db: Database, pusher_id: int, after: int) -> QueuedNotification | None:
+    """The pusher's oldest queued notification after row `after` (the last one the caller
+    handled: a read that does not see that row's deletion yet cannot hand it out twice)."""
     row = await db.fetchone(
-        "SELECT id, pusher_id, queued_ts, notification, tweaks FROM push_queue WHERE pusher_id = ? "
-        "ORDER BY id LIMIT 1", (pusher_id,))
+        "SELECT id, pusher_id, queued_ts, notification, tweaks FROM push_queue WHERE pusher_id = ? AND id > ? "
+        "ORDER BY id LIMIT 1", (pusher_id, after))
     if row is None:
         return None
     return QueuedNotification(int(row[0]), int(row[1]), int(row[2]), json.loads(row[3]), json.loads(row[4]))
 
 
-async def pushers_with_queue(db: Database) -> list[int]:
-    return [int(row[0]) for row in await db.fetchall("SELECT DISTINCT pusher_id FROM push_queue")]
+async def queued_upto(db: Database) -> list[tuple[int, int]]:
+    """(pusher id, newest row id) of every pusher with queued notifications."""
+    return [(int(pid), int(top)) for pid, top in await db.fetchall(
+        "SELECT pusher_id, MAX(id) FROM push_queue GROUP BY pusher_id")]
 
 
 def remove_notification(conn: sqlite3.Connection, row_id: int) -> None:
