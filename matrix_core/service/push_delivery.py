@@ -106,7 +106,7 @@ class PushDelivery:
         self._forget_listener: Callable[[], None] | None = None
         self._logs = LogLimiter(interval=300.0)
         self._stopping = False
-        self.delivered = 0  # counters, for tests and `status`
+        self.delivered = 0  # since start (not shown anywhere yet)
         self.dropped = 0
 
     @property
