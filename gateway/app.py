@@ -16,6 +16,7 @@ from typing import Protocol
 from matrix_core.client_api.http import make_app
 from matrix_core.client_api.http_listener import HttpListener
 from matrix_core.homeserver import Homeserver, HomeserverSettings
+from matrix_core.push_gateway import RetryPolicy
 from matrix_core.ratelimit import RateLimit
 
 from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
@@ -42,6 +43,7 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
         turn_uris=config.turn_uris,
         turn_shared_secret=config.turn_shared_secret,
         turn_user_lifetime_s=config.turn_user_lifetime_s,
+        push_retry=RetryPolicy(give_up_after_s=config.push_give_up_after_s),
     )
 
 

@@ -107,6 +107,9 @@ class GatewayConfig:
     turn_uris: tuple[str, ...] = ()
     turn_shared_secret: str = ""
     turn_user_lifetime_s: int = 86400
+    # Push notifications (matrix_core/service/push_delivery.py): seconds a notification a push
+    # gateway did not take is retried (with backoff) before it is dropped
+    push_give_up_after_s: float = 86400.0
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -171,6 +174,8 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: turn_shared_secret must be printable, without quotes or backslashes")
         if key == "turn_user_lifetime_s" and not 60 <= value <= 7 * 86400:
             raise ConfigError(f"{source}: turn_user_lifetime_s must be between 60 and 604800 seconds")
+        if key == "push_give_up_after_s" and not 0 < value <= 7 * 86400:
+            raise ConfigError(f"{source}: push_give_up_after_s must be more than 0 and at most 604800 (7 days)")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
             raise ConfigError(f"{source}: {problem}")
         out[key] = value
@@ -251,6 +256,10 @@ public_base_url = "{config.public_base_url}"
 turn_uris = [{", ".join(f'"{u}"' for u in config.turn_uris)}]
 turn_shared_secret = "{config.turn_shared_secret}"
 turn_user_lifetime_s = {config.turn_user_lifetime_s}
+# Push notifications to phones (pushers set by Element & co.): a notification the app's push
+# gateway does not take (down, 5xx) is retried with backoff (from 1 s, or 1/64 of this window if
+# shorter, doubling up to 10 min) for this many seconds, then dropped: an alert that old is noise.
+push_give_up_after_s = {config.push_give_up_after_s}
 """
 
 

@@ -13,4 +13,5 @@ PURE_MODULES = (
     "account_data_rules", "presence_state",
     "uia",
     "push_rules",
+    "push_gateway",
 )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .notifier import EventStream
+from .push_gateway import RetryPolicy
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.account_data import AccountData
 from .service.accounts import Accounts
@@ -18,8 +19,9 @@ from .service.devices import Devices
 from .service.directory import Directory
 from .service.forgotten_rooms import ForgottenRooms
 from .service.presence import Presence
-from .service.receipts import Receipts
 from .service.push import PushRules
+from .service.push_delivery import PushDelivery
+from .service.receipts import Receipts
 from .service.rooms import Rooms
 from .service.sync import Sync
 from .service.typing import Typing
@@ -57,6 +59,8 @@ class HomeserverSettings:
     turn_uris: tuple[str, ...] = ()
     turn_shared_secret: str = ""
     turn_user_lifetime_s: int = 86400
+    # Delivery to push gateways: retry window (config push_give_up_after_s), timeouts, bounds.
+    push_retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 class Homeserver:
@@ -102,6 +106,7 @@ class Homeserver:
         # Push rules and notification counts, from the read positions of the user's receipts.
         self.push = PushRules(self.db, self.rooms, self.stream, self.sync.notify, lambda: self.receipts)
         self.sync.add_source(self.push.source)
+        self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
 
     async def start(self) -> None:
         await self.db.open()
@@ -110,12 +115,14 @@ class Homeserver:
         await self.forgotten_rooms.load()
         await self.receipts.load()
         await self.push.load()
+        await self.push_delivery.start()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
         self.stream.close()
         self.typing.stop()
         await self.receipts.stop()
+        await self.push_delivery.stop()
         await self.rooms.compactor.stop()
         await self.devices.flush()
         await self.db.close()

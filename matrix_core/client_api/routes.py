@@ -13,6 +13,7 @@ from . import ephemeral_handlers as eph
 from . import membership_handlers as m
 from . import presence_handlers as pr
 from . import push_handlers as p
+from . import pusher_handlers as pushers
 from . import room_handlers as r
 from . import timestamp_handlers as ts
 from .router import ClientRouter
@@ -105,6 +106,9 @@ def build_router() -> ClientRouter:
     add("GET", "pushrules/{scope}/{kind}/{ruleId}/{attr}", p.get_attr)
     add("PUT", "pushrules/{scope}/{kind}/{ruleId}/{attr}", p.put_attr)
     add("GET", "notifications", p.notifications)
+    # Pushers (issue 13): push gateways that wake phones
+    add("GET", "pushers", pushers.get_pushers)
+    add("POST", "pushers/set", pushers.set_pusher)
     return router
 
 
