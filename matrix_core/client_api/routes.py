@@ -5,6 +5,7 @@ HTTP and CoAP both dispatch through `ROUTER`; adding a route here makes it reach
 from __future__ import annotations
 
 from . import auth_handlers as a
+from . import relation_handlers as rel
 from . import room_handlers as r
 from .router import ClientRouter
 
@@ -54,6 +55,13 @@ def build_router() -> ClientRouter:
     add("PUT", "directory/room/{roomAlias}", r.put_alias)
     add("DELETE", "directory/room/{roomAlias}", r.delete_alias)
     add("GET", "publicRooms", r.public_rooms)
+
+    # Relations, threads and event context (relation_handlers.py)
+    add("GET", "rooms/{roomId}/relations/{eventId}", rel.relations)
+    add("GET", "rooms/{roomId}/relations/{eventId}/{relType}", rel.relations)
+    add("GET", "rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", rel.relations)
+    add("GET", "rooms/{roomId}/threads", rel.threads)
+    add("GET", "rooms/{roomId}/context/{eventId}", rel.context)
     return router
 
 
