@@ -412,3 +412,29 @@ def test_an_upgraded_database_indexes_the_relations_it_already_holds(tmp_path) -
         assert ids(relations(gw, token, room, root)[1]["chunk"]) == [newer, reply]
     finally:
         gw.stop()
+
+
+def test_purged_events_leave_the_relations_index(gateway: GatewayProcess, tokens: dict[str, str]) -> None:
+    """Retention (`matrix-gateway purge`) deletes the index rows of the events it deletes."""
+    from tests.support.gateway import gateway_cli
+
+    alice, bob = tokens["alice"], tokens["bob"]
+    room = make_room(gateway, tokens, "bob")
+    status, _ = gateway.request("PUT", f"{V3}/rooms/{Q(room)}/state/m.room.retention/", {"max_lifetime": 1},
+                                token=alice)
+    assert status == 200
+    root = send(gateway, alice, room, text("old reading"))
+    send(gateway, bob, room, thread(root, "old reply"))
+    send(gateway, alice, room, text("newest"))
+
+    def rows() -> int:
+        db = sqlite3.connect(gateway.data_dir / "homeserver.db")
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM event_relations WHERE room_id = ?", (room,)).fetchone()[0])
+        finally:
+            db.close()
+
+    assert rows() == 1
+    gateway_cli("purge", "--data-dir", str(gateway.data_dir))  # by the room's max_lifetime: 1 ms
+    assert rows() == 0
+    assert gateway.request("GET", f"{V1}/rooms/{Q(room)}/threads", token=alice)[1] == {"chunk": []}
