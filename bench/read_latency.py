@@ -7,7 +7,9 @@ Starts the hub through the CLI (tests/support/gateway.py), fills one room with `
 messages (with `--relations`, every fifth is a thread reply, an edit or a reaction to an earlier
 message, so that pages carry bundled aggregations), then times `--requests` sequential
 `/messages?dir=b&limit=LIMIT` pages and as many initial `/sync` calls with a timeline limit of
-LIMIT, over one keep-alive connection. Prints the median and p99 latency of each.
+LIMIT, over one keep-alive connection. Prints the median and p99 latency of each, and the hub's
+CPU time (user + system, from /proc) per send while filling the room and per read: on a machine
+shared with other work the CPU per request varies much less than the latency does.
 
 Why: bundled aggregations are added to every page these endpoints answer; a room without
 relations (a device's readings) must not pay for them.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -37,13 +40,21 @@ def q(s: str) -> str:
     return urllib.parse.quote(s, safe="")
 
 
-async def run(url: str, token: str, args: argparse.Namespace) -> dict[str, list[float]]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(url: str, token: str, args: argparse.Namespace, pid: int) -> dict[str, list[float]]:
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(url, headers=headers, connector=aiohttp.TCPConnector(limit=1)) as http:
         async with http.post("/_matrix/client/v3/createRoom", json={"preset": "private_chat"}) as resp:
             room = (await resp.json())["room_id"]
         base = f"/_matrix/client/v3/rooms/{q(room)}"
         sent: list[str] = []
+        cpu: dict[str, float] = {}
+        started_cpu = cpu_seconds(pid)
         for i in range(args.events):
             content: dict[str, object] = {"msgtype": "m.text", "body": f"reading {i}"}
             event_type = "m.room.message"
@@ -63,6 +74,7 @@ async def run(url: str, token: str, args: argparse.Namespace) -> dict[str, list[
                 assert resp.status == 200, body
                 if event_type == "m.room.message" and "m.relates_to" not in content:
                     sent.append(body["event_id"])
+        cpu["send"] = (cpu_seconds(pid) - started_cpu) / args.events
         times: dict[str, list[float]] = {"messages": [], "sync": []}
         sync_filter = q(json.dumps({"room": {"timeline": {"limit": args.limit}}}))
         paths = {"messages": f"{base}/messages?dir=b&limit={args.limit}",
@@ -71,12 +83,15 @@ async def run(url: str, token: str, args: argparse.Namespace) -> dict[str, list[
             for _ in range(args.warmup):
                 async with http.get(path) as resp:
                     await resp.read()
+            started_cpu = cpu_seconds(pid)
             for _ in range(args.requests):
                 started = time.perf_counter()
                 async with http.get(path) as resp:
                     await resp.read()
                     assert resp.status == 200
                 times[name].append(time.perf_counter() - started)
+            cpu[name] = (cpu_seconds(pid) - started_cpu) / args.requests
+        times["cpu"] = [cpu["send"], cpu["messages"], cpu["sync"]]
         return times
 
 
@@ -96,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         with GatewayProcess(Path(tmp) / "data", ["--config", str(conf)]) as gw:
             gw.add_user("reader", PASSWORD)
             assert gw.http_url is not None
-            times = asyncio.run(run(gw.http_url, gw.login("reader", PASSWORD), args))
+            times = asyncio.run(run(gw.http_url, gw.login("reader", PASSWORD), args, gw.pid))
     print(f"{args.events} events{' (every fifth a relation)' if args.relations else ''}, page limit {args.limit}, "
           f"{args.requests} requests each")
+    cpu = times.pop("cpu")
+    print(f"  hub CPU per request: send {cpu[0] * 1e6:.0f} us, messages {cpu[1] * 1e6:.0f} us, "
+          f"sync {cpu[2] * 1e6:.0f} us")
     for name, samples in times.items():
         samples.sort()
         p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
