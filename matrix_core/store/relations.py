@@ -7,7 +7,8 @@ so a device's reading (no `m.relates_to`) costs no extra page on an SD card, and
 pays one dict lookup (`row_for`). Rows are written with the events, in the same transaction
 (EventRows), for local events and for events from other servers alike; the component's first
 migration fills it from the events already stored (`relation_json`, an SQL function registered
-on every connection, reads their JSON).
+on every connection, reads their JSON; `instr` first spares it the events without the key, whose
+packed form keeps the text `m.relates_to` intact: no skeleton piece of event_json overlaps it).
 
 A redacted child no longer relates to anything: reads leave out rows whose event is in
 `redactions` (an index seek per row), so a redaction needs no write here and one arriving before
@@ -54,7 +55,8 @@ MIGRATIONS: list[tuple[int, str]] = [
             WITH found AS MATERIALIZED (
                 SELECT e.event_id, e.room_id, e.stream_ordering AS pos, e.sender, e.type, e.origin_server_ts,
                        relation_json(e.json, e.state_key IS NOT NULL) AS r
-                FROM events e WHERE e.outlier = 0 AND e.rejected_reason IS NULL)
+                FROM events e WHERE e.outlier = 0 AND e.rejected_reason IS NULL
+                                    AND instr(e.json, 'm.relates_to') > 0)
             SELECT event_id, json_extract(r, '$[0]'), json_extract(r, '$[1]'), room_id, pos, sender, type,
                    origin_server_ts, json_extract(r, '$[2]'), json_extract(r, '$[3]')
             FROM found WHERE r IS NOT NULL
