@@ -166,3 +166,7 @@ def test_index_row_only_for_relations() -> None:
                   b'"type":"m.reaction"}')
     assert relation_json(stored, 0) == '["$p", "m.annotation", "k", 0]'
     assert relation_json(pack(b'{"content":{"body":"x"},"type":"m.room.message"}'), 0) is None
+    # a row that does not decode is skipped: one bad row must not stop the migration (and the hub)
+    assert relation_json('{"content": {"m.relates_to": trunc', 0) is None
+    assert relation_json(b"\x07 m.relates_to", 0) is None
+    assert relation_json('["m.relates_to"]', 0) is None

@@ -72,13 +72,18 @@ NOT_REDACTED = "NOT EXISTS (SELECT 1 FROM redactions x WHERE x.redacted_event_id
 def relation_json(stored: Any, is_state: int) -> str | None:
     """SQL function for the backfill: [parent id, rel_type, key, edit_ok] of a stored event's
     relation as JSON text, or NULL when it has none."""
-    raw = event_json.unpack(stored)
-    if isinstance(raw, bytes):
-        if b"m.relates_to" not in raw:
+    try:
+        raw = event_json.unpack(stored)
+        if isinstance(raw, bytes):
+            if b"m.relates_to" not in raw:
+                return None
+        elif "m.relates_to" not in raw:
             return None
-    elif "m.relates_to" not in raw:
+        pdu = json.loads(raw)
+    except ValueError:  # a row that does not decode is left out, not a hub that cannot start
         return None
-    pdu = json.loads(raw)
+    if not isinstance(pdu, dict):
+        return None
     content = pdu.get("content")
     relation = relation_of(content)
     if relation is None:
