@@ -37,6 +37,7 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
         message_rate=RateLimit(config.messages_per_second, config.messages_burst),
         max_rooms_per_user=config.max_rooms_per_user,
         admin_contact=config.admin_contact,
+        presence_enabled=config.presence_enabled,
     )
 
 

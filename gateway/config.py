@@ -97,6 +97,9 @@ class GatewayConfig:
     # one is answered without Observe (RFC 7641 §4.1)
     coap_max_observations_per_client: int = 16
     coap_max_observations: int = 2000
+    # Presence (online/offline/status messages shared with room peers; service/presence.py). Off:
+    # PUTs are accepted and ignored, GETs answer offline, /sync carries none (as Synapse does).
+    presence_enabled: bool = True
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -218,6 +221,9 @@ disk_warn_free_mb = {config.disk_warn_free_mb}
 # answered once, without Observe (the device polls).
 coap_max_observations_per_client = {config.coap_max_observations_per_client}
 coap_max_observations = {config.coap_max_observations}
+# Presence: users see whether the people they share a room with are online, and their status
+# message (kept in memory only). Off: the hub accepts presence updates and ignores them.
+presence_enabled = {str(config.presence_enabled).lower()}
 """
 
 

@@ -7,5 +7,6 @@ tested without sockets; tests/test_pure_modules.py keeps them free of I/O import
 PURE_MODULES = (
     "canonical_json", "signing", "event_hashing", "events", "room_versions", "auth_rules", "state_res",
     "history_visibility", "room_presets", "params", "identifiers", "client_format", "log_limit", "ratelimit",
-    "errors", "clock", "sync_token", "relations",
+    "errors", "clock", "sync_token", "ephemeral", "relations",
+    "account_data_rules", "presence_state",  # issue 13: account data and tags, presence
 )

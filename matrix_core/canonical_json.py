@@ -22,6 +22,7 @@ __all__ = [
     "encode_canonical_json",
     "encode_json",
     "parse_json",
+    "parse_plain_json",
 ]
 
 CANONICALJSON_MAX_INT = 2**53 - 1
@@ -277,6 +278,48 @@ def parse_json(data: bytes | bytearray | memoryview | str) -> Any:
             raise JSONSyntaxError(f"invalid UTF-8: {e}") from None
     try:
         value = _DECODER.decode(text)
+    except CanonicalJSONError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise JSONSyntaxError(f"invalid JSON: {e}") from None
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        try:
+            _check_strings_encodable(value)
+        except UnicodeEncodeError:
+            raise CanonicalJSONError("JSON string contains a lone surrogate") from None
+    return value
+
+
+def _parse_finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise CanonicalJSONError(f"number out of range: {text[:20]}")
+    return value
+
+
+_PLAIN_DECODER = json.JSONDecoder(
+    parse_float=_parse_finite_float,
+    parse_int=_parse_int,
+    parse_constant=_reject_constant,
+    strict=True,
+)
+
+
+def parse_plain_json(data: bytes | bytearray | memoryview) -> Any:
+    """Parse untrusted JSON that is NOT event content (account data, room tags): as `parse_json`,
+    except that numbers with a fraction or exponent are kept as (finite) floats.
+
+    Why a second parser: account data never enters an event, a hash or a signature, and clients
+    store fractions there (Element's room tags: `"order": 0.5`); refusing them as `parse_json`
+    must for events would break those clients. Integers keep the ±(2**53-1) range (no JavaScript
+    client could read more back) and lone surrogates are refused (they cannot be stored).
+    """
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JSONSyntaxError(f"invalid UTF-8: {e}") from None
+    try:
+        value = _PLAIN_DECODER.decode(text)
     except CanonicalJSONError:
         raise
     except (ValueError, RecursionError) as e:

@@ -12,9 +12,15 @@ from typing import TYPE_CHECKING
 
 from .notifier import EventStream
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
+from .service.account_data import AccountData
 from .service.accounts import Accounts
+from .service.directory import Directory
+from .service.forgotten_rooms import ForgottenRooms
+from .service.presence import Presence
+from .service.receipts import Receipts
 from .service.rooms import Rooms
 from .service.sync import Sync
+from .service.typing import Typing
 from .signing import SigningKey
 from .store import Database
 
@@ -41,6 +47,7 @@ class HomeserverSettings:
     login_limits: LoginLimits = field(default_factory=LoginLimits)
     max_rooms_per_user: int = 1000  # rooms an account may create (0: no limit; admins exempt)
     admin_contact: str = ""  # named in M_RESOURCE_LIMIT_EXCEEDED answers
+    presence_enabled: bool = True  # off: presence PUTs are ignored, GETs answer offline (service/presence.py)
 
 
 class Homeserver:
@@ -68,13 +75,31 @@ class Homeserver:
                            max_rooms_per_user=settings.max_rooms_per_user, admin_contact=settings.admin_contact,
                            limiter=self.message_limiter)
         self.sync = Sync(self.rooms, self.stream)
+        # Account data, presence, forgotten rooms, the user directory (issue 13); the first two
+        # register their /sync sources.
+        self.account_data = AccountData(self.db, self.sync)
+        self.presence = Presence(self.rooms, self.sync, settings.presence_enabled)
+        self.forgotten_rooms = ForgottenRooms(self.db, self.rooms)
+        self.directory = Directory(self.db, self.rooms)
+        # Ephemeral events (issue 13): typing in memory, receipts persisted; both /sync sources.
+        self.typing = Typing(self.rooms, self.server_name, self.sync.notify)
+        # The read marker (m.fully_read) is room account data, kept by hs.account_data.
+        self.receipts = Receipts(self.db, self.rooms, self.server_name, self.sync.notify,
+                                 self.account_data)
+        self.sync.add_source(self.typing.sync_source)
+        self.sync.add_source(self.receipts.sync_source)
 
     async def start(self) -> None:
         await self.db.open()
         await self.rooms.load()
+        await self.account_data.load()
+        await self.forgotten_rooms.load()
+        await self.receipts.load()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
         self.stream.close()
+        self.typing.stop()
+        await self.receipts.stop()
         await self.rooms.compactor.stop()
         await self.db.close()

@@ -18,7 +18,7 @@ from matrix_core.canonical_json import decode_device_json, encode_json
 
 from .codes import CONTENT_FORMAT_CBOR, CONTENT_FORMAT_JSON
 
-__all__ = ["MAX_BODY_BYTES", "decode_body", "response_format", "encode_body"]
+__all__ = ["MAX_BODY_BYTES", "decode_body", "decode_plain_body", "response_format", "encode_body"]
 
 #: Same ceiling as the HTTP front end (a whole request body, after Block1 assembly).
 MAX_BODY_BYTES = 128 * 1024
@@ -47,6 +47,20 @@ def decode_body(payload: bytes, content_format: int | None) -> Any:
         return text_keyed(from_device_cbor(payload))
     except PayloadError as exc:
         raise errors.not_json(f"Malformed CBOR: {exc}") from None
+
+
+def decode_plain_body(payload: bytes, content_format: int | None) -> Any:
+    """The body as plain JSON, for requests whose content never becomes an event (account data,
+    room tags: `ApiRequest.plain_json_object`): the device's own value, floats as floats, as
+    HTTP's plain reading gives them. Byte strings and non-text keys have no plain JSON form: the
+    handler refuses them (M_BAD_JSON)."""
+    value = decode_body(payload, content_format)
+    if value is None:
+        return None
+    try:
+        return from_event_value(value)
+    except PayloadError as exc:  # pragma: no cover - decode_body only yields mapped values
+        raise errors.not_json(f"Malformed body: {exc}") from None
 
 
 def text_keyed(value: Any) -> Any:

@@ -28,7 +28,7 @@ from matrix_core.service.accounts import TokensRevoked
 
 from . import codes, fast_lane, message_layer, stale_refusal
 from .message_layer import bad_input
-from .content import MAX_BODY_BYTES, decode_body, encode_body, response_format
+from .content import MAX_BODY_BYTES, decode_body, decode_plain_body, encode_body, response_format
 from .notify_window import NotifyWindow
 from .observe import MAX_PER_CLIENT, MAX_TOTAL, Observation, Observations, observable, token_position, with_query
 from .psk import PskClaim, PskStore
@@ -216,7 +216,8 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             position = self.hs.stream.position
             cf = _int_or_none(request.opt.content_format)
             payload = request.payload
-            response = await self.dispatch(call, lambda: decode_body(payload, cf), client_address(request.remote))
+            response = await self.dispatch(call, lambda: decode_body(payload, cf), client_address(request.remote),
+                                           lambda: decode_plain_body(payload, cf))
             if observing and response.status == 200:
                 if not await self._observe(servobs, request, call, response, position, content_format):
                     servobs.deregister()  # the hub holds all it may: a plain answer (RFC 7641 §4.1)
@@ -248,7 +249,8 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             method = call.method
             if call.access_token is None and remote is not None:
                 call = await self._with_psk_token(call, remote)
-            response = await self.dispatch(call, lambda: decode_body(payload, content_format), client)
+            response = await self.dispatch(call, lambda: decode_body(payload, content_format), client,
+                                           lambda: decode_plain_body(payload, content_format))
         except errors.MatrixError as err:
             response = ApiResponse(err.status, err.to_json())
         except Exception:
@@ -272,11 +274,13 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         self._block2._completes[_extract_block_key(request)] = msg
         return msg._extract_block(0, size_exp, limit)
 
-    async def dispatch(self, call: ApiCall, load_body: Any = lambda: None, client: str = "coap") -> ApiResponse:
-        """Run one API call through the shared route table; Matrix errors become answers."""
+    async def dispatch(self, call: ApiCall, load_body: Any = lambda: None, client: str = "coap",
+                       load_plain_body: Any = None) -> ApiResponse:
+        """Run one API call through the shared route table; Matrix errors become answers.
+        `load_plain_body`: the body as plain JSON (account data, tags; content.decode_plain_body)."""
         api_request = ApiRequest(method=call.method, segments=list(call.segments), query=call.query,
                                  access_token=call.access_token, remote=client, load_body=load_body,
-                                 transport="coap")
+                                 transport="coap", load_plain_body=load_plain_body)
         try:
             return await ROUTER.dispatch(self.hs, api_request)
         except errors.MatrixError as err:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .. import errors
 from ..canonical_json import encode_json
-from .request import ApiRequest, ApiResponse, error_answer, json_body
+from .request import ApiRequest, ApiResponse, error_answer, json_body, plain_json_body
 from .router import client_api_segments
 from .routes import ROUTER
 
@@ -72,6 +72,7 @@ def make_app(hs: Homeserver) -> web.Application:
                 access_token=token_from(request.headers, query),
                 remote=request.remote or "",
                 load_body=partial(json_body, raw),
+                load_plain_body=partial(plain_json_body, raw),
             )
             return json_response(await ROUTER.dispatch(hs, api_request))
         except errors.MatrixError as err:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import errors, params
-from ..canonical_json import CanonicalJSONError, JSONSyntaxError, parse_json
+from ..canonical_json import CanonicalJSONError, JSONSyntaxError, parse_json, parse_plain_json
 
 _UNSET: Any = object()
 
@@ -22,6 +22,10 @@ class ApiRequest:
     load_body: Callable[[], Any] = lambda: None
     params: dict[str, str] = field(default_factory=dict)
     transport: str = "http"
+    # The body read as plain JSON, fractions kept, for requests whose content never becomes an
+    # event (account data, room tags): HTTP's `plain_json_body`, CoAP's content.decode_plain_body.
+    # None: the transport has no such reading (plain_json_object falls back to json_object).
+    load_plain_body: Callable[[], Any] | None = None
     _body: Any = _UNSET
 
     def json(self) -> Any:
@@ -34,6 +38,19 @@ class ApiRequest:
         body = self.json()
         if body is None:
             return {}
+        if not isinstance(body, dict):
+            raise errors.bad_json("Request body must be a JSON object")
+        return body
+
+    def plain_json_object(self) -> dict[str, Any]:
+        """The body as a JSON object whose numbers may have fractions (account data, tags: not
+        events, see canonical_json.parse_plain_json); M_BAD_JSON unless an object. Transports
+        without a plain reading give their usual body."""
+        if self.load_plain_body is None:
+            return self.json_object()
+        body = self.load_plain_body()
+        if body is None:
+            return {}  # as json_object: an absent body counts as {}
         if not isinstance(body, dict):
             raise errors.bad_json("Request body must be a JSON object")
         return body
@@ -67,6 +84,19 @@ def json_body(raw: bytes) -> Any:
         return None
     try:
         return parse_json(raw)
+    except JSONSyntaxError:
+        raise errors.not_json() from None
+    except CanonicalJSONError as exc:
+        raise errors.bad_json(str(exc)) from None
+
+
+def plain_json_body(raw: bytes) -> Any:
+    """A JSON request body that is not event content: as `json_body`, but numbers with a fraction
+    are kept as floats (canonical_json.parse_plain_json). None when empty."""
+    if not raw.strip():
+        return None
+    try:
+        return parse_plain_json(raw)
     except JSONSyntaxError:
         raise errors.not_json() from None
     except CanonicalJSONError as exc:

@@ -4,7 +4,12 @@ HTTP and CoAP both dispatch through `ROUTER`; adding a route here makes it reach
 """
 from __future__ import annotations
 
+from . import account_data_handlers as ad
 from . import auth_handlers as a
+from . import directory_handlers as d
+from . import ephemeral_handlers as eph
+from . import membership_handlers as m
+from . import presence_handlers as p
 from . import relation_handlers as rel
 from . import room_handlers as r
 from .router import ClientRouter
@@ -55,6 +60,25 @@ def build_router() -> ClientRouter:
     add("PUT", "directory/room/{roomAlias}", r.put_alias)
     add("DELETE", "directory/room/{roomAlias}", r.delete_alias)
     add("GET", "publicRooms", r.public_rooms)
+
+    # Ephemeral events (issue 13): typing, receipts, read markers
+    add("PUT", "rooms/{roomId}/typing/{userId}", eph.set_typing)
+    add("POST", "rooms/{roomId}/receipt/{receiptType}/{eventId}", eph.post_receipt)
+    add("POST", "rooms/{roomId}/read_markers", eph.read_markers)
+
+    # Account data, room tags, presence, forget, user directory, a room's aliases (issue 13)
+    add("GET", "user/{userId}/account_data/{type}", ad.get_global)
+    add("PUT", "user/{userId}/account_data/{type}", ad.put_global)
+    add("GET", "user/{userId}/rooms/{roomId}/account_data/{type}", ad.get_room)
+    add("PUT", "user/{userId}/rooms/{roomId}/account_data/{type}", ad.put_room)
+    add("GET", "user/{userId}/rooms/{roomId}/tags", ad.get_tags)
+    add("PUT", "user/{userId}/rooms/{roomId}/tags/{tag}", ad.put_tag)
+    add("DELETE", "user/{userId}/rooms/{roomId}/tags/{tag}", ad.delete_tag)
+    add("PUT", "presence/{userId}/status", p.put_status)
+    add("GET", "presence/{userId}/status", p.get_status)
+    add("POST", "rooms/{roomId}/forget", m.forget)
+    add("GET", "rooms/{roomId}/aliases", d.room_aliases)
+    add("POST", "user_directory/search", d.search_users)
 
     # Relations, threads and event context (relation_handlers.py)
     add("GET", "rooms/{roomId}/relations/{eventId}", rel.relations)

@@ -15,6 +15,7 @@ from .. import auth_rules, errors
 from ..event_hashing import check_content_hash, redact_pdu, verify_event_signature
 from ..events import Event
 from .client import federation_path
+from .edus import handle_edus
 from ..room_versions import RoomVersion
 from ..service.room_cache import RoomCache, StateKey
 from .pdu import BadPDU, parse_pdu
@@ -86,6 +87,7 @@ class InboundEvents:
                 await fut
             except Exception as exc:
                 results[event_id] = {"error": f"not stored: {exc}"}
+        await handle_edus(self.hs, origin, body.get("edus"))  # after the PDUs: a receipt may name one
         log.debug("transaction from %s: %d PDUs handled in %.1f ms", origin, len(pdus), (asyncio.get_running_loop().time() - started) * 1000)
         return {"pdus": results}
 

@@ -4,12 +4,16 @@ A slow or dead server never blocks a local send: events are only appended here a
 commit, and each destination drains in its own task. Progress per destination is persisted
 (`federation_outbound.last_stream`), so after a restart the queue is rebuilt from the event table.
 A destination in backoff is woken early when it is heard from (any authenticated request).
+
+EDUs (typing, receipts) ride in the same transactions, queued per destination under a key: a
+newer EDU with the same key (the same user's typing in a room) replaces the queued one and moves
+to the back, so the queue stays in the order callers queued and bounded by what is current.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 from .. import errors
 from ..clock import now_ms
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_PDUS_PER_TXN = 50
+MAX_EDUS_PER_TXN = 100
+MAX_QUEUED_EDUS = 1000  # per destination; the oldest goes first (a server down for long)
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 600.0
 
@@ -33,6 +39,8 @@ class Destination:
         self.name = name
         self.last_stream = last_stream
         self.queue: list[tuple[int, dict[str, Any]]] = []
+        # key -> (EDU, run once a transaction carrying it is acknowledged)
+        self.edus: dict[Hashable, tuple[dict[str, Any], Callable[[], None] | None]] = {}
         self.wake = asyncio.Event()
         self.backoff = 0.0
         self.task: asyncio.Task[None] | None = None
@@ -76,6 +84,18 @@ class FederationSender:
         if dest is not None:
             dest.backoff = 0.0
             dest.wake.set()
+
+    def queue_edu(self, destination: str, key: Hashable, edu: dict[str, Any],
+                  after_sent: Callable[[], None] | None = None) -> None:
+        """Send an EDU to `destination` with the next transaction (service/typing.EduQueue)."""
+        if self._stopping or destination == self.hs.server_name:
+            return
+        dest = self._destination(destination)
+        dest.edus.pop(key, None)
+        dest.edus[key] = (edu, after_sent)
+        while len(dest.edus) > MAX_QUEUED_EDUS:
+            del dest.edus[next(iter(dest.edus))]
+        dest.wake.set()
 
     def servers_in_room(self, room_id: str) -> set[str]:
         room = self.hs.rooms.loaded_room(room_id)
@@ -121,25 +141,29 @@ class FederationSender:
 
     async def _run(self, dest: Destination) -> None:
         while not self._stopping:
-            if not dest.queue:
+            if not dest.queue and not dest.edus:
                 dest.wake.clear()
                 await dest.wake.wait()
                 continue
             batch = dest.queue[:MAX_PDUS_PER_TXN]
+            edu_keys = list(dest.edus)[:MAX_EDUS_PER_TXN]
+            edus = [dest.edus[key] for key in edu_keys]
             self._txn_counter += 1
             txn_id = str(self._txn_counter)
-            body = {
+            body: dict[str, Any] = {
                 "origin": self.hs.server_name,
                 "origin_server_ts": now_ms(),
                 "pdus": [pdu for _, pdu in batch],
             }
+            if edus:
+                body["edus"] = [edu for edu, _ in edus]
             try:
                 await self.hs.federation_client.request(dest.name, "PUT", federation_path("/_matrix/federation/v1/send/{t}", t=txn_id),
                                                         body=body)
             except Exception as exc:
                 dest.backoff = min(MAX_BACKOFF, max(MIN_BACKOFF, dest.backoff * 2))
-                log.info("sending %d PDUs to %s failed (%s); retrying in %.0fs", len(batch), dest.name, exc,
-                         dest.backoff)
+                log.info("sending %d PDUs and %d EDUs to %s failed (%s); retrying in %.0fs", len(batch),
+                         len(edus), dest.name, exc, dest.backoff)
                 dest.wake.clear()
                 try:
                     await asyncio.wait_for(dest.wake.wait(), dest.backoff)
@@ -148,6 +172,13 @@ class FederationSender:
                 continue
             dest.backoff = 0.0
             del dest.queue[:len(batch)]
+            for key, (edu, after_sent) in zip(edu_keys, edus):
+                if dest.edus.get(key, (None,))[0] is edu:  # not replaced by a newer one meanwhile
+                    del dest.edus[key]
+                if after_sent is not None:
+                    after_sent()
+            if not batch:
+                continue
             last = max(pos for pos, _ in batch)
             if last > dest.last_stream:
                 dest.last_stream = last

@@ -37,6 +37,9 @@ class FederationService:
         hs.rooms.attach_federation(self)
         hs.accounts.remote_profile = self._remote_profile
         await hs.federation_sender.start()
+        # Typing and receipts of our users go out as EDUs from now (receipts: what is still owed).
+        hs.typing.federation = hs.federation_sender
+        await hs.receipts.attach_federation(hs.federation_sender)
         # Tell every server we share a room with that we are (back) up: they retry what they owe us.
         servers = {server_of(user) for user in await federation_store.joined_user_ids(hs.db)} - {hs.server_name}
         for server in servers:

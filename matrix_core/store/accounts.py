@@ -119,3 +119,9 @@ async def profile(db: Database, user_id: str) -> tuple[str | None, str | None] |
     """(displayname, avatar_url) of a local account, None if there is no such account."""
     row = await db.fetchone("SELECT displayname, avatar_url FROM users WHERE user_id = ?", (user_id,))
     return None if row is None else (row[0], row[1])
+
+
+async def all_profiles(db: Database) -> list[tuple[str, str | None, str | None]]:
+    """(user id, displayname, avatar_url) of every local account: the user directory's search
+    matches over them (a hub has tens of accounts, not millions)."""
+    return [(str(r[0]), r[1], r[2]) for r in await db.fetchall("SELECT user_id, displayname, avatar_url FROM users")]

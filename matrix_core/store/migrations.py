@@ -11,7 +11,9 @@ from __future__ import annotations
 import sqlite3
 from types import ModuleType
 
-from . import coap_psk, mqtt, relations
+from . import coap_psk, mqtt
+from . import account_data, forgotten_rooms, receipts  # issue 13
+from . import relations  # issue 13: the relations index
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -205,7 +207,10 @@ FEDERATION_MIGRATIONS: list[tuple[int, str]] = [
 # A front end's tables live with its store module, which declares them: COMPONENT (its name in
 # schema_versions) and MIGRATIONS (its steps), next to the SQL that uses them. The core does not
 # know their schema; a new component adds its module here (one entry).
-COMPONENT_STORES: tuple[ModuleType, ...] = (mqtt, coap_psk, relations)
+COMPONENT_STORES: tuple[ModuleType, ...] = (mqtt, coap_psk)
+# issue 13: account data, forgotten rooms, receipts
+COMPONENT_STORES += (account_data, forgotten_rooms, receipts)
+COMPONENT_STORES += (relations,)  # issue 13: the relations index
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).
 COMPONENTS: dict[str, list[tuple[int, str]]] = {

@@ -48,6 +48,12 @@ async def alias_room(db: Database, alias: str) -> tuple[str, str | None] | None:
     return None if row is None else (row[0], row[1])
 
 
+async def aliases_of(db: Database, room_id: str) -> list[str]:
+    """The local aliases pointing at a room (GET /rooms/{roomId}/aliases), sorted."""
+    return [row[0] for row in await db.fetchall(
+        "SELECT alias FROM room_aliases WHERE room_id = ? ORDER BY alias", (room_id,))]
+
+
 def insert_alias(conn: sqlite3.Connection, alias: str, room_id: str, creator: str) -> None:
     conn.execute("INSERT INTO room_aliases (alias, room_id, creator) VALUES (?, ?, ?)", (alias, room_id, creator))
 

@@ -30,7 +30,7 @@ import cbor2
 
 from frontends.coap import wire
 from frontends.coap.codes import CONTENT_FORMAT_CBOR, CONTENT_FORMAT_JSON
-from frontends.coap.content import decode_body, encode_body, response_format
+from frontends.coap.content import decode_body, decode_plain_body, encode_body, response_format
 from frontends.coap.translate import ApiCall, translate
 from frontends.mqtt.codec import Decoder, EncodeError, MQTTCodecError, encode
 from frontends.mqtt.connection import (ConnectReceived, Connection, Limits, ProtocolViolation, PublishReceived,
@@ -44,8 +44,9 @@ from frontends.mqtt.packets import (Auth, ConnAck, Connect, Disconnect, PingReq,
 from frontends.mqtt.session import Outgoing, SessionState
 from frontends.payload_mapping import (PayloadError, content_to_mqtt_payload, device_view, from_device_cbor,
                                      from_event_value, mqtt_payload_to_content, to_device_cbor)
-from matrix_core import errors
-from matrix_core.canonical_json import CanonicalJSONError, JSONSyntaxError, encode_canonical_json, parse_json
+from matrix_core import account_data_rules, errors
+from matrix_core.canonical_json import (CanonicalJSONError, JSONSyntaxError, encode_canonical_json, parse_json,
+                                        parse_plain_json)
 from matrix_core.client_api.http import split_raw_path
 from matrix_core.client_api.router import client_api_segments
 from matrix_core.client_api.routes import ROUTER
@@ -503,6 +504,7 @@ def _json_corpus() -> list[bytes]:
         '123', 'null', 'true', '  {"k" : "v" }  ', '{"k":"v","k":"w"}', '{"t":21.5}', 'NaN', '[Infinity]',
         '{"big":9007199254740992}', '[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]', '{"é":"€","\\u0000":""}',
         '{"filter":{"room":{"timeline":{"limit":10}}}}', '{"$f":"21.5"}',
+        '{"tags":{"m.favourite":{"order":0.5}}}', '{"order":1e-300,"x":-0.0,"y":[1.5e308]}',
     ]
     return [t.encode("utf-8") for t in texts] + [b"\xef\xbb\xbf{}", '{"a":"\u00ff"}'.encode("latin-1")]
 
@@ -531,6 +533,7 @@ def check_json(data: bytes) -> None:
     else:
         if v is not None:
             encode_canonical_json(v)
+    check_plain_json(data)
     for hint in (None, "application/json", 50):
         content = mqtt_payload_to_content(data, hint)
         encode_canonical_json(content)
@@ -548,6 +551,40 @@ def check_json(data: bytes) -> None:
     except errors.MatrixError as err:
         if err.status >= 500:
             raise AssertionError(f"path refused with {err.status}") from None
+
+
+def check_plain_json(data: bytes) -> None:
+    """An account data or tag body (not an event: fractions kept): parse_plain_json gives a value
+    or a CanonicalJSONError (M_NOT_JSON / M_BAD_JSON); an object is stored and read back equal,
+    or refused with M_BAD_JSON; CoAP's plain reading of the same JSON body agrees."""
+    try:
+        value = parse_plain_json(data)
+    except CanonicalJSONError:  # JSONSyntaxError included
+        value = _REFUSED
+    if isinstance(value, dict):
+        try:
+            stored = account_data_rules.encode_content(value)
+        except errors.MatrixError as err:
+            if err.errcode != "M_BAD_JSON":
+                raise AssertionError(f"account data refused with {err.errcode}") from None
+        else:
+            if account_data_rules.decode_content(stored) != value:
+                raise AssertionError(f"account data not read back: {stored!r}")
+    try:
+        plain = decode_plain_body(data, CONTENT_FORMAT_JSON)
+    except errors.MatrixError as err:
+        if err.status not in (400, 413):
+            raise AssertionError(f"plain JSON body refused with {err.status} {err.errcode}") from None
+    else:
+        if isinstance(plain, dict):
+            try:
+                account_data_rules.encode_content(plain)
+            except errors.MatrixError as err:
+                if err.errcode != "M_BAD_JSON":
+                    raise AssertionError(f"CoAP account data refused with {err.errcode}") from None
+
+
+_REFUSED = object()
 
 
 # =============================================================================================
