@@ -14,4 +14,5 @@ PURE_MODULES = (
     "uia",
     "push_rules",
     "push_gateway",
+    "relations",
 )

@@ -60,6 +60,17 @@ def limit_exceeded(retry_after_ms: int) -> MatrixError:
     return MatrixError(429, "M_LIMIT_EXCEEDED", "Too many requests.", retry_after_ms=retry_after_ms)
 
 
+def unknown(error: str) -> MatrixError:
+    """400 M_UNKNOWN: the spec's answer where it names no errcode (a thread started from an event
+    that is itself a relation, a relation to an event the server does not know)."""
+    return MatrixError(400, "M_UNKNOWN", error)
+
+
+def duplicate_annotation() -> MatrixError:
+    """A second identical annotation (reaction) by the same user on the same event."""
+    return MatrixError(400, "M_DUPLICATE_ANNOTATION", "You already sent this annotation.")
+
+
 def unrecognized(error: str = "Unrecognized request.") -> MatrixError:
     return MatrixError(404, "M_UNRECOGNIZED", error)
 

@@ -294,3 +294,31 @@ async def test_federated_events_reach_coap_observers(hub: GatewayProcess, synaps
         request.observation.cancel()
     finally:
         await ctx.shutdown()
+
+
+def test_relations_from_synapse_are_indexed_and_bundled(hub: GatewayProcess, synapse: SynapseProcess,
+                                                        hub_token: str, sam_token: str) -> None:
+    """A thread reply and a reaction sent on Synapse arrive over federation into the hub's
+    relations index: the hub's /relations lists them and its events carry the thread summary."""
+    created = hub_api(hub, "POST", "/_matrix/client/v3/createRoom",
+                      {"room_alias_name": "threads", "preset": "public_chat"}, token=hub_token)
+    room_id = created["room_id"]
+    synapse.api("POST", f"/_matrix/client/v3/join/{q('#threads:' + hub.server_name)}", {}, token=sam_token)
+    root = hub_api(hub, "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/root",
+                   {"msgtype": "m.text", "body": "thread root"}, token=hub_token)["event_id"]
+    wait_with_sync(synapse_sync(synapse, sam_token), lambda s: "thread root" in timeline_bodies(s, room_id))
+    reply = synapse.api("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/rel1",
+                        {"msgtype": "m.text", "body": "reply from synapse",
+                         "m.relates_to": {"rel_type": "m.thread", "event_id": root}}, token=sam_token)["event_id"]
+    like = synapse.api("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.reaction/rel2",
+                       {"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": "👍"}},
+                       token=sam_token)["event_id"]
+    wait_with_sync(hub_sync(hub, hub_token),
+                   lambda s: like in [ev["event_id"] for ev in s.get("rooms", {}).get("join", {}).get(room_id, {})
+                                      .get("timeline", {}).get("events", [])])
+    children = hub_api(hub, "GET", f"/_matrix/client/v1/rooms/{q(room_id)}/relations/{q(root)}", token=hub_token)
+    assert [ev["event_id"] for ev in children["chunk"]] == [like, reply]
+    event = hub_api(hub, "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/event/{q(root)}", token=hub_token)
+    summary = event["unsigned"]["m.relations"]["m.thread"]
+    assert summary["latest_event"]["event_id"] == reply and summary["count"] == 1
+    assert summary["current_user_participated"] is True  # hubby sent the root

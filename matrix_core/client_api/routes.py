@@ -14,6 +14,7 @@ from . import membership_handlers as m
 from . import presence_handlers as pr
 from . import push_handlers as p
 from . import pusher_handlers as pushers
+from . import relation_handlers as rel
 from . import room_handlers as r
 from . import timestamp_handlers as ts
 from .router import ClientRouter
@@ -109,6 +110,13 @@ def build_router() -> ClientRouter:
     # Pushers (issue 13): push gateways that wake phones
     add("GET", "pushers", pushers.get_pushers)
     add("POST", "pushers/set", pushers.set_pusher)
+
+    # Relations, threads and event context (relation_handlers.py)
+    add("GET", "rooms/{roomId}/relations/{eventId}", rel.relations)
+    add("GET", "rooms/{roomId}/relations/{eventId}/{relType}", rel.relations)
+    add("GET", "rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", rel.relations)
+    add("GET", "rooms/{roomId}/threads", rel.threads)
+    add("GET", "rooms/{roomId}/context/{eventId}", rel.context)
     return router
 
 

@@ -49,6 +49,9 @@ class EventPersister:
         self._recent_state: OrderedDict[str, tuple[dict[StateKey, Event], int | None]] = OrderedDict()
         self.redactions: dict[str, str] = {}  # redacted event id -> redaction event id
         self._redaction_events: dict[str, Event] = {}
+        # Rooms holding at least one relation (loaded by service/relations.py, added to as relation
+        # rows are written): bundling aggregations for any other room needs no query.
+        self.relation_rooms: set[str] = set()
         self.compactor = Compactor(self.db.submit)
 
     async def load_positions(self) -> None:
@@ -182,6 +185,8 @@ class EventPersister:
 
     def submit_rows(self, rows: EventRows, delay: float = 0.0) -> "asyncio.Future[Any]":
         fut = self.db.submit(rows.write, delay)
+        if rows.relations:
+            self.relation_rooms.update(row[3] for row in rows.relations)
         self.compactor.note_positions(self._next_stream, self._next_backfill)
         return fut
 

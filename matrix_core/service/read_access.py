@@ -26,9 +26,13 @@ class ReadAccess:
     timeline: VisibilityTimeline | None  # None: every event up to `upto` is visible
 
     def event_visible(self, pos: int, event: Event) -> bool:
+        return self.visible_at(pos, event.type, event.state_key)
+
+    def visible_at(self, pos: int, event_type: str, state_key: str | None = None) -> bool:
+        """`event_visible` from the facts alone (an index row, say, without its event)."""
         if self.upto is not None and pos > self.upto:
             return False
-        return self.timeline is None or self.timeline.event_visible(pos, event.type, event.state_key, self.peeking)
+        return self.timeline is None or self.timeline.event_visible(pos, event_type, state_key, self.peeking)
 
     def visible(self, events: Iterable[tuple[int, Event]]) -> list[tuple[int, Event]]:
         if self.timeline is None and self.upto is None:

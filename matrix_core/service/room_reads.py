@@ -21,10 +21,13 @@ from .room_cache import RoomCache, StateKey
 from .room_registry import RoomRegistry
 
 if TYPE_CHECKING:
+    from .relations import Relations
     from .room_send import SentTransactions
 
 
 class RoomReads:
+    relations: Relations  # bundled aggregations (set by Rooms, which builds it from this object)
+
     def __init__(self, db: Database, stream: EventStream, registry: RoomRegistry, persister: EventPersister,
                  txns: SentTransactions, read_gate: ReadGate, server_name: str, signing_key: SigningKey,
                  clock: Callable[[], int]) -> None:
@@ -160,7 +163,9 @@ class RoomReads:
         found = await self.fetch_event(event_id)
         if found is None or found[0].room_id != room_id or not access.event_visible(found[1], found[0]):
             raise errors.not_found("Event not found.")
-        return self.serialize(found[0], requester)
+        event = self.serialize(found[0], requester)
+        await self.relations.bundle(requester, room_id, [event], access)
+        return event
 
     async def timeline(self, room_id: str, upto: int, limit: int, after: int | None = None,
                        forwards: bool = False) -> list[tuple[int, Event]]:
@@ -186,10 +191,9 @@ class RoomReads:
             upper = ceiling if to_pos is None else min(to_pos, ceiling)
             got = await self.timeline(room_id, upper, limit, after=start, forwards=True)
             end = got[-1][0] if got else None
-        body: dict[str, Any] = {
-            "chunk": [self.serialize(ev, requester) for _, ev in access.visible(got)],
-            "start": f"s{start}",
-        }
+        chunk = [self.serialize(ev, requester) for _, ev in access.visible(got)]
+        await self.relations.bundle(requester, room_id, chunk, access)
+        body: dict[str, Any] = {"chunk": chunk, "start": f"s{start}"}
         if end is not None and len(got) == limit:
             body["end"] = f"s{end}"
         return body

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from .. import auth_rules, errors
 from ..events import Event
@@ -62,6 +62,9 @@ class RoomSending:
         self._txns = txns.txns
         self._sent = txns
         self.reads = reads
+        # The relation rules (service/relations.py Relations.check_send): only content with an
+        # `m.relates_to` pays for them (room id, event type, content, sender).
+        self.check_relation: Callable[[str, str, dict[str, Any], str], Awaitable[None]] | None = None
 
     async def send_event(self, requester: Requester, room_id: str, event_type: str, content: Any,
                          txn_id: str | None = None, state_key: str | None = None,
@@ -82,6 +85,10 @@ class RoomSending:
         room = await self.registry.get_room(room_id)
         if txn_key is not None and txn_key in self._txns:  # a retry raced us while loading
             return self._txns[txn_key]
+        if "m.relates_to" in content and self.check_relation is not None:
+            await self.check_relation(room_id, event_type, content, requester.user_id)
+            if txn_key is not None and txn_key in self._txns:
+                return self._txns[txn_key]
         event = self.builder.build_requested(room, requester, event_type, content, state_key)
         if txn_key is not None:
             self._sent.remember(txn_key, event.event_id, requester.device_id, txn_id)  # type: ignore[arg-type]

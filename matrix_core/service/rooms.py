@@ -36,6 +36,7 @@ from .event_persister import EventPersister
 from .federated_rooms import FederatedRooms
 from .membership import RoomMembership
 from .read_access import ReadGate
+from .relations import Relations
 from .remote_rooms import NO_FEDERATION, RemoteRooms
 from .room_creation import RoomCreation
 from .room_reads import RoomReads
@@ -71,6 +72,9 @@ class Rooms:
         self._reads = reads = RoomReads(db, stream, registry, persister, txns, read_gate, server_name, signing_key,
                                         clock)
         self._sending = sending = RoomSending(registry, builder, persister, txns, reads, limiter)
+        # Relations, threads, context and the bundled aggregations every read adds (service/relations.py)
+        self.relations = reads.relations = Relations(db, stream, persister, reads)
+        sending.check_relation = self.relations.check_send
         self._aliases = aliases = RoomAliases(db, server_name, registry)
         self._creation = creation = RoomCreation(db, server_name, registry, builder, persister, aliases,
                                                  limiter, max_rooms_per_user, admin_contact)
@@ -160,4 +164,5 @@ class Rooms:
         await self._federated.load()
         await self._txns.load()
         await self._persister.load_redactions()
+        await self.relations.load()
 

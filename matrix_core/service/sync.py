@@ -160,6 +160,8 @@ class Sync:
                 stripped = self._invite_state(requester.user_id, room_id, room)
                 if stripped is not None:
                     invite[room_id] = {"invite_state": {"events": stripped}}
+        await self.rooms.relations.bundle_rooms(  # bundled aggregations (service/relations.py)
+            requester, {room_id: body["timeline"]["events"] for room_id, body in join.items()})
         return {"join": join, "invite": invite, "leave": {}}
 
     async def _loadable_memberships(self, user_id: str) -> list[tuple[str, tuple[str, int]]]:
@@ -209,6 +211,7 @@ class Sync:
         join: dict[str, Any] = {}
         invite: dict[str, Any] = {}
         leave: dict[str, Any] = {}
+        bundled: dict[str, list[dict[str, Any]]] = {}
         recent = self.stream.recent_since(since)
         by_room: dict[str, list[tuple[int, Event]]] | None = None
         if recent is not None:
@@ -238,6 +241,8 @@ class Sync:
                 else:
                     state = []
                 join[room_id] = self._joined_room_body(requester, timeline, limited, state)
+                if limited or changed:  # bundled aggregations: limited timelines, newly joined rooms
+                    bundled[room_id] = join[room_id]["timeline"]["events"]
             elif membership == "invite" and changed:
                 stripped = self._invite_state(requester.user_id, room_id, await self._room_if_known(room_id))
                 if stripped is not None:
@@ -254,4 +259,7 @@ class Sync:
                     "state": {"events": []},
                     "account_data": {"events": []},
                 }
+                if limited:
+                    bundled[room_id] = leave[room_id]["timeline"]["events"]
+        await self.rooms.relations.bundle_rooms(requester, bundled)
         return {"join": join, "invite": invite, "leave": leave}

@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar, cast
 import aiosqlite
 
 from .. import errors
-from . import event_index
+from . import event_index, relations
 from .disk_space import FullDiskLog, means_full, no_room
 from .migrations import migrate
 
@@ -49,6 +49,7 @@ def configure_connection(conn: sqlite3.Connection, synchronous: str = "FULL") ->
     conn.execute("PRAGMA secure_delete=OFF")  # freed pages (merged index runs) are not rewritten
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     event_index.register(conn)
+    relations.register(conn)  # the relations index's backfill migration reads event JSON
 
 
 def open_sync(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:

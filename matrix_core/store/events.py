@@ -11,7 +11,7 @@ import sqlite3
 from typing import Any
 
 from ..events import Event
-from . import event_index, event_json
+from . import event_index, event_json, relations
 from .database import Database, WriteFn
 from .event_index import Compactor
 
@@ -163,6 +163,7 @@ class EventRows:
         self.current: list[tuple[Any, ...]] = []
         self.current_deleted: list[tuple[str, str, str]] = []
         self.redactions: list[tuple[str, str]] = []
+        self.relations: list[tuple[Any, ...]] = []  # rows of the relations index (store/relations.py)
         self.member_updates: list[tuple[str, str, int]] = []
         self.notify: list[tuple[int, Event]] = []
         self.new_room: tuple[str, str, str | None] | None = None
@@ -187,6 +188,10 @@ class EventRows:
             self.redactions.append((ev.redacts, ev.event_id))
         if ev.type == "m.room.history_visibility":
             self.visibility_changed = True
+        if not outlier and rejected is None:
+            relation = relations.row_for(pos, ev)
+            if relation is not None:
+                self.relations.append(relation)
         if announce and not outlier and rejected is None:
             self.notify.append((pos, ev))
 
@@ -248,6 +253,8 @@ class EventRows:
                 "VALUES (?,?,?,?,?)",
                 self.current,
             )
+        if self.relations:
+            relations.insert(conn, self.relations)
         if self.redactions:
             conn.executemany(
                 "INSERT OR IGNORE INTO redactions (redacted_event_id, redaction_event_id) VALUES (?,?)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from types import ModuleType
 
-from . import account_data, coap_psk, devices, forgotten_rooms, mqtt, push_rules, pushers, receipts
+from . import account_data, coap_psk, devices, forgotten_rooms, mqtt, push_rules, pushers, receipts, relations
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -207,7 +207,8 @@ FEDERATION_MIGRATIONS: list[tuple[int, str]] = [
 # know their schema; a new component adds its module here (one entry).
 COMPONENT_STORES: tuple[ModuleType, ...] = (
     mqtt, coap_psk,
-    account_data, forgotten_rooms, receipts, devices, push_rules, pushers,  # issue 13: the client API real clients call
+    # issue 13, the client API real clients call:
+    account_data, forgotten_rooms, receipts, devices, push_rules, pushers, relations,
 )
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Iterator
 
-from . import event_index, event_json
+from . import event_index, event_json, relations
 
 _PURGEABLE = (
     "e.state_key IS NULL AND e.origin_server_ts < ?2 AND {pos} < ?3 "
@@ -56,6 +56,7 @@ def purge_batch(conn: sqlite3.Connection, room_id: str, cutoff_ms: int, limit: i
     marks = ",".join("?" * len(ids))
     conn.execute(f"DELETE FROM events WHERE stream_ordering IN ({marks})", positions)
     event_index.forget(conn, room_id, positions)
+    relations.forget(conn, ids)
     conn.execute(f"DELETE FROM redactions WHERE redacted_event_id IN ({marks}) OR redaction_event_id IN ({marks})",
                  ids + ids)
     return len(ids)
