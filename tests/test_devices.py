@@ -394,3 +394,11 @@ async def test_devices_over_coap_through_the_same_route_table(hub: GatewayProces
         assert not alive(hub, lost) and alive(hub, sensor)
     finally:
         await ctx.shutdown()
+
+
+def test_no_third_party_protocols(hub: GatewayProcess) -> None:
+    """Element's call handler asks at start and retries a 404; {} says 'none bridged'."""
+    token = hub.login("alice", PASSWORD)
+    assert hub.request("GET", f"{V3}/thirdparty/protocols", token=token) == (200, {})
+    status, body = hub.request("GET", f"{V3}/thirdparty/protocols")
+    assert (status, body["errcode"]) == (401, "M_MISSING_TOKEN")

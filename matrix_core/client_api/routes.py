@@ -94,6 +94,7 @@ def build_router() -> ClientRouter:
     add("POST", "account/deactivate", dv.deactivate)
     add("GET", "account/3pid", dv.third_party_ids)
     add("GET", "voip/turnServer", disc.turn_server)
+    add("GET", "thirdparty/protocols", disc.thirdparty_protocols)
     add("GET", "rooms/{roomId}/timestamp_to_event", ts.timestamp_to_event)  # v1.6, jump to a date
 
     # Push rules and notifications (push_handlers.py). A trailing slash ("pushrules/", as

@@ -157,9 +157,9 @@ def _requirements() -> dict[str, tuple[tuple[str, str], ...]]:
 #: version -> every endpoint (method, path) that version requires of what we claim.
 VERSION_REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = _requirements()
 
-#: What /versions answers. v1.10 waits for `recurse` on the relations endpoints; v1.11 for
-#: authenticated media.
-SUPPORTED_VERSIONS: tuple[str, ...] = ("v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9")
+#: What /versions answers. v1.11 waits for authenticated media (the media issue).
+SUPPORTED_VERSIONS: tuple[str, ...] = ("v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9",
+                                       "v1.10")
 
 #: Unstable features that work (none beyond the stable versions above).
 UNSTABLE_FEATURES: dict[str, bool] = {}

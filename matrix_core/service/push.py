@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import errors, push_rules as pr
+from ..account_data_rules import event_filter_allows
 from ..events import Event
 from ..notifier import EventStream
 from ..store import push_rules as rows
@@ -410,7 +411,8 @@ class PushRulesSource(SyncSource):
 
     async def collect(self, ctx: SyncContext, since: int, upto: int, out: SyncOutput) -> None:
         user_id = ctx.requester.user_id
-        if ctx.initial or ctx.full_state or since < self.push.user_position(user_id) <= upto:
+        changed = ctx.initial or ctx.full_state or since < self.push.user_position(user_id) <= upto
+        if changed and event_filter_allows(ctx.sync_filter.get("account_data"), "m.push_rules"):
             rules = await self.push.ruleset(user_id)
             out.add_top("account_data", [{"type": "m.push_rules", "content": {"global": rules}}])
         if ctx.initial:
