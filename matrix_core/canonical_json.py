@@ -276,8 +276,14 @@ def parse_json(data: bytes | bytearray | memoryview | str) -> Any:
             text = bytes(data).decode("utf-8")
         except UnicodeDecodeError as e:
             raise JSONSyntaxError(f"invalid UTF-8: {e}") from None
+    return _decode_checked(_DECODER, text)
+
+
+def _decode_checked(decoder: json.JSONDecoder, text: str) -> Any:
+    """Decode with one of our strict decoders; JSONSyntaxError for what is not JSON, and lone
+    surrogates (escaped \\udXXX that no UTF-8 can hold) refused after decoding."""
     try:
-        value = _DECODER.decode(text)
+        value = decoder.decode(text)
     except CanonicalJSONError:
         raise
     except (ValueError, RecursionError) as e:
@@ -318,15 +324,4 @@ def parse_plain_json(data: bytes | bytearray | memoryview) -> Any:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as e:
         raise JSONSyntaxError(f"invalid UTF-8: {e}") from None
-    try:
-        value = _PLAIN_DECODER.decode(text)
-    except CanonicalJSONError:
-        raise
-    except (ValueError, RecursionError) as e:
-        raise JSONSyntaxError(f"invalid JSON: {e}") from None
-    if _SURROGATE_ESCAPE.search(text) is not None:
-        try:
-            _check_strings_encodable(value)
-        except UnicodeEncodeError:
-            raise CanonicalJSONError("JSON string contains a lone surrogate") from None
-    return value
+    return _decode_checked(_PLAIN_DECODER, text)

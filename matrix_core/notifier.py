@@ -66,22 +66,6 @@ class EventStream:
                 fut.set_result(None)
         self._waiters.clear()
 
-    async def wait_for_change(self, since: int, timeout: float) -> bool:
-        """Wait until the stream passes `since` or `timeout` seconds pass; True if it passed."""
-        if self.position > since:
-            return True
-        if timeout <= 0 or self.closed:
-            return False
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.add(fut)
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            self._waiters.discard(fut)
-        return self.position > since
-
     async def wait_for_signal(self, changed: Callable[[], bool], timeout: float) -> None:
         """Wait until `changed()` holds, checked on each new event or `wake_all` (a change that is
         not an event: a receipt, typing, account data), or `timeout` seconds pass."""
