@@ -15,4 +15,6 @@ PURE_MODULES = (
     "push_rules",
     "push_gateway",
     "relations",
+    # issue 14, end-to-end encryption
+    "cross_signing_rules",
 )

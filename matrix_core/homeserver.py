@@ -15,6 +15,7 @@ from .push_gateway import RetryPolicy
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.account_data import AccountData
 from .service.accounts import Accounts
+from .service.cross_signing import CrossSigning
 from .service.devices import Devices
 from .service.directory import Directory
 from .service.forgotten_rooms import ForgottenRooms
@@ -107,6 +108,8 @@ class Homeserver:
         self.push = PushRules(self.db, self.rooms, self.stream, self.sync.notify, lambda: self.receipts)
         self.sync.add_source(self.push.source)
         self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
+        # Cross-signing keys and signatures (issue 14): read by keys/query, changes to device lists.
+        self.cross_signing = CrossSigning(self.db)
 
     async def start(self) -> None:
         await self.db.open()

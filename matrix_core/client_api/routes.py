@@ -5,6 +5,7 @@ HTTP and CoAP both dispatch through `ROUTER`; adding a route here makes it reach
 from __future__ import annotations
 
 from . import account_data_handlers as ad
+from . import cross_signing_handlers as xs
 from . import auth_handlers as a
 from . import device_handlers as dv
 from . import directory_handlers as d
@@ -118,6 +119,10 @@ def build_router() -> ClientRouter:
     add("GET", "rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", rel.relations)
     add("GET", "rooms/{roomId}/threads", rel.threads)
     add("GET", "rooms/{roomId}/context/{eventId}", rel.context)
+
+    # Cross-signing (issue 14, cross_signing_handlers.py)
+    add("POST", "keys/device_signing/upload", xs.upload_signing_keys)
+    add("POST", "keys/signatures/upload", xs.upload_signatures)
     return router
 
 
