@@ -16,5 +16,5 @@ PURE_MODULES = (
     "push_gateway",
     "relations",
     # issue 14, end-to-end encryption
-    "cross_signing_rules",
+    "cross_signing_rules", "key_backup_rules",
 )

@@ -19,6 +19,7 @@ from .service.cross_signing import CrossSigning
 from .service.devices import Devices
 from .service.directory import Directory
 from .service.forgotten_rooms import ForgottenRooms
+from .service.key_backup import KeyBackup
 from .service.presence import Presence
 from .service.push import PushRules
 from .service.push_delivery import PushDelivery
@@ -110,6 +111,7 @@ class Homeserver:
         self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
         # Cross-signing keys and signatures (issue 14): read by keys/query, changes to device lists.
         self.cross_signing = CrossSigning(self.db)
+        self.key_backup = KeyBackup(self.db)  # server-side key backup (/room_keys)
 
     async def start(self) -> None:
         await self.db.open()

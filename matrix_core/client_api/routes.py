@@ -11,6 +11,7 @@ from . import device_handlers as dv
 from . import directory_handlers as d
 from . import discovery_handlers as disc
 from . import ephemeral_handlers as eph
+from . import key_backup_handlers as kb
 from . import membership_handlers as m
 from . import presence_handlers as pr
 from . import push_handlers as p
@@ -123,6 +124,16 @@ def build_router() -> ClientRouter:
     # Cross-signing (issue 14, cross_signing_handlers.py)
     add("POST", "keys/device_signing/upload", xs.upload_signing_keys)
     add("POST", "keys/signatures/upload", xs.upload_signatures)
+    # Server-side key backup (issue 14, key_backup_handlers.py)
+    add("POST", "room_keys/version", kb.create_version)
+    add("GET", "room_keys/version", kb.get_version)
+    add("GET", "room_keys/version/{version}", kb.get_version)
+    add("PUT", "room_keys/version/{version}", kb.put_version)
+    add("DELETE", "room_keys/version/{version}", kb.delete_version)
+    for path in ("room_keys/keys", "room_keys/keys/{roomId}", "room_keys/keys/{roomId}/{sessionId}"):
+        add("PUT", path, kb.put_keys)
+        add("GET", path, kb.get_keys)
+        add("DELETE", path, kb.delete_keys)
     return router
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sqlite3
 from types import ModuleType
 
-from . import account_data, coap_psk, cross_signing, devices, forgotten_rooms, mqtt, push_rules, pushers, receipts, relations
+from . import (account_data, coap_psk, cross_signing, devices, forgotten_rooms, key_backup, mqtt, push_rules, pushers,
+               receipts, relations)
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -210,7 +211,7 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     # issue 13, the client API real clients call:
     account_data, forgotten_rooms, receipts, devices, push_rules, pushers, relations,
     # issue 14, end-to-end encryption
-    cross_signing,
+    cross_signing, key_backup,
 )
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).
