@@ -1,58 +1,19 @@
 """Cross-signing over raw HTTP (urllib) with keys made by PyNaCl: /keys/device_signing/upload
 (UIA after the first upload, MSC3967), /keys/signatures/upload (failures per key), bad input
-(a clear errcode, nothing stored), and what hs.cross_signing gives /keys/query."""
+(a clear errcode, nothing stored). tests/test_cross_signing_service.py covers what
+hs.cross_signing gives /keys/query and device signatures (needing /keys/upload's device keys)."""
 from __future__ import annotations
 
-import base64
-import json
 from typing import Any
 
-import nacl.signing
 import pytest
 
 from tests.conftest import PASSWORD
+from tests.support.e2ee_keys import Key, key_set
 from tests.support.gateway import GatewayProcess
 
 UPLOAD = "/_matrix/client/v3/keys/device_signing/upload"
 SIGNATURES = "/_matrix/client/v3/keys/signatures/upload"
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode().rstrip("=")
-
-
-def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
-
-
-class Key:
-    """An ed25519 cross-signing key pair, as a client makes it."""
-
-    def __init__(self) -> None:
-        self.sk = nacl.signing.SigningKey.generate()
-        self.pub = b64(bytes(self.sk.verify_key))
-        self.kid = f"ed25519:{self.pub}"
-
-    def public(self, user_id: str, usage: str) -> dict[str, Any]:
-        return {"user_id": user_id, "usage": [usage], "keys": {self.kid: self.pub}}
-
-    def sign(self, obj: dict[str, Any], user_id: str, kid: str | None = None) -> dict[str, Any]:
-        bare = {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
-        sig = b64(self.sk.sign(canonical(bare)).signature)
-        out = dict(obj)
-        out["signatures"] = {**obj.get("signatures", {}), user_id: {
-            **obj.get("signatures", {}).get(user_id, {}), kid or self.kid: sig}}
-        return out
-
-
-def key_set(user_id: str) -> tuple[Key, Key, Key, dict[str, Any]]:
-    master, ssk, usk = Key(), Key(), Key()
-    body = {
-        "master_key": master.public(user_id, "master"),
-        "self_signing_key": master.sign(ssk.public(user_id, "self_signing"), user_id),
-        "user_signing_key": master.sign(usk.public(user_id, "user_signing"), user_id),
-    }
-    return master, ssk, usk, body
 
 
 def password_auth(localpart: str, session: str) -> dict[str, Any]:
@@ -151,7 +112,6 @@ def test_user_signing_signature_on_another_users_master_key(gateway: GatewayProc
     status, answer = gateway.request("POST", SIGNATURES, {carol: "x"}, token=users["erin"])
     assert status == 400 and answer["errcode"] == "M_BAD_JSON"
     # signing one's own device needs its keys: unknown device -> M_NOT_FOUND failure
-    _, ssk, _, _ = key_set(erin)
-    status, answer = gateway.request("POST", SIGNATURES, {erin: {"NODEVICE": {"device_id": "NODEVICE"}}},
-                                     token=users["erin"])
-    assert status == 200 and answer["failures"][erin]["NODEVICE"]["errcode"] in ("M_NOT_FOUND", "M_INVALID_SIGNATURE")
+    unknown_device = Key().sign({"device_id": "NODEVICE"}, erin)
+    status, answer = gateway.request("POST", SIGNATURES, {erin: {"NODEVICE": unknown_device}}, token=users["erin"])
+    assert status == 200 and answer["failures"][erin]["NODEVICE"]["errcode"] == "M_NOT_FOUND"
