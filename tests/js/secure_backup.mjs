@@ -76,8 +76,23 @@ async function step(name, fn) {
 
 let client;
 let secretStorageKey; // [keyId, privateKey] once created: the app's cache (Element keeps it in memory too)
+// As Element's InteractiveAuth: the request without auth first; on a 401, again with the password and its session.
+const uiaRounds = [];
 const auth = async (makeRequest) => {
-    await makeRequest({ type: "m.login.password", identifier: { type: "m.id.user", user: USER }, password: PASSWORD });
+    let session;
+    try {
+        await makeRequest(null);
+        uiaRounds.push("accepted without auth");
+        return;
+    } catch (err) {
+        if (err.httpStatus !== 401 || !err.data?.session) throw err;
+        session = err.data.session;
+        uiaRounds.push("401");
+    }
+    await makeRequest({
+        type: "m.login.password", identifier: { type: "m.id.user", user: USER }, password: PASSWORD, session,
+    });
+    uiaRounds.push("accepted with the password");
 };
 
 await step("login", async () => {
@@ -133,8 +148,35 @@ await step("cross_signing_ready", async () => {
     const crypto = client.getCrypto();
     const ready = await crypto.isCrossSigningReady();
     const own = await crypto.getDeviceVerificationStatus(client.getUserId(), client.getDeviceId());
-    if (!own?.crossSigningVerified) throw new Error(`own device not cross-signed: ${safe(own)}`);
-    return { ready };
+    if (!ready || !own?.crossSigningVerified) throw new Error(`own device not cross-signed: ${safe(own)}`);
+    return { ready, uia: uiaRounds.splice(0) };
+});
+
+// What other users' clients will see: /keys/query has the three keys, the device's signature by the
+// self-signing key, the master key's signature by the device.
+await step("keys_query_shows_signatures", async () => {
+    const me = client.getUserId();
+    const device = client.getDeviceId();
+    const answer = await client.http.authedRequest("POST", "/keys/query", undefined, { device_keys: { [me]: [] } });
+    const master = answer.master_keys?.[me];
+    const selfSigning = answer.self_signing_keys?.[me];
+    if (!master || !selfSigning || !answer.user_signing_keys?.[me]) throw new Error(`keys missing: ${safe(answer)}`);
+    const sskId = Object.keys(selfSigning.keys)[0];
+    const deviceSigs = answer.device_keys?.[me]?.[device]?.signatures?.[me] ?? {};
+    if (!(sskId in deviceSigs)) throw new Error(`device not signed by the self-signing key: ${safe(deviceSigs)}`);
+    if (!(`ed25519:${device}` in (master.signatures?.[me] ?? {}))) {
+        throw new Error(`master key not signed by the device: ${safe(master.signatures)}`);
+    }
+    return { master: Object.keys(master.keys)[0] };
+});
+
+await step("replace_cross_signing_needs_password", async () => {
+    const crypto = client.getCrypto();
+    await crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: auth, setupNewCrossSigning: true });
+    const rounds = uiaRounds.splice(0);
+    if (rounds.join(",") !== "401,accepted with the password") throw new Error(`UIA rounds: ${rounds}`);
+    if (!(await crypto.isCrossSigningReady())) throw new Error("not ready after the reset");
+    return { uia: rounds };
 });
 
 await step("bootstrap_secret_storage_with_backup", async () => {
@@ -159,6 +201,29 @@ await step("reset_key_backup", async () => {
     const trust = await crypto.isKeyBackupTrusted(await crypto.getKeyBackupInfo());
     if (!trust.trusted || !trust.matchesDecryptionKey) throw new Error(`new backup not trusted: ${safe(trust)}`);
     return { before, after };
+});
+
+await step("room_keys_backed_up", async () => {
+    const crypto = client.getCrypto();
+    const version = await crypto.getActiveSessionBackupVersion();
+    const { room_id: roomId } = await client.createRoom({
+        name: "encrypted",
+        initial_state: [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }],
+    });
+    await new Promise((resolve) => {
+        const check = () => (client.getRoom(roomId) ? resolve() : setTimeout(check, 50));
+        check();
+    });
+    await client.sendTextMessage(roomId, "backed up");
+    for (;;) {
+        const keys = await client.http.authedRequest("GET", "/room_keys/keys", { version });
+        const sessions = keys.rooms?.[roomId]?.sessions ?? {};
+        if (Object.keys(sessions).length > 0) {
+            const info = await client.http.authedRequest("GET", "/room_keys/version");
+            return { version, sessions: Object.keys(sessions).length, count: info.count, etag: info.etag };
+        }
+        await new Promise((r) => setTimeout(r, 250));
+    }
 });
 
 try {
