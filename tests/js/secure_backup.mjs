@@ -220,7 +220,9 @@ await step("room_keys_backed_up", async () => {
         const sessions = keys.rooms?.[roomId]?.sessions ?? {};
         if (Object.keys(sessions).length > 0) {
             const info = await client.http.authedRequest("GET", "/room_keys/version");
-            return { version, sessions: Object.keys(sessions).length, count: info.count, etag: info.etag };
+            // bytes: one backed-up session as the client uploads it (the hub's body limit is 128 KiB)
+            return { version, sessions: Object.keys(sessions).length, count: info.count, etag: info.etag,
+                bytes: JSON.stringify(sessions).length };
         }
         await new Promise((r) => setTimeout(r, 250));
     }
