@@ -210,10 +210,10 @@ await step("room_keys_backed_up", async () => {
         name: "encrypted",
         initial_state: [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }],
     });
-    await new Promise((resolve) => {
-        const check = () => (client.getRoom(roomId) ? resolve() : setTimeout(check, 50));
-        check();
-    });
+    // Until sync has brought the room with its m.room.encryption state, the SDK would send in the clear.
+    while (!client.getRoom(roomId) || !(await crypto.isEncryptionEnabledInRoom(roomId))) {
+        await new Promise((r) => setTimeout(r, 50));
+    }
     await client.sendTextMessage(roomId, "backed up");
     for (;;) {
         const keys = await client.http.authedRequest("GET", "/room_keys/keys", { version });
