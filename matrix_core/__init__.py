@@ -15,4 +15,6 @@ PURE_MODULES = (
     "push_rules",
     "push_gateway",
     "relations",
+    # issue 15, the content repository
+    "media_rules",
 )

@@ -18,6 +18,7 @@ from .service.accounts import Accounts
 from .service.devices import Devices
 from .service.directory import Directory
 from .service.forgotten_rooms import ForgottenRooms
+from .service.media import Media
 from .service.presence import Presence
 from .service.push import PushRules
 from .service.push_delivery import PushDelivery
@@ -61,6 +62,10 @@ class HomeserverSettings:
     turn_user_lifetime_s: int = 86400
     # Delivery to push gateways: retry window (config push_give_up_after_s), timeouts, bounds.
     push_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # The content repository (service/media.py): files in database_path's dir under media/.
+    max_upload_bytes: int = 50 << 20
+    media_quota_per_user_bytes: int = 0  # 0: no quota
+    media_quota_total_bytes: int = 0
 
 
 class Homeserver:
@@ -107,6 +112,8 @@ class Homeserver:
         self.push = PushRules(self.db, self.rooms, self.stream, self.sync.notify, lambda: self.receipts)
         self.sync.add_source(self.push.source)
         self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
+        self.media = Media(self.db, self.server_name, settings.database_path.parent / "media", settings.max_upload_bytes,
+                           settings.media_quota_per_user_bytes, settings.media_quota_total_bytes, settings.admin_contact)
 
     async def start(self) -> None:
         await self.db.open()
@@ -116,6 +123,7 @@ class Homeserver:
         await self.receipts.load()
         await self.push.load()
         await self.push_delivery.start()
+        await self.media.start()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
