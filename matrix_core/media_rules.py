@@ -148,3 +148,23 @@ def thumbnail_geometry(source: tuple[int, int], width: int, height: int,
     cw, ch = min(width, rw), min(height, rh)
     left, top = (rw - cw) // 2, (rh - ch) // 2
     return (rw, rh), (left, top, left + cw, top + ch)
+
+
+def mxc_references(content: object) -> list[tuple[str, str]]:
+    """(server, media id) of the media an event's content points at: `url` (m.image, m.file,
+    m.sticker, avatars), `info.thumbnail_url`, and the encrypted-file forms `file.url` and
+    `info.thumbnail_file.url`. Anything malformed is skipped."""
+    if not isinstance(content, dict):
+        return []
+    info = content.get("info") if isinstance(content.get("info"), dict) else {}
+    candidates = [content.get("url"), info.get("thumbnail_url")]
+    for holder in (content.get("file"), info.get("thumbnail_file")):
+        if isinstance(holder, dict):
+            candidates.append(holder.get("url"))
+    found = []
+    for uri in candidates:
+        if isinstance(uri, str) and uri.startswith("mxc://"):
+            server, _, media_id = uri[len("mxc://"):].partition("/")
+            if server and MEDIA_ID.fullmatch(media_id):
+                found.append((server, media_id))
+    return found

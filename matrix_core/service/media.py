@@ -85,8 +85,8 @@ class Media:
             await self._check_created(user_id, media_id)
         if declared_length is not None:
             self._check_size(declared_length)
-        base_user = await store.local_usage(self.db, user_id) if self.quota_per_user_bytes else 0
-        base_total = await store.local_usage(self.db) if self.quota_total_bytes else 0
+        base_user = await store.local_usage(self.db, self.server_name, user_id) if self.quota_per_user_bytes else 0
+        base_total = await store.local_usage(self.db, self.server_name) if self.quota_total_bytes else 0
         if declared_length is not None:
             self._check_quota(user_id, base_user, base_total, declared_length)
         counted = 0
@@ -109,15 +109,15 @@ class Media:
         try:
             if media_id is None:
                 media_id = secrets.token_urlsafe(18)  # 24 characters of [A-Za-z0-9_-]
-                row = store.MediaRow(store.LOCAL, media_id, user_id, content_type, filename, size, sha, now_ms(), None)
+                row = store.MediaRow(self.server_name, media_id, user_id, content_type, filename, size, sha, now_ms(), None)
                 await self.db.write(lambda conn: store.insert_media(conn, row))
             else:
                 mid = media_id
                 done = await self.db.write(lambda conn: store.complete_upload(
-                    conn, store.LOCAL, mid, content_type, filename, size, sha))
+                    conn, self.server_name, mid, content_type, filename, size, sha))
                 if not done:
                     raise errors.MatrixError(409, "M_CANNOT_OVERWRITE_MEDIA", "This media already has content.")
-                event = self._uploaded.pop((store.LOCAL, mid), None)
+                event = self._uploaded.pop((self.server_name, mid), None)
                 if event is not None:
                     event.set()
         except BaseException:
@@ -140,17 +140,17 @@ class Media:
     async def create(self, user_id: str) -> tuple[str, int]:
         """A new mxc:// URI whose bytes come later (async upload); (URI, expiry time in ms)."""
         now = now_ms()
-        if await store.pending_count(self.db, user_id, now) >= MAX_PENDING_PER_USER:
+        if await store.pending_count(self.db, self.server_name, user_id, now) >= MAX_PENDING_PER_USER:
             raise errors.MatrixError(429, "M_LIMIT_EXCEEDED", "Too many media waiting for their content.",
                                      retry_after_ms=60_000)
         media_id = secrets.token_urlsafe(18)
         expires = now + UNUSED_EXPIRY_MS
-        row = store.MediaRow(store.LOCAL, media_id, user_id, rules.DEFAULT_CONTENT_TYPE, None, 0, None, now, expires)
+        row = store.MediaRow(self.server_name, media_id, user_id, rules.DEFAULT_CONTENT_TYPE, None, 0, None, now, expires)
         await self.db.write(lambda conn: store.insert_media(conn, row))
         return self.mxc(media_id), expires
 
     async def _check_created(self, user_id: str, media_id: str) -> None:
-        row = await store.get_media(self.db, store.LOCAL, rules.check_media_id(media_id))
+        row = await store.get_media(self.db, self.server_name, rules.check_media_id(media_id))
         if row is None or (row.sha256 is None and (row.unused_expires_ts or 0) < now_ms()):
             raise errors.not_found("Unknown media id.")
         if row.user_id != user_id:
@@ -164,7 +164,7 @@ class Media:
         """The row and file of a media with content; waits up to `timeout_ms` for a created one
         (then 504 M_NOT_YET_UPLOADED). M_NOT_FOUND for anything unknown."""
         rules.check_media_id(media_id)
-        origin = store.LOCAL if server_name == self.server_name else server_name
+        origin = server_name
         row = await store.get_media(self.db, origin, media_id)
         if row is None:
             raise errors.not_found("Unknown media.")
@@ -237,7 +237,7 @@ class Media:
                 server, media_id = rules.parse_mxc(uri)
             except errors.MatrixError:
                 continue
-            keys.append((store.LOCAL if server == self.server_name else server, media_id))
+            keys.append((server, media_id))
         if not keys:
             return 0
         unreferenced = await self.db.write(lambda conn: store.delete_media(conn, keys))

@@ -3,8 +3,9 @@
 
 A row is one media id: who uploaded it, its content type and file name, its size and the sha256
 naming its file. Rows of an async upload (`POST /v1/media/create`) have no sha256 until their
-bytes arrive. Remote media fetched over federation are rows with `origin` set to their server:
-they are a cache, counted in no user's quota. Thumbnails are rows of their own, keyed by the
+bytes arrive. `origin` is the server in the mxc:// URI: this hub's name for uploads here, another
+server's for remote media fetched over federation, which are a cache (user_id ''), counted in no
+user's quota. Thumbnails are rows of their own, keyed by the
 media and the asked size and method, and their files live beside the media's (content-addressed
 too). A file is removed only when no row (media or thumbnail) names its sha256 any more.
 """
@@ -54,8 +55,6 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-LOCAL = ""  # the origin of media uploaded here
-
 
 @dataclass(frozen=True, slots=True)
 class MediaRow:
@@ -102,18 +101,32 @@ def insert_thumbnail(conn: sqlite3.Connection, origin: str, media_id: str, width
                  (origin, media_id, width, height, method, int(animated), content_type, size, sha256))
 
 
-def delete_media(conn: sqlite3.Connection, keys: list[tuple[str, str]]) -> list[str]:
+def delete_media(conn: sqlite3.Connection, keys: list[tuple[str, str]], uploader: str | None = None) -> list[str]:
     """Remove media rows and their thumbnails; returns the sha256s no row names any more (their
-    files may go)."""
+    files may go). With `uploader`, only media that user uploaded, or remote media (a cache),
+    go: an event cannot take someone else's upload with it when it is purged."""
     hashes: set[str] = set()
     for origin, media_id in keys:
-        for (sha,) in conn.execute("SELECT sha256 FROM media WHERE origin = ? AND media_id = ? AND sha256 IS NOT NULL "
-                                   "UNION SELECT sha256 FROM media_thumbnails WHERE origin = ? AND media_id = ?",
-                                   (origin, media_id, origin, media_id)):
-            hashes.add(sha)
+        row = conn.execute("SELECT sha256, user_id FROM media WHERE origin = ? AND media_id = ?",
+                           (origin, media_id)).fetchone()
+        if row is None or (uploader is not None and row[1] not in (uploader, "")):
+            continue
+        if row[0] is not None:
+            hashes.add(row[0])
+        hashes.update(sha for (sha,) in conn.execute(
+            "SELECT sha256 FROM media_thumbnails WHERE origin = ? AND media_id = ?", (origin, media_id)))
         conn.execute("DELETE FROM media WHERE origin = ? AND media_id = ?", (origin, media_id))
         conn.execute("DELETE FROM media_thumbnails WHERE origin = ? AND media_id = ?", (origin, media_id))
     return [sha for sha in sorted(hashes) if not referenced(conn, sha)]
+
+
+def all_hashes(conn: sqlite3.Connection) -> set[str]:
+    """Every sha256 a row names (for the sweep of files no row names: store/media_files.py)."""
+    try:
+        return {sha for (sha,) in conn.execute("SELECT sha256 FROM media WHERE sha256 IS NOT NULL "
+                                               "UNION SELECT sha256 FROM media_thumbnails")}
+    except sqlite3.OperationalError:  # no media component yet
+        return set()
 
 
 def referenced(conn: sqlite3.Connection, sha256: str) -> bool:
@@ -146,18 +159,19 @@ async def get_thumbnail(db: Database, origin: str, media_id: str, width: int, he
     return None if row is None else (row[0], row[1])
 
 
-async def local_usage(db: Database, user_id: str | None = None) -> int:
-    """Bytes of local media (of one user, or everyone's), created-but-empty ones counting 0."""
+async def local_usage(db: Database, origin: str, user_id: str | None = None) -> int:
+    """Bytes of media uploaded here (`origin`: this hub's name), of one user or everyone's;
+    created-but-empty ones count 0."""
     if user_id is None:
-        row = await db.fetchone("SELECT COALESCE(SUM(size), 0) FROM media WHERE origin = ''")
+        row = await db.fetchone("SELECT COALESCE(SUM(size), 0) FROM media WHERE origin = ?", (origin,))
     else:
-        row = await db.fetchone("SELECT COALESCE(SUM(size), 0) FROM media WHERE origin = '' AND user_id = ?",
-                                (user_id,))
+        row = await db.fetchone("SELECT COALESCE(SUM(size), 0) FROM media WHERE origin = ? AND user_id = ?",
+                                (origin, user_id))
     return int(row[0]) if row else 0
 
 
-async def pending_count(db: Database, user_id: str, now_ms: int) -> int:
+async def pending_count(db: Database, origin: str, user_id: str, now_ms: int) -> int:
     """Created media of a user still waiting for their bytes (and not expired)."""
-    row = await db.fetchone("SELECT COUNT(*) FROM media WHERE origin = '' AND user_id = ? AND sha256 IS NULL "
-                            "AND unused_expires_ts > ?", (user_id, now_ms))
+    row = await db.fetchone("SELECT COUNT(*) FROM media WHERE origin = ? AND user_id = ? AND sha256 IS NULL "
+                            "AND unused_expires_ts > ?", (origin, user_id, now_ms))
     return int(row[0]) if row else 0

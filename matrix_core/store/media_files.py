@@ -20,6 +20,7 @@ from typing import AsyncIterator, Callable
 from .. import errors
 from .disk_space import means_full, no_room
 
+SWEEP_GRACE_S = 3600.0
 WRITE_BATCH = 1 << 20  # bytes gathered before one write() in a thread: bounded memory, few thread hops
 
 
@@ -92,6 +93,7 @@ class MediaFiles:
         try:
             if final.exists():  # the same bytes are stored already
                 Path(tmp_name).unlink(missing_ok=True)
+                os.utime(final)  # fresh again: the sweep leaves young files alone (see sweep)
                 return
             made = not final.parent.exists()
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +109,23 @@ class MediaFiles:
     def remove(self, sha256: str) -> None:
         """Delete a file no row names any more (synchronous: retention and the service's thread)."""
         self.path_for(sha256).unlink(missing_ok=True)
+
+    def sweep(self, referenced: set[str], older_than_s: float = SWEEP_GRACE_S) -> int:
+        """Remove files no row names (retention removed their rows), except young ones: a file is
+        renamed into place before its row commits, so a file younger than the grace period may
+        be an upload about to be acknowledged (a re-upload of known bytes touches the file)."""
+        import time
+
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for path in self.root.glob("??/??/*"):
+            try:
+                if path.name not in referenced and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                pass
+        return removed
 
     def usage(self) -> tuple[int, int]:
         """(files, bytes) under the media directory (for `status` when the database says less)."""
