@@ -156,7 +156,8 @@ def mxc_references(content: object) -> list[tuple[str, str]]:
     `info.thumbnail_file.url`. Anything malformed is skipped."""
     if not isinstance(content, dict):
         return []
-    info = content.get("info") if isinstance(content.get("info"), dict) else {}
+    raw_info = content.get("info")
+    info: dict[str, object] = raw_info if isinstance(raw_info, dict) else {}
     candidates = [content.get("url"), info.get("thumbnail_url")]
     for holder in (content.get("file"), info.get("thumbnail_file")):
         if isinstance(holder, dict):

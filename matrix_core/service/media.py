@@ -241,7 +241,11 @@ class Media:
         if not keys:
             return 0
         unreferenced = await self.db.write(lambda conn: store.delete_media(conn, keys))
-        await asyncio.get_running_loop().run_in_executor(None, lambda: [self.files.remove(s) for s in unreferenced])
+        def remove_files() -> None:
+            for sha in unreferenced:
+                self.files.remove(sha)
+
+        await asyncio.get_running_loop().run_in_executor(None, remove_files)
         return len(keys)
 
     async def _drop_unreferenced(self, hashes: list[str]) -> None:
