@@ -103,3 +103,34 @@ def test_a_50_mb_upload_streams(tmp_path: Path) -> None:
         assert grew < 20 << 20, f"RSS grew by {grew / 2**20:.1f} MB during a 50 MB upload"
         files = [p for p in (gw.data_dir / "media").glob("??/??/*")]
         assert sorted(p.stat().st_size for p in files) == [7, 50 << 20]
+
+
+# -- the core interface the device front ends call (MQTT/CoAP payloads as media) --------------------
+
+async def test_store_bytes_and_read_bytes(tmp_path: Path) -> None:
+    from matrix_core import errors
+    from matrix_core.homeserver import Homeserver, HomeserverSettings
+    from matrix_core.signing import generate_signing_key
+
+    hs = Homeserver(HomeserverSettings("hub", tmp_path / "db.sqlite", generate_signing_key(), max_upload_bytes=1000,
+                                       media_quota_per_user_bytes=1500))
+    await hs.start()
+    try:
+        payload = b'{"devices": []}' * 10
+        uri = await hs.media.store_bytes("@cam:hub", payload, "application/json", "bridge-devices.json")
+        assert uri.startswith("mxc://hub/")
+        assert await hs.media.read_bytes(uri) == (payload, "application/json")
+        assert await hs.media.read_bytes("mxc://hub/unknown") is None
+        assert await hs.media.read_bytes("mxc://hub/../db") is None
+        assert await hs.media.read_bytes("not a uri") is None
+        with pytest.raises(errors.MatrixError) as too_large:
+            await hs.media.store_bytes("@cam:hub", b"x" * 1001, "image/jpeg", None)
+        assert too_large.value.errcode == "M_TOO_LARGE" and too_large.value.status == 413
+        await hs.media.store_bytes("@cam:hub", b"y" * 1000, "image/jpeg", None)
+        with pytest.raises(errors.MatrixError) as quota:
+            await hs.media.store_bytes("@cam:hub", b"z" * 500, "image/jpeg", None)
+        assert quota.value.errcode == "M_RESOURCE_LIMIT_EXCEEDED"
+        assert await hs.media.store_bytes("@other:hub", b"z" * 500, "image/jpeg", None)  # quotas are per user
+        assert not list((tmp_path / "media" / "tmp").iterdir())
+    finally:
+        await hs.stop()
