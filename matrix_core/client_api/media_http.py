@@ -48,6 +48,9 @@ class MediaCall:
         values = self.query.get(name)
         return values[-1] if values else None
 
+    def allow_remote(self) -> bool:
+        return self.arg("allow_remote") != "false"
+
     def timeout_ms(self) -> int:
         raw = self.arg("timeout_ms")
         return 20_000 if raw is None else int_param("timeout_ms", raw, 0, 2**31)
@@ -104,7 +107,7 @@ async def download(hs: Homeserver, request: web.Request, call: MediaCall) -> Med
     await hs.accounts.authenticate(call.access_token)
     filename = rules.check_filename(call.params.get("fileName"))
     timeout = call.timeout_ms()
-    row, path = await hs.media.find(call.params["serverName"], call.params["mediaId"], timeout)
+    row, path = await hs.media.find(call.params["serverName"], call.params["mediaId"], timeout, call.allow_remote())
     headers = {**call.cors, **rules.media_headers(row.content_type, filename or row.filename)}
     return web.FileResponse(path, headers=headers)
 
@@ -114,7 +117,7 @@ async def thumbnail(hs: Homeserver, request: web.Request, call: MediaCall) -> Me
     width, height, method, animated = rules.thumbnail_request(call.arg("width"), call.arg("height"),
                                                               call.arg("method"), call.arg("animated"))
     path, content_type = await hs.media.thumbnail(call.params["serverName"], call.params["mediaId"], width, height,
-                                                  method, animated, call.timeout_ms())
+                                                  method, animated, call.timeout_ms(), call.allow_remote())
     return web.FileResponse(path, headers={**call.cors, **rules.media_headers(content_type, None)})
 
 

@@ -17,7 +17,7 @@ import io
 import logging
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
 from .. import errors
 from .. import media_rules as rules
@@ -54,6 +54,10 @@ class Media:
         self._inflight: dict[str, int] = {}  # user -> bytes of their uploads still streaming
         self._uploaded: dict[tuple[str, str], asyncio.Event] = {}  # downloads waiting on a created id
         self._thumbnailing = asyncio.Semaphore(1)  # one Pillow decode at a time (RAM, 2 cores)
+        # Fetches a remote media into the cache (federation/media.py sets it when federation
+        # starts; without federation, remote media are simply not found).
+        self.remote: Callable[[str, str], Awaitable[None]] | None = None
+        self._fetching: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.files.prepare)
@@ -160,12 +164,16 @@ class Media:
 
     # -- downloads -------------------------------------------------------------------------------
 
-    async def find(self, server_name: str, media_id: str, timeout_ms: int = 0) -> tuple[store.MediaRow, Path]:
+    async def find(self, server_name: str, media_id: str, timeout_ms: int = 0,
+                   allow_remote: bool = True) -> tuple[store.MediaRow, Path]:
         """The row and file of a media with content; waits up to `timeout_ms` for a created one
         (then 504 M_NOT_YET_UPLOADED). M_NOT_FOUND for anything unknown."""
         rules.check_media_id(media_id)
         origin = server_name
         row = await store.get_media(self.db, origin, media_id)
+        if row is None and server_name != self.server_name and allow_remote and self.remote is not None:
+            await self._fetch_remote(server_name, media_id)
+            row = await store.get_media(self.db, origin, media_id)
         if row is None:
             raise errors.not_found("Unknown media.")
         if row.sha256 is None:
@@ -182,6 +190,38 @@ class Media:
                 raise errors.not_found("Unknown media.")
         return row, self.files.path_for(row.sha256)
 
+    async def _fetch_remote(self, server_name: str, media_id: str) -> None:
+        """One fetch per remote media at a time: concurrent downloads of it wait for the same one."""
+        key = (server_name, media_id)
+        pending = self._fetching.get(key)
+        if pending is None:
+            assert self.remote is not None
+            pending = asyncio.ensure_future(self.remote(server_name, media_id))
+            self._fetching[key] = pending
+            pending.add_done_callback(lambda _: self._fetching.pop(key, None))
+        await asyncio.shield(pending)
+
+    async def store_remote(self, origin: str, media_id: str, content_type: str, filename: str | None,
+                           chunks: AsyncIterator[bytes]) -> None:
+        """Cache a remote media's bytes under its own mxc:// URI (user ''; no quota, the upload
+        size limit as the cap)."""
+        rules.check_media_id(media_id)
+        try:
+            content_type = rules.check_content_type(content_type)
+        except errors.MatrixError:
+            content_type = rules.DEFAULT_CONTENT_TYPE
+        try:
+            filename = rules.check_filename(filename)
+        except errors.MatrixError:
+            filename = None
+        sha, size = await self.files.write_stream(chunks, self._check_size)
+        row = store.MediaRow(origin, media_id, "", content_type, filename, size, sha, now_ms(), None)
+        try:
+            await self.db.write(lambda conn: store.insert_remote(conn, row))
+        except BaseException:
+            await self._drop_unreferenced([sha])
+            raise
+
     async def read_bytes(self, mxc_uri: str) -> tuple[bytes, str] | None:
         """(content, content type) of a stored media, or None if there is none (whole in memory:
         for device payloads, which are bounded by their protocol's limits)."""
@@ -196,9 +236,10 @@ class Media:
     # -- thumbnails ------------------------------------------------------------------------------
 
     async def thumbnail(self, server_name: str, media_id: str, width: int, height: int, method: str,
-                        animated: bool, timeout_ms: int = 0) -> tuple[Path, str]:
-        """(file, content type) of a thumbnail, made once with Pillow and kept like media."""
-        row, source = await self.find(server_name, media_id, timeout_ms)
+                        animated: bool, timeout_ms: int = 0, allow_remote: bool = True) -> tuple[Path, str]:
+        """(file, content type) of a thumbnail, made once with Pillow and kept like media (of a
+        remote media: from its cached original)."""
+        row, source = await self.find(server_name, media_id, timeout_ms, allow_remote)
         if rules.base_type(row.content_type) not in rules.THUMBNAIL_SOURCE_TYPES:
             raise errors.unknown(f"Cannot make a thumbnail of {row.content_type} content.")
         cached = await store.get_thumbnail(self.db, row.origin, media_id, width, height, method, animated)

@@ -85,6 +85,13 @@ def insert_media(conn: sqlite3.Connection, row: MediaRow) -> None:
                   row.created_ts, row.unused_expires_ts))
 
 
+def insert_remote(conn: sqlite3.Connection, row: MediaRow) -> None:
+    """A fetched remote media; a second fetch of the same one keeps the first row."""
+    conn.execute(f"INSERT OR IGNORE INTO media ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (row.origin, row.media_id, row.user_id, row.content_type, row.filename, row.size, row.sha256,
+                  row.created_ts, row.unused_expires_ts))
+
+
 def complete_upload(conn: sqlite3.Connection, origin: str, media_id: str, content_type: str,
                     filename: str | None, size: int, sha256: str) -> bool:
     """Give a created (empty) media its bytes; False if it already has some (no overwrite)."""
