@@ -337,3 +337,19 @@ def test_thumbnail_parameters_are_checked(hub: GatewayProcess, alice: str, query
 def test_preview_url_is_a_clear_unrecognized(hub: GatewayProcess, alice: str) -> None:
     status, _, raw = call(hub, "GET", f"{AUTH}/preview_url?url=http://example.org", token=alice)
     assert status == 404 and json.loads(raw)["errcode"] == "M_UNRECOGNIZED"
+
+
+def test_media_config_keys_are_checked_and_written() -> None:
+    import tomllib
+
+    from gateway.config import ConfigError, GatewayConfig, render, validate
+
+    rendered = tomllib.loads(render(GatewayConfig()))
+    assert (rendered["max_upload_size_mb"], rendered["media_quota_per_user_mb"], rendered["media_quota_total_mb"]) \
+        == (50, 0, 0)
+    assert validate({"max_upload_size_mb": 10, "media_quota_total_mb": 500}, "t") == {
+        "max_upload_size_mb": 10, "media_quota_total_mb": 500}
+    for bad in ({"max_upload_size_mb": 0}, {"max_upload_size_mb": 5000}, {"media_quota_per_user_mb": -1},
+                {"media_quota_total_mb": "1G"}):
+        with pytest.raises(ConfigError):
+            validate(bad, "t")
