@@ -134,3 +134,24 @@ async def test_store_bytes_and_read_bytes(tmp_path: Path) -> None:
         assert not list((tmp_path / "media" / "tmp").iterdir())
     finally:
         await hs.stop()
+
+
+async def test_created_media_that_expired_are_not_found_and_dropped(tmp_path: Path) -> None:
+    from matrix_core import errors
+    from matrix_core.homeserver import Homeserver, HomeserverSettings
+    from matrix_core.signing import generate_signing_key
+    from matrix_core.store import media as media_rows
+
+    hs = Homeserver(HomeserverSettings("hub", tmp_path / "db.sqlite", generate_signing_key()))
+    await hs.start()
+    try:
+        stale = media_rows.MediaRow("hub", "stale", "@a:hub", "application/octet-stream", None, 0, None, 1, 2)
+        await hs.db.write(lambda conn: media_rows.insert_media(conn, stale))
+        with pytest.raises(errors.MatrixError) as missing:
+            await hs.media.find("hub", "stale", timeout_ms=10_000)  # expired: at once, no waiting
+        assert missing.value.errcode == "M_NOT_FOUND"
+        uri, _ = await hs.media.create("@a:hub")
+        assert await media_rows.get_media(hs.db, "hub", "stale") is None
+        assert await media_rows.get_media(hs.db, "hub", uri.rsplit("/", 1)[1]) is not None
+    finally:
+        await hs.stop()

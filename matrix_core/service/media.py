@@ -16,6 +16,7 @@ import asyncio
 import io
 import logging
 import secrets
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
@@ -150,7 +151,12 @@ class Media:
         media_id = secrets.token_urlsafe(18)
         expires = now + UNUSED_EXPIRY_MS
         row = store.MediaRow(self.server_name, media_id, user_id, rules.DEFAULT_CONTENT_TYPE, None, 0, None, now, expires)
-        await self.db.write(lambda conn: store.insert_media(conn, row))
+
+        def write(conn: sqlite3.Connection) -> None:
+            store.drop_expired_pending(conn, now)  # expired ones go whenever a new one is made
+            store.insert_media(conn, row)
+
+        await self.db.write(write)
         return self.mxc(media_id), expires
 
     async def _check_created(self, user_id: str, media_id: str) -> None:

@@ -85,6 +85,11 @@ def insert_media(conn: sqlite3.Connection, row: MediaRow) -> None:
                   row.created_ts, row.unused_expires_ts))
 
 
+def drop_expired_pending(conn: sqlite3.Connection, now_ms: int) -> int:
+    """Forget created media whose bytes never came in time (they hold no file)."""
+    return conn.execute("DELETE FROM media WHERE sha256 IS NULL AND unused_expires_ts < ?", (now_ms,)).rowcount
+
+
 def insert_remote(conn: sqlite3.Connection, row: MediaRow) -> None:
     """A fetched remote media; a second fetch of the same one keeps the first row."""
     conn.execute(f"INSERT OR IGNORE INTO media ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
