@@ -44,6 +44,9 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
         turn_shared_secret=config.turn_shared_secret,
         turn_user_lifetime_s=config.turn_user_lifetime_s,
         push_retry=RetryPolicy(give_up_after_s=config.push_give_up_after_s),
+        max_upload_bytes=config.max_upload_size_mb << 20,
+        media_quota_per_user_bytes=config.media_quota_per_user_mb << 20,
+        media_quota_total_bytes=config.media_quota_total_mb << 20,
     )
 
 

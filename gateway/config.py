@@ -110,6 +110,11 @@ class GatewayConfig:
     # Push notifications (matrix_core/service/push_delivery.py): seconds a notification a push
     # gateway did not take is retried (with backoff) before it is dropped
     push_give_up_after_s: float = 86400.0
+    # The content repository (matrix_core/service/media.py): largest upload, and quotas of stored
+    # media per user and in all (MiB; 0: no quota, only the disk's size).
+    max_upload_size_mb: int = 50
+    media_quota_per_user_mb: int = 0
+    media_quota_total_mb: int = 0
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -176,6 +181,10 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: turn_user_lifetime_s must be between 60 and 604800 seconds")
         if key == "push_give_up_after_s" and not 0 < value <= 7 * 86400:
             raise ConfigError(f"{source}: push_give_up_after_s must be more than 0 and at most 604800 (7 days)")
+        if key == "max_upload_size_mb" and not 1 <= value <= 4096:
+            raise ConfigError(f"{source}: max_upload_size_mb must be between 1 and 4096")
+        if key in ("media_quota_per_user_mb", "media_quota_total_mb") and value < 0:
+            raise ConfigError(f"{source}: {key} must not be negative")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
             raise ConfigError(f"{source}: {problem}")
         out[key] = value
@@ -260,6 +269,12 @@ turn_user_lifetime_s = {config.turn_user_lifetime_s}
 # gateway does not take (down, 5xx) is retried with backoff (from 1 s, or 1/64 of this window if
 # shorter, doubling up to 10 min) for this many seconds, then dropped: an alert that old is noise.
 push_give_up_after_s = {config.push_give_up_after_s}
+# Media (pictures, snapshots, files; stored in the data dir's media/ folder): the largest upload
+# in MiB (M_TOO_LARGE above it), and quotas of stored media in MiB per user and for the whole hub
+# (0: no quota; over one, uploads are refused with M_RESOURCE_LIMIT_EXCEEDED naming admin_contact).
+max_upload_size_mb = {config.max_upload_size_mb}
+media_quota_per_user_mb = {config.media_quota_per_user_mb}
+media_quota_total_mb = {config.media_quota_total_mb}
 """
 
 

@@ -17,4 +17,6 @@ PURE_MODULES = (
     "relations",
     # issue 14, end-to-end encryption
     "cross_signing_rules", "key_backup_rules",
+    # issue 15, the content repository
+    "media_rules",
 )

@@ -20,6 +20,7 @@ from .service.devices import Devices
 from .service.directory import Directory
 from .service.forgotten_rooms import ForgottenRooms
 from .service.key_backup import KeyBackup
+from .service.media import Media
 from .service.presence import Presence
 from .service.push import PushRules
 from .service.push_delivery import PushDelivery
@@ -63,6 +64,10 @@ class HomeserverSettings:
     turn_user_lifetime_s: int = 86400
     # Delivery to push gateways: retry window (config push_give_up_after_s), timeouts, bounds.
     push_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # The content repository (service/media.py): files in database_path's dir under media/.
+    max_upload_bytes: int = 50 << 20
+    media_quota_per_user_bytes: int = 0  # 0: no quota
+    media_quota_total_bytes: int = 0
 
 
 class Homeserver:
@@ -112,6 +117,8 @@ class Homeserver:
         # Cross-signing keys and signatures (issue 14): read by keys/query, changes to device lists.
         self.cross_signing = CrossSigning(self.db)
         self.key_backup = KeyBackup(self.db)  # server-side key backup (/room_keys)
+        self.media = Media(self.db, self.server_name, settings.database_path.parent / "media", settings.max_upload_bytes,
+                           settings.media_quota_per_user_bytes, settings.media_quota_total_bytes, settings.admin_contact)
 
     async def start(self) -> None:
         await self.db.open()
@@ -121,6 +128,7 @@ class Homeserver:
         await self.receipts.load()
         await self.push.load()
         await self.push_delivery.start()
+        await self.media.start()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""

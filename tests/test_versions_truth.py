@@ -4,14 +4,19 @@ on a running hub with something other than 404/405 M_UNRECOGNIZED, and the behav
 added (private receipts, mention push rules, room version 11, ...) is there."""
 from __future__ import annotations
 
+import io
 import itertools
+import json
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from typing import Any, Callable
 
 import pytest
+from PIL import Image
 
-from matrix_core.client_api import spec_versions
+from matrix_core.client_api import media_http, spec_versions
 from matrix_core.client_api.routes import ROUTER
 from matrix_core.errors import MatrixError
 
@@ -35,7 +40,8 @@ def test_advertised_versions_are_the_ones_decided() -> None:
     assert set(ADVERTISED) <= set(spec_versions.VERSION_REQUIREMENTS)
     assert "v1.5" in ADVERTISED  # matrix-js-sdk 43's MINIMUM_MATRIX_VERSION
     assert "r0.6.1" not in ADVERTISED
-    assert not {"v1.11", "v1.12", "v1.13"} & set(ADVERTISED)  # authenticated media does not exist
+    assert "v1.11" in ADVERTISED  # authenticated media (issue 15)
+    assert not {"v1.12", "v1.13"} & set(ADVERTISED)
     # a version is claimed only with every version before it
     assert list(ADVERTISED) == list(spec_versions.ORDER[: len(ADVERTISED)])
 
@@ -44,7 +50,10 @@ def test_every_required_endpoint_is_in_the_route_table() -> None:
     missing = []
     for method, path in required():
         try:
-            ROUTER.resolve(method, path.split("/"))
+            if path.startswith(spec_versions.MEDIA_PREFIX):  # the authenticated media family
+                media_http.AUTHENTICATED.resolve(method, path.split("/")[1:])
+            else:
+                ROUTER.resolve(method, path.split("/"))
         except MatrixError as err:
             missing.append(f"{method} {path} ({err.errcode} {err.status})")
     assert not missing, "advertised versions need endpoints the route table lacks:\n" + "\n".join(missing)
@@ -64,11 +73,32 @@ class Probe:
                                {"msgtype": "m.text", "body": "probe"})[1]["event_id"]
         self.filter = self.call("POST", f"user/{Q(self.user)}/filter", {})[1]["filter_id"]
         self.txn = itertools.count(1)
+        self.media = self._upload_png()
+
+    def _upload_png(self) -> str:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, "PNG")
+        req = urllib.request.Request(f"{self.gw.http_url}/_matrix/media/v3/upload", data=buf.getvalue(), method="POST",
+                                     headers={"Authorization": f"Bearer {self.token}", "Content-Type": "image/png"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return str(json.loads(resp.read())["content_uri"]).split("/")[-1]
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+        if path.startswith(spec_versions.MEDIA_PREFIX):  # /_matrix/client/v1/media/...: answers may be files
+            return self.media_call(method, path, token)
         if body is None and method in ("POST", "PUT"):
             body = {}
         return self.gw.request(method, f"{V3}/{path}", body, token=token or self.token)
+
+    def media_call(self, method: str, path: str, token: str | None = None) -> tuple[int, Any]:
+        req = urllib.request.Request(f"{self.gw.http_url}/_matrix/client/v1/{path}", method=method,
+                                     headers={"Authorization": f"Bearer {token or self.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw, status, ctype = resp.read(), resp.status, resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as err:
+            raw, status, ctype = err.read(), err.code, err.headers.get("Content-Type", "")
+        return status, json.loads(raw) if ctype.startswith("application/json") else raw
 
     def fill(self, path: str) -> str:
         values = {
@@ -77,13 +107,15 @@ class Probe:
             "filterId": self.filter, "roomAlias": "#versions-probe:localhost", "deviceId": self.device,
             "type": "org.example.probe", "tag": "u.probe", "receiptType": "m.read", "scope": "global",
             "kind": "content", "ruleId": "probe", "relType": "m.annotation",
+            "serverName": "localhost", "mediaId": self.media, "fileName": "probe.png",
         }
         parts = []
         for part in path.split("/"):
             if part.startswith("{"):
                 part = Q(values[part[1:-1]])
             parts.append(part)
-        return "/".join(parts)
+        filled = "/".join(parts)
+        return filled + "?width=4&height=4" if path.startswith("media/thumbnail/") else filled
 
 
 BODIES: dict[tuple[str, str], Any] = {
@@ -166,12 +198,26 @@ def _recursion(probe: Probe) -> str | None:
     return None if status == 200 and "recursion_depth" in body else f"relations ?recurse=true: {status} {body}"
 
 
+def _authenticated_media(probe: Probe) -> str | None:
+    """v1.11: media download through /v1/media with a token; the unauthenticated path is frozen."""
+    status, body = probe.media_call("GET", f"media/download/localhost/{probe.media}")
+    if status != 200 or not isinstance(body, bytes) or not body.startswith(b"\x89PNG"):
+        return f"authenticated download: {status}"
+    req = urllib.request.Request(f"{probe.gw.http_url}/_matrix/media/v3/download/localhost/{probe.media}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return f"unauthenticated download of new media answered {resp.status}"
+    except urllib.error.HTTPError as err:
+        return None if err.code == 404 else f"unauthenticated download: {err.code}"
+
+
 FEATURES: dict[str, list[Callable[[Probe], str | None]]] = {
     "v1.4": [_private_receipt],
     "v1.7": [_mention_rules, _property_conditions],
     "v1.8": [_room_version_11],
     "v1.9": [_suppress_edits],
     "v1.10": [_recursion],
+    "v1.11": [_authenticated_media],
 }
 
 

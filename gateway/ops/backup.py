@@ -4,6 +4,10 @@ The database is copied with SQLite's online backup API, which reads one consiste
 while the hub's writer keeps committing in WAL mode. The archive (tar + gzip) starts with a
 manifest (format marker, version, sizes, SHA-256 of every file) so that `restore` can refuse a
 foreign or damaged file before it writes anything.
+
+Media (format version 2): the files the snapshot's media rows name, as members `media/<sha256>`.
+Media files never change once written (content-addressed), so copying them after the snapshot
+gives the files of that snapshot; one that retention removed meanwhile is left out.
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import sqlite3
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -23,12 +29,13 @@ from matrix_core.store import maintenance
 from ..config import CONFIG_FILE, DATABASE_FILE, SIGNING_KEY_FILE
 
 FORMAT = "matrix-gateway-backup"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: may carry media/<sha256> members
 MANIFEST = "MANIFEST.json"
 MAX_MANIFEST_BYTES = 64 * 1024
 # Archive member name -> file name in the data dir. Nothing else is ever read or written.
 MEMBERS = {DATABASE_FILE: DATABASE_FILE, SIGNING_KEY_FILE: SIGNING_KEY_FILE, CONFIG_FILE: CONFIG_FILE}
 CHUNK = 1 << 20
+MEDIA_MEMBER = re.compile(r"media/([0-9a-f]{64})")
 
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 
@@ -52,6 +59,25 @@ def _no_progress(step: str, done: int, total: int) -> None:
 def snapshot_database(source: Path, dest: Path, progress: Progress = _no_progress) -> int:
     """Copy the live database (a consistent online snapshot, store/maintenance.py); returns its event count."""
     return maintenance.snapshot(source, dest, lambda done, total: progress("database", done, total))
+
+
+def media_file(media_dir: Path, sha256: str) -> Path:
+    """Where the content repository keeps a file (store/media_files.py's layout)."""
+    return media_dir / sha256[:2] / sha256[2:4] / sha256
+
+
+def media_members(db_copy: Path, media_dir: Path) -> dict[str, Path]:
+    """Archive member name -> file, for every media file the snapshot's rows name."""
+    conn = sqlite3.connect(f"file:{db_copy}?mode=ro", uri=True)
+    try:
+        hashes = [sha for (sha,) in conn.execute("SELECT sha256 FROM media WHERE sha256 IS NOT NULL "
+                                                 "UNION SELECT sha256 FROM media_thumbnails")]
+    except sqlite3.OperationalError:  # a database from before the content repository
+        hashes = []
+    finally:
+        conn.close()
+    return {f"media/{sha}": media_file(media_dir, sha) for sha in sorted(hashes)
+            if MEDIA_MEMBER.fullmatch(f"media/{sha}") and media_file(media_dir, sha).is_file()}
 
 
 def sha256_file(path: Path) -> str:
@@ -78,7 +104,8 @@ def make_backup(data_dir: Path, config_file: Path, out: Path, progress: Progress
         staged = Path(tmp)
         db_copy = staged / DATABASE_FILE
         events = snapshot_database(database, db_copy, progress)
-        files = {DATABASE_FILE: db_copy, SIGNING_KEY_FILE: sources[SIGNING_KEY_FILE], CONFIG_FILE: config_file}
+        files = {DATABASE_FILE: db_copy, SIGNING_KEY_FILE: sources[SIGNING_KEY_FILE], CONFIG_FILE: config_file,
+                 **media_members(db_copy, data_dir / "media")}
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,

@@ -144,7 +144,7 @@ def add_ops_commands(main: click.Group, data_dir_option: Callable, config_option
             else:
                 ages = room_ages(conn, config.retention_default_days)
             bars = ProgressBars(threshold=1000)
-            report = do_purge(conn, ages, now_ms(), bars, dry_run=dry_run)
+            report = do_purge(conn, ages, now_ms(), bars, dry_run=dry_run, media_dir=data_dir / "media")
             bars.close()
         finally:
             conn.close()

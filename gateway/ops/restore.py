@@ -24,7 +24,7 @@ from matrix_core.store import maintenance
 from matrix_core.store.migrations import COMPONENTS
 
 from ..config import CONFIG_FILE, DATABASE_FILE, SIGNING_KEY_FILE, ConfigError, load_config
-from .backup import CHUNK, FORMAT, FORMAT_VERSION, MANIFEST, MAX_MANIFEST_BYTES, MEMBERS
+from .backup import CHUNK, FORMAT, FORMAT_VERSION, MANIFEST, MAX_MANIFEST_BYTES, MEDIA_MEMBER, MEMBERS, media_file
 
 Progress = Callable[[str, int, int], None]
 
@@ -71,7 +71,8 @@ def read_manifest(tar: tarfile.TarFile, source: Path) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise RestoreError(f"{source} is backup format version {version!r}; this program reads up to {FORMAT_VERSION}")
     files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(MEMBERS):
+    if not isinstance(files, dict) or not set(MEMBERS) <= set(files) or not all(
+            name in MEMBERS or MEDIA_MEMBER.fullmatch(name) for name in files):
         raise RestoreError(f"{source}: the manifest lists {sorted(files or [])}, expected {sorted(MEMBERS)}")
     return manifest
 
@@ -90,7 +91,9 @@ def extract_checked(tar: tarfile.TarFile, manifest: dict[str, Any], staging: Pat
         digest = hashlib.sha256()
         fh = tar.extractfile(member)
         assert fh is not None
-        fd = os.open(staging / MEMBERS[member.name], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        target = staging_path(staging, member.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             while chunk := fh.read(CHUNK):
                 digest.update(chunk)
@@ -98,11 +101,19 @@ def extract_checked(tar: tarfile.TarFile, manifest: dict[str, Any], staging: Pat
                 done += len(chunk)
                 progress("extract", done, total)
         entry = expected[member.name]
-        if member.size != entry.get("size") or digest.hexdigest() != entry.get("sha256"):
+        named = MEDIA_MEMBER.fullmatch(member.name)
+        if member.size != entry.get("size") or digest.hexdigest() != entry.get("sha256") or (
+                named is not None and named.group(1) != digest.hexdigest()):
             raise RestoreError(f"{source}: {member.name} does not match its checksum: the backup is damaged")
     missing = set(expected) - seen
     if missing:
         raise RestoreError(f"{source}: missing {', '.join(sorted(missing))}: the backup is incomplete")
+
+
+def staging_path(staging: Path, name: str) -> Path:
+    """Where a checked member goes: a data dir file, or a media file in its content-addressed place."""
+    named = MEDIA_MEMBER.fullmatch(name)
+    return media_file(staging / "media", named.group(1)) if named else staging / MEMBERS[name]
 
 
 def check_database(path: Path, source: Path) -> int:
@@ -156,6 +167,8 @@ def restore(source: Path, data_dir: Path, progress: Progress = _no_progress) -> 
         if data_dir.exists():
             for name in MEMBERS.values():
                 os.replace(staging / name, data_dir / name)
+            if (staging / "media").is_dir():
+                os.replace(staging / "media", data_dir / "media")
         else:
             os.rename(staging, data_dir)
             staging.mkdir()  # TemporaryDirectory cleans up its (now empty) path

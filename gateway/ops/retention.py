@@ -6,14 +6,22 @@ Only non-state events older than the age are deleted; state events, state groups
 forward extremities and the newest event of the whole stream are never touched, so /sync,
 /messages, state lookups and new sends keep working, and stream positions are never reused.
 Deletion runs in small batches so the hub's writer (and an SD card) never waits long.
+
+Media: a purged event takes with it the media it points at that its sender uploaded (and cached
+remote media), rows in the same batch; their files go after the commit, by a sweep of files no
+row names (store/media_files.py: files younger than an hour are kept, they may be uploads about
+to be acknowledged).
 """
 from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
+from matrix_core.store import media as media_rows
 from matrix_core.store import retention as retention_rows
+from matrix_core.store.media_files import MediaFiles
 
 RETENTION_EVENT = "m.room.retention"
 DAY_MS = 86_400_000
@@ -54,8 +62,15 @@ def purge_batch(conn: sqlite3.Connection, room_id: str, cutoff_ms: int, limit: i
     return retention_rows.purge_batch(conn, room_id, cutoff_ms, limit)
 
 
+def sweep_media(conn: sqlite3.Connection, media_dir: Path) -> int:
+    """Remove media files no row names any more; returns how many went."""
+    if not media_dir.is_dir():
+        return 0
+    return MediaFiles(media_dir).sweep(media_rows.all_hashes(conn))
+
+
 def purge(conn: sqlite3.Connection, ages: dict[str, int], now_ms: int,
-          progress: Progress | None = None, dry_run: bool = False) -> PurgeReport:
+          progress: Progress | None = None, dry_run: bool = False, media_dir: Path | None = None) -> PurgeReport:
     """Purge every room in `ages` with an autocommit connection (the CLI's), one batch per commit."""
     cutoffs = {room_id: now_ms - age for room_id, age in ages.items()}
     totals = {room_id: count_purgeable(conn, room_id, cutoff) for room_id, cutoff in cutoffs.items()}
@@ -75,6 +90,8 @@ def purge(conn: sqlite3.Connection, ages: dict[str, int], now_ms: int,
             done += n
             if progress is not None:
                 progress("purge", min(done, grand_total), grand_total)
+    if media_dir is not None and report.deleted:
+        sweep_media(conn, media_dir)
     return report
 
 
@@ -109,6 +126,13 @@ async def purge_periodically(db: "Database", default_days: int, interval_s: floa
             log.exception("retention purge failed; retrying at the next interval")
         if total:
             log.info("retention: purged %d old events", total)
+            try:
+                hashes = await db.write(media_rows.all_hashes)
+                media_dir = db.path.parent / "media"
+                if media_dir.is_dir():
+                    await asyncio.get_running_loop().run_in_executor(None, MediaFiles(media_dir).sweep, hashes)
+            except Exception as exc:
+                log.warning("retention: media files not swept: %s", exc)
 
 
 if False:  # typing only

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .. import errors
 from ..canonical_json import encode_json
+from . import media_http
 from .discovery_handlers import well_known_client
 from .request import ApiRequest, ApiResponse, error_answer, json_body, ok, plain_json_body
 from .router import client_api_segments
@@ -65,7 +66,7 @@ def _listener_url(request: web.Request) -> str:
 
 
 def make_app(hs: Homeserver) -> web.Application:
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(request: web.Request) -> web.StreamResponse:
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=CORS_HEADERS)
         try:
@@ -73,6 +74,11 @@ def make_app(hs: Homeserver) -> web.Application:
             if segments == [".well-known", "matrix", "client"] and request.method in ("GET", "HEAD"):
                 return json_response(ok(well_known_client(hs, request.scheme, request.headers.get("Host"),
                                                           _listener_url(request))))
+            media = media_http.media_route(segments)
+            if media is not None:  # streamed bodies and file answers (media_http.py says why)
+                call = media_http.MediaCall(query, token_from(request.headers, query), CORS_HEADERS)
+                answer = await media_http.handle(hs, request, media[0], media[1], call)
+                return json_response(answer) if isinstance(answer, ApiResponse) else answer
             api_segments = client_api_segments(segments)
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
                 raise errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")

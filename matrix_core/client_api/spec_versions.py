@@ -22,18 +22,21 @@ directory) and what each version added (spec changelog, client-server API):
 - v1.5: nothing new (m.reference relations).
 - v1.6: GET /v1/rooms/{roomId}/timestamp_to_event (core API).
 - v1.7: push conditions event_property_is/contains, m.mentions push rules, m.annotation (by
-  push rules and relations); async media upload is the content repository, which the hub lacks;
+  push rules and relations); async media upload (POST /_matrix/media/v1/create and PUT
+  /_matrix/media/v3/upload/{serverName}/{mediaId}, in the media namespace: tests/test_media_http.py);
   /v1/login/get_token is optional (capability m.get_login_token: false).
 - v1.8: room version 11 (in /capabilities).
 - v1.9: the .m.rule.suppress_edits push rule.
 - v1.10: recursion on the relations endpoints (`recurse`, answered with `recursion_depth`).
-- v1.11: authenticated media (/_matrix/client/v1/media/*): not advertised until the content
-  repository exists (the media issue).
+- v1.11: authenticated media, GET /_matrix/client/v1/media/{config,download,thumbnail} (the
+  content repository, issue 15: client_api/media_http.py, its own route family because bodies
+  stream; the `media/` paths below are resolved there, not in the JSON route table). Uploads
+  (POST /_matrix/media/v3/upload, v1.7's /v1/media/create) live in the media namespace beside it.
+  GET /v1/media/preview_url is answered 404 M_UNRECOGNIZED (no URL previews: see media_http.py).
 - r0.6.1: not advertised: the r0 API differs (prev_content at the top level, ...) and no client
   we test needs it; r0 paths still route (old clients keep working).
 
-Not claimed at any version (known gaps, by module): the content repository (Required for the
-Web, Mobile and Desktop profiles), end-to-end encryption and send-to-device, room upgrades,
+Not claimed at any version (known gaps, by module): URL previews, end-to-end encryption and send-to-device, room upgrades,
 server-side filtering of ignored users, spaces, SSO, guest access, third-party invites and
 networks, search, reporting, OpenID, 3PID changes (m.3pid_changes: false).
 """
@@ -140,6 +143,12 @@ ADDED: dict[str, tuple[tuple[str, str], ...]] = {
     "v1.8": (),
     "v1.9": (),
     "v1.10": (),
+    "v1.11": (
+        ("GET", "media/config"),
+        ("GET", "media/download/{serverName}/{mediaId}"),
+        ("GET", "media/download/{serverName}/{mediaId}/{fileName}"),
+        ("GET", "media/thumbnail/{serverName}/{mediaId}"),
+    ),
 }
 
 ORDER = tuple(ADDED)
@@ -157,9 +166,13 @@ def _requirements() -> dict[str, tuple[tuple[str, str], ...]]:
 #: version -> every endpoint (method, path) that version requires of what we claim.
 VERSION_REQUIREMENTS: dict[str, tuple[tuple[str, str], ...]] = _requirements()
 
-#: What /versions answers. v1.11 waits for authenticated media (the media issue).
+#: Paths under this prefix are the authenticated media family (/_matrix/client/v1/media/...),
+#: served by client_api/media_http.py's own router.
+MEDIA_PREFIX = "media/"
+
+#: What /versions answers.
 SUPPORTED_VERSIONS: tuple[str, ...] = ("v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9",
-                                       "v1.10")
+                                       "v1.10", "v1.11")
 
 #: Unstable features that work (none beyond the stable versions above).
 UNSTABLE_FEATURES: dict[str, bool] = {}

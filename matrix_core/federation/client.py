@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
 from urllib.parse import quote
 
 import aiohttp
@@ -42,6 +42,10 @@ PER_HOST_CONNECTIONS = 8
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 WELL_KNOWN_MAX_REDIRECTS = 3
 WELL_KNOWN_TIMEOUT = 10.0
+
+
+# Reads a 2xx answer itself (a media download: multipart, streamed to disk), returning its result.
+Consume = Callable[[aiohttp.ClientResponse], Awaitable[Any]]
 
 
 class FederationTransportError(Exception):
@@ -155,8 +159,10 @@ class FederationClient:
         body: Any = None,
         timeout: float = DEFAULT_TIMEOUT,
         authenticated: bool = True,
+        consume: Consume | None = None,
     ) -> Any:
-        """Send one request and return the parsed JSON answer.
+        """Send one request and return the parsed JSON answer (or, with `consume`, what it
+        returns for a 2xx response it reads itself: a streamed media answer).
 
         `path` is the raw path (parameters already percent-encoded, see `federation_path`);
         `query` values are encoded here. Raises FederationError on a non-2xx answer,
@@ -182,18 +188,18 @@ class FederationClient:
         timeout = max(0.1, min(timeout, MAX_TIMEOUT))
         try:
             return await asyncio.wait_for(
-                self._send(destination, method, uri, headers, payload, timeout), timeout + 1.0)
+                self._send(destination, method, uri, headers, payload, timeout, consume), timeout + 1.0)
         except asyncio.TimeoutError:
             raise DestinationUnreachable(f"{method} {path} to {destination} timed out after {timeout:.0f}s") from None
 
     async def _send(self, destination: str, method: str, uri: str, headers: dict[str, str],
-                    payload: bytes | None, timeout: float) -> Any:
+                    payload: bytes | None, timeout: float, consume: Consume | None = None) -> Any:
         targets = await self.resolver.resolve(destination)
         last_error: Exception | None = None
         for target in targets:
             self._check_literal(target.host)
             try:
-                return await self._send_to(target, method, uri, headers, payload, timeout)
+                return await self._send_to(target, method, uri, headers, payload, timeout, consume)
             except AddressRefused as exc:
                 raise DestinationRefused(f"federation to {destination} is refused: {exc}") from None
             except aiohttp.ClientConnectorError as exc:
@@ -208,7 +214,7 @@ class FederationClient:
         raise DestinationUnreachable(f"{destination} unreachable: {last_error}")
 
     async def _send_to(self, target: Target, method: str, uri: str, headers: dict[str, str],
-                       payload: bytes | None, timeout: float) -> Any:
+                       payload: bytes | None, timeout: float, consume: Consume | None = None) -> Any:
         session = self._get_session()
         url = yarl.URL(f"https://{_url_host(target.host)}:{target.port}{uri}", encoded=True)
         request_headers = dict(headers, Host=target.host_header)
@@ -219,6 +225,8 @@ class FederationClient:
             method, url, data=payload, headers=request_headers, allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=timeout, connect=min(CONNECT_TIMEOUT, timeout)), **kwargs,
         ) as resp:
+            if consume is not None and 200 <= resp.status < 300:
+                return await consume(resp)
             if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
                 raise FederationError(resp.status, None, f"response over {MAX_RESPONSE_BYTES} bytes")
             raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)

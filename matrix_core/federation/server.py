@@ -128,7 +128,7 @@ def make_federation_app(hs: Homeserver, routes: FederationRoutes, keyring: KeyRi
     async def key_query(wanted: dict[str, dict[str, int]]) -> web.Response:
         return _json(200, {"server_keys": await keyring.notary_documents(wanted)})
 
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(request: web.Request) -> web.StreamResponse:
         try:
             raw_path = request.raw_path
             segments, query = _split(raw_path)
@@ -170,6 +170,8 @@ def make_federation_app(hs: Homeserver, routes: FederationRoutes, keyring: KeyRi
             handler, params = routes.resolve(method, segments)
             fed_request = FederationRequest(method, raw_path, params, query, content, origin, request.headers)
             status, body = await handler(hs, origin, fed_request)
+            if isinstance(body, web.StreamResponse):  # a media answer (federation/media.py), not JSON
+                return body
             return _json(status, body)
         except errors.MatrixError as err:
             return _error(err)

@@ -11,6 +11,7 @@ from ..identifiers import server_of
 from ..service.room_cache import RoomCache
 from ..store import federation as federation_store
 from . import endpoints  # noqa: F401  (registers the room endpoints on the route table)
+from .media import RemoteMedia  # (importing it registers the federation media endpoints)
 from .client import federation_path
 from .inbound import InboundEvents, PDUError
 from .pdu import BadPDU, parse_pdu
@@ -36,6 +37,7 @@ class FederationService:
         hs.federation_sender = FederationSender(hs)
         hs.rooms.attach_federation(self)
         hs.accounts.remote_profile = self._remote_profile
+        hs.media.remote = RemoteMedia(hs).fetch  # mxc://other.server/... fetched over federation
         await hs.federation_sender.start()
         # Typing and receipts of our users go out as EDUs from now (receipts: what is still owed).
         hs.typing.federation = hs.federation_sender

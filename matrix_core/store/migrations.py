@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlite3
 from types import ModuleType
 
-from . import (account_data, coap_psk, cross_signing, devices, forgotten_rooms, key_backup, mqtt, push_rules, pushers,
-               receipts, relations)
+from . import (account_data, coap_psk, cross_signing, devices, forgotten_rooms, key_backup, media, mqtt, push_rules,
+               pushers, receipts, relations)
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -212,6 +212,8 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     account_data, forgotten_rooms, receipts, devices, push_rules, pushers, relations,
     # issue 14, end-to-end encryption
     cross_signing, key_backup,
+    # issue 15, the content repository:
+    media,
 )
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Iterator
 
-from . import event_index, event_json, relations
+from .. import media_rules
+from . import event_index, event_json, media, relations
 
 _PURGEABLE = (
     "e.state_key IS NULL AND e.origin_server_ts < ?2 AND {pos} < ?3 "
@@ -54,12 +55,25 @@ def purge_batch(conn: sqlite3.Connection, room_id: str, cutoff_ms: int, limit: i
     ids = [event_id for _, event_id in rows]
     positions = [pos for pos, _ in rows]
     marks = ",".join("?" * len(ids))
+    forget_media(conn, positions)
     conn.execute(f"DELETE FROM events WHERE stream_ordering IN ({marks})", positions)
     event_index.forget(conn, room_id, positions)
     relations.forget(conn, ids)
     conn.execute(f"DELETE FROM redactions WHERE redacted_event_id IN ({marks}) OR redaction_event_id IN ({marks})",
                  ids + ids)
     return len(ids)
+
+
+def forget_media(conn: sqlite3.Connection, positions: list[int]) -> None:
+    """The media rows the purged events point at go with them (the sender's own uploads, and
+    cached remote media); their files are removed by the sweep after the commit
+    (media_files.MediaFiles.sweep), never before it."""
+    marks = ",".join("?" * len(positions))
+    for (pdu_json,) in conn.execute(f"SELECT json FROM events WHERE stream_ordering IN ({marks})", positions):
+        pdu = event_json.load(pdu_json)
+        refs = media_rules.mxc_references(pdu.get("content"))
+        if refs and isinstance(pdu.get("sender"), str):
+            media.delete_media(conn, refs, uploader=pdu["sender"])
 
 
 def in_transaction(conn: sqlite3.Connection, fn: Any) -> Any:
