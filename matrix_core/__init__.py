@@ -15,4 +15,5 @@ PURE_MODULES = (
     "push_rules",
     "push_gateway",
     "relations",
+    "e2e_rules",  # issue 14
 )

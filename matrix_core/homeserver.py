@@ -17,6 +17,7 @@ from .service.account_data import AccountData
 from .service.accounts import Accounts
 from .service.devices import Devices
 from .service.directory import Directory
+from .service.e2e_keys import E2eKeys
 from .service.forgotten_rooms import ForgottenRooms
 from .service.presence import Presence
 from .service.push import PushRules
@@ -24,6 +25,7 @@ from .service.push_delivery import PushDelivery
 from .service.receipts import Receipts
 from .service.rooms import Rooms
 from .service.sync import Sync
+from .service.to_device import ToDevice
 from .service.typing import Typing
 from .service.uia import UserInteractiveAuth
 from .signing import SigningKey
@@ -107,6 +109,9 @@ class Homeserver:
         self.push = PushRules(self.db, self.rooms, self.stream, self.sync.notify, lambda: self.receipts)
         self.sync.add_source(self.push.source)
         self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
+        # End-to-end encryption, server side (issue 14): keys, device lists, to-device; /sync sources
+        self.e2e_keys = E2eKeys(self)
+        self.to_device = ToDevice(self)
 
     async def start(self) -> None:
         await self.db.open()
@@ -116,6 +121,8 @@ class Homeserver:
         await self.receipts.load()
         await self.push.load()
         await self.push_delivery.start()
+        await self.e2e_keys.load()
+        await self.to_device.load()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
@@ -123,6 +130,8 @@ class Homeserver:
         self.typing.stop()
         await self.receipts.stop()
         await self.push_delivery.stop()
+        await self.e2e_keys.stop()
+        await self.to_device.stop()
         await self.rooms.compactor.stop()
         await self.devices.flush()
         await self.db.close()

@@ -10,6 +10,7 @@ from . import device_handlers as dv
 from . import directory_handlers as d
 from . import discovery_handlers as disc
 from . import ephemeral_handlers as eph
+from . import keys_handlers as keys
 from . import membership_handlers as m
 from . import presence_handlers as pr
 from . import push_handlers as p
@@ -118,6 +119,13 @@ def build_router() -> ClientRouter:
     add("GET", "rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", rel.relations)
     add("GET", "rooms/{roomId}/threads", rel.threads)
     add("GET", "rooms/{roomId}/context/{eventId}", rel.context)
+
+    # End-to-end encryption, server side (issue 14): device and one-time keys, to-device messages
+    add("POST", "keys/upload", keys.upload)
+    add("POST", "keys/query", keys.query)
+    add("POST", "keys/claim", keys.claim)
+    add("GET", "keys/changes", keys.changes)
+    add("PUT", "sendToDevice/{eventType}/{txnId}", keys.send_to_device)
     return router
 
 

@@ -12,6 +12,7 @@ import sqlite3
 from types import ModuleType
 
 from . import account_data, coap_psk, devices, forgotten_rooms, mqtt, push_rules, pushers, receipts, relations
+from . import e2e_keys, to_device
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -209,6 +210,8 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     mqtt, coap_psk,
     # issue 13, the client API real clients call:
     account_data, forgotten_rooms, receipts, devices, push_rules, pushers, relations,
+    # issue 14, end-to-end encryption (server side)
+    e2e_keys, to_device,
 )
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).
