@@ -157,7 +157,7 @@ def test_malformed_one_time_keys_are_refused(gateway: GatewayProcess, users: Non
     a = Dev(gateway, "carol")
     status, answer = a.call("POST", "/keys/upload", body)
     assert status == 400 and answer["errcode"] in ("M_BAD_JSON", "M_INVALID_PARAM"), answer
-    assert a.sync()["device_one_time_keys_count"] == {"signed_curve25519": 0}
+    assert a.sync()["device_one_time_keys_count"] == {"signed_curve25519": 0, "curve25519": 0}
     assert a.sync()["device_unused_fallback_key_types"] == []
 
 

@@ -89,9 +89,10 @@ class E2eKeys:
     # -- /keys/upload ------------------------------------------------------------------------
 
     def counts(self, user_id: str, device_id: str) -> dict[str, int]:
-        """The device's one-time key counts as /sync and /keys/upload answer them (Synapse always
-        names signed_curve25519, 0 included: clients decide from it to upload more)."""
-        return {SIGNED_CURVE25519: 0, **self._otk_counts.get((user_id, device_id), {})}
+        """The device's one-time key counts as /sync and /keys/upload answer them: signed_curve25519
+        always named, 0 included (clients decide from it to upload more, as with Synapse), and the
+        legacy curve25519 too (matrix-nio's response schema requires both)."""
+        return {"curve25519": 0, SIGNED_CURVE25519: 0, **self._otk_counts.get((user_id, device_id), {})}
 
     def unused_fallback_types(self, user_id: str, device_id: str) -> list[str]:
         return list(self._fallback.get((user_id, device_id), []))
