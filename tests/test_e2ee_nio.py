@@ -26,7 +26,7 @@ from nio import (
 from tests.conftest import PASSWORD
 from tests.support.gateway import GatewayProcess
 
-pytest.importorskip("vodozemac")  # the [e2e] extra (pyproject's test extras install it)
+
 
 
 async def encrypted_client(gw: GatewayProcess, localpart: str, store: Path) -> AsyncClient:
