@@ -251,3 +251,34 @@ def test_to_device_of_a_deleted_device_are_gone(gateway: GatewayProcess, users: 
     assert b.call("POST", "/logout")[0] == 200  # its only token: the device goes
     status, body = a.call("POST", "/keys/claim", {"one_time_keys": {b.user_id: {b.device_id: "signed_curve25519"}}})
     assert status == 200 and body["one_time_keys"] == {}
+
+
+def test_keys_and_to_device_survive_a_restart_and_positions_keep_rising(tmp_path: Any) -> None:
+    gw = GatewayProcess(tmp_path / "data")
+    gw.start()
+    try:
+        gw.add_user("fay", PASSWORD)
+        gw.add_user("gus", PASSWORD)
+        a, b = Dev(gw, "fay"), Dev(gw, "gus")
+        keys = a.device_keys()
+        assert a.call("POST", "/keys/upload", {"device_keys": keys, "one_time_keys": otks(3)})[0] == 200
+        b.sync()
+        assert a.call("PUT", "/sendToDevice/m.test/r1", {"messages": {b.user_id: {b.device_id: {"x": 1}}}})[0] == 200
+        assert [e["content"] for e in b.sync()["to_device"]["events"]] == [{"x": 1}]
+        assert a.call("PUT", "/sendToDevice/m.test/r2", {"messages": {b.user_id: {b.device_id: {"x": 2}}}})[0] == 200
+        before = b.since
+    finally:
+        assert gw.stop() == 0
+    gw.start()
+    try:
+        # the unacknowledged message is still there; the acknowledged one is not given again
+        assert [e["content"] for e in b.sync()["to_device"]["events"]] == [{"x": 2}]
+        assert b.since is not None and before is not None
+        assert int(b.since.split("_")[4]) >= int(before.split("_")[4])
+        assert a.call("PUT", "/sendToDevice/m.test/r1", {"messages": {b.user_id: {b.device_id: {"x": 1}}}})[0] == 200
+        assert b.sync()["to_device"]["events"] == []  # the txn id was remembered across the restart
+        assert a.sync()["device_one_time_keys_count"]["signed_curve25519"] == 3
+        status, body = b.call("POST", "/keys/query", {"device_keys": {a.user_id: []}})
+        assert body["device_keys"][a.user_id][a.device_id]["keys"] == keys["keys"]
+    finally:
+        assert gw.stop() == 0
