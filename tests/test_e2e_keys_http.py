@@ -176,21 +176,23 @@ def test_identity_keys_cannot_be_replaced_and_otk_ids_cannot_change(gateway: Gat
 
 def test_device_lists_after_upload_join_leave_and_deletion(gateway: GatewayProcess, users: None) -> None:
     a, b = Dev(gateway, "carol"), Dev(gateway, "erin")
+    assert a.call("POST", "/keys/upload", {"device_keys": a.device_keys()})[0] == 200
+    assert b.call("POST", "/keys/upload", {"device_keys": b.device_keys()})[0] == 200
     status, room = a.call("POST", "/createRoom", {"preset": "private_chat", "invite": [b.user_id]})
     assert status == 200
     room_id = room["room_id"]
     a.sync()
+    b.sync()
     assert b.call("POST", f"/rooms/{urllib.parse.quote(room_id)}/join", {})[0] == 200
-    a.lists_until(b.user_id)  # a join is a change
+    a.lists_until(b.user_id)  # a join is a change, for the room's members
+    b.lists_until(a.user_id)  # and for the joiner, about the members
     start = a.since
-    assert b.call("POST", "/keys/upload", {"device_keys": b.device_keys()})[0] == 200
-    assert b.user_id in a.sync(timeout=5000)["device_lists"]["changed"]
-    status, changes = a.call("GET", f"/keys/changes?from={start}&to={a.since}")
-    assert status == 200 and b.user_id in changes["changed"]
     # a new device of b that uploads keys, then is deleted: both are changes; its keys go
     b2 = Dev(gateway, "erin")
     assert b2.call("POST", "/keys/upload", {"device_keys": b2.device_keys(), "one_time_keys": otks(3)})[0] == 200
     a.lists_until(b.user_id)
+    status, changes = a.call("GET", f"/keys/changes?from={start}&to={a.since}")
+    assert status == 200 and b.user_id in changes["changed"]
     status, body = b.call("POST", "/delete_devices", {"devices": [b2.device_id], "auth": {
         "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "erin"}, "password": PASSWORD}})
     assert status == 200, body
@@ -204,6 +206,23 @@ def test_device_lists_after_upload_join_leave_and_deletion(gateway: GatewayProce
     assert b.call("POST", f"/rooms/{urllib.parse.quote(room_id)}/leave", {})[0] == 200
     a.lists_until(b.user_id, "left")
     b.lists_until(a.user_id, "left")
+
+
+def test_a_user_without_keys_is_no_device_list_news(gateway: GatewayProcess, users: None) -> None:
+    """Joins of users who never encrypt write nothing to the device-list stream: no long-poll
+    wakes for them, and the sync token's device_lists part does not move."""
+    a = Dev(gateway, "dave")
+    gateway.add_user("hal", PASSWORD)
+    h = Dev(gateway, "hal")
+    status, room = a.call("POST", "/createRoom", {"preset": "public_chat"})
+    assert status == 200
+    a.sync()
+    before = a.since
+    assert h.call("POST", f"/rooms/{urllib.parse.quote(room['room_id'])}/join", {})[0] == 200
+    woke = a.sync(timeout=5000)
+    assert room["room_id"] in woke["rooms"]["join"]  # woken by the join itself
+    assert a.sync(timeout=300)["device_lists"] == {"changed": [], "left": []}
+    assert before is not None and a.since is not None and a.since.split("_")[5] == before.split("_")[5]
 
 
 def test_to_device_delivered_once_acknowledged_and_idempotent(gateway: GatewayProcess, users: None) -> None:

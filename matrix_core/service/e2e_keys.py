@@ -256,7 +256,10 @@ class E2eKeys:
 
     async def _membership_changes(self, events: list[Event]) -> None:
         """A join: the joiner's devices are news to the room, and the room's to a local joiner.
-        A leave: both sides are told `left` when they no longer share any room."""
+        A leave: both sides are told `left` when they no longer share any room. Only users with
+        device keys are news (store: add_changes); such a row lands just after the membership event
+        (a client may get the join in one answer and the device-list change in the next).
+        TODO(issue 14, federation): remote users' keys are not known here yet, so they are never news."""
         changes: list[tuple[str, str | None, str]] = []
         for ev in events:
             user_id = ev.state_key

@@ -180,9 +180,16 @@ def add_change(conn: sqlite3.Connection, user_id: str, recipient: str | None = N
 
 
 def add_changes(conn: sqlite3.Connection, rows: list[tuple[str, str | None, str]]) -> int:
+    """Membership-driven rows, only about users with device keys here: a user who never encrypts
+    is nobody's news (and wakes no long-poll). Returns the newest position, 0 if none was added."""
     newest = 0
+    with_keys: dict[str, bool] = {}
     for user_id, recipient, kind in rows:
-        newest = add_change(conn, user_id, recipient, kind)
+        if user_id not in with_keys:
+            with_keys[user_id] = conn.execute("SELECT 1 FROM e2e_device_keys WHERE user_id = ? LIMIT 1",
+                                              (user_id,)).fetchone() is not None
+        if with_keys[user_id]:
+            newest = add_change(conn, user_id, recipient, kind)
     return newest
 
 
