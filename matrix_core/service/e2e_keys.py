@@ -54,6 +54,8 @@ class E2eKeys:
         # (user, device) -> algorithm -> unclaimed one-time keys; and unused fallback algorithms
         self._otk_counts: dict[tuple[str, str], dict[str, int]] = {}
         self._fallback: dict[tuple[str, str], list[str]] = {}
+        # Local users with device keys: membership changes of anyone else cost no write at all.
+        self._with_keys: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.source = DeviceListSource(self)
         hs.sync.add_source(self.source)
@@ -66,6 +68,7 @@ class E2eKeys:
             self._otk_counts.setdefault((user_id, device_id), {})[algorithm] = count
         for user_id, device_id, algorithm in await rows.unused_fallback_keys(self.db):
             self._fallback.setdefault((user_id, device_id), []).append(algorithm)
+        self._with_keys = set(await rows.users_with_device_keys(self.db))
 
     async def stop(self) -> None:
         self._unsubscribe()
@@ -134,6 +137,8 @@ class E2eKeys:
             return counts, rows.unused_fallback_types(conn, user_id, device_id), change
 
         counts, unused, change = await self.db.write(write)
+        if device_keys is not None:
+            self._with_keys.add(user_id)
         self._set_counts(user_id, device_id, counts, unused)
         self._moved(change)
         return {"one_time_key_counts": self.counts(user_id, device_id)}
@@ -250,6 +255,8 @@ class E2eKeys:
             log.warning("device-list bookkeeping failed: %s", task.exception())
 
     def _on_events(self, entries: list[tuple[int, Event]]) -> None:
+        if not self._with_keys:
+            return  # nobody here encrypts: membership changes are nobody's device-list news
         members = [ev for _, ev in entries if ev.type == "m.room.member" and ev.state_key is not None]
         if members:
             self._spawn(self._membership_changes(members))
@@ -282,6 +289,7 @@ class E2eKeys:
                     for other in others:
                         if self.is_local(other) and user_id not in await self.sharing(other):
                             changes.append((user_id, other, rows.LEFT))
+        changes = [c for c in changes if c[0] in self._with_keys]
         if changes:
             self._moved(await self.db.write(lambda conn: rows.add_changes(conn, changes)))
 
@@ -291,11 +299,13 @@ class E2eKeys:
     async def _forget_dead_devices(self, user_id: str) -> None:
         """A deleted device's keys go, and its user's device list changed. (Reads join `devices`,
         so the keys were already invisible when the deletion was answered.)"""
-        def write(conn: Any) -> tuple[list[str], int]:
+        def write(conn: Any) -> tuple[list[str], int, bool]:
             dead = rows.forget_dead_devices(conn, user_id)
-            return dead, rows.add_change(conn, user_id) if dead else 0
+            return dead, rows.add_change(conn, user_id) if dead else 0, rows.has_device_keys(conn, user_id)
 
-        dead, change = await self.db.write(write)
+        dead, change, has_keys = await self.db.write(write)
+        if not has_keys:
+            self._with_keys.discard(user_id)
         for device_id in dead:
             self._otk_counts.pop((user_id, device_id), None)
             self._fallback.pop((user_id, device_id), None)

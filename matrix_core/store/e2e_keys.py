@@ -81,6 +81,14 @@ async def unused_fallback_keys(db: Database) -> list[tuple[str, str, str]]:
     return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
 
+async def users_with_device_keys(db: Database) -> list[str]:
+    return [str(r[0]) for r in await db.fetchall("SELECT DISTINCT user_id FROM e2e_device_keys")]
+
+
+def has_device_keys(conn: sqlite3.Connection, user_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM e2e_device_keys WHERE user_id = ? LIMIT 1", (user_id,)).fetchone() is not None
+
+
 def device_keys_in(conn: sqlite3.Connection, user_id: str, device_id: str) -> str | None:
     row = conn.execute("SELECT key_json FROM e2e_device_keys WHERE user_id = ? AND device_id = ?",
                        (user_id, device_id)).fetchone()
@@ -186,8 +194,7 @@ def add_changes(conn: sqlite3.Connection, rows: list[tuple[str, str | None, str]
     with_keys: dict[str, bool] = {}
     for user_id, recipient, kind in rows:
         if user_id not in with_keys:
-            with_keys[user_id] = conn.execute("SELECT 1 FROM e2e_device_keys WHERE user_id = ? LIMIT 1",
-                                              (user_id,)).fetchone() is not None
+            with_keys[user_id] = has_device_keys(conn, user_id)
         if with_keys[user_id]:
             newest = add_change(conn, user_id, recipient, kind)
     return newest
