@@ -18,6 +18,7 @@ from .service.accounts import Accounts
 from .service.cross_signing import CrossSigning
 from .service.devices import Devices
 from .service.directory import Directory
+from .service.e2e_keys import E2eKeys
 from .service.forgotten_rooms import ForgottenRooms
 from .service.key_backup import KeyBackup
 from .service.media import Media
@@ -27,6 +28,7 @@ from .service.push_delivery import PushDelivery
 from .service.receipts import Receipts
 from .service.rooms import Rooms
 from .service.sync import Sync
+from .service.to_device import ToDevice
 from .service.typing import Typing
 from .service.uia import UserInteractiveAuth
 from .signing import SigningKey
@@ -119,6 +121,9 @@ class Homeserver:
         self.key_backup = KeyBackup(self.db)  # server-side key backup (/room_keys)
         self.media = Media(self.db, self.server_name, settings.database_path.parent / "media", settings.max_upload_bytes,
                            settings.media_quota_per_user_bytes, settings.media_quota_total_bytes, settings.admin_contact)
+        # End-to-end encryption, server side (issue 14): keys, device lists, to-device; /sync sources
+        self.e2e_keys = E2eKeys(self)
+        self.to_device = ToDevice(self)
 
     async def start(self) -> None:
         await self.db.open()
@@ -129,6 +134,8 @@ class Homeserver:
         await self.push.load()
         await self.push_delivery.start()
         await self.media.start()
+        await self.e2e_keys.load()
+        await self.to_device.load()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
@@ -136,6 +143,8 @@ class Homeserver:
         self.typing.stop()
         await self.receipts.stop()
         await self.push_delivery.stop()
+        await self.e2e_keys.stop()
+        await self.to_device.stop()
         await self.rooms.compactor.stop()
         await self.devices.flush()
         await self.db.close()

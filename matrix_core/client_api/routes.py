@@ -12,6 +12,7 @@ from . import directory_handlers as d
 from . import discovery_handlers as disc
 from . import ephemeral_handlers as eph
 from . import key_backup_handlers as kb
+from . import keys_handlers as keys
 from . import membership_handlers as m
 from . import presence_handlers as pr
 from . import push_handlers as p
@@ -121,6 +122,12 @@ def build_router() -> ClientRouter:
     add("GET", "rooms/{roomId}/threads", rel.threads)
     add("GET", "rooms/{roomId}/context/{eventId}", rel.context)
 
+    # End-to-end encryption, server side (issue 14): device and one-time keys, to-device messages
+    add("POST", "keys/upload", keys.upload)
+    add("POST", "keys/query", keys.query)
+    add("POST", "keys/claim", keys.claim)
+    add("GET", "keys/changes", keys.changes)
+    add("PUT", "sendToDevice/{eventType}/{txnId}", keys.send_to_device)
     # Cross-signing (issue 14, cross_signing_handlers.py)
     add("POST", "keys/device_signing/upload", xs.upload_signing_keys)
     add("POST", "keys/signatures/upload", xs.upload_signatures)

@@ -99,6 +99,7 @@ class Sync:
             after = 0 if since is None or ctx.full_state else min(since.position(source.stream), upto)
             if ctx.initial or ctx.full_state or after < upto:
                 await source.collect(ctx, after, upto, out)
+            await source.every_answer(ctx, out)
         return out
 
     async def _merge(self, ctx: SyncContext, rooms: dict[str, Any], out: SyncOutput) -> None:

@@ -74,3 +74,7 @@ class SyncSource:
     async def annotate(self, ctx: SyncContext, room_ids: list[str], out: SyncOutput) -> None:
         """Called once the answer's joined rooms are known (timeline or source news): add per-room
         fields every shown room carries, such as unread notification counts."""
+
+    async def every_answer(self, ctx: SyncContext, out: SyncOutput) -> None:
+        """Called for every answer, moved or not: fields each answer carries that are no stream's
+        news (the E2EE one-time key counts). Must cost nothing for users it does not concern."""

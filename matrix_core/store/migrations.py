@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlite3
 from types import ModuleType
 
-from . import (account_data, coap_psk, cross_signing, devices, forgotten_rooms, key_backup, media, mqtt, push_rules,
-               pushers, receipts, relations)
+from . import (account_data, coap_psk, cross_signing, devices, e2e_keys, forgotten_rooms, key_backup, media, mqtt,
+               push_rules, pushers, receipts, relations, to_device)
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -211,7 +211,7 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     # issue 13, the client API real clients call:
     account_data, forgotten_rooms, receipts, devices, push_rules, pushers, relations,
     # issue 14, end-to-end encryption
-    cross_signing, key_backup,
+    e2e_keys, to_device, cross_signing, key_backup,
     # issue 15, the content repository:
     media,
 )
