@@ -18,6 +18,7 @@ from .service.accounts import Accounts
 from .service.devices import Devices
 from .service.directory import Directory
 from .service.forgotten_rooms import ForgottenRooms
+from .service.media_standin import MediaStandIn  # LEAD: replace with service/media.py at merge
 from .service.presence import Presence
 from .service.push import PushRules
 from .service.push_delivery import PushDelivery
@@ -107,6 +108,9 @@ class Homeserver:
         self.push = PushRules(self.db, self.rooms, self.stream, self.sync.notify, lambda: self.receipts)
         self.sync.add_source(self.push.source)
         self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
+        # LEAD: replace with service/media.py at merge (the stand-in device payloads use until then)
+        self.media = MediaStandIn(settings.database_path.parent / "media", self.server_name,
+                                  admin_contact=settings.admin_contact)
 
     async def start(self) -> None:
         await self.db.open()

@@ -314,6 +314,8 @@ class ClientProtocol(asyncio.Protocol):
         room_id = broker.rules.resolve(topic)
         if room_id is None or room_id not in broker.ready_rooms:
             return False
+        if broker.needs_media(publish):  # the bytes go to the media repository first: awaited
+            return False
         assert self.requester is not None
         try:
             broker.hs.rooms.check_send_rate(self.requester.user_id)
@@ -335,10 +337,12 @@ class ClientProtocol(asyncio.Protocol):
         packet_id = publish.packet_id or 0
         return persistence.add_incoming_qos2(key, packet_id)
 
-    def _start(self, publish: Publish, room_id: str) -> None:
+    def _start(self, publish: Publish, room_id: str,
+               prepared: tuple[str, dict[str, Any], str | None] | None = None) -> None:
+        """`prepared`: the event a publish kept in the media repository becomes (`_feed`)."""
         assert self.requester is not None
         try:
-            event_type, content, state_key = self.broker.prepare(self.requester, publish, room_id)
+            event_type, content, state_key = prepared or self.broker.prepare(self.requester, publish, room_id)
         except PublishRefused as exc:
             self._refused(publish, exc.reason_code)
             return
@@ -397,6 +401,7 @@ class ClientProtocol(asyncio.Protocol):
                 await broker.hs.rooms.get_room(room_id)
                 broker.ready_rooms.add(room_id)
                 await broker.wait_rate(self.requester.user_id)
+                prepared = await broker.prepare_media(self.requester, publish) if broker.needs_media(publish) else None
             except PublishRefused as exc:
                 self._waiting.popleft()
                 self._refused(publish, exc.reason_code)
@@ -409,7 +414,7 @@ class ClientProtocol(asyncio.Protocol):
                 log.info("MQTT publish to %r by %s refused: %s", publish.topic, self.requester.user_id, exc)
                 self._refused(publish, ERROR_REASONS.get(exc.errcode, ReasonCode.UNSPECIFIED_ERROR))
                 continue
-            self._start(publish, room_id)
+            self._start(publish, room_id, prepared)
             self._start_batch()
             self._waiting.popleft()
             self._check_pressure()

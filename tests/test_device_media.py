@@ -1,0 +1,185 @@
+"""Images and large payloads from devices (issue 15, "Devices"): the hub started with its CLI,
+mosquitto_pub / mosquitto_sub on the MQTT side, HTTP /messages on the Matrix side. Payloads too
+large for an event and pictures are kept in the media repository (`hs.media`; until the media
+branch is merged, matrix_core/service/media_standin.py) and read back byte-identical."""
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import subprocess
+import urllib.parse
+import zlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from matrix_core.service.media_standin import MediaStandIn
+from tests.conftest import PASSWORD
+from tests.support.gateway import GatewayProcess
+from tests.test_mqtt_peers import mosquitto_pub
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    data = Path(tmp_path_factory.mktemp("hub")) / "data"
+    data.mkdir(parents=True)
+    (data / "gateway.toml").write_text('mqtt_image_topics = ["camera/+/snapshot"]\n')
+    gw = GatewayProcess(data)
+    gw.start()
+    gw.add_user("alice", PASSWORD, admin=True)
+    yield gw
+    assert gw.stop() == 0, gw.read_log()
+
+
+@pytest.fixture(scope="module")
+def token(hub: GatewayProcess) -> str:
+    return hub.login("alice", PASSWORD)
+
+
+def bridge_devices(size: int) -> bytes:
+    """A Zigbee2MQTT-shaped `bridge/devices` (JSON.stringify order: keys not sorted) of ~size bytes."""
+    devices: list[dict[str, Any]] = []
+    while len(json.dumps(devices)) < size:
+        i = len(devices)
+        devices.append({"ieee_address": f"0x{i:016x}", "type": "Router", "network_address": i,
+                        "friendly_name": f"living room lamp {i}", "power_source": "Mains (single phase)",
+                        "definition": {"model": "LED1545G12", "vendor": "IKEA", "description": "TRADFRI bulb",
+                                       "exposes": [{"type": "light", "features": [
+                                           {"name": "state", "property": "state", "value_on": "ON"},
+                                           {"name": "brightness", "value_max": 254, "value_min": 0}]}]}})
+    return json.dumps(devices, separators=(",", ":")).encode()
+
+
+def png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\x00" + bytes([i % 256, 0, 0]) * width for i in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def jpeg(width: int, height: int) -> bytes:
+    """A minimal JPEG header (SOI, APP0, SOF0) plus filler: what cameras send starts like this."""
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+    sof0 = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, height, width, 3) + b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    return b"\xff\xd8" + app0 + sof0 + bytes(range(256)) * 80 + b"\xff\xd9"
+
+
+def sub_hex(hub: GatewayProcess, topic: str, *extra: str) -> subprocess.Popen[str]:
+    """mosquitto_sub printing each payload as hex (-F %x: exact bytes, binary-safe)."""
+    return subprocess.Popen(["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(hub.mqtt_port),
+                             "-u", "alice", "-P", PASSWORD, "-t", topic, "-C", "1", "-W", "20", "-F", "%x",
+                             "-d", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_subscribed(proc: subprocess.Popen[str]) -> list[str]:
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "received suback" in line.lower():
+            return seen
+    raise AssertionError(f"no SUBACK: {seen}")
+
+
+def payload_of(proc: subprocess.Popen[str]) -> bytes:
+    out, err = proc.communicate(timeout=25)
+    lines = [line for line in out.splitlines() if line and not line.startswith(("Client ", "Subscribed"))]
+    assert proc.returncode == 0 and len(lines) == 1, (out[-500:], err)
+    return bytes.fromhex(lines[0])
+
+
+def messages(hub: GatewayProcess, token: str, room: str) -> list[dict[str, Any]]:
+    q = urllib.parse.quote(room, safe="")
+    status, body = hub.request("GET", f"/_matrix/client/v3/rooms/{q}/messages?dir=b&limit=20", token=token)
+    assert status == 200, body
+    return body["chunk"]
+
+
+def read_media(hub: GatewayProcess, url: str) -> tuple[bytes, str] | None:
+    """The bytes behind an mxc URL, through hs.media's own code in this process (the stand-in's
+    read_bytes over the hub's data dir). LEAD: after the media merge, also GET
+    /_matrix/client/v1/media/download/{server}/{id} with the token and compare."""
+    return asyncio.run(MediaStandIn(hub.data_dir / "media", "localhost").read_bytes(url))
+
+
+@pytest.mark.parametrize("version", ["mqttv311", "mqttv5"])
+def test_a_100kb_retained_bridge_devices_comes_back_byte_identical(hub: GatewayProcess, token: str,
+                                                                   version: str) -> None:
+    topic = f"z2m{version[-1]}/bridge/devices"
+    payload = bridge_devices(100_000)
+    live = sub_hex(hub, topic, "-V", version)
+    wait_subscribed(live)
+    mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, topic, payload, 1, "-r", "-V", version)
+    assert payload_of(live) == payload  # live fan-out
+    fresh = sub_hex(hub, topic, "-V", version)  # retained delivery, read back from media
+    assert payload_of(fresh) == payload
+    state = [e for e in messages(hub, token, f"#mqtt/z2m{version[-1]}/bridge:localhost")
+             if e["type"] == "org.matrix_gateway.mqtt.retained"]
+    ref = state[0]["content"]["payload"]
+    assert ref["kind"] == "media" and ref["size"] == len(payload) and ref["mimetype"] == "application/json"
+    assert read_media(hub, ref["url"]) == (payload, "application/json")
+
+
+def test_a_40kb_bridge_devices_fits_one_event(hub: GatewayProcess, token: str) -> None:
+    """The bug: value + text doubled a 31 KB list past the event limit (0x97, or a 3.1.1 drop)."""
+    payload = bridge_devices(40_000)
+    mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "z2m/bridge/devices", payload, 1, "-r", "-V", "mqttv311")
+    fresh = sub_hex(hub, "z2m/bridge/devices")
+    assert payload_of(fresh) == payload
+    state = [e for e in messages(hub, token, "#mqtt/z2m/bridge:localhost")
+             if e["type"] == "org.matrix_gateway.mqtt.retained"]
+    assert state[0]["content"]["payload"] == {"kind": "json", "text": payload.decode()}
+
+
+def test_a_large_message_is_an_m_file(hub: GatewayProcess, token: str) -> None:
+    payload = bridge_devices(90_000)
+    live = sub_hex(hub, "big/log/x", "-V", "mqttv5")
+    wait_subscribed(live)
+    mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "big/log/x", payload, 1)
+    assert payload_of(live) == payload
+    event = [e for e in messages(hub, token, "#mqtt/big/log:localhost") if e["type"] == "m.room.message"][0]
+    content = event["content"]
+    assert content["msgtype"] == "m.file" and content["url"].startswith("mxc://localhost/")
+    assert content["info"] == {"mimetype": "application/json", "size": len(payload)}
+    assert read_media(hub, content["url"]) == (payload, "application/json")
+
+
+def test_a_jpeg_file_on_an_image_topic_is_an_m_image(hub: GatewayProcess, token: str, tmp_path: Path) -> None:
+    picture = jpeg(640, 480)
+    path = tmp_path / "snap.jpg"
+    path.write_bytes(picture)
+    live = sub_hex(hub, "camera/door/snapshot")
+    wait_subscribed(live)
+    proc = subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(hub.mqtt_port), "-u", "alice", "-P",
+                           PASSWORD, "-t", "camera/door/snapshot", "-q", "1", "-f", str(path)],
+                          capture_output=True, timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert payload_of(live) == picture
+    event = [e for e in messages(hub, token, "#mqtt/camera/door:localhost") if e["type"] == "m.room.message"][0]
+    content = event["content"]
+    assert content["msgtype"] == "m.image" and content["body"] == "snapshot.jpg"
+    assert content["info"] == {"mimetype": "image/jpeg", "size": len(picture), "w": 640, "h": 480}
+    assert content["url"].startswith("mxc://localhost/")
+    assert read_media(hub, content["url"]) == (picture, "image/jpeg")
+
+
+def test_an_mqtt5_image_content_type_is_an_m_image_on_any_topic(hub: GatewayProcess, token: str) -> None:
+    picture = png(32, 16)
+    mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "garden/cam/now", picture, 1, "-V", "mqttv5",
+                  "-D", "publish", "content-type", "image/png")
+    fresh_text = [e for e in messages(hub, token, "#mqtt/garden/cam:localhost") if e["type"] == "m.room.message"]
+    content = fresh_text[0]["content"]
+    assert content["msgtype"] == "m.image"
+    assert content["info"] == {"mimetype": "image/png", "size": len(picture), "w": 32, "h": 16}
+    assert read_media(hub, content["url"]) == (picture, "image/png")
+
+
+def test_a_jpeg_elsewhere_stays_an_mqtt_message(hub: GatewayProcess, token: str) -> None:
+    """Magic bytes are looked at only on mqtt_image_topics: other binary payloads are unchanged."""
+    picture = jpeg(8, 8)[:600]
+    mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "misc/bin/x", picture, 1)
+    content = [e for e in messages(hub, token, "#mqtt/misc/bin:localhost") if e["type"] == "m.room.message"][0]["content"]
+    assert content["msgtype"] == "org.matrix_gateway.mqtt" and content["mqtt"]["payload"]["kind"] == "bytes"
