@@ -15,4 +15,6 @@ PURE_MODULES = (
     "push_rules",
     "push_gateway",
     "relations",
+    # issue 15: device pictures and large payloads (what is an image, its size, m.image content)
+    "device_media",
 )

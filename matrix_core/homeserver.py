@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .device_media import MediaRepository
 from .notifier import EventStream
 from .push_gateway import RetryPolicy
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
@@ -109,7 +110,7 @@ class Homeserver:
         self.sync.add_source(self.push.source)
         self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
         # LEAD: replace with service/media.py at merge (the stand-in device payloads use until then)
-        self.media = MediaStandIn(settings.database_path.parent / "media", self.server_name,
+        self.media: MediaRepository = MediaStandIn(settings.database_path.parent / "media", self.server_name,
                                   admin_contact=settings.admin_contact)
 
     async def start(self) -> None:

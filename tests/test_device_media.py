@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
+import cbor2
 import pytest
 
 from matrix_core.service.media_standin import MediaStandIn
@@ -183,3 +184,89 @@ def test_a_jpeg_elsewhere_stays_an_mqtt_message(hub: GatewayProcess, token: str)
     mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "misc/bin/x", picture, 1)
     content = [e for e in messages(hub, token, "#mqtt/misc/bin:localhost") if e["type"] == "m.room.message"][0]["content"]
     assert content["msgtype"] == "org.matrix_gateway.mqtt" and content["mqtt"]["payload"]["kind"] == "bytes"
+
+
+# ---------------------------------------------------------------------------------------------
+# CoAP: a camera posts its picture block-wise to the short path /_m/c/v3/r/ROOM/img
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def camera_room(hub: GatewayProcess, token: str) -> str:
+    status, body = hub.request("POST", "/_matrix/client/v3/createRoom", {"room_alias_name": "cams"}, token=token)
+    assert status == 200, body
+    return body["room_id"]
+
+
+def coap_post(hub: GatewayProcess, path: str, file: Path, *extra: str) -> tuple[Any, str]:
+    """libcoap's coap-client, block-wise (-b 64): (the CBOR answer, its debug log with the codes)."""
+    answer = file.with_suffix(".answer")
+    answer.unlink(missing_ok=True)
+    proc = subprocess.run(["coap-client-notls", "-m", "post", "-b", "64", "-f", str(file), "-o", str(answer),
+                           "-v", "7", *extra, f"coap://127.0.0.1:{hub.coap_port}{path}"], capture_output=True,
+                          timeout=30)
+    log = proc.stdout.decode("utf-8", "replace") + proc.stderr.decode("utf-8", "replace")
+    return (cbor2.loads(answer.read_bytes()) if answer.exists() and answer.stat().st_size else None), log
+
+
+def diagnostic(log: str, code: str) -> Any:
+    """The CBOR diagnostic of the `code` answer in coap-client's debug log (it writes no error
+    payload to -o): the hex line after the answer's line."""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if f"c:{code} " in line and "ACK" in line:
+            return cbor2.loads(bytes.fromhex(lines[i + 1].strip("<>")))
+    raise AssertionError(f"no {code} answer: {log[-2000:]}")
+
+
+def test_coap_blockwise_picture_becomes_an_m_image(hub: GatewayProcess, token: str, camera_room: str,
+                                                    tmp_path: Path) -> None:
+    picture = jpeg(320, 240)
+    path = tmp_path / "door.jpg"
+    path.write_bytes(picture)
+    answer, log = coap_post(hub, f"/_m/c/v3/r/%23cams:localhost/img?a={token}&fn=door.jpg", path, "-t", "23")
+    assert "c:2.01" in log and answer is not None, log[-2000:]
+    assert "Block1:1/M/64" in log  # it did go block-wise
+    events = [e for e in messages(hub, token, camera_room) if e["type"] == "m.room.message"]
+    assert events[0]["event_id"] == answer["event_id"]
+    content = events[0]["content"]
+    assert content == {"msgtype": "m.image", "body": "door.jpg", "url": answer["content_uri"],
+                       "info": {"mimetype": "image/jpeg", "size": len(picture), "w": 320, "h": 240}}
+    assert read_media(hub, answer["content_uri"]) == (picture, "image/jpeg")
+
+
+def test_coap_picture_without_content_format_is_sniffed(hub: GatewayProcess, token: str, camera_room: str,
+                                                         tmp_path: Path) -> None:
+    picture = png(4, 3)
+    path = tmp_path / "p.png"
+    path.write_bytes(picture)
+    answer, log = coap_post(hub, f"/_m/c/v3/r/%23cams:localhost/img?a={token}", path)
+    assert "c:2.01" in log, log[-2000:]
+    content = [e for e in messages(hub, token, camera_room) if e["type"] == "m.room.message"][0]["content"]
+    assert content["body"] == "image.png" and content["info"]["w"] == 4 and content["info"]["h"] == 3
+
+
+def media_files(hub: GatewayProcess) -> set[str]:
+    root = hub.data_dir / "media"
+    return {p.name for p in root.iterdir()} if root.exists() else set()
+
+
+def test_coap_picture_over_the_limit_is_4_13_and_nothing_is_stored(hub: GatewayProcess, token: str,
+                                                                    camera_room: str, tmp_path: Path) -> None:
+    before_files = media_files(hub)
+    before = [e["event_id"] for e in messages(hub, token, camera_room)]
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(jpeg(4000, 3000) + bytes(200_000))  # over the 128 KiB body limit
+    answer, log = coap_post(hub, f"/_m/c/v3/r/%23cams:localhost/img?a={token}", path, "-t", "23")
+    assert diagnostic(log, "4.13")["errcode"] == "M_TOO_LARGE"
+    assert [e["event_id"] for e in messages(hub, token, camera_room)] == before
+    assert media_files(hub) == before_files
+
+
+def test_coap_non_picture_is_refused(hub: GatewayProcess, token: str, camera_room: str, tmp_path: Path) -> None:
+    before_files = media_files(hub)
+    path = tmp_path / "x.txt"
+    path.write_bytes(b"not a picture at all" * 10)
+    answer, log = coap_post(hub, f"/_m/c/v3/r/%23cams:localhost/img?a={token}", path)
+    assert diagnostic(log, "4.15")["errcode"] == "M_UNKNOWN"
+    assert media_files(hub) == before_files

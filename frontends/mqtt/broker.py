@@ -33,7 +33,7 @@ from .deny import DenyRules
 from .fanout import FanOut, OwnPublish
 from .full_disk import HoldBack
 from .listeners import Listeners
-from ..device_media import INLINE_CONTENT_MAX, filename_for, generic_type, image_type, media_payload, media_url
+from matrix_core.device_media import INLINE_CONTENT_MAX, filename_for, generic_type, image_type, media_payload, media_url
 from ..payload_mapping import mqtt_payload_to_content
 from .messages import media_message_content, message_content, publish_content
 from .packets import NO_PROPERTIES, Connect, Publish, Subscription

@@ -14,7 +14,7 @@ import binascii
 import json
 from typing import Any, Callable
 
-from ..device_media import MEDIA_KIND, file_content, filename_for, image_content, media_url
+from matrix_core.device_media import MEDIA_KIND, file_content, filename_for, image_content, media_url
 from ..payload_mapping import PayloadError, content_to_mqtt_payload, mqtt_payload_to_content
 from .packets import NO_PROPERTIES, Properties
 from .routing import MESSAGE_MSGTYPE

@@ -7,6 +7,7 @@ from __future__ import annotations
 from . import account_data_handlers as ad
 from . import auth_handlers as a
 from . import device_handlers as dv
+from . import device_media_handlers as dmedia
 from . import directory_handlers as d
 from . import discovery_handlers as disc
 from . import ephemeral_handlers as eph
@@ -118,6 +119,9 @@ def build_router() -> ClientRouter:
     add("GET", "rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", rel.relations)
     add("GET", "rooms/{roomId}/threads", rel.threads)
     add("GET", "rooms/{roomId}/context/{eventId}", rel.context)
+
+    # Devices' pictures (issue 15): bytes to the media repository, then an m.image event
+    add("POST", "rooms/{roomId}/org.matrix_gateway.image", dmedia.post_image)
     return router
 
 

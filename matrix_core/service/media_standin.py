@@ -1,7 +1,7 @@
 """LEAD: replace with service/media.py at merge (issue 15's media repository, `hs.media`).
 
 A minimal stand-in with exactly the interface the device front ends use
-(frontends/device_media.py `MediaRepository`): bytes are files under the data dir's media/
+(matrix_core/device_media.py `MediaRepository`): bytes are files under the data dir's media/
 named by their sha256, written atomically (temp file, fsync, rename, fsync of the directory)
 before the mxc URI is returned; a small JSON record per media id keeps the content type.
 No quotas, no HTTP, no retention: the real service has those.

@@ -2,7 +2,8 @@
 event. Pure (no I/O): what is an image, its size in pixels, and the event content that refers
 to the stored bytes (docs/mqtt.md "Images and large payloads", docs/payload-mapping.md).
 
-The front ends (MQTT, CoAP) store the bytes through a `MediaRepository` (`hs.media`) and then
+Here in the core because the client API's picture route (client_api/device_media_handlers.py)
+uses it as well as the MQTT front end. The front ends store the bytes through a `MediaRepository` (`hs.media`) and then
 send the content built here; subscribers get the exact bytes back from the repository.
 """
 from __future__ import annotations
