@@ -270,3 +270,41 @@ def test_coap_non_picture_is_refused(hub: GatewayProcess, token: str, camera_roo
     answer, log = coap_post(hub, f"/_m/c/v3/r/%23cams:localhost/img?a={token}", path)
     assert diagnostic(log, "4.15")["errcode"] == "M_UNKNOWN"
     assert media_files(hub) == before_files
+
+
+# ---------------------------------------------------------------------------------------------
+# a disk that fills mid-write: nothing acknowledged, no partial file, no event
+# ---------------------------------------------------------------------------------------------
+
+from tests.test_disk_full import hub_on_tmpfs, prepared  # noqa: E402,F401  (the fixtures: a hub on a small tmpfs)
+
+
+def test_a_disk_filling_mid_write_acknowledges_nothing(hub_on_tmpfs: Any) -> None:
+    import paho.mqtt.client as mqtt
+
+    from tests.support import full_disk
+    from tests.test_mqtt_peers import Paho
+
+    gw, view, facts = hub_on_tmpfs
+    v5 = Paho(gw.mqtt_port, "alice", PASSWORD, "media-full", protocol=mqtt.MQTTv5)
+    acks: list[int] = []
+    v5.client.on_publish = lambda c, u, mid, rc, props: acks.append(rc.value)
+    payload = bridge_devices(100_000)
+    try:
+        assert v5.connect()[1] == 0
+        v5.publish("full/bridge/devices", b"[]", qos=1, retain=True)  # its room exists before the disk fills
+        assert acks == [0]
+        media = view / "media"
+        before = {p.name for p in media.iterdir()} if media.exists() else set()
+        full_disk.fill(view, leave=40_000)  # room for part of the 100 KB file, not all of it
+        v5.publish("full/bridge/devices", payload, qos=1, retain=True)
+        assert acks == [0, 0x97]
+        assert ({p.name for p in media.iterdir()} if media.exists() else set()) == before  # no partial file
+        full_disk.free(view)
+        fresh = sub_hex(gw, "full/bridge/devices")
+        assert payload_of(fresh) == b"[]"  # the refused publish replaced nothing
+        v5.publish("full/bridge/devices", payload, qos=1, retain=True)
+        assert acks == [0, 0x97, 0]
+        assert payload_of(sub_hex(gw, "full/bridge/devices")) == payload
+    finally:
+        v5.disconnect()
