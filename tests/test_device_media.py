@@ -308,3 +308,43 @@ def test_a_disk_filling_mid_write_acknowledges_nothing(hub_on_tmpfs: Any) -> Non
         assert payload_of(sub_hex(gw, "full/bridge/devices")) == payload
     finally:
         v5.disconnect()
+
+
+# ---------------------------------------------------------------------------------------------
+# over the size limit: MQTT 5 0x97, MQTT 3.1.1 acknowledged and dropped (no reconnect loop)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_too_large_for_an_event_is_0x97_or_ack_and_drop(hub: GatewayProcess, token: str) -> None:
+    """A 34 KB topic name goes into the event twice (the mqtt object and the body; a retained
+    one: the state key): over the 64 KiB event limit however the payload is kept."""
+    import paho.mqtt.client as mqtt
+
+    from tests.test_mqtt_peers import Paho
+
+    topic = "huge/topic/" + "t" * 34_000
+    v5 = Paho(hub.mqtt_port, "alice", PASSWORD, "big-v5", protocol=mqtt.MQTTv5)
+    v3 = Paho(hub.mqtt_port, "alice", PASSWORD, "big-v311")
+    acks: list[int] = []
+    v5.client.on_publish = lambda c, u, mid, rc, props: acks.append(rc.value)
+    try:
+        assert v5.connect()[1] == 0 and v3.connect()[1] == 0
+        v5.publish("huge/topic/ok", b"first", qos=1)
+        v5.publish(topic, b"x", qos=1)
+        v5.publish(topic, b"x", qos=1, retain=True)
+        assert acks == [0, 0x97, 0x97]
+        for retain in (False, True):
+            assert v3.publish(topic, b"x", qos=1, retain=retain).is_published()  # acknowledged, dropped
+        v3.publish("huge/topic/ok", b"still connected", qos=1)
+        assert v3.disconnects.empty()
+        proc = mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, topic, "x", 1, "-V", "mqttv311", check=False)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        v5.disconnect()
+        v3.disconnect()
+    events = messages(hub, token, "#mqtt/huge/topic:localhost")
+    assert [e["content"]["mqtt"]["payload"]["text"] for e in events if e["type"] == "m.room.message"] == [
+        "still connected", "first"]
+    assert not [e for e in events if e["type"] == "org.matrix_gateway.mqtt.retained"]
+    log = hub.read_log()
+    assert "acknowledged and dropped" in log and "Traceback" not in log

@@ -437,12 +437,19 @@ class ClientProtocol(asyncio.Protocol):
                 log.error("MQTT publish failed: %r", exc)
                 reason = ReasonCode.UNSPECIFIED_ERROR
             full = isinstance(exc, errors.StorageFull)  # counted and logged once a minute by the store
-            if not full and (reason != ReasonCode.NOT_AUTHORIZED or qos):
+            # Too large (an event over 64 KiB, media over its limit): MQTT 3.1.1 has no negative
+            # PUBACK, and closing would have the client send the same message again after every
+            # reconnect: acknowledged and dropped, one rate-limited line (issue 15).
+            drop = conn.level != MQTT_5 and isinstance(exc, errors.MatrixError) and exc.errcode == "M_TOO_LARGE"
+            if drop:
+                self.broker.quiet.log(log, logging.WARNING, "publish-too-large", "MQTT 3.1.1 publish by %r "
+                                      "acknowledged and dropped: %s", self.client_id, exc)
+            elif not full and (reason != ReasonCode.NOT_AUTHORIZED or qos):
                 log.info("MQTT publish by %r refused: 0x%02X %s", self.client_id, reason, exc)
             if full and qos and conn.level != MQTT_5 and conn.state is State.CONNECTED and self.requester:
                 self.broker.held_back.refused((self.requester.user_id, self.client_id), time.monotonic())
             if qos:
-                conn.ack_publish(packet_id, qos, reason)
+                conn.ack_publish(packet_id, qos, 0 if drop else reason)
                 if conn.state is State.CLOSED:
                     self._lost(publish_will=True)
         self._check_pressure()
