@@ -348,3 +348,42 @@ def test_too_large_for_an_event_is_0x97_or_ack_and_drop(hub: GatewayProcess, tok
     assert not [e for e in events if e["type"] == "org.matrix_gateway.mqtt.retained"]
     log = hub.read_log()
     assert "acknowledged and dropped" in log and "Traceback" not in log
+
+
+# ---------------------------------------------------------------------------------------------
+# after a restart (nothing cached): session replay and events from elsewhere read the bytes back
+# ---------------------------------------------------------------------------------------------
+
+
+def test_after_a_restart_media_payloads_are_read_back(hub: GatewayProcess, token: str) -> None:
+    import paho.mqtt.client as mqtt
+
+    from tests.test_mqtt_peers import Paho
+
+    payload = bridge_devices(90_000)
+    kept = Paho(hub.mqtt_port, "alice", PASSWORD, "replay-me", protocol=mqtt.MQTTv5, clean=False, session_expiry=600)
+    assert kept.connect()[1] == 0
+    kept.subscribe("big/replay/#", 1)
+    kept.disconnect()
+    mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "big/replay/x", payload, 1)
+    room = "#mqtt/big/replay:localhost"
+    content = [e for e in messages(hub, token, room) if e["type"] == "m.room.message"][0]["content"]
+    assert content["msgtype"] == "m.file"
+    hub.stop()
+    hub.start()  # an empty cache: the bytes are only in the media repository now
+    again = Paho(hub.mqtt_port, "alice", PASSWORD, "replay-me", protocol=mqtt.MQTTv5, clean=False, session_expiry=600)
+    try:
+        assert again.connect()[0].session_present
+        message = again.get()  # replayed from the room's history, its bytes read back from media
+        assert (message.topic, message.payload) == ("big/replay/x", payload)
+    finally:
+        again.disconnect()
+    hub.stop()
+    hub.start()
+    live = sub_hex(hub, "big/replay/z")
+    wait_subscribed(live)
+    content = dict(content, mqtt=dict(content["mqtt"], topic="big/replay/z"))  # the same bytes, another topic
+    status, body = hub.request("PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room, safe='')}/send/"
+                               "m.room.message/again", content, token=token)  # sent by a Matrix client
+    assert status == 200, body
+    assert payload_of(live) == payload  # not published here: read back before the fan-out
