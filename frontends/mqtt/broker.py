@@ -30,10 +30,10 @@ from .auth import authenticate
 from .connection import State
 from .constants import MQTT_5, ReasonCode
 from .deny import DenyRules
-from .fanout import FanOut, OwnPublish
+from .fanout import MEDIA_MSGTYPES, FanOut, OwnPublish
 from .full_disk import HoldBack
 from .listeners import Listeners
-from matrix_core.device_media import INLINE_CONTENT_MAX, filename_for, generic_type, image_type, media_payload, media_url
+from matrix_core.device_media import MEDIA_KIND, INLINE_CONTENT_MAX, filename_for, generic_type, image_type, media_payload, media_url
 from ..payload_mapping import mqtt_payload_to_content
 from .messages import media_message_content, message_content, publish_content
 from .packets import NO_PROPERTIES, Connect, Publish, Subscription
@@ -647,13 +647,15 @@ class MqttBroker:
 
 def _media_url_of(event: Event) -> str | None:
     """The mxc URL of an MQTT payload an event keeps in the media repository, else None."""
-    content = event.content
-    if event.type == "m.room.message":
+    etype = event.type
+    if etype == "m.room.message":
+        content = event.content
+        if content.get("msgtype") not in MEDIA_MSGTYPES:  # an ordinary MQTT message, a text: no
+            return None
         mqtt = content.get("mqtt")
-    elif event.type == RETAINED_TYPE:
-        mqtt = content
+    elif etype == RETAINED_TYPE:
+        mqtt = event.content
     else:
         return None
-    if not isinstance(mqtt, dict):
-        return None
-    return media_url(mqtt.get("payload"))
+    payload = mqtt.get("payload") if isinstance(mqtt, dict) else None
+    return media_url(payload) if type(payload) is dict and payload.get("kind") == MEDIA_KIND else None
