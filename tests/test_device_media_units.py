@@ -76,3 +76,16 @@ def test_fan_out_of_media_events_reads_the_cache_only() -> None:
                             0, 0.0)
     assert [(m.topic, m.payload, m.retain) for m in got] == [("garden/cam", b"exact", True)]
     assert isinstance(t.fanout, FanOut)
+
+
+def test_odd_msgtypes_are_not_media() -> None:
+    """Content is what a sender wrote: a list as msgtype (found by tests/test_fuzz_e2e.py) must not
+    break the fan-out or the broker's media check."""
+    from frontends.mqtt.broker import _media_url_of
+
+    t = Tables(joined={("@bob:hub", ROOM)})
+    t.session("bob", "@bob:hub", Subscription("garden/#", 1))
+    for msgtype in (["m.image"], {"a": 1}, 7, None):
+        odd = event("m.room.message", {"msgtype": msgtype, "body": "x", "mqtt": {"topic": "garden/x"}})
+        assert _media_url_of(odd) is None
+        t.out(odd)  # never raises

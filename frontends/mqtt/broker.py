@@ -650,7 +650,8 @@ def _media_url_of(event: Event) -> str | None:
     etype = event.type
     if etype == "m.room.message":
         content = event.content
-        if content.get("msgtype") not in MEDIA_MSGTYPES:  # an ordinary MQTT message, a text: no
+        msgtype = content.get("msgtype")
+        if type(msgtype) is not str or msgtype not in MEDIA_MSGTYPES:  # an MQTT message, a text: no
             return None
         mqtt = content.get("mqtt")
     elif etype == RETAINED_TYPE:

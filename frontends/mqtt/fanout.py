@@ -27,6 +27,13 @@ from .topics import parse_shared_subscription, topic_matches
 
 #: msgtypes an MQTT publish kept in the media repository is sent as (messages.media_message_content)
 MEDIA_MSGTYPES = frozenset({"m.image", "m.file"})
+
+
+def _is_media_msgtype(msgtype: Any) -> bool:
+    """m.image / m.file (anything else, a list included, is not: content is what a sender wrote)."""
+    return type(msgtype) is str and msgtype in MEDIA_MSGTYPES
+
+
 Targets = list[tuple[str, Outgoing]]  # (session key, message for that session)
 IsJoined = Callable[[str, str], bool]  # (user id, room id) -> whether the user is joined
 StateKey = tuple[str, str]
@@ -74,14 +81,14 @@ class FanOut:
         retain = False
         props: Any
         if etype == "m.room.message" and (content.get("msgtype") == MESSAGE_MSGTYPE or (
-                content.get("msgtype") in MEDIA_MSGTYPES and "mqtt" in content)):
+                "mqtt" in content and _is_media_msgtype(content.get("msgtype")))):
             own = self.own.get(event.event_id)
             if own is not None:
                 pub = own.publish
                 topic, payload, qos, props, origin = pub.topic, pub.payload, pub.qos, pub.properties, own.session_key
             else:
                 parsed = parse_mqtt(content.get("mqtt"), self.blobs.get)
-                if parsed is None and content.get("msgtype") in MEDIA_MSGTYPES:
+                if parsed is None and _is_media_msgtype(content.get("msgtype")):
                     return []  # its bytes could not be read back: nothing rather than a stand-in
                 if parsed is None or self.rules.resolve(parsed[0]) != room_id:
                     parsed = None
