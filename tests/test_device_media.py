@@ -387,3 +387,41 @@ def test_after_a_restart_media_payloads_are_read_back(hub: GatewayProcess, token
                                "m.room.message/again", content, token=token)  # sent by a Matrix client
     assert status == 200, body
     assert payload_of(live) == payload  # not published here: read back before the fan-out
+
+
+def test_the_picture_route_over_http_and_a_one_datagram_coap_post(hub: GatewayProcess, token: str,
+                                                                  camera_room: str, tmp_path: Path) -> None:
+    """One route table: HTTP answers 201; a picture small enough for one datagram (the CoAP
+    message layer's hot path, no Block1) is taken as bytes too."""
+    import urllib.request
+
+    picture = png(5, 7)
+    req = urllib.request.Request(
+        f"{hub.http_url}/_matrix/client/v3/rooms/{urllib.parse.quote(camera_room)}/org.matrix_gateway.image"
+        "?filename=porch.png", data=picture, method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 201
+        answer = json.loads(resp.read())
+    content = [e for e in messages(hub, token, camera_room) if e["event_id"] == answer["event_id"]][0]["content"]
+    assert content["body"] == "porch.png" and content["info"] == {"mimetype": "image/png", "size": len(picture),
+                                                                  "w": 5, "h": 7}
+    path = tmp_path / "tiny.png"
+    path.write_bytes(picture)
+    proc = subprocess.run(["coap-client-notls", "-m", "post", "-t", "24", "-f", str(path), "-o", "-",
+                           f"coap://127.0.0.1:{hub.coap_port}/_m/c/v3/r/%23cams:localhost/img?a={token}"],
+                          capture_output=True, timeout=30)
+    event_id = cbor2.loads(proc.stdout)["event_id"]
+    assert [e for e in messages(hub, token, camera_room) if e["event_id"] == event_id][0]["content"]["info"]["w"] == 5
+
+
+def test_a_picture_to_a_room_not_joined_is_4_03_and_nothing_is_stored(hub: GatewayProcess, camera_room: str,
+                                                                      tmp_path: Path) -> None:
+    hub.add_user("mallory", PASSWORD)
+    stranger = hub.login("mallory", PASSWORD)
+    before = media_files(hub)
+    path = tmp_path / "m.jpg"
+    path.write_bytes(jpeg(10, 10))
+    _, log = coap_post(hub, f"/_m/c/v3/r/%23cams:localhost/img?a={stranger}", path, "-t", "23")
+    assert diagnostic(log, "4.03")["errcode"] == "M_FORBIDDEN"
+    assert media_files(hub) == before
