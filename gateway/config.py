@@ -43,7 +43,8 @@ class GatewayConfig:
     mqtt_allow_anonymous: bool = False
     mqtt_anonymous_user: str = "mqtt-guest"
     mqtt_room_levels: int = 2
-    mqtt_max_packet_size: int = 65536
+    # 256 KiB: payloads too large for an event go to the media repository (issue 15)
+    mqtt_max_packet_size: int = 262144
     mqtt_receive_maximum: int = 256
     mqtt_max_inflight: int = 20
     mqtt_max_queued_messages: int = 1000
@@ -68,6 +69,8 @@ class GatewayConfig:
     mqtt_max_connections_per_address: int = 100
     # Persistent MQTT sessions (clean_session 0 / a session expiry) one account may keep (0: no cap).
     mqtt_max_sessions_per_account: int = 100
+    # Topic filters whose JPEG/PNG payloads become m.image events (docs/mqtt.md, issue 15).
+    mqtt_image_topics: tuple[str, ...] = ()
     federation_port: int = 8448
     # federation TLS (matrix_core/federation/tls.py): empty = a self-signed pair made in the data dir
     federation_tls_cert: str = ""

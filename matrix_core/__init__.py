@@ -18,5 +18,5 @@ PURE_MODULES = (
     # issue 14, end-to-end encryption
     "e2e_rules", "cross_signing_rules", "key_backup_rules",
     # issue 15, the content repository
-    "media_rules",
+    "media_rules", "device_media",
 )

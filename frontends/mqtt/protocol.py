@@ -314,6 +314,8 @@ class ClientProtocol(asyncio.Protocol):
         room_id = broker.rules.resolve(topic)
         if room_id is None or room_id not in broker.ready_rooms:
             return False
+        if broker.needs_media(publish):  # the bytes go to the media repository first: awaited
+            return False
         assert self.requester is not None
         try:
             broker.hs.rooms.check_send_rate(self.requester.user_id)
@@ -335,10 +337,12 @@ class ClientProtocol(asyncio.Protocol):
         packet_id = publish.packet_id or 0
         return persistence.add_incoming_qos2(key, packet_id)
 
-    def _start(self, publish: Publish, room_id: str) -> None:
+    def _start(self, publish: Publish, room_id: str,
+               prepared: tuple[str, dict[str, Any], str | None] | None = None) -> None:
+        """`prepared`: the event a publish kept in the media repository becomes (`_feed`)."""
         assert self.requester is not None
         try:
-            event_type, content, state_key = self.broker.prepare(self.requester, publish, room_id)
+            event_type, content, state_key = prepared or self.broker.prepare(self.requester, publish, room_id)
         except PublishRefused as exc:
             self._refused(publish, exc.reason_code)
             return
@@ -397,6 +401,7 @@ class ClientProtocol(asyncio.Protocol):
                 await broker.hs.rooms.get_room(room_id)
                 broker.ready_rooms.add(room_id)
                 await broker.wait_rate(self.requester.user_id)
+                prepared = await broker.prepare_media(self.requester, publish) if broker.needs_media(publish) else None
             except PublishRefused as exc:
                 self._waiting.popleft()
                 self._refused(publish, exc.reason_code)
@@ -409,7 +414,7 @@ class ClientProtocol(asyncio.Protocol):
                 log.info("MQTT publish to %r by %s refused: %s", publish.topic, self.requester.user_id, exc)
                 self._refused(publish, ERROR_REASONS.get(exc.errcode, ReasonCode.UNSPECIFIED_ERROR))
                 continue
-            self._start(publish, room_id)
+            self._start(publish, room_id, prepared)
             self._start_batch()
             self._waiting.popleft()
             self._check_pressure()
@@ -432,12 +437,19 @@ class ClientProtocol(asyncio.Protocol):
                 log.error("MQTT publish failed: %r", exc)
                 reason = ReasonCode.UNSPECIFIED_ERROR
             full = isinstance(exc, errors.StorageFull)  # counted and logged once a minute by the store
-            if not full and (reason != ReasonCode.NOT_AUTHORIZED or qos):
+            # Too large (an event over 64 KiB, media over its limit): MQTT 3.1.1 has no negative
+            # PUBACK, and closing would have the client send the same message again after every
+            # reconnect: acknowledged and dropped, one rate-limited line (issue 15).
+            drop = conn.level != MQTT_5 and isinstance(exc, errors.MatrixError) and exc.errcode == "M_TOO_LARGE"
+            if drop:
+                self.broker.quiet.log(log, logging.WARNING, "publish-too-large", "MQTT 3.1.1 publish by %r "
+                                      "acknowledged and dropped: %s", self.client_id, exc)
+            elif not full and (reason != ReasonCode.NOT_AUTHORIZED or qos):
                 log.info("MQTT publish by %r refused: 0x%02X %s", self.client_id, reason, exc)
             if full and qos and conn.level != MQTT_5 and conn.state is State.CONNECTED and self.requester:
                 self.broker.held_back.refused((self.requester.user_id, self.client_id), time.monotonic())
             if qos:
-                conn.ack_publish(packet_id, qos, reason)
+                conn.ack_publish(packet_id, qos, 0 if drop else reason)
                 if conn.state is State.CLOSED:
                     self._lost(publish_will=True)
         self._check_pressure()

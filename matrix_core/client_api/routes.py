@@ -8,6 +8,7 @@ from . import account_data_handlers as ad
 from . import cross_signing_handlers as xs
 from . import auth_handlers as a
 from . import device_handlers as dv
+from . import device_media_handlers as dmedia
 from . import directory_handlers as d
 from . import discovery_handlers as disc
 from . import ephemeral_handlers as eph
@@ -141,6 +142,8 @@ def build_router() -> ClientRouter:
         add("PUT", path, kb.put_keys)
         add("GET", path, kb.get_keys)
         add("DELETE", path, kb.delete_keys)
+    # Devices' pictures (issue 15): bytes to the media repository, then an m.image event
+    add("POST", "rooms/{roomId}/org.matrix_gateway.image", dmedia.post_image)
     return router
 
 
