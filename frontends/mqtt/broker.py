@@ -561,11 +561,14 @@ class MqttBroker:
                     if not client.conn.deliver(message, now):
                         self.dropped_slow += 1
                     touched.add(client)
-                elif session.persistent and message.qos:
+                elif session.persistent and message.qos and key not in self.restored:
                     session.enqueue(message)
         last = entries[-1][0]
-        for session in self.sessions.values():
-            if session.seen_upto < last:
+        restored = self.restored
+        for key, session in self.sessions.items():
+            # A session restored from disk keeps its stored cursor until it resumes: its replay
+            # reads everything after it from history, including what arrives meanwhile.
+            if session.seen_upto < last and key not in restored:
                 session.seen_upto = last
         for client in touched:
             client.flush_out()
