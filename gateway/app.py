@@ -19,6 +19,7 @@ from matrix_core.homeserver import Homeserver, HomeserverSettings
 from matrix_core.push_gateway import RetryPolicy
 from matrix_core.ratelimit import RateLimit
 
+from .appservices import load_registrations
 from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
 from .ops.appliance import Appliance
 from .resources import install_loop_exception_handler, raise_open_files_limit
@@ -44,6 +45,7 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
         turn_shared_secret=config.turn_shared_secret,
         turn_user_lifetime_s=config.turn_user_lifetime_s,
         push_retry=RetryPolicy(give_up_after_s=config.push_give_up_after_s),
+        appservices=load_registrations(config, data_dir),
     )
 
 

@@ -110,6 +110,9 @@ class GatewayConfig:
     # Push notifications (matrix_core/service/push_delivery.py): seconds a notification a push
     # gateway did not take is retried (with backoff) before it is dropped
     push_give_up_after_s: float = 86400.0
+    # Application services (bridges, bots; matrix_core/service/appservice.py): registration files
+    # (YAML, Synapse's format), relative paths from the data dir. Checked at start.
+    app_service_config_files: tuple[str, ...] = ()
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -176,6 +179,9 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: turn_user_lifetime_s must be between 60 and 604800 seconds")
         if key == "push_give_up_after_s" and not 0 < value <= 7 * 86400:
             raise ConfigError(f"{source}: push_give_up_after_s must be more than 0 and at most 604800 (7 days)")
+        if key == "app_service_config_files" and not all(v and v.isprintable() and '"' not in v and "\\" not in v
+                                                          for v in value):
+            raise ConfigError(f"{source}: app_service_config_files must be file paths (printable, no quotes)")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
             raise ConfigError(f"{source}: {problem}")
         out[key] = value
@@ -260,6 +266,10 @@ turn_user_lifetime_s = {config.turn_user_lifetime_s}
 # gateway does not take (down, 5xx) is retried with backoff (from 1 s, or 1/64 of this window if
 # shorter, doubling up to 10 min) for this many seconds, then dropped: an alert that old is noise.
 push_give_up_after_s = {config.push_give_up_after_s}
+# Application services (bridges and bots, e.g. mautrix-telegram): their registration files (YAML,
+# as Synapse reads them); a relative path is from the data dir. `matrix-gateway appservice add`
+# keeps files in the data dir's appservices/ folder, loaded as well. Restart the hub after a change.
+app_service_config_files = [{", ".join(f'"{u}"' for u in config.app_service_config_files)}]
 """
 
 

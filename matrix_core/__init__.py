@@ -15,4 +15,6 @@ PURE_MODULES = (
     "push_rules",
     "push_gateway",
     "relations",
+    # issue 17, application services
+    "appservice_rules",
 )

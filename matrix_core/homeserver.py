@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .notifier import EventStream
+from .appservice_rules import Registration
 from .push_gateway import RetryPolicy
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.account_data import AccountData
 from .service.accounts import Accounts
+from .service.appservice import AppServices
 from .service.devices import Devices
 from .service.directory import Directory
 from .service.forgotten_rooms import ForgottenRooms
@@ -61,6 +63,8 @@ class HomeserverSettings:
     turn_user_lifetime_s: int = 86400
     # Delivery to push gateways: retry window (config push_give_up_after_s), timeouts, bounds.
     push_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Application services (bridges, bots): checked registrations (gateway/appservices.py reads them).
+    appservices: tuple[Registration, ...] = ()
 
 
 class Homeserver:
@@ -107,6 +111,7 @@ class Homeserver:
         self.push = PushRules(self.db, self.rooms, self.stream, self.sync.notify, lambda: self.receipts)
         self.sync.add_source(self.push.source)
         self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
+        self.appservices = AppServices(self, settings.appservices)  # issue 17: bridges and bots
 
     async def start(self) -> None:
         await self.db.open()
@@ -116,6 +121,7 @@ class Homeserver:
         await self.receipts.load()
         await self.push.load()
         await self.push_delivery.start()
+        await self.appservices.start()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
@@ -123,6 +129,7 @@ class Homeserver:
         self.typing.stop()
         await self.receipts.stop()
         await self.push_delivery.stop()
+        await self.appservices.stop()
         await self.rooms.compactor.stop()
         await self.devices.flush()
         await self.db.close()

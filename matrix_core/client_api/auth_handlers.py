@@ -77,12 +77,17 @@ async def register(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     if req.arg("kind", "user") != "user":
         # No guest access on a hub: a guest would otherwise get a full account (the spec's answer).
         raise errors.MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed on this hub")
+    if hs.appservices.registrations and req.access_token:
+        body = req.json_object()
+        if body.get("type") == "m.login.application_service":
+            return await _register_appservice_user(hs, req, body)
     if not hs.settings.enable_registration:
         raise errors.forbidden("Registration is disabled on this hub; an admin adds users with the CLI")
     body = req.json_object()
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not is_valid_localpart(username):
         raise errors.MatrixError(400, "M_INVALID_USERNAME", "Invalid username")
+    hs.appservices.check_user_registration(user_id_for(username, hs.server_name), None)  # M_EXCLUSIVE
     if not isinstance(password, str) or not password:
         raise errors.bad_json("'password' must be a non-empty string")
     auth = body.get("auth")
@@ -95,6 +100,30 @@ async def register(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     await hs.accounts.create_user(user_id, password)
     result = await hs.accounts.login(user_id, password, device_id, body.get("initial_device_display_name"), None)
     return ok(result)
+
+
+async def _register_appservice_user(hs: Homeserver, req: ApiRequest, body: dict) -> ApiResponse:
+    """`m.login.application_service`: an AS registers a user of its namespace, registration open or
+    not; no password (the AS acts as it with its own token)."""
+    token = (req.access_token or "").partition("\n")[0]
+    if not token:
+        raise errors.missing_token()
+    if token not in hs.appservices.by_token:
+        raise errors.unknown_token()
+    username = body.get("username")
+    if not isinstance(username, str) or not is_valid_localpart(username.lower()):
+        raise errors.MatrixError(400, "M_INVALID_USERNAME", "Invalid username")
+    user_id = user_id_for(username, hs.server_name)
+    hs.appservices.check_user_registration(user_id, token)
+    if await hs.accounts.user_exists(user_id):
+        raise errors.MatrixError(400, "M_USER_IN_USE", "User ID already taken")
+    await hs.accounts.create_user(user_id, None)
+    if body.get("inhibit_login") is True:
+        return ok({"user_id": user_id, "home_server": hs.server_name})
+    device_id = body.get("device_id")
+    display_name = body.get("initial_device_display_name")
+    return ok(await hs.accounts.issue_token(user_id, device_id if isinstance(device_id, str) else None,
+                                            display_name if isinstance(display_name, str) else None))
 
 
 async def get_profile(hs: Homeserver, req: ApiRequest) -> ApiResponse:

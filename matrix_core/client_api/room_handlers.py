@@ -182,6 +182,8 @@ async def sync(hs: Homeserver, req: ApiRequest) -> ApiResponse:
 async def get_alias(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     alias = params.room_alias(req.params["roomAlias"])
     room_id = await hs.rooms.resolve_alias_local(alias)
+    if room_id is None and hs.appservices.registrations and await hs.appservices.query_alias(alias):
+        room_id = await hs.rooms.resolve_alias_local(alias)  # an application service made it (lazy room)
     if room_id is None:
         raise errors.not_found(f"Room alias {alias} not found")
     return ok({"room_id": room_id, "servers": [hs.server_name]})

@@ -5,6 +5,7 @@ HTTP and CoAP both dispatch through `ROUTER`; adding a route here makes it reach
 from __future__ import annotations
 
 from . import account_data_handlers as ad
+from . import appservice_handlers as appservice
 from . import auth_handlers as a
 from . import device_handlers as dv
 from . import directory_handlers as d
@@ -118,6 +119,9 @@ def build_router() -> ClientRouter:
     add("GET", "rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", rel.relations)
     add("GET", "rooms/{roomId}/threads", rel.threads)
     add("GET", "rooms/{roomId}/context/{eventId}", rel.context)
+
+    # Application services (issue 17): the ping; their registration is POST register
+    add("POST", "appservice/{appserviceId}/ping", appservice.ping)
     return router
 
 

@@ -1,0 +1,257 @@
+"""Application services (issue 17) with mautrix-python's `AppService`, the framework most bridges
+use, against the hub started as a user would with a Synapse-style registration file listed in
+`app_service_config_files`: the ping, a virtual user registered, joining and sending, a normal
+user's message pushed in a transaction, an alias query creating a room lazily, exclusive
+namespaces, an AS that is down while messages are sent, a hub restarted with a transaction pending,
+and bad registration files stopping the start."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import urllib.parse
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import pytest
+from mautrix.appservice import AppService
+from mautrix.appservice.state_store.file import FileASStateStore
+from mautrix.errors import MatrixRequestError
+from mautrix.types import Event, RoomAlias, RoomCreatePreset, UserID
+
+from tests.conftest import PASSWORD
+from tests.support.gateway import GatewayProcess, free_port, gateway_cli
+
+AS_TOKEN, HS_TOKEN = "as-secret-token-17", "hs-secret-token-17"
+
+
+def registration(as_port: int, **extra: str) -> str:
+    lines = "".join(f"{k}: {v}\n" for k, v in extra.items())
+    return f"""id: sensorbridge
+url: http://127.0.0.1:{as_port}
+as_token: {AS_TOKEN}
+hs_token: {HS_TOKEN}
+sender_localpart: sensorbot
+rate_limited: false
+{lines}namespaces:
+  users:
+    - exclusive: true
+      regex: '@sensor_.*:localhost'
+  aliases:
+    - exclusive: true
+      regex: '#sensor_.*:localhost'
+  rooms: []
+"""
+
+
+def new_hub(base: Path, registration_text: str) -> GatewayProcess:
+    data_dir = base / "data"
+    data_dir.mkdir(parents=True)
+    (data_dir / "bridge.yaml").write_text(registration_text)
+    (data_dir / "gateway.toml").write_text('app_service_config_files = ["bridge.yaml"]\n')
+    return GatewayProcess(data_dir)
+
+
+@pytest.fixture(scope="module")
+def as_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, as_port: int) -> Iterator[GatewayProcess]:
+    gw = new_hub(Path(tmp_path_factory.mktemp("ashub")), registration(as_port))
+    gw.start()
+    gw.add_user("carol", PASSWORD)
+    yield gw
+    assert gw.stop() == 0, gw.read_log()
+
+
+class Bridge:
+    """A mautrix AppService collecting the events pushed to it, and the room it makes on an alias query."""
+
+    def __init__(self, hub: GatewayProcess, port: int, state: Path) -> None:
+        self.port = port
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.queried_aliases: list[str] = []
+        self.appservice = AppService(server=hub.http_url or "", domain="localhost", as_token=AS_TOKEN,
+                                     hs_token=HS_TOKEN, bot_localpart="sensorbot", id="sensorbridge",
+                                     state_store=FileASStateStore(state, binary=False),
+                                     query_alias=self.query_alias)
+        self.appservice.matrix_event_handler(self.on_event)
+
+    async def on_event(self, event: Event) -> None:
+        await self.events.put(event)
+
+    async def query_alias(self, alias: RoomAlias) -> dict[str, Any] | None:
+        self.queried_aliases.append(alias)
+        localpart = alias[1:].split(":", 1)[0]
+        room_id = await self.appservice.intent.create_room(alias_localpart=localpart, name=f"lazy {localpart}",
+                                                           preset=RoomCreatePreset.PUBLIC)
+        return {"room_id": room_id}  # mautrix answers 404 for an empty answer
+
+    async def next_message(self, body: str | None = None, timeout: float = 20.0) -> Event:
+        while True:
+            event = await asyncio.wait_for(self.events.get(), timeout)
+            if event.type.t == "m.room.message" and (body is None or event.content.body == body):
+                return event
+
+    async def start(self) -> None:
+        await self.appservice.start(host="127.0.0.1", port=self.port)
+
+    async def stop(self) -> None:
+        await self.appservice.stop()
+
+
+@pytest.fixture()
+async def bridge(hub: GatewayProcess, as_port: int, tmp_path: Path) -> AsyncIterator[Bridge]:
+    b = Bridge(hub, as_port, tmp_path / "mx-state.json")
+    await b.start()
+    yield b
+    await b.stop()
+
+
+async def test_ping_answers_duration_and_a_wrong_token_is_unknown(hub: GatewayProcess, bridge: Bridge) -> None:
+    assert await bridge.appservice.ping_self("ping-1") >= 0
+    status, body = hub.request("POST", "/_matrix/client/v1/appservice/sensorbridge/ping", {}, token="wrong")
+    assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    status, body = hub.request("POST", "/_matrix/client/v1/appservice/other/ping", {}, token=AS_TOKEN)
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    status, body = hub.request("GET", "/_matrix/client/v3/account/whoami", token=AS_TOKEN)
+    assert (status, body["user_id"]) == (200, "@sensorbot:localhost")
+
+
+async def test_a_virtual_user_registers_joins_sends_and_a_user_reads_it(hub: GatewayProcess, bridge: Bridge) -> None:
+    carol = hub.login("carol", PASSWORD)
+    status, room = hub.request("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}, token=carol)
+    assert status == 200
+    room_id = room["room_id"]
+    kitchen = bridge.appservice.intent.user(UserID("@sensor_kitchen:localhost"))
+    await kitchen.ensure_registered()  # m.login.application_service, registration closed
+    await kitchen.join_room(room_id)
+    event_id = await kitchen.send_text(room_id, "21.5 °C")
+    status, page = hub.request("GET", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/messages?dir=b",
+                               token=carol)
+    sent = [ev for ev in page["chunk"] if ev["event_id"] == event_id]
+    assert sent and sent[0]["sender"] == "@sensor_kitchen:localhost" and sent[0]["content"]["body"] == "21.5 °C"
+
+    # carol's message reaches the AS: one of its users is in the room
+    status, _ = hub.request("PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/send/m.room.message/t1",
+                            {"msgtype": "m.text", "body": "hello sensors"}, token=carol)
+    assert status == 200
+    pushed = await bridge.next_message("hello sensors")
+    assert (pushed.sender, pushed.room_id) == ("@carol:localhost", room_id)
+
+    # masquerading outside the namespace is refused; a wrong as_token is M_UNKNOWN_TOKEN
+    status, body = hub.request("GET", "/_matrix/client/v3/account/whoami?user_id=%40carol%3Alocalhost",
+                               token=AS_TOKEN)
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    status, body = hub.request("GET", "/_matrix/client/v3/account/whoami?user_id=%40sensor_kitchen%3Alocalhost",
+                               token=AS_TOKEN)
+    assert (status, body["user_id"]) == (200, "@sensor_kitchen:localhost")
+
+
+async def test_an_alias_query_creates_the_room_lazily(hub: GatewayProcess, bridge: Bridge) -> None:
+    carol = hub.login("carol", PASSWORD)
+    # (off the loop: the AS answers the hub's query in this same loop)
+    alias = "#sensor_garden:localhost"
+    status, body = await asyncio.to_thread(hub.request, "GET", f"/_matrix/client/v3/directory/room/{urllib.parse.quote(alias)}", token=carol)
+    assert status == 200, body
+    assert bridge.queried_aliases == [alias] and body["room_id"].startswith("!")
+    status, joined = await asyncio.to_thread(hub.request, "POST", f"/_matrix/client/v3/join/{urllib.parse.quote('#sensor_cellar:localhost')}",
+                                 {}, token=carol)
+    assert status == 200, joined
+    status, body = await asyncio.to_thread(hub.request, "GET", f"/_matrix/client/v3/directory/room/{urllib.parse.quote('#other:localhost')}",
+                               token=carol)
+    assert status == 404 and len(bridge.queried_aliases) == 2  # not in the namespace: not asked
+
+
+async def test_exclusive_namespaces_are_refused_to_normal_users(hub: GatewayProcess) -> None:
+    carol = hub.login("carol", PASSWORD)
+    status, room = hub.request("POST", "/_matrix/client/v3/createRoom", {}, token=carol)
+    status, body = hub.request("PUT", f"/_matrix/client/v3/directory/room/{urllib.parse.quote('#sensor_x:localhost')}",
+                               {"room_id": room["room_id"]}, token=carol)
+    assert (status, body["errcode"]) == (400, "M_EXCLUSIVE")
+    status, body = hub.request("POST", "/_matrix/client/v3/createRoom", {"room_alias_name": "sensor_y"}, token=carol)
+    assert (status, body["errcode"]) == (400, "M_EXCLUSIVE")
+    # the AS itself may not register outside its namespace
+    status, body = hub.request("POST", "/_matrix/client/v3/register",
+                               {"type": "m.login.application_service", "username": "mallory"}, token=AS_TOKEN)
+    assert (status, body["errcode"]) == (400, "M_EXCLUSIVE")
+    status, body = hub.request("POST", "/_matrix/client/v3/register",
+                               {"type": "m.login.application_service", "username": "sensor_z"}, token="wrong")
+    assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+
+
+async def test_an_as_that_was_down_gets_every_message_in_order(hub: GatewayProcess, as_port: int,
+                                                               tmp_path: Path) -> None:
+    bridge = Bridge(hub, as_port, tmp_path / "state.json")
+    await bridge.start()
+    carol = hub.login("carol", PASSWORD)
+    status, room = hub.request("POST", "/_matrix/client/v3/createRoom",
+                               {"invite": ["@sensorbot:localhost"]}, token=carol)
+    room_id = room["room_id"]
+    await bridge.appservice.intent.join_room(room_id)
+    hub.request("PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/send/m.room.message/warm",
+                {"msgtype": "m.text", "body": "warm-up"}, token=carol)
+    await bridge.next_message("warm-up")
+    await bridge.stop()
+    for i in range(5):
+        status, _ = hub.request("PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/send/m.room.message/d{i}",
+                                {"msgtype": "m.text", "body": f"down {i}"}, token=carol)
+        assert status == 200  # the AS being down costs a send nothing
+    bridge = Bridge(hub, as_port, tmp_path / "state2.json")
+    await bridge.start()
+    try:
+        got = [(await bridge.next_message()).content.body for _ in range(5)]
+        assert got == [f"down {i}" for i in range(5)]
+    finally:
+        await bridge.stop()
+
+
+async def test_a_pending_transaction_survives_a_hub_restart(tmp_path: Path) -> None:
+    port = free_port()
+    gw = new_hub(tmp_path, registration(port))
+    gw.start()
+    try:
+        gw.add_user("dave", PASSWORD)
+        dave = gw.login("dave", PASSWORD)
+        status, room = gw.request("POST", "/_matrix/client/v3/createRoom", {"invite": ["@sensorbot:localhost"]},
+                                  token=dave)
+        room_id = room["room_id"]
+        for i in range(3):  # the AS is not running: its transaction stays pending
+            status, _ = gw.request("PUT", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/send/"
+                                   f"m.room.message/r{i}", {"msgtype": "m.text", "body": f"while down {i}"},
+                                   token=dave)
+            assert status == 200
+        assert gw.stop() == 0
+        with sqlite3.connect(gw.data_dir / "homeserver.db") as db:  # stopped with the transaction pending
+            assert db.execute("SELECT txn_upto FROM appservice_state").fetchone()[0] is not None
+        gw.start()
+        bridge = Bridge(gw, port, tmp_path / "state.json")
+        await bridge.start()
+        try:
+            got = [(await bridge.next_message()).content.body for _ in range(3)]
+            assert got == [f"while down {i}" for i in range(3)]
+        finally:
+            await bridge.stop()
+    finally:
+        assert gw.stop() == 0, gw.read_log()
+
+
+@pytest.mark.parametrize("text, words", [
+    (registration(1).replace("'@sensor_.*:localhost'", "'@sensor_(.*'"), "not a valid regular expression"),
+    (registration(1).replace("as_token: as-secret-token-17\n", ""), "'as_token' is required"),
+])
+def test_a_bad_registration_file_stops_the_start(tmp_path: Path, text: str, words: str) -> None:
+    gw = new_hub(tmp_path, text)
+    proc = gateway_cli(*gw.run_args(), check=False, timeout=30)
+    assert proc.returncode == 2 and words in proc.stderr and "bridge.yaml" in proc.stderr
+
+
+def test_two_appservices_with_one_exclusive_namespace_stop_the_start(tmp_path: Path) -> None:
+    gw = new_hub(tmp_path, registration(1))
+    other = registration(2).replace("id: sensorbridge", "id: other").replace(AS_TOKEN, "t2").replace(
+        HS_TOKEN, "h2").replace("sender_localpart: sensorbot", "sender_localpart: otherbot")
+    (gw.data_dir / "other.yaml").write_text(other)
+    (gw.data_dir / "gateway.toml").write_text('app_service_config_files = ["bridge.yaml", "other.yaml"]\n')
+    proc = gateway_cli(*gw.run_args(), check=False, timeout=30)
+    assert proc.returncode == 2 and "overlaps the exclusive namespace" in proc.stderr and "other" in proc.stderr
