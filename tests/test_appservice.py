@@ -43,11 +43,11 @@ rate_limited: false
 """
 
 
-def new_hub(base: Path, registration_text: str) -> GatewayProcess:
+def new_hub(base: Path, registration_text: str, extra_toml: str = "") -> GatewayProcess:
     data_dir = base / "data"
     data_dir.mkdir(parents=True)
     (data_dir / "bridge.yaml").write_text(registration_text)
-    (data_dir / "gateway.toml").write_text('app_service_config_files = ["bridge.yaml"]\n')
+    (data_dir / "gateway.toml").write_text('app_service_config_files = ["bridge.yaml"]\n' + extra_toml)
     return GatewayProcess(data_dir)
 
 
@@ -75,7 +75,7 @@ class Bridge:
         self.appservice = AppService(server=hub.http_url or "", domain="localhost", as_token=AS_TOKEN,
                                      hs_token=HS_TOKEN, bot_localpart="sensorbot", id="sensorbridge",
                                      state_store=FileASStateStore(state, binary=False),
-                                     query_alias=self.query_alias)
+                                     query_alias=self.query_alias, query_user=self.query_user)
         self.appservice.matrix_event_handler(self.on_event)
 
     async def on_event(self, event: Event) -> None:
@@ -87,6 +87,10 @@ class Bridge:
         room_id = await self.appservice.intent.create_room(alias_localpart=localpart, name=f"lazy {localpart}",
                                                            preset=RoomCreatePreset.PUBLIC)
         return {"room_id": room_id}  # mautrix answers 404 for an empty answer
+
+    async def query_user(self, user_id: UserID) -> dict[str, Any] | None:
+        await self.appservice.intent.user(user_id).ensure_registered()
+        return {"user_id": user_id}
 
     async def next_message(self, body: str | None = None, timeout: float = 20.0) -> Event:
         while True:
@@ -147,6 +151,40 @@ async def test_a_virtual_user_registers_joins_sends_and_a_user_reads_it(hub: Gat
     status, body = hub.request("GET", "/_matrix/client/v3/account/whoami?user_id=%40sensor_kitchen%3Alocalhost",
                                token=AS_TOKEN)
     assert (status, body["user_id"]) == (200, "@sensor_kitchen:localhost")
+
+
+async def test_a_profile_lookup_asks_the_as_for_an_unknown_user(hub: GatewayProcess, bridge: Bridge) -> None:
+    carol = hub.login("carol", PASSWORD)
+    status, body = await asyncio.to_thread(hub.request, "GET", "/_matrix/client/v3/profile/%40sensor_attic%3Alocalhost",
+                                           token=carol)
+    assert status == 200, body  # the AS registered it when asked (a lazy user)
+    status, body = await asyncio.to_thread(hub.request, "GET", "/_matrix/client/v3/profile/%40nobody%3Alocalhost",
+                                           token=carol)
+    assert status == 404
+
+
+def test_the_as_is_not_rate_limited_a_user_is(tmp_path: Path) -> None:
+    # a low message rate: the AS (rate_limited: false) is not held to it, a normal user is
+    with new_hub(tmp_path, registration(free_port()), "messages_per_second = 0.2\nmessages_burst = 5\n") as gw:
+        gw.add_user("erin", PASSWORD)
+        erin = gw.login("erin", PASSWORD)
+        status, room = gw.request("POST", "/_matrix/client/v3/createRoom", {"invite": ["@sensorbot:localhost"]},
+                                  token=erin)
+        room_id = urllib.parse.quote(room["room_id"])
+        assert gw.request("POST", f"/_matrix/client/v3/rooms/{room_id}/join", {}, token=AS_TOKEN)[0] == 200
+        for i in range(20):  # four times the burst
+            status, body = gw.request("PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/as{i}",
+                                      {"msgtype": "m.text", "body": str(i)}, token=AS_TOKEN)
+            assert status == 200, body
+        statuses = [gw.request("PUT", f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/e{i}",
+                               {"msgtype": "m.text", "body": str(i)}, token=erin)[0] for i in range(10)]
+        assert 429 in statuses
+
+
+def test_a_ping_of_an_as_that_is_down_is_connection_failed(hub: GatewayProcess) -> None:
+    status, body = hub.request("POST", "/_matrix/client/v1/appservice/sensorbridge/ping",
+                               {"transaction_id": "t"}, token=AS_TOKEN)
+    assert (status, body["errcode"]) == (502, "M_CONNECTION_FAILED")
 
 
 async def test_an_alias_query_creates_the_room_lazily(hub: GatewayProcess, bridge: Bridge) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote
 
@@ -141,10 +142,10 @@ class AppServices:
             return
         head = self.hs.stream.position
         for reg in self.registrations:
-            sender = reg.sender(self.server_name)
-            if not await account_rows.user_known(self.hs.db, sender):
-                await self.hs.accounts.create_user(sender, None)
-            await self.hs.db.write(lambda conn, reg=reg: as_rows.start_at(conn, reg.id, head))
+            bot = reg.sender(self.server_name)
+            if not await account_rows.user_known(self.hs.db, bot):
+                await self.hs.accounts.create_user(bot, None)
+            await self.hs.db.write(partial(as_rows.start_at, as_id=reg.id, position=head))
         for alias, room_id in await as_rows.aliases(self.hs.db):
             self._alias_created(alias, room_id)
         for user_id, rooms in self.hs.rooms.memberships.items():
@@ -175,9 +176,8 @@ class AppServices:
             except (asyncio.CancelledError, Exception):
                 pass
         for sender in self._senders.values():
-            position = sender.position
             try:  # events of no interest seen since the last transaction need not be read again
-                await self.hs.db.write(lambda conn, s=sender, p=position: as_rows.skip_to(conn, s.reg.id, p))
+                await self.hs.db.write(partial(as_rows.skip_to, as_id=sender.reg.id, position=sender.position))
             except Exception:
                 log.debug("could not save an appservice position", exc_info=True)
         if self._session is not None:
@@ -257,7 +257,7 @@ class AppServices:
         """The events of interest among `rows` (at most a transaction's worth) and the position
         the transaction covers."""
         picked: list[Event] = []
-        upto = rows[-1][0]
+        upto = prev = rows[-1][0]
         for pos, ev in self._events_of(rows):
             if self._interests(sender, ev):
                 if len(picked) == MAX_TRANSACTION_EVENTS:
@@ -368,7 +368,8 @@ class AppServices:
             raise errors.MatrixError(502, "M_CONNECTION_FAILED", f"Could not reach the application service: {exc}") \
                 from None
         if status != 200:
-            raise errors.MatrixError(502, "M_BAD_STATUS", f"The application service answered {status}",
-                                     status=status, body=raw.decode("utf-8", "replace"))
+            err = errors.MatrixError(502, "M_BAD_STATUS", f"The application service answered {status}")
+            err.extra.update(status=status, body=raw.decode("utf-8", "replace"))  # the spec's fields
+            raise err
         return {"duration_ms": int((time.monotonic() - started) * 1000)}
 
