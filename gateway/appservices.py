@@ -3,12 +3,16 @@ problem) and managed with `matrix-gateway appservice add FILE | list | remove ID
 
 Files come from `app_service_config_files` in gateway.toml (Synapse's setting; a relative path is
 from the data dir) and from the data dir's `appservices/` folder, where `appservice add` copies a
-checked file. The running hub reads them at start: after add/remove, restart it (systemctl
-restart matrix-gateway)."""
+checked file. The running hub reads them at start, and `watch_registrations` applies a change
+to them (an `appservice add`/`remove`, an edited file) within a few seconds, without a restart; a
+set that does not pass the checks is refused with one log line and the old one stays in force.
+(Listing a new file in gateway.toml needs a restart: the config is read at start.)"""
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
@@ -17,7 +21,12 @@ from matrix_core.appservice_rules import (Registration, RegistrationError, check
 
 from .config import ConfigError, GatewayConfig
 
+if TYPE_CHECKING:
+    from matrix_core.homeserver import Homeserver
+
 APPSERVICE_DIR = "appservices"
+WATCH_INTERVAL_S = 2.0
+log = logging.getLogger(__name__)
 
 
 def registration_files(config: GatewayConfig, data_dir: Path) -> list[Path]:
@@ -49,12 +58,43 @@ def load_registrations(config: GatewayConfig, data_dir: Path) -> tuple[Registrat
         raise ConfigError(str(exc)) from None
 
 
+def _signature(config: GatewayConfig, data_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for path in registration_files(config, data_dir):
+        try:
+            st = path.stat()
+            out.append((str(path), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(path), -1, -1))
+    return tuple(out)
+
+
+async def watch_registrations(config: GatewayConfig, data_dir: Path, hs: Homeserver,
+                              interval: float = WATCH_INTERVAL_S) -> None:
+    """Apply changed registration files to the running hub (a few stat calls per interval)."""
+    seen = _signature(config, data_dir)
+    while True:
+        await asyncio.sleep(interval)
+        now = _signature(config, data_dir)
+        if now == seen:
+            continue
+        seen = now
+        try:
+            regs = load_registrations(config, data_dir)
+        except ConfigError as exc:
+            log.error("appservice registrations not applied (the previous ones stay): %s", exc)
+            continue
+        changes = await hs.appservices.reload(regs)
+        if changes:
+            log.info("appservices applied: %s", " ".join(changes))
+
+
 def add_appservice_commands(main: click.Group, data_dir_option: Any, config_option: Any,
                             existing_config: Callable[[Path, Path | None], GatewayConfig],
                             fail: Callable[[str], None]) -> None:
     @main.group()
     def appservice() -> None:
-        """Manage application services (bridges, bots): restart the hub after a change."""
+        """Manage application services (bridges, bots); a running hub applies changes live."""
 
     @appservice.command("add")
     @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
@@ -76,7 +116,7 @@ def add_appservice_commands(main: click.Group, data_dir_option: Any, config_opti
         target = folder / f"{new.id}.yaml"
         target.write_text(file.read_text())
         target.chmod(0o600)  # it holds the tokens
-        click.echo(f"added appservice {new.id} ({target}); restart the hub to apply it")
+        click.echo(f"added appservice {new.id} ({target}); a running hub applies it within seconds")
 
     @appservice.command("list")
     @data_dir_option
@@ -112,6 +152,6 @@ def add_appservice_commands(main: click.Group, data_dir_option: Any, config_opti
                 fail(f"appservice {appservice_id!r} comes from {path}, listed in app_service_config_files: "
                      f"edit gateway.toml")
             path.unlink()
-            click.echo(f"removed appservice {appservice_id}; restart the hub to apply it")
+            click.echo(f"removed appservice {appservice_id}; a running hub applies it within seconds")
             return
         fail(f"no appservice with id {appservice_id!r}")

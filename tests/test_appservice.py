@@ -293,3 +293,46 @@ def test_two_appservices_with_one_exclusive_namespace_stop_the_start(tmp_path: P
     (gw.data_dir / "gateway.toml").write_text('app_service_config_files = ["bridge.yaml", "other.yaml"]\n')
     proc = gateway_cli(*gw.run_args(), check=False, timeout=30)
     assert proc.returncode == 2 and "overlaps the exclusive namespace" in proc.stderr and "other" in proc.stderr
+
+
+async def test_appservice_add_list_remove_apply_to_a_running_hub(tmp_path: Path) -> None:
+    """`matrix-gateway appservice add FILE` checks the file against the others and a running hub
+    takes it within seconds (the ping works); `remove` takes it away again (the token stops working)."""
+    port = free_port()
+    gw = GatewayProcess(tmp_path / "data")
+    with gw:
+        data = ["--data-dir", str(gw.data_dir)]
+        reg_file = tmp_path / "bridge.yaml"
+        reg_file.write_text(registration(port))
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(registration(port).replace("'@sensor_.*:localhost'", "'@sensor_(.*'"))
+        refused = gateway_cli("appservice", "add", str(bad), *data, check=False)
+        assert refused.returncode == 2 and "not a valid regular expression" in refused.stderr
+        assert "added appservice sensorbridge" in gateway_cli("appservice", "add", str(reg_file), *data).stdout
+        twice = gateway_cli("appservice", "add", str(reg_file), *data, check=False)
+        assert twice.returncode == 2 and "already registered" in twice.stderr
+        assert gateway_cli("appservice", "list", *data).stdout.startswith(f"sensorbridge\thttp://127.0.0.1:{port}\t")
+
+        bridge = Bridge(gw, port, tmp_path / "state.json")
+        await bridge.start()
+        try:
+            async def pinged() -> int:
+                while True:  # the hub's watcher applies the file within a few seconds
+                    try:
+                        return await bridge.appservice.ping_self()
+                    except MatrixRequestError:
+                        await asyncio.sleep(0.2)
+            assert await asyncio.wait_for(pinged(), 15) >= 0
+        finally:
+            await bridge.stop()
+        assert "removed appservice" in gateway_cli("appservice", "remove", "sensorbridge", *data).stdout
+        assert gateway_cli("appservice", "list", *data).stdout == ""
+
+        async def refused_now() -> int:
+            while True:
+                status, _ = await asyncio.to_thread(gw.request, "GET", "/_matrix/client/v3/account/whoami",
+                                                    token=AS_TOKEN)
+                if status == 401:
+                    return status
+                await asyncio.sleep(0.2)
+        assert await asyncio.wait_for(refused_now(), 15) == 401

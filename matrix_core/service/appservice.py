@@ -60,22 +60,33 @@ class AppServices:
     def __init__(self, hs: Homeserver, registrations: tuple[Registration, ...]) -> None:
         self.hs = hs
         self.server_name = hs.server_name
-        self.registrations = registrations
-        self.by_token = {reg.as_token: reg for reg in registrations}
-        self.by_id = {reg.id: reg for reg in registrations}
-        self._senders = {reg.id: _Sender(reg) for reg in registrations}
+        self.registrations: tuple[Registration, ...] = ()
+        self.by_token: dict[str, Registration] = {}
+        self.by_id: dict[str, Registration] = {}
+        self._senders: dict[str, _Sender] = {}
         self._user_cache: dict[str, tuple[Registration, ...]] = {}  # user id -> the ASes whose namespace has it
         self._unsubscribe: Callable[[], None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._logs = LogLimiter(interval=300.0)
+        self._started = False
         self._stopping = False
-        if registrations:
+        self._set(registrations)
+
+    def _set(self, registrations: tuple[Registration, ...]) -> None:
+        """The registrations in force; hooks into the core are installed with the first (none: the
+        core pays nothing, not even a call)."""
+        self.registrations = registrations
+        self.by_token = {reg.as_token: reg for reg in registrations}
+        self.by_id = {reg.id: reg for reg in registrations}
+        self._user_cache.clear()
+        if registrations and self.hs.accounts.appservice_requester is None:
+            hs = self.hs
             hs.accounts.appservice_requester = self.requester
             hs.accounts.query_user = self.query_user
             hs.rooms.alias_service.exclusive_alias_check = self.check_alias
             hs.rooms.alias_service.query_alias = self.query_alias
-            if any(not reg.rate_limited for reg in registrations):
-                hs.message_limiter.exempt = self._unlimited
+            hs.rooms.alias_service.alias_listeners.append(self._alias_created)
+        self.hs.message_limiter.exempt = self._unlimited if any(not r.rate_limited for r in registrations) else None
 
     # -- who is who --------------------------------------------------------------------------------
 
@@ -138,48 +149,66 @@ class AppServices:
     # -- life cycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if not self.registrations:
-            return
-        head = self.hs.stream.position
+        self._started = True
         for reg in self.registrations:
-            bot = reg.sender(self.server_name)
-            if not await account_rows.user_known(self.hs.db, bot):
-                await self.hs.accounts.create_user(bot, None)
-            await self.hs.db.write(partial(as_rows.start_at, as_id=reg.id, position=head))
+            await self._start_sender(reg)
+
+    async def reload(self, registrations: tuple[Registration, ...]) -> list[str]:
+        """Apply a new set of (checked) registrations to the running hub (`matrix-gateway
+        appservice add/remove`): senders of removed or changed ones stop, new ones start from
+        their stored position (or now). Returns what changed, for the log."""
+        old = self.by_id
+        new = {reg.id: reg for reg in registrations}
+        changed = [i for i in old if i not in new or new[i] != old[i]]
+        for reg_id in changed:
+            await self._stop_sender(self._senders.pop(reg_id))
+        self._set(tuple(registrations))
+        if self._started:
+            for reg in registrations:
+                if reg.id not in self._senders:
+                    await self._start_sender(reg)
+        return [f"-{i}" for i in changed if i not in new] + [f"+{i}" for i in new if i not in old or i in changed]
+
+    async def _start_sender(self, reg: Registration) -> None:
+        bot = reg.sender(self.server_name)
+        if not await account_rows.user_known(self.hs.db, bot):
+            await self.hs.accounts.create_user(bot, None)
+        await self.hs.db.write(partial(as_rows.start_at, as_id=reg.id, position=self.hs.stream.position))
+        sender = _Sender(reg)
         for alias, room_id in await as_rows.aliases(self.hs.db):
-            self._alias_created(alias, room_id)
+            if reg.is_alias_in_namespace(alias):
+                sender.alias_rooms.add(room_id)
         for user_id, rooms in self.hs.rooms.memberships.items():
-            for reg in self.owners_of(user_id):
-                self._senders[reg.id].member_rooms.update(
-                    r for r, (m, _) in rooms.items() if m in ("join", "invite"))
-        self.hs.rooms.alias_service.alias_listeners.append(self._alias_created)
-        self._unsubscribe = self.hs.stream.subscribe(self._on_events)
-        loop = asyncio.get_running_loop()
-        for sender in self._senders.values():
-            stored = await as_rows.state(self.hs.db, sender.reg.id)
-            assert stored is not None
-            sender.position, sender.txn_id, sender.pending_upto = stored
-            if sender.reg.url is not None:
-                sender.task = loop.create_task(self._run(sender), name=f"appservice-{sender.reg.id}")
-                sender.wake.set()
+            if reg.is_user_in_namespace(user_id, self.server_name):
+                sender.member_rooms.update(r for r, (m, _) in rooms.items() if m in ("join", "invite"))
+        stored = await as_rows.state(self.hs.db, reg.id)
+        assert stored is not None
+        sender.position, sender.txn_id, sender.pending_upto = stored
+        self._senders[reg.id] = sender
+        if self._unsubscribe is None:
+            self._unsubscribe = self.hs.stream.subscribe(self._on_events)
+        if reg.url is not None:
+            sender.task = asyncio.get_running_loop().create_task(self._run(sender), name=f"appservice-{reg.id}")
+            sender.wake.set()
+
+    async def _stop_sender(self, sender: _Sender) -> None:
+        if sender.task is not None:
+            sender.task.cancel()
+            try:
+                await sender.task
+            except (asyncio.CancelledError, Exception):
+                pass
+        try:  # events of no interest seen since the last transaction need not be read again
+            await self.hs.db.write(partial(as_rows.skip_to, as_id=sender.reg.id, position=sender.position))
+        except Exception:
+            log.debug("could not save an appservice position", exc_info=True)
 
     async def stop(self) -> None:
         self._stopping = True
         if self._unsubscribe is not None:
             self._unsubscribe()
-        tasks = [s.task for s in self._senders.values() if s.task is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-        for sender in self._senders.values():
-            try:  # events of no interest seen since the last transaction need not be read again
-                await self.hs.db.write(partial(as_rows.skip_to, as_id=sender.reg.id, position=sender.position))
-            except Exception:
-                log.debug("could not save an appservice position", exc_info=True)
+        for sender in list(self._senders.values()):
+            await self._stop_sender(sender)
         if self._session is not None:
             await self._session.close()
 
@@ -200,6 +229,8 @@ class AppServices:
         if target is None:
             return
         for reg in self.owners_of(target):
+            if reg.id not in self._senders:
+                continue
             rooms = self._senders[reg.id].member_rooms
             if ev.content.get("membership") in ("join", "invite"):
                 rooms.add(ev.room_id)
