@@ -16,7 +16,7 @@ import pytest
 from mautrix.appservice import AppService
 from mautrix.appservice.state_store.file import FileASStateStore
 from mautrix.errors import MatrixRequestError
-from mautrix.types import Event, RoomAlias, RoomCreatePreset, UserID
+from mautrix.types import Event, RoomAlias, ReceiptType, RoomCreatePreset, UserID
 
 from tests.conftest import PASSWORD
 from tests.support.gateway import GatewayProcess, free_port, gateway_cli
@@ -58,7 +58,7 @@ def as_port() -> int:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, as_port: int) -> Iterator[GatewayProcess]:
-    gw = new_hub(Path(tmp_path_factory.mktemp("ashub")), registration(as_port))
+    gw = new_hub(Path(tmp_path_factory.mktemp("ashub")), registration(as_port, receive_ephemeral="true"))
     gw.start()
     gw.add_user("carol", PASSWORD)
     yield gw
@@ -75,7 +75,8 @@ class Bridge:
         self.appservice = AppService(server=hub.http_url or "", domain="localhost", as_token=AS_TOKEN,
                                      hs_token=HS_TOKEN, bot_localpart="sensorbot", id="sensorbridge",
                                      state_store=FileASStateStore(state, binary=False),
-                                     query_alias=self.query_alias, query_user=self.query_user)
+                                     query_alias=self.query_alias, query_user=self.query_user,
+                                     ephemeral_events=True)
         self.appservice.matrix_event_handler(self.on_event)
 
     async def on_event(self, event: Event) -> None:
@@ -151,6 +152,29 @@ async def test_a_virtual_user_registers_joins_sends_and_a_user_reads_it(hub: Gat
     status, body = hub.request("GET", "/_matrix/client/v3/account/whoami?user_id=%40sensor_kitchen%3Alocalhost",
                                token=AS_TOKEN)
     assert (status, body["user_id"]) == (200, "@sensor_kitchen:localhost")
+
+
+async def test_typing_and_receipts_reach_an_as_with_receive_ephemeral(hub: GatewayProcess, bridge: Bridge) -> None:
+    carol = hub.login("carol", PASSWORD)
+    status, room = hub.request("POST", "/_matrix/client/v3/createRoom", {"invite": ["@sensorbot:localhost"]},
+                               token=carol)
+    room_id = room["room_id"]
+    await bridge.appservice.intent.join_room(room_id)
+    quoted = urllib.parse.quote(room_id)
+    status, sent = await asyncio.to_thread(hub.request, "PUT", f"/_matrix/client/v3/rooms/{quoted}/send/m.room.message/e1",
+                                           {"msgtype": "m.text", "body": "typing next"}, token=carol)
+    await bridge.next_message("typing next")
+    await asyncio.to_thread(hub.request, "PUT", f"/_matrix/client/v3/rooms/{quoted}/typing/%40carol%3Alocalhost",
+                            {"typing": True, "timeout": 10000}, token=carol)
+    await asyncio.to_thread(hub.request, "POST", f"/_matrix/client/v3/rooms/{quoted}/receipt/m.read/"
+                            f"{urllib.parse.quote(sent['event_id'])}", {}, token=carol)
+    seen: dict[str, Any] = {}
+    while len(seen) < 2:
+        event = await asyncio.wait_for(bridge.events.get(), 20)
+        if event.type.t in ("m.typing", "m.receipt") and getattr(event, "room_id", None) == room_id:
+            seen[event.type.t] = event
+    assert "@carol:localhost" in seen["m.typing"].content.user_ids
+    assert "@carol:localhost" in seen["m.receipt"].content[sent["event_id"]][ReceiptType.READ]
 
 
 async def test_a_profile_lookup_asks_the_as_for_an_unknown_user(hub: GatewayProcess, bridge: Bridge) -> None:

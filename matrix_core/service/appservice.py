@@ -22,6 +22,7 @@ import aiohttp
 
 from .. import errors
 from ..appservice_rules import MAX_TRANSACTION_EVENTS, Registration, backoff_s, interested, transaction_body
+from ..ephemeral import READ, Receipt, receipt_events, typing_event
 from ..events import Event
 from ..log_limit import LogLimiter
 from ..store import accounts as account_rows
@@ -38,6 +39,7 @@ REQUEST_TIMEOUT_S = 30.0
 QUERY_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 15.0
 _MATCH_CACHE = 10_000
+MAX_EPHEMERAL = 100  # typing and receipts held for one AS
 
 
 class _Sender:
@@ -54,6 +56,7 @@ class _Sender:
         self.member_rooms: set[str] = set()
         self.alias_rooms: set[str] = set()
         self.delivered = 0
+        self.ephemeral: list[dict[str, Any]] = []  # typing and receipts to go with the next transaction
 
 
 class AppServices:
@@ -70,6 +73,7 @@ class AppServices:
         self._logs = LogLimiter(interval=300.0)
         self._started = False
         self._stopping = False
+        self._any_ephemeral = False
         self._set(registrations)
 
     def _set(self, registrations: tuple[Registration, ...]) -> None:
@@ -86,6 +90,9 @@ class AppServices:
             hs.rooms.alias_service.exclusive_alias_check = self.check_alias
             hs.rooms.alias_service.query_alias = self.query_alias
             hs.rooms.alias_service.alias_listeners.append(self._alias_created)
+            hs.typing.listeners.append(self._on_typing)
+            hs.receipts.listeners.append(self._on_receipts)
+        self._any_ephemeral = any(reg.receive_ephemeral for reg in registrations)
         self.hs.message_limiter.exempt = self._unlimited if any(not r.rate_limited for r in registrations) else None
 
     # -- who is who --------------------------------------------------------------------------------
@@ -263,6 +270,9 @@ class AppServices:
                 rows = await as_rows.events_between(self.hs.db, sender.position, None, SCAN_PAGE)
                 if not rows:
                     sender.caught_up = True
+                    if sender.ephemeral:
+                        await self._send_ephemeral(sender)
+                        continue
                     await sender.wake.wait()
                     continue
                 picked, upto = self._pick(sender, rows)
@@ -310,7 +320,8 @@ class AppServices:
             start = stored[0]
             rows = await as_rows.events_between(self.hs.db, start, upto, 1_000_000)
             picked = [ev for _, ev in self._events_of(rows) if self._interests(sender, ev)]
-        body = transaction_body([self.hs.rooms.serialize(ev) for ev in picked])
+        ephemeral, sender.ephemeral = sender.ephemeral, []
+        body = transaction_body([self.hs.rooms.serialize(ev) for ev in picked], ephemeral)
         failures = 0
         while True:
             if await self._put_transaction(sender.reg, sender.txn_id, body):
@@ -322,6 +333,41 @@ class AppServices:
         sender.txn_id, sender.pending_upto = next_txn, None
         sender.position = max(sender.position, upto)
         sender.delivered += len(picked)
+
+    async def _send_ephemeral(self, sender: _Sender) -> None:
+        """Typing and receipts with no event to go with them: one try (they are news only now;
+        an AS that is down misses them, as a client that is offline does)."""
+        ephemeral, sender.ephemeral = sender.ephemeral, []
+        txn_id = sender.txn_id
+        if not await self._put_transaction(sender.reg, txn_id, transaction_body([], ephemeral)):
+            await asyncio.sleep(backoff_s(1))
+            return
+        position = sender.position
+        await self.hs.db.write(lambda conn: as_rows.finish_transaction(conn, sender.reg.id, txn_id + 1, position))
+        sender.txn_id = txn_id + 1
+
+    def _room_interests(self, sender: _Sender, room_id: str) -> bool:
+        return room_id in sender.member_rooms or room_id in sender.alias_rooms or \
+            (bool(sender.reg.rooms) and sender.reg.is_room_in_namespace(room_id))
+
+    def _push_ephemeral(self, room_id: str, event: dict[str, Any]) -> None:
+        for sender in self._senders.values():
+            if sender.reg.receive_ephemeral and sender.task is not None and self._room_interests(sender, room_id):
+                if len(sender.ephemeral) >= MAX_EPHEMERAL:
+                    del sender.ephemeral[0]  # an AS far behind gets the latest, not every keystroke
+                sender.ephemeral.append({**event, "room_id": room_id})
+                sender.wake.set()
+
+    def _on_typing(self, room_id: str) -> None:
+        if self._any_ephemeral:
+            self._push_ephemeral(room_id, typing_event(self.hs.typing.typers(room_id)))
+
+    def _on_receipts(self, receipts: list[Receipt]) -> None:
+        if not self._any_ephemeral:
+            return
+        public = [r for r in receipts if r.receipt_type == READ]
+        for room_id, event in receipt_events(public, "").items():
+            self._push_ephemeral(room_id, event)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
