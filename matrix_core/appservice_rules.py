@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .identifiers import is_valid_localpart
 
@@ -228,19 +228,20 @@ def check_registrations(regs: Iterable[Registration], server_name: str) -> list[
 
 
 def interested(reg: Registration, event: Mapping[str, Any], server_name: str, member_rooms: set[str],
-               alias_rooms: set[str]) -> bool:
+               alias_rooms: set[str], owns_user: Callable[[str], bool] | None = None) -> bool:
     """Whether `reg` gets `event` (a client-format event dict or its PDU): its sender or (for a
     member event) its target is the AS's, its room is in the rooms namespace, has an alias in the
-    aliases namespace (`alias_rooms`), or one of the AS's users is in it (`member_rooms`)."""
+    aliases namespace (`alias_rooms`), or one of the AS's users is in it (`member_rooms`).
+    `owns_user`: the caller's cached form of `reg.is_user_in_namespace` (the hot path's)."""
     room_id = event.get("room_id", "")
     if room_id in member_rooms or room_id in alias_rooms:
         return True
-    sender = event.get("sender", "")
-    if reg.is_user_in_namespace(sender, server_name):
+    owns = owns_user or (lambda user_id: reg.is_user_in_namespace(user_id, server_name))
+    if owns(event.get("sender", "")):
         return True
     if event.get("type") == "m.room.member":
         target = event.get("state_key")
-        if isinstance(target, str) and reg.is_user_in_namespace(target, server_name):
+        if isinstance(target, str) and owns(target):
             return True
     return bool(reg.rooms) and reg.is_room_in_namespace(room_id)
 

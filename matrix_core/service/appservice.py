@@ -68,6 +68,7 @@ class AppServices:
         self.by_id: dict[str, Registration] = {}
         self._senders: dict[str, _Sender] = {}
         self._user_cache: dict[str, tuple[Registration, ...]] = {}  # user id -> the ASes whose namespace has it
+        self._registered: set[str] = set()  # users an AS has masqueraded as (known to exist)
         self._unsubscribe: Callable[[], None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._logs = LogLimiter(interval=300.0)
@@ -124,8 +125,12 @@ class AppServices:
         if user_id != sender:
             if not reg.is_user_in_namespace(user_id, self.server_name):
                 raise errors.forbidden(f"Application service cannot masquerade as {user_id}: not in its namespace")
-            if not await account_rows.user_known(self.hs.db, user_id):
-                raise errors.forbidden(f"Application service has not registered {user_id}")
+            if user_id not in self._registered:
+                if not await account_rows.user_known(self.hs.db, user_id):
+                    raise errors.forbidden(f"Application service has not registered {user_id}")
+                if len(self._registered) >= _MATCH_CACHE:
+                    self._registered.clear()
+                self._registered.add(user_id)  # an account is never deleted (deactivated ids stay taken)
         return Requester(user_id, f"AS_{reg.id}", False, token)
 
     def masquerade(self, token: str | None, user_id: str | None) -> str | None:
@@ -227,8 +232,11 @@ class AppServices:
     # -- push --------------------------------------------------------------------------------------
 
     def _interests(self, sender: _Sender, ev: Event) -> bool:
-        pdu = ev.pdu
-        return interested(sender.reg, pdu, self.server_name, sender.member_rooms, sender.alias_rooms)
+        """Cheap for an event of no interest: two set lookups and a dict hit per user id (the
+        namespace regexes run once per user id, cached in `owners_of`)."""
+        reg = sender.reg
+        return interested(reg, ev.pdu, self.server_name, sender.member_rooms, sender.alias_rooms,
+                          lambda user_id: reg in self.owners_of(user_id))
 
     def _track_membership(self, ev: Event) -> None:
         """Keep each AS's rooms with one of its users in them (a member event of one of its users)."""
@@ -246,14 +254,26 @@ class AppServices:
                 rooms.discard(ev.room_id)  # its last user left (rare: a scan of the local users is fine)
 
     def _on_events(self, entries: list[tuple[int, Event]]) -> None:
+        """On the committed-event path (MQTT's too): per event and AS, two set lookups and a dict
+        hit for the sender; the full rules (`_interests`) only for member events and an AS with a
+        rooms namespace. bench/appservice.py measures it."""
+        cache = self._user_cache
         for _, ev in entries:
-            if ev.type == "m.room.member":
+            if ev.pdu.get("type") == "m.room.member":
                 self._track_membership(ev)
         for sender in self._senders.values():
             if sender.task is None:
                 continue
+            reg, member_rooms, alias_rooms = sender.reg, sender.member_rooms, sender.alias_rooms
+            full_check = bool(reg.rooms)
             for pos, ev in entries:
-                if self._interests(sender, ev):
+                pdu = ev.pdu
+                room_id, user_id = pdu.get("room_id"), pdu.get("sender", "")
+                owners = cache.get(user_id)
+                if owners is None:
+                    owners = self.owners_of(user_id)
+                if room_id in member_rooms or room_id in alias_rooms or reg in owners or (
+                        (full_check or pdu.get("type") == "m.room.member") and self._interests(sender, ev)):
                     sender.caught_up = False
                     sender.wake.set()
                     break
