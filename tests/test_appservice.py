@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
 import urllib.parse
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
+import cbor2
 import pytest
 from mautrix.appservice import AppService
 from mautrix.appservice.state_store.file import FileASStateStore
@@ -360,3 +362,35 @@ async def test_appservice_add_list_remove_apply_to_a_running_hub(tmp_path: Path)
                     return status
                 await asyncio.sleep(0.2)
         assert await asyncio.wait_for(refused_now(), 15) == 401
+
+
+def test_a_coap_device_acts_as_a_virtual_user_through_the_as_token(hub: GatewayProcess) -> None:
+    """CoAP dispatches through the same route table: libcoap's coap-client posts a reading as one
+    of the AS's users (`?a=AS_TOKEN&user_id=...`), read back over HTTP."""
+    status, _ = hub.request("POST", "/_matrix/client/v3/register",
+                            {"type": "m.login.application_service", "username": "sensor_coap",
+                             "inhibit_login": True}, token=AS_TOKEN)
+    assert status == 200
+    carol = hub.login("carol", PASSWORD)
+    status, room = hub.request("POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}, token=carol)
+    room_id = urllib.parse.quote(room["room_id"])
+    as_user = "user_id=%40sensor_coap%3Alocalhost"
+    assert hub.request("POST", f"/_matrix/client/v3/rooms/{room_id}/join?{as_user}", {}, token=AS_TOKEN)[0] == 200
+    proc = subprocess.run(["coap-client-notls", "-m", "post", "-f", "-", "-o", "-",
+                           f"coap://127.0.0.1:{hub.coap_port}/_m/c/v3/r/{room_id}/s/m.room.message?a={AS_TOKEN}&"
+                           f"{as_user}"], input=cbor2.dumps({"msgtype": "m.text", "body": "22 C over CoAP"}),
+                          capture_output=True, timeout=20)
+    event_id = cbor2.loads(proc.stdout)["event_id"]
+    # the AS may also give the user a device of its own (m.login.application_service login)
+    status, login = hub.request("POST", "/_matrix/client/v3/login", {
+        "type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "sensor_coap"}},
+        token=AS_TOKEN)
+    assert status == 200 and login["user_id"] == "@sensor_coap:localhost"
+    assert hub.request("GET", "/_matrix/client/v3/account/whoami", token=login["access_token"])[1]["user_id"] == \
+        "@sensor_coap:localhost"
+    status, body = hub.request("POST", "/_matrix/client/v3/login", {
+        "type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "carol"}}, token=AS_TOKEN)
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    status, event = hub.request("GET", f"/_matrix/client/v3/rooms/{room_id}/event/{urllib.parse.quote(event_id)}",
+                                token=carol)
+    assert (event["sender"], event["content"]["body"]) == ("@sensor_coap:localhost", "22 C over CoAP")
