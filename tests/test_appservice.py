@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import urllib.parse
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator, Protocol
 
 import cbor2
 import pytest
@@ -67,10 +67,16 @@ def hub(tmp_path_factory: pytest.TempPathFactory, as_port: int) -> Iterator[Gate
     assert gw.stop() == 0, gw.read_log()
 
 
+class HasUrl(Protocol):
+    """The hub (GatewayProcess) or Synapse (test_appservice_synapse.py): its client API's URL."""
+
+    http_url: str | None
+
+
 class Bridge:
     """A mautrix AppService collecting the events pushed to it, and the room it makes on an alias query."""
 
-    def __init__(self, hub: GatewayProcess, port: int, state: Path) -> None:
+    def __init__(self, hub: HasUrl, port: int, state: Path) -> None:
         self.port = port
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.queried_aliases: list[str] = []
