@@ -195,9 +195,15 @@ async def test_a_profile_lookup_asks_the_as_for_an_unknown_user(hub: GatewayProc
     assert status == 404
 
 
-def test_the_as_is_not_rate_limited_a_user_is(tmp_path: Path) -> None:
+def test_the_as_is_not_rate_limited_a_user_is_and_open_registration_keeps_out_of_its_namespace(
+        tmp_path: Path) -> None:
     # a low message rate: the AS (rate_limited: false) is not held to it, a normal user is
-    with new_hub(tmp_path, registration(free_port()), "messages_per_second = 0.2\nmessages_burst = 5\n") as gw:
+    with new_hub(tmp_path, registration(free_port()),
+                 "messages_per_second = 0.2\nmessages_burst = 5\nenable_registration = true\n") as gw:
+        for username, expected in (("sensor_evil", (400, "M_EXCLUSIVE")), ("frank", (200, None))):
+            status, body = gw.request("POST", "/_matrix/client/v3/register", {
+                "username": username, "password": PASSWORD, "auth": {"type": "m.login.dummy"}})
+            assert (status, body.get("errcode")) == expected
         gw.add_user("erin", PASSWORD)
         erin = gw.login("erin", PASSWORD)
         status, room = gw.request("POST", "/_matrix/client/v3/createRoom", {"invite": ["@sensorbot:localhost"]},
