@@ -80,6 +80,7 @@ class Bridge:
         self.port = port
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.queried_aliases: list[str] = []
+        self.queried_users: list[str] = []
         self.appservice = AppService(server=hub.http_url or "", domain="localhost", as_token=AS_TOKEN,
                                      hs_token=HS_TOKEN, bot_localpart="sensorbot", id="sensorbridge",
                                      state_store=FileASStateStore(state, binary=False),
@@ -98,6 +99,7 @@ class Bridge:
         return {"room_id": room_id}  # mautrix answers 404 for an empty answer
 
     async def query_user(self, user_id: UserID) -> dict[str, Any] | None:
+        self.queried_users.append(user_id)
         await self.appservice.intent.user(user_id).ensure_registered()
         return {"user_id": user_id}
 
@@ -193,6 +195,15 @@ async def test_a_profile_lookup_asks_the_as_for_an_unknown_user(hub: GatewayProc
     status, body = await asyncio.to_thread(hub.request, "GET", "/_matrix/client/v3/profile/%40nobody%3Alocalhost",
                                            token=carol)
     assert status == 404
+    assert bridge.queried_users == ["@sensor_attic:localhost"]  # not asked about users outside its namespace
+    status, room = hub.request("POST", "/_matrix/client/v3/createRoom", {}, token=carol)
+    status, _ = await asyncio.to_thread(hub.request, "POST", f"/_matrix/client/v3/rooms/"
+                                        f"{urllib.parse.quote(room['room_id'])}/invite",
+                                        {"user_id": "@sensor_porch:localhost"}, token=carol)
+    assert status == 200 and bridge.queried_users[-1] == "@sensor_porch:localhost"  # asked at the invite
+    status, _ = await asyncio.to_thread(hub.request, "GET", "/_matrix/client/v3/profile/%40sensor_porch%3Alocalhost",
+                                        token=carol)
+    assert status == 200 and len(bridge.queried_users) == 2  # made then: no second query
 
 
 def test_the_as_is_not_rate_limited_a_user_is_and_open_registration_keeps_out_of_its_namespace(

@@ -67,6 +67,8 @@ def _membership_action(membership: str, needs_target: bool):
             target = body.get("user_id")
             if not isinstance(target, str):
                 raise errors.missing_param("Missing 'user_id'")
+        if membership == "invite" and hs.appservices.registrations:
+            await hs.appservices.before_invite(target)  # an AS's user not made yet: ask the AS (lazy users)
         if membership == "join":
             await hs.rooms.update_membership(requester, room_id, target, "join", body.get("reason"))
             return ok({"room_id": room_id})

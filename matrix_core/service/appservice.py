@@ -433,6 +433,13 @@ class AppServices:
                 return True
         return False
 
+    async def before_invite(self, user_id: str) -> None:
+        """An invite of a local user of an AS's namespace that does not exist yet: ask the AS first
+        (Synapse asks when it looks up the invitee's profile). The invite goes ahead either way."""
+        if self.owners_of(user_id) and user_id not in self._registered \
+                and not await account_rows.user_known(self.hs.db, user_id):
+            await self.query_user(user_id)
+
     async def query_alias(self, alias: str) -> bool:
         """Ask the ASes whose namespace has the unknown `alias` to create its room (lazy rooms)."""
         for reg in self.registrations:
