@@ -417,3 +417,53 @@ def test_a_coap_device_acts_as_a_virtual_user_through_the_as_token(hub: GatewayP
     status, event = hub.request("GET", f"/_matrix/client/v3/rooms/{room_id}/event/{urllib.parse.quote(event_id)}",
                                 token=carol)
     assert (event["sender"], event["content"]["body"]) == ("@sensor_coap:localhost", "22 C over CoAP")
+
+
+async def test_an_as_answering_500_gets_the_same_transaction_again(hub: GatewayProcess, as_port: int) -> None:
+    """A plain aiohttp AS that answers its first two transactions 500: the hub retries the same
+    transaction id with the same events (backoff from 0.25 s) and sends never wait; its ping is
+    M_BAD_STATUS with the AS's status and body."""
+    from aiohttp import web
+
+    seen: list[tuple[str, list[str]]] = []
+    got_all = asyncio.Event()
+
+    async def transaction(request: web.Request) -> web.Response:
+        body = await request.json()
+        assert request.headers["Authorization"] == f"Bearer {HS_TOKEN}"
+        seen.append((request.match_info["txn"], [ev["content"].get("body") for ev in body["events"]]))
+        if len(seen) <= 2:
+            return web.json_response({"error": "busy"}, status=500)
+        if any("flaky 2" in (b or "") for _, bodies in seen[2:] for b in bodies):
+            got_all.set()
+        return web.json_response({})
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="not today")
+
+    app = web.Application()
+    app.router.add_put("/_matrix/app/v1/transactions/{txn}", transaction)
+    app.router.add_post("/_matrix/app/v1/ping", ping)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", as_port).start()
+    try:
+        carol = hub.login("carol", PASSWORD)
+        status, room = hub.request("POST", "/_matrix/client/v3/createRoom", {"invite": ["@sensorbot:localhost"]},
+                                   token=carol)
+        room_id = urllib.parse.quote(room["room_id"])
+        assert hub.request("POST", f"/_matrix/client/v3/rooms/{room_id}/join", {}, token=AS_TOKEN)[0] == 200
+        for i in range(3):
+            status, _ = await asyncio.to_thread(hub.request, "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/"
+                                                f"m.room.message/f{i}", {"msgtype": "m.text", "body": f"flaky {i}"},
+                                                token=carol)
+            assert status == 200
+        await asyncio.wait_for(got_all.wait(), 20)
+        assert seen[0] == seen[1] and seen[1][0] == seen[2][0]  # retried: same id, same events
+        delivered = [b for _, bodies in seen[2:] for b in bodies if b and b.startswith("flaky")]
+        assert delivered == ["flaky 0", "flaky 1", "flaky 2"]
+        status, body = await asyncio.to_thread(hub.request, "POST", "/_matrix/client/v1/appservice/sensorbridge/ping",
+                                               {}, token=AS_TOKEN)
+        assert (status, body["errcode"], body["status"], body["body"]) == (502, "M_BAD_STATUS", 500, "not today")
+    finally:
+        await runner.cleanup()
