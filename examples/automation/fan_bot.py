@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 from mautrix.appservice import AppService
 from mautrix.appservice.state_store.file import FileASStateStore
-from mautrix.types import Event, EventType, Membership, RoomID
+from mautrix.types import Event, EventType, Membership, RoomAlias, RoomID
 
 SENSOR_TOPIC = "home/kitchen/temp"
 FAN_TOPIC = "home/fan/set"
@@ -105,8 +105,9 @@ class FanAutomation:
         if command is None:
             return
         if self.fan_room is None:
-            self.fan_room = (await intent.resolve_room_alias(f"{FAN_ROOM_ALIAS}:{self.server_name}")).room_id
-        await intent.send_message_event(self.fan_room, EventType.ROOM_MESSAGE, command_content(FAN_TOPIC, command))
+            self.fan_room = (await intent.resolve_room_alias(RoomAlias(f"{FAN_ROOM_ALIAS}:{self.server_name}"))).room_id
+        content: Any = command_content(FAN_TOPIC, command)  # a plain dict: mautrix sends it as it is
+        await intent.send_message_event(self.fan_room, EventType.ROOM_MESSAGE, content)
         self.fan_on = command == "ON"
         print(f"kitchen {temperature} °C -> {FAN_TOPIC} {command}", flush=True)
 
