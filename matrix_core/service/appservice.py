@@ -297,12 +297,13 @@ class AppServices:
                     continue
                 picked, upto = self._pick(sender, rows)
                 if not picked:
-                    sender.position = upto
+                    sender.position = max(sender.position, upto)
                     continue
                 txn_id, start = sender.txn_id, sender.position
-                await self.hs.db.write(lambda conn: as_rows.begin_transaction(conn, sender.reg.id, txn_id, upto))
+                await self.hs.db.write(
+                    lambda conn: as_rows.begin_transaction(conn, sender.reg.id, txn_id, start, upto))
                 sender.pending_upto = upto
-                await self._send_pending(sender, picked, start)
+                await self._send_pending(sender, picked)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug or a full disk must not stop an AS's delivery for good
@@ -328,8 +329,7 @@ class AppServices:
             prev = pos
         return picked, upto
 
-    async def _send_pending(self, sender: _Sender, picked: list[Event] | None = None,
-                            start: int | None = None) -> None:
+    async def _send_pending(self, sender: _Sender, picked: list[Event] | None = None) -> None:
         """Send the recorded transaction until the AS takes it, then move the position. After a
         restart its events are read again between the stored position and its bound."""
         upto = sender.pending_upto
@@ -337,8 +337,7 @@ class AppServices:
         if picked is None:
             stored = await as_rows.state(self.hs.db, sender.reg.id)
             assert stored is not None
-            start = stored[0]
-            rows = await as_rows.events_between(self.hs.db, start, upto, 1_000_000)
+            rows = await as_rows.events_between(self.hs.db, stored[0], upto, 1_000_000)
             picked = [ev for _, ev in self._events_of(rows) if self._interests(sender, ev)]
         ephemeral, sender.ephemeral = sender.ephemeral, []
         body = transaction_body([self.hs.rooms.serialize(ev) for ev in picked], ephemeral)

@@ -45,8 +45,11 @@ def start_at(conn: sqlite3.Connection, as_id: str, position: int) -> None:
                  (as_id, position))
 
 
-def begin_transaction(conn: sqlite3.Connection, as_id: str, txn_id: int, upto: int) -> None:
-    conn.execute("UPDATE appservice_state SET txn_id = ?, txn_upto = ? WHERE as_id = ?", (txn_id, upto, as_id))
+def begin_transaction(conn: sqlite3.Connection, as_id: str, txn_id: int, start: int, upto: int) -> None:
+    """Transaction `txn_id` carries the AS's events in (start, upto]: everything up to `start` is
+    handled (delivered, or of no interest)."""
+    conn.execute("UPDATE appservice_state SET position = ?, txn_id = ?, txn_upto = ? WHERE as_id = ?",
+                 (start, txn_id, upto, as_id))
 
 
 def finish_transaction(conn: sqlite3.Connection, as_id: str, next_txn_id: int, position: int) -> None:
