@@ -76,6 +76,8 @@ def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
     try:
         prepare_data_dir(data_dir)
         config = load_config(data_dir, config_file, flags, create=True)
+        from .appservices import load_registrations
+        load_registrations(config, data_dir)  # a bad registration file stops the start, named
         load_or_create_signing_key(data_dir)
         migrate_db(data_dir / DATABASE_FILE).close()
     except (ConfigError, OSError, sqlite3.Error) as exc:
@@ -171,6 +173,9 @@ def register_commands() -> None:
     from frontends.mqtt.cli import add_mqtt_commands  # mqtt map / unmap / maps
 
     add_mqtt_commands(main, data_dir_option, config_option, existing_config, fail, open_db)
+    from .appservices import add_appservice_commands  # appservice add / list / remove (issue 17)
+
+    add_appservice_commands(main, data_dir_option, config_option, existing_config, fail)
 
 
 register_commands()

@@ -19,4 +19,6 @@ PURE_MODULES = (
     "e2e_rules", "cross_signing_rules", "key_backup_rules",
     # issue 15, the content repository
     "media_rules", "device_media",
+    # issue 17, application services
+    "appservice_rules",
 )
