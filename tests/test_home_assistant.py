@@ -54,9 +54,9 @@ class Device:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == "homeassistant/status":
-            self.births.put(msg.payload)
+            self.births.put(bytes(msg.payload))
         elif msg.topic == "home/hubplug/set":
-            self.commands.put(msg.payload)
+            self.commands.put(bytes(msg.payload))
             client.publish("home/hubplug/state", msg.payload, 1, True)
 
 

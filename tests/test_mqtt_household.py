@@ -11,7 +11,7 @@ import sqlite3
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -114,7 +114,12 @@ def test_a_guest_is_refused_on_311_without_a_reconnect_loop(hub: GatewayProcess)
     watcher = Paho(hub.mqtt_port, "ha", PASSWORD, "guard-watch")
     guest = Paho(hub.mqtt_port, "visitor", PASSWORD, "guest-311")
     connects: queue.Queue[int] = queue.Queue()
-    guest.client.on_connect = lambda c, u, flags, rc, props: (connects.put(1), guest.connack.put((flags, rc, props)))
+
+    def on_connect(client: mqtt.Client, userdata: object, flags: Any, rc: Any, props: Any) -> None:
+        connects.put(1)
+        guest.connack.put((flags, rc, props))
+
+    guest.client.on_connect = on_connect
     try:
         watcher.connect()
         watcher.subscribe("guarded/#", 1)

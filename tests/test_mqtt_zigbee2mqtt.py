@@ -44,7 +44,7 @@ def receive(client: Paho, count: int) -> dict[str, bytes]:
     got: dict[str, bytes] = {}
     for _ in range(count):
         msg = client.get(timeout=WAIT)
-        got[msg.topic] = msg.payload
+        got[msg.topic] = bytes(msg.payload)
     return got
 
 
@@ -102,7 +102,7 @@ def test_home_assistant_birth_message_makes_devices_reannounce(hub: GatewayProce
 
     def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == "homeassistant/status":
-            births.put(msg.payload)
+            births.put(bytes(msg.payload))
             client.publish(topic, config, 1, True)  # re-announce, as Zigbee2MQTT does
 
     device.client.on_message = on_message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from typing import Any, Callable
 
@@ -124,9 +125,8 @@ class TopicRooms:
         publish retained messages. Raised once (mqtt_household_upgrade lists them) by the owner."""
         db = self.hs.db
         for alias in sorted(await mqtt_store.rooms_to_upgrade(db)):
-            entry = self.default_rooms.get(alias)
-            if entry is not None and entry[1] is not None:
-                owner, room_id = entry
+            owner, room_id = self.default_rooms.get(alias, ("", None))
+            if room_id is not None:
                 try:
                     room = await self.hs.rooms.get_room(room_id)
                     levels = dict(room.state_content("m.room.power_levels"))
@@ -138,7 +138,7 @@ class TopicRooms:
                                  alias, room_id, HOUSEHOLD_LEVEL)
                 except errors.MatrixError as exc:
                     log.warning("MQTT: could not open %s (%s) to the household: %s", alias, room_id, exc)
-            await db.write(lambda c, alias=alias: mqtt_store.room_upgraded(c, alias))
+            await db.write(functools.partial(mqtt_store.room_upgraded, alias=alias))
 
     async def room_for_topic(self, requester: Requester, topic: str) -> str:
         if topic.startswith("$"):
