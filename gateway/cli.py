@@ -100,10 +100,14 @@ def user() -> None:
 @click.argument("localpart")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="The account password.")
 @click.option("--admin", is_flag=True, help="Make the account a hub admin.")
+@click.option("--guest", is_flag=True,
+              help="Not a household member: reaches only the rooms it is invited to (docs/mqtt.md).")
 @data_dir_option
 @config_option
-def user_add(localpart: str, password: str, admin: bool, data_dir: Path, config_file: Path | None) -> None:
-    """Create an account (works while the hub is running)."""
+def user_add(localpart: str, password: str, admin: bool, guest: bool, data_dir: Path,
+             config_file: Path | None) -> None:
+    """Create an account (works while the hub is running). Household members (the default) share
+    the MQTT broker's topic rooms; a running hub adds a new one to them within seconds."""
     config = existing_config(data_dir, config_file)
     if localpart.startswith("@"):
         user_id = localpart
@@ -119,11 +123,11 @@ def user_add(localpart: str, password: str, admin: bool, data_dir: Path, config_
         if account_rows.user_exists(conn, user_id):
             fail(f"{user_id} already exists")
         conn.execute("BEGIN IMMEDIATE")
-        account_rows.insert_user(conn, user_id, hashed, admin)
+        account_rows.insert_user(conn, user_id, hashed, admin, household=not guest)
         conn.execute("COMMIT")
     finally:
         conn.close()
-    click.echo(f"created {user_id}{' (admin)' if admin else ''}")
+    click.echo(f"created {user_id}{' (admin)' if admin else ''}{' (guest)' if guest else ''}")
 
 
 @main.group()

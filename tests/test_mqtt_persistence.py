@@ -21,7 +21,7 @@ def hub(tmp_path: Path) -> Iterator[GatewayProcess]:
     gw = GatewayProcess(tmp_path / "data")
     gw.start()
     gw.add_user("alice", PASSWORD, admin=True)
-    gw.add_user("bob", PASSWORD)
+    gw.add_user("bob", PASSWORD, guest=True)  # not in the household: shares no topic room (issue 16)
     yield gw
     gw.stop()
 

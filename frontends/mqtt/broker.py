@@ -38,7 +38,7 @@ from ..payload_mapping import mqtt_payload_to_content
 from .messages import media_message_content, message_content, publish_content
 from .packets import NO_PROPERTIES, Connect, Publish, Subscription
 from .protocol import ClientProtocol
-from .refusals import PublishRefused
+from .refusals import REFUSAL_LOG_INTERVAL, PublishRefused
 from .routing import ALIAS_PREFIX, BINDING_TYPE, RETAINED_TYPE, TopicRules
 from .session import Outgoing, SessionState
 from .settings import BrokerSettings
@@ -74,6 +74,7 @@ class MqttBroker:
         self.per_address: dict[str, int] = {}  # remote address -> open connections
         # one line a minute per kind of refusal strangers can cause at will (matrix_core/log_limit.py)
         self.quiet = LogLimiter(60.0)
+        self.refusal_log = LogLimiter(REFUSAL_LOG_INTERVAL)  # refused publishes: once per account, client, topic
         # event id -> our client's PUBLISH stored as that event, from the core's answer until
         # its commit's fan-out is done (fanout.OwnPublish)
         self._own: dict[str, OwnPublish] = {}
@@ -105,6 +106,7 @@ class MqttBroker:
     async def start(self) -> None:
         db = self.hs.db
         await self.topic_rooms.load()
+        await self.topic_rooms.start_household()  # old rooms opened to it, missing members joined
         for row in await mqtt_store.load_sessions(db):
             key, session = row.key, persistence.session_of(row, self.settings.limits.max_queued)
             self.sessions[key] = session

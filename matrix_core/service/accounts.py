@@ -95,6 +95,10 @@ class Accounts:
         """The hub admins (`matrix-gateway user add --admin`)."""
         return await account_rows.admin_user_ids(self.db)
 
+    async def household_user_ids(self) -> set[str]:
+        """The household (`matrix-gateway user add`, not `--guest`): who shares the topic rooms."""
+        return await account_rows.household_user_ids(self.db)
+
     async def device_token(self, user_id: str, device_id: str) -> str:
         """An access token of the device (coaps: the PSK identity names the device)."""
         token = await account_rows.device_token(self.db, user_id, device_id)

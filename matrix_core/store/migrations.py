@@ -153,6 +153,15 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
             WHERE type = 'm.room.history_visibility'
         """,
     ),
+    (
+        4,
+        # The household (docs/mqtt.md): accounts that share the broker's topic rooms. Existing
+        # accounts become members (the default), as `matrix-gateway user add` makes them now;
+        # `--guest` accounts are not.
+        """
+        ALTER TABLE users ADD COLUMN household INTEGER NOT NULL DEFAULT 1
+        """,
+    ),
 ]
 
 FEDERATION_ROOMS_MIGRATIONS: list[tuple[int, str]] = [
