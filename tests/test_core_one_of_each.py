@@ -55,7 +55,7 @@ async def test_a_password_is_hashed_before_the_write_and_off_the_writer_thread(
 
 def test_the_store_takes_a_hash_never_a_password(tmp_path: Path) -> None:
     conn = sqlite3.connect(":memory:")
-    conn.execute("CREATE TABLE users (user_id TEXT, password_hash TEXT, admin INT, displayname TEXT, created_ts INT)")
+    conn.execute("CREATE TABLE users (user_id TEXT, password_hash TEXT, admin INT, displayname TEXT, created_ts INT, household INT)")
     with pytest.raises(ValueError):
         account_rows.insert_user(conn, "@a:hub", "plain password", False)
     account_rows.insert_user(conn, "@a:hub", hash_password("pw"), False)
