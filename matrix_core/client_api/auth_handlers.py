@@ -122,7 +122,7 @@ async def _register_appservice_user(hs: Homeserver, req: ApiRequest, body: dict[
     hs.appservices.check_user_registration(user_id, token)
     if await hs.accounts.user_exists(user_id):
         raise errors.MatrixError(400, "M_USER_IN_USE", "User ID already taken")
-    await hs.accounts.create_user(user_id, None)
+    await hs.accounts.create_user(user_id, None, household=False)  # an AS's virtual user
     if body.get("inhibit_login") is True:
         return ok({"user_id": user_id, "home_server": hs.server_name})
     device_id = body.get("device_id")

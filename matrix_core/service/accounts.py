@@ -106,11 +106,14 @@ class Accounts:
             raise errors.unknown_token()
         return token
 
-    async def create_user(self, user_id: str, password: str | None, admin: bool = False) -> None:
+    async def create_user(self, user_id: str, password: str | None, admin: bool = False,
+                          household: bool = True) -> None:
         """Store a new account. scrypt runs first, in a worker thread: inside the write it would
-        hold the single writer thread (and every other write) for its ~50 ms."""
+        hold the single writer thread (and every other write) for its ~50 ms. `household`: False
+        for an account that joins only rooms it is invited to (a guest, an application service's
+        users)."""
         hashed = await asyncio.to_thread(hash_password, password) if password else None
-        await self.db.write(lambda conn: account_rows.insert_user(conn, user_id, hashed, admin))
+        await self.db.write(lambda conn: account_rows.insert_user(conn, user_id, hashed, admin, household))
 
     async def issue_token(self, user_id: str, device_id: str | None, display_name: str | None) -> dict[str, Any]:
         """A new access token for an existing account, no password (an application service's

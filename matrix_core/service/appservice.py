@@ -184,7 +184,8 @@ class AppServices:
     async def _start_sender(self, reg: Registration) -> None:
         bot = reg.sender(self.server_name)
         if not await account_rows.user_known(self.hs.db, bot):
-            await self.hs.accounts.create_user(bot, None)
+            # A bridge's or bot's users join the rooms they are invited to, not the household's.
+            await self.hs.accounts.create_user(bot, None, household=False)
         await self.hs.db.write(partial(as_rows.start_at, as_id=reg.id, position=self.hs.stream.position))
         sender = _Sender(reg)
         for alias, room_id in await as_rows.aliases(self.hs.db):
