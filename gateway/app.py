@@ -137,6 +137,11 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
             log.debug("stopping after a failed start failed too", exc_info=True)
         if disk_full_at_start(data_dir, exc):
             return EXIT_DISK_FULL
+        from frontends.mqtt.uplink import UplinkError
+
+        if isinstance(exc, UplinkError):  # a [[mqtt_bridge]] naming an account that does not exist
+            print(f"matrix-gateway: {exc}", file=sys.stderr, flush=True)
+            return 2
         raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

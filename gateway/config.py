@@ -110,6 +110,10 @@ class GatewayConfig:
     # Push notifications (matrix_core/service/push_delivery.py): seconds a notification a push
     # gateway did not take is retried (with backoff) before it is dropped
     push_give_up_after_s: float = 86400.0
+    # Uplinks to other brokers: the [[mqtt_bridge]] tables, checked (frontends/mqtt/bridge.py)
+    mqtt_bridge: tuple[Any, ...] = ()
+    # Outbound federation may reach these private networks (CIDRs, e.g. ["192.168.1.0/24"]): hubs on one LAN
+    federation_allowed_networks: tuple[str, ...] = ()
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -123,6 +127,9 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        if key == "mqtt_bridge":
+            out[key] = _bridges(value, source)
+            continue
         default = known[key].default
         if isinstance(default, bool):
             ok = isinstance(value, bool)
@@ -176,6 +183,8 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: turn_user_lifetime_s must be between 60 and 604800 seconds")
         if key == "push_give_up_after_s" and not 0 < value <= 7 * 86400:
             raise ConfigError(f"{source}: push_give_up_after_s must be more than 0 and at most 604800 (7 days)")
+        if key == "federation_allowed_networks" and (problem := _networks_problem(value)):
+            raise ConfigError(f"{source}: federation_allowed_networks: {problem}")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
             raise ConfigError(f"{source}: {problem}")
         out[key] = value
@@ -260,7 +269,46 @@ turn_user_lifetime_s = {config.turn_user_lifetime_s}
 # gateway does not take (down, 5xx) is retried with backoff (from 1 s, or 1/64 of this window if
 # shorter, doubling up to 10 min) for this many seconds, then dropped: an alert that old is noise.
 push_give_up_after_s = {config.push_give_up_after_s}
+# Hubs on one LAN: outbound federation to private addresses is refused unless they are inside one
+# of these networks (CIDRs), e.g. ["192.168.1.0/24", "fd00::/8"]. With mdns = true, server names
+# ending in .local are found with mDNS.
+federation_allowed_networks = [{", ".join(f'"{n}"' for n in config.federation_allowed_networks)}]
+# Uplinks to another MQTT broker (docs/mqtt.md, "Uplink"), mosquitto-bridge style, e.g.:
+# [[mqtt_bridge]]
+# name = "house"
+# address = ["house.lan:1883"]          # several: tried in turn
+# local_account = "bridge"              # `in` messages are published as this account
+# remote_username = "garage"
+# remote_password = "secret"
+# protocol = "mqttv311"                 # or "mqttv50"
+# tls_ca_file = ""                      # a CA file: TLS to the remote
+# topic = [{{ pattern = "sensors/#", direction = "out", qos = 1, local_prefix = "", remote_prefix = "garage/" }}]
 """
+
+
+def _bridges(value: Any, source: str) -> tuple[Any, ...]:
+    """The [[mqtt_bridge]] tables, checked (a bad one stops the hub naming its key)."""
+    from frontends.mqtt.bridge import BridgeConfigError, parse_bridges
+
+    try:
+        bridges = parse_bridges(value)
+    except BridgeConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    for i, bridge in enumerate(bridges):
+        if bridge.tls_ca_file and not Path(bridge.tls_ca_file).is_file():
+            raise ConfigError(f"{source}: mqtt_bridge[{i}] ({bridge.name}).tls_ca_file: {bridge.tls_ca_file}: no such file")
+    return bridges
+
+
+def _networks_problem(value: tuple[str, ...]) -> str | None:
+    import ipaddress
+
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return f"{text!r} is not a network such as 192.168.1.0/24"
+    return None
 
 
 def _is_base_url(value: str) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from types import ModuleType
 
-from . import account_data, coap_psk, devices, forgotten_rooms, mqtt, push_rules, pushers, receipts, relations
+from . import account_data, coap_psk, devices, forgotten_rooms, mqtt, mqtt_bridge, push_rules, pushers, receipts, relations
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -209,6 +209,8 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     mqtt, coap_psk,
     # issue 13, the client API real clients call:
     account_data, forgotten_rooms, receipts, devices, push_rules, pushers, relations,
+    # issue 16: uplinks to other brokers ([[mqtt_bridge]])
+    mqtt_bridge,
 )
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).
