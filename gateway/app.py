@@ -70,7 +70,8 @@ def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> li
                                         config.federation_tls_cert, config.federation_tls_key,
                                         config.federation_tls_verify, config.federation_allow_loopback,
                                         idle_timeout=config.http_idle_timeout,
-                                        max_per_address=config.http_max_connections_per_address))
+                                        max_per_address=config.http_max_connections_per_address,
+                                        allowed_networks=config.federation_allowed_networks, mdns=config.mdns))
     from matrix_core.federation.service import FederationService  # after the listener: rooms over federation
     frontends.append(FederationService(hs))
     from frontends.coap.server import CoapFrontend
