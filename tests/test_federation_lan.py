@@ -78,18 +78,19 @@ def lan() -> Iterator[tuple[str, str, str, str]]:
 
 
 def lan_hub(data: Path, address: str, allowed: list[str], ns: str | None = None,
-            port: int | None = None) -> GatewayProcess:
+            port: int | None = None, mdns_name: str = "") -> GatewayProcess:
     gw = GatewayProcess(data)
     if port is not None:
         gw.federation_port = port
     if ns is not None:
         gw.wrapper = ["ip", "netns", "exec", ns]
-    gw.server_name = f"{address}:{gw.federation_port}"
+    gw.server_name = f"{mdns_name or address}:{gw.federation_port}"
     data.mkdir(parents=True, exist_ok=True)
     nets = ", ".join(f'"{n}"' for n in allowed)
+    mdns = f'mdns = true\nmdns_hostname = "{mdns_name.removesuffix(".local")}"\n' if mdns_name else ""
     (data / "gateway.toml").write_text(
         f'server_name = "{gw.server_name}"\nbind = "{address}"\nfederation_tls_verify = false\n'
-        f"federation_allowed_networks = [{nets}]\nmessages_per_second = 0\nmqtt_enabled = false\n")
+        f"federation_allowed_networks = [{nets}]\nmessages_per_second = 0\nmqtt_enabled = false\n{mdns}")
     gw.start()
     gw.http_url = f"http://{address}:{gw.http_port}"
     return gw
@@ -151,3 +152,30 @@ def test_two_hubs_on_private_addresses_federate_only_when_allowed(
     finally:
         house.stop()
     assert ipaddress.ip_address(a_addr).is_private and ipaddress.ip_address(b_addr).is_private
+
+
+def test_hubs_find_each_other_by_name_local_with_mdns(tmp_path: Path, lan: tuple[str, str, str, str]) -> None:
+    """Server names NAME.local:PORT, resolved with mDNS (each hub advertises its NAME.local)."""
+    ns, a_addr, b_addr, net = lan
+    tag = ns.removeprefix("mglan")
+    house = lan_hub(tmp_path / "house", a_addr, [net], mdns_name=f"house{tag}.local")
+    try:
+        house.add_user("alice", PW)
+        alice = house.login("alice", PW)
+        status, created = house.request("POST", "/_matrix/client/v3/createRoom",
+                                        {"preset": "public_chat", "room_alias_name": "lan"}, token=alice)
+        room_id = created["room_id"]
+        garage = lan_hub(tmp_path / "garage", b_addr, [net], ns=ns, mdns_name=f"garage{tag}.local")
+        try:
+            garage.add_user("bob", PW)
+            bob = garage.login("bob", PW)
+            status, body = garage.request("POST", f"/_matrix/client/v3/join/{q('#lan:' + house.server_name)}", {},
+                                          token=bob)
+            assert status == 200, body
+            garage.request("PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/t1",
+                           {"msgtype": "m.text", "body": "found you by name"}, token=bob)
+            wait_for_body(house, alice, room_id, "found you by name")
+        finally:
+            garage.stop()
+    finally:
+        house.stop()
