@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
+import socket
+import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -55,16 +60,30 @@ def remote(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
 
 
-def start_hub(tmp_path: Path, bridges: list[dict[str, Any]], name: str = "hub") -> GatewayProcess:
+def start_hub(tmp_path: Path, bridges: list[dict[str, Any]], name: str = "hub", **top: Any) -> GatewayProcess:
     data = tmp_path / name
-    write_config(data, [])
+    shutil.copytree(template_hub(), data)
+    write_config(data, bridges, **top)
     gw = GatewayProcess(data)
-    with gw:  # a first run makes the hub; its accounts come before the bridge that names one
-        gw.add_user("bridge", PASSWORD)
-        gw.add_user("sensor", PASSWORD)
-    write_config(data, bridges)
     gw.start()
     return gw
+
+
+_TEMPLATE: list[Path] = []
+
+
+def template_hub() -> Path:
+    """A stopped hub with the accounts (made once per module, copied by each test: the accounts
+    come before the bridge that names one, and one start per test is enough)."""
+    if not _TEMPLATE:
+        data = Path(tempfile.mkdtemp(prefix="uplink-template-")) / "hub"
+        write_config(data, [])
+        with GatewayProcess(data) as gw:
+            gw.add_user("bridge", PASSWORD)
+            gw.add_user("sensor", PASSWORD)
+        (data.parent / "hub.log").unlink(missing_ok=True)
+        _TEMPLATE.append(data)
+    return _TEMPLATE[0]
 
 
 def remote_client(remote: Mosquitto, topic: str, protocol: int = mqtt.MQTTv311) -> Paho:
@@ -267,3 +286,107 @@ def test_a_bridge_naming_a_missing_local_account_stops_the_hub(tmp_path: Path, r
     gw = GatewayProcess(data)
     with pytest.raises(RuntimeError, match="local_account 'nobody' does not exist"):
         gw.start()
+
+
+class FakeRemote:
+    """A 'broker' on a raw socket that answers CONNECT and SUBSCRIBE, then sends what a test
+    gives it (garbage, a flood): what a broken or hostile remote does to the uplink."""
+
+    def __init__(self, after_subscribe: Callable[[socket.socket], None]) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.after_subscribe = after_subscribe
+        self.connections: queue.Queue[socket.socket] = queue.Queue()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)  # CONNECT
+            conn.sendall(bytes([0x20, 2, 0, 0]))  # CONNACK accepted
+            data = conn.recv(65536)  # SUBSCRIBE: packet id at bytes 2-3 (short remaining length)
+            conn.sendall(bytes([0x90, 3, data[2], data[3], 0]))  # SUBACK QoS 0
+            self.connections.put(conn)
+            self.after_subscribe(conn)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def fake_bridge(port: int) -> dict[str, Any]:
+    return {"name": "evil", "address": [f"127.0.0.1:{port}"], "local_account": "bridge", "restart_timeout": 1,
+            "topic": [{"pattern": "x/#", "direction": "both", "qos": 0}]}
+
+
+def local_roundtrip(gw: GatewayProcess, topic: str) -> None:
+    sensor = Paho(gw.mqtt_port, "sensor", PASSWORD)
+    sensor.connect()
+    sensor.subscribe(topic, 1)
+    sensor.publish(topic, b"still fine", qos=1)
+    assert sensor.get(timeout=5).payload == b"still fine"
+    sensor.disconnect()
+
+
+def test_a_remote_sending_malformed_packets_is_cut_off(tmp_path: Path) -> None:
+    def garbage(conn: socket.socket) -> None:
+        conn.sendall(b"\xff\xff\xff\xff\xff garbage")
+
+    evil = FakeRemote(garbage)
+    gw = start_hub(tmp_path, [fake_bridge(evil.port)])
+    try:
+        first = evil.connections.get(timeout=20)
+        assert first.recv(100) == b""  # the uplink closed the connection
+        second = evil.connections.get(timeout=20)  # and came back after its backoff
+        assert second is not first
+        local_roundtrip(gw, "local/check")
+    finally:
+        gw.stop()
+        evil.close()
+    assert "malformed packet from the remote" in gw.read_log()
+
+
+def test_a_flooding_remote_does_not_hold_up_local_clients(tmp_path: Path) -> None:
+    stop = threading.Event()
+    one = bytes([0x30, 10, 0, 3]) + b"x/f" + b"flood"  # PUBLISH QoS 0 x/f "flood"
+
+    def flood(conn: socket.socket) -> None:
+        burst = one * 2000
+        while not stop.is_set():
+            conn.sendall(burst)
+
+    evil = FakeRemote(flood)
+    # the local account of the bridge has the hub's default message rate: the flood is paced
+    # (the socket is not read meanwhile: TCP backpressure on the remote, nothing queued here)
+    gw = start_hub(tmp_path, [fake_bridge(evil.port)], messages_per_second=50.0, messages_burst=200)
+    try:
+        evil.connections.get(timeout=20)
+        started = time.monotonic()
+        local_roundtrip(gw, "local/check")
+        assert time.monotonic() - started < 5
+        assert hub_status(gw)["bridges"][0]["state"] == "connected", gw.read_log()
+    finally:
+        stop.set()
+        gw.stop()
+        evil.close()
+
+
+def test_a_refusing_remote_is_retried_with_backoff_and_local_traffic_flows(tmp_path: Path, remote: Mosquitto) -> None:
+    gw = start_hub(tmp_path, [bridge(remote, [{"pattern": "t/#", "direction": "out", "qos": 1}],
+                                     remote_password="wrong")])
+    try:
+        local_roundtrip(gw, "t/local")
+        row = hub_status(gw)["bridges"][0]
+        assert row["state"] in ("retrying", "connecting")
+    finally:
+        gw.stop()
+    assert "refused by the remote (CONNACK code 0x05)" in gw.read_log()
