@@ -17,10 +17,11 @@ from .gateway import free_port
 
 class Mosquitto:
     """`mosquitto -c CONF`; `stop()` and `start()` again keep the port (a remote going away and back).
-    `users`: name -> password (else anonymous); `tls`: (ca, cert, key) PEM paths for a TLS listener."""
+    `users`: name -> password (else anonymous); `tls`: (ca, cert, key) PEM paths for a TLS listener;
+    `persistent`: clean_session=0 subscribers keep their subscriptions and queues over a restart."""
 
     def __init__(self, tmp: Path, users: dict[str, str] | None = None,
-                 tls: tuple[Path, Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path, Path] | None = None, persistent: bool = False) -> None:
         self.tmp = tmp
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.tmp.chmod(0o755)  # mosquitto started as root reads its files as the `mosquitto` user
@@ -40,6 +41,9 @@ class Mosquitto:
             for path in tls:
                 path.chmod(0o644)
             lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+        if persistent:  # sessions (and what is queued for them) survive stop() and start()
+            lines += ["persistence true", f"persistence_location {tmp}/", "max_queued_messages 0",
+                      "autosave_interval 0"]
         self.conf = tmp / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
