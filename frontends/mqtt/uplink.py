@@ -78,6 +78,7 @@ class Uplink:
         self.name = f"mqtt-bridge:{settings.name}"
         self.position = 0
         self.state = "starting"
+        self._detail = ""
         self.quiet = LogLimiter(60.0)
         self._task: asyncio.Task[None] | None = None
         self._requester: Requester | None = None
@@ -115,11 +116,11 @@ class Uplink:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._save_position(force=True)
+        await self._save_position()
         await self._set_state("stopped", "")
 
     async def _set_state(self, state: str, detail: str) -> None:
-        if (state, detail) == (self.state, getattr(self, "_detail", None)):
+        if (state, detail) == (self.state, self._detail):
             return
         self.state, self._detail = state, detail
         try:
@@ -127,7 +128,7 @@ class Uplink:
         except Exception as exc:  # a full disk: the state is for `status` only
             log.debug("bridge %s: state not saved: %r", self.settings.name, exc)
 
-    async def _save_position(self, force: bool = False) -> None:
+    async def _save_position(self) -> None:
         if self.position != self._saved:
             await self.hs.db.write(store.save_position(self.settings.name, self.position))
             self._saved = self.position
@@ -370,7 +371,9 @@ class _Connection:
             for fut in self.acks.values():
                 if not fut.done():
                     fut.cancel()
-            self.writer.close()
+            writer = self.writer
+            if writer is not None:
+                writer.close()
 
     async def _handshake(self) -> None:
         s = self.up.settings
