@@ -467,6 +467,8 @@ class _Connection:
             pass
         else:
             await up.store_inbound(publish)
+            # the socket was not read while storing (paced by the account's rate): not the remote's silence
+            self.received_at = time.monotonic()
         if publish.qos == 1:
             self.send(PubAck(publish.packet_id or 0))
         elif publish.qos == 2:
