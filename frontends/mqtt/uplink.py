@@ -78,7 +78,7 @@ class Uplink:
         self.name = f"mqtt-bridge:{settings.name}"
         self.position = 0
         self.state = "starting"
-        self._detail = ""
+        self._stored = ("", "")  # (state, detail) last written for `status`
         self.quiet = LogLimiter(60.0)
         self._task: asyncio.Task[None] | None = None
         self._requester: Requester | None = None
@@ -120,9 +120,14 @@ class Uplink:
         await self._set_state("stopped", "")
 
     async def _set_state(self, state: str, detail: str) -> None:
-        if (state, detail) == (self.state, self._detail):
+        """Keep the state for `status` (in the database: status reads it, not the hub). Retrying
+        the same way every second is not a change: a down remote costs no SD-card writes."""
+        self.state = state
+        if state == "connecting" and self._stored[0] == "retrying":
+            return  # the stored state stays "retrying" with its last error
+        if (state, detail) == self._stored:
             return
-        self.state, self._detail = state, detail
+        self._stored = (state, detail)
         try:
             await self.hs.db.write(store.save_state(self.settings.name, state, detail))
         except Exception as exc:  # a full disk: the state is for `status` only
