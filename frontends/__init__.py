@@ -8,4 +8,5 @@ PURE_MODULES = (
     "coap.short_paths", "coap.translate", "coap.wire", "coap.codes", "coap.content",
     "mqtt.codec", "mqtt.connection", "mqtt.packets", "mqtt.constants", "mqtt.fanout", "mqtt.routing",
     "mqtt.topics", "mqtt.subscriptions", "mqtt.deny", "mqtt.session", "mqtt.messages",
+    "mqtt.bridge",
 )

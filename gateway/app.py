@@ -75,7 +75,8 @@ def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> li
                                         config.federation_tls_cert, config.federation_tls_key,
                                         config.federation_tls_verify, config.federation_allow_loopback,
                                         idle_timeout=config.http_idle_timeout,
-                                        max_per_address=config.http_max_connections_per_address))
+                                        max_per_address=config.http_max_connections_per_address,
+                                        allowed_networks=config.federation_allowed_networks, mdns=config.mdns))
     from matrix_core.federation.service import FederationService  # after the listener: rooms over federation
     frontends.append(FederationService(hs))
     from frontends.coap.server import CoapFrontend
@@ -142,6 +143,11 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
             log.debug("stopping after a failed start failed too", exc_info=True)
         if disk_full_at_start(data_dir, exc):
             return EXIT_DISK_FULL
+        from frontends.mqtt.uplink import UplinkError
+
+        if isinstance(exc, UplinkError):  # a [[mqtt_bridge]] naming an account that does not exist
+            print(f"matrix-gateway: {exc}", file=sys.stderr, flush=True)
+            return 2
         raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -121,6 +121,10 @@ class GatewayConfig:
     # Application services (bridges, bots; matrix_core/service/appservice.py): registration files
     # (YAML, Synapse's format), relative paths from the data dir. Checked at start.
     app_service_config_files: tuple[str, ...] = ()
+    # Uplinks to other brokers: the [[mqtt_bridge]] tables, checked (frontends/mqtt/bridge.py)
+    mqtt_bridge: tuple[Any, ...] = ()
+    # Outbound federation may reach these private networks (CIDRs, e.g. ["192.168.1.0/24"]): hubs on one LAN
+    federation_allowed_networks: tuple[str, ...] = ()
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -134,6 +138,9 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        if key == "mqtt_bridge":
+            out[key] = _bridges(value, source)
+            continue
         default = known[key].default
         if isinstance(default, bool):
             ok = isinstance(value, bool)
@@ -194,6 +201,8 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
         if key == "app_service_config_files" and not all(v and v.isprintable() and '"' not in v and "\\" not in v
                                                           for v in value):
             raise ConfigError(f"{source}: app_service_config_files must be file paths (printable, no quotes)")
+        if key == "federation_allowed_networks" and (problem := _networks_problem(value)):
+            raise ConfigError(f"{source}: federation_allowed_networks: {problem}")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
             raise ConfigError(f"{source}: {problem}")
         out[key] = value
@@ -288,7 +297,46 @@ media_quota_total_mb = {config.media_quota_total_mb}
 # as Synapse reads them); a relative path is from the data dir. `matrix-gateway appservice add`
 # keeps files in the data dir's appservices/ folder, loaded as well. Restart the hub after a change.
 app_service_config_files = [{", ".join(f'"{u}"' for u in config.app_service_config_files)}]
+# Hubs on one LAN: outbound federation to private addresses is refused unless they are inside one
+# of these networks (CIDRs), e.g. ["192.168.1.0/24", "fd00::/8"]. With mdns = true, server names
+# ending in .local are found with mDNS.
+federation_allowed_networks = [{", ".join(f'"{n}"' for n in config.federation_allowed_networks)}]
+# Uplinks to another MQTT broker (docs/mqtt.md, "Uplink"), mosquitto-bridge style, e.g.:
+# [[mqtt_bridge]]
+# name = "house"
+# address = ["house.lan:1883"]          # several: tried in turn
+# local_account = "bridge"              # `in` messages are published as this account
+# remote_username = "garage"
+# remote_password = "secret"
+# protocol = "mqttv311"                 # or "mqttv50"
+# tls_ca_file = ""                      # a CA file: TLS to the remote
+# topic = [{{ pattern = "sensors/#", direction = "out", qos = 1, local_prefix = "", remote_prefix = "garage/" }}]
 """
+
+
+def _bridges(value: Any, source: str) -> tuple[Any, ...]:
+    """The [[mqtt_bridge]] tables, checked (a bad one stops the hub naming its key)."""
+    from frontends.mqtt.bridge import BridgeConfigError, parse_bridges
+
+    try:
+        bridges = parse_bridges(value)
+    except BridgeConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    for i, bridge in enumerate(bridges):
+        if bridge.tls_ca_file and not Path(bridge.tls_ca_file).is_file():
+            raise ConfigError(f"{source}: mqtt_bridge[{i}] ({bridge.name}).tls_ca_file: {bridge.tls_ca_file}: no such file")
+    return bridges
+
+
+def _networks_problem(value: tuple[str, ...]) -> str | None:
+    import ipaddress
+
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return f"{text!r} is not a network such as 192.168.1.0/24"
+    return None
 
 
 def _is_base_url(value: str) -> bool:

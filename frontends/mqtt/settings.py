@@ -196,4 +196,7 @@ def build_frontend(config: Any, hs: "Homeserver", data_dir: Path | None = None) 
 
     if not config.mqtt_enabled:
         return []
-    return [MqttBroker(hs, broker_settings(config, data_dir))]
+    broker = MqttBroker(hs, broker_settings(config, data_dir))
+    from .uplink import Uplink  # [[mqtt_bridge]]: started after the broker, stopped before it
+
+    return [broker, *(Uplink(broker, bridge) for bridge in getattr(config, "mqtt_bridge", ()))]

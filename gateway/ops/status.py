@@ -9,10 +9,11 @@ import json
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 from pathlib import Path
 
-from matrix_core.store import maintenance
+from matrix_core.store import maintenance, mqtt_bridge
 from matrix_core.store import media as media_rows
 
 from ..config import DATABASE_FILE, GatewayConfig
@@ -39,6 +40,8 @@ class Status:
     disk_warn_free_mb: int = 0
     media_count: int = 0  # stored media with content (the content repository) and their bytes
     media_bytes: int = 0
+    # [[mqtt_bridge]] uplinks: name, state (connected/connecting/retrying/stopped), detail, backlog
+    bridges: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -58,7 +61,8 @@ class Status:
             f"media:      {self.media_count} files, {self.media_bytes / 1e6:.1f} MB",
             "schema:     " + ", ".join(f"{k} v{v}" for k, v in sorted(self.schema_versions.items())),
             f"disk:       {disk_line(self.disk_free_bytes, self.disk_low, self.disk_warn_free_mb)}",
-        ]
+        ] + [f"bridge:     {b['name']}: {b['state']}{' (' + b['detail'] + ')' if b['detail'] else ''}, "
+             f"backlog {b['backlog']} events" for b in self.bridges]
 
 
 def disk_line(free: int | None, low: bool, warn_mb: int) -> str:
@@ -118,6 +122,7 @@ def gather(config: GatewayConfig, data_dir: Path) -> Status:
     try:
         figures = maintenance.status_figures(conn)
         media_count, media_bytes = media_rows.usage_sync(conn)
+        bridges = mqtt_bridge.status_rows(conn)
     finally:
         conn.close()
     wal = db.with_name(db.name + "-wal")
@@ -130,5 +135,5 @@ def gather(config: GatewayConfig, data_dir: Path) -> Status:
         events=figures.events, last_event_ts=figures.last_event_ts,
         database_bytes=db.stat().st_size, wal_bytes=wal.stat().st_size if wal.exists() else 0,
         schema_versions=figures.schema_versions, disk_free_bytes=free, disk_low=LowSpace(config.disk_warn_free_mb).is_low(free),
-        disk_warn_free_mb=config.disk_warn_free_mb, media_count=media_count, media_bytes=media_bytes,
+        disk_warn_free_mb=config.disk_warn_free_mb, media_count=media_count, media_bytes=media_bytes, bridges=bridges,
     )

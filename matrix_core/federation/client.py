@@ -16,7 +16,7 @@ import aiohttp
 import yarl
 
 from ..canonical_json import CanonicalJSONError, encode_canonical_json, parse_json
-from .discovery import Target, _ip_literal, address_allowed, parse_server_name
+from .discovery import Target, _ip_literal, address_allowed, parse_networks, parse_server_name
 from .resolver import AddressRefused, PolicyResolver, ServerResolver
 from .tls import client_context
 from .xmatrix import build_authorization
@@ -102,11 +102,14 @@ class FederationClient:
     """
 
     def __init__(self, hs: Homeserver, verify_tls: bool = True, allow_loopback: bool = False,
-                 per_host_connections: int = PER_HOST_CONNECTIONS) -> None:
+                 per_host_connections: int = PER_HOST_CONNECTIONS, allowed_networks: tuple[str, ...] = (),
+                 mdns: bool = False) -> None:
         self.server_name: str = hs.server_name
         self.signing_key = hs.signing_key
         self.verify_tls = verify_tls
         self.allow_loopback = allow_loopback
+        self.allowed_networks = parse_networks(allowed_networks)  # federation_allowed_networks: hubs on one LAN
+        self.mdns = mdns  # NAME.local server names resolved with mDNS
         self.per_host_connections = per_host_connections
         self._session: aiohttp.ClientSession | None = None
         self.resolver = ServerResolver(self._fetch_well_known)
@@ -115,7 +118,7 @@ class FederationClient:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 limit=0, limit_per_host=self.per_host_connections, ssl=client_context(self.verify_tls),
-                resolver=PolicyResolver(self.allow_loopback), ttl_dns_cache=60,
+                resolver=PolicyResolver(self.allow_loopback, self.allowed_networks, self.mdns), ttl_dns_cache=60,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
@@ -131,7 +134,7 @@ class FederationClient:
     def _check_literal(self, host: str) -> None:
         # aiohttp does not pass IP literals through the resolver: check them here.
         if _ip_literal(host) is not None or _ip_literal(f"[{host}]") is not None:
-            if not address_allowed(host.strip("[]"), self.allow_loopback):
+            if not address_allowed(host.strip("[]"), self.allow_loopback, self.allowed_networks):
                 raise DestinationRefused(f"federation to {host} is refused (not a public address)")
 
     async def _fetch_well_known(self, host: str) -> tuple[int, bytes, str | None]:

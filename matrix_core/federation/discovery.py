@@ -192,12 +192,25 @@ def well_known_cache_seconds(delegated: str | None, cache_control: str | None) -
     return WELL_KNOWN_DEFAULT_CACHE
 
 
-def address_allowed(address: str, allow_loopback: bool = False) -> bool:
+def parse_networks(texts: "tuple[str, ...] | list[str]") -> "tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]":
+    """`federation_allowed_networks` as networks (host bits allowed: 192.168.1.7/24 is the /24)."""
+    return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
+
+
+def is_mdns_name(host: str) -> bool:
+    """A `NAME.local` host name, found with multicast DNS on the LAN rather than unicast DNS."""
+    return host.rstrip(".").lower().endswith(".local")
+
+
+def address_allowed(address: str, allow_loopback: bool = False,
+                    allowed_networks: "tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]" = ()) -> bool:
     """May outbound federation connect to this resolved address?
 
     Only globally routable unicast addresses by default (no private, loopback, link-local,
     CGNAT, multicast, reserved or unspecified ones: a remote server must not make us probe the
-    LAN the hub sits in). `allow_loopback` admits 127.0.0.0/8 and ::1 and nothing else.
+    LAN the hub sits in). `allow_loopback` admits 127.0.0.0/8 and ::1 and nothing else;
+    `allowed_networks` (the admin's `federation_allowed_networks`, hubs on one LAN) admits the
+    addresses inside them, multicast excepted.
     """
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -207,6 +220,10 @@ def address_allowed(address: str, allow_loopback: bool = False) -> bool:
         mapped = ip.ipv4_mapped or (ip.sixtofour if ip.sixtofour is not None else None)
         if mapped is not None:
             ip = mapped
+    if ip.is_multicast:
+        return False
+    if any(ip in net for net in allowed_networks if net.version == ip.version):
+        return True
     if ip.is_loopback:
         return allow_loopback
-    return ip.is_global and not ip.is_multicast
+    return ip.is_global

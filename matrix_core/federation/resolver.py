@@ -14,7 +14,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 from .discovery import (
-    Lookups, NeedSrv, NeedWellKnown, SrvRecord, Target, address_allowed, decide, parse_well_known,
+    Lookups, NeedSrv, NeedWellKnown, SrvRecord, Target, address_allowed, decide, is_mdns_name, parse_well_known,
     well_known_cache_seconds,
 )
 from .dns_srv import DnsError, build_srv_query, parse_srv_response
@@ -22,6 +22,7 @@ from .dns_srv import DnsError, build_srv_query, parse_srv_response
 log = logging.getLogger(__name__)
 
 SRV_TIMEOUT = 2.0
+MDNS_TIMEOUT = 3.0
 SRV_MIN_CACHE, SRV_MAX_CACHE = 60, 3600
 
 # (status, body, Cache-Control header) of GET https://<host>/.well-known/matrix/server
@@ -33,22 +34,46 @@ class AddressRefused(OSError):
 
 
 class PolicyResolver(AbstractResolver):
-    """aiohttp resolver that drops addresses outbound federation must not reach."""
+    """aiohttp resolver that drops addresses outbound federation must not reach. With `mdns`,
+    NAME.local is asked of the LAN with multicast DNS (hubs on one LAN find each other by name)."""
 
-    def __init__(self, allow_loopback: bool) -> None:
+    def __init__(self, allow_loopback: bool, allowed_networks: tuple[Any, ...] = (), mdns: bool = False) -> None:
         self.allow_loopback = allow_loopback
+        self.allowed_networks = allowed_networks
+        self.mdns = mdns
         self._inner = ThreadedResolver()
+        self._zeroconf: Any = None
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
                       ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if address_allowed(r["host"], self.allow_loopback)]
+        if self.mdns and is_mdns_name(host):
+            results = await self._resolve_mdns(host, port)
+        else:
+            results = await self._inner.resolve(host, port, family)
+        allowed = [r for r in results if address_allowed(r["host"], self.allow_loopback, self.allowed_networks)]
         if not allowed:
-            raise AddressRefused(f"{host} resolves only to addresses federation may not connect to")
+            raise AddressRefused(f"{host} resolves only to addresses federation may not connect to "
+                                 "(private networks need federation_allowed_networks)")
         return allowed
+
+    async def _resolve_mdns(self, host: str, port: int) -> list[ResolveResult]:
+        from zeroconf import AddressResolver, IPVersion
+        from zeroconf.asyncio import AsyncZeroconf
+
+        if self._zeroconf is None:
+            self._zeroconf = AsyncZeroconf(ip_version=IPVersion.V4Only)
+        name = host.rstrip(".") + "."
+        info = AddressResolver(name)
+        if not await info.async_request(self._zeroconf.zeroconf, int(MDNS_TIMEOUT * 1000)):
+            raise OSError(f"{host}: no answer over mDNS")
+        return [{"hostname": host, "host": address, "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST} for address in info.parsed_addresses()]
 
     async def close(self) -> None:
         await self._inner.close()
+        if self._zeroconf is not None:
+            await self._zeroconf.async_close()
+            self._zeroconf = None
 
 
 def _nameservers() -> list[str]:

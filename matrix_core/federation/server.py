@@ -197,8 +197,10 @@ class FederationFrontend:
     def __init__(self, hs: Homeserver, data_dir: Path, bind: str, port: int, tls_cert: str = "", tls_key: str = "",
                  verify_tls: bool = True, allow_loopback: bool = False,
                  routes: FederationRoutes = FEDERATION_ROUTES, idle_timeout: float = 15.0,
-                 max_per_address: int = 64) -> None:
+                 max_per_address: int = 64, allowed_networks: tuple[str, ...] = (), mdns: bool = False) -> None:
         self.hs = hs
+        self.allowed_networks = allowed_networks  # federation_allowed_networks
+        self.mdns = mdns
         self.data_dir = Path(data_dir)
         self.bind = bind
         self.port = port
@@ -219,7 +221,8 @@ class FederationFrontend:
 
         cert, key = certificate_paths(self.data_dir, self.hs.server_name, self.tls_cert, self.tls_key)
         ssl_context = server_context(cert, key)
-        self.client = FederationClient(self.hs, verify_tls=self.verify_tls, allow_loopback=self.allow_loopback)
+        self.client = FederationClient(self.hs, verify_tls=self.verify_tls, allow_loopback=self.allow_loopback,
+                                       allowed_networks=self.allowed_networks, mdns=self.mdns)
         self.keyring = KeyRing(self.hs.server_name, self.hs.signing_key, client=self.client, db=self.hs.db)
         self.hs.federation_client = self.client
         self.hs.keyring = self.keyring

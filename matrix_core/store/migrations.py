@@ -12,7 +12,7 @@ import sqlite3
 from types import ModuleType
 
 from . import (account_data, appservice, coap_psk, cross_signing, devices, e2e_keys, forgotten_rooms, key_backup, media,
-               mqtt, push_rules, pushers, receipts, relations, to_device)
+               mqtt, mqtt_bridge, push_rules, pushers, receipts, relations, to_device)
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -225,6 +225,8 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     media,
     # issue 17, application services
     appservice,
+    # issue 16: uplinks to other brokers ([[mqtt_bridge]])
+    mqtt_bridge,
 )
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).
