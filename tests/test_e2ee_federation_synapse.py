@@ -92,7 +92,10 @@ def synapse_key(synapse: SynapseProcess) -> SigningKey:
     """Synapse's own signing key (its file: `ed25519 <version> <unpadded base64 seed>`)."""
     import base64
 
-    algorithm, version, seed = (synapse.workdir / "signing.key").read_text().split()[:3]
+    import yaml
+
+    path = yaml.safe_load(synapse.config_path.read_text())["signing_key_path"]
+    algorithm, version, seed = Path(path).read_text().split()[:3]
     raw = base64.b64decode(seed + "=" * (-len(seed) % 4))
     return SigningKey(f"{algorithm}:{version}", nacl.signing.SigningKey(raw))
 
