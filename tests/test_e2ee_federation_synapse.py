@@ -30,7 +30,8 @@ from matrix_core.federation.xmatrix import build_authorization
 from matrix_core.signing import SigningKey
 from tests.support.gateway import GatewayProcess
 from tests.support.synapse import SynapseProcess
-from tests.test_federation_rooms_synapse import HUB_PW, SYN_PW, hub_api, hub_sync, q, start_hub, wait_with_sync
+from tests.test_federation_rooms_synapse import (HUB_PW, SYN_PW, hub_api, hub_sync, q, start_hub, synapse_sync,
+                                                 wait_with_sync)
 from tests.test_matrix_js_sdk import JS_DIR, NODE, node_and_sdk_problem
 
 SCRIPT = JS_DIR / "e2ee.mjs"
@@ -44,6 +45,7 @@ STEPS = ["start_with_rust_crypto", "encrypted_room", "each_decrypts_the_other", 
 def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseProcess]:
     with SynapseProcess(tmp_path_factory.mktemp("synapse") / "hs") as hs:
         hs.register_user("sam", SYN_PW)
+        hs.register_user("sue", SYN_PW)
         yield hs
 
 
@@ -254,3 +256,114 @@ def test_remote_server_that_never_answers_costs_the_timeout(hub: GatewayProcess,
         for conn in held:
             conn.close()
         listener.close()
+
+
+# -- device lists and to-device across federation (a room hubby and sue share) -------------------------
+
+def changed(sync: Any, user_id: str, field: str = "changed") -> bool:
+    return user_id in sync.get("device_lists", {}).get(field, [])
+
+
+@pytest.fixture(scope="module")
+def porch(hub: GatewayProcess, synapse: SynapseProcess, hubby_device: dict[str, str]) -> dict[str, str]:
+    """A hub room sue (on Synapse) joined; the join is a device-list change for hubby (a remote
+    user now shares a room), which is checked here, and a token past it."""
+    token = hubby_device["token"]
+    since, _ = hub_sync(hub, token)(None, 0)
+    room_id = hub_api(hub, "POST", "/_matrix/client/v3/createRoom",
+                      {"room_alias_name": "e2eporch", "preset": "public_chat"}, token=token)["room_id"]
+    sue_token = synapse.login("sue", SYN_PW)
+    synapse.api("POST", f"/_matrix/client/v3/join/{q('#e2eporch:' + hub.server_name)}", {}, token=sue_token)
+    sue = synapse.user_id("sue")
+    poll = hub_sync(hub, token)
+    seen = {"since": since}
+
+    def track(since_arg: str | None, timeout: int) -> tuple[str, Any]:
+        nxt, body = poll(since_arg or seen["since"], timeout)
+        seen["since"] = nxt
+        return nxt, body
+
+    wait_with_sync(track, lambda s: changed(s, sue), deadline_s=30)
+    return {"room": room_id, "sue": sue, "sue_token": sue_token, "since": seen["since"]}
+
+
+def test_remote_join_and_device_list_update_are_changes_in_hub_sync(
+        hub: GatewayProcess, synapse: SynapseProcess, hubby_device: dict[str, str], porch: dict[str, str]) -> None:
+    sue = porch["sue"]
+    edu = {"edu_type": "m.device_list_update", "content": {
+        "user_id": sue, "device_id": "SUENEW", "stream_id": 77, "prev_id": [],
+        "keys": {"user_id": sue, "device_id": "SUENEW", "algorithms": [], "keys": {"ed25519:SUENEW": "a2V5"},
+                 "signatures": {}}}}
+    poll = hub_sync(hub, hubby_device["token"])
+    _, quiet = poll(porch["since"], 0)
+    assert not changed(quiet, sue)  # nothing new yet: the EDU below is what makes the change
+    status, answer = federation(hub, synapse, "PUT", "/_matrix/federation/v1/send/t-dlu-1",
+                                {"origin": synapse.server_name, "origin_server_ts": int(time.time() * 1000),
+                                 "pdus": [], "edus": [edu]})
+    assert status == 200, answer
+    _, sync = poll(porch["since"], 10_000)
+    assert changed(sync, sue), sync.get("device_lists")
+
+
+def test_local_key_change_reaches_synapse_user(hub: GatewayProcess, synapse: SynapseProcess,
+                                               porch: dict[str, str]) -> None:
+    """hubby's new device keys go out as m.device_list_update: sue's Synapse /sync says hubby changed."""
+    sue_poll = synapse_sync(synapse, porch["sue_token"])
+    since, _ = sue_poll(None, 0)
+    status, login = hub.request("POST", "/_matrix/client/v3/login", {
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "hubby"}, "password": HUB_PW})
+    assert status == 200, login
+    user_id, device_id = login["user_id"], login["device_id"]
+    keys = {"user_id": user_id, "device_id": device_id, "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": {f"curve25519:{device_id}": "bmV3Y3VydmU", f"ed25519:{device_id}": "bmV3ZWQ"},
+            "signatures": {user_id: {f"ed25519:{device_id}": "c2ln"}}}
+    hub_api(hub, "POST", "/_matrix/client/v3/keys/upload", {"device_keys": keys}, token=login["access_token"])
+    seen = {"since": since}
+
+    def track(since_arg: str | None, timeout: int) -> tuple[str, Any]:
+        nxt, body = sue_poll(since_arg or seen["since"], timeout)
+        seen["since"] = nxt
+        return nxt, body
+
+    wait_with_sync(track, lambda s: changed(s, user_id), deadline_s=30)
+    # and Synapse now shows the new device to sue
+    answer = synapse.api("POST", "/_matrix/client/v3/keys/query", {"device_keys": {user_id: []}},
+                         token=porch["sue_token"])
+    assert device_id in answer["device_keys"].get(user_id, {}), answer
+
+
+def test_to_device_reaches_synapse_user(hub: GatewayProcess, synapse: SynapseProcess,
+                                        hubby_device: dict[str, str], porch: dict[str, str]) -> None:
+    sue = porch["sue"]
+    sue_poll = synapse_sync(synapse, porch["sue_token"])
+    since, _ = sue_poll(None, 0)
+    hub_api(hub, "PUT", "/_matrix/client/v3/sendToDevice/m.test.hello/tx-fed-1",
+            {"messages": {sue: {"*": {"hi": "from the hub"}}}}, token=hubby_device["token"])
+    seen = {"since": since}
+
+    def track(since_arg: str | None, timeout: int) -> tuple[str, Any]:
+        nxt, body = sue_poll(since_arg or seen["since"], timeout)
+        seen["since"] = nxt
+        return nxt, body
+
+    sync = wait_with_sync(track, lambda s: any(ev.get("type") == "m.test.hello"
+                                               for ev in s.get("to_device", {}).get("events", [])), deadline_s=30)
+    event = next(ev for ev in sync["to_device"]["events"] if ev.get("type") == "m.test.hello")
+    assert event["sender"] == hubby_device["user_id"] and event["content"] == {"hi": "from the hub"}
+
+
+def test_remote_user_leaving_is_left_in_hub_sync(hub: GatewayProcess, synapse: SynapseProcess,
+                                                 hubby_device: dict[str, str], porch: dict[str, str]) -> None:
+    """Last of the porch tests: sue leaves, and hubby (sharing no other room with her) is told `left`."""
+    sue = porch["sue"]
+    since, _ = hub_sync(hub, hubby_device["token"])(None, 0)
+    synapse.api("POST", f"/_matrix/client/v3/rooms/{q(porch['room'])}/leave", {}, token=porch["sue_token"])
+    poll = hub_sync(hub, hubby_device["token"])
+    seen = {"since": since}
+
+    def track(since_arg: str | None, timeout: int) -> tuple[str, Any]:
+        nxt, body = poll(since_arg or seen["since"], timeout)
+        seen["since"] = nxt
+        return nxt, body
+
+    wait_with_sync(track, lambda s: changed(s, sue, "left"), deadline_s=30)

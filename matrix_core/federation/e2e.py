@@ -28,6 +28,7 @@ from ..ephemeral import BadEDU
 from ..identifiers import is_valid_user_id, server_of
 from ..store import e2e_federation as store
 from ..store import e2e_keys as key_rows
+from ..store import federation as federation_store
 from .client import federation_path
 from .server import FEDERATION_ROUTES, FederationRequest
 
@@ -118,9 +119,9 @@ class E2eFederation:
             servers |= self.hs.federation_sender.servers_in_room(room_id)
         return servers - {self.hs.server_name}
 
-    def _tracked(self, user_id: str) -> bool:
+    async def _tracked(self, user_id: str) -> bool:
         """A remote user sharing a room with us: their updates reach us, so a cache stays current."""
-        return bool(self.hs.rooms.joined_room_ids(user_id))
+        return await federation_store.user_shares_a_room(self.db, user_id)
 
     # -- outbound EDUs -----------------------------------------------------------------------
 
@@ -201,7 +202,7 @@ class E2eFederation:
         deleted = content.get("deleted") is True
         if keys is not None and _own_keys(keys, user_id) is None:
             raise BadEDU("keys must be the device's keys")
-        if not self._tracked(user_id):
+        if not await self._tracked(user_id):
             return  # nobody here shares a room with them: nothing cached, nobody to tell
         cached = await store.cached_device_list(self.db, user_id)
         if cached is not None:
@@ -228,7 +229,7 @@ class E2eFederation:
                 if _own_keys(content[field], user_id) is None:
                     raise BadEDU(f"{field} must be the user's key")
                 update[field] = content[field]
-        if not self._tracked(user_id):
+        if not await self._tracked(user_id):
             return
         cached = await store.cached_device_list(self.db, user_id)
         if cached is not None:
@@ -272,7 +273,7 @@ class E2eFederation:
         failures: dict[str, Any] = {}
         to_ask: dict[str, dict[str, list[str]]] = {}
         for user_id, device_ids in wanted.items():
-            cached = await store.cached_device_list(self.db, user_id) if self._tracked(user_id) else None
+            cached = await store.cached_device_list(self.db, user_id) if await self._tracked(user_id) else None
             if cached is None:
                 to_ask.setdefault(server_of(user_id), {})[user_id] = device_ids
                 continue
@@ -306,7 +307,7 @@ class E2eFederation:
                     if isinstance(by_user, dict) and _own_keys(by_user.get(user_id), user_id) is not None:
                         body[field] = by_user[user_id]
                 self._merge(result, user_id, body, [])
-                if not device_ids and self._tracked(user_id):
+                if not device_ids and await self._tracked(user_id):
                     to_cache.append((user_id, json.dumps(body)))
         if to_cache:
             def write(conn: Any) -> None:
