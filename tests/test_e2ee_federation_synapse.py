@@ -352,6 +352,54 @@ def test_to_device_reaches_synapse_user(hub: GatewayProcess, synapse: SynapsePro
     assert event["sender"] == hubby_device["user_id"] and event["content"] == {"hi": "from the hub"}
 
 
+def cached_stream_id(hub: GatewayProcess, user_id: str) -> tuple[bool, int | None]:
+    """(cached?, stream id) of the hub's cached device list of a remote user (read-only look at its db)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{hub.data_dir / 'homeserver.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute("SELECT stream_id FROM e2e_remote_device_lists WHERE user_id = ?", (user_id,)).fetchone()
+    finally:
+        conn.close()
+    return (row is not None, None if row is None else row[0])
+
+
+def send_edus(hub: GatewayProcess, synapse: SynapseProcess, txn_id: str, edus: list[dict[str, Any]]) -> None:
+    status, answer = federation(hub, synapse, "PUT", f"/_matrix/federation/v1/send/{txn_id}",
+                                {"origin": synapse.server_name, "origin_server_ts": int(time.time() * 1000),
+                                 "pdus": [], "edus": edus})
+    assert status == 200, answer
+
+
+def device_update(user_id: str, device_id: str, stream_id: int, prev_id: list[int]) -> dict[str, Any]:
+    return {"edu_type": "m.device_list_update", "content": {
+        "user_id": user_id, "device_id": device_id, "stream_id": stream_id, "prev_id": prev_id,
+        "keys": {"user_id": user_id, "device_id": device_id, "algorithms": [], "keys": {f"ed25519:{device_id}": "a2V5"},
+                 "signatures": {}}}}
+
+
+def test_remote_device_list_is_cached_kept_by_updates_and_resynced_on_a_gap(
+        hub: GatewayProcess, synapse: SynapseProcess, hubby_device: dict[str, str], porch: dict[str, str]) -> None:
+    sue, token = porch["sue"], hubby_device["token"]
+    first = hub_api(hub, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {sue: []}}, token=token)
+    assert sue in first["device_keys"] and not first["failures"], first
+    assert cached_stream_id(hub, sue)[0]  # a whole list of a user sharing a room: cached
+    # an update that does not follow what we hold: the list is fetched again through /user/devices
+    send_edus(hub, synapse, "t-gap-1", [device_update(sue, "GAPDEV", 10**9, [10**9 - 1])])
+    deadline = time.monotonic() + 20
+    while cached_stream_id(hub, sue)[1] is None:  # the resync runs in the background: no event to await
+        assert time.monotonic() < deadline, "no resync through /user/devices"
+        time.sleep(0.1)
+    known = cached_stream_id(hub, sue)[1]
+    assert isinstance(known, int)
+    # an update that follows it is applied to the cache, and the next query is answered from it
+    # (Synapse knows no device CHAINED: only the cache can show it)
+    send_edus(hub, synapse, "t-chain-1", [device_update(sue, "CHAINED", known + 5, [known])])
+    answer = hub_api(hub, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {sue: []}}, token=token)
+    assert "CHAINED" in answer["device_keys"][sue] and "GAPDEV" not in answer["device_keys"][sue], answer
+    assert cached_stream_id(hub, sue) == (True, known + 5)
+
+
 def test_remote_user_leaving_is_left_in_hub_sync(hub: GatewayProcess, synapse: SynapseProcess,
                                                  hubby_device: dict[str, str], porch: dict[str, str]) -> None:
     """Last of the porch tests: sue leaves, and hubby (sharing no other room with her) is told `left`."""

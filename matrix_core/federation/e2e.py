@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import e2e_rules as rules
 from .. import errors
 from ..ephemeral import BadEDU
+from ..events import Event
 from ..identifiers import is_valid_user_id, server_of
 from ..store import e2e_federation as store
 from ..store import e2e_keys as key_rows
@@ -70,9 +71,11 @@ class E2eFederation:
         hs.e2e_keys.on_local_change.append(self._local_device_change)
         hs.cross_signing.on_keys_changed.append(self._local_signing_change)
         hs.to_device.federation = self.queue
+        self._unsubscribe = hs.stream.subscribe(self._on_events)
         self.queue([(i, dest, json.loads(text)) for i, dest, text in await store.outbox(self.db)])
 
     async def stop(self) -> None:
+        self._unsubscribe()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -90,6 +93,17 @@ class E2eFederation:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("E2EE federation task failed: %s", task.exception())
+
+    def _on_events(self, entries: list[tuple[int, Event]]) -> None:
+        """A remote user's membership changed: their cached device list may have missed updates
+        sent while they shared no room with us (a rejoin), so it goes; the next query refetches."""
+        users = {ev.state_key for _, ev in entries if ev.type == "m.room.member" and ev.state_key
+                 and server_of(ev.state_key) != self.hs.server_name}
+        if users:
+            def write(conn: Any) -> None:
+                for user_id in users:
+                    store.drop_device_list(conn, str(user_id))
+            self._spawn(self.db.write(write))
 
     # -- the durable outbox ------------------------------------------------------------------
 
