@@ -350,6 +350,11 @@ def test_to_device_reaches_synapse_user(hub: GatewayProcess, synapse: SynapsePro
                                                for ev in s.get("to_device", {}).get("events", [])), deadline_s=30)
     event = next(ev for ev in sync["to_device"]["events"] if ev.get("type") == "m.test.hello")
     assert event["sender"] == hubby_device["user_id"] and event["content"] == {"hi": "from the hub"}
+    # acknowledged by Synapse: the outbox row goes (deleted just after the transaction's 200)
+    deadline = time.monotonic() + 10
+    while outbox(hub):
+        assert time.monotonic() < deadline, outbox(hub)
+        time.sleep(0.05)
 
 
 def cached_stream_id(hub: GatewayProcess, user_id: str) -> tuple[bool, int | None]:
@@ -362,6 +367,17 @@ def cached_stream_id(hub: GatewayProcess, user_id: str) -> tuple[bool, int | Non
     finally:
         conn.close()
     return (row is not None, None if row is None else row[0])
+
+
+def outbox(hub: GatewayProcess) -> list[tuple[str, str]]:
+    """(destination, EDU JSON) rows the hub still owes (read-only look at its db)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{hub.data_dir / 'homeserver.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        return [(str(r[0]), str(r[1])) for r in conn.execute("SELECT destination, edu_json FROM e2e_edu_outbox")]
+    finally:
+        conn.close()
 
 
 def send_edus(hub: GatewayProcess, synapse: SynapseProcess, txn_id: str, edus: list[dict[str, Any]]) -> None:
@@ -415,3 +431,28 @@ def test_remote_user_leaving_is_left_in_hub_sync(hub: GatewayProcess, synapse: S
         return nxt, body
 
     wait_with_sync(track, lambda s: changed(s, sue, "left"), deadline_s=30)
+
+
+def test_to_device_for_a_down_server_is_kept_across_a_restart(tmp_path: Path) -> None:
+    """The outbound to-device queue is durable: written before sendToDevice's 200, still owed after a
+    restart while the destination is down (port 1 on loopback: nothing listens)."""
+    gw = start_hub(tmp_path / "data")
+    try:
+        gw.add_user("solo", HUB_PW)
+        token = gw.login("solo", HUB_PW)
+        hub_api(gw, "PUT", "/_matrix/client/v3/sendToDevice/m.test.hello/tx-down-1",
+                {"messages": {"@x:127.0.0.1:1": {"DEV": {"n": 1}}}}, token=token)
+        rows = outbox(gw)
+        assert [d for d, _ in rows] == ["127.0.0.1:1"], rows
+        edu = json.loads(rows[0][1])
+        assert edu["edu_type"] == "m.direct_to_device"
+        assert edu["content"]["messages"] == {"@x:127.0.0.1:1": {"DEV": {"n": 1}}}
+        # the same transaction again: nothing queued twice
+        hub_api(gw, "PUT", "/_matrix/client/v3/sendToDevice/m.test.hello/tx-down-1",
+                {"messages": {"@x:127.0.0.1:1": {"DEV": {"n": 1}}}}, token=token)
+        assert len(outbox(gw)) == 1
+        assert gw.stop() == 0, gw.read_log()
+        gw.start()
+        assert outbox(gw) == rows
+    finally:
+        gw.stop()
