@@ -416,6 +416,37 @@ def test_remote_device_list_is_cached_kept_by_updates_and_resynced_on_a_gap(
     assert cached_stream_id(hub, sue) == (True, known + 5)
 
 
+def test_cross_signing_keys_reach_synapse_as_signing_key_update(
+        hub: GatewayProcess, synapse: SynapseProcess, hubby_device: dict[str, str], porch: dict[str, str]) -> None:
+    """hubby's first cross-signing keys go out as m.signing_key_update: Synapse (which holds hubby's
+    device list from earlier) tells sue hubby changed and shows his master key."""
+    from tests.support.e2ee_keys import key_set
+
+    hubby = hubby_device["user_id"]
+    sue_poll = synapse_sync(synapse, porch["sue_token"])
+    since, _ = sue_poll(None, 0)
+    _, _, _, body = key_set(hubby)
+    hub_api(hub, "POST", "/_matrix/client/v3/keys/device_signing/upload", body, token=hubby_device["token"])
+    seen = {"since": since}
+
+    def track(since_arg: str | None, timeout: int) -> tuple[str, Any]:
+        nxt, answer = sue_poll(since_arg or seen["since"], timeout)
+        seen["since"] = nxt
+        return nxt, answer
+
+    def master() -> Any:
+        answer = synapse.api("POST", "/_matrix/client/v3/keys/query", {"device_keys": {hubby: []}},
+                             token=porch["sue_token"])
+        return answer if answer.get("master_keys", {}).get(hubby) else None
+
+    # Synapse stores the keys as the EDU arrives and tells sue (device_lists.changed): each long-poll
+    # ends when something for sue happens (or after 10 s), then the keys are asked.
+    wait_with_sync(track, lambda s: master() is not None, deadline_s=30)
+    answer = master()
+    assert answer["master_keys"][hubby]["keys"] == body["master_key"]["keys"], answer
+    assert answer.get("self_signing_keys", {}).get(hubby, {}).get("keys") == body["self_signing_key"]["keys"]
+
+
 def test_remote_user_leaving_is_left_in_hub_sync(hub: GatewayProcess, synapse: SynapseProcess,
                                                  hubby_device: dict[str, str], porch: dict[str, str]) -> None:
     """Last of the porch tests: sue leaves, and hubby (sharing no other room with her) is told `left`."""
