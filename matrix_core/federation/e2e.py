@@ -145,11 +145,10 @@ class E2eFederation:
 
     async def _send_device_update(self, user_id: str, device_ids: list[str], stream_id: int) -> None:
         servers = self._servers_sharing(user_id)
-        prev = await self.db.write(lambda conn: key_rows.previous_change(conn, user_id, stream_id))
         edus: list[tuple[str, dict[str, Any]]] = []
+        contents: list[dict[str, Any]] = []
         for device_id in device_ids:
-            content: dict[str, Any] = {"user_id": user_id, "device_id": device_id, "stream_id": stream_id,
-                                       "prev_id": [prev] if prev else []}
+            content: dict[str, Any] = {"user_id": user_id, "device_id": device_id, "stream_id": stream_id}
             found = await key_rows.device_keys(self.db, user_id, [device_id])
             if found:
                 keys = json.loads(found[0][1])
@@ -160,8 +159,17 @@ class E2eFederation:
                     content["device_display_name"] = found[0][2]
             else:
                 content["deleted"] = True
-            edus.extend((server, {"edu_type": "m.device_list_update", "content": content}) for server in servers)
-        await self._queue_durably(edus)
+            contents.append(content)
+
+        def write(conn: Any) -> list[int]:
+            prev = store.advance_sent(conn, user_id, stream_id)
+            for content in contents:
+                content["prev_id"] = [prev] if prev else []
+                edus.extend((server, {"edu_type": "m.device_list_update", "content": content}) for server in servers)
+            return store.add_outbox(conn, [(d, json.dumps(e, ensure_ascii=False)) for d, e in edus])
+
+        ids = await self.db.write(write)
+        self.queue([(i, d, e) for i, (d, e) in zip(ids, edus)])
 
     def _local_signing_change(self, user_id: str) -> None:
         if server_of(user_id) == self.hs.server_name and self._servers_sharing(user_id):
@@ -221,7 +229,7 @@ class E2eFederation:
         cached = await store.cached_device_list(self.db, user_id)
         if cached is not None:
             known, body_json = cached
-            if known is not None and (stream_id == known or set(prev_id) <= {known}) and prev_id:
+            if known is not None and (stream_id == known or (prev_id and set(prev_id) <= {known})):
                 body = json.loads(body_json)
                 if deleted:
                     body["devices"].pop(device_id, None)
@@ -403,7 +411,7 @@ async def on_user_devices(hs: Homeserver, origin: str, req: FederationRequest) -
                for device_id, keys in sorted(answer["device_keys"].get(user_id, {}).items())]
     for keys in (d["keys"] for d in devices):
         keys.pop("unsigned", None)
-    out: dict[str, Any] = {"user_id": user_id, "stream_id": await key_rows.last_change(hs.db, user_id),
+    out: dict[str, Any] = {"user_id": user_id, "stream_id": await store.last_sent(hs.db, user_id),
                            "devices": devices}
     if user_id in answer.get("master_keys", {}):
         out["master_key"] = answer["master_keys"][user_id]

@@ -4,6 +4,9 @@ queries need not go remote) and the durable outbox of EDUs we owe other servers
 
 An outbox row is written before the client is answered (sendToDevice, /keys/upload) and deleted
 once a transaction carrying it was acknowledged; after a restart the rows are queued again.
+The stream id of a local user's last `m.device_list_update` is kept: the next one names it as
+`prev_id`, and `/user/devices` answers it as `stream_id`, so a remote server sees an unbroken chain
+(device-list stream rows that went out as no EDU, joins say, are no gap for it).
 A cached device list is whole (every device of the user) with the stream id of the last
 `m.device_list_update` applied; an update that does not follow it drops the entry (resync).
 """
@@ -30,6 +33,10 @@ MIGRATIONS: list[tuple[int, str]] = [
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             destination TEXT NOT NULL,
             edu_json TEXT NOT NULL
+        );
+        CREATE TABLE e2e_device_list_sent (
+            user_id TEXT PRIMARY KEY,
+            stream_id INTEGER NOT NULL
         )
         """,
     ),
@@ -66,3 +73,15 @@ def set_device_list(conn: sqlite3.Connection, user_id: str, stream_id: int | Non
 
 def drop_device_list(conn: sqlite3.Connection, user_id: str) -> None:
     conn.execute("DELETE FROM e2e_remote_device_lists WHERE user_id = ?", (user_id,))
+
+
+async def last_sent(db: Database, user_id: str) -> int:
+    row = await db.fetchone("SELECT stream_id FROM e2e_device_list_sent WHERE user_id = ?", (user_id,))
+    return int(row[0]) if row else 0
+
+
+def advance_sent(conn: sqlite3.Connection, user_id: str, stream_id: int) -> int:
+    """Record `stream_id` as the user's last update sent; returns the one before (0: none)."""
+    row = conn.execute("SELECT stream_id FROM e2e_device_list_sent WHERE user_id = ?", (user_id,)).fetchone()
+    conn.execute("INSERT OR REPLACE INTO e2e_device_list_sent (user_id, stream_id) VALUES (?, ?)", (user_id, stream_id))
+    return int(row[0]) if row else 0

@@ -220,16 +220,3 @@ def forget_dead_devices(conn: sqlite3.Connection, user_id: str) -> list[str]:
         conn.execute(f"DELETE FROM {table} WHERE user_id = ? AND NOT " + _LIVE_DEVICE.format(t=table), (user_id,))
     return dead
 
-
-async def last_change(db: Database, user_id: str) -> int:
-    """The stream id of the user's newest own device-list change (0: none): /user/devices' stream_id."""
-    row = await db.fetchone("SELECT MAX(stream_id) FROM device_list_stream WHERE user_id = ? AND recipient IS NULL",
-                            (user_id,))
-    return int(row[0]) if row and row[0] is not None else 0
-
-
-def previous_change(conn: sqlite3.Connection, user_id: str, before: int) -> int:
-    """The user's own change before `before` (0: none): an m.device_list_update's prev_id."""
-    row = conn.execute("SELECT MAX(stream_id) FROM device_list_stream WHERE user_id = ? AND recipient IS NULL "
-                       "AND stream_id < ?", (user_id, before)).fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
