@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import e2e_rules as rules
 from .. import errors
-from ..ephemeral import BadEDU
+from ..e2e_federation_rules import (follows, own_keys, parse_device_list_update, parse_direct_to_device,
+                                    parse_signing_key_update)
 from ..events import Event
 from ..identifiers import is_valid_user_id, server_of
 from ..store import e2e_federation as store
@@ -49,13 +50,6 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, asyncio.TimeoutError):
         return {"status": 504, "message": "the server did not answer in time"}
     return {"status": status if isinstance(status, int) else 503, "message": str(exc)[:200] or type(exc).__name__}
-
-
-def _own_keys(value: Any, user_id: str) -> dict[str, Any] | None:
-    """A remote answer's key object, if it is one naming `user_id` (anything else is ignored)."""
-    if isinstance(value, dict) and value.get("user_id") == user_id and isinstance(value.get("keys"), dict):
-        return value
-    return None
 
 
 class E2eFederation:
@@ -188,69 +182,33 @@ class E2eFederation:
 
     # -- inbound EDUs (called by federation/edus.py; BadEDU: dropped with a log line) ---------
 
-    def _remote_user(self, origin: str, value: Any) -> str:
-        if not isinstance(value, str) or not is_valid_user_id(value) or server_of(value) != origin:
-            raise BadEDU("user_id must be a user of the sending server")
-        return value
-
     async def on_direct_to_device(self, origin: str, content: Any) -> None:
-        if not isinstance(content, dict):
-            raise BadEDU("content is not an object")
-        sender = self._remote_user(origin, content.get("sender"))
-        event_type, message_id = content.get("type"), content.get("message_id")
-        if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
-            raise BadEDU("type must be a non-empty string")
-        if not isinstance(message_id, str) or not message_id or len(message_id) > rules.MAX_TXN_ID:
-            raise BadEDU("message_id must be a non-empty string")
-        try:
-            messages = rules.check_to_device({"messages": content.get("messages")})
-        except errors.MatrixError as exc:
-            raise BadEDU(f"messages: {exc}") from None
-        await self.hs.to_device.receive_remote(origin, sender, event_type, message_id, messages)
+        msg = parse_direct_to_device(origin, content)
+        await self.hs.to_device.receive_remote(origin, msg.sender, msg.type, msg.message_id, msg.messages)
 
     async def on_device_list_update(self, origin: str, content: Any) -> None:
-        if not isinstance(content, dict):
-            raise BadEDU("content is not an object")
-        user_id = self._remote_user(origin, content.get("user_id"))
-        device_id, stream_id = content.get("device_id"), content.get("stream_id")
-        prev_id = content.get("prev_id", [])
-        if not isinstance(device_id, str) or not device_id:
-            raise BadEDU("device_id must be a string")
-        if isinstance(stream_id, bool) or not isinstance(stream_id, int):
-            raise BadEDU("stream_id must be an integer")
-        if not isinstance(prev_id, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in prev_id):
-            raise BadEDU("prev_id must be a list of integers")
-        keys = content.get("keys")
-        deleted = content.get("deleted") is True
-        if keys is not None and _own_keys(keys, user_id) is None:
-            raise BadEDU("keys must be the device's keys")
+        update = parse_device_list_update(origin, content)
+        user_id = update.user_id
         if not await self._tracked(user_id):
             return  # nobody here shares a room with them: nothing cached, nobody to tell
         cached = await store.cached_device_list(self.db, user_id)
         if cached is not None:
             known, body_json = cached
-            if known is not None and (stream_id == known or (prev_id and set(prev_id) <= {known})):
+            if follows(known, update):
                 body = json.loads(body_json)
-                if deleted:
-                    body["devices"].pop(device_id, None)
-                elif keys is not None:
-                    body["devices"][device_id] = keys
-                await self.db.write(lambda conn: store.set_device_list(conn, user_id, stream_id, json.dumps(body)))
+                if update.deleted:
+                    body["devices"].pop(update.device_id, None)
+                elif update.keys is not None:
+                    body["devices"][update.device_id] = update.keys
+                await self.db.write(lambda conn: store.set_device_list(conn, user_id, update.stream_id,
+                                                                       json.dumps(body)))
             else:  # a gap (or a list cached without a stream id): fetch the whole list again
                 await self.db.write(lambda conn: store.drop_device_list(conn, user_id))
                 self._spawn(self.resync(user_id))
         await self.hs.e2e_keys.remote_changed(user_id)
 
     async def on_signing_key_update(self, origin: str, content: Any) -> None:
-        if not isinstance(content, dict):
-            raise BadEDU("content is not an object")
-        user_id = self._remote_user(origin, content.get("user_id"))
-        update = {}
-        for field in ("master_key", "self_signing_key"):
-            if field in content:
-                if _own_keys(content[field], user_id) is None:
-                    raise BadEDU(f"{field} must be the user's key")
-                update[field] = content[field]
+        user_id, update = parse_signing_key_update(origin, content)
         if not await self._tracked(user_id):
             return
         cached = await store.cached_device_list(self.db, user_id)
@@ -274,12 +232,12 @@ class E2eFederation:
             devices: dict[str, Any] = {}
             for entry in answer.get("devices", []) if isinstance(answer.get("devices"), list) else []:
                 if isinstance(entry, dict) and isinstance(entry.get("device_id"), str):
-                    keys = _own_keys(entry.get("keys"), user_id)
+                    keys = own_keys(entry.get("keys"), user_id)
                     if keys is not None:
                         devices[entry["device_id"]] = keys
             body: dict[str, Any] = {"devices": devices}
             for field in ("master_key", "self_signing_key"):
-                if _own_keys(answer.get(field), user_id) is not None:
+                if own_keys(answer.get(field), user_id) is not None:
                     body[field] = answer[field]
             stream = stream_id if isinstance(stream_id, int) and not isinstance(stream_id, bool) else None
             await self.db.write(lambda conn: store.set_device_list(conn, user_id, stream, json.dumps(body)))
@@ -322,11 +280,11 @@ class E2eFederation:
             for user_id, device_ids in to_ask[server].items():
                 devices = device_keys.get(user_id)
                 body: dict[str, Any] = {"devices": {d: k for d, k in devices.items()
-                                                    if _own_keys(k, user_id) is not None and k.get("device_id") == d}
+                                                    if own_keys(k, user_id) is not None and k.get("device_id") == d}
                                         if isinstance(devices, dict) else {}}
                 for field, plural in (("master_key", "master_keys"), ("self_signing_key", "self_signing_keys")):
                     by_user = answer.get(plural)
-                    if isinstance(by_user, dict) and _own_keys(by_user.get(user_id), user_id) is not None:
+                    if isinstance(by_user, dict) and own_keys(by_user.get(user_id), user_id) is not None:
                         body[field] = by_user[user_id]
                 self._merge(result, user_id, body, [])
                 if not device_ids and await self._tracked(user_id):
