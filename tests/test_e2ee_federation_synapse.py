@@ -450,6 +450,21 @@ def test_cross_signing_keys_reach_synapse_as_signing_key_update(
     assert answer.get("self_signing_keys", {}).get(hubby, {}).get("keys") == body["self_signing_key"]["keys"]
 
 
+def test_remote_signing_key_update_is_a_change_and_updates_the_cache(
+        hub: GatewayProcess, synapse: SynapseProcess, hubby_device: dict[str, str], porch: dict[str, str]) -> None:
+    sue, token = porch["sue"], hubby_device["token"]
+    hub_api(hub, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {sue: []}}, token=token)  # cached now
+    since, _ = hub_sync(hub, token)(None, 0)
+    master = {"user_id": sue, "usage": ["master"], "keys": {"ed25519:bWFzdGVy": "bWFzdGVy"}}
+    send_edus(hub, synapse, "t-sku-1", [{"edu_type": "m.signing_key_update",
+                                         "content": {"user_id": sue, "master_key": master}}])
+    _, sync = hub_sync(hub, token)(since, 10_000)
+    assert changed(sync, sue), sync.get("device_lists")
+    # Synapse never heard of this key: only the hub's cache, updated by the EDU, can show it
+    answer = hub_api(hub, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {sue: []}}, token=token)
+    assert answer["master_keys"][sue] == master, answer
+
+
 def test_remote_user_leaving_is_left_in_hub_sync(hub: GatewayProcess, synapse: SynapseProcess,
                                                  hubby_device: dict[str, str], porch: dict[str, str]) -> None:
     """Last of the porch tests: sue leaves, and hubby (sharing no other room with her) is told `left`."""
