@@ -551,7 +551,9 @@ def mqtt_payload_to_content(payload: bytes, content_format_hint: Any = None) -> 
 
     * ``{"kind": "json", "value": V}`` -- UTF-8 JSON whose canonical re-encoding (sorted keys,
       no whitespace, Python float repr) reproduces the payload byte for byte;
-      ``{"kind": "json", "value": V, "text": T}`` -- otherwise; ``T`` is the exact payload text.
+      ``{"kind": "json", "text": T}`` -- other UTF-8 JSON; ``T`` is the exact payload text (one
+      representation, never both: events stored before issue 15 may hold ``value`` + ``text``,
+      and :func:`content_to_mqtt_payload` still reads them).
     * ``{"kind": "text", "text": T}`` -- valid UTF-8 that is not JSON (or a text/plain hint).
     * ``{"kind": "cbor", "value": V}`` / ``... "base64": B64}`` -- only with a CBOR hint; the
       exact bytes are added when canonical CBOR would not reproduce them.
@@ -590,10 +592,12 @@ def mqtt_payload_to_content(payload: bytes, content_format_hint: Any = None) -> 
         except (ValueError, RecursionError):  # JSONDecodeError and PayloadError are ValueErrors
             pass
         else:
-            out = {"kind": "json", "value": value}
-            if _json_text_of(parsed) != text:
-                out["text"] = text
-            return out
+            # ONE representation: the parsed value when re-encoding it gives the payload back,
+            # else the exact text alone (still JSON a reader can parse). Keeping both doubled
+            # every non-canonical payload and refused 31 KB device lists (issue 15).
+            if _json_text_of(parsed) == text:
+                return {"kind": "json", "value": value}
+            return {"kind": "json", "text": text}
     return {"kind": "text", "text": text}
 
 
@@ -620,6 +624,18 @@ def content_to_mqtt_payload(content: object) -> bytes:
     if not isinstance(content, Mapping):
         raise PayloadError("payload content must be an object")
     kind = content.get("kind")
+    if kind == "json" and "value" not in content and "text" in content:
+        # Since issue 15 a non-canonical JSON payload is stored as its text alone; events stored
+        # before keep value + text (read below: the text wins).
+        if set(content) != {"kind", "text"}:
+            raise PayloadError("payload kind 'json' needs keys ['kind', 'value'] (+ ['text']) or ['kind', 'text']")
+        text = content["text"]
+        if type(text) is not str:
+            raise PayloadError("text must be a string")
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PayloadError("text is not valid Unicode") from None
     allowed = {
         "json": ({"kind", "value"}, {"text"}),
         "text": ({"kind", "text"}, set()),

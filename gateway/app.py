@@ -19,6 +19,7 @@ from matrix_core.homeserver import Homeserver, HomeserverSettings
 from matrix_core.push_gateway import RetryPolicy
 from matrix_core.ratelimit import RateLimit
 
+from .appservices import load_registrations
 from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
 from .ops.appliance import Appliance
 from .resources import install_loop_exception_handler, raise_open_files_limit
@@ -47,6 +48,7 @@ def settings_for(config: GatewayConfig, data_dir: Path) -> HomeserverSettings:
         max_upload_bytes=config.max_upload_size_mb << 20,
         media_quota_per_user_bytes=config.media_quota_per_user_mb << 20,
         media_quota_total_bytes=config.media_quota_total_mb << 20,
+        appservices=load_registrations(config, data_dir),
     )
 
 

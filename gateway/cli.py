@@ -76,6 +76,8 @@ def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
     try:
         prepare_data_dir(data_dir)
         config = load_config(data_dir, config_file, flags, create=True)
+        from .appservices import load_registrations
+        load_registrations(config, data_dir)  # a bad registration file stops the start, named
         load_or_create_signing_key(data_dir)
         migrate_db(data_dir / DATABASE_FILE).close()
     except (ConfigError, OSError, sqlite3.Error) as exc:
@@ -98,10 +100,14 @@ def user() -> None:
 @click.argument("localpart")
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="The account password.")
 @click.option("--admin", is_flag=True, help="Make the account a hub admin.")
+@click.option("--guest", is_flag=True,
+              help="Not a household member: reaches only the rooms it is invited to (docs/mqtt.md).")
 @data_dir_option
 @config_option
-def user_add(localpart: str, password: str, admin: bool, data_dir: Path, config_file: Path | None) -> None:
-    """Create an account (works while the hub is running)."""
+def user_add(localpart: str, password: str, admin: bool, guest: bool, data_dir: Path,
+             config_file: Path | None) -> None:
+    """Create an account (works while the hub is running). Household members (the default) share
+    the MQTT broker's topic rooms; a running hub adds a new one to them within seconds."""
     config = existing_config(data_dir, config_file)
     if localpart.startswith("@"):
         user_id = localpart
@@ -117,11 +123,11 @@ def user_add(localpart: str, password: str, admin: bool, data_dir: Path, config_
         if account_rows.user_exists(conn, user_id):
             fail(f"{user_id} already exists")
         conn.execute("BEGIN IMMEDIATE")
-        account_rows.insert_user(conn, user_id, hashed, admin)
+        account_rows.insert_user(conn, user_id, hashed, admin, household=not guest)
         conn.execute("COMMIT")
     finally:
         conn.close()
-    click.echo(f"created {user_id}{' (admin)' if admin else ''}")
+    click.echo(f"created {user_id}{' (admin)' if admin else ''}{' (guest)' if guest else ''}")
 
 
 @main.group()
@@ -171,6 +177,9 @@ def register_commands() -> None:
     from frontends.mqtt.cli import add_mqtt_commands  # mqtt map / unmap / maps
 
     add_mqtt_commands(main, data_dir_option, config_option, existing_config, fail, open_db)
+    from .appservices import add_appservice_commands  # appservice add / list / remove (issue 17)
+
+    add_appservice_commands(main, data_dir_option, config_option, existing_config, fail)
 
 
 register_commands()

@@ -43,7 +43,8 @@ class GatewayConfig:
     mqtt_allow_anonymous: bool = False
     mqtt_anonymous_user: str = "mqtt-guest"
     mqtt_room_levels: int = 2
-    mqtt_max_packet_size: int = 65536
+    # 256 KiB: payloads too large for an event go to the media repository (issue 15)
+    mqtt_max_packet_size: int = 262144
     mqtt_receive_maximum: int = 256
     mqtt_max_inflight: int = 20
     mqtt_max_queued_messages: int = 1000
@@ -68,6 +69,8 @@ class GatewayConfig:
     mqtt_max_connections_per_address: int = 100
     # Persistent MQTT sessions (clean_session 0 / a session expiry) one account may keep (0: no cap).
     mqtt_max_sessions_per_account: int = 100
+    # Topic filters whose JPEG/PNG payloads become m.image events (docs/mqtt.md, issue 15).
+    mqtt_image_topics: tuple[str, ...] = ()
     federation_port: int = 8448
     # federation TLS (matrix_core/federation/tls.py): empty = a self-signed pair made in the data dir
     federation_tls_cert: str = ""
@@ -115,6 +118,9 @@ class GatewayConfig:
     max_upload_size_mb: int = 50
     media_quota_per_user_mb: int = 0
     media_quota_total_mb: int = 0
+    # Application services (bridges, bots; matrix_core/service/appservice.py): registration files
+    # (YAML, Synapse's format), relative paths from the data dir. Checked at start.
+    app_service_config_files: tuple[str, ...] = ()
 
 
 _PORT_KEYS = {"http_port", "coap_port", "coaps_port", "mqtt_port", "federation_port"}
@@ -185,6 +191,9 @@ def validate(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: max_upload_size_mb must be between 1 and 4096")
         if key in ("media_quota_per_user_mb", "media_quota_total_mb") and value < 0:
             raise ConfigError(f"{source}: {key} must not be negative")
+        if key == "app_service_config_files" and not all(v and v.isprintable() and '"' not in v and "\\" not in v
+                                                          for v in value):
+            raise ConfigError(f"{source}: app_service_config_files must be file paths (printable, no quotes)")
         if key.startswith("mqtt_") and (problem := mqtt_config_problem(key, value)):
             raise ConfigError(f"{source}: {problem}")
         out[key] = value
@@ -275,6 +284,10 @@ push_give_up_after_s = {config.push_give_up_after_s}
 max_upload_size_mb = {config.max_upload_size_mb}
 media_quota_per_user_mb = {config.media_quota_per_user_mb}
 media_quota_total_mb = {config.media_quota_total_mb}
+# Application services (bridges and bots, e.g. mautrix-telegram): their registration files (YAML,
+# as Synapse reads them); a relative path is from the data dir. `matrix-gateway appservice add`
+# keeps files in the data dir's appservices/ folder, loaded as well. Restart the hub after a change.
+app_service_config_files = [{", ".join(f'"{u}"' for u in config.app_service_config_files)}]
 """
 
 

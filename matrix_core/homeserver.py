@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .notifier import EventStream
+from .appservice_rules import Registration
 from .push_gateway import RetryPolicy
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.account_data import AccountData
 from .service.accounts import Accounts
+from .service.appservice import AppServices
 from .service.cross_signing import CrossSigning
 from .service.devices import Devices
 from .service.directory import Directory
@@ -71,6 +73,8 @@ class HomeserverSettings:
     max_upload_bytes: int = 50 << 20
     media_quota_per_user_bytes: int = 0  # 0: no quota
     media_quota_total_bytes: int = 0
+    # Application services (bridges, bots): checked registrations (gateway/appservices.py reads them).
+    appservices: tuple[Registration, ...] = ()
 
 
 class Homeserver:
@@ -126,6 +130,7 @@ class Homeserver:
         # End-to-end encryption, server side (issue 14): keys, device lists, to-device; /sync sources
         self.e2e_keys = E2eKeys(self)
         self.to_device = ToDevice(self)
+        self.appservices = AppServices(self, settings.appservices)  # issue 17: bridges and bots
 
     async def start(self) -> None:
         await self.db.open()
@@ -138,6 +143,7 @@ class Homeserver:
         await self.media.start()
         await self.e2e_keys.load()
         await self.to_device.load()
+        await self.appservices.start()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
@@ -147,6 +153,7 @@ class Homeserver:
         await self.push_delivery.stop()
         await self.e2e_keys.stop()
         await self.to_device.stop()
+        await self.appservices.stop()
         await self.rooms.compactor.stop()
         await self.devices.flush()
         await self.db.close()

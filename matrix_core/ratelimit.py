@@ -23,6 +23,9 @@ class RateLimiter:
         self.limit = limit
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill time)
+        # Keys never limited (application service users registered with `rate_limited: false`);
+        # None when there are none, so the common case costs one attribute test.
+        self.exempt: Callable[[str], bool] | None = None
 
     def reset(self, key: str) -> None:
         """Forget `key`'s history (e.g. a successful login clears its failures)."""
@@ -30,7 +33,7 @@ class RateLimiter:
 
     def check(self, key: str, cost: float = 1.0) -> None:
         """Take `cost` tokens for `key` or raise M_LIMIT_EXCEEDED with a retry hint."""
-        if self.limit.per_second <= 0:
+        if self.limit.per_second <= 0 or (self.exempt is not None and self.exempt(key)):
             return
         tokens = self.tokens(key)
         if tokens < cost:
@@ -46,7 +49,7 @@ class RateLimiter:
     def take(self, key: str, cost: float = 1.0) -> float:
         """Take up to `cost` tokens for `key` without refusing (an empty bucket stays at 0);
         returns how many were taken, which is all `give` may hand back."""
-        if self.limit.per_second <= 0:
+        if self.limit.per_second <= 0 or (self.exempt is not None and self.exempt(key)):
             return 0.0
         tokens = self.tokens(key)
         taken = min(tokens, cost)

@@ -117,14 +117,25 @@ def test_qos2_incoming_exactly_once() -> None:
     assert 9 not in session.incoming_qos2
 
 
-def test_negative_ack_v5_and_disconnect_v311() -> None:
+def test_negative_ack_v5_and_ack_and_drop_v311() -> None:
     conn, _ = connected(MQTT_5)
     conn.receive_data(codec.encode(Publish("a/b", b"x", 1, packet_id=3), MQTT_5), 1.0)
     conn.ack_publish(3, 1, 0x87)
     assert decode(conn.data_to_send(), MQTT_5) == [PubAck(3, 0x87)]
+    # 3.1.1 has no negative acknowledgement: acknowledged and dropped, as mosquitto does (closing
+    # makes the client resend it at every reconnect, issue 16)
     conn3, _ = connected(MQTT_3_1_1)
     conn3.receive_data(codec.encode(Publish("a/b", b"x", 1, packet_id=3), MQTT_3_1_1), 1.0)
     conn3.ack_publish(3, 1, 0x87)
+    assert conn3.state is State.CONNECTED
+    assert decode(conn3.data_to_send(), MQTT_3_1_1) == [PubAck(3)]
+    conn3.receive_data(codec.encode(Publish("a/b", b"x", 2, packet_id=4), MQTT_3_1_1), 1.0)
+    conn3.ack_publish(4, 2, 0x87)
+    assert conn3.state is State.CONNECTED
+    assert decode(conn3.data_to_send(), MQTT_3_1_1) == [PubRec(4)]
+    # a full disk still closes: the client's resend is wanted once there is room
+    conn3.receive_data(codec.encode(Publish("a/b", b"x", 1, packet_id=5), MQTT_3_1_1), 1.0)
+    conn3.ack_publish(5, 1, 0x97, close_v311=True)
     assert conn3.state is State.CLOSED
     assert conn3.data_to_send() == b""
 

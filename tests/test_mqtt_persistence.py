@@ -21,7 +21,7 @@ def hub(tmp_path: Path) -> Iterator[GatewayProcess]:
     gw = GatewayProcess(tmp_path / "data")
     gw.start()
     gw.add_user("alice", PASSWORD, admin=True)
-    gw.add_user("bob", PASSWORD)
+    gw.add_user("bob", PASSWORD, guest=True)  # not in the household: shares no topic room (issue 16)
     yield gw
     gw.stop()
 
@@ -109,6 +109,27 @@ def test_persistent_session_gets_missed_messages_also_after_restart(hub: Gateway
     flags, _, _ = v5.connect()
     assert not flags.session_present
     v5.disconnect()
+
+
+def test_messages_published_after_a_restart_do_not_hide_the_backlog(hub: GatewayProcess) -> None:
+    """A persistent session restored at start keeps its backlog (read back from history) even when
+    new messages arrive before it reconnects: they used to move its cursor past the backlog."""
+    port = hub.mqtt_port
+    mosquitto_pub(port, "alice", PASSWORD, "back/dev/x", "create", 1)
+    sub = Paho(port, "alice", PASSWORD, "persist-2", clean=False)
+    sub.connect()
+    sub.subscribe("back/dev/#", 1)
+    sub.disconnect()
+    for i in range(2):
+        mosquitto_pub(port, "alice", PASSWORD, "back/dev/x", f"before {i}", 1)
+    restart(hub)
+    mosquitto_pub(hub.mqtt_port, "alice", PASSWORD, "back/dev/x", "after", 1)
+    sub = Paho(hub.mqtt_port, "alice", PASSWORD, "persist-2", clean=False)
+    flags, _, _ = sub.connect()
+    assert flags.session_present
+    assert [sub.get().payload for _ in range(3)] == [b"before 0", b"before 1", b"after"]
+    assert sub.nothing_within(0.3)  # each once: the live queue and the replay do not overlap
+    sub.disconnect()
 
 
 def test_acknowledged_publishes_survive_sigkill(hub: GatewayProcess) -> None:

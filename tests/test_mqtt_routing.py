@@ -16,6 +16,7 @@ from frontends.mqtt.routing import (
     effective_bindings,
     literal_prefix,
     tree_key,
+    tree_levels,
 )
 from frontends.mqtt.topics import is_valid_topic_filter, is_valid_topic_name
 
@@ -93,6 +94,23 @@ def test_parse_mqtt_refuses_what_is_not_a_message() -> None:
 
 ADMINS = frozenset({"@root:hub"})
 OWNERS = {"home/kitchen": "@alice:hub", "home/hall": "@bob:hub", "test": "@alice:hub"}
+
+
+def test_zigbee2mqtt_and_home_assistant_trees_are_one_room_each() -> None:
+    """issue 16: 100 Zigbee2MQTT devices must not become 101 rooms; HA's discovery and birth
+    message share one room."""
+    assert {default_binding(f"zigbee2mqtt/device{i}/set", 2) for i in range(100)} == {
+        ("zigbee2mqtt", "zigbee2mqtt/#")}
+    assert default_binding("zigbee2mqtt/bridge/state", 2) == ("zigbee2mqtt", "zigbee2mqtt/#")
+    assert default_binding("zigbee2mqtt", 2) == ("zigbee2mqtt", "zigbee2mqtt/#")
+    assert default_binding("homeassistant/sensor/t1/config", 2) == ("homeassistant", "homeassistant/#")
+    assert default_binding("homeassistant/status", 3) == ("homeassistant", "homeassistant/#")
+    assert default_binding("zigbee2mqttx/a/b", 2) == ("zigbee2mqttx/a", "zigbee2mqttx/a/#")
+    # the owner of the tree may bind anything in it (one key for the whole tree)
+    assert tree_key("zigbee2mqtt/#", 2) == "zigbee2mqtt"
+    assert tree_key("zigbee2mqtt/lamp/+", 2) == "zigbee2mqtt"
+    assert tree_key("homeassistant/switch/x/set", 2) == "homeassistant"
+    assert tree_levels("home", 2) == 2
 
 
 def test_tree_key_is_the_default_rooms_key_of_every_topic_of_the_filter() -> None:

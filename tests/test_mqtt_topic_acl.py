@@ -30,12 +30,13 @@ def q(value: str) -> str:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """A hub with an admin (root) and two plain users (alice, mallory)."""
+    """A hub with an admin (root), a household member (alice) and a guest (mallory: household
+    members share the broker's rooms, issue 16; a guest is the one these rules keep out)."""
     gw = GatewayProcess(Path(tmp_path_factory.mktemp("acl")) / "data")
     gw.start()
     gw.add_user("root", PASSWORD, admin=True)
     gw.add_user("alice", PASSWORD)
-    gw.add_user("mallory", PASSWORD)
+    gw.add_user("mallory", PASSWORD, guest=True)
     yield gw
     assert gw.stop() == 0, gw.read_log()
 

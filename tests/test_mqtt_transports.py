@@ -41,7 +41,8 @@ class Hub(GatewayProcess):
             f"mqtt_tls_enabled = true\nmqtt_tls_port = {self.tls_port}\n"
             f"mqtt_ws_enabled = true\nmqtt_ws_port = {self.ws_port}\nmqtt_ws_path = \"{WS_PATH}\"\n"
             f"mqtt_wss_enabled = true\nmqtt_wss_port = {self.wss_port}\n"
-            'mqtt_deny_subscribe = ["test/nosubscribe", "vault/#"]\n')
+            'mqtt_deny_subscribe = ["test/nosubscribe", "vault/#"]\n'
+            "mqtt_max_packet_size = 65536\n")  # the oversize test's figures (the default is 256 KiB)
 
     @property
     def ca(self) -> str:

@@ -500,10 +500,10 @@ def test_mutated_cbor_never_crashes(v, data):
         (
             b'{"t": 21.5, "h": 40}',
             None,
-            {"kind": "json", "value": {"t": {"$f": "21.5"}, "h": 40}, "text": '{"t": 21.5, "h": 40}'},
+            {"kind": "json", "text": '{"t": 21.5, "h": 40}'},
         ),
         (b"21.5", None, {"kind": "json", "value": {"$f": "21.5"}}),
-        (b"1e3", None, {"kind": "json", "value": {"$f": "1000.0"}, "text": "1e3"}),
+        (b"1e3", None, {"kind": "json", "text": "1e3"}),
         (b"on", None, {"kind": "text", "text": "on"}),
         (b"", None, {"kind": "text", "text": ""}),
         (b"NaN", None, {"kind": "text", "text": "NaN"}),
@@ -561,6 +561,32 @@ def test_mqtt_payload_exact_roundtrip(payload, hint):
     ],
 )
 def test_content_to_mqtt_payload_rejects(bad):
+    with pytest.raises(PayloadError):
+        content_to_mqtt_payload(bad)
+
+
+def test_json_payload_is_stored_once():
+    """Issue 15: a non-canonical JSON payload (Zigbee2MQTT's bridge/devices: unsorted keys) was
+    kept as value AND text, doubling it past the event limit at ~31 KB. Now one representation."""
+    devices = [{"ieee_address": f"0x{i:016x}", "friendly_name": f"lamp {i}", "type": "Router",
+                "definition": {"model": "LED1545G12", "vendor": "IKEA", "exposes": [{"type": "light"}]}}
+               for i in range(40)]
+    payload = json.dumps(devices).encode()
+    content = mqtt_payload_to_content(payload)
+    assert content == {"kind": "json", "text": payload.decode()}
+    assert len(json.dumps(content)) < len(payload) * 1.3
+    assert content_to_mqtt_payload(canonical_roundtrip(content)) == payload
+
+
+def test_json_payload_stored_before_issue_15_still_reads():
+    """Events stored with both value and text: the text is the payload."""
+    old = {"kind": "json", "value": {"t": {"$f": "21.5"}, "h": 40}, "text": '{"t": 21.5, "h": 40}'}
+    assert content_to_mqtt_payload(old) == b'{"t": 21.5, "h": 40}'
+
+
+@pytest.mark.parametrize("bad", [{"kind": "json", "text": 1}, {"kind": "json", "text": "1", "extra": 2},
+                                 {"kind": "json"}])
+def test_json_text_shape_rejects(bad):
     with pytest.raises(PayloadError):
         content_to_mqtt_payload(bad)
 

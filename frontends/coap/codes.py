@@ -11,6 +11,9 @@ __all__ = ["c", "code_text", "error_code", "success_code", "CONTENT_FORMAT_CBOR"
 
 CONTENT_FORMAT_JSON = 50  # application/json
 CONTENT_FORMAT_CBOR = 60  # application/cbor
+#: Content-Formats of bodies taken as bytes (RFC 7252 §12.3 registry), as media types
+MEDIA_TYPES = {0: "text/plain", 22: "image/gif", 23: "image/jpeg", 24: "image/png",
+               42: "application/octet-stream", 50: "application/json", 60: "application/cbor"}
 
 
 def c(klass: int, detail: int) -> int:

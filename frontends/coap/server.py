@@ -118,6 +118,8 @@ def answer_of(response: ApiResponse, method: str, content_format: int) -> Answer
     """An API answer as CoAP code, payload and options (the one mapping of statuses is codes.py)."""
     if response.status == 200:
         code = codes.success_code(method)
+    elif response.status == 201:  # a new resource (a device's picture: its event id and mxc URL)
+        code = codes.CREATED
     else:
         code = codes.error_code(response.status)
     max_age = size1 = None
@@ -250,7 +252,8 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
             if call.access_token is None and remote is not None:
                 call = await self._with_psk_token(call, remote)
             response = await self.dispatch(call, lambda: decode_body(payload, content_format), client,
-                                           lambda: decode_plain_body(payload, content_format))
+                                           lambda: decode_plain_body(payload, content_format),
+                                           raw_body=payload, content_format=content_format)
         except errors.MatrixError as err:
             response = ApiResponse(err.status, err.to_json())
         except Exception:
@@ -275,12 +278,16 @@ class ApiResource(resource.ObservableResource, resource.PathCapable):
         return msg._extract_block(0, size_exp, limit)
 
     async def dispatch(self, call: ApiCall, load_body: Any = lambda: None, client: str = "coap",
-                       load_plain_body: Any = None) -> ApiResponse:
+                       load_plain_body: Any = None, raw_body: bytes = b"",
+                       content_format: int | None = None) -> ApiResponse:
         """Run one API call through the shared route table; Matrix errors become answers.
-        `load_plain_body`: the body as plain JSON (account data, tags; content.decode_plain_body)."""
+        `load_plain_body`: the body as plain JSON (account data, tags; content.decode_plain_body).
+        `raw_body`, `content_format`: the body as bytes, for routes that take bytes (a picture)."""
         api_request = ApiRequest(method=call.method, segments=list(call.segments), query=call.query,
                                  access_token=call.access_token, remote=client, load_body=load_body,
-                                 transport="coap", load_plain_body=load_plain_body)
+                                 transport="coap", load_plain_body=load_plain_body, raw_body=raw_body,
+                                 content_type=codes.MEDIA_TYPES.get(content_format) if content_format is not None
+                                 else None)
         try:
             return await ROUTER.dispatch(self.hs, api_request)
         except errors.MatrixError as err:

@@ -116,6 +116,7 @@ SEGMENT_ABBREVIATIONS: dict[str, str] = {
     "rp": "report",
     "rl": "relations",
     "h": "hierarchy",
+    "img": "org.matrix_gateway.image",  # a device's picture (device_media_handlers.py)
     # federation
     "sid": "state_ids",
     "bf": "backfill",
@@ -145,6 +146,7 @@ QUERY_ABBREVIATIONS: dict[str, str] = {
     "f": "from",
     "fi": "filter",
     "fs": "full_state",
+    "fn": "filename",
     "sp": "set_presence",
     "sn": "server_name",
 }
@@ -212,6 +214,7 @@ rooms/{roomId}/report/{eventId}
 rooms/{roomId}/relations/{eventId}/{relType}/{eventType}
 rooms/{roomId}/aliases
 rooms/{roomId}/hierarchy
+rooms/{roomId}/org.matrix_gateway.image
 """
 
 _OTHER_ROUTES = """

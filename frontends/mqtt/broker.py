@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any, Callable
 
 from matrix_core import errors
+from matrix_core.canonical_json import encode_canonical_json
 from matrix_core.events import Event
 from matrix_core.homeserver import Homeserver
 from matrix_core.log_limit import LogLimiter
@@ -29,18 +30,21 @@ from .auth import authenticate
 from .connection import State
 from .constants import MQTT_5, ReasonCode
 from .deny import DenyRules
-from .fanout import FanOut, OwnPublish
+from .fanout import MEDIA_MSGTYPES, FanOut, OwnPublish
 from .full_disk import HoldBack
 from .listeners import Listeners
-from .messages import message_content, publish_content
+from matrix_core.device_media import MEDIA_KIND, INLINE_CONTENT_MAX, filename_for, generic_type, image_type, media_payload, media_url
+from ..payload_mapping import mqtt_payload_to_content
+from .messages import media_message_content, message_content, publish_content
 from .packets import NO_PROPERTIES, Connect, Publish, Subscription
 from .protocol import ClientProtocol
-from .refusals import PublishRefused
+from .refusals import REFUSAL_LOG_INTERVAL, PublishRefused
 from .routing import ALIAS_PREFIX, BINDING_TYPE, RETAINED_TYPE, TopicRules
 from .session import Outgoing, SessionState
 from .settings import BrokerSettings
 from .subscriptions import SubscriptionIndex
 from .topic_rooms import TopicRooms
+from .topics import topic_matches
 
 log = logging.getLogger("frontends.mqtt")
 
@@ -70,11 +74,15 @@ class MqttBroker:
         self.per_address: dict[str, int] = {}  # remote address -> open connections
         # one line a minute per kind of refusal strangers can cause at will (matrix_core/log_limit.py)
         self.quiet = LogLimiter(60.0)
+        self.refusal_log = LogLimiter(REFUSAL_LOG_INTERVAL)  # refused publishes: once per account, client, topic
         # event id -> our client's PUBLISH stored as that event, from the core's answer until
         # its commit's fan-out is done (fanout.OwnPublish)
         self._own: dict[str, OwnPublish] = {}
+        # mxc URL -> bytes of payloads kept in the media repository, read back before a fan-out
+        # that needs them (retained delivery, replay, events not published here); bounded
+        self._blobs: dict[str, bytes] = {}
         self.fanout = FanOut(self.sessions, self.index, self.online, self.rules, self.deny, hs.rooms.is_joined,
-                             self._own)
+                             self._own, self._blobs)
         # stream position -> sessions that got its QoS 0 message before its commit (_deliver_early)
         self._early: dict[int, set[str]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -98,6 +106,7 @@ class MqttBroker:
     async def start(self) -> None:
         db = self.hs.db
         await self.topic_rooms.load()
+        await self.topic_rooms.start_household()  # old rooms opened to it, missing members joined
         for row in await mqtt_store.load_sessions(db):
             key, session = row.key, persistence.session_of(row, self.settings.limits.max_queued)
             self.sessions[key] = session
@@ -261,6 +270,7 @@ class MqttBroker:
             found += await rooms.timeline(room_id, upto, self.settings.limits.max_queued,
                                           after=session.seen_upto, forwards=True)
         found.sort(key=lambda item: item[0])
+        await self._load_blobs([event for _, event in found[: self.settings.limits.max_queued]])
         replayed: list[Outgoing] = []
         for pos, event in found[: self.settings.limits.max_queued]:
             for target_key, message in self.fanout.messages_for(pos, event, wall_ms, now, only=key):
@@ -328,11 +338,88 @@ class MqttBroker:
             return RETAINED_TYPE, (mqtt if publish.payload else {}), publish.topic
         return "m.room.message", message_content(mqtt), None
 
+    # -- images and large payloads: the media repository (docs/mqtt.md) ----------------------
+
+    def _image_type(self, publish: Publish) -> str | None:
+        declared = publish.properties.get("content_type") if publish.properties else None
+        topics = self.settings.image_topics
+        sniff = bool(topics) and any(topic_matches(f, publish.topic) for f in topics)
+        return image_type(publish.payload, declared, sniff)
+
+    def needs_media(self, publish: Publish) -> bool:
+        """Whether a PUBLISH is stored in the media repository: a picture, or a payload whose
+        `mqtt` object would not fit an event. Small payloads answer from their length alone
+        (even escaped 6 bytes a byte they fit): the hot path never encodes twice."""
+        payload = publish.payload
+        if not payload:
+            return False
+        if (self.settings.image_topics or publish.properties) and self._image_type(publish) is not None:
+            return True
+        if len(payload) * 6 + 4 * len(publish.topic) + 1024 <= INLINE_CONTENT_MAX:
+            return False
+        mqtt = publish_content(publish.topic, payload, publish.qos, publish.properties)
+        return len(encode_canonical_json(mqtt)) > INLINE_CONTENT_MAX
+
+    async def prepare_media(self, requester: Requester, publish: Publish) -> tuple[str, dict[str, Any], str | None]:
+        """`prepare` for a publish `needs_media` picked: the bytes stored first (durably: the
+        repository writes before it answers), then the event that refers to them. A refusal
+        (over size or quota: MatrixError) stores no event."""
+        self.prepare(requester, publish, "")  # the checks prepare makes (UTF-8 indicator)
+        image = self._image_type(publish)
+        payload = publish.payload
+        if image is not None:
+            mimetype = image
+        else:
+            declared = publish.properties.get("content_type") if publish.properties else None
+            mimetype = generic_type(mqtt_payload_to_content(payload, declared)["kind"])
+        url = await self.hs.media.store_bytes(requester.user_id, payload, mimetype,
+                                              filename_for(publish.topic, mimetype))
+        self._remember_blob(url, payload)
+        mqtt = publish_content(publish.topic, payload, publish.qos, publish.properties,
+                               media_payload(url, mimetype, len(payload)))
+        if publish.retain:
+            return RETAINED_TYPE, mqtt, publish.topic
+        return "m.room.message", media_message_content(mqtt, payload if image is not None else None), None
+
+    _BLOB_CACHE_BYTES = 4 * 1024 * 1024
+
+    def _remember_blob(self, url: str, data: bytes) -> None:
+        blobs = self._blobs
+        blobs[url] = data
+        total = sum(len(v) for v in blobs.values())
+        while total > self._BLOB_CACHE_BYTES and len(blobs) > 1:
+            oldest = next(iter(blobs))
+            total -= len(blobs.pop(oldest))
+
+    async def _load_blob(self, url: str) -> None:
+        if url in self._blobs:
+            return
+        found = await self.hs.media.read_bytes(url)
+        if found is not None:
+            self._remember_blob(url, found[0])
+
+    async def _load_blobs(self, events: "list[Event]") -> None:
+        """Read back the media payloads of these events (a fan-out then finds them in the cache)."""
+        for event in events:
+            url = _media_url_of(event)
+            if url is not None:
+                await self._load_blob(url)
+
+    async def _fan_out_media(self, pos: int, event: Event, url: str) -> None:
+        """An event whose payload is in the media repository and was not published here (the
+        bytes are not at hand): read them, then fan out as `_on_stream` would."""
+        await self._load_blob(url)
+        if url in self._blobs:
+            self._on_stream([(pos, event)], media_ready=True)
+
     async def store_publish(self, requester: Requester, publish: Publish, key: str | None) -> None:
         """Store one PUBLISH as a room event (used for wills; clients go through their pipeline)."""
         room_id = await self.room_for_topic(requester, publish.topic)
         await self.hs.rooms.get_room(room_id)
-        event_type, content, state_key = self.prepare(requester, publish, room_id)
+        if self.needs_media(publish):
+            event_type, content, state_key = await self.prepare_media(requester, publish)
+        else:
+            event_type, content, state_key = self.prepare(requester, publish, room_id)
         await self.wait_rate(requester.user_id)
         await self.send(requester, room_id, event_type, content, state_key, publish, key)
 
@@ -450,14 +537,20 @@ class MqttBroker:
             client.flush_out()
         return recorded
 
-    def _on_stream(self, entries: list[tuple[int, Event]]) -> None:
+    def _on_stream(self, entries: list[tuple[int, Event]], media_ready: bool = False) -> None:
         now = time.monotonic()
         wall_ms = time.time() * 1000
         messages_for = self.fanout.messages_for
         touched: set[ClientProtocol] = set()
+        own = self._own
         for pos, event in entries:
             if event.type == BINDING_TYPE:
                 self.topic_rooms.on_binding(event)
+            if not media_ready and event.event_id not in own:
+                url = _media_url_of(event)  # a few dict lookups; only media events read anything
+                if url is not None and url not in self._blobs:
+                    self.background(self._fan_out_media(pos, event, url))
+                    continue
             served = self._early.pop(pos, None) if self._early else None
             for key, message in messages_for(pos, event, wall_ms, now):
                 if served is not None and key in served:
@@ -470,11 +563,14 @@ class MqttBroker:
                     if not client.conn.deliver(message, now):
                         self.dropped_slow += 1
                     touched.add(client)
-                elif session.persistent and message.qos:
+                elif session.persistent and message.qos and key not in self.restored:
                     session.enqueue(message)
         last = entries[-1][0]
-        for session in self.sessions.values():
-            if session.seen_upto < last:
+        restored = self.restored
+        for key, session in self.sessions.items():
+            # A session restored from disk keeps its stored cursor until it resumes: its replay
+            # reads everything after it from history, including what arrives meanwhile.
+            if session.seen_upto < last and key not in restored:
                 session.seen_upto = last
         for client in touched:
             client.flush_out()
@@ -488,6 +584,8 @@ class MqttBroker:
         wall_ms = time.time() * 1000
         for room_id in rooms.joined_room_ids(session.user_id):
             room = await rooms.get_room(room_id)
+            await self._load_blobs([event for (etype, state_key), event in list(room.state.items())
+                                    if etype == RETAINED_TYPE and topic_matches(sub.topic_filter, state_key)])
             out += self.fanout.retained(session, sub, room_id, room.state, wall_ms, time.monotonic())
         return out
 
@@ -550,3 +648,20 @@ class MqttBroker:
                 log.exception("MQTT ticker failed")
 
 
+
+
+def _media_url_of(event: Event) -> str | None:
+    """The mxc URL of an MQTT payload an event keeps in the media repository, else None."""
+    etype = event.type
+    if etype == "m.room.message":
+        content = event.content
+        msgtype = content.get("msgtype")
+        if type(msgtype) is not str or msgtype not in MEDIA_MSGTYPES:  # an MQTT message, a text: no
+            return None
+        mqtt = content.get("mqtt")
+    elif etype == RETAINED_TYPE:
+        mqtt = event.content
+    else:
+        return None
+    payload = mqtt.get("payload") if isinstance(mqtt, dict) else None
+    return media_url(payload) if type(payload) is dict and payload.get("kind") == MEDIA_KIND else None

@@ -379,13 +379,20 @@ class Connection:
         self._send(ConnAck(False, code))
         self._close()
 
-    def ack_publish(self, packet_id: int, qos: int, reason_code: int = 0) -> None:
-        """PUBACK (QoS 1) or PUBREC (QoS 2), sent once the message is durable (or refused)."""
+    def ack_publish(self, packet_id: int, qos: int, reason_code: int = 0, close_v311: bool = False) -> None:
+        """PUBACK (QoS 1) or PUBREC (QoS 2), sent once the message is durable (or refused).
+
+        3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped, as
+        mosquitto does (closing instead makes paho resend it at every reconnect: a loop), unless
+        `close_v311` (the disk is full: the client's resend is wanted once there is room)."""
         if self.state is not State.CONNECTED:
             return
         if self.level == MQTT_3_1_1 and reason_code:
-            # 3.1.1 has no negative acknowledgement: the spec's answer is to close the connection.
-            self._fail(reason_code, "publish refused", [])
+            if close_v311:
+                self._fail(reason_code, "publish refused", [])
+                return
+            self._pending_in.pop(packet_id, None)  # QoS 2: not kept, its PUBREL gets a PUBCOMP all the same
+            self._out += _PUBACK_V311.pack(0x40 if qos == 1 else 0x50, 2, packet_id)
             return
         if qos == 1:
             self._pending_in.pop(packet_id, None)

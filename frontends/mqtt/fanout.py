@@ -25,6 +25,15 @@ from .session import Outgoing, SessionState
 from .subscriptions import SubscriptionIndex
 from .topics import parse_shared_subscription, topic_matches
 
+#: msgtypes an MQTT publish kept in the media repository is sent as (messages.media_message_content)
+MEDIA_MSGTYPES = frozenset({"m.image", "m.file"})
+
+
+def _is_media_msgtype(msgtype: Any) -> bool:
+    """m.image / m.file (anything else, a list included, is not: content is what a sender wrote)."""
+    return type(msgtype) is str and msgtype in MEDIA_MSGTYPES
+
+
 Targets = list[tuple[str, Outgoing]]  # (session key, message for that session)
 IsJoined = Callable[[str, str], bool]  # (user id, room id) -> whether the user is joined
 StateKey = tuple[str, str]
@@ -45,10 +54,11 @@ class OwnPublish:
 class FanOut:
     """The fan-out over one broker's tables (each read at call time, never copied)."""
 
-    __slots__ = ("sessions", "index", "online", "rules", "deny", "is_joined", "own")
+    __slots__ = ("sessions", "index", "online", "rules", "deny", "is_joined", "own", "blobs")
 
     def __init__(self, sessions: Mapping[str, SessionState], index: SubscriptionIndex, online: Collection[str],
-                 rules: TopicRules, deny: DenyRules, is_joined: IsJoined, own: Mapping[str, OwnPublish]) -> None:
+                 rules: TopicRules, deny: DenyRules, is_joined: IsJoined, own: Mapping[str, OwnPublish],
+                 blobs: Mapping[str, bytes] | None = None) -> None:
         self.sessions = sessions
         self.index = index
         self.online = online
@@ -56,6 +66,9 @@ class FanOut:
         self.deny = deny
         self.is_joined = is_joined
         self.own = own
+        # mxc URL -> bytes of payloads kept in the media repository, read by the broker before
+        # it asks (fan-out stays synchronous); our own publishes never need it (`own`)
+        self.blobs: Mapping[str, bytes] = blobs if blobs is not None else {}
 
     def messages_for(self, pos: int, event: Event, wall_ms: float, now: float, only: str | None = None) -> Targets:
         """Per session, the message (if any) a committed event becomes. `wall_ms`: the time now
@@ -67,13 +80,16 @@ class FanOut:
         origin = ""
         retain = False
         props: Any
-        if etype == "m.room.message" and content.get("msgtype") == MESSAGE_MSGTYPE:
+        if etype == "m.room.message" and (content.get("msgtype") == MESSAGE_MSGTYPE or (
+                "mqtt" in content and _is_media_msgtype(content.get("msgtype")))):
             own = self.own.get(event.event_id)
             if own is not None:
                 pub = own.publish
                 topic, payload, qos, props, origin = pub.topic, pub.payload, pub.qos, pub.properties, own.session_key
             else:
-                parsed = parse_mqtt(content.get("mqtt"))
+                parsed = parse_mqtt(content.get("mqtt"), self.blobs.get)
+                if parsed is None and _is_media_msgtype(content.get("msgtype")):
+                    return []  # its bytes could not be read back: nothing rather than a stand-in
                 if parsed is None or self.rules.resolve(parsed[0]) != room_id:
                     parsed = None
                 if parsed is None:
@@ -91,7 +107,7 @@ class FanOut:
             elif not content:
                 payload, qos, props = b"", 0, {}
             else:
-                parsed = parse_mqtt(content)
+                parsed = parse_mqtt(content, self.blobs.get)
                 if parsed is None or parsed[0] != topic:
                     return []
                 _, payload, qos, props = parsed
@@ -190,7 +206,7 @@ class FanOut:
                 continue
             if self.rules.resolve(state_key) != room_id:
                 continue
-            parsed = parse_mqtt(event.content)
+            parsed = parse_mqtt(event.content, self.blobs.get)
             if parsed is None or parsed[0] != state_key:
                 continue
             topic, payload, qos, props = parsed

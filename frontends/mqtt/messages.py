@@ -12,8 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, Callable
 
+from matrix_core.device_media import MEDIA_KIND, file_content, filename_for, image_content, media_url
 from ..payload_mapping import PayloadError, content_to_mqtt_payload, mqtt_payload_to_content
 from .packets import NO_PROPERTIES, Properties
 from .routing import MESSAGE_MSGTYPE
@@ -23,10 +24,14 @@ BODY_PREVIEW = 300
 _FORWARDED = ("payload_format_indicator", "content_type", "response_topic", "message_expiry_interval")
 
 
-def publish_content(topic: str, payload: bytes, qos: int, properties: Properties) -> dict[str, Any]:
-    """The `mqtt` object for a PUBLISH: topic, payload (lossless), QoS and forwarded properties."""
-    hint = properties.get("content_type") if properties else None
-    mqtt: dict[str, Any] = {"topic": topic, "payload": mqtt_payload_to_content(payload, hint), "qos": qos}
+def publish_content(topic: str, payload: bytes, qos: int, properties: Properties,
+                    mapped: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `mqtt` object for a PUBLISH: topic, payload (lossless), QoS and forwarded properties.
+    `mapped`: the payload's content already made (a media reference, device_media.py)."""
+    if mapped is None:
+        hint = properties.get("content_type") if properties else None
+        mapped = mqtt_payload_to_content(payload, hint)
+    mqtt: dict[str, Any] = {"topic": topic, "payload": mapped, "qos": qos}
     if properties:
         props: dict[str, Any] = {k: properties[k] for k in _FORWARDED if k in properties}
         if "correlation_data" in properties:
@@ -43,9 +48,26 @@ def message_content(mqtt: dict[str, Any]) -> dict[str, Any]:
     return {"msgtype": MESSAGE_MSGTYPE, "body": preview(mqtt), "mqtt": mqtt}
 
 
+def media_message_content(mqtt: dict[str, Any], image: bytes | None) -> dict[str, Any]:
+    """The m.room.message around an `mqtt` object whose payload is in the media repository:
+    `m.image` (with `image`, its bytes, for the size in pixels) or `m.file`, so Element shows the
+    picture or offers the file; the `mqtt` object still says topic, QoS and properties."""
+    payload = mqtt["payload"]
+    url, mimetype, size = payload["url"], payload["mimetype"], payload["size"]
+    name = filename_for(mqtt["topic"], mimetype)
+    if image is not None:
+        content = image_content(name, url, mimetype, image)
+    else:
+        content = file_content(preview(mqtt), name, url, mimetype, size)
+    content["mqtt"] = mqtt
+    return content
+
+
 def preview(mqtt: dict[str, Any]) -> str:
     payload = mqtt["payload"]
     kind = payload.get("kind")
+    if kind == MEDIA_KIND:
+        return f"{mqtt['topic']}: <{payload.get('mimetype')}, {payload.get('size')} bytes>"
     if kind == "text":
         shown = payload["text"]
     elif kind == "json":
@@ -58,17 +80,27 @@ def preview(mqtt: dict[str, Any]) -> str:
     return f"{mqtt['topic']}: {shown}"
 
 
-def parse_mqtt(mqtt: Any) -> tuple[str, bytes, int, dict[str, Any]] | None:
-    """(topic, payload, qos, properties) from an `mqtt` object, or None if it is not one."""
+def parse_mqtt(mqtt: Any, blobs: Callable[[str], bytes | None] | None = None
+               ) -> tuple[str, bytes, int, dict[str, Any]] | None:
+    """(topic, payload, qos, properties) from an `mqtt` object, or None if it is not one.
+    `blobs`: the bytes of media-repository payloads read beforehand, by mxc URL (the broker's
+    cache); a media payload not there gives None."""
     if not isinstance(mqtt, dict):
         return None
     topic = mqtt.get("topic")
     if not isinstance(topic, str) or not is_valid_topic_name(topic):
         return None
-    try:
-        payload = content_to_mqtt_payload(mqtt.get("payload"))
-    except PayloadError:
-        return None
+    url = media_url(mqtt.get("payload"))
+    if url is not None:
+        found = blobs(url) if blobs is not None else None
+        if found is None:
+            return None
+        payload = found
+    else:
+        try:
+            payload = content_to_mqtt_payload(mqtt.get("payload"))
+        except PayloadError:
+            return None
     qos = mqtt.get("qos", 1)
     if qos not in (0, 1, 2):
         qos = 1

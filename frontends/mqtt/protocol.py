@@ -34,7 +34,7 @@ from .connection import (
 )
 from .constants import MQTT_5, SUBACK_V311_FAILURE, ReasonCode
 from .packets import Connect, Publish, Subscription
-from .refusals import ERROR_REASONS, PublishRefused
+from .refusals import ERROR_REASONS, PublishRefused, log_refusal
 from .session import SessionState
 
 if TYPE_CHECKING:
@@ -57,7 +57,8 @@ class ClientProtocol(asyncio.Protocol):
         self.key: str | None = None
         self.client_id = ""
         self.peer = ""
-        self._acks: deque[tuple[int, int, asyncio.Future[Any] | None]] = deque()
+        # (packet id, QoS, its future, topic): acknowledged in order; the topic names a refusal in the log
+        self._acks: deque[tuple[int, int, asyncio.Future[Any] | None, str]] = deque()
         self._waiting: deque[Publish] = deque()
         self._feeder: asyncio.Future[Any] | None = None
         self._paused = False
@@ -191,7 +192,7 @@ class ClientProtocol(asyncio.Protocol):
                 await asyncio.wait_for(asyncio.shield(self._feeder), 5)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 pass
-        pending = [fut for _, _, fut in self._acks if fut is not None]
+        pending = [fut for _, _, fut, _ in self._acks if fut is not None]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
@@ -309,10 +310,12 @@ class ClientProtocol(asyncio.Protocol):
         broker = self.broker
         topic = publish.topic
         if topic.startswith("$"):
-            self._refused(publish, ReasonCode.NOT_AUTHORIZED)
+            self._refused(publish, ReasonCode.NOT_AUTHORIZED, "topics starting with $ are reserved")
             return True
         room_id = broker.rules.resolve(topic)
         if room_id is None or room_id not in broker.ready_rooms:
+            return False
+        if broker.needs_media(publish):  # the bytes go to the media repository first: awaited
             return False
         assert self.requester is not None
         try:
@@ -335,12 +338,14 @@ class ClientProtocol(asyncio.Protocol):
         packet_id = publish.packet_id or 0
         return persistence.add_incoming_qos2(key, packet_id)
 
-    def _start(self, publish: Publish, room_id: str) -> None:
+    def _start(self, publish: Publish, room_id: str,
+               prepared: tuple[str, dict[str, Any], str | None] | None = None) -> None:
+        """`prepared`: the event a publish kept in the media repository becomes (`_feed`)."""
         assert self.requester is not None
         try:
-            event_type, content, state_key = self.broker.prepare(self.requester, publish, room_id)
+            event_type, content, state_key = prepared or self.broker.prepare(self.requester, publish, room_id)
         except PublishRefused as exc:
-            self._refused(publish, exc.reason_code)
+            self._refused(publish, exc.reason_code, str(exc))
             return
         if self._batch_room != room_id:
             self._start_batch()
@@ -359,7 +364,7 @@ class ClientProtocol(asyncio.Protocol):
         delay = broker.settings.qos0_commit_delay if top_qos == 0 and not self._would_wait_on(len(items)) else 0.0
         # Delivered before the commit only if no QoS 1/2 publish of this client is still being
         # stored: its subscribers get this client's messages in the order it sent them.
-        early = delay > 0 and not any(qos for _, qos, _ in self._acks)
+        early = delay > 0 and not any(qos for _, qos, _, _ in self._acks)
         extras = [self._qos2_record(item[3]) for item in items] if top_qos == 2 else None
         futures = broker.send_batch_nowait(self.requester, room_id, items, self.key, delay, early, extras)
         if futures is None:  # the room left memory meanwhile: one at a time, the awaiting way
@@ -368,22 +373,22 @@ class ClientProtocol(asyncio.Protocol):
                        for event_type, content, state_key, publish in items]
         for item, fut in zip(items, futures):
             publish = item[3]
-            self._acks.append((publish.packet_id or 0, publish.qos, fut))
+            self._acks.append((publish.packet_id or 0, publish.qos, fut, publish.topic))
         for fut in dict.fromkeys(futures):
             fut.add_done_callback(self._on_stored)
 
-    def _refused(self, publish: Publish, reason_code: int) -> None:
+    def _refused(self, publish: Publish, reason_code: int, message: str = "refused") -> None:
         self._start_batch()
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_exception(PublishRefused(reason_code, "refused"))
-        self._acks.append((publish.packet_id or 0, publish.qos, done))
+        done.set_exception(PublishRefused(reason_code, message))
+        self._acks.append((publish.packet_id or 0, publish.qos, done, publish.topic))
         self._on_stored(done)
 
     def _refused_for_space(self, publish: Publish) -> None:
         self._start_batch()
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         done.set_exception(errors.storage_full(self.broker.hs.db.admin_contact))
-        self._acks.append((publish.packet_id or 0, publish.qos, done))
+        self._acks.append((publish.packet_id or 0, publish.qos, done, publish.topic))
         self._on_stored(done)
 
     async def _feed(self) -> None:
@@ -397,19 +402,19 @@ class ClientProtocol(asyncio.Protocol):
                 await broker.hs.rooms.get_room(room_id)
                 broker.ready_rooms.add(room_id)
                 await broker.wait_rate(self.requester.user_id)
+                prepared = await broker.prepare_media(self.requester, publish) if broker.needs_media(publish) else None
             except PublishRefused as exc:
                 self._waiting.popleft()
-                self._refused(publish, exc.reason_code)
+                self._refused(publish, exc.reason_code, str(exc))
                 continue
             except errors.MatrixError as exc:
                 self._waiting.popleft()
                 if isinstance(exc, errors.StorageFull):  # its room could not be made: as if its write failed
                     self._refused_for_space(publish)
                     continue
-                log.info("MQTT publish to %r by %s refused: %s", publish.topic, self.requester.user_id, exc)
-                self._refused(publish, ERROR_REASONS.get(exc.errcode, ReasonCode.UNSPECIFIED_ERROR))
+                self._refused(publish, ERROR_REASONS.get(exc.errcode, ReasonCode.UNSPECIFIED_ERROR), str(exc))
                 continue
-            self._start(publish, room_id)
+            self._start(publish, room_id, prepared)
             self._start_batch()
             self._waiting.popleft()
             self._check_pressure()
@@ -418,7 +423,7 @@ class ClientProtocol(asyncio.Protocol):
         acks = self._acks
         conn = self.conn
         while acks and acks[0][2] is not None and acks[0][2].done():
-            packet_id, qos, fut = acks.popleft()
+            packet_id, qos, fut, topic = acks.popleft()
             exc = fut.exception() if fut is not None else None
             if exc is None:
                 if qos:
@@ -432,12 +437,16 @@ class ClientProtocol(asyncio.Protocol):
                 log.error("MQTT publish failed: %r", exc)
                 reason = ReasonCode.UNSPECIFIED_ERROR
             full = isinstance(exc, errors.StorageFull)  # counted and logged once a minute by the store
-            if not full and (reason != ReasonCode.NOT_AUTHORIZED or qos):
-                log.info("MQTT publish by %r refused: 0x%02X %s", self.client_id, reason, exc)
+            if not full:  # a full disk is counted and logged once a minute by the store
+                log_refusal(self.broker.refusal_log, self.requester.user_id if self.requester else "?",
+                            self.client_id, topic, qos, reason, exc)
             if full and qos and conn.level != MQTT_5 and conn.state is State.CONNECTED and self.requester:
                 self.broker.held_back.refused((self.requester.user_id, self.client_id), time.monotonic())
             if qos:
-                conn.ack_publish(packet_id, qos, reason)
+                # 3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped
+                # (as mosquitto does; closing would make the client resend it forever), except when
+                # the disk is full: closed, and the client's resend is stored once there is room.
+                conn.ack_publish(packet_id, qos, reason, close_v311=full)
                 if conn.state is State.CLOSED:
                     self._lost(publish_will=True)
         self._check_pressure()

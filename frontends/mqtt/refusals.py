@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from matrix_core.log_limit import LogLimiter
+
 from .constants import ReasonCode
 
 log = logging.getLogger("frontends.mqtt")
@@ -27,3 +29,21 @@ class PublishRefused(Exception):
     def __init__(self, reason_code: int, message: str) -> None:
         super().__init__(message)
         self.reason_code = reason_code
+
+
+#: How long a refusal of one client's publishes to one topic stays unlogged after its line: a
+#: device retrying every second writes one line an hour, not 3,600.
+REFUSAL_LOG_INTERVAL = 3600.0
+
+
+MAX_LOGGED_TOPIC = 200  # a topic may be 64 KiB long; a log line need not be
+
+
+def log_refusal(limiter: LogLimiter, user_id: str, client_id: str, topic: str, qos: int, reason: int,
+                exc: BaseException) -> None:
+    """One line per account, client and topic (and interval): the account, not only the client
+    id (Home Assistant's is random), the reason code and why, whatever the QoS."""
+    shown = topic if len(topic) <= MAX_LOGGED_TOPIC else topic[:MAX_LOGGED_TOPIC] + "..."
+    limiter.log(log, logging.INFO, f"{user_id}\0{client_id}\0{topic}",
+                "MQTT publish to %r by %s (client %r, QoS %d) refused: 0x%02X %s",
+                shown, user_id, client_id, qos, reason, exc)

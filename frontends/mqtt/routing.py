@@ -132,6 +132,18 @@ HUB = "hub"  # a hub admin's binding: a rule like the CLI's
 OWNER = "owner"  # the owner of the filter's topic tree: applies where no hub rule does
 
 
+#: Topic trees whose conventions put one device per level-2 topic, one default room each: with the
+#: default 2 levels a Zigbee2MQTT network of 100 devices became 101 rooms (issue 16). Their
+#: default room is the whole tree: `zigbee2mqtt/#` (the bridge and every device) and
+#: `homeassistant/#` (MQTT discovery and Home Assistant's birth message). docs/mqtt.md.
+CONVENTION_TREES: Mapping[str, int] = {"zigbee2mqtt": 1, "homeassistant": 1}
+
+
+def tree_levels(first_level: str, levels: int) -> int:
+    """How many levels name the default room of topics starting with `first_level`."""
+    return CONVENTION_TREES.get(first_level, levels)
+
+
 def tree_key(topic_filter: str, levels: int) -> str | None:
     """The default rule's room key that every topic the filter matches falls under (what
     `default_binding` gives each), or None when they span several keys: a wildcard within the
@@ -144,6 +156,8 @@ def tree_key(topic_filter: str, levels: int) -> str | None:
         literal.append(part)
     if len(literal) == len(parts):  # no wildcard: one topic
         return default_binding(topic_filter, levels)[0]
+    if literal:
+        levels = tree_levels(literal[0], levels)
     if len(literal) >= levels:
         return "/".join(literal[:levels])
     return None
@@ -191,8 +205,10 @@ def default_binding(topic: str, levels: int) -> tuple[str, str]:
     """(room key, filter bound in the new room) for a topic under the default rule.
 
     `home/kitchen/temp` (levels=2) -> ("home/kitchen", "home/kitchen/#"); a topic with fewer
-    levels is its own key and its own (exact) filter: `test` -> ("test", "test")."""
+    levels is its own key and its own (exact) filter: `test` -> ("test", "test"). The trees of
+    CONVENTION_TREES have their own levels: `zigbee2mqtt/lamp/set` -> ("zigbee2mqtt", "zigbee2mqtt/#")."""
     parts = topic.split("/")
+    levels = tree_levels(parts[0], levels)
     if len(parts) <= levels:
         if len(parts) == levels:
             return topic, topic + "/#"

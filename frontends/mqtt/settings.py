@@ -40,6 +40,7 @@ class BrokerSettings:
     connect_timeout: float = 10.0  # seconds from accept to CONNECT; then the socket is closed
     max_connections_per_address: int = 100  # open connections per remote address; 0: no cap
     max_sessions_per_account: int = 100  # persistent sessions one account may keep; 0: no cap
+    image_topics: tuple[str, ...] = ()  # filters whose JPEG/PNG payloads become m.image events
 
 
 # key -> (smallest, largest) for the integer settings
@@ -69,7 +70,8 @@ mqtt_allow_anonymous = {mqtt_allow_anonymous}
 mqtt_anonymous_user = "{mqtt_anonymous_user}"
 # Default topic rule: the first N levels of a topic name its room (home/kitchen/temp -> home/kitchen).
 mqtt_room_levels = {mqtt_room_levels}
-# Largest packet accepted (bytes; an event holds at most 64 KiB anyway).
+# Largest packet accepted (bytes). Payloads too large for an event (64 KiB) are kept in the
+# media repository and the event refers to them (docs/mqtt.md, "Images and large payloads").
 mqtt_max_packet_size = {mqtt_max_packet_size}
 # Incoming QoS 1/2 publishes being stored per client; beyond it the client is not read (backpressure).
 mqtt_receive_maximum = {mqtt_receive_maximum}
@@ -111,6 +113,10 @@ mqtt_max_connections_per_address = {mqtt_max_connections_per_address}
 # Persistent sessions (clean_session 0, or an MQTT 5 session expiry) one account may keep, online
 # or not; a CONNECT for one more is refused (5.0: 0x97 Quota exceeded; 3.1.1: 0x03). 0: no cap.
 mqtt_max_sessions_per_account = {mqtt_max_sessions_per_account}
+# Topic filters whose JPEG/PNG payloads (told by their magic bytes) are pictures: stored in the
+# media repository and sent as m.image, which Element shows; e.g. ["camera/+/snapshot"]. MQTT 5
+# publishes with an image/* content type are pictures on any topic. Subscribers get the exact bytes.
+mqtt_image_topics = {mqtt_image_topics}
 """
 
 
@@ -125,10 +131,10 @@ def config_problem(key: str, value: Any) -> str | None:
     if key == "mqtt_ws_path" and not (value.startswith("/") and value.isprintable()
                                       and not any(c in value for c in ' "\\?#')):
         return f"mqtt_ws_path must be a URL path starting with '/', not {value!r}"
-    if key == "mqtt_deny_subscribe":
+    if key in ("mqtt_deny_subscribe", "mqtt_image_topics"):
         for topic_filter in value:
             if not is_valid_topic_filter(topic_filter, allow_shared=False):
-                return f"mqtt_deny_subscribe: {topic_filter!r} is not a valid MQTT topic filter"
+                return f"{key}: {topic_filter!r} is not a valid MQTT topic filter"
     return None
 
 
@@ -143,6 +149,7 @@ def render(config: Any) -> str:
                 "mqtt_max_sessions_per_account"):
         values[key] = getattr(config, key)
     values["mqtt_deny_subscribe"] = json.dumps(list(config.mqtt_deny_subscribe), ensure_ascii=False)  # a TOML array of strings
+    values["mqtt_image_topics"] = json.dumps(list(config.mqtt_image_topics), ensure_ascii=False)
     return RENDERED.format(**values)
 
 
@@ -170,6 +177,7 @@ def broker_settings(config: Any, data_dir: Path | None = None) -> BrokerSettings
         connect_timeout=float(config.mqtt_connect_timeout_s),
         max_connections_per_address=config.mqtt_max_connections_per_address,
         max_sessions_per_account=config.mqtt_max_sessions_per_account,
+        image_topics=tuple(config.mqtt_image_topics),
         limits=Limits(
             max_packet_size=config.mqtt_max_packet_size,
             receive_maximum=config.mqtt_receive_maximum,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from typing import Any, Callable
 
+from matrix_core import errors
 from matrix_core.events import Event
 from matrix_core.homeserver import Homeserver
 from matrix_core.service.accounts import Requester
@@ -24,6 +26,10 @@ from .routing import BINDING_TYPE, TopicRules, alias_localpart, default_binding,
 from .topics import is_valid_topic_filter
 
 log = logging.getLogger("frontends.mqtt")
+
+#: The power level household members get in the broker's rooms (users_default): the rooms'
+#: state_default, so every member may publish retained messages (state events).
+HOUSEHOLD_LEVEL = 50
 
 
 class TopicRooms:
@@ -46,6 +52,7 @@ class TopicRooms:
         # it counts (routing.binding_authority) is worked out again when admins or owners change.
         self._bindings: dict[tuple[str, str], str] = {}
         self._logged_ignored: set[tuple[str, str, str]] = set()
+        self.household: set[str] = set()  # accounts that share the default rooms (not guests)
 
     async def load(self) -> None:
         """At start-up: the admin rules, the hub admins, the default rooms, the rooms' bindings."""
@@ -67,12 +74,71 @@ class TopicRooms:
                 self._bindings[(room_id, state_key)] = sender
         self.rules.replace(rules)
         self._apply_bindings()
+        self.household = await self.hs.accounts.household_user_ids()
+
+    async def start_household(self) -> None:
+        """At start-up, once the rooms are loaded: rooms made before the household are opened to
+        it (once), and every member is in every default room (members added while the hub was
+        stopped, or before the household existed)."""
+        await self.upgrade_old_rooms()
+        await self._add_members(self.household)
 
     async def poll_admin_rules(self) -> None:
         """The CLI's rules (`matrix-gateway mqtt map`) and the hub admins, as they are now."""
         if self.rules.set_admin_rules(persistence.rules_of(await mqtt_store.load_rules(self.hs.db))):
             log.info("MQTT topic rules changed: %d rules", len(self.rules.rules))
         await self.refresh_admins()
+        await self.refresh_household()
+
+    async def refresh_household(self) -> None:
+        """New household members (`matrix-gateway user add` beside the running hub) join the
+        default rooms."""
+        household = await self.hs.accounts.household_user_ids()
+        new = household - self.household
+        self.household = household
+        if new:
+            await self._add_members(new)
+
+    def _actor(self, user_id: str) -> Requester:
+        return Requester(user_id, "", user_id in self.admins, "")
+
+    async def _add_members(self, members: set[str]) -> None:
+        """Each member joins each default room it has never been in: invited by the room's owner,
+        then joined (they are local accounts). One who left, or was kicked, stays out."""
+        rooms = self.hs.rooms
+        for alias, (owner, room_id) in list(self.default_rooms.items()):
+            if room_id is None:
+                continue
+            for member in sorted(members):
+                if member == owner or rooms.membership_of(member, room_id) is not None:
+                    continue
+                try:
+                    await rooms.update_membership(self._actor(owner), room_id, member, "invite", rate_limit=False)
+                    await rooms.update_membership(self._actor(member), room_id, member, "join", rate_limit=False)
+                except errors.MatrixError as exc:
+                    log.warning("MQTT: could not add household member %s to %s (%s): %s", member, alias, room_id, exc)
+                    continue
+                log.info("MQTT: household member %s joined %s (%s)", member, alias, room_id)
+
+    async def upgrade_old_rooms(self) -> None:
+        """Default rooms made before the household gave members power level 0: too little to
+        publish retained messages. Raised once (mqtt_household_upgrade lists them) by the owner."""
+        db = self.hs.db
+        for alias in sorted(await mqtt_store.rooms_to_upgrade(db)):
+            owner, room_id = self.default_rooms.get(alias, ("", None))
+            if room_id is not None:
+                try:
+                    room = await self.hs.rooms.get_room(room_id)
+                    levels = dict(room.state_content("m.room.power_levels"))
+                    if int(levels.get("users_default", 0)) < HOUSEHOLD_LEVEL:
+                        levels["users_default"] = HOUSEHOLD_LEVEL
+                        await self.hs.rooms.send_event(self._actor(owner), room_id, "m.room.power_levels",
+                                                       levels, state_key="", rate_limit=False)
+                        log.info("MQTT: %s (%s) opened to the household (users_default %d)",
+                                 alias, room_id, HOUSEHOLD_LEVEL)
+                except errors.MatrixError as exc:
+                    log.warning("MQTT: could not open %s (%s) to the household: %s", alias, room_id, exc)
+            await db.write(functools.partial(mqtt_store.room_upgraded, alias=alias))
 
     async def room_for_topic(self, requester: Requester, topic: str) -> str:
         if topic.startswith("$"):
@@ -110,6 +176,9 @@ class TopicRooms:
         owner = requester.user_id
         if not requester.is_admin and owner in self.admins:  # a password login: its admin flag is not on it
             requester = dataclasses.replace(requester, is_admin=True)
+        if owner not in self.household:  # added since the last poll? (a guest stays out: it owns this one)
+            self.household = await self.hs.accounts.household_user_ids()
+        members = sorted(m for m in self.household if m != owner)
         db = self.hs.db
         self._creating.add(alias)
         try:
@@ -122,6 +191,9 @@ class TopicRooms:
                 "topic": f"MQTT topic filter {topic_filter}",
                 "initial_state": [{"type": BINDING_TYPE, "state_key": topic_filter,
                                    "content": {"topic_filter": topic_filter}}],
+                # the household shares it, every member able to publish retained messages
+                "invite": members,
+                "power_level_content_override": {"users_default": HOUSEHOLD_LEVEL},
             }, reserved_alias_ok=True, rate_limit=False)  # the broker's room: the publish is what counts
         except BaseException:
             self.default_rooms.pop(alias, None)
@@ -136,6 +208,11 @@ class TopicRooms:
         self._bindings[(room_id, topic_filter)] = owner  # its binding event may still be on its way
         self._apply_bindings()
         log.info("created room %s (%s) for MQTT topics %s", room_id, alias, topic_filter)
+        for member in members:  # local accounts: the hub joins them (they were invited above)
+            try:
+                await self.hs.rooms.update_membership(self._actor(member), room_id, member, "join", rate_limit=False)
+            except errors.MatrixError as exc:
+                log.warning("MQTT: household member %s could not join %s: %s", member, alias, exc)
         return room_id
 
     async def _check_default_alias(self, alias: str, room_id: str) -> None:

@@ -50,6 +50,10 @@ class Appliance:
             self._tasks.append(asyncio.create_task(purge_periodically(
                 gateway.hs.db, config.retention_default_days, config.retention_interval_minutes * 60.0,
                 now_ms), name="retention"))
+        from ..appservices import watch_registrations  # `appservice add/remove` applied live
+
+        self._tasks.append(asyncio.create_task(watch_registrations(config, self.data_dir, gateway.hs),
+                                               name="appservice-files"))
         if config.mdns:
             from .discovery import Advertiser
 

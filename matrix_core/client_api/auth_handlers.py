@@ -23,7 +23,10 @@ async def versions(hs: Homeserver, req: ApiRequest) -> ApiResponse:
 
 
 async def login_flows(hs: Homeserver, req: ApiRequest) -> ApiResponse:
-    return ok({"flows": [{"type": "m.login.password"}]})
+    flows = [{"type": "m.login.password"}]
+    if hs.appservices.registrations:  # an AS logs its users in (devices of their own, e.g. for E2EE)
+        flows.append({"type": "m.login.application_service"})
+    return ok({"flows": flows})
 
 
 def _login_user(body: dict[str, Any]) -> str:
@@ -40,6 +43,8 @@ def _login_user(body: dict[str, Any]) -> str:
 
 async def login(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     body = req.json_object()
+    if body.get("type") == "m.login.application_service" and hs.appservices.registrations:
+        return await _login_appservice_user(hs, req, body)
     if body.get("type") != "m.login.password":
         raise errors.MatrixError(400, "M_UNKNOWN", "Only m.login.password is supported")
     password = body.get("password")
@@ -77,12 +82,17 @@ async def register(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     if req.arg("kind", "user") != "user":
         # No guest access on a hub: a guest would otherwise get a full account (the spec's answer).
         raise errors.MatrixError(403, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed on this hub")
+    if hs.appservices.registrations and req.access_token:
+        body = req.json_object()
+        if body.get("type") == "m.login.application_service":
+            return await _register_appservice_user(hs, req, body)
     if not hs.settings.enable_registration:
         raise errors.forbidden("Registration is disabled on this hub; an admin adds users with the CLI")
     body = req.json_object()
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not is_valid_localpart(username):
         raise errors.MatrixError(400, "M_INVALID_USERNAME", "Invalid username")
+    hs.appservices.check_user_registration(user_id_for(username, hs.server_name), None)  # M_EXCLUSIVE
     if not isinstance(password, str) or not password:
         raise errors.bad_json("'password' must be a non-empty string")
     auth = body.get("auth")
@@ -95,6 +105,48 @@ async def register(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     await hs.accounts.create_user(user_id, password)
     result = await hs.accounts.login(user_id, password, device_id, body.get("initial_device_display_name"), None)
     return ok(result)
+
+
+async def _register_appservice_user(hs: Homeserver, req: ApiRequest, body: dict[str, Any]) -> ApiResponse:
+    """`m.login.application_service`: an AS registers a user of its namespace, registration open or
+    not; no password (the AS acts as it with its own token)."""
+    token = (req.access_token or "").partition("\n")[0]
+    if not token:
+        raise errors.missing_token()
+    if token not in hs.appservices.by_token:
+        raise errors.unknown_token()
+    username = body.get("username")
+    if not isinstance(username, str) or not is_valid_localpart(username.lower()):
+        raise errors.MatrixError(400, "M_INVALID_USERNAME", "Invalid username")
+    user_id = user_id_for(username, hs.server_name)
+    hs.appservices.check_user_registration(user_id, token)
+    if await hs.accounts.user_exists(user_id):
+        raise errors.MatrixError(400, "M_USER_IN_USE", "User ID already taken")
+    await hs.accounts.create_user(user_id, None)
+    if body.get("inhibit_login") is True:
+        return ok({"user_id": user_id, "home_server": hs.server_name})
+    device_id = body.get("device_id")
+    display_name = body.get("initial_device_display_name")
+    return ok(await hs.accounts.issue_token(user_id, device_id if isinstance(device_id, str) else None,
+                                            display_name if isinstance(display_name, str) else None))
+
+
+async def _login_appservice_user(hs: Homeserver, req: ApiRequest, body: dict[str, Any]) -> ApiResponse:
+    """`m.login.application_service`: a new device and token for a user of the AS's namespace."""
+    token = (req.access_token or "").partition("\n")[0]
+    if not token:
+        raise errors.missing_token()
+    reg = hs.appservices.by_token.get(token)
+    if reg is None:
+        raise errors.unknown_token()
+    user_id = user_id_for(_login_user(body), hs.server_name)
+    if not reg.is_user_in_namespace(user_id, hs.server_name):
+        raise errors.forbidden(f"{user_id} is not in the namespace of appservice {reg.id}")
+    if not await hs.accounts.user_exists(user_id):
+        raise errors.forbidden(f"{user_id} is not registered")
+    device_id, display_name = body.get("device_id"), body.get("initial_device_display_name")
+    return ok(await hs.accounts.issue_token(user_id, device_id if isinstance(device_id, str) else None,
+                                            display_name if isinstance(display_name, str) else None))
 
 
 async def get_profile(hs: Homeserver, req: ApiRequest) -> ApiResponse:

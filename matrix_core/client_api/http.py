@@ -92,6 +92,8 @@ def make_app(hs: Homeserver) -> web.Application:
                 remote=request.remote or "",
                 load_body=partial(json_body, raw),
                 load_plain_body=partial(plain_json_body, raw),
+                raw_body=raw,
+                content_type=request.headers.get("Content-Type"),
             )
             return json_response(await ROUTER.dispatch(hs, api_request))
         except errors.MatrixError as err:

@@ -26,6 +26,10 @@ class ApiRequest:
     # event (account data, room tags): HTTP's `plain_json_body`, CoAP's content.decode_plain_body.
     # None: the transport has no such reading (plain_json_object falls back to json_object).
     load_plain_body: Callable[[], Any] | None = None
+    # The body as it came and its media type (HTTP Content-Type; CoAP Content-Format as a media
+    # type), for routes that take bytes, not JSON (a device's picture: device_media_handlers.py).
+    raw_body: bytes = b""
+    content_type: str | None = None
     _body: Any = _UNSET
 
     def json(self) -> Any:

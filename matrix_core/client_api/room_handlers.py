@@ -67,6 +67,8 @@ def _membership_action(membership: str, needs_target: bool):
             target = body.get("user_id")
             if not isinstance(target, str):
                 raise errors.missing_param("Missing 'user_id'")
+        if membership == "invite" and hs.appservices.registrations:
+            await hs.appservices.before_invite(target)  # an AS's user not made yet: ask the AS (lazy users)
         if membership == "join":
             await hs.rooms.update_membership(requester, room_id, target, "join", body.get("reason"))
             return ok({"room_id": room_id})
@@ -182,6 +184,8 @@ async def sync(hs: Homeserver, req: ApiRequest) -> ApiResponse:
 async def get_alias(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     alias = params.room_alias(req.params["roomAlias"])
     room_id = await hs.rooms.resolve_alias_local(alias)
+    if room_id is None and hs.appservices.registrations and await hs.appservices.query_alias(alias):
+        room_id = await hs.rooms.resolve_alias_local(alias)  # an application service made it (lazy room)
     if room_id is None:
         raise errors.not_found(f"Room alias {alias} not found")
     return ok({"room_id": room_id, "servers": [hs.server_name]})

@@ -90,6 +90,9 @@ class ClientRouter(Router[Handler]):
     async def dispatch(self, hs: Homeserver, request: ApiRequest) -> ApiResponse:
         handler, params = self.resolve(request.method, request.segments)
         request.params = params
+        if hs.appservices.by_token and request.access_token in hs.appservices.by_token:
+            # an application service acting as one of its users (`?user_id=`; service/appservice.py)
+            request.access_token = hs.appservices.masquerade(request.access_token, request.arg("user_id"))
         try:
             return await handler(hs, request)
         finally:

@@ -5,9 +5,11 @@ HTTP and CoAP both dispatch through `ROUTER`; adding a route here makes it reach
 from __future__ import annotations
 
 from . import account_data_handlers as ad
-from . import cross_signing_handlers as xs
+from . import appservice_handlers as appservice
 from . import auth_handlers as a
+from . import cross_signing_handlers as xs
 from . import device_handlers as dv
+from . import device_media_handlers as dmedia
 from . import directory_handlers as d
 from . import discovery_handlers as disc
 from . import ephemeral_handlers as eph
@@ -141,6 +143,10 @@ def build_router() -> ClientRouter:
         add("PUT", path, kb.put_keys)
         add("GET", path, kb.get_keys)
         add("DELETE", path, kb.delete_keys)
+    # Devices' pictures (issue 15): bytes to the media repository, then an m.image event
+    add("POST", "rooms/{roomId}/org.matrix_gateway.image", dmedia.post_image)
+    # Application services (issue 17): the ping; their registration is POST register
+    add("POST", "appservice/{appserviceId}/ping", appservice.ping)
     return router
 
 

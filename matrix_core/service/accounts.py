@@ -57,6 +57,10 @@ class Accounts:
         self._revocations = 0
         # Set by the federation front end: a remote user's profile via /query/profile.
         self.remote_profile: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+        # Set by the application services (service/appservice.py) when any is registered: the
+        # requester of an as_token (None: not one), and asking an AS about an unknown user of its.
+        self.appservice_requester: Callable[[str], Awaitable[Requester | None]] | None = None
+        self.query_user: Callable[[str], Awaitable[bool]] | None = None
 
     def local_user_id(self, localpart_or_id: str) -> str:
         return user_id_for(localpart_or_id, self.server_name)
@@ -67,6 +71,10 @@ class Accounts:
         cached = self._token_cache.get(token)
         if cached is not None:
             return cached
+        if self.appservice_requester is not None:
+            as_requester = await self.appservice_requester(token)
+            if as_requester is not None:
+                return as_requester
         while True:
             revocations = self._revocations
             row = await account_rows.token_owner(self.db, token)
@@ -87,6 +95,10 @@ class Accounts:
         """The hub admins (`matrix-gateway user add --admin`)."""
         return await account_rows.admin_user_ids(self.db)
 
+    async def household_user_ids(self) -> set[str]:
+        """The household (`matrix-gateway user add`, not `--guest`): who shares the topic rooms."""
+        return await account_rows.household_user_ids(self.db)
+
     async def device_token(self, user_id: str, device_id: str) -> str:
         """An access token of the device (coaps: the PSK identity names the device)."""
         token = await account_rows.device_token(self.db, user_id, device_id)
@@ -99,6 +111,14 @@ class Accounts:
         hold the single writer thread (and every other write) for its ~50 ms."""
         hashed = await asyncio.to_thread(hash_password, password) if password else None
         await self.db.write(lambda conn: account_rows.insert_user(conn, user_id, hashed, admin))
+
+    async def issue_token(self, user_id: str, device_id: str | None, display_name: str | None) -> dict[str, Any]:
+        """A new access token for an existing account, no password (an application service's
+        `m.login.application_service` registration)."""
+        device = device_id or random_string(10).upper()
+        token = await self.db.write(
+            lambda conn: account_rows.insert_device_token(conn, user_id, device, display_name))
+        return {"user_id": user_id, "access_token": token, "device_id": device, "home_server": self.server_name}
 
     async def check_credentials(self, localpart_or_id: str, password: str, address: str | None) -> str | None:
         """The user id if the password is right, else None (scrypt runs off the event loop).
@@ -231,6 +251,8 @@ class Accounts:
         if not user_id.endswith(":" + self.server_name) and self.remote_profile is not None:
             return await self.remote_profile(user_id)
         row = await account_rows.profile(self.db, user_id)
+        if row is None and self.query_user is not None and await self.query_user(user_id):
+            row = await account_rows.profile(self.db, user_id)  # an application service made it now
         if row is None:
             raise errors.not_found("Profile was not found.")
         profile: dict[str, Any] = {}

@@ -2,6 +2,8 @@
 component reserves (the MQTT broker's `#mqtt/...`, which routes topics by them)."""
 from __future__ import annotations
 
+from typing import Awaitable, Callable
+
 from .. import auth_rules, errors
 from ..identifiers import split_id
 from ..store import Database
@@ -19,6 +21,11 @@ class RoomAliases:
         # Alias localpart prefixes a component owns (the MQTT broker's "mqtt/", which routes topics
         # by them): only that component and hub admins create or delete aliases there.
         self.reserved_alias_prefixes: list[str] = []
+        # Application services (service/appservice.py): refuses an alias in another's exclusive
+        # namespace (M_EXCLUSIVE), and asks the AS owning an unknown alias to create its room.
+        self.exclusive_alias_check: Callable[[Requester, str], None] | None = None
+        self.query_alias: Callable[[str], Awaitable[bool]] | None = None
+        self.alias_listeners: list[Callable[[str, str], None]] = []  # told (alias, room id) once created
 
     async def resolve_alias_local(self, alias: str) -> str | None:
         cached = self._aliases.get(alias)
@@ -34,6 +41,8 @@ class RoomAliases:
         """A room id for an id or a (local) alias; M_NOT_FOUND if there is no such room."""
         if room_id_or_alias.startswith("#"):
             room_id = await self.resolve_alias_local(room_id_or_alias)
+            if room_id is None and self.query_alias is not None and await self.query_alias(room_id_or_alias):
+                room_id = await self.resolve_alias_local(room_id_or_alias)  # the AS made it just now
             if room_id is None:
                 raise errors.not_found(f"Room alias {room_id_or_alias} not found")
             return room_id
@@ -51,6 +60,8 @@ class RoomAliases:
             self.reserved_alias_prefixes.append(localpart_prefix)
 
     def check_alias_namespace(self, requester: Requester, localpart: str) -> None:
+        if self.exclusive_alias_check is not None:
+            self.exclusive_alias_check(requester, f"#{localpart}:{self.server_name}")
         if requester.is_admin:
             return
         for prefix in self.reserved_alias_prefixes:
@@ -72,6 +83,8 @@ class RoomAliases:
             raise errors.MatrixError(409, "M_UNKNOWN", "Room alias already exists")
         await self.db.write(lambda c: room_rows.insert_alias(c, alias, room_id, requester.user_id))
         self._aliases[alias] = room_id
+        for listener in self.alias_listeners:
+            listener(alias, room_id)
 
     async def delete_alias(self, requester: Requester, alias: str) -> None:
         row = await room_rows.alias_room(self.db, alias)

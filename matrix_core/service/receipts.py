@@ -58,6 +58,8 @@ class Receipts:
         self._ack_task: asyncio.Task[None] | None = None
         self.federation: EduQueue | None = None  # set by the federation front end at its start
         self.sync_source = ReceiptsSource(self)
+        # told the receipts just committed (application services' ephemeral push)
+        self.listeners: list[Callable[[list[Receipt]], None]] = []
 
     async def load(self) -> None:
         self._position = self._next = await receipt_rows.max_stream(self.db)
@@ -157,6 +159,8 @@ class Receipts:
         for r, _, _, _ in kept:
             self._positions.pop((r.user_id, r.room_id), None)
         self._notify()
+        for listener in self.listeners:
+            listener([r for r, _, _, _ in kept])
         for r, _, stream_id, servers in kept:
             for server in servers:
                 self._send(server, r, stream_id)

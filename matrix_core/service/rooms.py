@@ -109,6 +109,7 @@ class Rooms:
         self.resolve_room = aliases.resolve_room
         self.reserve_alias_namespace = aliases.reserve_alias_namespace
         self.create_alias = aliases.create_alias
+        self.alias_service = aliases  # application services hook into it (service/appservice.py)
         self.delete_alias = aliases.delete_alias
         # -- reading --
         self.fetch_event = reads.fetch_event

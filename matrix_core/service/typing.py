@@ -61,6 +61,8 @@ class Typing:
         self._timer: asyncio.TimerHandle | None = None
         self.federation: EduQueue | None = None  # set by the federation front end at its start
         self.sync_source = TypingSource(self)
+        # told the room id whenever a room's typers change (application services' ephemeral push)
+        self.listeners: list[Callable[[str], None]] = []
 
     @property
     def position(self) -> int:
@@ -127,6 +129,8 @@ class Typing:
         self._position += 1
         self._room_position[room_id] = self._position
         self._notify()
+        for listener in self.listeners:
+            listener(room_id)
 
     def _tell_servers(self, room_id: str, user_id: str, typing: bool) -> None:
         if self.federation is None:

@@ -27,14 +27,17 @@ def _check_hash(password_hash: str | None) -> None:
         raise ValueError("insert_user/set_password take passwords.hash_password(...), not a password")
 
 
-def insert_user(conn: sqlite3.Connection, user_id: str, password_hash: str | None, admin: bool) -> None:
+def insert_user(conn: sqlite3.Connection, user_id: str, password_hash: str | None, admin: bool,
+                household: bool = True) -> None:
     """A new account; `password_hash` from passwords.hash_password (None: no password login).
     Hashed by the caller beforehand: scrypt costs ~50 ms of CPU, which inside a write would hold
-    the single writer thread (and every other write) that long."""
+    the single writer thread (and every other write) that long. `household`: whether it shares
+    the broker's topic rooms (False: a guest, `user add --guest`)."""
     _check_hash(password_hash)
     conn.execute(
-        "INSERT INTO users (user_id, password_hash, admin, displayname, created_ts) VALUES (?, ?, ?, ?, ?)",
-        (user_id, password_hash, int(admin), user_id[1:].split(":")[0], now_ms()),
+        "INSERT INTO users (user_id, password_hash, admin, displayname, created_ts, household) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (user_id, password_hash, int(admin), user_id[1:].split(":")[0], now_ms(), int(household)),
     )
 
 
@@ -80,6 +83,11 @@ async def user_known(db: Database, user_id: str) -> bool:
 
 async def admin_user_ids(db: Database) -> set[str]:
     return {row[0] for row in await db.fetchall("SELECT user_id FROM users WHERE admin = 1")}
+
+
+async def household_user_ids(db: Database) -> set[str]:
+    """The household: local accounts that share the broker's topic rooms (not guests)."""
+    return {row[0] for row in await db.fetchall("SELECT user_id FROM users WHERE household = 1")}
 
 
 async def password_hash(db: Database, user_id: str) -> str | None:

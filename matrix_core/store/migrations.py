@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlite3
 from types import ModuleType
 
-from . import (account_data, coap_psk, cross_signing, devices, e2e_keys, forgotten_rooms, key_backup, media, mqtt,
-               push_rules, pushers, receipts, relations, to_device)
+from . import (account_data, appservice, coap_psk, cross_signing, devices, e2e_keys, forgotten_rooms, key_backup, media,
+               mqtt, push_rules, pushers, receipts, relations, to_device)
 from . import e2e_federation
 from .event_index import LEVELS, schema_sql as event_index_schema
 
@@ -154,6 +154,15 @@ CORE_MIGRATIONS: list[tuple[int, str]] = [
             WHERE type = 'm.room.history_visibility'
         """,
     ),
+    (
+        4,
+        # The household (docs/mqtt.md): accounts that share the broker's topic rooms. Existing
+        # accounts become members (the default), as `matrix-gateway user add` makes them now;
+        # `--guest` accounts are not.
+        """
+        ALTER TABLE users ADD COLUMN household INTEGER NOT NULL DEFAULT 1
+        """,
+    ),
 ]
 
 FEDERATION_ROOMS_MIGRATIONS: list[tuple[int, str]] = [
@@ -216,6 +225,8 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     e2e_federation,  # issue 14 over federation: remote device lists, the EDU outbox
     # issue 15, the content repository:
     media,
+    # issue 17, application services
+    appservice,
 )
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).

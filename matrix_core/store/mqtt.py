@@ -74,6 +74,16 @@ MIGRATIONS: list[tuple[int, str]] = [
             SELECT alias, creator, room_id, 0 FROM room_aliases WHERE substr(alias, 1, 6) = '#mqtt/'
         """,
     ),
+    # The household (docs/mqtt.md): default rooms made before it are upgraded once at the next
+    # start (topic_rooms.TopicRooms.upgrade_old_rooms): publishing retained messages (state events)
+    # is opened to every member. Listed here so a later, deliberate change is never undone.
+    (
+        3,
+        """
+        CREATE TABLE IF NOT EXISTS mqtt_household_upgrade (alias TEXT PRIMARY KEY);
+        INSERT OR IGNORE INTO mqtt_household_upgrade (alias) SELECT alias FROM mqtt_default_rooms
+        """,
+    ),
 ]
 
 
@@ -235,6 +245,15 @@ def set_default_room(conn: sqlite3.Connection, alias: str, room_id: str) -> None
 
 def forget_default_room(conn: sqlite3.Connection, alias: str) -> None:
     conn.execute("DELETE FROM mqtt_default_rooms WHERE alias = ?", (alias,))
+
+
+async def rooms_to_upgrade(db: "Database") -> set[str]:
+    """Aliases of default rooms made before the household, not yet opened to it."""
+    return {row[0] for row in await db.fetchall("SELECT alias FROM mqtt_household_upgrade")}
+
+
+def room_upgraded(conn: sqlite3.Connection, alias: str) -> None:
+    conn.execute("DELETE FROM mqtt_household_upgrade WHERE alias = ?", (alias,))
 
 
 # -- the core's rows the broker reads ------------------------------------------------------------

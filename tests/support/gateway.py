@@ -131,10 +131,12 @@ class GatewayProcess:
                 return int(line.split()[1]) * 1024
         return 0
 
-    def add_user(self, localpart: str, password: str, admin: bool = False) -> str:
+    def add_user(self, localpart: str, password: str, admin: bool = False, guest: bool = False) -> str:
         args = ["user", "add", localpart, "--password", password, "--data-dir", str(self.data_dir)]
         if admin:
             args.append("--admin")
+        if guest:
+            args.append("--guest")
         gateway_cli(*args)
         return f"@{localpart}:{self.server_name}"
 

@@ -1,0 +1,97 @@
+"""Application service registrations (matrix_core/appservice_rules.py), pure: parsing, the checks
+that stop a hub from starting with a bad set of files, namespace matching and interest."""
+from __future__ import annotations
+
+import pytest
+
+from matrix_core.appservice_rules import (RegistrationError, backoff_s, check_registrations, interested,
+                                          parse_registration, parse_registration_yaml)
+
+REG = """
+id: telegram
+url: http://127.0.0.1:29317
+as_token: as_secret
+hs_token: hs_secret
+sender_localpart: telegrambot
+rate_limited: false
+namespaces:
+  users:
+    - exclusive: true
+      regex: '@telegram_.*:localhost'
+  aliases:
+    - exclusive: true
+      regex: '#telegram_.*:localhost'
+  rooms: []
+"""
+
+
+def reg(**changes: object) -> dict:
+    import yaml
+
+    data = yaml.safe_load(REG)
+    data.update(changes)
+    return data
+
+
+def test_a_synapse_registration_file_parses() -> None:
+    r = parse_registration_yaml(REG, "tg.yaml")
+    assert (r.id, r.url, r.sender("localhost"), r.rate_limited, r.receive_ephemeral) == \
+        ("telegram", "http://127.0.0.1:29317", "@telegrambot:localhost", False, False)
+    assert r.is_user_in_namespace("@telegram_42:localhost", "localhost")
+    assert r.is_user_in_namespace("@telegrambot:localhost", "localhost")
+    assert not r.is_user_in_namespace("@alice:localhost", "localhost")
+    assert r.is_exclusive_alias("#telegram_chat:localhost") and not r.is_exclusive_alias("#home:localhost")
+    assert parse_registration(reg(**{"de.sorunome.msc2409.push_ephemeral": True}), "x").receive_ephemeral
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"namespaces": {"users": [{"exclusive": True, "regex": "@tg_(.*"}]}}, "not a valid regular expression"),
+    ({"as_token": None}, "'as_token' is required"),
+    ({"url": "ftp://x"}, "'url' must be an http\\(s\\) URL"),
+    ({"sender_localpart": "Bad Name"}, "not a valid user localpart"),
+    ({"namespaces": {"people": []}}, "unknown namespace kind"),
+    ({"hs_token": "as_secret"}, "must differ"),
+    ({"rate_limited": "no"}, "'rate_limited' must be true or false"),
+])
+def test_a_bad_registration_is_refused_naming_the_problem(changes: dict, words: str) -> None:
+    with pytest.raises(RegistrationError, match=words) as info:
+        parse_registration(reg(**changes), "tg.yaml")
+    assert "tg.yaml" in str(info.value)
+
+
+def test_duplicates_and_overlapping_exclusive_namespaces_are_refused() -> None:
+    a = parse_registration(reg(), "a.yaml")
+    other = dict(id="other", as_token="t2", hs_token="h2", sender_localpart="otherbot")
+    with pytest.raises(RegistrationError, match="id 'telegram' is already used"):
+        check_registrations([a, parse_registration(reg(as_token="t2", hs_token="h2"), "b.yaml")], "localhost")
+    with pytest.raises(RegistrationError, match="uses a token"):
+        check_registrations([a, parse_registration(reg(id="b", as_token="as_secret", hs_token="h2",
+                                                       sender_localpart="b"), "b.yaml")], "localhost")
+    overlapping = reg(**other, namespaces={"users": [{"exclusive": False, "regex": "@telegram_bridge_.*"}]})
+    with pytest.raises(RegistrationError, match="overlaps the exclusive namespace '@telegram_.\\*:localhost'"):
+        check_registrations([a, parse_registration(overlapping, "b.yaml")], "localhost")
+    same_prefix_other_server = reg(**other, namespaces={"users": [{"exclusive": True, "regex": "^@telegram_.*:elsewhere$"}]})
+    assert check_registrations([parse_registration(reg(namespaces={"users": [
+        {"exclusive": True, "regex": "^@telegram_.*:localhost$"}]}), "a.yaml"),
+        parse_registration(same_prefix_other_server, "b.yaml")], "localhost")
+    apart = reg(**other, namespaces={"users": [{"exclusive": True, "regex": "@zigbee_.*:localhost"}]})
+    assert len(check_registrations([a, parse_registration(apart, "b.yaml")], "localhost")) == 2
+
+
+def test_interest_sender_member_room_alias() -> None:
+    r = parse_registration(reg(namespaces={"users": [{"exclusive": True, "regex": "@telegram_.*"}],
+                                           "rooms": [{"exclusive": False, "regex": "!bridged.*"}]}), "a")
+    msg = {"type": "m.room.message", "sender": "@alice:localhost", "room_id": "!kitchen:localhost"}
+    assert not interested(r, msg, "localhost", set(), set())
+    assert interested(r, msg, "localhost", {"!kitchen:localhost"}, set())  # one of its users is in it
+    assert interested(r, msg, "localhost", set(), {"!kitchen:localhost"})  # an alias of its namespace
+    assert interested(r, {**msg, "sender": "@telegram_1:localhost"}, "localhost", set(), set())
+    assert interested(r, {**msg, "room_id": "!bridged1:localhost"}, "localhost", set(), set())
+    invite = {"type": "m.room.member", "sender": "@alice:localhost", "state_key": "@telegram_2:localhost",
+              "room_id": "!x:localhost", "content": {"membership": "invite"}}
+    assert interested(r, invite, "localhost", set(), set())
+
+
+def test_backoff_starts_quick_and_is_bounded() -> None:
+    assert backoff_s(1) == 0.25 and backoff_s(2) == 0.5
+    assert backoff_s(1000) == 60.0
