@@ -16,7 +16,7 @@ PURE_MODULES = (
     "push_gateway",
     "relations",
     # issue 14, end-to-end encryption
-    "e2e_rules", "cross_signing_rules", "key_backup_rules",
+    "e2e_rules", "cross_signing_rules", "key_backup_rules", "e2e_federation_rules",
     # issue 15, the content repository
     "media_rules", "device_media",
     # issue 17, application services

@@ -38,6 +38,7 @@ from .store import Database
 
 if TYPE_CHECKING:  # the federation front end's parts (federation imports the core, not the reverse)
     from .federation.client import FederationClient
+    from .federation.e2e import E2eFederation
     from .federation.inbound import InboundEvents
     from .federation.keyring import KeyRing
     from .federation.sender import FederationSender
@@ -86,6 +87,7 @@ class Homeserver:
     federation_inbound: InboundEvents
     federation_sender: FederationSender
     federation_routes: FederationRoutes
+    e2e_federation: E2eFederation
 
     def __init__(self, settings: HomeserverSettings) -> None:
         self.settings = settings

@@ -1,5 +1,6 @@
 """EDUs arriving in /send transactions: `m.typing` and `m.receipt` go to the typing and receipts
-services; anything else is ignored (presence, device lists, to-device: their parts of issue 13).
+services; `m.direct_to_device`, `m.device_list_update` and `m.signing_key_update` to E2EE
+federation (federation/e2e.py); anything else is ignored (presence).
 
 An EDU is advisory: a malformed one, or one about a user of another server or a user not in the
 room, is dropped with one log line a minute per origin and kind, and never fails its
@@ -45,6 +46,12 @@ async def handle_edus(hs: Homeserver, origin: str, edus: Any) -> None:
                 receipts = parse_receipt_edu(edu.get("content"))
                 await hs.receipts.remote_receipts(origin, receipts,
                                                   lambda reason: _drop(origin, "m.receipt", reason))
+            elif kind == "m.direct_to_device":
+                await hs.e2e_federation.on_direct_to_device(origin, edu.get("content"))
+            elif kind == "m.device_list_update":
+                await hs.e2e_federation.on_device_list_update(origin, edu.get("content"))
+            elif kind == "m.signing_key_update":
+                await hs.e2e_federation.on_signing_key_update(origin, edu.get("content"))
         except (BadEDU, ValueError) as exc:
             _drop(origin, str(kind), str(exc))
         except Exception as exc:  # a storage error, say: the EDU is lost, the transaction is not

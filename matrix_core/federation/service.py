@@ -11,6 +11,7 @@ from ..identifiers import server_of
 from ..service.room_cache import RoomCache
 from ..store import federation as federation_store
 from . import endpoints  # noqa: F401  (registers the room endpoints on the route table)
+from .e2e import E2eFederation  # (importing it registers the federation key endpoints)
 from .media import RemoteMedia  # (importing it registers the federation media endpoints)
 from .client import federation_path
 from .inbound import InboundEvents, PDUError
@@ -42,6 +43,9 @@ class FederationService:
         # Typing and receipts of our users go out as EDUs from now (receipts: what is still owed).
         hs.typing.federation = hs.federation_sender
         await hs.receipts.attach_federation(hs.federation_sender)
+        # E2EE: key queries/claims for remote users, to-device and device-list EDUs (issue 14)
+        hs.e2e_federation = E2eFederation(hs)
+        await hs.e2e_federation.start()
         # Tell every server we share a room with that we are (back) up: they retry what they owe us.
         servers = {server_of(user) for user in await federation_store.joined_user_ids(hs.db)} - {hs.server_name}
         for server in servers:
@@ -50,6 +54,7 @@ class FederationService:
             asyncio.get_running_loop().create_task(hs.federation_sender.ping(server))
 
     async def stop(self) -> None:
+        await self.hs.e2e_federation.stop()
         await self.hs.federation_sender.stop()
 
     def describe(self) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .. import e2e_rules as rules
 from .. import errors
@@ -37,6 +37,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SIGNED_CURVE25519 = "signed_curve25519"
+DEFAULT_REMOTE_TIMEOUT_MS = 10_000  # /keys/query and /keys/claim's `timeout` when absent (as Synapse)
+MAX_REMOTE_TIMEOUT_MS = 60_000
+
+
+class RemoteKeys(Protocol):
+    """What federation (federation/e2e.py) does for remote users' keys: asks their servers, in
+    parallel, each at most `timeout` seconds; a server that fails is named in the failures."""
+
+    async def query(self, wanted: dict[str, list[str]], timeout: float) -> tuple[dict[str, Any], dict[str, Any]]: ...
+
+    async def claim(self, wanted: dict[str, dict[str, str]], timeout: float) -> tuple[dict[str, Any], dict[str, Any]]: ...
+
+
+def remote_timeout(body: dict[str, Any]) -> float:
+    """The request's `timeout` (ms) in seconds, bounded."""
+    value = body.get("timeout", DEFAULT_REMOTE_TIMEOUT_MS)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        value = DEFAULT_REMOTE_TIMEOUT_MS
+    return min(float(value), MAX_REMOTE_TIMEOUT_MS) / 1000.0
 
 
 def _text(value: Any) -> str:
@@ -55,6 +74,10 @@ class E2eKeys:
         # Local users with device keys: membership changes of anyone else cost no write at all.
         self._with_keys: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set by federation: remote users' keys, and who hears of our users' device changes
+        # (f(user_id, device_ids, stream_id) after the change is committed).
+        self.remote: RemoteKeys | None = None
+        self.on_local_change: list[Callable[[str, list[str], int], None]] = []
         self.source = DeviceListSource(self)
         hs.sync.add_source(self.source)
         hs.accounts.on_revoked(self._on_revoked)
@@ -141,6 +164,8 @@ class E2eKeys:
             self._with_keys.add(user_id)
         self._set_counts(user_id, device_id, counts, unused)
         self._moved(change)
+        if change:
+            self._tell_local_change(user_id, [device_id], change)
         return {"one_time_key_counts": self.counts(user_id, device_id)}
 
     def _set_counts(self, user_id: str, device_id: str, counts: dict[str, int], unused: list[str]) -> None:
@@ -156,15 +181,36 @@ class E2eKeys:
 
     # -- /keys/query -------------------------------------------------------------------------
 
+    def _tell_local_change(self, user_id: str, device_ids: list[str], stream_id: int) -> None:
+        for hook in self.on_local_change:
+            try:
+                hook(user_id, device_ids, stream_id)
+            except Exception as exc:
+                log.warning("device-list change hook failed: %s", exc)
+
     async def query(self, requester: Requester, body: dict[str, Any]) -> dict[str, Any]:
         wanted = rules.check_query(body)
+        local = {u: d for u, d in wanted.items() if self.is_local(u)}
+        remote = {u: d for u, d in wanted.items() if not self.is_local(u)}
+        answer = await self.local_keys(requester.user_id, local)
+        answer["failures"] = {}
+        if remote and self.remote is None:
+            for user_id in remote:
+                answer["failures"][server_of(user_id)] = {"status": 503, "message": "Federation is not enabled"}
+        elif remote:
+            assert self.remote is not None
+            got, failures = await self.remote.query(remote, remote_timeout(body))
+            for field, by_user in got.items():
+                answer.setdefault(field, {}).update(by_user)
+            answer["failures"].update(failures)
+        return answer
+
+    async def local_keys(self, requester_user_id: str, wanted: dict[str, list[str]]) -> dict[str, Any]:
+        """Local users' device keys and cross-signing keys, for /keys/query and the federation
+        /user/keys/query (requester "": nobody's user-signing key)."""
         cross_signing = self.hs.cross_signing
-        answer: dict[str, Any] = {"device_keys": {}, "failures": {}}
+        answer: dict[str, Any] = {"device_keys": {}}
         for user_id, device_ids in wanted.items():
-            if not self.is_local(user_id):
-                # TODO(issue 14, federation): /_matrix/federation/v1/user/keys/query
-                answer["failures"][server_of(user_id)] = {"status": 503, "message": "Federated key queries are not supported yet"}
-                continue
             devices: dict[str, Any] = {}
             for device_id, key_json, display_name in await rows.device_keys(self.db, user_id, device_ids):
                 keys = json.loads(key_json)
@@ -173,8 +219,7 @@ class E2eKeys:
                 keys["unsigned"] = {"device_display_name": display_name} if display_name is not None else {}
                 devices[device_id] = keys
             answer["device_keys"][user_id] = devices
-        local = [u for u in wanted if self.is_local(u)]
-        for field, by_user in (await cross_signing.keys_for_query(requester.user_id, local)).items():
+        for field, by_user in (await cross_signing.keys_for_query(requester_user_id, list(wanted))).items():
             answer.setdefault(field, {}).update(by_user)
         return answer
 
@@ -195,13 +240,23 @@ class E2eKeys:
 
     async def claim(self, body: dict[str, Any]) -> dict[str, Any]:
         wanted = rules.check_claim(body)
+        remote = {u: d for u, d in wanted.items() if not self.is_local(u)}
+        answer = await self.claim_local({u: d for u, d in wanted.items() if self.is_local(u)})
+        if remote and self.remote is None:
+            for user_id in remote:
+                answer["failures"][server_of(user_id)] = {"status": 503, "message": "Federation is not enabled"}
+        elif remote:
+            assert self.remote is not None
+            got, failures = await self.remote.claim(remote, remote_timeout(body))
+            answer["one_time_keys"].update(got)
+            answer["failures"].update(failures)
+        return answer
+
+    async def claim_local(self, wanted: dict[str, dict[str, str]]) -> dict[str, Any]:
+        """Claim local users' keys (for /keys/claim and the federation /user/keys/claim)."""
         failures: dict[str, Any] = {}
         local: list[tuple[str, str, str]] = []
         for user_id, devices in wanted.items():
-            if not self.is_local(user_id):
-                # TODO(issue 14, federation): /_matrix/federation/v1/user/keys/claim
-                failures[server_of(user_id)] = {"status": 503, "message": "Federated key claims are not supported yet"}
-                continue
             local.extend((user_id, device_id, algorithm) for device_id, algorithm in devices.items())
 
         def write(conn: Any) -> tuple[list[tuple[str, str, str, str]], dict[tuple[str, str], tuple[dict[str, int], list[str]]]]:
@@ -275,7 +330,7 @@ class E2eKeys:
         A leave: both sides are told `left` when they no longer share any room. Only users with
         device keys are news (store: add_changes); such a row lands just after the membership event
         (a client may get the join in one answer and the device-list change in the next).
-        TODO(issue 14, federation): remote users' keys are not known here yet, so they are never news."""
+        A remote user is always news (their server holds their keys)."""
         changes: list[tuple[str, str | None, str]] = []
         for ev in events:
             user_id = ev.state_key
@@ -298,9 +353,15 @@ class E2eKeys:
                     for other in others:
                         if self.is_local(other) and user_id not in await self.sharing(other):
                             changes.append((user_id, other, rows.LEFT))
-        changes = [c for c in changes if c[0] in self._with_keys]
+        remote = frozenset(c[0] for c in changes if not self.is_local(c[0]))
+        changes = [c for c in changes if c[0] in self._with_keys or c[0] in remote]
         if changes:
-            self._moved(await self.db.write(lambda conn: rows.add_changes(conn, changes)))
+            self._moved(await self.db.write(lambda conn: rows.add_changes(conn, changes, remote)))
+
+    async def remote_changed(self, user_id: str) -> None:
+        """A remote user's devices or cross-signing keys changed (their server told us): a
+        device-list change for the local users sharing a room with them."""
+        self._moved(await self.db.write(lambda conn: rows.add_change(conn, user_id)))
 
     def _on_revoked(self, revoked: TokensRevoked) -> None:
         self._spawn(self._forget_dead_devices(revoked.user_id))
@@ -321,6 +382,8 @@ class E2eKeys:
             self._otk_counts.pop((user_id, device_id), None)
             self._fallback.pop((user_id, device_id), None)
         self._moved(change)
+        if dead:
+            self._tell_local_change(user_id, dead, change)
 
 
 class DeviceListSource(SyncSource):

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+import secrets
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import e2e_rules as rules
 from .. import errors
 from ..clock import now_ms
 from ..identifiers import server_of
 from ..log_limit import LogLimiter
+from ..store import e2e_federation as outbox_rows
 from ..store import to_device as rows
 from .accounts import Requester, TokensRevoked
 from .sync_sources import SyncContext, SyncOutput, SyncSource
@@ -36,6 +38,9 @@ class ToDevice:
         self._pending: dict[tuple[str, str], int] = {}  # (user, device) -> newest stream id waiting
         self._tasks: set[asyncio.Task[Any]] = set()
         self._log = LogLimiter(60.0)
+        # Set by federation: called with the (outbox id, destination, EDU) rows just committed for
+        # remote users; without it, messages for other servers are dropped (one log line).
+        self.federation: Callable[[list[tuple[int, str, dict[str, Any]]]], None] | None = None
         self.source = ToDeviceSource(self)
         hs.sync.add_source(self.source)
         hs.accounts.on_revoked(self._on_revoked)
@@ -60,11 +65,17 @@ class ToDevice:
             raise errors.invalid_param("Event type or transaction id too long")
         messages = rules.check_to_device(body)
         local: list[tuple[str, str, str]] = []  # (user, device or "*", message JSON)
+        remote: dict[str, dict[str, Any]] = {}  # server -> user -> device -> content
         for user_id, devices in messages.items():
             if server_of(user_id) != self.hs.server_name:
-                # TODO(issue 14, federation): queue an m.direct_to_device EDU for the user's server.
-                self._log.log(log, logging.INFO, "to-device-remote",
-                              "to-device messages for other servers are dropped (federation of them is not built yet)")
+                if self.federation is None:
+                    self._log.log(log, logging.INFO, "to-device-remote",
+                                  "to-device messages for other servers are dropped (federation is not enabled)")
+                    continue
+                for content in devices.values():
+                    if len(json.dumps(content).encode()) > rules.MAX_TO_DEVICE_BYTES:
+                        raise errors.too_large(f"A to-device message may be at most {rules.MAX_TO_DEVICE_BYTES} bytes")
+                remote.setdefault(server_of(user_id), {})[user_id] = devices
                 continue
             for device_id, content in devices.items():
                 text = json.dumps({"type": event_type, "sender": requester.user_id, "content": content},
@@ -72,6 +83,57 @@ class ToDevice:
                 if len(text.encode()) > rules.MAX_TO_DEVICE_BYTES:
                     raise errors.too_large(f"A to-device message may be at most {rules.MAX_TO_DEVICE_BYTES} bytes")
                 local.append((user_id, device_id, text))
+        now = now_ms()
+
+        edus = [(server, {"edu_type": "m.direct_to_device",
+                          "content": {"sender": requester.user_id, "type": event_type,
+                                      "message_id": secrets.token_urlsafe(16), "messages": by_user}})
+                for server, by_user in sorted(remote.items())]
+        queued: list[tuple[int, str, dict[str, Any]]] = []
+
+        def write(conn: Any) -> dict[tuple[str, str], int] | None:
+            expanded: list[tuple[str, str, str]] = []
+            live: dict[str, list[str]] = {}
+            for user_id, device_id, text in local:
+                if user_id not in live:
+                    live[user_id] = rows.live_devices(conn, user_id)
+                if device_id == "*":
+                    expanded.extend((user_id, d, text) for d in live[user_id])
+                elif device_id in live[user_id]:
+                    expanded.append((user_id, device_id, text))
+            newest = rows.store(conn, requester.user_id, requester.device_id, txn_id, now, expanded)
+            if newest is not None and edus:  # durable before the 200, sent by federation after it
+                ids = outbox_rows.add_outbox(conn, [(server, json.dumps(edu, ensure_ascii=False)) for server, edu in edus])
+                queued[:] = [(i, server, edu) for i, (server, edu) in zip(ids, edus)]
+            return newest
+
+        newest = await self.db.write(write)
+        if queued and self.federation is not None:
+            self.federation(queued)
+        if not newest:
+            return  # a retry of a transaction already stored, or nobody to tell
+        for key, stream_id in newest.items():
+            self._pending[key] = max(self._pending.get(key, 0), stream_id)
+        top = max(newest.values())
+        if top > self._position:
+            self._position = top
+            self.hs.sync.notify()
+
+    async def receive_remote(self, origin: str, sender: str, event_type: str, message_id: str,
+                             messages: dict[str, dict[str, Any]]) -> None:
+        """An `m.direct_to_device` EDU (checked by federation/e2e.py): into our devices' inboxes,
+        once per (sender, message_id) however often the origin retries the transaction."""
+        local: list[tuple[str, str, str]] = []
+        for user_id, devices in messages.items():
+            if server_of(user_id) != self.hs.server_name:
+                continue
+            for device_id, content in devices.items():
+                local.append((user_id, device_id, json.dumps({"type": event_type, "sender": sender, "content": content},
+                                                             ensure_ascii=False, separators=(",", ":"))))
+        if local:
+            await self._store(sender, f"federation {origin}", message_id, local)
+
+    async def _store(self, sender: str, sender_device: str, txn_id: str, local: list[tuple[str, str, str]]) -> None:
         now = now_ms()
 
         def write(conn: Any) -> dict[tuple[str, str], int] | None:
@@ -84,11 +146,13 @@ class ToDevice:
                     expanded.extend((user_id, d, text) for d in live[user_id])
                 elif device_id in live[user_id]:
                     expanded.append((user_id, device_id, text))
-            return rows.store(conn, requester.user_id, requester.device_id, txn_id, now, expanded)
+            return rows.store(conn, sender, sender_device, txn_id, now, expanded)
 
-        newest = await self.db.write(write)
+        self._delivered(await self.db.write(write))
+
+    def _delivered(self, newest: dict[tuple[str, str], int] | None) -> None:
         if not newest:
-            return  # a retry of a transaction already stored, or nobody to tell
+            return
         for key, stream_id in newest.items():
             self._pending[key] = max(self._pending.get(key, 0), stream_id)
         top = max(newest.values())

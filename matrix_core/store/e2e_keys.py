@@ -187,14 +187,16 @@ def add_change(conn: sqlite3.Connection, user_id: str, recipient: str | None = N
     return int(cur.lastrowid or 0)
 
 
-def add_changes(conn: sqlite3.Connection, rows: list[tuple[str, str | None, str]]) -> int:
+def add_changes(conn: sqlite3.Connection, rows: list[tuple[str, str | None, str]],
+                remote: frozenset[str] = frozenset()) -> int:
     """Membership-driven rows, only about users with device keys here: a user who never encrypts
     is nobody's news (and wakes no long-poll). Returns the newest position, 0 if none was added."""
     newest = 0
     with_keys: dict[str, bool] = {}
     for user_id, recipient, kind in rows:
         if user_id not in with_keys:
-            with_keys[user_id] = has_device_keys(conn, user_id)
+            # a remote user's keys are not stored here: their servers answer for them
+            with_keys[user_id] = user_id in remote or has_device_keys(conn, user_id)
         if with_keys[user_id]:
             newest = add_change(conn, user_id, recipient, kind)
     return newest
@@ -217,3 +219,4 @@ def forget_dead_devices(conn: sqlite3.Connection, user_id: str) -> list[str]:
     for table in ("e2e_device_keys", "e2e_one_time_keys", "e2e_fallback_keys"):
         conn.execute(f"DELETE FROM {table} WHERE user_id = ? AND NOT " + _LIVE_DEVICE.format(t=table), (user_id,))
     return dead
+

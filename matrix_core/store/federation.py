@@ -94,3 +94,9 @@ async def oldest_event(db: Database, room_id: str) -> dict[str, Any] | None:
     row = await db.fetchone(
         event_index.room_events("e.stream_ordering, e.json", "?1", event_index.TIMELINE, "ASC", "1"), (room_id,))
     return None if row is None else event_json.load(row[1])
+
+
+async def user_shares_a_room(db: Database, user_id: str) -> bool:
+    """Whether (remote) `user_id` is joined to a room here (E2EE: their device lists are tracked)."""
+    return await db.fetchone("SELECT 1 FROM current_state WHERE type = 'm.room.member' AND state_key = ? "
+                             "AND membership = 'join' LIMIT 1", (user_id,)) is not None

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlite3
 from types import ModuleType
 
-from . import (account_data, appservice, coap_psk, cross_signing, devices, e2e_keys, forgotten_rooms, key_backup, media,
-               mqtt, mqtt_bridge, push_rules, pushers, receipts, relations, to_device)
+from . import (account_data, appservice, coap_psk, cross_signing, devices, e2e_federation, e2e_keys, forgotten_rooms,
+               key_backup, media, mqtt, mqtt_bridge, push_rules, pushers, receipts, relations, to_device)
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -221,6 +221,7 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     account_data, forgotten_rooms, receipts, devices, push_rules, pushers, relations,
     # issue 14, end-to-end encryption
     e2e_keys, to_device, cross_signing, key_backup,
+    e2e_federation,  # issue 14 over federation: remote device lists, the EDU outbox
     # issue 15, the content repository:
     media,
     # issue 17, application services

@@ -5,6 +5,8 @@
 // the last line is {"requests": [...]}.
 //
 // Usage: node e2ee.mjs --base-url URL --user1 U --password1 P --user2 U --password2 P [--step-timeout MS]
+//        [--base-url2 URL]  (user2 on another homeserver: the same steps across federation; user ids are then full
+//        ids, e.g. @sam:synapse.test, and user2's device-list news of user1 comes over federation)
 // Crypto state is in memory (useIndexedDB: false): Node has no IndexedDB. Each step has a timeout; so has the run.
 
 import process from "node:process";
@@ -35,9 +37,10 @@ function arg(name, fallback) {
 
 const BASE_URL = arg("base-url");
 const USERS = [
-    { name: "user1", login: arg("user1"), password: arg("password1") },
-    { name: "user2", login: arg("user2"), password: arg("password2") },
+    { name: "user1", login: arg("user1"), password: arg("password1"), baseUrl: BASE_URL },
+    { name: "user2", login: arg("user2"), password: arg("password2"), baseUrl: arg("base-url2", BASE_URL) },
 ];
+const FEDERATED = USERS[1].baseUrl !== BASE_URL;
 const STEP_TIMEOUT_MS = Number(arg("step-timeout", "20000"));
 logger.setLevel(arg("log-level", "warn"), false);
 
@@ -126,7 +129,7 @@ async function step(name, needs, fn) {
 }
 
 async function login(u, who) {
-    const tmp = sdk.createClient({ baseUrl: BASE_URL, fetchFn: recordingFetch(who) });
+    const tmp = sdk.createClient({ baseUrl: u.baseUrl, fetchFn: recordingFetch(who) });
     return tmp.loginRequest({ type: "m.login.password", identifier: { type: "m.id.user", user: u.login }, password: u.password });
 }
 
@@ -134,7 +137,7 @@ async function login(u, who) {
 async function startDevice(u, who) {
     const creds = await login(u, who);
     const client = sdk.createClient({
-        baseUrl: BASE_URL, userId: creds.user_id, deviceId: creds.device_id, accessToken: creds.access_token,
+        baseUrl: u.baseUrl, userId: creds.user_id, deviceId: creds.device_id, accessToken: creds.access_token,
         fetchFn: recordingFetch(who), store: new MemoryStore(), timelineSupport: true,
     });
     await client.initRustCrypto({ useIndexedDB: false });
@@ -185,11 +188,13 @@ async function main() {
     });
 
     await step("encrypted_room", ["start_with_rust_crypto"], async () => {
+        // across federation the invite is its own request (the hub's createRoom invites local users only)
         const created = await user1.client.createRoom({
-            preset: "private_chat", invite: [user2.userId], name: "e2ee",
+            preset: "private_chat", invite: FEDERATED ? [] : [user2.userId], name: "e2ee",
             initial_state: [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }],
         });
         roomId = created.room_id;
+        if (FEDERATED) await user1.client.invite(roomId, user2.userId);
         await waitFor(user2.client, () => user2.client.getRoom(roomId)?.getMyMembership() === "invite", "user2's invite");
         await user2.client.joinRoom(roomId);
         await waitFor(user1.client, () => user1.client.getRoom(roomId)?.getMember(user2.userId)?.membership === "join", "user2 joined, as user1 sees it");
