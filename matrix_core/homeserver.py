@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .notifier import EventStream
 from .push_gateway import RetryPolicy
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
+from .service.series import Series
 from .service.account_data import AccountData
 from .service.accounts import Accounts
 from .service.cross_signing import CrossSigning
@@ -124,6 +125,7 @@ class Homeserver:
         # End-to-end encryption, server side (issue 14): keys, device lists, to-device; /sync sources
         self.e2e_keys = E2eKeys(self)
         self.to_device = ToDevice(self)
+        self.series = Series(self.db, self.rooms)  # readings as time series (issue 18, the web pages' plots)
 
     async def start(self) -> None:
         await self.db.open()

@@ -12,7 +12,7 @@ import sqlite3
 from types import ModuleType
 
 from . import (account_data, coap_psk, cross_signing, devices, e2e_keys, forgotten_rooms, key_backup, media, mqtt,
-               push_rules, pushers, receipts, relations, to_device)
+               push_rules, pushers, receipts, relations, to_device, series)
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -214,6 +214,8 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     e2e_keys, to_device, cross_signing, key_backup,
     # issue 15, the content repository:
     media,
+    # issue 18, the hub's web pages: the readings index behind the plots
+    series,
 )
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).
