@@ -117,16 +117,25 @@ def _int(name: str, raw: str | None, default: int | None) -> int:
 
 
 def parse_query(field: str | None, start: str | None, end: str | None, buckets: str | None,
-                now_ms: int) -> SeriesQuery:
+                now_ms: int, last: str | None = None) -> SeriesQuery:
     """Check a series request. `from`/`to` are milliseconds since the epoch (`to` defaults to
-    now, `from` to a day before `to`); the range is at most MAX_RANGE_MS and 1..MAX_BUCKETS
-    buckets, so no request scans more than a bounded slice of one field's index."""
+    now, `from` to a day before `to`); `last` instead of `from` is the range's length back from
+    `to` (a browser whose clock is off still gets the latest hour). The range is at most
+    MAX_RANGE_MS and 1..MAX_BUCKETS buckets, so no request scans more than a bounded slice of
+    one field's index."""
+    if last is not None and start is not None:
+        raise SeriesParamError("Give 'from' or 'last', not both")
     if not field:
         raise SeriesParamError("'field' is required")
     if not valid_field(field):
         raise SeriesParamError("'field' must be a dotted path of letters, digits, '_' and '-' "
                                f"(at most {MAX_DEPTH} segments)")
     to = _int("to", end, now_ms)
+    if last is not None:
+        length = _int("last", last, None)
+        if not 0 < length <= MAX_RANGE_MS:
+            raise SeriesParamError(f"'last' must be between 1 and {MAX_RANGE_MS} ms")
+        start = str(to - length)
     frm = _int("from", start, to - 24 * 3600 * 1000)
     count = _int("buckets", buckets, 60)
     if frm < 0 or to <= frm:

@@ -47,6 +47,16 @@ def test_query_defaults_to_the_last_day() -> None:
     assert (q.field, q.start, q.end, q.buckets) == ("payload.temp", 10**12 - 86400000, 10**12, 60)
 
 
+def test_last_is_a_range_back_from_to() -> None:
+    q = parse_query("t", None, "5000000", "10", now_ms=10**12, last="3600000")
+    assert (q.start, q.end) == (5000000 - 3600000, 5000000)
+    for bad in ("0", "-1", str(400 * 86400000), "x"):
+        with pytest.raises(SeriesParamError):
+            parse_query("t", None, None, "10", now_ms=10**12, last=bad)
+    with pytest.raises(SeriesParamError):
+        parse_query("t", "0", None, "10", now_ms=10**12, last="1000")
+
+
 def test_bucketize_min_max_mean_last() -> None:
     q = SeriesQuery("t", 0, 100, 4)  # buckets of 25 ms
     out = bucketize(q, [(0, 3.0), (10, 1.0), (24, 2.0), (60, 5.5), (99, 7.0)])

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .. import errors
 from ..canonical_json import encode_json
-from . import media_http
+from . import media_http, web_http
 from .discovery_handlers import well_known_client
 from .request import ApiRequest, ApiResponse, error_answer, json_body, ok, plain_json_body
 from .router import client_api_segments
@@ -75,6 +75,9 @@ def make_app(hs: Homeserver) -> web.Application:
             if segments == [".well-known", "matrix", "client"] and request.method in ("GET", "HEAD"):
                 return json_response(ok(well_known_client(hs, request.scheme, request.headers.get("Host"),
                                                           _listener_url(request))))
+            page = web_http.web_route(segments)
+            if page is not None:  # the hub's own pages (web_http.py)
+                return web_http.serve(request, page)
             media = media_http.media_route(segments)
             if media is not None:  # streamed bodies and file answers (media_http.py says why)
                 call = media_http.MediaCall(query, token_from(request.headers, query), CORS_HEADERS)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 async def series(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     try:
-        query = parse_query(req.arg("field"), req.arg("from"), req.arg("to"), req.arg("buckets"), now_ms())
+        query = parse_query(req.arg("field"), req.arg("from"), req.arg("to"), req.arg("buckets"), now_ms(),
+                            req.arg("last"))
     except SeriesParamError as exc:
         raise errors.invalid_param(str(exc)) from None
     room_id = await hs.rooms.resolve_room(params.room_id_or_alias(req.params["roomId"]))
