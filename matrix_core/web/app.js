@@ -196,9 +196,11 @@ async function drawPlot(room) {
     const top = series.map((b) => x(b.ts + step / 2) + "," + y(b.max));
     const bottom = series.slice().reverse().map((b) => x(b.ts + step / 2) + "," + y(b.min));
     svg.appendChild(svgEl("polygon", {"class": "band", points: top.concat(bottom).join(" ")}));
+    svg.appendChild(svgEl("line", {"class": "axis-line", x1: 0, x2: w, y1: h - 0.5, y2: h - 0.5}));
     const line = series.map((b) => x(b.ts + step / 2) + "," + y(b.mean));
-    if (line.length === 1) line.push((x(series[0].ts + step / 2) + 2) + "," + y(series[0].mean));
     svg.appendChild(svgEl("polyline", {"class": "line", points: line.join(" ")}));
+    const last = series[series.length - 1];
+    svg.appendChild(svgEl("path", {"class": "dot", d: "M" + x(last.ts + step / 2) + " " + y(last.last) + "h0"}));
     const latest = series[series.length - 1].last;
     text = field + ": latest " + fmt(latest) + ", range " + fmt(lo) + " to " + fmt(hi) + " over the last "
            + {3600000: "hour", 86400000: "day", 604800000: "week"}[range];
