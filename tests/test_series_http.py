@@ -80,3 +80,15 @@ def test_auth_and_read_gate(gateway: GatewayProcess, tokens: dict[str, str], roo
     assert status == 403, body
     status, body = gateway.request("GET", "/_gateway/v1/nothing/here", token=tokens["alice"])
     assert status == 404 and body["errcode"] == "M_UNRECOGNIZED", body
+
+
+def test_status_is_for_admins(gateway: GatewayProcess, tokens: dict[str, str]) -> None:
+    status, body = gateway.request("GET", "/_gateway/v1/status", token=tokens["alice"])  # alice is an admin
+    assert status == 200, body
+    assert body["version"] and body["uptime_s"] >= 0 and body["rss_bytes"] > 1 << 20
+    assert body["database_bytes"] > 0 and body["stream_position"] > 0
+    assert body["events_per_minute"] is None or body["events_per_minute"] >= 0
+    status, body = gateway.request("GET", "/_gateway/v1/status", token=tokens["bob"])
+    assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
+    status, body = gateway.request("GET", "/_gateway/v1/status")
+    assert status == 401, body

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import time
 import urllib.request
@@ -117,6 +118,14 @@ def test_sign_in_and_watch_a_reading_arrive(gateway: GatewayProcess, browser: ob
     size = sum(len(fetch(u, **{"Accept-Encoding": "gzip"})[2]) for u in first)
     assert 0 < size <= 300 * 1024, (first, size)
 
+    page.get_by_role("button", name="Status").click()
+    status = page.get_by_role("region", name="Status")
+    expect(status.get_by_role("definition").nth(3)).to_have_text(re.compile(r"^[0-9.]+ (KB|MB)$"))  # database size
+    expect(status.get_by_role("term").nth(4)).to_have_text("Events per minute")
+    page.screenshot(path=str(artifacts / "status.png"), full_page=True)
+    page.get_by_role("button", name="Home").click()
+    expect(rooms).to_be_visible()
+
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     context.close()
@@ -129,4 +138,9 @@ def test_wrong_password_is_a_clear_message(gateway: GatewayProcess, browser: obj
     page.get_by_label("Password").fill("not the password")
     page.get_by_role("button", name="Sign in").click()
     playwright_sync.expect(page.get_by_role("alert")).to_have_text("Wrong user name or password.")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Status").click()  # bob is no admin
+    playwright_sync.expect(page.get_by_role("region", name="Status").get_by_role("status")).to_have_text(
+        "Only hub admins see the hub's status.")
     page.close()

@@ -1,6 +1,7 @@
 """The hub's own read API for plots and Grafana-style tools (docs/series-api.md):
 `GET /_gateway/v1/rooms/{roomId}/series?field=&from=&to=&buckets=` and
-`GET /_gateway/v1/rooms/{roomId}/series/fields`. Authenticated with the Matrix access token; the
+`GET /_gateway/v1/rooms/{roomId}/series/fields`, and the Status page's `GET /_gateway/v1/status`
+(admins). Authenticated with the Matrix access token; the
 handlers check the parameters (matrix_core/series.py) and service/series.py answers."""
 from __future__ import annotations
 
@@ -33,11 +34,20 @@ async def fields(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     return ok(await hs.series.fields(requester, room_id))
 
 
+async def status(hs: Homeserver, req: ApiRequest) -> ApiResponse:
+    """The Status page's figures (service/hub_status.py); admins only."""
+    requester = await hs.accounts.authenticate(req.access_token)
+    if not requester.is_admin:
+        raise errors.forbidden("Only hub admins may read the hub's status")
+    return ok(hs.status.report())
+
+
 def build_router() -> ClientRouter:
     """Routes under /_gateway/v1/ (the hub's own API, not the Matrix client API)."""
     router = ClientRouter()
     router.add("GET", "rooms/{roomId}/series", series)
     router.add("GET", "rooms/{roomId}/series/fields", fields)
+    router.add("GET", "status", status)
     return router
 
 

@@ -257,7 +257,36 @@ async function syncLoop() {
 function show(view) {
   $("login-view").hidden = view !== "login";
   $("home-view").hidden = view !== "home";
+  $("status-view").hidden = view !== "status";
   $("nav").hidden = view === "login";
+  clearInterval(session.statusTimer);
+  if (view === "status") { loadStatus(); session.statusTimer = setInterval(loadStatus, 5000); }
+}
+
+function bytes(n) {
+  if (typeof n !== "number") return "unknown";
+  return n >= 1048576 ? (n / 1048576).toFixed(1) + " MB" : (n / 1024).toFixed(0) + " KB";
+}
+
+function duration(s) {
+  const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
+  return (d ? d + " d " : "") + (d || h ? h + " h " : "") + m + " min";
+}
+
+async function loadStatus() {
+  let body;
+  try {
+    body = await api("GET", "/_gateway/v1/status");
+  } catch (e) {
+    $("status-note").textContent = e.status === 403 ? "Only hub admins see the hub's status." : e.message;
+    $("status-list").replaceChildren();
+    return;
+  }
+  $("status-note").textContent = "";
+  const rows = [["Version", body.version], ["Uptime", duration(body.uptime_s)], ["Memory (RSS)", bytes(body.rss_bytes)],
+                ["Database size", bytes(body.database_bytes)],
+                ["Events per minute", body.events_per_minute === null ? "measuring…" : String(body.events_per_minute)]];
+  $("status-list").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
 
 function signedIn() {
@@ -304,6 +333,8 @@ async function logout() {
 document.addEventListener("DOMContentLoaded", () => {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
+  $("go-home").addEventListener("click", () => show("home"));
+  $("go-status").addEventListener("click", () => show("status"));
   for (const radio of document.querySelectorAll("input[name=range]")) {
     radio.addEventListener("change", () => {
       session.rangeMs = Number(radio.value);
