@@ -92,3 +92,28 @@ def test_status_is_for_admins(gateway: GatewayProcess, tokens: dict[str, str]) -
     assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
     status, body = gateway.request("GET", "/_gateway/v1/status")
     assert status == 401, body
+
+
+def test_add_device_for_admins(gateway: GatewayProcess, tokens: dict[str, str]) -> None:
+    status, body = gateway.request("POST", "/_gateway/v1/devices", {"device_id": "shed1", "display_name": "Shed"},
+                                   token=tokens["alice"])
+    assert status == 200, body
+    assert body["user_id"] == "@alice:localhost" and body["device_id"] == "shed1"
+    status, who = gateway.request("GET", "/_matrix/client/v3/account/whoami", token=body["access_token"])
+    assert status == 200 and who["device_id"] == "shed1", who
+    status, again = gateway.request("POST", "/_gateway/v1/devices", {"device_id": "shed1"}, token=tokens["alice"])
+    assert status == 400 and again["errcode"] == "M_INVALID_PARAM", again
+    status, for_bob = gateway.request("POST", "/_gateway/v1/devices", {"device_id": "bobs", "user": "bob"},
+                                      token=tokens["alice"])
+    assert status == 200 and for_bob["user_id"] == "@bob:localhost", for_bob
+    for bad in ({}, {"device_id": ""}, {"device_id": "a b"}, {"device_id": "x" * 33}, {"device_id": 5},
+                {"device_id": "ok", "display_name": 3}, {"device_id": "ok2", "user": ""}):
+        status, err = gateway.request("POST", "/_gateway/v1/devices", bad, token=tokens["alice"])
+        assert status == 400 and err["errcode"] == "M_INVALID_PARAM", (bad, err)
+    status, err = gateway.request("POST", "/_gateway/v1/devices", {"device_id": "ok", "user": "nobody"},
+                                  token=tokens["alice"])
+    assert status == 404, err
+    status, err = gateway.request("POST", "/_gateway/v1/devices", {"device_id": "mine"}, token=tokens["bob"])
+    assert status == 403 and err["errcode"] == "M_FORBIDDEN", err
+    status, devices = gateway.request("GET", "/_matrix/client/v3/devices", token=tokens["bob"])
+    assert "mine" not in [d["device_id"] for d in devices["devices"]]

@@ -118,6 +118,19 @@ def test_sign_in_and_watch_a_reading_arrive(gateway: GatewayProcess, browser: ob
     size = sum(len(fetch(u, **{"Accept-Encoding": "gzip"})[2]) for u in first)
     assert 0 < size <= 300 * 1024, (first, size)
 
+    # add a device; its token works for mosquitto_pub, and the reading shows on Home
+    page.get_by_role("button", name="Devices").click()
+    page.get_by_label("Device ID").fill("websensor")
+    page.get_by_label("Display name").fill("Porch")
+    page.get_by_role("button", name="Add device").click()
+    device_token = page.get_by_label("New device's access token")
+    expect(device_token).not_to_be_empty()
+    expect(page.get_by_role("list", name="Your devices")).to_contain_text("websensor (Porch)")
+    mosquitto_pub(gateway.mqtt_port, "alice", device_token.text_content() or "", "house/porch/temp", '{"t": 7}', 1)
+    page.get_by_role("button", name="Home").click()
+    porch = rooms.get_by_role("listitem").filter(has=page.get_by_role("heading", name="MQTT house/porch"))
+    expect(porch.locator(".reading")).to_have_text("t 7")
+
     page.get_by_role("button", name="Status").click()
     status = page.get_by_role("region", name="Status")
     expect(status.get_by_role("definition").nth(3)).to_have_text(re.compile(r"^[0-9.]+ (KB|MB)$"))  # database size

@@ -258,6 +258,8 @@ function show(view) {
   $("login-view").hidden = view !== "login";
   $("home-view").hidden = view !== "home";
   $("status-view").hidden = view !== "status";
+  $("devices-view").hidden = view !== "devices";
+  if (view === "devices") loadDevices();
   $("nav").hidden = view === "login";
   clearInterval(session.statusTimer);
   if (view === "status") { loadStatus(); session.statusTimer = setInterval(loadStatus, 5000); }
@@ -271,6 +273,38 @@ function bytes(n) {
 function duration(s) {
   const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);
   return (d ? d + " d " : "") + (d || h ? h + " h " : "") + m + " min";
+}
+
+async function loadDevices() {
+  let body;
+  try { body = await api("GET", API + "/devices"); } catch (e) { return; }
+  const items = (body.devices || []).map((d) => {
+    const seen = d.last_seen_ts ? " · last seen " + new Date(d.last_seen_ts).toLocaleString() : "";
+    return el("li", {}, d.device_id + (d.display_name ? " (" + d.display_name + ")" : "") + seen);
+  });
+  $("device-list").replaceChildren(...items);
+}
+
+async function addDevice(event) {
+  event.preventDefault();
+  $("device-error").textContent = "";
+  $("device-added").hidden = true;
+  const name = $("device-name").value.trim();
+  try {
+    const body = await api("POST", "/_gateway/v1/devices",
+                           Object.assign({device_id: $("device-id").value.trim()}, name ? {display_name: name} : {}));
+    $("added-id").textContent = body.device_id;
+    $("device-token").textContent = body.access_token;
+    const user = body.user_id.slice(1).split(":")[0];
+    $("device-snippet").textContent = "mosquitto_pub -h " + location.hostname + " -u '" + user + "' -P '"
+      + body.access_token + "' -t home/" + body.device_id + "/reading -m '{\"temp\": 21.5}' -q 1";
+    $("device-added").hidden = false;
+    $("device-id").value = "";
+    $("device-name").value = "";
+    loadDevices();
+  } catch (e) {
+    $("device-error").textContent = e.status === 403 ? "Only hub admins may add devices." : e.message;
+  }
 }
 
 async function loadStatus() {
@@ -335,6 +369,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", logout);
   $("go-home").addEventListener("click", () => show("home"));
   $("go-status").addEventListener("click", () => show("status"));
+  $("go-devices").addEventListener("click", () => show("devices"));
+  $("add-device-form").addEventListener("submit", addDevice);
   for (const radio of document.querySelectorAll("input[name=range]")) {
     radio.addEventListener("change", () => {
       session.rangeMs = Number(radio.value);
