@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 import urllib.parse
 
+import cbor2
 import pytest
 
 from tests.conftest import PASSWORD
 from tests.support.gateway import GatewayProcess
+from tests.test_coap_e2e import coap_client
 from tests.test_mqtt_peers import mosquitto_pub
 
 
@@ -60,6 +62,22 @@ def test_mqtt_floats_are_plotted(gateway: GatewayProcess, tokens: dict[str, str]
     status, body = series(gateway, tokens["alice"], room, "field=t&buckets=1")
     assert status == 200, body
     assert body["series"][0]["last"] == 19.25 and body["series"][0]["max"] == 21.5, body
+
+
+def test_cbor_floats_over_coap_are_plotted(gateway: GatewayProcess, tokens: dict[str, str], room: str) -> None:
+    """coap-client posts CBOR doubles (21.5) and a half-float (0.5, f9 3800): all are numbers."""
+    device = gateway.device_token("alice", "coapseries")
+    doubles = cbor2.dumps({"msgtype": "m.text", "body": "reading", "payload": {"hum": 21.5}})
+    half = doubles.replace(bytes.fromhex("fb4035800000000000"), bytes.fromhex("f93800"))  # 0.5 as a half
+    assert cbor2.loads(half)["payload"]["hum"] == 0.5
+    for body in (doubles, half):
+        out, err = coap_client("-m", "post", "-t", "60", "-f", "-", "-O", "11,_m", "-O", "11,c", "-O", "11,v3",
+                               "-O", "11,r", "-O", f"11,{room}", "-O", "11,s", "-O", "11,m.room.message",
+                               "-O", f"15,a={device}", f"coap://127.0.0.1:{gateway.coap_port}", payload=body)
+        assert cbor2.loads(out)["event_id"].startswith("$"), err
+    status, body = series(gateway, tokens["alice"], room, "field=payload.hum&last=600000&buckets=1")
+    assert status == 200, body
+    assert body["series"][0]["min"] == 0.5 and body["series"][0]["last"] == 0.5 and body["series"][0]["max"] == 21.5
 
 
 @pytest.mark.parametrize("query", [
