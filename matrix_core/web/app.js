@@ -152,6 +152,7 @@ async function loadFields(room) {
 function showReading(room, ev) {
   const fields = numericFields(ev.content);
   if (fields.length) {
+    room.hasReading = true;
     room.ui.reading.textContent = fields.map(([k, v]) => k + " " + fmt(v)).join(" · ");
     setFields(room, fields.map(([k]) => k));
     schedulePlot(room, 100);
@@ -205,6 +206,7 @@ async function drawPlot(room) {
     text = field + ": latest " + fmt(latest) + ", range " + fmt(lo) + " to " + fmt(hi) + " over the last "
            + {3600000: "hour", 86400000: "day", 604800000: "week"}[range];
     svg.setAttribute("data-latest", String(latest));
+    if (!room.hasReading) room.ui.reading.textContent = field + " " + fmt(latest);  // older than the timeline we got
   }
   svg.setAttribute("aria-label", text);
   const caption = el("p", {"class": "when"}, text);
