@@ -109,3 +109,33 @@ def test_backfill_reads_stored_events() -> None:
     assert json.loads(store.series_json(stored) or "null") == [["temp", 21.5]]
     assert store.series_json(event_json.pack(b'{"content":{"body":"hi"}}')) is None
     assert store.series_json(b"not json") is None
+
+
+def test_the_migration_indexes_events_already_stored(tmp_path) -> None:
+    """A hub upgraded to the readings index gets its history indexed (the backfill step)."""
+    import json
+
+    from matrix_core.store import event_json
+    from matrix_core.store.database import open_sync
+    conn = open_sync(tmp_path / "hub.db")
+    events = [
+        (1, "$a", "m.room.message", None, {"temp": {"$f": "21.5"}, "body": "x"}),
+        (2, "$b", "m.room.message", None, {"mqtt": {"topic": "t", "qos": 0, "payload": {"kind": "json", "value": 7}}}),
+        (3, "$c", "m.room.name", "", {"name": "5", "n": 5}),  # state: no reading
+        (4, "$d", "m.room.message", None, {"msgtype": "m.text", "body": "hi"}),
+    ]
+    conn.execute("DROP TABLE series_points")
+    conn.execute("DELETE FROM schema_versions WHERE component = 'series'")
+    for pos, event_id, event_type, state_key, content in events:
+        pdu = {"type": event_type, "content": content, "room_id": "!r:x", "sender": "@a:x"}
+        conn.execute(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, origin_server_ts, "
+            "state_group, state_group_before, outlier, rejected_reason, txn_key, json) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (pos, event_id, "!r:x", event_type, state_key, "@a:x", pos, 1000 * pos, None, None, 0, None, None,
+             event_json.pack(json.dumps(pdu).encode())))
+    conn.close()
+    conn = open_sync(tmp_path / "hub.db")  # migrates again: the series step runs on the stored events
+    rows = conn.execute("SELECT room_id, field, ts, pos, value FROM series_points ORDER BY pos").fetchall()
+    conn.close()
+    assert rows == [("!r:x", "temp", 1000, 1, 21.5), ("!r:x", "value", 2000, 2, 7.0)]
