@@ -21,4 +21,6 @@ PURE_MODULES = (
     "media_rules", "device_media",
     # issue 17, application services
     "appservice_rules",
+    # issue 18, the hub's web pages
+    "series",
 )

@@ -22,6 +22,7 @@ from .service.devices import Devices
 from .service.directory import Directory
 from .service.e2e_keys import E2eKeys
 from .service.forgotten_rooms import ForgottenRooms
+from .service.hub_status import HubStatus
 from .service.key_backup import KeyBackup
 from .service.media import Media
 from .service.presence import Presence
@@ -29,6 +30,7 @@ from .service.push import PushRules
 from .service.push_delivery import PushDelivery
 from .service.receipts import Receipts
 from .service.rooms import Rooms
+from .service.series import Series
 from .service.sync import Sync
 from .service.to_device import ToDevice
 from .service.typing import Typing
@@ -131,6 +133,8 @@ class Homeserver:
         self.e2e_keys = E2eKeys(self)
         self.to_device = ToDevice(self)
         self.appservices = AppServices(self, settings.appservices)  # issue 17: bridges and bots
+        self.series = Series(self.db, self.rooms)  # readings as time series (issue 18, the web pages' plots)
+        self.status = HubStatus(self.stream, settings.database_path)  # the Status page's figures (issue 18)
 
     async def start(self) -> None:
         await self.db.open()
@@ -144,10 +148,12 @@ class Homeserver:
         await self.e2e_keys.load()
         await self.to_device.load()
         await self.appservices.start()
+        self.status.start()
 
     async def stop(self) -> None:
         """Commit everything in flight, wake long-polls, close the database."""
         self.stream.close()
+        self.status.stop()
         self.typing.stop()
         await self.receipts.stop()
         await self.push_delivery.stop()

@@ -10,11 +10,12 @@ from aiohttp import web
 
 from .. import errors
 from ..canonical_json import encode_json
-from . import media_http
+from . import media_http, web_http
 from .discovery_handlers import well_known_client
 from .request import ApiRequest, ApiResponse, error_answer, json_body, ok, plain_json_body
 from .router import client_api_segments
 from .routes import ROUTER
+from .series_handlers import GATEWAY_ROUTER
 
 if TYPE_CHECKING:
     from ..homeserver import Homeserver
@@ -74,12 +75,19 @@ def make_app(hs: Homeserver) -> web.Application:
             if segments == [".well-known", "matrix", "client"] and request.method in ("GET", "HEAD"):
                 return json_response(ok(well_known_client(hs, request.scheme, request.headers.get("Host"),
                                                           _listener_url(request))))
+            page = web_http.web_route(segments)
+            if page is not None:  # the hub's own pages (web_http.py)
+                return web_http.serve(request, page)
             media = media_http.media_route(segments)
             if media is not None:  # streamed bodies and file answers (media_http.py says why)
                 call = media_http.MediaCall(query, token_from(request.headers, query), CORS_HEADERS)
                 answer = await media_http.handle(hs, request, media[0], media[1], call)
                 return json_response(answer) if isinstance(answer, ApiResponse) else answer
-            api_segments = client_api_segments(segments)
+            router = ROUTER
+            if segments[:2] == ["_gateway", "v1"] and len(segments) > 2:
+                router, api_segments = GATEWAY_ROUTER, segments[2:]  # the hub's own API (series_handlers.py)
+            else:
+                api_segments = client_api_segments(segments)
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
                 raise errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")
             raw = await request.read() if request.can_read_body else b""
@@ -95,7 +103,7 @@ def make_app(hs: Homeserver) -> web.Application:
                 raw_body=raw,
                 content_type=request.headers.get("Content-Type"),
             )
-            return json_response(await ROUTER.dispatch(hs, api_request))
+            return json_response(await router.dispatch(hs, api_request))
         except errors.MatrixError as err:
             return error_response(err)
         except web.HTTPRequestEntityTooLarge:

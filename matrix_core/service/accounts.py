@@ -106,6 +106,16 @@ class Accounts:
             raise errors.unknown_token()
         return token
 
+    async def add_device(self, user_id: str, device_id: str, display_name: str | None) -> str:
+        """Create a device with a fresh access token: the CLI's `device add` (insert_device_token),
+        for the web page's "Add device". A device id already in use is refused, not re-issued."""
+        if not await self.user_exists(user_id):
+            raise errors.not_found(f"No such user {user_id}")
+        if await device_rows.device(self.db, user_id, device_id) is not None:
+            raise errors.invalid_param(f"The device {device_id} exists already")
+        return await self.db.write(
+            lambda conn: account_rows.insert_device_token(conn, user_id, device_id, display_name))
+
     async def create_user(self, user_id: str, password: str | None, admin: bool = False,
                           household: bool = True) -> None:
         """Store a new account. scrypt runs first, in a worker thread: inside the write it would

@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar, cast
 import aiosqlite
 
 from .. import errors
-from . import event_index, relations
+from . import event_index, relations, series
 from .disk_space import FullDiskLog, means_full, no_room
 from .migrations import migrate
 
@@ -50,6 +50,7 @@ def configure_connection(conn: sqlite3.Connection, synchronous: str = "FULL") ->
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     event_index.register(conn)
     relations.register(conn)  # the relations index's backfill migration reads event JSON
+    series.register(conn)  # so does the readings index's (store/series.py)
 
 
 def open_sync(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:

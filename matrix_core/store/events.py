@@ -11,7 +11,7 @@ import sqlite3
 from typing import Any
 
 from ..events import Event
-from . import event_index, event_json, relations
+from . import event_index, event_json, relations, series
 from .database import Database, WriteFn
 from .event_index import Compactor
 
@@ -164,6 +164,7 @@ class EventRows:
         self.current_deleted: list[tuple[str, str, str]] = []
         self.redactions: list[tuple[str, str]] = []
         self.relations: list[tuple[Any, ...]] = []  # rows of the relations index (store/relations.py)
+        self.series: list[tuple[Any, ...]] = []  # rows of the readings index (store/series.py)
         self.member_updates: list[tuple[str, str, int]] = []
         self.notify: list[tuple[int, Event]] = []
         self.new_room: tuple[str, str, str | None] | None = None
@@ -192,6 +193,8 @@ class EventRows:
             relation = relations.row_for(pos, ev)
             if relation is not None:
                 self.relations.append(relation)
+            if ev.type in series.READING_TYPES:
+                self.series.extend(series.rows_for(pos, ev))
         if announce and not outlier and rejected is None:
             self.notify.append((pos, ev))
 
@@ -255,7 +258,10 @@ class EventRows:
             )
         if self.relations:
             relations.insert(conn, self.relations)
+        if self.series:
+            series.insert(conn, self.series)
         if self.redactions:
+            series.forget_redacted(conn, [target for target, _ in self.redactions])
             conn.executemany(
                 "INSERT OR IGNORE INTO redactions (redacted_event_id, redaction_event_id) VALUES (?,?)",
                 self.redactions,

@@ -12,7 +12,7 @@ import sqlite3
 from types import ModuleType
 
 from . import (account_data, appservice, coap_psk, cross_signing, devices, e2e_federation, e2e_keys, forgotten_rooms,
-               key_backup, media, mqtt, mqtt_bridge, push_rules, pushers, receipts, relations, to_device)
+               key_backup, media, mqtt, mqtt_bridge, push_rules, pushers, receipts, relations, series, to_device)
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -228,6 +228,8 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     appservice,
     # issue 16: uplinks to other brokers ([[mqtt_bridge]])
     mqtt_bridge,
+    # issue 18, the hub's web pages: the readings index behind the plots
+    series,
 )
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).

@@ -10,7 +10,7 @@ import sqlite3
 from typing import Any, Iterator
 
 from .. import media_rules
-from . import event_index, event_json, media, relations
+from . import event_index, event_json, media, relations, series
 
 _PURGEABLE = (
     "e.state_key IS NULL AND e.origin_server_ts < ?2 AND {pos} < ?3 "
@@ -59,6 +59,7 @@ def purge_batch(conn: sqlite3.Connection, room_id: str, cutoff_ms: int, limit: i
     conn.execute(f"DELETE FROM events WHERE stream_ordering IN ({marks})", positions)
     event_index.forget(conn, room_id, positions)
     relations.forget(conn, ids)
+    series.forget(conn, positions)
     conn.execute(f"DELETE FROM redactions WHERE redacted_event_id IN ({marks}) OR redaction_event_id IN ({marks})",
                  ids + ids)
     return len(ids)
