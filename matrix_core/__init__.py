@@ -19,4 +19,6 @@ PURE_MODULES = (
     "e2e_rules", "cross_signing_rules", "key_backup_rules",
     # issue 15, the content repository
     "media_rules",
+    # issue 19, Simplified Sliding Sync
+    "sliding_sync_rules",
 )

@@ -27,6 +27,7 @@ from .service.push import PushRules
 from .service.push_delivery import PushDelivery
 from .service.receipts import Receipts
 from .service.rooms import Rooms
+from .service.sliding_sync import SlidingSync
 from .service.sync import Sync
 from .service.to_device import ToDevice
 from .service.typing import Typing
@@ -124,6 +125,7 @@ class Homeserver:
         # End-to-end encryption, server side (issue 14): keys, device lists, to-device; /sync sources
         self.e2e_keys = E2eKeys(self)
         self.to_device = ToDevice(self)
+        self.sliding_sync = SlidingSync(self)  # Simplified Sliding Sync, MSC4186 (issue 19)
 
     async def start(self) -> None:
         await self.db.open()

@@ -19,6 +19,7 @@ from . import push_handlers as p
 from . import pusher_handlers as pushers
 from . import relation_handlers as rel
 from . import room_handlers as r
+from . import sliding_sync_handlers as ss
 from . import timestamp_handlers as ts
 from .router import ClientRouter
 
@@ -141,6 +142,8 @@ def build_router() -> ClientRouter:
         add("PUT", path, kb.put_keys)
         add("GET", path, kb.get_keys)
         add("DELETE", path, kb.delete_keys)
+    # Simplified Sliding Sync, MSC4186 (issue 19): Element X's sync (sliding_sync_handlers.py)
+    add("POST", "org.matrix.simplified_msc3575/sync", ss.sliding_sync)
     return router
 
 
