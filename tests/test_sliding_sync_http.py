@@ -278,3 +278,8 @@ def test_extensions_account_data_receipts_typing_to_device_e2ee(user: User, othe
     exts["to_device"]["since"] = fourth["extensions"]["to_device"]["next_batch"]
     fifth = user.ok({**a_list([[0, 5]]), "extensions": exts}, pos=fourth["pos"], timeout=0)
     assert fifth["extensions"]["to_device"]["events"] == []
+
+
+def test_versions_advertises_simplified_sliding_sync(gateway: GatewayProcess) -> None:
+    status, body = gateway.request("GET", "/_matrix/client/versions")
+    assert status == 200 and body["unstable_features"]["org.matrix.simplified_msc3575"] is True
