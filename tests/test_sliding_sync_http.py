@@ -283,3 +283,20 @@ def test_extensions_account_data_receipts_typing_to_device_e2ee(user: User, othe
 def test_versions_advertises_simplified_sliding_sync(gateway: GatewayProcess) -> None:
     status, body = gateway.request("GET", "/_matrix/client/versions")
     assert status == 200 and body["unstable_features"]["org.matrix.simplified_msc3575"] is True
+
+
+def test_leaving_a_room_is_sent_once_then_the_room_is_gone(user: User, other: User) -> None:
+    room = other.room("leave me")
+    other.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/invite", {"user_id": user.user_id})
+    user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/join", {})
+    first = user.ok(a_list([[0, 5]]))
+    assert first["rooms"][room]["initial"] is True
+    user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/leave", {})
+    second = user.ok(a_list([[0, 5]]), pos=first["pos"], timeout=5000)
+    leave = second["rooms"][room]["timeline"][-1]
+    assert (leave["type"], leave["state_key"], leave["content"]["membership"]) == (
+        "m.room.member", user.user_id, "leave")
+    assert second["lists"]["all"]["count"] == 0
+    other.say(room, "after you left")
+    third = user.ok(a_list([[0, 5]]), pos=second["pos"], timeout=300)
+    assert room not in third["rooms"]

@@ -239,6 +239,7 @@ class SlidingSync:
             if body is not None:
                 rooms[room_id] = body
             sent[room_id] = (upto, "join", config)
+        await self._left(requester, sent, memberships, rooms, upto)
         joined_shown = [r for r in wanted if memberships[r][0] == "join"]
         ext_answer, ext_news = await self._extensions(requester, extensions, prev, side_upto, joined_shown)
         state = ConnState(upto, side_upto, sent, subscriptions, extensions, counts)
@@ -247,6 +248,30 @@ class SlidingSync:
         return answer, state, news
 
     # -- rooms ----------------------------------------------------------------------------------
+
+    async def _left(self, requester: Requester, sent: dict[str, tuple[int, str, RoomConfig]],
+                    memberships: dict[str, tuple[str, int]], rooms: dict[str, Any], upto: int) -> None:
+        """A room the connection had and the user has since left, been kicked or banned from, or
+        whose invite was rejected: sent once more with the events up to the leave (so the client
+        sees its own membership change), then forgotten by the connection."""
+        mine = self.rooms.memberships.get(requester.user_id, {})
+        for room_id, (since, _, config) in list(sent.items()):
+            if room_id in memberships:
+                continue
+            entry = mine.get(room_id)
+            del sent[room_id]
+            if entry is None or entry[0] not in ("leave", "ban") or entry[1] <= since or entry[1] > upto \
+                    or self.rooms.room_version(room_id) is None:
+                continue
+            limit = max(config.timeline_limit, 1)
+            got = await self.rooms.timeline(room_id, entry[1], limit + 1, after=since)
+            got.reverse()
+            timeline = got[-limit:]
+            rooms[room_id] = {
+                "timeline": [self.rooms.serialize(ev, requester) for _, ev in timeline],
+                "required_state": [], "limited": len(got) > limit, "num_live": len(timeline),
+                "prev_batch": f"s{timeline[0][0] - 1 if timeline else entry[1]}", "bump_stamp": entry[1],
+            }
 
     def _invite_body(self, user_id: str, room_id: str, stamp: int) -> dict[str, Any]:
         room = self.rooms.loaded_room(room_id)
@@ -269,6 +294,10 @@ class SlidingSync:
                          upto: int, stamp: int) -> dict[str, Any] | None:
         """A joined room's entry: everything asked for when the connection has not had the room
         (or asked with another config), else what is new since `since`; None when nothing is."""
+        if since is not None:
+            recent = self.stream.recent_since(since)  # in memory: skip the query for a quiet room
+            if recent is not None and not any(ev.room_id == room_id and pos <= upto for pos, ev in recent):
+                return None
         room = await self.rooms.get_room(room_id)
         limit = config.timeline_limit
         scan = limit + 1 if since is None else max(limit, STATE_SCAN) + 1
