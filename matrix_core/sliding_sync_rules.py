@@ -271,6 +271,7 @@ def select_state(state: StateMap, required: Iterable[tuple[str, str]], user_id: 
     required = list(required)
     if not required:
         return []
+    senders = list(timeline_senders)
     wanted: dict[tuple[str, str], None] = {}
     all_types = any(t == WILDCARD and k == WILDCARD for t, k in required)
     any_key_types = {t for t, k in required if k == WILDCARD and t != WILDCARD}
@@ -279,15 +280,15 @@ def select_state(state: StateMap, required: Iterable[tuple[str, str]], user_id: 
     for event_type, state_key in required:
         key = user_id if state_key == ME else state_key
         if event_type == "m.room.member" and state_key == LAZY:
-            for sender in list(timeline_senders) + [user_id]:
+            for sender in senders + [user_id]:
                 exact.add(("m.room.member", sender))
         elif event_type == WILDCARD and key != WILDCARD:
             keys_any_type.add(key)
         elif key != WILDCARD:
             exact.add((event_type, key))
-    for key in state:
-        if all_types or key[0] in any_key_types or key in exact or key[1] in keys_any_type:
-            wanted[key] = None
+    for pair in state:
+        if all_types or pair[0] in any_key_types or pair in exact or pair[1] in keys_any_type:
+            wanted[pair] = None
     return list(wanted)
 
 
