@@ -300,3 +300,22 @@ def test_leaving_a_room_is_sent_once_then_the_room_is_gone(user: User, other: Us
     other.say(room, "after you left")
     third = user.ok(a_list([[0, 5]]), pos=second["pos"], timeout=300)
     assert room not in third["rooms"]
+
+
+def test_sticky_subscriptions_are_bounded_per_connection(user: User) -> None:
+    first = user.ok({"room_subscriptions": {f"!r{i}:localhost": {} for i in range(150)}})
+    status, err = user.ss({"room_subscriptions": {f"!s{i}:localhost": {} for i in range(150)}}, pos=first["pos"])
+    assert (status, err["errcode"]) == (400, "M_INVALID_PARAM")
+    # nothing was kept from the refused request: the connection goes on from its pos
+    assert user.ok({"unsubscribe_rooms": [f"!r{i}:localhost" for i in range(100)]}, pos=first["pos"])["rooms"] == {}
+
+
+def test_many_connections_of_one_user_evict_only_their_own(user: User, other: User) -> None:
+    theirs = other.ok({"conn_id": "keep"})
+    oldest = user.ok({"conn_id": "c0"})
+    for i in range(1, 20):
+        user.ok({"conn_id": f"c{i}"})
+    assert other.ss({"conn_id": "keep"}, pos=theirs["pos"])[0] == 200
+    status, err = user.ss({"conn_id": "c0"}, pos=oldest["pos"])
+    assert (status, err["errcode"]) == (400, "M_UNKNOWN_POS")  # the client starts over
+    assert user.ss({"conn_id": "c19"}, pos=user.ok({"conn_id": "c19"})["pos"])[0] == 200

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import errors
 from .. import sliding_sync_rules as rules
 from ..events import Event
 from ..log_limit import LogLimiter
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 512
+MAX_CONNECTIONS_PER_USER = 16   # one user opening conn_id after conn_id evicts only their own
 STATES_KEPT = 4
 STATE_SCAN = 100  # how many new events of a room are looked through for changed required state
 SIDE = ("account_data", "receipts", "typing", "to_device", "device_lists", "push_rules")
@@ -98,6 +100,9 @@ class SlidingSync:
         conn = Connection(secrets.token_hex(4))
         self._conns[key] = conn
         self._conns.move_to_end(key)
+        mine = [k for k in self._conns if k[0] == key[0]]
+        for old in mine[:max(0, len(mine) - MAX_CONNECTIONS_PER_USER)]:
+            del self._conns[old]
         while len(self._conns) > MAX_CONNECTIONS:
             self._conns.popitem(last=False)
         return conn
@@ -132,6 +137,8 @@ class SlidingSync:
         for room_id in req.unsubscribe:
             subscriptions.pop(room_id, None)
         subscriptions.update(req.subscriptions)
+        if len(subscriptions) > rules.MAX_SUBSCRIPTIONS:  # sticky: bounded across requests too
+            raise errors.invalid_param(f"At most {rules.MAX_SUBSCRIPTIONS} room subscriptions on a connection")
         extensions = dict(prev.extensions) if prev else {}
         extensions.update(req.extensions)
         deadline = time.monotonic() + max(0, timeout_ms) / 1000
