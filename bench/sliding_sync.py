@@ -7,7 +7,9 @@
   range [0, 19], timeline_limit 1, required_state name/avatar/own member; p50/p99 over --repeat;
 - initial /sync v2 of the same user (timeline limit 1 by filter) for comparison;
 - bump: a sliding sync long-polls with its pos; a message goes into the oldest room; the time from
-  the send's 200 until the answer carrying that room is back, p50/p99; and the same for /sync v2.
+  the send's 200 until the answer carrying that room is back, p50/p99; and the same for /sync v2;
+- RSS of the hub with --pollers users (each in every room) long-polling sliding sync, before they
+  connect and while they wait, and the time until all of them have one new message.
 
 Client: aiohttp on loopback against the CLI-started hub (its own data dir, registration open).
 """
@@ -61,7 +63,8 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ss-") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
-        (data / "gateway.toml").write_text("messages_per_second = 0\nenable_registration = true\n")
+        (data / "gateway.toml").write_text("messages_per_second = 0\nenable_registration = true\n"
+                                          "http_max_connections_per_address = 0\n")  # 20 long-polls, one address
         gw = GatewayProcess(data)
         gw.start()
         try:
@@ -72,7 +75,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 token = user["access_token"]
                 rooms = []
                 for i in range(args.rooms):
-                    room = (await call(http, base, "POST", f"{V3}/createRoom", token, {"name": f"room {i}"}))["room_id"]
+                    room = (await call(http, base, "POST", f"{V3}/createRoom", token,
+                                  {"name": f"room {i}", "preset": "public_chat"}))["room_id"]
                     rooms.append(room)
                     for j in range(args.events):
                         await call(http, base, "PUT", f"{V3}/rooms/{urllib.parse.quote(room)}/send/m.room.message/"
@@ -116,6 +120,29 @@ async def main_async(args: argparse.Namespace) -> None:
                     pos, since = got["pos"], v2["next_batch"]
                 report("sliding sync, bump: send 200 -> answer", ss_samples)
                 report("/sync v2, same message: send 200 -> answer", v2_samples)
+
+                pollers = []
+                for n in range(args.pollers):
+                    other = await call(http, base, "POST", f"{V3}/register", body={
+                        "username": f"poller{n}", "password": PASSWORD, "auth": {"type": "m.login.dummy"}})
+                    for room in rooms:
+                        await call(http, base, "POST", f"{V3}/rooms/{urllib.parse.quote(room)}/join",
+                                   other["access_token"], {})
+                    first = await call(http, base, "POST", SS, other["access_token"], LIST)
+                    pollers.append((other["access_token"], first["pos"]))
+                rss_before = gw.rss_bytes()
+                polls = [asyncio.ensure_future(call(http, base, "POST", f"{SS}?pos={p}&timeout=20000", t, LIST))
+                         for t, p in pollers]
+                await asyncio.sleep(1.0)
+                rss_waiting = gw.rss_bytes()
+                await call(http, base, "PUT", f"{V3}/rooms/{urllib.parse.quote(rooms[0])}/send/m.room.message/all",
+                           token, {"msgtype": "m.text", "body": "to everyone"})
+                sent = time.perf_counter()
+                answers = await asyncio.gather(*polls)
+                fanout = time.perf_counter() - sent
+                assert all(rooms[0] in a["rooms"] for a in answers)
+                print(f"RSS with {args.pollers} sliding sync long-polls: {rss_before / 2**20:.1f} MiB before, "
+                      f"{rss_waiting / 2**20:.1f} MiB waiting; one message reaches all in {fanout * 1000:.1f} ms")
         finally:
             gw.stop()
 
@@ -125,6 +152,7 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--pollers", type=int, default=20)
     asyncio.run(main_async(parser.parse_args()))
 
 

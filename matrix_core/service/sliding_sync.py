@@ -66,12 +66,22 @@ class BumpStamps:
     def __init__(self, hs: Homeserver) -> None:
         self.rooms = hs.rooms
         self._stamps: dict[str, int] = {}
+        # room -> position of its newest event published since start (any type). Every `pos` this
+        # service hands out is after start, so a room missing here has had nothing new since any
+        # of them: a long-poll's wake-up checks its rooms with a dict lookup, not a query.
+        self.latest: dict[str, int] = {}
         hs.stream.subscribe(self._on_events)
 
     def _on_events(self, entries: list[tuple[int, Event]]) -> None:
         for pos, ev in entries:
+            if pos > self.latest.get(ev.room_id, 0):
+                self.latest[ev.room_id] = pos
             if ev.type in rules.BUMP_EVENT_TYPES and ev.room_id in self._stamps:
                 self._stamps[ev.room_id] = max(self._stamps[ev.room_id], pos)
+
+    def quiet_since(self, room_id: str, since: int) -> bool:
+        """No event in the room after `since` (a position handed out by this process)."""
+        return self.latest.get(room_id, since) <= since
 
     async def stamp(self, room_id: str, upto: int) -> int:
         known = self._stamps.get(room_id)
@@ -301,10 +311,8 @@ class SlidingSync:
                          upto: int, stamp: int) -> dict[str, Any] | None:
         """A joined room's entry: everything asked for when the connection has not had the room
         (or asked with another config), else what is new since `since`; None when nothing is."""
-        if since is not None:
-            recent = self.stream.recent_since(since)  # in memory: skip the query for a quiet room
-            if recent is not None and not any(ev.room_id == room_id and pos <= upto for pos, ev in recent):
-                return None
+        if since is not None and self.bumps.quiet_since(room_id, since):
+            return None  # known from memory: no query for a room with nothing new
         room = await self.rooms.get_room(room_id)
         limit = config.timeline_limit
         scan = limit + 1 if since is None else max(limit, STATE_SCAN) + 1
