@@ -319,3 +319,24 @@ def test_many_connections_of_one_user_evict_only_their_own(user: User, other: Us
     status, err = user.ss({"conn_id": "c0"}, pos=oldest["pos"])
     assert (status, err["errcode"]) == (400, "M_UNKNOWN_POS")  # the client starts over
     assert user.ss({"conn_id": "c19"}, pos=user.ok({"conn_id": "c19"})["pos"])[0] == 200
+
+
+def test_spaces_filter_lists_the_space_children(user: User) -> None:
+    space = user.room("space", creation_content={"type": "m.space"})
+    child = user.room("child")
+    user.room("elsewhere")
+    user.call("PUT", f"/_matrix/client/v3/rooms/{Q(space)}/state/m.space.child/{Q(child)}", {"via": ["localhost"]})
+    answer = user.ok(a_list([[0, 9]], filters={"spaces": [space]}))
+    assert set(answer["rooms"]) == {child} and answer["lists"]["all"]["count"] == 1
+
+
+def test_history_before_joining_stays_hidden(user: User, other: User) -> None:
+    room = other.room("hidden past", initial_state=[{"type": "m.room.history_visibility", "state_key": "",
+                                                     "content": {"history_visibility": "joined"}}])
+    other.say(room, "before you came")
+    other.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/invite", {"user_id": user.user_id})
+    user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/join", {})
+    other.say(room, "after you came")
+    body = user.ok(a_list([[0, 5]], timeline_limit=10))["rooms"][room]
+    texts = [ev["content"].get("body") for ev in body["timeline"] if ev["type"] == "m.room.message"]
+    assert texts == ["after you came"]
