@@ -191,9 +191,11 @@ class SlidingSync:
         return out
 
     async def _facts(self, user_id: str, memberships: dict[str, tuple[str, int]],
-                     need_spaces: bool) -> dict[str, RoomFacts]:
-        m_direct = await self.hs.account_data.get_global_account_data(user_id, "m.direct")
-        dms = rules.dm_rooms(m_direct)
+                     need_spaces: bool, need_dms: bool) -> dict[str, RoomFacts]:
+        """What the lists' filters look at; m.direct (a read) and space children only when a
+        filter asks, since this runs on every wake-up of a long-poll."""
+        dms = rules.dm_rooms(await self.hs.account_data.get_global_account_data(user_id, "m.direct")) \
+            if need_dms else frozenset()
         parents: dict[str, set[str]] = {}
         if need_spaces:
             for space_id, (membership, _) in memberships.items():
@@ -222,7 +224,8 @@ class SlidingSync:
         user_id = requester.user_id
         memberships = await self._memberships(user_id)
         need_spaces = any(lst.filters.spaces is not None for lst in req.lists.values())
-        facts = await self._facts(user_id, memberships, need_spaces) if req.lists else {}
+        need_dms = any(lst.filters.is_dm is not None for lst in req.lists.values())
+        facts = await self._facts(user_id, memberships, need_spaces, need_dms) if req.lists else {}
         stamps: dict[str, int] = {}
         for room_id, (membership, mpos) in memberships.items():
             if membership == "invite" or self.rooms.room_version(room_id) is None:
