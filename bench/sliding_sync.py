@@ -130,6 +130,10 @@ async def main_async(args: argparse.Namespace) -> None:
                                    other["access_token"], {})
                     first = await call(http, base, "POST", SS, other["access_token"], LIST)
                     pollers.append((other["access_token"], first["pos"]))
+                caught_up = []  # past the other pollers' joins, so each poll waits for the message
+                for t, p in pollers:
+                    caught_up.append((t, (await call(http, base, "POST", f"{SS}?pos={p}&timeout=0", t, LIST))["pos"]))
+                pollers = caught_up
                 rss_before = gw.rss_bytes()
                 polls = [asyncio.ensure_future(call(http, base, "POST", f"{SS}?pos={p}&timeout=20000", t, LIST))
                          for t, p in pollers]
