@@ -23,4 +23,6 @@ PURE_MODULES = (
     "appservice_rules",
     # issue 18, the hub's web pages
     "series",
+    # issue 19, Simplified Sliding Sync
+    "sliding_sync_rules",
 )

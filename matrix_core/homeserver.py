@@ -31,6 +31,7 @@ from .service.push_delivery import PushDelivery
 from .service.receipts import Receipts
 from .service.rooms import Rooms
 from .service.series import Series
+from .service.sliding_sync import SlidingSync
 from .service.sync import Sync
 from .service.to_device import ToDevice
 from .service.typing import Typing
@@ -135,6 +136,7 @@ class Homeserver:
         self.appservices = AppServices(self, settings.appservices)  # issue 17: bridges and bots
         self.series = Series(self.db, self.rooms)  # readings as time series (issue 18, the web pages' plots)
         self.status = HubStatus(self.stream, settings.database_path)  # the Status page's figures (issue 18)
+        self.sliding_sync = SlidingSync(self)  # Simplified Sliding Sync, MSC4186 (issue 19)
 
     async def start(self) -> None:
         await self.db.open()

@@ -21,6 +21,7 @@ from . import push_handlers as p
 from . import pusher_handlers as pushers
 from . import relation_handlers as rel
 from . import room_handlers as r
+from . import sliding_sync_handlers as ss
 from . import timestamp_handlers as ts
 from .router import ClientRouter
 
@@ -147,6 +148,8 @@ def build_router() -> ClientRouter:
     add("POST", "rooms/{roomId}/org.matrix_gateway.image", dmedia.post_image)
     # Application services (issue 17): the ping; their registration is POST register
     add("POST", "appservice/{appserviceId}/ping", appservice.ping)
+    # Simplified Sliding Sync, MSC4186 (issue 19): Element X's sync (sliding_sync_handlers.py)
+    add("POST", "org.matrix.simplified_msc3575/sync", ss.sliding_sync)
     return router
 
 

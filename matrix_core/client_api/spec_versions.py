@@ -174,5 +174,7 @@ MEDIA_PREFIX = "media/"
 SUPPORTED_VERSIONS: tuple[str, ...] = ("v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9",
                                        "v1.10", "v1.11")
 
-#: Unstable features that work (none beyond the stable versions above).
-UNSTABLE_FEATURES: dict[str, bool] = {}
+#: Unstable features that work. Simplified Sliding Sync (MSC4186, issue 19): POST
+#: /unstable/org.matrix.simplified_msc3575/sync (client_api/sliding_sync_handlers.py); Element X
+#: and matrix-js-sdk look for this key (the MSC has no stable path yet).
+UNSTABLE_FEATURES: dict[str, bool] = {"org.matrix.simplified_msc3575": True}

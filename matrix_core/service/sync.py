@@ -47,6 +47,10 @@ class Sync:
             raise ValueError(f"sync source stream {source.stream!r} is unknown or taken")
         self._sources.append(source)
 
+    def source(self, stream: str) -> SyncSource | None:
+        """The source registered for a stream (sliding sync's extensions reuse them)."""
+        return next((s for s in self._sources if s.stream == stream), None)
+
     def notify(self) -> None:
         """A source's stream moved: wake the long-polls so they look."""
         self.stream.wake_all()

@@ -1,0 +1,18 @@
+"""Simplified Sliding Sync (MSC4186): `POST /unstable/org.matrix.simplified_msc3575/sync?pos=&timeout=`.
+The body is checked whole (sliding_sync_rules.parse_request) before any work; the service does the rest."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .request import ApiRequest, ApiResponse, ok
+from .room_handlers import MAX_SYNC_TIMEOUT_MS
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
+
+
+async def sliding_sync(hs: Homeserver, req: ApiRequest) -> ApiResponse:
+    requester = await hs.accounts.authenticate(req.access_token)
+    timeout = req.int_arg("timeout", 0, minimum=0, maximum=MAX_SYNC_TIMEOUT_MS)
+    body = req.json_object()
+    return ok(await hs.sliding_sync.sync(requester, req.arg("pos"), timeout, body))
