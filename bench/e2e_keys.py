@@ -7,6 +7,7 @@ who never encrypts (issue 14).
 
 - /keys/claim of one key for each of 50 devices (50 users) in one request, p50/p99 over --repeat;
 - /keys/query of 50 users (all their devices) in one request, p50/p99;
+- /sync of a device with 100 to-device messages waiting (sent while it was away).
 - to-device fan-out: one PUT /sendToDevice to `*` of 100 users (one device each), while all
   100 devices long-poll /sync: the PUT's time and the time until the last device has it, p50/p99;
 - /sync of a user who never uploads keys, in a room with the encrypting users while they upload
@@ -167,6 +168,23 @@ async def main_async(args: argparse.Namespace) -> None:
                     delivered_times.append(max(done) - started)
                 report(f"PUT /sendToDevice to {len(devices)} devices", put_times)
                 report(f"  ... until the last of {len(devices)} long-polls has it", delivered_times)
+
+                # /sync of a device with to-device messages waiting: 100 queued while it was away,
+                # fetched (and acknowledged by the next sync) in one answer
+                away = first[1]
+                away_since = (await hub.call("GET", "/sync?timeout=0", away["access_token"]))["next_batch"]
+                pending_samples = []
+                for round_no in range(args.repeat):
+                    for i in range(100):
+                        await hub.call("PUT", f"/sendToDevice/m.bench.pending/p{round_no}-{i}", asker,
+                                       {"messages": {away["user_id"]: {away["device_id"]: {"i": i, "pad": "x" * 200}}}})
+                    started = time.perf_counter()
+                    body = await hub.call("GET", f"/sync?timeout=0&since={urllib.parse.quote(away_since)}",
+                                          away["access_token"])
+                    pending_samples.append(time.perf_counter() - started)
+                    assert len(body["to_device"]["events"]) == 100, len(body["to_device"]["events"])
+                    away_since = body["next_batch"]
+                report("/sync (timeout=0) of a device with 100 to-device messages waiting", pending_samples)
 
                 report("/sync (timeout=0) of a user who never encrypts", await plain_sync_samples(
                     hub, plain["access_token"], args.repeat * 4))

@@ -13,6 +13,7 @@ bare number is the field `value`.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -68,6 +69,16 @@ def _walk(value: Any, prefix: str, depth: int, out: list[tuple[str, float]]) -> 
             _walk(child, path, depth + 1, out)
 
 
+def _json_text_value(text: str) -> Any:
+    """A JSON payload stored as its exact text (frontends/payload_mapping.py keeps only the text
+    when its canonical re-encoding would differ, e.g. `{"t": 21.5}` with a space): its value, with
+    plain floats, or None when it does not parse (the text is at most an event's size)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
 def numeric_fields(content: Any) -> list[tuple[str, float]]:
     """(field path, number) of the numeric leaves of an event's content: at most MAX_FIELDS, paths
     of at most MAX_DEPTH segments. Cheap for the common cases (a text message: one dict scan)."""
@@ -79,6 +90,8 @@ def numeric_fields(content: Any) -> list[tuple[str, float]]:
         if type(payload) is not dict or payload.get("kind") not in ("json", "cbor"):
             return []
         value = payload.get("value")
+        if value is None and type(payload.get("text")) is str:
+            value = _json_text_value(payload["text"])  # JSON kept as its exact text (not canonical)
         bare = number_of(value)
         if bare is not None:
             return [(BARE_VALUE_FIELD, bare)]

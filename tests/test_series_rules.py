@@ -139,3 +139,12 @@ def test_the_migration_indexes_events_already_stored(tmp_path) -> None:
     rows = conn.execute("SELECT room_id, field, ts, pos, value FROM series_points ORDER BY pos").fetchall()
     conn.close()
     assert rows == [("!r:x", "temp", 1000, 1, 21.5), ("!r:x", "value", 2000, 2, 7.0)]
+
+
+def test_numeric_fields_of_json_kept_as_its_text() -> None:
+    """JSON whose canonical form differs (`{"t": 21.5}` with a space) is stored as its exact text."""
+    text_only = {"mqtt": {"topic": "a/b", "payload": {"kind": "json", "text": '{"t": 21.5, "h": 40}'}}}
+    assert numeric_fields(text_only) == [("t", 21.5), ("h", 40.0)]
+    assert numeric_fields({"mqtt": {"payload": {"kind": "json", "text": "19.25"}}}) == [("value", 19.25)]
+    assert numeric_fields({"mqtt": {"payload": {"kind": "json", "text": "{broken"}}}) == []
+    assert numeric_fields({"mqtt": {"payload": {"kind": "text", "text": '{"t": 1}'}}}) == []
