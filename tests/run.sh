@@ -35,4 +35,10 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
-exec .venv/bin/python -m pytest -q "$@"
+if [ $# -gt 0 ]; then
+  exec .venv/bin/python -m pytest -q "$@"
+fi
+# The default suite, then the slow real-peer groups (Synapse, Home Assistant, the browser: marked
+# slow_peers by tests/conftest.py) as their own run.
+.venv/bin/python -m pytest -q -m "not slow_peers"
+exec .venv/bin/python -m pytest -q -m slow_peers
