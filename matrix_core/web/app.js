@@ -79,9 +79,14 @@ function numericFields(content) {
   if (content.mqtt && typeof content.mqtt === "object") {
     const p = content.mqtt.payload;
     if (!p || (p.kind !== "json" && p.kind !== "cbor")) return out;
-    const bare = numberOf(p.value);
+    let value = p.value;
+    if (value === undefined && typeof p.text === "string") {
+      // JSON kept as its exact text (the hub stores one representation; matrix_core/series.py)
+      try { value = JSON.parse(p.text); } catch (e) { return out; }
+    }
+    const bare = numberOf(value);
     if (bare !== null) return [["value", bare]];
-    walk(p.value, "", 0, out);
+    walk(value, "", 0, out);
     return out;
   }
   walk(content, "", 0, out);
