@@ -25,6 +25,7 @@ from typing import Callable
 
 from matrix_core.clock import now_ms
 from matrix_core.store import maintenance
+from matrix_core.store import media as media_rows
 
 from ..config import CONFIG_FILE, DATABASE_FILE, SIGNING_KEY_FILE
 
@@ -70,10 +71,7 @@ def media_members(db_copy: Path, media_dir: Path) -> dict[str, Path]:
     """Archive member name -> file, for every media file the snapshot's rows name."""
     conn = sqlite3.connect(f"file:{db_copy}?mode=ro", uri=True)
     try:
-        hashes = [sha for (sha,) in conn.execute("SELECT sha256 FROM media WHERE sha256 IS NOT NULL "
-                                                 "UNION SELECT sha256 FROM media_thumbnails")]
-    except sqlite3.OperationalError:  # a database from before the content repository
-        hashes = []
+        hashes = media_rows.all_hashes(conn)  # empty for a database from before the content repository
     finally:
         conn.close()
     return {f"media/{sha}": media_file(media_dir, sha) for sha in sorted(hashes)

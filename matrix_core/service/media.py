@@ -297,14 +297,9 @@ class Media:
 
     async def _drop_unreferenced(self, hashes: list[str]) -> None:
         """A file written for a row that was then not committed: remove it unless a row names it."""
-        async def gone(sha: str) -> bool:
-            row = await self.db.fetchone("SELECT 1 FROM media WHERE sha256 = ? UNION ALL "
-                                         "SELECT 1 FROM media_thumbnails WHERE sha256 = ? LIMIT 1", (sha, sha))
-            return row is None
-
         for sha in hashes:
             try:
-                if await gone(sha):
+                if not await store.is_referenced(self.db, sha):
                     self.files.remove(sha)
             except Exception as exc:  # the original error says more; a leftover file is harmless
                 log.warning("media: could not remove unreferenced file %s: %s", sha, exc)

@@ -141,9 +141,17 @@ def all_hashes(conn: sqlite3.Connection) -> set[str]:
         return set()
 
 
+_REFERENCED = ("SELECT 1 FROM media WHERE sha256 = ? UNION ALL SELECT 1 FROM media_thumbnails "
+               "WHERE sha256 = ? LIMIT 1")
+
+
 def referenced(conn: sqlite3.Connection, sha256: str) -> bool:
-    return conn.execute("SELECT 1 FROM media WHERE sha256 = ? UNION ALL SELECT 1 FROM media_thumbnails "
-                        "WHERE sha256 = ? LIMIT 1", (sha256, sha256)).fetchone() is not None
+    return conn.execute(_REFERENCED, (sha256, sha256)).fetchone() is not None
+
+
+async def is_referenced(db: Database, sha256: str) -> bool:
+    """`referenced`, on the reader (a file whose row was not committed may be removed)."""
+    return await db.fetchone(_REFERENCED, (sha256, sha256)) is not None
 
 
 def usage_sync(conn: sqlite3.Connection) -> tuple[int, int]:
