@@ -12,10 +12,10 @@ from .. import errors
 from ..canonical_json import encode_json
 from . import media_http, web_http
 from .discovery_handlers import well_known_client
+from .gateway_routes import gateway_route
 from .request import ApiRequest, ApiResponse, error_answer, json_body, ok, plain_json_body
 from .router import client_api_segments
 from .routes import ROUTER
-from .series_handlers import GATEWAY_ROUTER
 
 if TYPE_CHECKING:
     from ..homeserver import Homeserver
@@ -83,11 +83,11 @@ def make_app(hs: Homeserver) -> web.Application:
                 call = media_http.MediaCall(query, token_from(request.headers, query), CORS_HEADERS)
                 answer = await media_http.handle(hs, request, media[0], media[1], call)
                 return json_response(answer) if isinstance(answer, ApiResponse) else answer
-            router = ROUTER
-            if segments[:2] == ["_gateway", "v1"] and len(segments) > 2:
-                router, api_segments = GATEWAY_ROUTER, segments[2:]  # the hub's own API (series_handlers.py)
+            own = gateway_route(segments)  # the hub's own and admin APIs (gateway_routes.py)
+            if own is not None:
+                router, api_segments = own
             else:
-                api_segments = client_api_segments(segments)
+                router, api_segments = ROUTER, client_api_segments(segments)
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
                 raise errors.too_large(f"Request body over {MAX_BODY_BYTES} bytes")
             raw = await request.read() if request.can_read_body else b""

@@ -1,0 +1,42 @@
+"""The hub's own admin operations the pages use: the Status page's `GET /_gateway/v1/status` and the
+Devices page's `POST /_gateway/v1/devices` (both admins only). Routes: gateway_routes.py."""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from .. import errors, params
+from .request import ApiRequest, ApiResponse, ok
+
+if TYPE_CHECKING:
+    from ..homeserver import Homeserver
+
+
+async def status(hs: Homeserver, req: ApiRequest) -> ApiResponse:
+    """The Status page's figures (service/hub_status.py); admins only."""
+    requester = await hs.accounts.authenticate(req.access_token)
+    if not requester.is_admin:
+        raise errors.forbidden("Only hub admins may read the hub's status")
+    return ok(hs.status.report())
+
+
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")  # short: it ends up in a sensor's CoAP URI
+
+
+async def add_device(hs: Homeserver, req: ApiRequest) -> ApiResponse:
+    """`POST /_gateway/v1/devices {"device_id", "user"?, "display_name"?}` (admins): a new device
+    and its access token, shown once (as `matrix-gateway device add` prints it)."""
+    requester = await hs.accounts.authenticate(req.access_token)
+    if not requester.is_admin:
+        raise errors.forbidden("Only hub admins may add devices")
+    body = req.json_object()
+    device_id, user, name = body.get("device_id"), body.get("user", requester.user_id), body.get("display_name")
+    if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
+        raise errors.invalid_param("'device_id' must be 1-32 letters, digits, '_', '-' or '.'")
+    if not isinstance(user, str) or not user or len(user) > params.MAX_ID_LENGTH:
+        raise errors.invalid_param("'user' must be a user name or id")
+    if name is not None and (not isinstance(name, str) or len(name) > 100):
+        raise errors.invalid_param("'display_name' must be a string of at most 100 characters")
+    user_id = hs.accounts.local_user_id(user)
+    token = await hs.accounts.add_device(user_id, device_id, name)
+    return ok({"user_id": user_id, "device_id": device_id, "access_token": token})
