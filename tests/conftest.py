@@ -35,11 +35,13 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 # The slow real-peer groups: a real Synapse (its own venv, seconds to start), Home Assistant (a
 # 570 MB venv), the browser. They run in CI too, as their own pytest run after the default suite
 # (tests/run.sh), so the default suite stays short.
-SLOW_PEER_FILES = frozenset({"test_home_assistant.py", "test_web_pages.py"})
+SLOW_PEER_FILES = frozenset({"test_home_assistant.py"})
+SLOW_PEER_PREFIXES = ("test_web_pages",)  # the browser: test_web_pages.py, test_web_pages_<page>.py
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         name = item.path.name
-        if "synapse" in name or name in SLOW_PEER_FILES or "synapse" in item.name:
+        if ("synapse" in name or name in SLOW_PEER_FILES or name.startswith(SLOW_PEER_PREFIXES)
+                or "synapse" in item.name):
             item.add_marker(pytest.mark.slow_peers)
