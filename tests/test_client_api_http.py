@@ -104,6 +104,22 @@ def test_membership_flows(gateway: GatewayProcess, tokens: dict[str, str], room:
     assert status == 403 and body["errcode"] == "M_FORBIDDEN"
 
 
+def test_create_room_direct_invite_carries_is_direct(gateway: GatewayProcess, tokens: dict[str, str]) -> None:
+    """`is_direct: true` on createRoom sets is_direct on the invites it sends (the spec), which is
+    how the invitee's client knows the room is a direct chat; without it, no is_direct."""
+    alice = tokens["alice"]
+    for direct in (True, False):
+        status, created = gateway.request("POST", "/_matrix/client/v3/createRoom",
+                                          {"preset": "trusted_private_chat", "is_direct": direct,
+                                           "invite": ["@bob:localhost"]}, token=alice)
+        assert status == 200, created
+        status, member = gateway.request(
+            "GET", f"/_matrix/client/v3/rooms/{Q(created['room_id'])}/state/m.room.member/{Q('@bob:localhost')}",
+            token=alice)
+        assert status == 200 and member["membership"] == "invite"
+        assert member.get("is_direct") is (True if direct else None)
+
+
 def test_state_redaction_and_event_get(gateway: GatewayProcess, tokens: dict[str, str], room: str) -> None:
     alice = tokens["alice"]
     r = f"/_matrix/client/v3/rooms/{Q(room)}"

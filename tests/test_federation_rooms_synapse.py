@@ -231,6 +231,25 @@ def test_hub_invites_synapse_user_who_joins_and_hub_declines_an_invite(
     assert other["room_id"] not in synced["rooms"]["invite"]
 
 
+def test_create_room_invites_a_synapse_user_as_a_direct_chat(
+        hub: GatewayProcess, synapse: SynapseProcess, hub_token: str, sam_token: str) -> None:
+    """createRoom's `invite` list reaches users on other servers (their server countersigns the
+    invite), with is_direct set on the invite as the spec asks for `is_direct: true`."""
+    sam = synapse.user_id("sam")
+    created = hub_api(hub, "POST", "/_matrix/client/v3/createRoom",
+                      {"preset": "trusted_private_chat", "is_direct": True, "invite": [sam]}, token=hub_token)
+    room_id = created["room_id"]
+    synced = wait_with_sync(synapse_sync(synapse, sam_token),
+                            lambda s: room_id in s.get("rooms", {}).get("invite", {}))
+    invite_state = synced["rooms"]["invite"][room_id]["invite_state"]["events"]
+    mine = [e for e in invite_state if e["type"] == "m.room.member" and e["state_key"] == sam]
+    assert mine and mine[0]["content"]["membership"] == "invite"
+    assert mine[0]["content"].get("is_direct") is True
+    member = hub_api(hub, "GET", f"/_matrix/client/v3/rooms/{q(room_id)}/state/m.room.member/{q(sam)}",
+                     token=hub_token)
+    assert member == {"membership": "invite", "is_direct": True}
+
+
 def test_history_from_before_the_join_is_backfilled(hub: GatewayProcess, synapse: SynapseProcess,
                                                     hub_token: str, sam_token: str) -> None:
     created = synapse.api("POST", "/_matrix/client/v3/createRoom",

@@ -112,7 +112,11 @@ class RoomCreation:
         scratch = RoomCache(room_id, version, dict(room.state), list(room.extremities), room.depth)
         specs: list[tuple[str, str, dict[str, Any]]] = [("m.room.member", creator, {"membership": "join"})]
         specs += later
-        specs += [("m.room.member", invitee, {"membership": "invite"}) for invitee in invites]
+        # Local invitees are invited in the room's first events; remote ones need their server's
+        # countersignature, so Rooms.create_room invites them once the room exists.
+        invite_content: dict[str, Any] = {"membership": "invite", **({"is_direct": True} if body.get("is_direct") else {})}
+        specs += [("m.room.member", invitee, dict(invite_content)) for invitee in invites
+                  if self.is_local_user(invitee)]
         for event_type, state_key, content in specs:
             ev = self.builder.build_event(scratch, creator, event_type, content, state_key)
             scratch.state[(event_type, state_key)] = ev
@@ -136,6 +140,13 @@ class RoomCreation:
         if body.get("visibility") == "public":
             await self.db.write(lambda c: room_rows.set_public(c, room_id))
         return {"room_id": room_id, **({"room_alias": alias} if alias else {})}
+
+    def is_local_user(self, user_id: str) -> bool:
+        return user_id.endswith(":" + self.server_name)
+
+    def remote_invitees(self, body: dict[str, Any]) -> list[str]:
+        """The createRoom body's invitees on other servers (checked by create_room already)."""
+        return [u for u in dict.fromkeys(body.get("invite", [])) if not self.is_local_user(u)]
 
     async def _check_room_quota(self, requester: Requester) -> None:
         """Refuse before any work if the account already created max_rooms_per_user rooms (one

@@ -24,12 +24,13 @@ The facade's methods are the parts' own bound methods, so a send pays no extra c
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from ..notifier import EventStream
 from ..ratelimit import RateLimit, RateLimiter
 from ..signing import SigningKey
 from ..store import Database
+from .accounts import Requester
 from .aliases import RoomAliases
 from .event_builder import EventBuilder
 from .event_persister import EventPersister
@@ -101,7 +102,6 @@ class Rooms:
         self.send_events_nowait = sending.send_events_nowait
         self.redact = sending.redact
         # -- rooms, membership, aliases --
-        self.create_room = creation.create_room
         self.update_membership = membership.update_membership
         self.join = membership.join
         self.leave_remote_invite = membership.leave_remote_invite
@@ -157,6 +157,19 @@ class Rooms:
         if self.remote is not NO_FEDERATION:
             raise RuntimeError("federation is already attached")
         self.remote = self._persister.remote = self._reads.remote = self._membership.remote = remote
+
+    async def create_room(self, requester: Requester, body: dict[str, Any], *,
+                          reserved_alias_ok: bool = False, rate_limit: bool = True) -> dict[str, Any]:
+        """createRoom (room_creation.py), then invites to users on other servers, which their
+        servers countersign first. As in Synapse, a failed remote invite fails the request (the
+        room stays, with the invites that worked)."""
+        created = await self._creation.create_room(requester, body, reserved_alias_ok=reserved_alias_ok,
+                                                   rate_limit=rate_limit)
+        extra = {"is_direct": True} if body.get("is_direct") else None
+        for invitee in self._creation.remote_invitees(body):
+            await self._membership.update_membership(requester, created["room_id"], invitee, "invite",
+                                                     extra=extra, rate_limit=False)
+        return created
 
     async def load(self) -> None:
         """Read counters and the small indexes kept in memory; room state loads on first use."""
