@@ -135,3 +135,21 @@ def test_over_the_frame_cap_the_thumbnail_is_static(gateway: GatewayProcess, ali
 ])
 def test_animated_thumbnail_caps(frames: int, source: tuple[int, int], thumb: tuple[int, int], fits: bool) -> None:
     assert media_rules.animated_thumbnail_fits(frames, source, thumb) is fits
+
+
+def test_truncated_animation_is_a_clear_400(gateway: GatewayProcess, alice: str) -> None:
+    data = animation("GIF", frames=6)
+    status, body = upload(gateway, alice, data[:len(data) * 3 // 4], "image/gif")
+    status, _, got = thumbnail(gateway, alice, body["content_uri"], "width=30&height=30&animated=true")
+    assert status == 400 and json.loads(got)["errcode"] == "M_UNKNOWN", got[:300]
+    assert "Traceback" not in gateway.read_log()
+
+
+def test_animated_decompression_bomb_is_refused(gateway: GatewayProcess, alice: str) -> None:
+    data = bytearray(animation("GIF"))
+    data[6:10] = (6000).to_bytes(2, "little") * 2  # logical screen 6000x6000: 36 Mpx a frame, in 1 kB
+    status, body = upload(gateway, alice, bytes(data), "image/gif")
+    rss = gateway.rss_bytes()
+    status, _, got = thumbnail(gateway, alice, body["content_uri"], "width=30&height=30&animated=true")
+    assert status == 400 and json.loads(got)["errcode"] == "M_UNKNOWN", got[:300]
+    assert gateway.rss_bytes() < rss + (50 << 20)

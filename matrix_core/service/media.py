@@ -325,8 +325,9 @@ def render_thumbnail(source: Path, width: int, height: int, method: str,
             size, box = rules.thumbnail_geometry(im.size, width, height, method)
             if animated and fmt in rules.ANIMATED_THUMBNAIL_TYPES and getattr(im, "is_animated", False):
                 out_size = (box[2] - box[0], box[3] - box[1]) if box is not None else size
-                if rules.animated_thumbnail_fits(im.n_frames, im.size, out_size):
-                    return _render_animation(im, fmt, size, box), rules.ANIMATED_THUMBNAIL_TYPES[fmt]
+                frames = int(getattr(im, "n_frames", 1))
+                if rules.animated_thumbnail_fits(frames, im.size, out_size):
+                    return _render_animation(im, fmt, frames, size, box), rules.ANIMATED_THUMBNAIL_TYPES[fmt]
                 im.seek(0)
             im.draft("RGB", size)  # JPEG: decode at a reduced scale where it can
             frame = im.convert("RGBA" if im.mode in ("RGBA", "LA", "P", "PA") else "RGB")
@@ -346,14 +347,15 @@ def render_thumbnail(source: Path, width: int, height: int, method: str,
             from None
 
 
-def _render_animation(im: "PILImage", fmt: str, size: tuple[int, int], box: tuple[int, int, int, int] | None) -> bytes:
-    """Every frame of an open animation scaled (and cropped) alike, saved in its own format with its
-    frame durations and loop count (a GIF without a loop count still plays once)."""
+def _render_animation(im: "PILImage", fmt: str, count: int, size: tuple[int, int],
+                      box: tuple[int, int, int, int] | None) -> bytes:
+    """Each of the `count` frames of an open animation scaled (and cropped) alike, saved in its own
+    format with its frame durations and loop count (a GIF without a loop count still plays once)."""
     from PIL import Image
 
     frames = []
     durations = []
-    for index in range(im.n_frames):
+    for index in range(count):
         im.seek(index)
         frame = im.convert("RGBA").resize(size, Image.Resampling.LANCZOS)
         frames.append(frame.crop(box) if box is not None else frame)
