@@ -38,6 +38,16 @@ THUMBNAIL_SOURCE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "ima
 THUMBNAIL_METHODS = ("scale", "crop")
 MAX_THUMBNAIL_SIDE = 1600  # asked sizes above this are served at this size (Synapse's largest is 800)
 
+# Animated thumbnails (spec v1.11 `animated=true`, MSC2705): an animated GIF, WebP or PNG (APNG) source
+# keeps its format, with the content types the spec names for them (image/png for APNG).
+ANIMATED_THUMBNAIL_TYPES = {"GIF": "image/gif", "WEBP": "image/webp", "PNG": "image/png"}
+# Caps on one animated thumbnail (above any of them the thumbnail is the static first frame, which the
+# spec allows: animated only "if possible"): frames, pixels decoded (frames x source: CPU time) and
+# pixels kept until encoded (frames x thumbnail, 4 bytes each: 64 MB at most).
+MAX_ANIMATED_FRAMES = 200
+MAX_ANIMATED_SOURCE_PIXELS = 128_000_000
+MAX_ANIMATED_THUMBNAIL_PIXELS = 16_000_000
+
 
 def check_media_id(media_id: str) -> str:
     """A media id names a row, never a path: only [A-Za-z0-9_-] (no `..`, `/`, `%2F`)."""
@@ -148,6 +158,14 @@ def thumbnail_geometry(source: tuple[int, int], width: int, height: int,
     cw, ch = min(width, rw), min(height, rh)
     left, top = (rw - cw) // 2, (rh - ch) // 2
     return (rw, rh), (left, top, left + cw, top + ch)
+
+
+def animated_thumbnail_fits(frames: int, source: tuple[int, int], thumbnail: tuple[int, int]) -> bool:
+    """Whether an animation of `frames` frames of `source` size may be thumbnailed, animated, to
+    `thumbnail` size within the caps (else its thumbnail is static)."""
+    return (1 < frames <= MAX_ANIMATED_FRAMES
+            and frames * source[0] * source[1] <= MAX_ANIMATED_SOURCE_PIXELS
+            and frames * thumbnail[0] * thumbnail[1] <= MAX_ANIMATED_THUMBNAIL_PIXELS)
 
 
 def mxc_references(content: object) -> list[tuple[str, str]]:

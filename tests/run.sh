@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(libcoap3-bin mosquitto mosquitto-clients libcbor-xs-perl libjson-perl curl systemd sqlite3
   autoconf automake libtool gcc python3-dev  # these five build DTLSSocket (coaps) from source
   libcoap3-dev make pkgconf  # build firmware_examples/c_libcoap (tests/test_firmware_examples.py)
-  chromium)  # the browser Playwright drives in tests/test_web_pages.py (never `playwright install`)
+  chromium  # the browser Playwright drives in tests/test_web_pages.py (never `playwright install`)
+  libmagic-dev)  # python-magic (matrix-commander's file type guess, tests/test_media_matrix_commander.py) loads libmagic
 # npm installs Node 22 and matrix-js-sdk below. Only when npm is missing: Debian's npm conflicts with a nodejs
 # from elsewhere (NodeSource's nodejs ships its own npm).
 command -v npm >/dev/null 2>&1 || DEBIAN_PACKAGES+=(nodejs npm)

@@ -27,6 +27,8 @@ from ..store import media as store
 from ..store.media_files import MediaFiles
 
 if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
     from ..store import Database
 
 log = logging.getLogger(__name__)
@@ -260,7 +262,8 @@ class Media:
     async def _make_thumbnail(self, row: store.MediaRow, source: Path, width: int, height: int, method: str,
                               animated: bool) -> tuple[str, str]:
         loop = asyncio.get_running_loop()
-        data, content_type = await loop.run_in_executor(None, render_thumbnail, source, width, height, method)
+        data, content_type = await loop.run_in_executor(None, render_thumbnail, source, width, height, method,
+                                                        animated)
 
         async def one() -> AsyncIterator[bytes]:
             yield data
@@ -305,9 +308,12 @@ class Media:
                 log.warning("media: could not remove unreferenced file %s: %s", sha, exc)
 
 
-def render_thumbnail(source: Path, width: int, height: int, method: str) -> tuple[bytes, str]:
+def render_thumbnail(source: Path, width: int, height: int, method: str,
+                     animated: bool = False) -> tuple[bytes, str]:
     """Decode, resize and encode one thumbnail (run in a thread). JPEG sources give JPEG, others
-    PNG. A file that is not a decodable image, or one over MAX_THUMBNAIL_PIXELS: 400 M_UNKNOWN."""
+    PNG; with `animated`, an animated GIF/WebP/APNG within the caps gives an animation of its own
+    format (else the static first frame). A file that is not a decodable image, or one over
+    MAX_THUMBNAIL_PIXELS: 400 M_UNKNOWN."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_THUMBNAIL_PIXELS  # Pillow's bomb check: warns above, refuses at twice
@@ -317,6 +323,12 @@ def render_thumbnail(source: Path, width: int, height: int, method: str) -> tupl
                 raise errors.unknown("The image is too large to make a thumbnail of.")
             fmt = im.format
             size, box = rules.thumbnail_geometry(im.size, width, height, method)
+            if animated and fmt in rules.ANIMATED_THUMBNAIL_TYPES and getattr(im, "is_animated", False):
+                out_size = (box[2] - box[0], box[3] - box[1]) if box is not None else size
+                frames = int(getattr(im, "n_frames", 1))
+                if rules.animated_thumbnail_fits(frames, im.size, out_size):
+                    return _render_animation(im, fmt, frames, size, box), rules.ANIMATED_THUMBNAIL_TYPES[fmt]
+                im.seek(0)
             im.draft("RGB", size)  # JPEG: decode at a reduced scale where it can
             frame = im.convert("RGBA" if im.mode in ("RGBA", "LA", "P", "PA") else "RGB")
             out = frame.resize(size, Image.Resampling.LANCZOS)
@@ -330,6 +342,31 @@ def render_thumbnail(source: Path, width: int, height: int, method: str) -> tupl
             return buf.getvalue(), "image/png"
     except errors.MatrixError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise errors.unknown(f"Cannot make a thumbnail: the content is not a readable image ({type(exc).__name__}).") \
             from None
+
+
+def _render_animation(im: "PILImage", fmt: str, count: int, size: tuple[int, int],
+                      box: tuple[int, int, int, int] | None) -> bytes:
+    """Each of the `count` frames of an open animation scaled (and cropped) alike, saved in its own
+    format with its frame durations and loop count (a GIF without a loop count still plays once)."""
+    from PIL import Image
+
+    frames = []
+    durations = []
+    for index in range(count):
+        im.seek(index)
+        frame = im.convert("RGBA").resize(size, Image.Resampling.LANCZOS)
+        frames.append(frame.crop(box) if box is not None else frame)
+        durations.append(int(im.info.get("duration") or 100))
+    options: dict[str, object] = {"save_all": True, "append_images": frames[1:], "duration": durations}
+    if "loop" in im.info:
+        options["loop"] = im.info["loop"]
+    if fmt == "GIF":
+        options["disposal"] = 2  # each frame replaces the last (frames are whole, with transparency)
+    elif fmt == "WEBP":
+        options["quality"] = 80
+    buf = io.BytesIO()
+    frames[0].save(buf, fmt, **options)
+    return buf.getvalue()
