@@ -157,6 +157,7 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     # milliseconds), and again after each busy spell.
     from .memory import SettleWhenQuiet, settle_memory
 
+    await arm_first_run(gateway)  # before the ready line: whoever waits for it finds the code logged
     settle_memory()
     print(
         f"matrix-gateway ready in {time.monotonic() - started:.2f}s: server_name={config.server_name} "
@@ -172,6 +173,23 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     await gateway.stop()
     print("matrix-gateway stopped", flush=True)
     return 0
+
+
+async def arm_first_run(gateway: Gateway) -> None:
+    """No admin yet: arm the setup code (gateway/setup_code.py) and say where to enter it, once on
+    the console and once in the log. An admin already there (install.sh, `user add --admin`): nothing."""
+    from . import setup_code
+    from matrix_core.setup_rules import digest
+
+    data_dir = gateway.data_dir
+    if await gateway.hs.accounts.admin_user_ids():
+        setup_code.remove_code(data_dir)
+        return
+    code = setup_code.load_or_create_code(data_dir)
+    gateway.hs.setup.arm(digest(code), lambda: setup_code.remove_code(data_dir))
+    line = setup_code.instructions(setup_code.page_address(gateway.config.bind, gateway.http_port), code)
+    print(line, flush=True)
+    log.warning("%s", line)
 
 
 def run(config: GatewayConfig, data_dir: Path) -> int:

@@ -130,6 +130,27 @@ def user_add(localpart: str, password: str, admin: bool, guest: bool, data_dir: 
     click.echo(f"created {user_id}{' (admin)' if admin else ''}{' (guest)' if guest else ''}")
 
 
+@main.command("setup-code")
+@data_dir_option
+def setup_code_cmd(data_dir: Path) -> None:
+    """Print the first run's one-time setup code again (while the hub has no admin)."""
+    from .setup_code import read_code, remove_code
+
+    conn = open_db(data_dir) if (data_dir / DATABASE_FILE).exists() else None
+    try:
+        has_admin = conn is not None and account_rows.has_admin(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+    if has_admin:
+        remove_code(data_dir)
+        fail("this hub has an admin account already: sign in with it (no setup code is needed)")
+    code = read_code(data_dir)
+    if code is None:
+        fail(f"no setup code yet: start the hub (`matrix-gateway run --data-dir {data_dir}`); it prints one")
+    click.echo(code)
+
+
 @main.group()
 def device() -> None:
     """Manage device access tokens (short enough for a sensor's CoAP URI)."""
