@@ -24,6 +24,7 @@ from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
 from .ops.appliance import Appliance
 from .resources import install_loop_exception_handler, raise_open_files_limit
 from .ops.disk import EXIT_DISK_FULL, disk_full_at_start
+from .ports import BIND_ERRNOS, explain_bind_failure
 
 log = logging.getLogger("gateway")
 
@@ -105,7 +106,16 @@ class Gateway:
                                   self.config.http_idle_timeout, self.config.http_max_connections_per_address)
         self.http_port = await self._http.start()
         for frontend in build_frontends(self.config, self.data_dir, self.hs):
-            await frontend.start()
+            try:
+                await frontend.start()
+            except BaseException:
+                # Half started (CoAP bound, coaps not): close what it opened, or its socket stays
+                # bound and a port-in-use report would name the hub's own port too.
+                try:
+                    await frontend.stop()
+                except Exception:
+                    log.debug("stopping %s after its failed start failed too", frontend.name, exc_info=True)
+                raise
             self.frontends.append(frontend)
 
     def describe(self) -> str:
@@ -145,6 +155,13 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
             return EXIT_DISK_FULL
         from frontends.mqtt.uplink import UplinkError
 
+        if isinstance(exc, OSError) and exc.errno in BIND_ERRNOS:  # a port taken: one line, no traceback
+            from frontends.coap.server import dtls_available
+
+            for _ in range(3):  # datagram transports close their sockets on the next loop turns
+                await asyncio.sleep(0)
+            print(explain_bind_failure(config, exc, dtls_available()), file=sys.stderr, flush=True)
+            return 2
         if isinstance(exc, UplinkError):  # a [[mqtt_bridge]] naming an account that does not exist
             print(f"matrix-gateway: {exc}", file=sys.stderr, flush=True)
             return 2

@@ -188,6 +188,30 @@ def device_add(localpart: str, device_id: str, psk: bool, data_dir: Path, config
     click.echo(token)
     for line in psk_lines:
         click.echo(line)
+    # How to use it, on stderr: scripts read the token (and psk lines) from stdout.
+    click.echo(token_usage(config, localpart, device_id, token, bool(psk_lines)), err=True)
+
+
+def token_usage(config: GatewayConfig, localpart: str, device_id: str, token: str, psk: bool) -> str:
+    """What a device does with its new token: the MQTT password, the CoAP `a` query, HTTP bearer."""
+    host = config.bind if config.bind not in ("0.0.0.0", "::", "") else "HUB-ADDRESS"
+    room = f"%23kitchen:{config.server_name}"  # any room the account is in; an alias works
+    lines = [
+        "",
+        f"This is the access token of device {device_id} of {localpart}: it is the device's password (shown only now).",
+        "Use it, for example:",
+        f"  MQTT: mosquitto_pub -h {host} -p {config.mqtt_port} -u {localpart} -P {token} "
+        f"-t house/kitchen/temp -m '{{\"t\": 21.5}}'",
+        f"  CoAP: echo '{{\"msgtype\":\"m.text\",\"body\":\"21.5\"}}' | coap-client -m post -t 50 -f - "
+        f"'coap://{host}:{config.coap_port}/_m/c/a/v1/r/{room}/s/m.room.message?a={token}'",
+        f"  HTTP: curl -H 'Authorization: Bearer {token}' http://{host}:{config.http_port}/_matrix/client/v3/account/whoami",
+    ]
+    if psk:
+        lines.append(f"  coaps: coap-client-openssl -u {device_id} -k PSK ... 'coaps://{host}:{config.coaps_port}/...' "
+                     "(docs/coap.md)")
+    lines.append(f"(#kitchen: any room {localpart} is in.) Revoke the token by deleting the device "
+                 f"(DELETE /_matrix/client/v3/devices/{device_id}, or a client's sessions list).")
+    return "\n".join(lines)
 
 
 def register_commands() -> None:
