@@ -24,6 +24,7 @@ from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
 from .ops.appliance import Appliance
 from .resources import install_loop_exception_handler, raise_open_files_limit
 from .ops.disk import EXIT_DISK_FULL, disk_full_at_start
+from .ports import BIND_ERRNOS, explain_bind_failure
 
 log = logging.getLogger("gateway")
 
@@ -105,7 +106,16 @@ class Gateway:
                                   self.config.http_idle_timeout, self.config.http_max_connections_per_address)
         self.http_port = await self._http.start()
         for frontend in build_frontends(self.config, self.data_dir, self.hs):
-            await frontend.start()
+            try:
+                await frontend.start()
+            except BaseException:
+                # Half started (CoAP bound, coaps not): close what it opened, or its socket stays
+                # bound and a port-in-use report would name the hub's own port too.
+                try:
+                    await frontend.stop()
+                except Exception:
+                    log.debug("stopping %s after its failed start failed too", frontend.name, exc_info=True)
+                raise
             self.frontends.append(frontend)
 
     def describe(self) -> str:
@@ -145,6 +155,13 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
             return EXIT_DISK_FULL
         from frontends.mqtt.uplink import UplinkError
 
+        if isinstance(exc, OSError) and exc.errno in BIND_ERRNOS:  # a port taken: one line, no traceback
+            from frontends.coap.server import dtls_available
+
+            for _ in range(3):  # datagram transports close their sockets on the next loop turns
+                await asyncio.sleep(0)
+            print(explain_bind_failure(config, exc, dtls_available()), file=sys.stderr, flush=True)
+            return 2
         if isinstance(exc, UplinkError):  # a [[mqtt_bridge]] naming an account that does not exist
             print(f"matrix-gateway: {exc}", file=sys.stderr, flush=True)
             return 2
@@ -157,6 +174,7 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     # milliseconds), and again after each busy spell.
     from .memory import SettleWhenQuiet, settle_memory
 
+    await arm_first_run(gateway)  # before the ready line: whoever waits for it finds the code logged
     settle_memory()
     print(
         f"matrix-gateway ready in {time.monotonic() - started:.2f}s: server_name={config.server_name} "
@@ -172,6 +190,23 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     await gateway.stop()
     print("matrix-gateway stopped", flush=True)
     return 0
+
+
+async def arm_first_run(gateway: Gateway) -> None:
+    """No admin yet: arm the setup code (gateway/setup_code.py) and say where to enter it, once on
+    the console and once in the log. An admin already there (install.sh, `user add --admin`): nothing."""
+    from . import setup_code
+    from matrix_core.setup_rules import digest
+
+    data_dir = gateway.data_dir
+    if await gateway.hs.accounts.admin_user_ids():
+        setup_code.remove_code(data_dir)
+        return
+    code = setup_code.load_or_create_code(data_dir)
+    gateway.hs.setup.arm(digest(code), lambda: setup_code.remove_code(data_dir))
+    line = setup_code.instructions(setup_code.page_address(gateway.config.bind, gateway.http_port), code)
+    print(line, flush=True)
+    log.warning("%s", line)
 
 
 def run(config: GatewayConfig, data_dir: Path) -> int:

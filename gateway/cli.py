@@ -130,6 +130,27 @@ def user_add(localpart: str, password: str, admin: bool, guest: bool, data_dir: 
     click.echo(f"created {user_id}{' (admin)' if admin else ''}{' (guest)' if guest else ''}")
 
 
+@main.command("setup-code")
+@data_dir_option
+def setup_code_cmd(data_dir: Path) -> None:
+    """Print the first run's one-time setup code again (while the hub has no admin)."""
+    from .setup_code import read_code, remove_code
+
+    conn = open_db(data_dir) if (data_dir / DATABASE_FILE).exists() else None
+    try:
+        has_admin = conn is not None and account_rows.has_admin(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+    if has_admin:
+        remove_code(data_dir)
+        fail("this hub has an admin account already: sign in with it (no setup code is needed)")
+    code = read_code(data_dir)
+    if code is None:
+        fail(f"no setup code yet: start the hub (`matrix-gateway run --data-dir {data_dir}`); it prints one")
+    click.echo(code)
+
+
 @main.group()
 def device() -> None:
     """Manage device access tokens (short enough for a sensor's CoAP URI)."""
@@ -167,6 +188,30 @@ def device_add(localpart: str, device_id: str, psk: bool, data_dir: Path, config
     click.echo(token)
     for line in psk_lines:
         click.echo(line)
+    # How to use it, on stderr: scripts read the token (and psk lines) from stdout.
+    click.echo(token_usage(config, localpart, device_id, token, bool(psk_lines)), err=True)
+
+
+def token_usage(config: GatewayConfig, localpart: str, device_id: str, token: str, psk: bool) -> str:
+    """What a device does with its new token: the MQTT password, the CoAP `a` query, HTTP bearer."""
+    host = config.bind if config.bind not in ("0.0.0.0", "::", "") else "HUB-ADDRESS"
+    room = f"%23kitchen:{config.server_name}"  # any room the account is in; an alias works
+    lines = [
+        "",
+        f"This is the access token of device {device_id} of {localpart}: it is the device's password (shown only now).",
+        "Use it, for example:",
+        f"  MQTT: mosquitto_pub -h {host} -p {config.mqtt_port} -u {localpart} -P {token} "
+        f"-t house/kitchen/temp -m '{{\"t\": 21.5}}'",
+        f"  CoAP: echo '{{\"msgtype\":\"m.text\",\"body\":\"21.5\"}}' | coap-client -m post -t 50 -f - "
+        f"'coap://{host}:{config.coap_port}/_m/c/a/v1/r/{room}/s/m.room.message?a={token}'",
+        f"  HTTP: curl -H 'Authorization: Bearer {token}' http://{host}:{config.http_port}/_matrix/client/v3/account/whoami",
+    ]
+    if psk:
+        lines.append(f"  coaps: coap-client-openssl -u {device_id} -k PSK ... 'coaps://{host}:{config.coaps_port}/...' "
+                     "(docs/coap.md)")
+    lines.append(f"(#kitchen: any room {localpart} is in.) Revoke the token by deleting the device "
+                 f"(DELETE /_matrix/client/v3/devices/{device_id}, or a client's sessions list).")
+    return "\n".join(lines)
 
 
 def register_commands() -> None:

@@ -224,7 +224,8 @@ http_idle_timeout = {config.http_idle_timeout}
 # proxy every client shares the proxy's address: raise it there.
 http_max_connections_per_address = {config.http_max_connections_per_address}
 coap_port = {config.coap_port}          # CoAP + CBOR for sensors (coap-client)
-# coaps: DTLS with a pre-shared key per device (`matrix-gateway device add ... --psk`); needs aiocoap[tinydtls].
+# coaps: DTLS with a pre-shared key per device (`matrix-gateway device add ... --psk`). true: on when its
+# library is installed (pip install 'matrix-gateway[coaps]'); without it the hub runs plain CoAP only.
 coaps_enabled = {str(config.coaps_enabled).lower()}
 coaps_port = {config.coaps_port}
 mqtt_port = {config.mqtt_port}          # MQTT broker backed by rooms

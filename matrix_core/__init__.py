@@ -22,7 +22,7 @@ PURE_MODULES = (
     # issue 17, application services
     "appservice_rules",
     # issue 18, the hub's web pages
-    "series",
+    "series", "setup_rules",
     # issue 19, Simplified Sliding Sync
     "sliding_sync_rules",
 )

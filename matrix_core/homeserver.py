@@ -16,6 +16,7 @@ from .push_gateway import RetryPolicy
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.account_data import AccountData
 from .service.accounts import Accounts
+from .service.setup import FirstRunSetup
 from .service.appservice import AppServices
 from .service.cross_signing import CrossSigning
 from .service.devices import Devices
@@ -137,6 +138,7 @@ class Homeserver:
         self.series = Series(self.db, self.rooms)  # readings as time series (issue 18, the web pages' plots)
         self.status = HubStatus(self.stream, settings.database_path)  # the Status page's figures (issue 18)
         self.sliding_sync = SlidingSync(self)  # Simplified Sliding Sync, MSC4186 (issue 19)
+        self.setup = FirstRunSetup(self.accounts)  # first run: the setup code makes the first admin (issue 18)
 
     async def start(self) -> None:
         await self.db.open()

@@ -383,6 +383,15 @@ def quiet_aiocoap_logs(logger_name: str) -> None:
         logger.addFilter(limit)
 
 
+def dtls_available() -> bool:
+    """Whether the DTLS library coaps needs (DTLSSocket, aiocoap's tinydtls) is installed."""
+    try:
+        import DTLSSocket  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class CoapFrontend:
     """The CoAP (UDP) listener and, when enabled, the coaps (DTLS-PSK) one: a gateway Frontend."""
 
@@ -418,11 +427,11 @@ class CoapFrontend:
             await self._start_coaps()
 
     async def _start_coaps(self) -> None:
-        try:
-            import DTLSSocket  # noqa: F401  (only to report a missing build clearly)
-        except ImportError:
-            log.warning("coaps disabled: the DTLS library is not installed (pip install 'aiocoap[tinydtls]'; "
-                        "its build needs autoconf, automake, libtool); set coaps_enabled = false to silence this")
+        if not dtls_available():
+            # coaps is an optional extra: without its library the hub runs CoAP only, as configured
+            # by default, and says so once, plainly (not a warning: nothing is wrong).
+            log.info("coaps (CoAP over DTLS) is off: its library is not installed; to turn it on: "
+                     "pip install 'matrix-gateway[coaps]' (builds with autoconf, automake, libtool)")
             return
         if self.bind in ("::", "0.0.0.0", ""):
             log.error("coaps disabled: aiocoap's DTLS server needs one address to bind to, not %r", self.bind)

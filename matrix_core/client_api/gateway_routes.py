@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import hub_admin_handlers as hub_admin
 from . import series_handlers as series
+from . import setup_handlers as setup
 from .router import ClientRouter
 
 
@@ -23,6 +24,9 @@ def build_gateway_router() -> ClientRouter:
     # the pages' status and devices (admins only)
     router.add("GET", "status", hub_admin.status)
     router.add("POST", "devices", hub_admin.add_device)
+    # first run: the setup code makes the first admin (setup_handlers.py; no access token)
+    router.add("GET", "setup", setup.setup_state)
+    router.add("POST", "setup", setup.complete_setup)
     return router
 
 

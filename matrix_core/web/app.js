@@ -1,10 +1,11 @@
 // The hub's own page: a small Matrix client (login, /sync long-polls). This module signs in and out
 // and switches pages; each page is its own module with init() once, enter() when shown and
 // leave() when hidden. No framework, no build step.
-import {API, session, $, api} from "./common.js";
+import {API, session, $, api, errorText} from "./common.js";
 import * as home from "./home.js";
 import * as devices from "./devices.js";
 import * as status from "./status.js";
+import * as setup from "./setup.js";
 
 // view name -> {module, section id, nav button id}; a new page adds one line here and its
 // <section> and nav button in index.html.
@@ -19,11 +20,12 @@ let current = null;
 function show(view) {
   if (current && PAGES[current]) PAGES[current].module.leave();
   $("login-view").hidden = view !== "login";
+  if ($("setup-view")) $("setup-view").hidden = view !== "setup";
   for (const [name, page] of Object.entries(PAGES)) {
     $(page.section).hidden = view !== name;
     $(page.button).setAttribute("aria-current", view === name ? "page" : "false");
   }
-  $("nav").hidden = view === "login";
+  $("nav").hidden = view === "login" || view === "setup";
   current = view;
   if (PAGES[view]) PAGES[view].module.enter();
 }
@@ -43,6 +45,15 @@ function signedOut() {
   show("login");
 }
 
+/** Keep /login's (or the first run's) answer and show Home. */
+function signIn(body) {
+  session.token = body.access_token;
+  session.userId = body.user_id;
+  localStorage.setItem("hub.token", session.token);
+  localStorage.setItem("hub.user", session.userId);
+  signedIn();
+}
+
 async function login(event) {
   event.preventDefault();
   $("login-error").textContent = "";
@@ -51,14 +62,10 @@ async function login(event) {
       type: "m.login.password", identifier: {type: "m.id.user", user: $("login-user").value},
       password: $("login-password").value, initial_device_display_name: "Hub web page",
     });
-    session.token = body.access_token;
-    session.userId = body.user_id;
-    localStorage.setItem("hub.token", session.token);
-    localStorage.setItem("hub.user", session.userId);
     $("login-password").value = "";
-    signedIn();
+    signIn(body);
   } catch (e) {
-    $("login-error").textContent = e.errcode === "M_FORBIDDEN" ? "Wrong user name or password." : e.message;
+    $("login-error").textContent = e.errcode === "M_FORBIDDEN" ? "Wrong user name or password." : errorText(e);
   }
 }
 
@@ -69,13 +76,15 @@ async function logout() {
 
 function start() {
   $("login-form").addEventListener("submit", login);
+  setup.init(signIn);
   $("logout").addEventListener("click", logout);
   window.addEventListener("hub-signed-out", signedOut);
   for (const [name, page] of Object.entries(PAGES)) {
     $(page.button).addEventListener("click", () => show(name));
     page.module.init();
   }
-  if (session.token) signedIn(); else show("login");
+  // A hub without an admin shows the first run's setup view instead of sign-in.
+  if (session.token) signedIn(); else setup.needed().then((first) => show(first ? "setup" : "login"));
 }
 
 if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start); else start();

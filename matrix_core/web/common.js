@@ -34,9 +34,19 @@ export async function api(method, path, body) {
     const err = new Error((data && data.error) || ("HTTP " + resp.status));
     err.status = resp.status;
     err.errcode = data && data.errcode;
+    err.retryAfterMs = data && data.retry_after_ms;
     throw err;
   }
   return data;
+}
+
+/** An error for people: a throttle says how long to wait (M_LIMIT_EXCEEDED, retry_after_ms). */
+export function errorText(e) {
+  if (e.errcode === "M_LIMIT_EXCEEDED") {
+    const s = Math.max(1, Math.ceil((e.retryAfterMs || 1000) / 1000));
+    return "Too many wrong attempts: wait " + (s >= 120 ? Math.ceil(s / 60) + " minutes" : s + " s") + " and try again.";
+  }
+  return e.message;
 }
 
 export function bytes(n) {
