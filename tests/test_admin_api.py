@@ -37,6 +37,7 @@ ROUTES = [
     ("PUT", "/_synapse/admin/v2/users/%40mallory%3Alocalhost", {"password": "x" * 12}),
     ("POST", "/_synapse/admin/v1/deactivate/%40alice%3Alocalhost", {}),
     ("GET", "/_synapse/admin/v2/users/%40alice%3Alocalhost/devices", None),
+    ("GET", "/_synapse/admin/v1/users/%40alice%3Alocalhost/joined_rooms", None),
     ("POST", "/_synapse/admin/v2/users/%40alice%3Alocalhost/devices", {"device_id": "EVIL"}),
     ("DELETE", "/_synapse/admin/v2/users/%40alice%3Alocalhost/devices/NOPE", None),
     ("GET", "/_synapse/admin/v1/rooms", None),
@@ -280,6 +281,10 @@ def test_rooms_list_and_details(hub: dict[str, Any]) -> None:
 
     status, room = call(hub, "GET", f"/_synapse/admin/v1/rooms/{q(made[2])}")
     assert status == 200 and room["name"] == "Cellar" and room["joined_local_devices"] >= 1 and room["forgotten"] is False
+    status, joined = call(hub, "GET", "/_synapse/admin/v1/users/%40alice%3Alocalhost/joined_rooms")
+    assert status == 200 and set(made) <= set(joined["joined_rooms"]) and joined["total"] == len(joined["joined_rooms"])
+    status, joined = call(hub, "GET", "/_synapse/admin/v1/users/%40nobody%3Alocalhost/joined_rooms")
+    assert (status, joined["errcode"]) == (404, "M_NOT_FOUND")
     status, room = call(hub, "GET", "/_synapse/admin/v1/rooms/%21nope%3Alocalhost")
     assert (status, room["errcode"]) == (404, "M_NOT_FOUND")
     status, room = call(hub, "GET", "/_synapse/admin/v1/rooms/%23attic%3Alocalhost")

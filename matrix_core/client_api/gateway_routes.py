@@ -47,6 +47,7 @@ def build_synapse_admin_router() -> ClientRouter:
     router.add("GET", "v2/users/{userId}", synapse_admin.get_user)
     router.add("PUT", "v2/users/{userId}", synapse_admin.put_user)
     router.add("POST", "v1/deactivate/{userId}", synapse_admin.deactivate)
+    router.add("GET", "v1/users/{userId}/joined_rooms", synapse_admin.joined_rooms)
     router.add("GET", "v2/users/{userId}/devices", synapse_admin.list_devices)
     router.add("POST", "v2/users/{userId}/devices", synapse_admin.create_device)
     router.add("DELETE", "v2/users/{userId}/devices/{deviceId}", synapse_admin.delete_device)

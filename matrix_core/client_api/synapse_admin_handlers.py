@@ -58,6 +58,12 @@ async def deactivate(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     return ok({"id_server_unbind_result": "success"})
 
 
+async def joined_rooms(hs: Homeserver, req: ApiRequest) -> ApiResponse:
+    """GET v1/users/{userId}/joined_rooms: {"joined_rooms", "total"} (synadm asks before deactivating)."""
+    await require_admin(hs, req)
+    return ok(await hs.admin.joined_rooms(req.params["userId"]))
+
+
 async def list_devices(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     await require_admin(hs, req)
     return ok(await hs.admin.devices(req.params["userId"]))

@@ -150,6 +150,11 @@ class HubAdmin:
             raise errors.not_found("User not found")
         return row
 
+    async def joined_rooms(self, user_id: str) -> dict[str, Any]:
+        await self._existing(user_id)
+        rooms = sorted(self.hs.rooms.joined_room_ids(user_id))
+        return {"joined_rooms": rooms, "total": len(rooms)}
+
     # -- devices ---------------------------------------------------------------------------------
 
     async def devices(self, user_id: str) -> dict[str, Any]:
