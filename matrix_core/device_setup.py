@@ -12,8 +12,6 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
-
 import segno
 
 # A Host header we put into shell snippets: a DNS name, IPv4 or a bracketed IPv6, optional port.
@@ -76,7 +74,8 @@ def snippets(conf: dict[str, Any], user_id: str, device_id: str, token: str,
                     "text": f"mosquitto_pub -h {host} -p {conf['mqtt_port']} -u '{localpart}' -P '{token}' "
                             f"-t {topic} -m '{{\"temp\": 21.5}}' -q 1"})
     # the room the MQTT line created (any room the account is in works): '#' and '/' escaped
-    room = quote(topic_room_alias(device_id, server_name), safe=":")
+    # (device ids are [A-Za-z0-9_.-] and server names host[:port]: nothing else needs escaping)
+    room = topic_room_alias(device_id, server_name).replace("#", "%23").replace("/", "%2F")
     path = f"/_m/c/a/v1/r/{room}/s/m.room.message"
     if "coap_port" in conf:
         out.append({"label": "CoAP with coap-client (libcoap), into the room the MQTT line made",
