@@ -25,6 +25,8 @@ def build_gateway_router() -> ClientRouter:
     # the pages' status and devices (admins only)
     router.add("GET", "status", hub_admin.status)
     router.add("POST", "devices", hub_admin.add_device)
+    # the Devices page (issue 18, admin): whether the signed-in user is an admin
+    router.add("GET", "account", hub_devices.account)
     return router
 
 

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
 MAX_DISPLAY_NAME = 100
 
 
+async def account(hs: Homeserver, req: ApiRequest) -> ApiResponse:
+    """GET /_gateway/v1/account (any signed-in user): who the page's user is and whether a hub
+    admin, so the page shows admin controls without calling an admin route to find out."""
+    requester = await hs.accounts.authenticate(req.access_token)
+    return ok({"user_id": requester.user_id, "admin": requester.is_admin})
+
+
 async def accounts(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     """GET accounts: every account (deactivated and guests too) with its devices."""
     await require_admin(hs, req)
