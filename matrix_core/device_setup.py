@@ -8,6 +8,7 @@ the MQTT default rule of docs/mqtt.md), and the page only shows text it is given
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -108,5 +109,8 @@ def qr_payload(conf: dict[str, Any], user_id: str, device_id: str, token: str,
 
 def qr_svg_data_uri(text: str) -> str:
     """The text as a QR code: an SVG `data:` URI an <img> shows under the pages' CSP (img-src data:)."""
-    svg = segno.make(text, error="m", micro=False).svg_inline(scale=4, border=4, dark="#000", light="#fff")
-    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    out = io.BytesIO()
+    # a standalone SVG (with its xmlns: an <img> does not decode svg_inline's HTML5 form)
+    segno.make(text, error="m", micro=False).save(out, kind="svg", scale=4, border=4, dark="#000", light="#fff",
+                                                  xmldecl=False, svgclass=None, lineclass=None)
+    return "data:image/svg+xml;base64," + base64.b64encode(out.getvalue()).decode("ascii")

@@ -84,4 +84,4 @@ def test_qr_code_is_an_svg_data_uri_of_the_settings() -> None:
                                     psk_identity="t1", psk="KEY")
     uri = device_setup.qr_svg_data_uri(text)
     svg = base64.b64decode(uri.removeprefix("data:image/svg+xml;base64,"))
-    assert svg.startswith(b"<svg") and b"<path" in svg
+    assert svg.startswith(b"<svg") and b'xmlns="http://www.w3.org/2000/svg"' in svg and b"<path" in svg
