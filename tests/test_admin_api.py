@@ -280,7 +280,8 @@ def test_rooms_list_and_details(hub: dict[str, Any]) -> None:
         assert page["next_batch"] == 2
 
     status, room = call(hub, "GET", f"/_synapse/admin/v1/rooms/{q(made[2])}")
-    assert status == 200 and room["name"] == "Cellar" and room["joined_local_devices"] >= 1 and room["forgotten"] is False
+    assert status == 200 and room["name"] == "Cellar" and room["forgotten"] is False
+    assert room["joined_local_devices"] >= 1
     status, joined = call(hub, "GET", "/_synapse/admin/v1/users/%40alice%3Alocalhost/joined_rooms")
     assert status == 200 and set(made) <= set(joined["joined_rooms"]) and joined["total"] == len(joined["joined_rooms"])
     status, joined = call(hub, "GET", "/_synapse/admin/v1/users/%40nobody%3Alocalhost/joined_rooms")

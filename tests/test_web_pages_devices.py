@@ -86,7 +86,8 @@ def test_admin_adds_uses_and_revokes_a_device(gateway: GatewayProcess, browser: 
     room = page.get_by_role("list", name="Places and devices").get_by_role("listitem").filter(
         has=page.get_by_role("heading", name="MQTT home/porch1"))
     expect(room.locator(".reading")).to_have_text("temp 23.75", timeout=10000)  # all three arrived, in order
-    expect(room.get_by_role("img")).to_have_attribute("aria-label", "temp: latest 23.75, range 21.5 to 23.75 over the last hour")
+    expect(room.get_by_role("img")).to_have_attribute(
+        "aria-label", "temp: latest 23.75, range 21.5 to 23.75 over the last hour")
 
     # revoke it in the page: confirmation, then the list updates and the token is refused
     page.get_by_role("button", name="Devices").click()
