@@ -7,14 +7,19 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 import urllib.parse
 from typing import Any
 
+import aiocoap
+import cbor2
 import pytest
+from aiocoap.numbers.types import Type
 
 from tests.conftest import PASSWORD
 from tests.support.gateway import GatewayProcess
 from tests.test_mqtt_peers import Paho, mosquitto_pub
+from tests.test_token_revocation import _next_response, _raw_coap
 
 q = urllib.parse.quote
 
@@ -379,3 +384,25 @@ def test_gateway_household_flag(hub: dict[str, Any]) -> None:
     assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
     status, body = call(hub, "PUT", "/_gateway/admin/v1/users/%40nobody%3Alocalhost/household", {"household": True})
     assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+
+
+def test_revoking_a_device_ends_its_coap_observation(hub: dict[str, Any]) -> None:
+    """As a logout does (tests/test_token_revocation.py): the observation made with the revoked
+    device's token gets a final 4.01 at once, before any new event."""
+    gw = hub["gw"]
+    token = gw.device_token("alice", "observer1")
+    status, body = gw.request("POST", "/_matrix/client/v3/createRoom", {"room_alias_name": "adminobs"},
+                              token=hub["admin"])
+    assert status == 200, body
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", gw.coap_port))
+        sock.send(_raw_coap(Type.CON, 7101, aiocoap.GET, token=b"adm1", observe=0,
+                            uri_path=("_m", "c", "v3", "r", "#adminobs:localhost", "m"),
+                            uri_query=(f"a={token}", "l=1")).encode())
+        first = _next_response(sock, b"adm1")
+        assert first.code == aiocoap.CONTENT and first.opt.observe is not None
+        status, body = call(hub, "DELETE", "/_synapse/admin/v2/users/%40alice%3Alocalhost/devices/observer1")
+        assert status == 200, body
+        last = _next_response(sock, b"adm1")
+        assert last.code == aiocoap.UNAUTHORIZED and cbor2.loads(last.payload)["errcode"] == "M_UNKNOWN_TOKEN"
