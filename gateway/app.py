@@ -117,6 +117,18 @@ class Gateway:
                     log.debug("stopping %s after its failed start failed too", frontend.name, exc_info=True)
                 raise
             self.frontends.append(frontend)
+        self._tell_admin()
+
+    def _tell_admin(self) -> None:
+        """What the admin API's device settings name (the ports that are on) and how it makes a
+        coaps key (the CLI's `device add --psk`): front-end facts the core must not import."""
+        from frontends.coap.psk import add_device_psk
+        from matrix_core.device_setup import Listeners
+        coaps = any(getattr(f, "coaps_listening", False) for f in self.frontends)
+        self.hs.admin.listeners = Listeners(
+            http_port=self.http_port, mqtt_port=self.config.mqtt_port if self.config.mqtt_enabled else None,
+            coap_port=self.config.coap_port, coaps_port=self.config.coaps_port if coaps else None)
+        self.hs.admin.make_psk = add_device_psk
 
     def describe(self) -> str:
         items = [f"http=http://{self.config.bind}:{self.http_port}"]

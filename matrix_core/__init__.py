@@ -23,6 +23,7 @@ PURE_MODULES = (
     "appservice_rules",
     # issue 18, the hub's web pages
     "series", "setup_rules",
+    "admin_rules", "device_setup",
     # issue 19, Simplified Sliding Sync
     "sliding_sync_rules",
 )

@@ -461,6 +461,11 @@ class CoapFrontend:
         if self._psk_store is not None:
             self._psk_store.close()
 
+    @property
+    def coaps_listening(self) -> bool:
+        """Whether the coaps listener runs (it is off without the DTLS library)."""
+        return self._coaps_running
+
     def describe(self) -> str:
         text = f"coap=coap://{self.bind}:{self.port}"
         if self._coaps_running:

@@ -9,9 +9,11 @@ Each area's handlers live in their own `<area>_handlers.py`; add routes here in 
 """
 from __future__ import annotations
 
+from . import hub_admin_devices_handlers as hub_devices
 from . import hub_admin_handlers as hub_admin
 from . import series_handlers as series
 from . import setup_handlers as setup
+from . import synapse_admin_handlers as synapse_admin
 from .router import ClientRouter
 
 
@@ -27,18 +29,36 @@ def build_gateway_router() -> ClientRouter:
     # first run: the setup code makes the first admin (setup_handlers.py; no access token)
     router.add("GET", "setup", setup.setup_state)
     router.add("POST", "setup", setup.complete_setup)
+    # the Devices page (issue 18, admin): whether the signed-in user is an admin
+    router.add("GET", "account", hub_devices.account)
     return router
 
 
 def build_gateway_admin_router() -> ClientRouter:
     """Routes under /_gateway/admin/v1/ (admins only)."""
     router = ClientRouter()
+    # the Devices page (issue 18, admin): accounts with devices, a device with its settings and QR code
+    router.add("GET", "accounts", hub_devices.accounts)
+    router.add("POST", "users/{userId}/devices", hub_devices.add_device)
+    router.add("PUT", "users/{userId}/household", hub_devices.set_household)
     return router
 
 
 def build_synapse_admin_router() -> ClientRouter:
     """Routes under /_synapse/admin/ (admins only), e.g. "v2/users"."""
     router = ClientRouter()
+    # Synapse's admin API (issue 18, admin; docs/admin-api.md)
+    router.add("GET", "v1/server_version", synapse_admin.server_version)
+    router.add("GET", "v2/users", synapse_admin.list_users)
+    router.add("GET", "v2/users/{userId}", synapse_admin.get_user)
+    router.add("PUT", "v2/users/{userId}", synapse_admin.put_user)
+    router.add("POST", "v1/deactivate/{userId}", synapse_admin.deactivate)
+    router.add("GET", "v1/users/{userId}/joined_rooms", synapse_admin.joined_rooms)
+    router.add("GET", "v2/users/{userId}/devices", synapse_admin.list_devices)
+    router.add("POST", "v2/users/{userId}/devices", synapse_admin.create_device)
+    router.add("DELETE", "v2/users/{userId}/devices/{deviceId}", synapse_admin.delete_device)
+    router.add("GET", "v1/rooms", synapse_admin.list_rooms)
+    router.add("GET", "v1/rooms/{roomId}", synapse_admin.get_room)
     return router
 
 

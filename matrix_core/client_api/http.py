@@ -102,6 +102,7 @@ def make_app(hs: Homeserver) -> web.Application:
                 load_plain_body=partial(plain_json_body, raw),
                 raw_body=raw,
                 content_type=request.headers.get("Content-Type"),
+                host=request.headers.get("Host"),
             )
             return json_response(await router.dispatch(hs, api_request))
         except errors.MatrixError as err:

@@ -30,6 +30,8 @@ class ApiRequest:
     # type), for routes that take bytes, not JSON (a device's picture: device_media_handlers.py).
     raw_body: bytes = b""
     content_type: str | None = None
+    # The Host the request was sent to (HTTP only): what the admin pages' device settings name.
+    host: str | None = None
     _body: Any = _UNSET
 
     def json(self) -> Any:

@@ -11,6 +11,7 @@ from ..identifiers import random_string, user_id_for
 from ..passwords import check_password, hash_password
 from ..ratelimit import LoginThrottle
 from ..store import Database
+from ..store import account_admin as account_admin_rows
 from ..store import accounts as account_rows
 from ..store import devices as device_rows
 
@@ -208,6 +209,10 @@ class Accounts:
         self._forget_user(requester.user_id)
         self._revoked(TokensRevoked(requester.user_id, None, frozenset(tokens) | {requester.access_token}))
 
+    def forget_user(self, user_id: str) -> None:
+        """Drop the user's cached requesters: an admin changed a flag they carry (`is_admin`)."""
+        self._forget_user(user_id)
+
     def _forget_user(self, user_id: str) -> None:
         for token, cached in list(self._token_cache.items()):
             if cached.user_id == user_id:
@@ -251,6 +256,7 @@ class Accounts:
         transaction. The user id stays taken (it can never be given to someone else)."""
         def write(conn: Any) -> tuple[device_rows.Deleted, list[str]]:
             account_rows.clear_password(conn, user_id)
+            account_admin_rows.mark_deactivated(conn, user_id)  # the admin API shows it (issue 18)
             deleted = device_rows.delete_devices_keeping(conn, user_id, None, None)
             return deleted, account_rows.delete_all_tokens(conn, user_id)  # tokens without a device row
 

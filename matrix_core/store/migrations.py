@@ -13,6 +13,7 @@ from types import ModuleType
 
 from . import (account_data, appservice, coap_psk, cross_signing, devices, e2e_federation, e2e_keys, forgotten_rooms,
                key_backup, media, mqtt, mqtt_bridge, push_rules, pushers, receipts, relations, series, to_device)
+from . import account_admin
 from .event_index import LEVELS, schema_sql as event_index_schema
 
 CORE_MIGRATIONS: list[tuple[int, str]] = [
@@ -230,6 +231,8 @@ COMPONENT_STORES: tuple[ModuleType, ...] = (
     mqtt_bridge,
     # issue 18, the hub's web pages: the readings index behind the plots
     series,
+    # issue 18, the admin API: which accounts are deactivated (after devices: its list reads device_last_seen)
+    account_admin,
 )
 
 # component name -> its steps, applied in this order (the MQTT steps read the core's room_aliases).
