@@ -50,8 +50,11 @@ class EncryptedBridge(Bridge):
 
 
 def masquerade(path: str, device_id: str, user_id: str = LOCK) -> str:
+    """The path acting as the user's device, with both parameters as mautrix sends them (Synapse
+    reads `device_id`)."""
     sep = "&" if "?" in path else "?"
-    return f"{V3}{path}{sep}user_id={urllib.parse.quote(user_id)}&org.matrix.msc3202.device_id={device_id}"
+    return (f"{V3}{path}{sep}user_id={urllib.parse.quote(user_id)}&org.matrix.msc3202.device_id={device_id}"
+            f"&device_id={device_id}")
 
 
 async def call(gw: GatewayProcess, method: str, path: str, body: Any = None, token: str | None = AS_TOKEN) -> tuple[int, Any]:
