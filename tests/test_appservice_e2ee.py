@@ -35,7 +35,7 @@ class EncryptedBridge(Bridge):
         super().__init__(hub, port, state)
         self.to_device: asyncio.Queue[Any] = asyncio.Queue()
         self.device_lists: asyncio.Queue[DeviceLists] = asyncio.Queue()
-        self.otk_counts: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.otk_counts: asyncio.Queue[dict[Any, Any]] = asyncio.Queue()
         az = self.appservice
         az.encryption_events = True
         az.to_device_handler = self.to_device.put

@@ -82,6 +82,7 @@ class _Sender:
         self.device_lists_hint = 0
         self.pending_device_lists: int | None = None
         self.dirty_keys: set[tuple[str, str]] = set()  # devices whose key counts the AS has yet to hear
+        self.ephemeral_failures = 0  # failed tries in a row of a transaction with no events
 
 
 class _Side:
@@ -528,9 +529,11 @@ class AppServices:
         txn_id = sender.txn_id
         body = transaction_body([], ephemeral, self._extensions(sender, _Side()))
         if not await self._put_transaction(sender.reg, txn_id, body):
-            sender.dirty_keys |= dirty
-            await asyncio.sleep(backoff_s(1))
+            sender.dirty_keys |= dirty  # kept: tried again after a backoff as long as the AS is down
+            sender.ephemeral_failures += 1
+            await asyncio.sleep(backoff_s(sender.ephemeral_failures))
             return
+        sender.ephemeral_failures = 0
         position = sender.position
         await self.hs.db.write(lambda conn: as_rows.finish_transaction(conn, sender.reg.id, txn_id + 1, position))
         sender.txn_id = txn_id + 1
