@@ -5,7 +5,9 @@ shape of a transaction. No socket, database or clock: service/appservice.py does
 The file format is Synapse's (so a bridge's docs apply as they are): YAML with `id`, `url`,
 `as_token`, `hs_token`, `sender_localpart`, `namespaces` (`users`, `aliases`, `rooms`: lists of
 {`exclusive`, `regex`}), `rate_limited`, `receive_ephemeral` (or MSC2409's
-`de.sorunome.msc2409.push_ephemeral`)."""
+`de.sorunome.msc2409.push_ephemeral`), and MSC3202's `org.matrix.msc3202` (an AS that does its
+users' encryption itself: device lists and key counts in its transactions, and the to-device
+messages of its exclusive users taken off their /sync inboxes once it has them)."""
 from __future__ import annotations
 
 import re
@@ -44,6 +46,7 @@ class Registration:
     rooms: tuple[Namespace, ...] = ()
     rate_limited: bool = True
     receive_ephemeral: bool = False
+    msc3202: bool = False  # `org.matrix.msc3202`: encrypted appservice (MSC3202 transaction extensions)
     source: str = ""  # the file it came from, named in errors
 
     def sender(self, server_name: str) -> str:
@@ -67,6 +70,13 @@ class Registration:
 
     def is_room_in_namespace(self, room_id: str) -> bool:
         return any(ns.matches(room_id) for ns in self.rooms)
+
+    def consumes_to_device(self, user_id: str, server_name: str) -> bool:
+        """Whether a to-device message for `user_id`, once in a transaction this AS took, is done
+        with (deleted from the device's /sync inbox): only for an encrypted AS (MSC3202), and only
+        for users it alone speaks for (an exclusive namespace, or its sender), whose devices it runs.
+        A bridge whose bot still syncs for its keys keeps getting them through /sync."""
+        return self.msc3202 and (user_id == self.sender(server_name) or self.is_exclusive_user(user_id))
 
 
 def _namespaces(raw: Any, kind: str, where: str) -> tuple[Namespace, ...]:
@@ -124,7 +134,7 @@ def parse_registration(data: Any, source: str) -> Registration:
         raise RegistrationError(f"{where}: unknown namespace kind(s) {', '.join(sorted(unknown))} "
                                 f"(known: users, aliases, rooms)")
     flags = {}
-    for key in ("rate_limited", "receive_ephemeral", "de.sorunome.msc2409.push_ephemeral"):
+    for key in ("rate_limited", "receive_ephemeral", "de.sorunome.msc2409.push_ephemeral", "org.matrix.msc3202"):
         value = data.get(key)
         if value is not None and not isinstance(value, bool):
             raise RegistrationError(f"{where}: '{key}' must be true or false")
@@ -137,6 +147,7 @@ def parse_registration(data: Any, source: str) -> Registration:
         rooms=_namespaces(raw_ns.get("rooms"), "rooms", where),
         rate_limited=flags["rate_limited"] is not False,
         receive_ephemeral=bool(flags["receive_ephemeral"] or flags["de.sorunome.msc2409.push_ephemeral"]),
+        msc3202=bool(flags["org.matrix.msc3202"]),
         source=source)
 
 
@@ -246,13 +257,84 @@ def interested(reg: Registration, event: Mapping[str, Any], server_name: str, me
     return bool(reg.rooms) and reg.is_room_in_namespace(room_id)
 
 
-def transaction_body(events: list[dict[str, Any]], ephemeral: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+# The keys of a transaction's extensions, as Synapse sends them and mautrix-python reads them
+# (it tries the stable name first, then the unstable one). To-device messages kept MSC2409's prefix
+# when they moved to MSC4203; MSC3202's fields are unstable only.
+TO_DEVICE_KEY = "de.sorunome.msc2409.to_device"
+DEVICE_LISTS_KEY = "org.matrix.msc3202.device_lists"
+OTK_COUNT_KEY = "org.matrix.msc3202.device_one_time_keys_count"
+OTK_COUNT_KEY_OLD = "org.matrix.msc3202.device_one_time_key_counts"  # Synapse sends both spellings
+FALLBACK_KEY = "org.matrix.msc3202.device_unused_fallback_key_types"
+
+
+@dataclass(frozen=True, slots=True)
+class Extensions:
+    """What a transaction carries besides room events; empty parts are left out of the body."""
+
+    ephemeral: list[dict[str, Any]] = field(default_factory=list)
+    to_device: list[dict[str, Any]] = field(default_factory=list)
+    device_lists: tuple[list[str], list[str]] = ([], [])  # (changed, left)
+    otk_counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    fallback_types: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+
+def to_device_entry(user_id: str, device_id: str, message: Mapping[str, Any]) -> dict[str, Any]:
+    """A to-device message (type, sender, content) as an AS gets it: MSC2409 names the recipient,
+    since one transaction carries the messages of all its users' devices."""
+    return {**message, "to_user_id": user_id, "to_device_id": device_id}
+
+
+def key_counts(devices: Iterable[tuple[str, str]], counts: Callable[[str, str], dict[str, int]],
+               fallback: Callable[[str, str], list[str]]) -> tuple[dict[str, dict[str, dict[str, int]]],
+                                                                   dict[str, dict[str, list[str]]]]:
+    """MSC3202's per-user, per-device one-time key counts and unused fallback key types (the
+    /sync fields, keyed by user then device) of `devices`."""
+    otk: dict[str, dict[str, dict[str, int]]] = {}
+    unused: dict[str, dict[str, list[str]]] = {}
+    for user_id, device_id in sorted(set(devices)):
+        otk.setdefault(user_id, {})[device_id] = counts(user_id, device_id)
+        unused.setdefault(user_id, {})[device_id] = fallback(user_id, device_id)
+    return otk, unused
+
+
+def device_list_summary(rows: Iterable[tuple[str, str | None, str]], shares_room: Callable[[str], bool],
+                        owns_user: Callable[[str], bool]) -> tuple[list[str], list[str]]:
+    """MSC3202's (changed, left) for an AS from rows of the device-list stream (user, recipient or
+    None for everyone sharing a room with the user, "changed"/"left"), oldest first: a user's
+    devices matter to the AS when it shares a room with one of the AS's users (`shares_room`), or
+    is one of them; a row for one recipient counts when the recipient is the AS's. The newest
+    word about a user wins."""
+    latest: dict[str, str] = {}
+    for user_id, recipient, kind in rows:
+        if recipient is None:
+            if owns_user(user_id) or shares_room(user_id):
+                latest[user_id] = "changed"
+        elif owns_user(recipient):
+            latest[user_id] = kind
+    return (sorted(u for u, k in latest.items() if k == "changed"),
+            sorted(u for u, k in latest.items() if k == "left" and not owns_user(u)))
+
+
+def transaction_body(events: list[dict[str, Any]], ephemeral: list[dict[str, Any]] | None = None,
+                     extensions: Extensions | None = None) -> dict[str, Any]:
     """The body of PUT /_matrix/app/v1/transactions/{txnId}: the events in order; ephemeral
-    ones (typing, receipts) under both the stable and MSC2409's key (mautrix reads either)."""
+    ones (typing, receipts, presence) under both the stable and MSC2409's key (mautrix reads
+    either); to-device messages, device lists and key counts (MSC2409/MSC3202) when there are any."""
     body: dict[str, Any] = {"events": events}
+    ext = extensions or Extensions()
+    ephemeral = [*(ephemeral or []), *ext.ephemeral]
     if ephemeral:
         body["ephemeral"] = ephemeral
         body["de.sorunome.msc2409.ephemeral"] = ephemeral
+    if ext.to_device:
+        body[TO_DEVICE_KEY] = ext.to_device
+    changed, left = ext.device_lists
+    if changed or left:
+        body[DEVICE_LISTS_KEY] = {"changed": changed, "left": left}
+    if ext.otk_counts:
+        body[OTK_COUNT_KEY] = body[OTK_COUNT_KEY_OLD] = ext.otk_counts
+    if ext.fallback_types:
+        body[FALLBACK_KEY] = ext.fallback_types
     return body
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import subprocess
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Protocol
@@ -467,3 +468,26 @@ async def test_an_as_answering_500_gets_the_same_transaction_again(hub: GatewayP
         assert (status, body["errcode"], body["status"], body["body"]) == (502, "M_BAD_STATUS", 500, "not today")
     finally:
         await runner.cleanup()
+
+
+def test_backup_and_restore_keep_an_added_appservice(tmp_path: Path) -> None:
+    """`matrix-gateway backup` carries DATA_DIR/appservices/ (what `appservice add` installed):
+    the restored hub has the AS registered (listed, and its as_token is its bot)."""
+    gw = GatewayProcess(tmp_path / "data")
+    reg_file = tmp_path / "bridge.yaml"
+    reg_file.write_text(registration(free_port()))
+    with gw:
+        gateway_cli("appservice", "add", str(reg_file), "--data-dir", str(gw.data_dir))
+        deadline = time.monotonic() + 15
+        while gw.request("GET", "/_matrix/client/v3/account/whoami", token=AS_TOKEN)[0] != 200:
+            assert time.monotonic() < deadline, "the running hub never applied the added appservice"
+            time.sleep(0.2)  # the hub's watcher polls the folder (no event to wait on from outside)
+        gateway_cli("backup", str(tmp_path / "hub.backup"), "--data-dir", str(gw.data_dir))
+    target = tmp_path / "restored"
+    gateway_cli("restore", str(tmp_path / "hub.backup"), "--data-dir", str(target))
+    assert (target / "appservices" / "sensorbridge.yaml").read_text() == reg_file.read_text()
+    assert (target / "appservices").stat().st_mode & 0o077 == 0  # it holds the tokens
+    assert gateway_cli("appservice", "list", "--data-dir", str(target)).stdout.startswith("sensorbridge\t")
+    with GatewayProcess(target) as copy:
+        status, who = copy.request("GET", "/_matrix/client/v3/account/whoami", token=AS_TOKEN)
+        assert (status, who["user_id"]) == (200, "@sensorbot:localhost")

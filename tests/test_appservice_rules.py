@@ -95,3 +95,53 @@ def test_interest_sender_member_room_alias() -> None:
 def test_backoff_starts_quick_and_is_bounded() -> None:
     assert backoff_s(1) == 0.25 and backoff_s(2) == 0.5
     assert backoff_s(1000) == 60.0
+
+
+def test_msc3202_flag_and_who_is_consumed() -> None:
+    """`org.matrix.msc3202: true` makes an encrypted AS: its exclusive users' and its bot's
+    to-device messages are its (taken off /sync); without the flag nobody's are."""
+    plain = parse_registration(reg(receive_ephemeral=True), "tg.yaml")
+    encrypted = parse_registration(reg(**{"org.matrix.msc3202": True}), "tg.yaml")
+    assert (plain.msc3202, encrypted.msc3202) == (False, True)
+    assert not plain.consumes_to_device("@telegram_1:localhost", "localhost")
+    assert encrypted.consumes_to_device("@telegram_1:localhost", "localhost")
+    assert encrypted.consumes_to_device("@telegrambot:localhost", "localhost")
+    assert not encrypted.consumes_to_device("@carol:localhost", "localhost")
+    with pytest.raises(RegistrationError, match="org.matrix.msc3202"):
+        parse_registration(reg(**{"org.matrix.msc3202": "yes"}), "tg.yaml")
+
+
+def test_a_transaction_carries_the_msc2409_and_msc3202_parts_under_synapses_keys() -> None:
+    from matrix_core.appservice_rules import Extensions, key_counts, to_device_entry, transaction_body
+
+    assert transaction_body([]) == {"events": []}  # nothing empty is sent
+    message = {"type": "m.room.encrypted", "sender": "@carol:localhost", "content": {"ciphertext": "x"}}
+    entry = to_device_entry("@telegram_1:localhost", "DEV", message)
+    assert entry == {**message, "to_user_id": "@telegram_1:localhost", "to_device_id": "DEV"}
+    otk, fallback = key_counts([("@telegram_1:localhost", "DEV"), ("@telegram_1:localhost", "DEV")],
+                               lambda u, d: {"signed_curve25519": 3}, lambda u, d: ["signed_curve25519"])
+    body = transaction_body([], [{"type": "m.typing"}], Extensions(
+        ephemeral=[{"type": "m.presence"}], to_device=[entry], device_lists=(["@carol:localhost"], []),
+        otk_counts=otk, fallback_types=fallback))
+    assert body["de.sorunome.msc2409.to_device"] == [entry]
+    assert body["ephemeral"] == body["de.sorunome.msc2409.ephemeral"] == [{"type": "m.typing"}, {"type": "m.presence"}]
+    assert body["org.matrix.msc3202.device_lists"] == {"changed": ["@carol:localhost"], "left": []}
+    assert body["org.matrix.msc3202.device_one_time_keys_count"] == \
+        {"@telegram_1:localhost": {"DEV": {"signed_curve25519": 3}}}
+    assert body["org.matrix.msc3202.device_unused_fallback_key_types"] == \
+        {"@telegram_1:localhost": {"DEV": ["signed_curve25519"]}}
+
+
+def test_device_list_summary_for_an_as() -> None:
+    """Broadcast rows count for users sharing a room with the AS's users (or its own users);
+    a row for one recipient counts when the recipient is the AS's; the newest word wins."""
+    from matrix_core.appservice_rules import device_list_summary
+
+    owns = lambda u: u.startswith("@telegram_")  # noqa: E731
+    shares = {"@carol:localhost"}.__contains__
+    rows = [("@carol:localhost", None, "changed"), ("@dave:localhost", None, "changed"),
+            ("@telegram_1:localhost", None, "changed"),
+            ("@erin:localhost", "@telegram_1:localhost", "changed"), ("@erin:localhost", "@telegram_1:localhost", "left"),
+            ("@frank:localhost", "@bob:localhost", "left")]
+    assert device_list_summary(rows, shares, owns) == (["@carol:localhost", "@telegram_1:localhost"],
+                                                       ["@erin:localhost"])

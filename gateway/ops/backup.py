@@ -8,6 +8,10 @@ foreign or damaged file before it writes anything.
 Media (format version 2): the files the snapshot's media rows name, as members `media/<sha256>`.
 Media files never change once written (content-addressed), so copying them after the snapshot
 gives the files of that snapshot; one that retention removed meanwhile is left out.
+
+Application services (format version 3): the registration files `matrix-gateway appservice add`
+put in DATA_DIR/appservices/, as members `appservices/<file>` (they hold the AS's tokens, and the
+database holds its delivery positions: a restored hub goes on delivering where it was).
 """
 from __future__ import annotations
 
@@ -30,13 +34,15 @@ from matrix_core.store import media as media_rows
 from ..config import CONFIG_FILE, DATABASE_FILE, SIGNING_KEY_FILE
 
 FORMAT = "matrix-gateway-backup"
-FORMAT_VERSION = 2  # 2: may carry media/<sha256> members
+FORMAT_VERSION = 3  # 2: may carry media/<sha256> members; 3: appservices/<file> members
 MANIFEST = "MANIFEST.json"
 MAX_MANIFEST_BYTES = 64 * 1024
 # Archive member name -> file name in the data dir. Nothing else is ever read or written.
 MEMBERS = {DATABASE_FILE: DATABASE_FILE, SIGNING_KEY_FILE: SIGNING_KEY_FILE, CONFIG_FILE: CONFIG_FILE}
 CHUNK = 1 << 20
 MEDIA_MEMBER = re.compile(r"media/([0-9a-f]{64})")
+APPSERVICE_DIR = "appservices"  # gateway/appservices.py's folder (not imported: it pulls in click)
+APPSERVICE_MEMBER = re.compile(r"appservices/([A-Za-z0-9_][A-Za-z0-9._-]{0,200}\.ya?ml)")
 
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 
@@ -78,6 +84,15 @@ def media_members(db_copy: Path, media_dir: Path) -> dict[str, Path]:
             if MEDIA_MEMBER.fullmatch(f"media/{sha}") and media_file(media_dir, sha).is_file()}
 
 
+def appservice_members(data_dir: Path) -> dict[str, Path]:
+    """Archive member name -> file, for each registration file in DATA_DIR/appservices/."""
+    folder = data_dir / APPSERVICE_DIR
+    if not folder.is_dir():
+        return {}
+    return {f"{APPSERVICE_DIR}/{p.name}": p for p in sorted(folder.iterdir())
+            if p.is_file() and APPSERVICE_MEMBER.fullmatch(f"{APPSERVICE_DIR}/{p.name}")}
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -103,7 +118,7 @@ def make_backup(data_dir: Path, config_file: Path, out: Path, progress: Progress
         db_copy = staged / DATABASE_FILE
         events = snapshot_database(database, db_copy, progress)
         files = {DATABASE_FILE: db_copy, SIGNING_KEY_FILE: sources[SIGNING_KEY_FILE], CONFIG_FILE: config_file,
-                 **media_members(db_copy, data_dir / "media")}
+                 **media_members(db_copy, data_dir / "media"), **appservice_members(data_dir)}
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,

@@ -24,7 +24,8 @@ from matrix_core.store import maintenance
 from matrix_core.store.migrations import COMPONENTS
 
 from ..config import CONFIG_FILE, DATABASE_FILE, SIGNING_KEY_FILE, ConfigError, load_config
-from .backup import CHUNK, FORMAT, FORMAT_VERSION, MANIFEST, MAX_MANIFEST_BYTES, MEDIA_MEMBER, MEMBERS, media_file
+from .backup import (APPSERVICE_DIR, APPSERVICE_MEMBER, CHUNK, FORMAT, FORMAT_VERSION, MANIFEST, MAX_MANIFEST_BYTES,
+                     MEDIA_MEMBER, MEMBERS, media_file)
 
 Progress = Callable[[str, int, int], None]
 
@@ -72,7 +73,7 @@ def read_manifest(tar: tarfile.TarFile, source: Path) -> dict[str, Any]:
         raise RestoreError(f"{source} is backup format version {version!r}; this program reads up to {FORMAT_VERSION}")
     files = manifest.get("files")
     if not isinstance(files, dict) or not set(MEMBERS) <= set(files) or not all(
-            name in MEMBERS or MEDIA_MEMBER.fullmatch(name) for name in files):
+            name in MEMBERS or MEDIA_MEMBER.fullmatch(name) or APPSERVICE_MEMBER.fullmatch(name) for name in files):
         raise RestoreError(f"{source}: the manifest lists {sorted(files or [])}, expected {sorted(MEMBERS)}")
     return manifest
 
@@ -111,9 +112,13 @@ def extract_checked(tar: tarfile.TarFile, manifest: dict[str, Any], staging: Pat
 
 
 def staging_path(staging: Path, name: str) -> Path:
-    """Where a checked member goes: a data dir file, or a media file in its content-addressed place."""
+    """Where a checked member goes: a data dir file, a media file in its content-addressed place,
+    or an appservice registration in appservices/."""
     named = MEDIA_MEMBER.fullmatch(name)
-    return media_file(staging / "media", named.group(1)) if named else staging / MEMBERS[name]
+    if named:
+        return media_file(staging / "media", named.group(1))
+    registration = APPSERVICE_MEMBER.fullmatch(name)
+    return staging / APPSERVICE_DIR / registration.group(1) if registration else staging / MEMBERS[name]
 
 
 def check_database(path: Path, source: Path) -> int:
@@ -162,13 +167,25 @@ def restore(source: Path, data_dir: Path, progress: Progress = _no_progress) -> 
             config = load_config(staging, None, {}, create=False)
         except ConfigError as exc:
             raise RestoreError(f"{source}: the config in the backup is not valid: {exc}") from None
+        if (staging / APPSERVICE_DIR).is_dir():
+            from matrix_core.appservice_rules import RegistrationError, check_registrations
+
+            from ..appservices import read_registration
+
+            os.chmod(staging / APPSERVICE_DIR, 0o700)  # the files hold the appservices' tokens
+            try:  # the hub would refuse to start with them
+                check_registrations([read_registration(p) for p in sorted((staging / APPSERVICE_DIR).iterdir())],
+                                    config.server_name)
+            except (ConfigError, RegistrationError) as exc:
+                raise RestoreError(f"{source}: an appservice registration in the backup is not valid: {exc}") from None
         check_target(data_dir)  # still new or empty after the checks
         os.chmod(staging, 0o700)
         if data_dir.exists():
             for name in MEMBERS.values():
                 os.replace(staging / name, data_dir / name)
-            if (staging / "media").is_dir():
-                os.replace(staging / "media", data_dir / "media")
+            for folder in ("media", APPSERVICE_DIR):
+                if (staging / folder).is_dir():
+                    os.replace(staging / folder, data_dir / folder)
         else:
             os.rename(staging, data_dir)
             staging.mkdir()  # TemporaryDirectory cleans up its (now empty) path

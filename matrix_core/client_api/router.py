@@ -91,8 +91,11 @@ class ClientRouter(Router[Handler]):
         handler, params = self.resolve(request.method, request.segments)
         request.params = params
         if hs.appservices.by_token and request.access_token in hs.appservices.by_token:
-            # an application service acting as one of its users (`?user_id=`; service/appservice.py)
-            request.access_token = hs.appservices.masquerade(request.access_token, request.arg("user_id"))
+            # an application service acting as one of its users (`?user_id=`), or one of their
+            # devices (MSC3202's `?org.matrix.msc3202.device_id=`; service/appservice.py)
+            request.access_token = hs.appservices.masquerade(
+                request.access_token, request.arg("user_id"),
+                request.arg("org.matrix.msc3202.device_id") or request.arg("device_id"))
         try:
             return await handler(hs, request)
         finally:

@@ -8,10 +8,20 @@ checks each event against the AS's namespaces in memory (set lookups and a cache
 sender) and wakes that AS's sender task when one interests it. The task reads events back from the
 store after the AS's durable position, so an AS that is down, slow or answering 500 costs a local
 send nothing, and after an outage or a hub restart it gets every event, in order, batched. With
-no AS registered nothing subscribes at all (the MQTT path pays nothing)."""
+no AS registered nothing subscribes at all (the MQTT path pays nothing).
+
+Encrypted appservices (MSC2409, MSC3202): a transaction also carries the to-device messages for the
+AS's users' devices (read back from the to-device inbox after the AS's stored position there, so they
+are durable like its events; an MSC3202 AS's exclusive users' messages are deleted from the inbox once
+it has them, as nobody syncs those devices), the device-list changes of the users its users share
+rooms with, and its users' devices' one-time and fallback key counts when they changed. Presence
+goes with typing and receipts in `ephemeral`. Each part wakes only the senders of the ASes it
+concerns (hooks on service/to_device.py, e2e_keys.py and presence.py, installed only when a
+registration asks for it)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from functools import partial
@@ -21,12 +31,17 @@ from urllib.parse import quote
 import aiohttp
 
 from .. import errors
-from ..appservice_rules import MAX_TRANSACTION_EVENTS, Registration, backoff_s, interested, transaction_body
+from .. import presence_state
+from ..appservice_rules import (MAX_TRANSACTION_EVENTS, Extensions, Registration, backoff_s, device_list_summary,
+                                interested, key_counts, to_device_entry, transaction_body)
 from ..ephemeral import READ, Receipt, receipt_events, typing_event
 from ..events import Event
 from ..log_limit import LogLimiter
 from ..store import accounts as account_rows
 from ..store import appservice as as_rows
+from ..store import devices as device_rows
+from ..store import e2e_keys as key_rows
+from ..store import to_device as to_device_rows
 from .accounts import Requester
 
 if TYPE_CHECKING:
@@ -39,7 +54,8 @@ REQUEST_TIMEOUT_S = 30.0
 QUERY_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 15.0
 _MATCH_CACHE = 10_000
-MAX_EPHEMERAL = 100  # typing and receipts held for one AS
+MAX_EPHEMERAL = 100  # typing, receipts and presence held for one AS
+MAX_TRANSACTION_TO_DEVICE = 100  # to-device messages per transaction (a backlog goes in several)
 
 
 class _Sender:
@@ -56,7 +72,33 @@ class _Sender:
         self.member_rooms: set[str] = set()
         self.alias_rooms: set[str] = set()
         self.delivered = 0
-        self.ephemeral: list[dict[str, Any]] = []  # typing and receipts to go with the next transaction
+        self.ephemeral: list[dict[str, Any]] = []  # typing, receipts, presence to go with the next transaction
+        # MSC2409/MSC3202 streams: the stored position, the newest news (hint), the pending
+        # transaction's bound (None: none pending in that stream)
+        self.to_device = 0
+        self.to_device_hint = 0
+        self.pending_to_device: int | None = None
+        self.device_lists = 0
+        self.device_lists_hint = 0
+        self.pending_device_lists: int | None = None
+        self.dirty_keys: set[tuple[str, str]] = set()  # devices whose key counts the AS has yet to hear
+        self.ephemeral_failures = 0  # failed tries in a row of a transaction with no events
+
+
+class _Side:
+    """The to-device messages and device-list changes one transaction carries, with the bounds
+    of each stream it covers (None: that stream is not part of it)."""
+
+    def __init__(self) -> None:
+        self.to_device: list[dict[str, Any]] = []
+        self.consumed: list[int] = []  # stream ids to delete from the inbox once the AS has them
+        self.taken: dict[tuple[str, str], int] = {}
+        self.to_device_bounds: tuple[int, int] | None = None
+        self.device_lists: tuple[list[str], list[str]] = ([], [])
+        self.device_lists_bounds: tuple[int, int] | None = None
+
+    def __bool__(self) -> bool:
+        return self.to_device_bounds is not None or self.device_lists_bounds is not None
 
 
 class AppServices:
@@ -75,6 +117,8 @@ class AppServices:
         self._started = False
         self._stopping = False
         self._any_ephemeral = False
+        self._any_msc3202 = False
+        self._hooks: set[str] = set()
         self._set(registrations)
 
     def _set(self, registrations: tuple[Registration, ...]) -> None:
@@ -94,6 +138,15 @@ class AppServices:
             hs.typing.listeners.append(self._on_typing)
             hs.receipts.listeners.append(self._on_receipts)
         self._any_ephemeral = any(reg.receive_ephemeral for reg in registrations)
+        self._any_msc3202 = any(reg.msc3202 for reg in registrations)
+        if self._any_ephemeral and "to_device" not in self._hooks:
+            self._hooks.add("to_device")
+            self.hs.to_device.listeners.append(self._on_to_device)
+            self.hs.presence.listeners.append(self._on_presence)
+        if self._any_msc3202 and "e2e" not in self._hooks:
+            self._hooks.add("e2e")
+            self.hs.e2e_keys.on_moved.append(self._on_device_lists)
+            self.hs.e2e_keys.on_counts_changed.append(self._on_key_counts)
         self.hs.message_limiter.exempt = self._unlimited if any(not r.rate_limited for r in registrations) else None
 
     # -- who is who --------------------------------------------------------------------------------
@@ -114,12 +167,13 @@ class AppServices:
         return next((reg for reg in self.registrations if reg.is_exclusive_user(user_id)), None)
 
     async def requester(self, token: str) -> Requester | None:
-        """The requester of an as_token ("as_token\\nuser_id" when masquerading, see
+        """The requester of an as_token ("as_token\nuser_id[\ndevice_id]" when masquerading, see
         `masquerade`); None when it is not an AS's token."""
-        as_token, _, user_id = token.partition("\n")
+        as_token, _, rest = token.partition("\n")
         reg = self.by_token.get(as_token)
         if reg is None:
             return None
+        user_id, _, device_id = rest.partition("\n")
         sender = reg.sender(self.server_name)
         user_id = user_id or sender
         if user_id != sender:
@@ -131,13 +185,21 @@ class AppServices:
                 if len(self._registered) >= _MATCH_CACHE:
                     self._registered.clear()
                 self._registered.add(user_id)  # an account is never deleted (deactivated ids stay taken)
+        if device_id:
+            # MSC3202 device masquerading: the AS acts as one of its user's devices (uploads its
+            # keys, sends its to-device messages), which must exist (Synapse's check and error)
+            if await device_rows.device(self.hs.db, user_id, device_id) is None:
+                raise errors.MatrixError(400, "M_UNKNOWN_DEVICE", f"Application service trying to use a device "
+                                         f"that doesn't exist ('{device_id}' for {user_id})")
+            return Requester(user_id, device_id, False, token)
         return Requester(user_id, f"AS_{reg.id}", False, token)
 
-    def masquerade(self, token: str | None, user_id: str | None) -> str | None:
-        """The token dispatch authenticates with: an AS's token with `?user_id=` carries the user."""
-        if token is None or user_id is None or token not in self.by_token:
+    def masquerade(self, token: str | None, user_id: str | None, device_id: str | None = None) -> str | None:
+        """The token dispatch authenticates with: an AS's token with `?user_id=` carries the user,
+        and MSC3202's `?org.matrix.msc3202.device_id=` (or `?device_id=`) one of its devices."""
+        if token is None or (user_id is None and not device_id) or token not in self.by_token:
             return token
-        return f"{token}\n{user_id}"
+        return f"{token}\n{user_id or ''}" + (f"\n{device_id}" if device_id else "")
 
     def check_user_registration(self, user_id: str, as_token: str | None) -> Registration | None:
         """Registration of `user_id`: by an AS (its token) only inside its users namespace
@@ -186,7 +248,8 @@ class AppServices:
         if not await account_rows.user_known(self.hs.db, bot):
             # A bridge's or bot's users join the rooms they are invited to, not the household's.
             await self.hs.accounts.create_user(bot, None, household=False)
-        await self.hs.db.write(partial(as_rows.start_at, as_id=reg.id, position=self.hs.stream.position))
+        await self.hs.db.write(partial(as_rows.start_at, as_id=reg.id, position=self.hs.stream.position,
+                                       device_lists=self.hs.e2e_keys.position()))
         sender = _Sender(reg)
         for alias, room_id in await as_rows.aliases(self.hs.db):
             if reg.is_alias_in_namespace(alias):
@@ -196,7 +259,14 @@ class AppServices:
                 sender.member_rooms.update(r for r, (m, _) in rooms.items() if m in ("join", "invite"))
         stored = await as_rows.state(self.hs.db, reg.id)
         assert stored is not None
-        sender.position, sender.txn_id, sender.pending_upto = stored
+        sender.position, sender.txn_id, sender.pending_upto = stored.position, stored.txn_id, stored.txn_upto
+        sender.to_device, sender.pending_to_device = stored.to_device, stored.txn_to_device_upto
+        sender.device_lists, sender.pending_device_lists = stored.device_lists, stored.txn_device_list_upto
+        if reg.receive_ephemeral:
+            sender.to_device_hint = self.hs.to_device.position()  # what waits for its users is read once
+        if reg.msc3202:
+            sender.device_lists_hint = self.hs.e2e_keys.position()
+            sender.dirty_keys = {key for key in self.hs.e2e_keys.devices_with_keys() if reg in self.owners_of(key[0])}
         self._senders[reg.id] = sender
         if self._unsubscribe is None:
             self._unsubscribe = self.hs.stream.subscribe(self._on_events)
@@ -212,7 +282,8 @@ class AppServices:
             except (asyncio.CancelledError, Exception):
                 pass
         try:  # events of no interest seen since the last transaction need not be read again
-            await self.hs.db.write(partial(as_rows.skip_to, as_id=sender.reg.id, position=sender.position))
+            await self.hs.db.write(partial(as_rows.skip_to, as_id=sender.reg.id, position=sender.position,
+                                           to_device=sender.to_device, device_lists=sender.device_lists))
         except Exception:
             log.debug("could not save an appservice position", exc_info=True)
 
@@ -289,28 +360,87 @@ class AppServices:
                     continue
                 sender.wake.clear()
                 rows = await as_rows.events_between(self.hs.db, sender.position, None, SCAN_PAGE)
-                if not rows:
+                picked: list[Event] = []
+                upto = sender.position
+                if rows:
+                    picked, upto = self._pick(sender, rows)
+                    if not picked:
+                        sender.position = max(sender.position, upto)
+                        continue
+                else:
                     sender.caught_up = True
-                    if sender.ephemeral:
+                side = await self._side(sender)
+                if not picked and not side:
+                    if sender.ephemeral or sender.dirty_keys:
                         await self._send_ephemeral(sender)
                         continue
                     await sender.wake.wait()
                     continue
-                picked, upto = self._pick(sender, rows)
-                if not picked:
-                    sender.position = max(sender.position, upto)
-                    continue
                 txn_id, start = sender.txn_id, sender.position
-                await self.hs.db.write(
-                    lambda conn: as_rows.begin_transaction(conn, sender.reg.id, txn_id, start, upto))
+                await self.hs.db.write(lambda conn: as_rows.begin_transaction(
+                    conn, sender.reg.id, txn_id, start, upto, side.to_device_bounds, side.device_lists_bounds))
                 sender.pending_upto = upto
-                await self._send_pending(sender, picked)
+                sender.pending_to_device = side.to_device_bounds[1] if side.to_device_bounds else None
+                sender.pending_device_lists = side.device_lists_bounds[1] if side.device_lists_bounds else None
+                await self._send_pending(sender, picked, side)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug or a full disk must not stop an AS's delivery for good
                 self._logs.log(log, logging.WARNING, f"run {sender.reg.id}", "appservice %s delivery failed: %r",
                                sender.reg.id, exc)
                 await asyncio.sleep(1.0)
+
+    async def _side(self, sender: _Sender) -> _Side:
+        """The to-device messages and device-list changes news has come for (the hints), read
+        from their streams after the AS's positions. A stream that held nothing for the AS just
+        moves its position (in memory, saved with the next transaction or at stop)."""
+        side = _Side()
+        if sender.to_device_hint > sender.to_device:
+            last = await self._read_to_device(sender, sender.to_device, sender.to_device_hint, side)
+            if side.to_device:
+                side.to_device_bounds = (sender.to_device, last)
+            else:
+                sender.to_device = last
+        if sender.device_lists_hint > sender.device_lists:
+            hint = sender.device_lists_hint
+            changed, left = await self._device_list_changes(sender, sender.device_lists, hint)
+            if changed or left:
+                side.device_lists, side.device_lists_bounds = (changed, left), (sender.device_lists, hint)
+            else:
+                sender.device_lists = hint
+        return side
+
+    async def _read_to_device(self, sender: _Sender, after: int, upto: int, side: _Side,
+                              limit: int = MAX_TRANSACTION_TO_DEVICE) -> int:
+        """The AS's users' messages in (after, upto] into `side` (at most `limit`); returns the
+        stream position they cover. Other devices' messages still waiting are read past once."""
+        reg, server = sender.reg, self.server_name
+        while True:
+            rows = await to_device_rows.messages_after(self.hs.db, after, upto, SCAN_PAGE)
+            for stream_id, user_id, device_id, text in rows:
+                if reg not in self.owners_of(user_id):
+                    continue
+                if len(side.to_device) == limit:
+                    return stream_id - 1
+                side.to_device.append(to_device_entry(user_id, device_id, json.loads(text)))
+                if reg.msc3202:
+                    sender.dirty_keys.add((user_id, device_id))  # MSC3202: counts of the devices it names
+                if reg.consumes_to_device(user_id, server):
+                    side.consumed.append(stream_id)
+                    side.taken[(user_id, device_id)] = stream_id
+            if len(rows) < SCAN_PAGE:
+                return upto
+            after = rows[-1][0]
+
+    async def _device_list_changes(self, sender: _Sender, after: int, upto: int) -> tuple[list[str], list[str]]:
+        rows = await key_rows.all_changes(self.hs.db, after, upto)
+        if not rows:
+            return [], []
+        reg = sender.reg
+        sharing: set[str] = set()
+        for room_id in list(sender.member_rooms):
+            sharing.update((await self.hs.rooms.get_room(room_id)).joined_users())
+        return device_list_summary(rows, sharing.__contains__, lambda user_id: reg in self.owners_of(user_id))
 
     def _events_of(self, rows: list[tuple[Any, ...]]) -> list[tuple[int, Event]]:
         rooms = self.hs.rooms
@@ -330,18 +460,28 @@ class AppServices:
             prev = pos
         return picked, upto
 
-    async def _send_pending(self, sender: _Sender, picked: list[Event] | None = None) -> None:
-        """Send the recorded transaction until the AS takes it, then move the position. After a
-        restart its events are read again between the stored position and its bound."""
+    async def _send_pending(self, sender: _Sender, picked: list[Event] | None = None,
+                            side: _Side | None = None) -> None:
+        """Send the recorded transaction until the AS takes it, then move the positions (and
+        delete the to-device messages it has taken for good). After a restart its events,
+        to-device messages and device-list changes are read again between the stored positions
+        and its bounds."""
         upto = sender.pending_upto
         assert upto is not None
-        if picked is None:
+        if picked is None or side is None:
             stored = await as_rows.state(self.hs.db, sender.reg.id)
             assert stored is not None
-            rows = await as_rows.events_between(self.hs.db, stored[0], upto, 1_000_000)
+            rows = await as_rows.events_between(self.hs.db, stored.position, upto, 1_000_000)
             picked = [ev for _, ev in self._events_of(rows) if self._interests(sender, ev)]
+            side = _Side()
+            if sender.pending_to_device is not None:
+                await self._read_to_device(sender, stored.to_device, sender.pending_to_device, side, limit=1_000_000)
+            if sender.pending_device_lists is not None:
+                side.device_lists = await self._device_list_changes(sender, stored.device_lists,
+                                                                    sender.pending_device_lists)
         ephemeral, sender.ephemeral = sender.ephemeral, []
-        body = transaction_body([self.hs.rooms.serialize(ev) for ev in picked], ephemeral)
+        body = transaction_body([self.hs.rooms.serialize(ev) for ev in picked], ephemeral,
+                                self._extensions(sender, side))
         failures = 0
         while True:
             if await self._put_transaction(sender.reg, sender.txn_id, body):
@@ -349,19 +489,51 @@ class AppServices:
             failures += 1
             await asyncio.sleep(backoff_s(failures))
         next_txn = sender.txn_id + 1
-        await self.hs.db.write(lambda conn: as_rows.finish_transaction(conn, sender.reg.id, next_txn, upto))
+        td, dl, consumed = sender.pending_to_device, sender.pending_device_lists, side.consumed
+
+        def finish(conn: Any) -> None:
+            if consumed:
+                to_device_rows.delete_messages(conn, consumed)
+            as_rows.finish_transaction(conn, sender.reg.id, next_txn, upto, td, dl)
+
+        await self.hs.db.write(finish)
+        if side.taken:
+            self.hs.to_device.taken(side.taken)
         sender.txn_id, sender.pending_upto = next_txn, None
         sender.position = max(sender.position, upto)
+        if td is not None:
+            sender.to_device = max(sender.to_device, td)
+        if dl is not None:
+            sender.device_lists = max(sender.device_lists, dl)
+        sender.pending_to_device = sender.pending_device_lists = None
         sender.delivered += len(picked)
 
+    def _extensions(self, sender: _Sender, side: _Side) -> Extensions:
+        """The transaction's MSC2409/MSC3202 parts; key counts (current values, from memory) of
+        the devices whose counts changed or that the transaction names."""
+        otk: dict[str, Any] = {}
+        fallback: dict[str, Any] = {}
+        if sender.reg.msc3202 and sender.dirty_keys:
+            keys = self.hs.e2e_keys
+            otk, fallback = key_counts(sender.dirty_keys, keys.counts, keys.unused_fallback_types)
+            sender.dirty_keys = set()
+        return Extensions(to_device=side.to_device, device_lists=side.device_lists, otk_counts=otk,
+                          fallback_types=fallback)
+
     async def _send_ephemeral(self, sender: _Sender) -> None:
-        """Typing and receipts with no event to go with them: one try (they are news only now;
-        an AS that is down misses them, as a client that is offline does)."""
+        """Typing, receipts, presence and key counts with no event to go with them: one try (they
+        are news only now; an AS that is down misses them, as a client that is offline does; key
+        counts are sent again with its next transaction)."""
         ephemeral, sender.ephemeral = sender.ephemeral, []
+        dirty = set(sender.dirty_keys)
         txn_id = sender.txn_id
-        if not await self._put_transaction(sender.reg, txn_id, transaction_body([], ephemeral)):
-            await asyncio.sleep(backoff_s(1))
+        body = transaction_body([], ephemeral, self._extensions(sender, _Side()))
+        if not await self._put_transaction(sender.reg, txn_id, body):
+            sender.dirty_keys |= dirty  # kept: tried again after a backoff as long as the AS is down
+            sender.ephemeral_failures += 1
+            await asyncio.sleep(backoff_s(sender.ephemeral_failures))
             return
+        sender.ephemeral_failures = 0
         position = sender.position
         await self.hs.db.write(lambda conn: as_rows.finish_transaction(conn, sender.reg.id, txn_id + 1, position))
         sender.txn_id = txn_id + 1
@@ -376,6 +548,46 @@ class AppServices:
                 if len(sender.ephemeral) >= MAX_EPHEMERAL:
                     del sender.ephemeral[0]  # an AS far behind gets the latest, not every keystroke
                 sender.ephemeral.append({**event, "room_id": room_id})
+                sender.wake.set()
+
+    def _on_to_device(self, newest: dict[tuple[str, str], int]) -> None:
+        """To-device messages committed for local devices: wake the ASes of their users."""
+        for (user_id, _), stream_id in newest.items():
+            for reg in self.owners_of(user_id):
+                sender = self._senders.get(reg.id)
+                if sender is not None and sender.task is not None and reg.receive_ephemeral \
+                        and stream_id > sender.to_device_hint:
+                    sender.to_device_hint = stream_id
+                    sender.wake.set()
+
+    def _on_device_lists(self, position: int) -> None:
+        for sender in self._senders.values():
+            if sender.reg.msc3202 and sender.task is not None and position > sender.device_lists_hint:
+                sender.device_lists_hint = position
+                sender.wake.set()
+
+    def _on_key_counts(self, user_id: str, device_id: str) -> None:
+        for reg in self.owners_of(user_id):
+            sender = self._senders.get(reg.id)
+            if sender is not None and sender.task is not None and reg.msc3202:
+                sender.dirty_keys.add((user_id, device_id))
+                sender.wake.set()
+
+    def _on_presence(self, user_id: str, state: presence_state.UserPresence) -> None:
+        """A local user's presence changed: an m.presence EDU for the ASes (with
+        receive_ephemeral) that share a room with them, or whose user it is (as Synapse)."""
+        rooms = [r for r, (m, _) in self.hs.rooms.memberships.get(user_id, {}).items() if m == "join"]
+        event: dict[str, Any] | None = None
+        for sender in self._senders.values():
+            reg = sender.reg
+            if not reg.receive_ephemeral or sender.task is None:
+                continue
+            if reg in self.owners_of(user_id) or any(self._room_interests(sender, r) for r in rooms):
+                if event is None:
+                    event = presence_state.event(user_id, state, self.hs.presence.clock())
+                if len(sender.ephemeral) >= MAX_EPHEMERAL:
+                    del sender.ephemeral[0]
+                sender.ephemeral.append(event)
                 sender.wake.set()
 
     def _on_typing(self, room_id: str) -> None:

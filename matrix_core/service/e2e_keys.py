@@ -78,6 +78,10 @@ class E2eKeys:
         # (f(user_id, device_ids, stream_id) after the change is committed).
         self.remote: RemoteKeys | None = None
         self.on_local_change: list[Callable[[str, list[str], int], None]] = []
+        # Application services (MSC3202): told when the device-list stream moves (its position),
+        # and when a device's one-time or fallback key counts change (user, device).
+        self.on_moved: list[Callable[[int], None]] = []
+        self.on_counts_changed: list[Callable[[str, str], None]] = []
         self.source = DeviceListSource(self)
         hs.sync.add_source(self.source)
         hs.accounts.on_revoked(self._on_revoked)
@@ -108,6 +112,8 @@ class E2eKeys:
         if position > self._position:
             self._position = position
             self.hs.sync.notify()
+            for listener in self.on_moved:
+                listener(position)
 
     def is_local(self, user_id: str) -> bool:
         return server_of(user_id) == self.server_name
@@ -122,6 +128,10 @@ class E2eKeys:
 
     def unused_fallback_types(self, user_id: str, device_id: str) -> list[str]:
         return list(self._fallback.get((user_id, device_id), []))
+
+    def devices_with_keys(self) -> set[tuple[str, str]]:
+        """(user, device) of every device holding one-time or fallback keys (from memory)."""
+        return set(self._otk_counts) | set(self._fallback)
 
     async def upload(self, requester: Requester, body: dict[str, Any]) -> dict[str, Any]:
         user_id, device_id = requester.user_id, requester.device_id
@@ -178,6 +188,8 @@ class E2eKeys:
             self._fallback[key] = unused
         else:
             self._fallback.pop(key, None)
+        for listener in self.on_counts_changed:
+            listener(user_id, device_id)
 
     # -- /keys/query -------------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ class Presence:
         self._position = 0
         self._states: dict[str, tuple[int, UserPresence]] = {}  # local user -> (position, state)
         self._notify = sync.notify
+        # Called with (user, new state) when a local user's presence changes (application services)
+        self.listeners: list[Callable[[str, UserPresence], None]] = []
         if enabled:
             sync.add_source(PresenceSource(self))
 
@@ -54,6 +56,8 @@ class Presence:
         self._position += 1
         self._states[user_id] = (self._position, new)
         self._notify()
+        for listener in self.listeners:
+            listener(user_id, new)
 
     async def get_status(self, requester_id: str, user_id: str) -> dict[str, Any]:
         """GET /presence/{userId}/status: one's own, or of a user one shares a room with."""

@@ -41,6 +41,9 @@ class ToDevice:
         # Set by federation: called with the (outbox id, destination, EDU) rows just committed for
         # remote users; without it, messages for other servers are dropped (one log line).
         self.federation: Callable[[list[tuple[int, str, dict[str, Any]]]], None] | None = None
+        # Called with {(user, device): newest stream id} after messages for local devices are
+        # committed (application services pick their users' share: service/appservice.py).
+        self.listeners: list[Callable[[dict[tuple[str, str], int]], None]] = []
         self.source = ToDeviceSource(self)
         hs.sync.add_source(self.source)
         hs.accounts.on_revoked(self._on_revoked)
@@ -110,14 +113,7 @@ class ToDevice:
         newest = await self.db.write(write)
         if queued and self.federation is not None:
             self.federation(queued)
-        if not newest:
-            return  # a retry of a transaction already stored, or nobody to tell
-        for key, stream_id in newest.items():
-            self._pending[key] = max(self._pending.get(key, 0), stream_id)
-        top = max(newest.values())
-        if top > self._position:
-            self._position = top
-            self.hs.sync.notify()
+        self._delivered(newest)  # nothing for a retry of a transaction already stored, or nobody to tell
 
     async def receive_remote(self, origin: str, sender: str, event_type: str, message_id: str,
                              messages: dict[str, dict[str, Any]]) -> None:
@@ -159,6 +155,15 @@ class ToDevice:
         if top > self._position:
             self._position = top
             self.hs.sync.notify()
+        for listener in self.listeners:
+            listener(newest)
+
+    def taken(self, delivered: dict[tuple[str, str], int]) -> None:
+        """Messages up to these stream ids were handed to an application service and deleted
+        (store: delete_messages): a /sync of those devices need not look for them."""
+        for key, stream_id in delivered.items():
+            if self._pending.get(key, 0) <= stream_id:
+                self._pending.pop(key, None)
 
     async def deliver(self, user_id: str, device_id: str, since: int, upto: int) -> list[dict[str, Any]]:
         """The device's messages in (since, upto]; those up to `since` were in an earlier answer

@@ -210,6 +210,14 @@ async def changes(db: Database, recipient: str, after: int, upto: int) -> list[t
     return [(str(r[0]), None if r[1] is None else str(r[1]), str(r[2])) for r in rows]
 
 
+async def all_changes(db: Database, after: int, upto: int) -> list[tuple[str, str | None, str]]:
+    """(user, recipient or None, kind) in (after, upto], oldest first: an application service's
+    share of the stream is worked out from all of them (its users are many)."""
+    rows = await db.fetchall("SELECT user_id, recipient, kind FROM device_list_stream WHERE stream_id > ? "
+                             "AND stream_id <= ? ORDER BY stream_id", (after, upto))
+    return [(str(r[0]), None if r[1] is None else str(r[1]), str(r[2])) for r in rows]
+
+
 def forget_dead_devices(conn: sqlite3.Connection, user_id: str) -> list[str]:
     """Delete the keys of the user's devices that are gone from `devices`; returns the device ids
     that had device keys (their users' lists changed)."""

@@ -88,3 +88,20 @@ def forget_dead_devices(conn: sqlite3.Connection, user_id: str) -> None:
 
 def live_devices(conn: sqlite3.Connection, user_id: str) -> list[str]:
     return [str(r[0]) for r in conn.execute("SELECT device_id FROM devices WHERE user_id = ?", (user_id,)).fetchall()]
+
+
+async def messages_after(db: Database, after: int, upto: int | None, limit: int) -> list[tuple[int, str, str, str]]:
+    """(stream id, user, device, message JSON) of every device's messages after `after` (up to
+    `upto`), oldest first: an application service's share is picked from them (its users')."""
+    bound = "" if upto is None else " AND stream_id <= ?"
+    params: tuple[int, ...] = (after,) if upto is None else (after, upto)
+    rows = await db.fetchall("SELECT stream_id, user_id, device_id, message_json FROM to_device_inbox "
+                             f"WHERE stream_id > ?{bound} ORDER BY stream_id LIMIT ?", (*params, limit))
+    return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+
+def delete_messages(conn: sqlite3.Connection, stream_ids: list[int]) -> None:
+    """Messages handed to the application service that runs their device (it has them)."""
+    for start in range(0, len(stream_ids), 500):
+        chunk = stream_ids[start:start + 500]
+        conn.execute(f"DELETE FROM to_device_inbox WHERE stream_id IN ({','.join('?' * len(chunk))})", chunk)
