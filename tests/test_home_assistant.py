@@ -6,7 +6,12 @@ config flow its dialog drives). A sensor and a switch announced by retained disc
 published by the `sensor` account before Home Assistant connected become entities with their
 states; a switch command from Home Assistant reaches the device's topic and the device's answer
 comes back; HA's birth message reaches the device; after a restart of the hub HA reconnects and
-follows new readings.
+follows new readings; after a restart of Home Assistant (same config dir) its entities come back
+from the retained discovery configs with the states published while it was down, and commands go
+both ways again. Last, the same Home Assistant is switched (its MQTT options flow) to a
+`user add guest --guest` account, on MQTT 3.1.1 and on MQTT 5: its publishes (a QoS 1 birth
+message, commands) are refused, acknowledged, logged once with the account, and its one
+connection stays up (no reconnect loop).
 
 Slow the first time (the venv: about 2 minutes and 600 MB under ~/.cache/matrix-gateway-peers,
 tests/support/home_assistant.py), then about 10 s for Home Assistant's start. One
@@ -16,9 +21,11 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import sys
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -66,6 +73,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     gw.start()
     gw.add_user("ha", PASSWORD)
     gw.add_user("sensor", PASSWORD)
+    gw.add_user("guest", PASSWORD, guest=True)
     yield gw
     assert gw.stop() == 0, gw.read_log()
 
@@ -130,3 +138,77 @@ def test_home_assistant_follows_the_hub_across_a_restart(hub: GatewayProcess, de
     device.paho.connack.get(timeout=WAIT * 3)  # paho reconnected (and re-subscribed in on_connect)
     device.paho.publish("home/hubtemp/state", "23.0", qos=1, retain=True)
     home_assistant.wait_state("sensor.hub_temperature", "23.0", timeout=90)  # HA's reconnect backs off
+
+
+def test_home_assistant_restarted_finds_its_entities_and_states_again(hub: GatewayProcess, device: Device,
+                                                                      home_assistant: HomeAssistantProcess) -> None:
+    """Stopped and started again (same config dir): the entities are rebuilt from the retained
+    discovery configs delivered at subscribe time, with the states published while HA was down
+    (not the restored ones it saved), and a switch command goes both ways again."""
+    home_assistant.wait_state("switch.hub_plug")
+    home_assistant.stop()
+    device.paho.publish("home/hubtemp/state", "19.5", qos=1, retain=True)  # while HA is down
+    device.paho.publish("home/hubplug/state", "ON", qos=1, retain=True)
+    home_assistant.start()
+    home_assistant.wait_state("sensor.hub_temperature", "19.5", timeout=90)
+    assert home_assistant.wait_state("switch.hub_plug", "on")["attributes"]["friendly_name"] == "Hub plug"
+    while not device.commands.empty():
+        device.commands.get_nowait()
+    home_assistant.call_service("switch", "turn_off", {"entity_id": "switch.hub_plug"})
+    assert device.commands.get(timeout=WAIT) == b"OFF"
+    home_assistant.wait_state("switch.hub_plug", "off")
+
+
+def _hub_log(hub: GatewayProcess) -> str:
+    return hub.log_path().read_text(errors="replace")
+
+
+def _wait_for(what: str, found: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not found():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.2)
+
+
+CONNECTED = "Connected to MQTT server"
+DISCONNECTED = "Disconnected from MQTT server"
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_a_guest_home_assistant_is_refused_without_a_reconnect_loop(hub: GatewayProcess, device: Device,
+                                                                    home_assistant: HomeAssistantProcess,
+                                                                    protocol: str) -> None:
+    """issue 16: a refused 3.1.1 publish made HA reconnect 21 times in 12 s. As a guest (in no
+    topic room) HA's QoS 1 birth message and its commands are refused: each acknowledged (on
+    MQTT 5 with 0x87), HA's `mqtt.publish` returns at once (it waits for the PUBACK, up to its
+    10 s TIMEOUT_ACK), nothing reaches the device, one log line per topic names the account, and
+    HA's log shows one connection and no disconnect over the whole exchange."""
+    hub_mark = len(_hub_log(hub))
+    ha_mark = len(home_assistant.read_log())
+    home_assistant.reconfigure_mqtt(hub.mqtt_port, "guest", PASSWORD, protocol=protocol, birth_qos=1)
+    ha_log = lambda: home_assistant.read_log()[ha_mark:]  # noqa: E731
+    _wait_for("HA connected as guest", lambda: CONNECTED in ha_log())
+    since = lambda: ha_log()[ha_log().index(CONNECTED):]  # noqa: E731  # the new connection's part
+
+    def refused(topic: str) -> list[str]:
+        return [line for line in _hub_log(hub)[hub_mark:].splitlines()
+                if "refused" in line and repr(topic) in line and "@guest:localhost" in line]
+
+    _wait_for("the birth message refused", lambda: bool(refused("homeassistant/status")))
+    for payload in ("guest-1", "guest-2", "guest-3"):
+        started = time.monotonic()
+        home_assistant.call_service("mqtt", "publish", {"topic": "home/hubplug/set", "payload": payload, "qos": 1})
+        assert time.monotonic() - started < 5, "no PUBACK for HA's refused publish"
+    # HA's log is written through a queue: its line for the last publish comes after any
+    # (re)connect line of the exchange
+    _wait_for("HA's log caught up", lambda: "'guest-3'" in ha_log())
+    _wait_for("the refusal logged", lambda: bool(refused("home/hubplug/set")))
+    assert device.commands.empty()  # none of the guest's commands reached the device
+    log = since()
+    assert "No ACK from MQTT server" not in log, log[-3000:]
+    assert log.count(CONNECTED) == 1 and DISCONNECTED not in log, log[-3000:]
+    lines = refused("home/hubplug/set")
+    assert len(lines) == 1, lines  # three refusals, one line
+    assert "0x87" in lines[0] and "QoS 1" in lines[0], lines
+    assert len(refused("homeassistant/status")) == 1
+    assert re.search(r"homeassistant/status.*QoS 1", refused("homeassistant/status")[0])

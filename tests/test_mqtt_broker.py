@@ -108,7 +108,19 @@ def test_acl_subscriptions_see_only_joined_rooms(gateway: GatewayProcess, tokens
         alice.subscribe("secret/#", 1)
         alice.publish("secret/alice/x", b"private", qos=1)
         assert alice.get().payload == b"private"
-        # bob publishes into his own room: he sees it, proving his subscription works at all.
+        # bob publishes into a room he is invited to (a guest's publish makes no room: alice's
+        # does): he sees it, proving his subscription works at all.
+        alice.publish("bobs/room/x", b"made", qos=1)
+        status, body = gateway.request("GET", "/_matrix/client/v3/directory/room/"
+                                       + urllib.parse.quote("#mqtt/bobs/room:localhost", safe=""))
+        assert status == 200, body
+        room_id = body["room_id"]
+        status, body = gateway.request("POST", f"/_matrix/client/v3/rooms/{room_id}/invite",
+                                       {"user_id": "@aclguest:localhost"}, token=tokens["alice"])
+        assert status == 200, body
+        status, body = gateway.request("POST", f"/_matrix/client/v3/rooms/{room_id}/join", {},
+                                       token=gateway.login("aclguest", PASSWORD))
+        assert status == 200, body
         bob.publish("bobs/room/x", b"mine", qos=1)
         got = bob.get()
         assert (got.topic, got.payload) == ("bobs/room/x", b"mine")

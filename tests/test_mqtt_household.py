@@ -165,6 +165,50 @@ def test_a_guest_gets_the_reason_code_on_mqtt5_and_qos0_refusals_are_logged(hub:
     assert "@visitor:localhost" in line and "QoS 0" in line and "refused" in line
 
 
+def test_a_guest_first_publish_makes_no_room_and_a_member_later_does(hub: GatewayProcess) -> None:
+    """A guest publishing first to a tree with no room made that tree's room (owned by the guest).
+    Now it is refused (3.1.1: acknowledged and dropped, logged with the account; MQTT 5: 0x87), no
+    room or alias exists afterwards, and a household member's later publish makes the room."""
+    alias = lambda tree: f"/_matrix/client/v3/directory/room/{q(f'#mqtt/{tree}:localhost')}"  # noqa: E731
+    guest = Paho(hub.mqtt_port, "visitor", PASSWORD, "guest-first")
+    guest5 = Paho(hub.mqtt_port, "visitor", PASSWORD, "guest-first5", protocol=V5)
+    codes: list[int] = []
+    guest5.client.on_publish = lambda c, u, mid, rc, props: codes.append(rc.value)
+    try:
+        guest.connect()
+        guest5.connect()
+        assert guest.publish("unclaimed/shed/temp", b"4", qos=1, retain=True).is_published()  # acknowledged
+        guest.publish("unclaimed/shed/temp", b"5", qos=2)
+        guest5.publish("unclaimed5/shed/temp", b"4", qos=1, retain=True)
+        assert codes == [0x87]  # Not authorized
+        with pytest.raises(queue.Empty):
+            guest.disconnects.get_nowait()
+    finally:
+        guest.disconnect()
+        guest5.disconnect()
+    for tree in ("unclaimed/shed", "unclaimed5/shed"):
+        status, body = hub.request("GET", alias(tree))
+        assert status == 404, (tree, body)
+    lines = [line for line in hub.log_path().read_text().splitlines()
+             if "refused" in line and "'unclaimed/shed/temp'" in line]
+    assert len(lines) == 1 and "@visitor:localhost" in lines[0] and "0x87" in lines[0], lines
+    status, body = hub.request("GET", "/_matrix/client/v3/joined_rooms", token=hub.login("visitor", PASSWORD))
+    assert status == 200 and body["joined_rooms"] == [], body
+    # a household member's publish makes the room as usual, and the other members get it
+    watcher = Paho(hub.mqtt_port, "ha", PASSWORD, "unclaimed-watch")
+    try:
+        watcher.connect()
+        watcher.subscribe("unclaimed/#", 1)
+        mosquitto_pub(hub.mqtt_port, "sensor", PASSWORD, "unclaimed/shed/temp", "6", 1, "-r")
+        got = watcher.get()
+        assert (got.topic, got.payload) == ("unclaimed/shed/temp", b"6")  # nothing of the guest's before it
+    finally:
+        watcher.disconnect()
+    status, body = hub.request("GET", alias("unclaimed/shed"))
+    assert status == 200, body
+    assert body["room_id"] in joined_rooms(hub, hub.login("ha", PASSWORD))
+
+
 def test_a_guest_is_not_put_into_topic_rooms(hub: GatewayProcess) -> None:
     mosquitto_pub(hub.mqtt_port, "sensor", PASSWORD, "private/garage/temp", "9", 1)
     status, body = hub.request("GET", f"/_matrix/client/v3/directory/room/{q('#mqtt/private/garage:localhost')}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -90,6 +91,47 @@ def test_zigbee2mqtt_network_is_two_rooms_and_a_fresh_subscriber_gets_everything
     token = hub.login("ha", PASSWORD)
     status, body = hub.request("GET", "/_matrix/client/v3/joined_rooms", token=token)
     assert status == 200 and len(body["joined_rooms"]) == 2, body  # the bridge's room and discovery's
+
+
+def retained_of(client: Paho, filters: list[str], count: int) -> tuple[dict[str, bytes], float]:
+    """One SUBSCRIBE (QoS 0, as Home Assistant subscribes): the `count` retained messages it
+    brings, each once and flagged retained, and the seconds until the last arrived."""
+    started = time.monotonic()
+    client.client.subscribe([(topic_filter, 0) for topic_filter in filters])
+    got: dict[str, bytes] = {}
+    for _ in range(count):
+        try:
+            msg = client.get(timeout=WAIT)
+        except queue.Empty:
+            raise AssertionError(f"{len(got)} of {count} retained messages") from None
+        assert msg.retain and msg.topic not in got, msg.topic
+        got[msg.topic] = bytes(msg.payload)
+    return got, time.monotonic() - started
+
+
+def test_one_subscribe_with_every_entity_topic_gets_each_retained_message(hub: GatewayProcess) -> None:
+    """Home Assistant subscribes to each discovered entity's state topic, all in one SUBSCRIBE.
+    Each exact filter's retained message was found by scanning every joined room's state: 7 s
+    for 1,000 filters (bench/home_assistant_startup.py; mosquitto 0.2 s), here ~10 times as long
+    as one `#` subscription bringing as many. Now a lookup: every retained message once, none
+    for topics without one, in about the time of the wildcard subscription."""
+    configs = dict(discovery(i) for i in range(CONFIGS))
+    devices = {f"zigbee2mqtt/device{i}": json.dumps({"temperature": 20 + i / 10, "linkquality": 99}).encode()
+               for i in range(DEVICES)}
+    expected = {**configs, **devices}
+    filters = [*expected, "zigbee2mqtt/device-none", "unrouted/topic/none", "homeassistant/+/none/config"]
+    ha = Paho(hub.mqtt_port, "ha", PASSWORD, "ha-entities")
+    try:
+        assert ha.connect()[1] == 0
+        got, wildcard = retained_of(ha, ["homeassistant/#", "zigbee2mqtt/#"], len(expected) + 3)
+        assert ha.nothing_within(0.3)
+        ha.client.unsubscribe(["homeassistant/#", "zigbee2mqtt/#"])
+        got, exact = retained_of(ha, filters, len(expected))
+        assert got == expected
+        assert ha.nothing_within(0.3)
+        assert exact < 3 * wildcard + 0.5, (exact, wildcard)  # was ~10 times
+    finally:
+        ha.disconnect()
 
 
 def test_home_assistant_birth_message_makes_devices_reannounce(hub: GatewayProcess) -> None:

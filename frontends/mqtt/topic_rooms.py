@@ -176,8 +176,13 @@ class TopicRooms:
         owner = requester.user_id
         if not requester.is_admin and owner in self.admins:  # a password login: its admin flag is not on it
             requester = dataclasses.replace(requester, is_admin=True)
-        if owner not in self.household:  # added since the last poll? (a guest stays out: it owns this one)
+        if owner not in self.household:  # added since the last poll?
             self.household = await self.hs.accounts.household_user_ids()
+        if owner not in self.household:
+            # A guest (or an application service's user) reaches only rooms it is invited to: its
+            # first publish to a new tree would otherwise make that tree's room, owned by it.
+            raise PublishRefused(ReasonCode.NOT_AUTHORIZED, f"{owner} is not a household member: no room "
+                                 f"is made for {topic_filter} by its publish (docs/mqtt.md)")
         members = sorted(m for m in self.household if m != owner)
         db = self.hs.db
         self._creating.add(alias)

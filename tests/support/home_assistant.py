@@ -225,6 +225,36 @@ class HomeAssistantProcess:
             raise HomeAssistantError(f"MQTT broker step refused: {status} {result}")
         return dict(result)
 
+    def mqtt_entry_id(self) -> str:
+        status, entries = self.request("GET", "/api/config/config_entries/entry?domain=mqtt")
+        if status != 200 or not entries:
+            raise HomeAssistantError(f"no MQTT config entry: {status} {entries}")
+        return str(entries[0]["entry_id"])
+
+    def reconfigure_mqtt(self, port: int, username: str, password: str, protocol: str = "3.1.1",
+                         birth_qos: int = 0) -> None:
+        """The MQTT integration's options flow (its "Configure" dialog, advanced mode): another
+        account, protocol ("3.1.1" or "5", HA's const.SUPPORTED_PROTOCOLS) and birth QoS. HA
+        reloads the integration when the flow ends (its update listener); one HA start serves
+        several broker set-ups this way."""
+        status, flow = self.request("POST", "/api/config/config_entries/options/flow",
+                                    {"handler": self.mqtt_entry_id(), "show_advanced_options": True})
+        if status != 200 or flow.get("step_id") != "broker":
+            raise HomeAssistantError(f"MQTT options flow refused: {status} {flow}")
+        path = f"/api/config/config_entries/options/flow/{flow['flow_id']}"
+        basic = {"broker": "127.0.0.1", "port": port, "username": username, "password": password}
+        status, form = self.request("POST", path, {**basic, "advanced_options": True})  # shows the advanced form
+        if status != 200 or form.get("step_id") != "broker":
+            raise HomeAssistantError(f"MQTT advanced options refused: {status} {form}")
+        status, form = self.request("POST", path, {**basic, "protocol": protocol})
+        if status != 200 or form.get("step_id") != "options":
+            raise HomeAssistantError(f"MQTT broker options refused: {status} {form}")
+        status, done = self.request("POST", path, {
+            "discovery": True, "birth_enable": True, "birth_topic": "homeassistant/status",
+            "birth_payload": "online", "birth_qos": birth_qos, "birth_retain": False})
+        if status != 200 or done.get("type") != "create_entry":
+            raise HomeAssistantError(f"MQTT options refused: {status} {done}")
+
     def state(self, entity_id: str) -> dict[str, Any] | None:
         status, body = self.request("GET", f"/api/states/{entity_id}")
         return body if status == 200 else None
