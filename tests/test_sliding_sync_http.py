@@ -340,3 +340,58 @@ def test_history_before_joining_stays_hidden(user: User, other: User) -> None:
     body = user.ok(a_list([[0, 5]], timeline_limit=10))["rooms"][room]
     texts = [ev["content"].get("body") for ev in body["timeline"] if ev["type"] == "m.room.message"]
     assert texts == ["after you came"]
+
+
+def _long_poll(user: User, body: dict[str, Any], pos: str, act: Any) -> tuple[Any, float]:
+    """Start a long-poll (10 s), do `act` while it waits, and return its answer and how long after
+    `act` it came (a wake-up, not the timeout)."""
+    got: dict[str, Any] = {}
+
+    def poll() -> None:
+        got["answer"] = user.ok(body, pos=pos, timeout=10_000)
+        got["at"] = time.monotonic()
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.3)  # let the poll start waiting (its wake-up is what is measured)
+    done_at = time.monotonic()
+    act()
+    thread.join(15)
+    assert "answer" in got
+    return got["answer"], got["at"] - done_at
+
+
+def test_a_read_receipt_resends_a_quiet_room_with_its_new_counts(user: User, other: User) -> None:
+    """Counts moved by the user's own read (no new event, receipts extension off) re-send the room
+    with only its new counts; a private read marker does too."""
+    room = user.room("counts")
+    user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/invite", {"user_id": other.user_id})
+    other.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/join", {})
+    first = user.ok(a_list([[0, 5]]))
+    assert first["rooms"][room]["notification_count"] == 0
+    event_id = other.say(room, "unread")
+    second = user.ok(a_list([[0, 5]]), pos=first["pos"], timeout=5000)
+    assert second["rooms"][room]["notification_count"] == 1
+    quiet = user.ok(a_list([[0, 5]]), pos=second["pos"], timeout=0)
+    assert quiet["rooms"] == {}
+    answer, took = _long_poll(user, a_list([[0, 5]]), quiet["pos"], lambda: user.call(
+        "POST", f"/_matrix/client/v3/rooms/{Q(room)}/receipt/m.read/{Q(event_id)}", {}))
+    assert took < 1.0
+    assert answer["rooms"][room]["notification_count"] == 0
+    assert answer["rooms"][room]["highlight_count"] == 0
+    assert "timeline" not in answer["rooms"][room]
+    # the same counts again are no news: the next long-poll is empty
+    again = user.ok(a_list([[0, 5]]), pos=answer["pos"], timeout=0)
+    assert again["rooms"] == {}
+    # unread again, then read with a private read marker (not shown to anyone but the reader)
+    second_id = other.say(room, "unread again")
+    unread = user.ok(a_list([[0, 5]]), pos=again["pos"], timeout=5000)
+    assert unread["rooms"][room]["notification_count"] == 1
+    answer, took = _long_poll(user, a_list([[0, 5]]), unread["pos"], lambda: user.call(
+        "POST", f"/_matrix/client/v3/rooms/{Q(room)}/read_markers",
+        {"m.fully_read": second_id, "m.read.private": second_id}))
+    assert took < 1.0 and answer["rooms"][room]["notification_count"] == 0
+    # the other user's sliding sync does not show the room for the user's read
+    theirs = other.ok(a_list([[0, 5]]))
+    user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/receipt/m.read/{Q(second_id)}", {})
+    assert other.ok(a_list([[0, 5]]), pos=theirs["pos"], timeout=0)["rooms"] == {}

@@ -50,6 +50,9 @@ class ConnState:
     subscriptions: dict[str, RoomConfig]
     extensions: dict[str, dict[str, Any]]
     counts: dict[str, int]
+    # room -> (notification_count, highlight_count) last sent: a read that moves them re-sends
+    # the room with its new counts (as /sync v2 does with unread_notifications)
+    unread: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -245,6 +248,8 @@ class SlidingSync:
             if room_id in memberships:  # a user sees only rooms they are in (or invited to)
                 wanted[room_id] = wanted[room_id].merge(config) if room_id in wanted else config
         sent = dict(prev.sent) if prev else {}
+        unread = dict(prev.unread) if prev else {}
+        read = self._read_rooms(user_id, prev, side_upto)
         rooms: dict[str, Any] = {}
         for room_id, config in wanted.items():
             membership, _ = memberships[room_id]
@@ -256,18 +261,40 @@ class SlidingSync:
                 continue
             since = before[0] if before is not None and before[1] == "join" and before[2] == config else None
             body = await self._room_body(requester, room_id, config, since, upto, stamps[room_id])
+            if body is None and since is not None and (read is None or room_id in read):
+                body = await self._counts_body(user_id, room_id, unread.get(room_id))
             if body is not None:
                 rooms[room_id] = body
+                unread[room_id] = (body["notification_count"], body["highlight_count"])
             sent[room_id] = (upto, "join", config)
         await self._left(requester, sent, memberships, rooms, upto)
+        unread = {r: c for r, c in unread.items() if r in sent}
         joined_shown = [r for r in wanted if memberships[r][0] == "join"]
         ext_answer, ext_news = await self._extensions(requester, extensions, prev, side_upto, joined_shown)
-        state = ConnState(upto, side_upto, sent, subscriptions, extensions, counts)
+        state = ConnState(upto, side_upto, sent, subscriptions, extensions, counts, unread)
         news = bool(rooms) or ext_news or (prev is not None and counts != prev.counts)
         answer: dict[str, Any] = {"lists": lists, "rooms": rooms, "extensions": ext_answer}
         return answer, state, news
 
     # -- rooms ----------------------------------------------------------------------------------
+
+    def _read_rooms(self, user_id: str, prev: ConnState | None, side_upto: dict[str, int]) -> set[str] | None:
+        """Rooms whose read position the user moved since the previous answer (push's read hints,
+        the ones /sync v2's unread_notifications use); None when the hints no longer reach back."""
+        if prev is None:
+            return set()
+        since = prev.side.get("push_rules", 0)
+        if since >= side_upto["push_rules"]:
+            return set()
+        return self.hs.push.rooms_read_between(user_id, since, side_upto["push_rules"])
+
+    async def _counts_body(self, user_id: str, room_id: str, before: tuple[int, int] | None) -> dict[str, Any] | None:
+        """A quiet room whose counts moved (the user read it): only the new counts, MSC4186's
+        fields that are absent are unchanged."""
+        counts = await self.hs.push.unread_counts(user_id, room_id)
+        if counts == before:
+            return None
+        return {"notification_count": counts[0], "highlight_count": counts[1]}
 
     async def _left(self, requester: Requester, sent: dict[str, tuple[int, str, RoomConfig]],
                     memberships: dict[str, tuple[str, int]], rooms: dict[str, Any], upto: int) -> None:
