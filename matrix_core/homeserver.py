@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .identifiers import server_of
+from .ephemeral import Receipt
 from .notifier import EventStream
 from .appservice_rules import Registration
 from .push_gateway import RetryPolicy
@@ -127,8 +128,11 @@ class Homeserver:
         self.sync.add_source(self.push.source)
         # Our users' receipts move their counts: push's read hint shows the room with its new counts
         # in /sync (unread_notifications) and sliding sync even when the receipt itself is not shown.
-        self.receipts.listeners.append(lambda kept: [
-            self.push.note_read(r.user_id, r.room_id) for r in kept if server_of(r.user_id) == self.server_name])
+        def reads(kept: list[Receipt]) -> None:
+            for r in kept:
+                if server_of(r.user_id) == self.server_name:
+                    self.push.note_read(r.user_id, r.room_id)
+        self.receipts.listeners.append(reads)
         self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
         # Cross-signing keys and signatures (issue 14): read by keys/query, changes to device lists.
         self.cross_signing = CrossSigning(self.db)
