@@ -395,3 +395,42 @@ def test_a_read_receipt_resends_a_quiet_room_with_its_new_counts(user: User, oth
     theirs = other.ok(a_list([[0, 5]]))
     user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/receipt/m.read/{Q(second_id)}", {})
     assert other.ok(a_list([[0, 5]]), pos=theirs["pos"], timeout=0)["rooms"] == {}
+
+
+def test_threads_extension_names_threads_with_missed_replies(user: User) -> None:
+    """MSC4360: without include_roots only threads whose replies the timeline did not carry are
+    named (with a /relations prev_batch when more than one was missed); with include_roots every
+    updated thread comes with its bundled root. Nothing on a connection's first answer."""
+    room = user.room("threads")
+    root = user.say(room, "root")
+
+    def reply(text: str) -> str:
+        return user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/send/m.room.message",
+                         {"msgtype": "m.text", "body": text,
+                          "m.relates_to": {"rel_type": "m.thread", "event_id": root}})["event_id"]
+
+    unstable = "io.element.msc4360.threads"
+    lean = {**a_list([[0, 5]]), "extensions": {unstable: {"enabled": True, "include_roots": False}}}
+    full = {**a_list([[0, 5]]), "extensions": {"threads": {"enabled": True, "include_roots": True}},
+            "conn_id": "full"}
+    first, first_full = user.ok(lean), user.ok(full)
+    assert unstable not in first["extensions"] and "threads" not in first_full["extensions"]
+    r1 = reply("r1")
+    reply("r2")
+    second = user.ok(lean, pos=first["pos"], timeout=5000)  # timeline_limit 1: r1 was not sent
+    entry = second["extensions"][unstable]["updates"][room][root]
+    assert "thread_root" not in entry
+    page = user.call("GET", f"/_matrix/client/v3/rooms/{Q(room)}/relations/{Q(root)}/m.thread"
+                            f"?dir=b&limit=1&from={entry['prev_batch']}")
+    assert [ev["event_id"] for ev in page["chunk"]] == [r1]
+    reply("r3")
+    third = user.ok(lean, pos=second["pos"], timeout=5000)  # r3 came down the timeline: not named
+    assert [ev["content"]["body"] for ev in third["rooms"][room]["timeline"]] == ["r3"]
+    assert unstable not in third["extensions"]
+    full_next = user.ok(full, pos=first_full["pos"], timeout=5000)
+    thread_root = full_next["extensions"]["threads"]["updates"][room][root]["thread_root"]
+    assert thread_root["event_id"] == root
+    bundle = thread_root["unsigned"]["m.relations"]["m.thread"]
+    assert bundle["count"] == 3 and bundle["latest_event"]["content"]["body"] == "r3"
+    # a quiet connection: nothing, and the section is left out
+    assert "threads" not in user.ok(full, pos=full_next["pos"], timeout=0)["extensions"]

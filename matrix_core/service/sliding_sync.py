@@ -26,6 +26,7 @@ from .. import sliding_sync_rules as rules
 from ..events import Event
 from ..log_limit import LogLimiter
 from ..sliding_sync_rules import RoomConfig, RoomFacts, SlidingRequest
+from ..store import relations as relation_rows
 from .accounts import Requester
 from .sync_sources import SyncContext, SyncOutput
 
@@ -38,6 +39,7 @@ MAX_CONNECTIONS = 512
 MAX_CONNECTIONS_PER_USER = 16   # one user opening conn_id after conn_id evicts only their own
 STATES_KEPT = 4
 STATE_SCAN = 100  # how many new events of a room are looked through for changed required state
+THREAD_SCAN = 1000  # thread replies per room looked through for the threads extension
 SIDE = ("account_data", "receipts", "typing", "to_device", "device_lists", "push_rules")
 
 
@@ -251,6 +253,7 @@ class SlidingSync:
         unread = dict(prev.unread) if prev else {}
         read = self._read_rooms(user_id, prev, side_upto)
         rooms: dict[str, Any] = {}
+        covered: dict[str, int] = {}  # room -> its timeline's first position in this answer
         for room_id, config in wanted.items():
             membership, _ = memberships[room_id]
             before = sent.get(room_id)
@@ -260,7 +263,7 @@ class SlidingSync:
                 sent[room_id] = (upto, "invite", config)
                 continue
             since = before[0] if before is not None and before[1] == "join" and before[2] == config else None
-            body = await self._room_body(requester, room_id, config, since, upto, stamps[room_id])
+            body = await self._room_body(requester, room_id, config, since, upto, stamps[room_id], covered)
             if body is None and since is not None and (read is None or room_id in read):
                 body = await self._counts_body(user_id, room_id, unread.get(room_id))
             if body is not None:
@@ -271,6 +274,13 @@ class SlidingSync:
         unread = {r: c for r, c in unread.items() if r in sent}
         joined_shown = [r for r in wanted if memberships[r][0] == "join"]
         ext_answer, ext_news = await self._extensions(requester, extensions, prev, side_upto, joined_shown)
+        for name in rules.THREADS_EXTENSIONS:
+            if extensions.get(name, {}).get("enabled"):
+                threads = await self._threads(requester, name, extensions[name], prev, upto,
+                                              [r for r, (m, _) in memberships.items() if m == "join"], covered)
+                if threads is not None:
+                    ext_answer[name] = threads
+                    ext_news = True
         state = ConnState(upto, side_upto, sent, subscriptions, extensions, counts, unread)
         news = bool(rooms) or ext_news or (prev is not None and counts != prev.counts)
         answer: dict[str, Any] = {"lists": lists, "rooms": rooms, "extensions": ext_answer}
@@ -338,7 +348,7 @@ class SlidingSync:
         return body
 
     async def _room_body(self, requester: Requester, room_id: str, config: RoomConfig, since: int | None,
-                         upto: int, stamp: int) -> dict[str, Any] | None:
+                         upto: int, stamp: int, covered: dict[str, int] | None = None) -> dict[str, Any] | None:
         """A joined room's entry: everything asked for when the connection has not had the room
         (or asked with another config), else what is new since `since`; None when nothing is."""
         if since is not None and self.bumps.quiet_since(room_id, since):
@@ -354,6 +364,8 @@ class SlidingSync:
         timeline = got[-limit:] if limit else []
         if timeline:
             timeline = (await self.rooms.read_access(requester, room_id)).visible(timeline)
+            if covered is not None and timeline:
+                covered[room_id] = timeline[0][0]
         senders = [ev.sender for _, ev in timeline]
         keys = rules.select_state(room.state, config.required_state, requester.user_id, senders)
         if since is not None:
@@ -385,6 +397,51 @@ class SlidingSync:
         return body
 
     # -- extensions -----------------------------------------------------------------------------
+
+    async def _threads(self, requester: Requester, name: str, ext: dict[str, Any], prev: ConnState | None,
+                       upto: int, joined: list[str], covered: dict[str, int]) -> dict[str, Any] | None:
+        """MSC4360's threads extension: the threads of the joined rooms with replies since the
+        connection's previous answer, one entry each (the newest first, at most `limit`), with a
+        `prev_batch` for /relations when more than one reply was missed. None (the section left
+        out) when there is nothing, and on the first answer with the extension on: there is no
+        "last sync" to have missed anything since.
+
+        A top-level `prev_batch` (the MSC's companion /thread_updates endpoint, which the hub does
+        not have) is not given: past `limit` threads the older ones are not named; the client
+        finds them with /threads per room."""
+        if prev is None or not prev.extensions.get(name, {}).get("enabled"):
+            return None
+        since = prev.events_pos
+        limit = min(int(ext.get("limit") or rules.THREADS_LIMIT), rules.THREADS_LIMIT)
+        relation_rooms = self.rooms.relations.persister.relation_rooms
+        replies: dict[str, list[tuple[str, int]]] = {}
+        for room_id in joined:
+            if room_id not in relation_rooms or self.bumps.quiet_since(room_id, since):
+                continue  # dict lookups: no query for a room without new threads
+            rows = await relation_rows.thread_replies(self.hs.db, room_id, since, upto, THREAD_SCAN)
+            if not rows:
+                continue
+            access = await self.rooms.read_access(requester, room_id)
+            replies[room_id] = [(root, pos) for root, pos, etype in rows if access.visible_at(pos, etype)]
+        include_roots = ext.get("include_roots") is True
+        chosen, _ = rules.thread_updates(replies, covered, include_roots, limit)
+        if not chosen:
+            return None
+        updates: dict[str, dict[str, dict[str, Any]]] = {}
+        roots: dict[str, list[dict[str, Any]]] = {}
+        for update in chosen:
+            entry: dict[str, Any] = {}
+            if update.missed > 1:
+                entry["prev_batch"] = f"s{update.latest - 1}"
+            if include_roots:
+                found = await self.rooms.fetch_event(update.root_id)
+                access = await self.rooms.read_access(requester, update.room_id)
+                if found is not None and found[0].room_id == update.room_id and access.event_visible(found[1], found[0]):
+                    entry["thread_root"] = self.rooms.serialize(found[0], requester)
+                    roots.setdefault(update.room_id, []).append(entry["thread_root"])
+            updates.setdefault(update.room_id, {})[update.root_id] = entry
+        await self.rooms.relations.bundle_rooms(requester, roots)
+        return {"updates": updates}
 
     async def _extensions(self, requester: Requester, extensions: dict[str, dict[str, Any]],
                           prev: ConnState | None, side_upto: dict[str, int],
