@@ -42,6 +42,7 @@ BUMP_EVENT_TYPES = frozenset({
 EXTENSIONS = ("to_device", "e2ee", "account_data", "receipts", "typing", *THREADS_EXTENSIONS)
 
 _ROOM_ID = re.compile(r"![^\s]{1,255}\Z")  # "!local:server", or v12's "!opaque"
+_THREADS_TOKEN = re.compile(r"u([0-9]{1,16})_([0-9]{1,16})\Z")
 _POS = re.compile(r"([a-z0-9]{1,16})-([0-9]{1,9})\Z")
 
 
@@ -381,3 +382,16 @@ def thread_updates(replies: dict[str, list[tuple[str, int]]], covered: dict[str,
                if include_roots or room_id not in covered or earliest < covered[room_id]]
     updates.sort(key=lambda u: (-u.latest, u.room_id, u.root_id))
     return updates[:limit], len(updates) > limit
+
+
+def threads_token(before: int, ceiling: int) -> str:
+    """MSC4360's `prev_batch` / `next_batch` for /thread_updates: threads whose newest reply up to
+    `ceiling` (where the window was cut) is at or before `before` are still to come."""
+    return f"u{max(before, 0)}_{ceiling}"
+
+
+def parse_threads_token(raw: str) -> tuple[int, int]:
+    match = _THREADS_TOKEN.match(raw)
+    if match is None or int(match.group(1)) > int(match.group(2)):
+        raise errors.invalid_param("'from' is not a thread updates token")
+    return int(match.group(1)), int(match.group(2))

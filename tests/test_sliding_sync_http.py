@@ -434,3 +434,32 @@ def test_threads_extension_names_threads_with_missed_replies(user: User) -> None
     assert bundle["count"] == 3 and bundle["latest_event"]["content"]["body"] == "r3"
     # a quiet connection: nothing, and the section is left out
     assert "threads" not in user.ok(full, pos=full_next["pos"], timeout=0)["extensions"]
+
+
+def test_thread_updates_page_what_the_threads_extension_left_out(user: User) -> None:
+    """Past the extension's `limit` a top-level prev_batch leads to /thread_updates, which pages
+    the rest (each thread once) down to the request's `pos`."""
+    room = user.room("many threads")
+    body = {**a_list([[0, 5]], timeline_limit=0),
+            "extensions": {"io.element.msc4360.threads": {"enabled": True, "limit": 1}}}
+    first = user.ok(body)
+    roots = [user.say(room, f"root {i}") for i in range(3)]
+    for i, root in enumerate(roots):
+        user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/send/m.room.message",
+                  {"msgtype": "m.text", "body": f"reply {i}", "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+    second = user.ok(body, pos=first["pos"], timeout=5000)
+    threads = second["extensions"]["io.element.msc4360.threads"]
+    assert list(threads["updates"][room]) == [roots[2]]
+    base = "/_matrix/client/unstable/io.element.msc4360/thread_updates?dir=b"
+    rest = user.call("GET", f"{base}&from={Q(threads['prev_batch'])}&to={Q(first['pos'])}")
+    assert list(rest["chunk"][room]) == [roots[1], roots[0]] and "next_batch" not in rest
+    assert rest["chunk"][room][roots[0]]["thread_root"]["content"]["body"] == "root 0"
+    # from the present, two a page
+    page = user.call("GET", f"{base}&to={Q(first['pos'])}&limit=2")
+    assert list(page["chunk"][room]) == [roots[2], roots[1]]
+    page = user.call("GET", f"{base}&to={Q(first['pos'])}&limit=2&from={Q(page['next_batch'])}")
+    assert list(page["chunk"][room]) == [roots[0]] and "next_batch" not in page
+    for bad in ("dir=f", "dir=b&from=nonsense", "dir=b&from=u9_1", "dir=b&to=zz-1"):
+        status, answer = user.gw.request("GET", f"/_matrix/client/unstable/io.element.msc4360/thread_updates?{bad}",
+                                         token=user.token)
+        assert status == 400 and answer["errcode"] in ("M_INVALID_PARAM", "M_UNKNOWN_POS"), (bad, answer)

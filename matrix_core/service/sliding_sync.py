@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import errors
+from .. import errors, params
 from .. import sliding_sync_rules as rules
 from ..events import Event
 from ..log_limit import LogLimiter
@@ -402,46 +402,95 @@ class SlidingSync:
                        upto: int, joined: list[str], covered: dict[str, int]) -> dict[str, Any] | None:
         """MSC4360's threads extension: the threads of the joined rooms with replies since the
         connection's previous answer, one entry each (the newest first, at most `limit`), with a
-        `prev_batch` for /relations when more than one reply was missed. None (the section left
-        out) when there is nothing, and on the first answer with the extension on: there is no
-        "last sync" to have missed anything since.
-
-        A top-level `prev_batch` (the MSC's companion /thread_updates endpoint, which the hub does
-        not have) is not given: past `limit` threads the older ones are not named; the client
-        finds them with /threads per room."""
+        `prev_batch` for /relations when more than one reply was missed, and a top-level
+        `prev_batch` for /thread_updates when threads were left out. None (the section left out)
+        when there is nothing, and on the first answer with the extension on: there is no "last
+        sync" to have missed anything since."""
         if prev is None or not prev.extensions.get(name, {}).get("enabled"):
             return None
         since = prev.events_pos
         limit = min(int(ext.get("limit") or rules.THREADS_LIMIT), rules.THREADS_LIMIT)
         relation_rooms = self.rooms.relations.persister.relation_rooms
         replies: dict[str, list[tuple[str, int]]] = {}
+        cut = False
         for room_id in joined:
             if room_id not in relation_rooms or self.bumps.quiet_since(room_id, since):
                 continue  # dict lookups: no query for a room without new threads
             rows = await relation_rows.thread_replies(self.hs.db, room_id, since, upto, THREAD_SCAN)
             if not rows:
                 continue
+            cut |= len(rows) == THREAD_SCAN
             access = await self.rooms.read_access(requester, room_id)
             replies[room_id] = [(root, pos) for root, pos, etype in rows if access.visible_at(pos, etype)]
         include_roots = ext.get("include_roots") is True
-        chosen, _ = rules.thread_updates(replies, covered, include_roots, limit)
+        chosen, more = rules.thread_updates(replies, covered, include_roots, limit)
         if not chosen:
             return None
+        answer: dict[str, Any] = {"updates": await self._thread_entries(
+            requester, [(u.room_id, u.root_id, u.latest, u.missed) for u in chosen], include_roots)}
+        if more or cut:
+            answer["prev_batch"] = rules.threads_token(chosen[-1].latest - 1, upto)
+        return answer
+
+    async def _thread_entries(self, requester: Requester, chosen: list[tuple[str, str, int, int]],
+                              include_roots: bool) -> dict[str, dict[str, dict[str, Any]]]:
+        """room -> root -> {thread_root (bundled), prev_batch} for (room, root, newest reply's
+        position, replies) of updated threads."""
         updates: dict[str, dict[str, dict[str, Any]]] = {}
         roots: dict[str, list[dict[str, Any]]] = {}
-        for update in chosen:
+        for room_id, root_id, latest, missed in chosen:
             entry: dict[str, Any] = {}
-            if update.missed > 1:
-                entry["prev_batch"] = f"s{update.latest - 1}"
+            if missed > 1:
+                entry["prev_batch"] = f"s{latest - 1}"
             if include_roots:
-                found = await self.rooms.fetch_event(update.root_id)
-                access = await self.rooms.read_access(requester, update.room_id)
-                if found is not None and found[0].room_id == update.room_id and access.event_visible(found[1], found[0]):
+                found = await self.rooms.fetch_event(root_id)
+                access = await self.rooms.read_access(requester, room_id)
+                if found is not None and found[0].room_id == room_id and access.event_visible(found[1], found[0]):
                     entry["thread_root"] = self.rooms.serialize(found[0], requester)
-                    roots.setdefault(update.room_id, []).append(entry["thread_root"])
-            updates.setdefault(update.room_id, {})[update.root_id] = entry
+                    roots.setdefault(room_id, []).append(entry["thread_root"])
+            updates.setdefault(room_id, {})[root_id] = entry
         await self.rooms.relations.bundle_rooms(requester, roots)
-        return {"updates": updates}
+        return updates
+
+    async def thread_updates(self, requester: Requester, from_token: str | None, to_token: str | None,
+                             limit: int) -> dict[str, Any]:
+        """MSC4360's /thread_updates: the user's joined rooms' updated threads backwards from
+        `from` (a threads `prev_batch`/`next_batch`; the present without one) down to `to` (the
+        `pos` of the sliding sync request whose answer gave the `prev_batch`, or an `s` token),
+        each thread once, the most recently updated first, each with its bundled root."""
+        if from_token is not None:
+            before, ceiling = rules.parse_threads_token(from_token)
+        else:
+            before = ceiling = self.stream.position
+        after = 0 if to_token is None else self._position_of(requester, to_token)
+        relation_rooms = self.rooms.relations.persister.relation_rooms
+        found: list[tuple[str, str, int, int]] = []
+        for room_id, (membership, _) in list(self.rooms.memberships.get(requester.user_id, {}).items()):
+            if membership != "join" or room_id not in relation_rooms:
+                continue
+            rows = await relation_rows.updated_threads(self.hs.db, room_id, after, ceiling, before, limit + 1)
+            if rows:
+                access = await self.rooms.read_access(requester, room_id)
+                found += [(room_id, root, latest, count) for root, latest, etype, count in rows
+                          if access.visible_at(latest, etype)]
+        found.sort(key=lambda t: (-t[2], t[0], t[1]))
+        page = found[:limit]
+        body: dict[str, Any] = {"chunk": await self._thread_entries(requester, page, True)}
+        if len(found) > limit:
+            body["next_batch"] = rules.threads_token(page[-1][2] - 1, ceiling)
+        return body
+
+    def _position_of(self, requester: Requester, token: str) -> int:
+        """The events position a `to` names: a sliding sync `pos` of this device's connections
+        (where its answer started from), or an `s<position>` token."""
+        if token.startswith("s"):
+            return max(params.stream_token(token) or 0, 0)
+        nonce, number = rules.parse_pos(token)
+        for (user_id, device_id, _), conn in self._conns.items():
+            if (user_id, device_id) == (requester.user_id, requester.device_id) and conn.nonce == nonce \
+                    and number in conn.states:
+                return conn.states[number].events_pos
+        raise rules.unknown_pos()
 
     async def _extensions(self, requester: Requester, extensions: dict[str, dict[str, Any]],
                           prev: ConnState | None, side_upto: dict[str, int],
