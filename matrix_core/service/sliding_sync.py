@@ -10,7 +10,10 @@ starts over without one, as the MSC asks.
 Sharing with /sync v2: timelines come from the same room reads, counts from hs.push, and each
 extension is the /sync source of its stream (service/sync_sources.py) called with the
 extension's own since/upto, so to-device delivery, device lists, account data, receipts and
-typing have one implementation each. Long-polls wait on the same event stream signal.
+typing have one implementation each. Long-polls wait on the same event stream signal. A room
+whose counts the user's read moved (push's read hints, as v2's unread_notifications) is sent
+again with only its counts. MSC4360's threads extension and its /thread_updates read the
+relations index (store/relations.py), only for rooms that hold relations and have new events.
 """
 from __future__ import annotations
 
