@@ -152,10 +152,13 @@ async def run(args: argparse.Namespace) -> None:
         result = all_rooms.entries_with_dynamic_adapters(50, view)
         result.controller().set_filter(sdk.RoomListEntriesDynamicFilterKind.NON_LEFT())
 
-        ok = await view.until(lambda: view.ids() == expected, 20)
-        names = {r.id(): r.display_name() for r in view.rooms}
-        emit("room_list_sorted_by_recency", ok, ids=view.ids(), expected=expected,
-             names=[names.get(r) for r in expected])
+        def names() -> list[str | None]:
+            by_id = {r.id(): r.display_name() for r in view.rooms}
+            return [by_id.get(r) for r in expected]
+
+        # the order first; each entry's display name is computed as its room info is processed
+        ok = await view.until(lambda: view.ids() == expected and None not in names(), 20)
+        emit("room_list_sorted_by_recency", ok, ids=view.ids(), expected=expected, names=names())
 
         sent = time.monotonic()
         http.call("PUT", f"/rooms/{urllib.parse.quote(rooms[1])}/send/m.room.message/b1",
