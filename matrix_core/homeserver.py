@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .identifiers import server_of
+from .ephemeral import Receipt
 from .notifier import EventStream
 from .appservice_rules import Registration
 from .push_gateway import RetryPolicy
@@ -126,6 +128,13 @@ class Homeserver:
         # Push rules and notification counts, from the read positions of the user's receipts.
         self.push = PushRules(self.db, self.rooms, self.stream, self.sync.notify, lambda: self.receipts)
         self.sync.add_source(self.push.source)
+        # Our users' receipts move their counts: push's read hint shows the room with its new counts
+        # in /sync (unread_notifications) and sliding sync even when the receipt itself is not shown.
+        def reads(kept: list[Receipt]) -> None:
+            for r in kept:
+                if server_of(r.user_id) == self.server_name:
+                    self.push.note_read(r.user_id, r.room_id)
+        self.receipts.listeners.append(reads)
         self.push_delivery = PushDelivery(self, settings.push_retry)  # pushers, notify to gateways
         # Cross-signing keys and signatures (issue 14): read by keys/query, changes to device lists.
         self.cross_signing = CrossSigning(self.db)

@@ -32,13 +32,17 @@ ME = "$ME"
 
 # Synapse's SLIDING_SYNC_DEFAULT_BUMP_EVENT_TYPES: what moves a room up the list (a membership
 # change or a topic edit does not).
+# MSC4360's threads extension: its stable name and the unstable one clients send today.
+THREADS_EXTENSIONS = ("threads", "io.element.msc4360.threads")
+THREADS_LIMIT = 100  # the MSC's default, and our ceiling ("servers may impose a smaller limit")
 BUMP_EVENT_TYPES = frozenset({
     "m.room.create", "m.room.message", "m.room.encrypted", "m.sticker", "m.call.invite",
     "m.poll.start", "m.beacon_info",
 })
-EXTENSIONS = ("to_device", "e2ee", "account_data", "receipts", "typing")
+EXTENSIONS = ("to_device", "e2ee", "account_data", "receipts", "typing", *THREADS_EXTENSIONS)
 
 _ROOM_ID = re.compile(r"![^\s]{1,255}\Z")  # "!local:server", or v12's "!opaque"
+_THREADS_TOKEN = re.compile(r"u([0-9]{1,16})_([0-9]{1,16})\Z")
 _POS = re.compile(r"([a-z0-9]{1,16})-([0-9]{1,9})\Z")
 
 
@@ -208,7 +212,9 @@ def parse_request(body: dict[str, Any]) -> SlidingRequest:
             if since is not None and (not isinstance(since, str) or len(since) > 40):
                 raise errors.invalid_param(f"extensions.{name}.since must be a token")
             if "limit" in ext and ext["limit"] is not None:
-                _int(ext["limit"], f"extensions.{name}.limit", 0, 10_000)
+                _int(ext["limit"], f"extensions.{name}.limit", 1 if name in THREADS_EXTENSIONS else 0, 10_000)
+            if "include_roots" in ext:
+                _bool(ext["include_roots"], f"extensions.{name}.include_roots")
             req.extensions[name] = ext
     return req
 
@@ -347,3 +353,45 @@ def dm_rooms(m_direct: Any) -> frozenset[str]:
     if not isinstance(m_direct, dict):
         return frozenset()
     return frozenset(r for rooms in m_direct.values() if isinstance(rooms, list) for r in rooms if isinstance(r, str))
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadUpdate:
+    room_id: str
+    root_id: str
+    latest: int   # the position of the thread's newest reply in the window
+    missed: int   # how many of its replies the window holds
+
+
+def thread_updates(replies: dict[str, list[tuple[str, int]]], covered: dict[str, int], include_roots: bool,
+                   limit: int) -> tuple[list[ThreadUpdate], bool]:
+    """MSC4360: which threads to name in the `threads` extension, newest first, from each room's
+    visible thread replies since the last answer ((root, position), any order). Without
+    `include_roots` a thread whose replies all came down this answer's timeline of the room
+    (`covered`: room -> the position of the timeline's first event) is left out: the client has
+    them. Returns at most `limit` threads and whether some were left out for the limit."""
+    found: dict[tuple[str, str], list[int]] = {}
+    for room_id, rows in replies.items():
+        for root_id, pos in rows:
+            entry = found.setdefault((room_id, root_id), [pos, pos, 0])
+            entry[0] = max(entry[0], pos)
+            entry[1] = min(entry[1], pos)
+            entry[2] += 1
+    updates = [ThreadUpdate(room_id, root_id, latest, missed)
+               for (room_id, root_id), (latest, earliest, missed) in found.items()
+               if include_roots or room_id not in covered or earliest < covered[room_id]]
+    updates.sort(key=lambda u: (-u.latest, u.room_id, u.root_id))
+    return updates[:limit], len(updates) > limit
+
+
+def threads_token(before: int, ceiling: int) -> str:
+    """MSC4360's `prev_batch` / `next_batch` for /thread_updates: threads whose newest reply up to
+    `ceiling` (where the window was cut) is at or before `before` are still to come."""
+    return f"u{max(before, 0)}_{ceiling}"
+
+
+def parse_threads_token(raw: str) -> tuple[int, int]:
+    match = _THREADS_TOKEN.match(raw)
+    if match is None or int(match.group(1)) > int(match.group(2)):
+        raise errors.invalid_param("'from' is not a thread updates token")
+    return int(match.group(1)), int(match.group(2))

@@ -36,6 +36,9 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# matrix-rust-sdk's Python build (Element X's engine) for tests/test_sliding_sync_rust_sdk.py: unpacked into
+# tests/rust_sdk/lib, not installed (its wheels need glibc 2.38; the script's docstring says how it loads on older)
+.venv/bin/python tests/rust_sdk/prepare.py
 if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest -q "$@"
 fi

@@ -223,3 +223,25 @@ async def test_a_user_has_a_bounded_number_of_rules(hub: tuple[Homeserver, FakeR
         await hs.push.put_rule(ALICE, "override", "c", {"conditions": [], "actions": []}, None, None)
     assert err.value.errcode == "M_RESOURCE_LIMIT_EXCEEDED"
     assert [r["rule_id"] for r in (await hs.push.ruleset(ALICE))["override"] if not r["default"]] == ["b", "a"]
+
+
+async def test_own_message_ends_the_scan_in_a_room_without_threads(hub: tuple[Homeserver, FakeReceipts, str]) -> None:
+    """No relation in the room: the user's own newest event reads everything older, so a count
+    from scratch stops at it instead of reading MAX_SCAN events back; with a thread it goes on."""
+    hs, receipts, room = hub
+    await say(hs, BOB, room, "before")
+    for i in range(3 * push_service.PAGE):
+        await say(hs, ALICE, room, f"mine {i}")
+    await say(hs, BOB, room, "after")
+    hs.push._counts.clear()
+    seen = hs.push.evaluated
+    assert await hs.push.unread_counts(ALICE, room) == (1, 0)
+    assert hs.push.evaluated - seen <= push_service.FIRST_PAGE
+    # a thread reply behind alice's messages still counts: the scan does not stop early then
+    root, _ = await say(hs, BOB, room, "root")
+    receipts.positions[(ALICE, room)] = {}
+    await say(hs, BOB, room, "in thread", **{"m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+    for i in range(push_service.FIRST_PAGE + 10):  # past the first page
+        await say(hs, ALICE, room, f"main again {i}")
+    hs.push._counts.clear()
+    assert await hs.push.thread_counts(ALICE, room) == {root: (1, 0)}

@@ -340,3 +340,126 @@ def test_history_before_joining_stays_hidden(user: User, other: User) -> None:
     body = user.ok(a_list([[0, 5]], timeline_limit=10))["rooms"][room]
     texts = [ev["content"].get("body") for ev in body["timeline"] if ev["type"] == "m.room.message"]
     assert texts == ["after you came"]
+
+
+def _long_poll(user: User, body: dict[str, Any], pos: str, act: Any) -> tuple[Any, float]:
+    """Start a long-poll (10 s), do `act` while it waits, and return its answer and how long after
+    `act` it came (a wake-up, not the timeout)."""
+    got: dict[str, Any] = {}
+
+    def poll() -> None:
+        got["answer"] = user.ok(body, pos=pos, timeout=10_000)
+        got["at"] = time.monotonic()
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.3)  # let the poll start waiting (its wake-up is what is measured)
+    done_at = time.monotonic()
+    act()
+    thread.join(15)
+    assert "answer" in got
+    return got["answer"], got["at"] - done_at
+
+
+def test_a_read_receipt_resends_a_quiet_room_with_its_new_counts(user: User, other: User) -> None:
+    """Counts moved by the user's own read (no new event, receipts extension off) re-send the room
+    with only its new counts; a private read marker does too."""
+    room = user.room("counts")
+    user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/invite", {"user_id": other.user_id})
+    other.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/join", {})
+    first = user.ok(a_list([[0, 5]]))
+    assert first["rooms"][room]["notification_count"] == 0
+    event_id = other.say(room, "unread")
+    second = user.ok(a_list([[0, 5]]), pos=first["pos"], timeout=5000)
+    assert second["rooms"][room]["notification_count"] == 1
+    quiet = user.ok(a_list([[0, 5]]), pos=second["pos"], timeout=0)
+    assert quiet["rooms"] == {}
+    answer, took = _long_poll(user, a_list([[0, 5]]), quiet["pos"], lambda: user.call(
+        "POST", f"/_matrix/client/v3/rooms/{Q(room)}/receipt/m.read/{Q(event_id)}", {}))
+    assert took < 1.0
+    assert answer["rooms"][room]["notification_count"] == 0
+    assert answer["rooms"][room]["highlight_count"] == 0
+    assert "timeline" not in answer["rooms"][room]
+    # the same counts again are no news: the next long-poll is empty
+    again = user.ok(a_list([[0, 5]]), pos=answer["pos"], timeout=0)
+    assert again["rooms"] == {}
+    # unread again, then read with a private read marker (not shown to anyone but the reader)
+    second_id = other.say(room, "unread again")
+    unread = user.ok(a_list([[0, 5]]), pos=again["pos"], timeout=5000)
+    assert unread["rooms"][room]["notification_count"] == 1
+    answer, took = _long_poll(user, a_list([[0, 5]]), unread["pos"], lambda: user.call(
+        "POST", f"/_matrix/client/v3/rooms/{Q(room)}/read_markers",
+        {"m.fully_read": second_id, "m.read.private": second_id}))
+    assert took < 1.0 and answer["rooms"][room]["notification_count"] == 0
+    # the other user's sliding sync does not show the room for the user's read
+    theirs = other.ok(a_list([[0, 5]]))
+    user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/receipt/m.read/{Q(second_id)}", {})
+    assert other.ok(a_list([[0, 5]]), pos=theirs["pos"], timeout=0)["rooms"] == {}
+
+
+def test_threads_extension_names_threads_with_missed_replies(user: User) -> None:
+    """MSC4360: without include_roots only threads whose replies the timeline did not carry are
+    named (with a /relations prev_batch when more than one was missed); with include_roots every
+    updated thread comes with its bundled root. Nothing on a connection's first answer."""
+    room = user.room("threads")
+    root = user.say(room, "root")
+
+    def reply(text: str) -> str:
+        return user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/send/m.room.message",
+                         {"msgtype": "m.text", "body": text,
+                          "m.relates_to": {"rel_type": "m.thread", "event_id": root}})["event_id"]
+
+    unstable = "io.element.msc4360.threads"
+    lean = {**a_list([[0, 5]]), "extensions": {unstable: {"enabled": True, "include_roots": False}}}
+    full = {**a_list([[0, 5]]), "extensions": {"threads": {"enabled": True, "include_roots": True}},
+            "conn_id": "full"}
+    first, first_full = user.ok(lean), user.ok(full)
+    assert unstable not in first["extensions"] and "threads" not in first_full["extensions"]
+    r1 = reply("r1")
+    reply("r2")
+    second = user.ok(lean, pos=first["pos"], timeout=5000)  # timeline_limit 1: r1 was not sent
+    entry = second["extensions"][unstable]["updates"][room][root]
+    assert "thread_root" not in entry
+    page = user.call("GET", f"/_matrix/client/v3/rooms/{Q(room)}/relations/{Q(root)}/m.thread"
+                            f"?dir=b&limit=1&from={entry['prev_batch']}")
+    assert [ev["event_id"] for ev in page["chunk"]] == [r1]
+    reply("r3")
+    third = user.ok(lean, pos=second["pos"], timeout=5000)  # r3 came down the timeline: not named
+    assert [ev["content"]["body"] for ev in third["rooms"][room]["timeline"]] == ["r3"]
+    assert unstable not in third["extensions"]
+    full_next = user.ok(full, pos=first_full["pos"], timeout=5000)
+    thread_root = full_next["extensions"]["threads"]["updates"][room][root]["thread_root"]
+    assert thread_root["event_id"] == root
+    bundle = thread_root["unsigned"]["m.relations"]["m.thread"]
+    assert bundle["count"] == 3 and bundle["latest_event"]["content"]["body"] == "r3"
+    # a quiet connection: nothing, and the section is left out
+    assert "threads" not in user.ok(full, pos=full_next["pos"], timeout=0)["extensions"]
+
+
+def test_thread_updates_page_what_the_threads_extension_left_out(user: User) -> None:
+    """Past the extension's `limit` a top-level prev_batch leads to /thread_updates, which pages
+    the rest (each thread once) down to the request's `pos`."""
+    room = user.room("many threads")
+    body = {**a_list([[0, 5]], timeline_limit=0),
+            "extensions": {"io.element.msc4360.threads": {"enabled": True, "limit": 1}}}
+    first = user.ok(body)
+    roots = [user.say(room, f"root {i}") for i in range(3)]
+    for i, root in enumerate(roots):
+        user.call("POST", f"/_matrix/client/v3/rooms/{Q(room)}/send/m.room.message",
+                  {"msgtype": "m.text", "body": f"reply {i}", "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+    second = user.ok(body, pos=first["pos"], timeout=5000)
+    threads = second["extensions"]["io.element.msc4360.threads"]
+    assert list(threads["updates"][room]) == [roots[2]]
+    base = "/_matrix/client/unstable/io.element.msc4360/thread_updates?dir=b"
+    rest = user.call("GET", f"{base}&from={Q(threads['prev_batch'])}&to={Q(first['pos'])}")
+    assert list(rest["chunk"][room]) == [roots[1], roots[0]] and "next_batch" not in rest
+    assert rest["chunk"][room][roots[0]]["thread_root"]["content"]["body"] == "root 0"
+    # from the present, two a page
+    page = user.call("GET", f"{base}&to={Q(first['pos'])}&limit=2")
+    assert list(page["chunk"][room]) == [roots[2], roots[1]]
+    page = user.call("GET", f"{base}&to={Q(first['pos'])}&limit=2&from={Q(page['next_batch'])}")
+    assert list(page["chunk"][room]) == [roots[0]] and "next_batch" not in page
+    for bad in ("dir=f", "dir=b&from=nonsense", "dir=b&from=u9_1", "dir=b&to=zz-1"):
+        status, answer = user.gw.request("GET", f"/_matrix/client/unstable/io.element.msc4360/thread_updates?{bad}",
+                                         token=user.token)
+        assert status == 400 and answer["errcode"] in ("M_INVALID_PARAM", "M_UNKNOWN_POS"), (bad, answer)

@@ -91,3 +91,27 @@ def test_pos_tokens() -> None:
         with pytest.raises(errors.MatrixError) as info:
             rules.parse_pos(bad)
         assert info.value.errcode == "M_UNKNOWN_POS"
+
+
+def test_thread_updates_one_per_thread_newest_first_and_covered_left_out() -> None:
+    replies = {"!a:h": [("$t1", 5), ("$t1", 7), ("$t2", 6)], "!b:h": [("$t3", 9)]}
+    chosen, more = rules.thread_updates(replies, {}, False, 10)
+    assert [(u.room_id, u.root_id, u.latest, u.missed) for u in chosen] == [
+        ("!b:h", "$t3", 9, 1), ("!a:h", "$t1", 7, 2), ("!a:h", "$t2", 6, 1)]
+    assert more is False
+    # !a:h's timeline in this answer starts at 6: $t2's only reply came down it, $t1's reply at 5 did not
+    chosen, _ = rules.thread_updates(replies, {"!a:h": 6}, False, 10)
+    assert [u.root_id for u in chosen] == ["$t3", "$t1"]
+    # include_roots: every updated thread, covered or not; the limit keeps the newest
+    chosen, more = rules.thread_updates(replies, {"!a:h": 5, "!b:h": 9}, True, 2)
+    assert [u.root_id for u in chosen] == ["$t3", "$t1"] and more is True
+
+
+def test_threads_extension_request_checks() -> None:
+    req = rules.parse_request({"extensions": {"io.element.msc4360.threads": {"enabled": True, "include_roots": True,
+                                                                              "limit": 5}}})
+    assert req.extensions["io.element.msc4360.threads"]["include_roots"] is True
+    for bad in ({"include_roots": "yes"}, {"limit": 0}, {"limit": -1}):
+        with pytest.raises(errors.MatrixError) as info:
+            rules.parse_request({"extensions": {"threads": {"enabled": True, **bad}}})
+        assert info.value.errcode == "M_INVALID_PARAM"

@@ -150,6 +150,8 @@ def build_router() -> ClientRouter:
     add("POST", "appservice/{appserviceId}/ping", appservice.ping)
     # Simplified Sliding Sync, MSC4186 (issue 19): Element X's sync (sliding_sync_handlers.py)
     add("POST", "org.matrix.simplified_msc3575/sync", ss.sliding_sync)
+    add("GET", "io.element.msc4360/thread_updates", ss.thread_updates)  # MSC4360's companion endpoint
+    add("GET", "thread_updates", ss.thread_updates)
     return router
 
 

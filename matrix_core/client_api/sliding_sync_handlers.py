@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import errors
+from ..sliding_sync_rules import THREADS_LIMIT
 from .request import ApiRequest, ApiResponse, ok
 from .room_handlers import MAX_SYNC_TIMEOUT_MS
 
@@ -16,3 +18,13 @@ async def sliding_sync(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     timeout = req.int_arg("timeout", 0, minimum=0, maximum=MAX_SYNC_TIMEOUT_MS)
     body = req.json_object()
     return ok(await hs.sliding_sync.sync(requester, req.arg("pos"), timeout, body))
+
+
+async def thread_updates(hs: Homeserver, req: ApiRequest) -> ApiResponse:
+    """GET /unstable/io.element.msc4360/thread_updates?dir=b&from=&to=&limit= (MSC4360's
+    companion endpoint: the thread updates a threads extension's `prev_batch` left out)."""
+    requester = await hs.accounts.authenticate(req.access_token)
+    if req.arg("dir") != "b":
+        raise errors.invalid_param("'dir' must be 'b'")
+    limit = req.int_arg("limit", THREADS_LIMIT, minimum=1, maximum=THREADS_LIMIT)
+    return ok(await hs.sliding_sync.thread_updates(requester, req.arg("from"), req.arg("to"), limit))

@@ -10,7 +10,10 @@ starts over without one, as the MSC asks.
 Sharing with /sync v2: timelines come from the same room reads, counts from hs.push, and each
 extension is the /sync source of its stream (service/sync_sources.py) called with the
 extension's own since/upto, so to-device delivery, device lists, account data, receipts and
-typing have one implementation each. Long-polls wait on the same event stream signal.
+typing have one implementation each. Long-polls wait on the same event stream signal. A room
+whose counts the user's read moved (push's read hints, as v2's unread_notifications) is sent
+again with only its counts. MSC4360's threads extension and its /thread_updates read the
+relations index (store/relations.py), only for rooms that hold relations and have new events.
 """
 from __future__ import annotations
 
@@ -21,11 +24,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import errors
+from .. import errors, params
 from .. import sliding_sync_rules as rules
 from ..events import Event
 from ..log_limit import LogLimiter
 from ..sliding_sync_rules import RoomConfig, RoomFacts, SlidingRequest
+from ..store import relations as relation_rows
 from .accounts import Requester
 from .sync_sources import SyncContext, SyncOutput
 
@@ -38,6 +42,7 @@ MAX_CONNECTIONS = 512
 MAX_CONNECTIONS_PER_USER = 16   # one user opening conn_id after conn_id evicts only their own
 STATES_KEPT = 4
 STATE_SCAN = 100  # how many new events of a room are looked through for changed required state
+THREAD_SCAN = 1000  # thread replies per room looked through for the threads extension
 SIDE = ("account_data", "receipts", "typing", "to_device", "device_lists", "push_rules")
 
 
@@ -50,6 +55,9 @@ class ConnState:
     subscriptions: dict[str, RoomConfig]
     extensions: dict[str, dict[str, Any]]
     counts: dict[str, int]
+    # room -> (notification_count, highlight_count) last sent: a read that moves them re-sends
+    # the room with its new counts (as /sync v2 does with unread_notifications)
+    unread: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -245,7 +253,10 @@ class SlidingSync:
             if room_id in memberships:  # a user sees only rooms they are in (or invited to)
                 wanted[room_id] = wanted[room_id].merge(config) if room_id in wanted else config
         sent = dict(prev.sent) if prev else {}
+        unread = dict(prev.unread) if prev else {}
+        read = self._read_rooms(user_id, prev, side_upto)
         rooms: dict[str, Any] = {}
+        covered: dict[str, int] = {}  # room -> its timeline's first position in this answer
         for room_id, config in wanted.items():
             membership, _ = memberships[room_id]
             before = sent.get(room_id)
@@ -255,19 +266,48 @@ class SlidingSync:
                 sent[room_id] = (upto, "invite", config)
                 continue
             since = before[0] if before is not None and before[1] == "join" and before[2] == config else None
-            body = await self._room_body(requester, room_id, config, since, upto, stamps[room_id])
+            body = await self._room_body(requester, room_id, config, since, upto, stamps[room_id], covered)
+            if body is None and since is not None and (read is None or room_id in read):
+                body = await self._counts_body(user_id, room_id, unread.get(room_id))
             if body is not None:
                 rooms[room_id] = body
+                unread[room_id] = (body["notification_count"], body["highlight_count"])
             sent[room_id] = (upto, "join", config)
         await self._left(requester, sent, memberships, rooms, upto)
+        unread = {r: c for r, c in unread.items() if r in sent}
         joined_shown = [r for r in wanted if memberships[r][0] == "join"]
         ext_answer, ext_news = await self._extensions(requester, extensions, prev, side_upto, joined_shown)
-        state = ConnState(upto, side_upto, sent, subscriptions, extensions, counts)
+        for name in rules.THREADS_EXTENSIONS:
+            if extensions.get(name, {}).get("enabled"):
+                threads = await self._threads(requester, name, extensions[name], prev, upto,
+                                              [r for r, (m, _) in memberships.items() if m == "join"], covered)
+                if threads is not None:
+                    ext_answer[name] = threads
+                    ext_news = True
+        state = ConnState(upto, side_upto, sent, subscriptions, extensions, counts, unread)
         news = bool(rooms) or ext_news or (prev is not None and counts != prev.counts)
         answer: dict[str, Any] = {"lists": lists, "rooms": rooms, "extensions": ext_answer}
         return answer, state, news
 
     # -- rooms ----------------------------------------------------------------------------------
+
+    def _read_rooms(self, user_id: str, prev: ConnState | None, side_upto: dict[str, int]) -> set[str] | None:
+        """Rooms whose read position the user moved since the previous answer (push's read hints,
+        the ones /sync v2's unread_notifications use); None when the hints no longer reach back."""
+        if prev is None:
+            return set()
+        since = prev.side.get("push_rules", 0)
+        if since >= side_upto["push_rules"]:
+            return set()
+        return self.hs.push.rooms_read_between(user_id, since, side_upto["push_rules"])
+
+    async def _counts_body(self, user_id: str, room_id: str, before: tuple[int, int] | None) -> dict[str, Any] | None:
+        """A quiet room whose counts moved (the user read it): only the new counts, MSC4186's
+        fields that are absent are unchanged."""
+        counts = await self.hs.push.unread_counts(user_id, room_id)
+        if counts == before:
+            return None
+        return {"notification_count": counts[0], "highlight_count": counts[1]}
 
     async def _left(self, requester: Requester, sent: dict[str, tuple[int, str, RoomConfig]],
                     memberships: dict[str, tuple[str, int]], rooms: dict[str, Any], upto: int) -> None:
@@ -311,7 +351,7 @@ class SlidingSync:
         return body
 
     async def _room_body(self, requester: Requester, room_id: str, config: RoomConfig, since: int | None,
-                         upto: int, stamp: int) -> dict[str, Any] | None:
+                         upto: int, stamp: int, covered: dict[str, int] | None = None) -> dict[str, Any] | None:
         """A joined room's entry: everything asked for when the connection has not had the room
         (or asked with another config), else what is new since `since`; None when nothing is."""
         if since is not None and self.bumps.quiet_since(room_id, since):
@@ -327,6 +367,8 @@ class SlidingSync:
         timeline = got[-limit:] if limit else []
         if timeline:
             timeline = (await self.rooms.read_access(requester, room_id)).visible(timeline)
+            if covered is not None and timeline:
+                covered[room_id] = timeline[0][0]
         senders = [ev.sender for _, ev in timeline]
         keys = rules.select_state(room.state, config.required_state, requester.user_id, senders)
         if since is not None:
@@ -358,6 +400,100 @@ class SlidingSync:
         return body
 
     # -- extensions -----------------------------------------------------------------------------
+
+    async def _threads(self, requester: Requester, name: str, ext: dict[str, Any], prev: ConnState | None,
+                       upto: int, joined: list[str], covered: dict[str, int]) -> dict[str, Any] | None:
+        """MSC4360's threads extension: the threads of the joined rooms with replies since the
+        connection's previous answer, one entry each (the newest first, at most `limit`), with a
+        `prev_batch` for /relations when more than one reply was missed, and a top-level
+        `prev_batch` for /thread_updates when threads were left out. None (the section left out)
+        when there is nothing, and on the first answer with the extension on: there is no "last
+        sync" to have missed anything since."""
+        if prev is None or not prev.extensions.get(name, {}).get("enabled"):
+            return None
+        since = prev.events_pos
+        limit = min(int(ext.get("limit") or rules.THREADS_LIMIT), rules.THREADS_LIMIT)
+        relation_rooms = self.rooms.relations.persister.relation_rooms
+        replies: dict[str, list[tuple[str, int]]] = {}
+        cut = False
+        for room_id in joined:
+            if room_id not in relation_rooms or self.bumps.quiet_since(room_id, since):
+                continue  # dict lookups: no query for a room without new threads
+            rows = await relation_rows.thread_replies(self.hs.db, room_id, since, upto, THREAD_SCAN)
+            if not rows:
+                continue
+            cut |= len(rows) == THREAD_SCAN
+            access = await self.rooms.read_access(requester, room_id)
+            replies[room_id] = [(root, pos) for root, pos, etype in rows if access.visible_at(pos, etype)]
+        include_roots = ext.get("include_roots") is True
+        chosen, more = rules.thread_updates(replies, covered, include_roots, limit)
+        if not chosen:
+            return None
+        answer: dict[str, Any] = {"updates": await self._thread_entries(
+            requester, [(u.room_id, u.root_id, u.latest, u.missed) for u in chosen], include_roots)}
+        if more or cut:
+            answer["prev_batch"] = rules.threads_token(chosen[-1].latest - 1, upto)
+        return answer
+
+    async def _thread_entries(self, requester: Requester, chosen: list[tuple[str, str, int, int]],
+                              include_roots: bool) -> dict[str, dict[str, dict[str, Any]]]:
+        """room -> root -> {thread_root (bundled), prev_batch} for (room, root, newest reply's
+        position, replies) of updated threads."""
+        updates: dict[str, dict[str, dict[str, Any]]] = {}
+        roots: dict[str, list[dict[str, Any]]] = {}
+        for room_id, root_id, latest, missed in chosen:
+            entry: dict[str, Any] = {}
+            if missed > 1:
+                entry["prev_batch"] = f"s{latest - 1}"
+            if include_roots:
+                found = await self.rooms.fetch_event(root_id)
+                access = await self.rooms.read_access(requester, room_id)
+                if found is not None and found[0].room_id == room_id and access.event_visible(found[1], found[0]):
+                    entry["thread_root"] = self.rooms.serialize(found[0], requester)
+                    roots.setdefault(room_id, []).append(entry["thread_root"])
+            updates.setdefault(room_id, {})[root_id] = entry
+        await self.rooms.relations.bundle_rooms(requester, roots)
+        return updates
+
+    async def thread_updates(self, requester: Requester, from_token: str | None, to_token: str | None,
+                             limit: int) -> dict[str, Any]:
+        """MSC4360's /thread_updates: the user's joined rooms' updated threads backwards from
+        `from` (a threads `prev_batch`/`next_batch`; the present without one) down to `to` (the
+        `pos` of the sliding sync request whose answer gave the `prev_batch`, or an `s` token),
+        each thread once, the most recently updated first, each with its bundled root."""
+        if from_token is not None:
+            before, ceiling = rules.parse_threads_token(from_token)
+        else:
+            before = ceiling = self.stream.position
+        after = 0 if to_token is None else self._position_of(requester, to_token)
+        relation_rooms = self.rooms.relations.persister.relation_rooms
+        found: list[tuple[str, str, int, int]] = []
+        for room_id, (membership, _) in list(self.rooms.memberships.get(requester.user_id, {}).items()):
+            if membership != "join" or room_id not in relation_rooms:
+                continue
+            rows = await relation_rows.updated_threads(self.hs.db, room_id, after, ceiling, before, limit + 1)
+            if rows:
+                access = await self.rooms.read_access(requester, room_id)
+                found += [(room_id, root, latest, count) for root, latest, etype, count in rows
+                          if access.visible_at(latest, etype)]
+        found.sort(key=lambda t: (-t[2], t[0], t[1]))
+        page = found[:limit]
+        body: dict[str, Any] = {"chunk": await self._thread_entries(requester, page, True)}
+        if len(found) > limit:
+            body["next_batch"] = rules.threads_token(page[-1][2] - 1, ceiling)
+        return body
+
+    def _position_of(self, requester: Requester, token: str) -> int:
+        """The events position a `to` names: a sliding sync `pos` of this device's connections
+        (where its answer started from), or an `s<position>` token."""
+        if token.startswith("s"):
+            return max(params.stream_token(token) or 0, 0)
+        nonce, number = rules.parse_pos(token)
+        for (user_id, device_id, _), conn in self._conns.items():
+            if (user_id, device_id) == (requester.user_id, requester.device_id) and conn.nonce == nonce \
+                    and number in conn.states:
+                return conn.states[number].events_pos
+        raise rules.unknown_pos()
 
     async def _extensions(self, requester: Requester, extensions: dict[str, dict[str, Any]],
                           prev: ConnState | None, side_upto: dict[str, int],

@@ -201,6 +201,30 @@ async def thread_roots(db: Database, room_id: str, upto: int, limit: int,
     return [(root, latest) for root, latest in rows]
 
 
+async def thread_replies(db: Database, room_id: str, after: int, upto: int, limit: int) -> list[tuple[str, int, str]]:
+    """(root id, position, event type) of the room's thread replies in (after, upto], newest first,
+    at most `limit` (sliding sync's threads extension: which threads moved since the last answer)."""
+    rows = await db.fetchall(
+        f"SELECT r.parent_id, r.pos, r.type FROM event_relations r WHERE r.room_id = ?1 AND r.rel_type = '{THREAD}' "
+        f"AND r.pos > ?2 AND r.pos <= ?3 AND {NOT_REDACTED} ORDER BY r.pos DESC LIMIT ?4",
+        (room_id, after, upto, limit))
+    return [(root, pos, event_type) for root, pos, event_type in rows]
+
+
+async def updated_threads(db: Database, room_id: str, after: int, ceiling: int, before: int,
+                          limit: int) -> list[tuple[str, int, str, int]]:
+    """(root id, position of its newest reply, that reply's type, replies) of the room's threads
+    with replies in (after, ceiling] whose newest such reply is at or before `before`, the most
+    recently updated first (MSC4360's /thread_updates: each thread once, wherever a page ends).
+    SQLite gives the bare `type` from the row that holds MAX(pos)."""
+    rows = await db.fetchall(
+        f"SELECT r.parent_id, MAX(r.pos) AS latest, r.type, COUNT(*) FROM event_relations r "
+        f"WHERE r.room_id = ?1 AND r.rel_type = '{THREAD}' AND r.pos > ?2 AND r.pos <= ?3 AND {NOT_REDACTED} "
+        "GROUP BY r.parent_id HAVING latest <= ?4 ORDER BY latest DESC LIMIT ?5",
+        (room_id, after, ceiling, before, limit))
+    return [(root, latest, event_type, count) for root, latest, event_type, count in rows]
+
+
 async def has_annotation(db: Database, parent_id: str, sender: str, event_type: str, key: str) -> bool:
     """Has `sender` already annotated `parent_id` with this type and key (not redacted)?"""
     row = await db.fetchone(
