@@ -6,6 +6,7 @@ Order matters on the way down: stop accepting, release long-polls, let in-flight
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -20,7 +21,7 @@ from matrix_core.push_gateway import RetryPolicy
 from matrix_core.ratelimit import RateLimit
 
 from .appservices import load_registrations
-from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
+from .config import CONFIG_FILE, DATABASE_FILE, GatewayConfig, load_or_create_signing_key
 from .ops.appliance import Appliance
 from .resources import install_loop_exception_handler, raise_open_files_limit
 from .ops.disk import EXIT_DISK_FULL, disk_full_at_start
@@ -88,13 +89,25 @@ def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> li
     return frontends
 
 
+def inject_hub_ops(hs: Homeserver, data_dir: Path, config_file: Path) -> None:
+    """What the admin pages need of the front ends and gateway/ (matrix_core/service/hub_ops.py):
+    the MQTT rule filter check and the backup archive (the broker sets its topic tree itself)."""
+    from frontends.mqtt.topics import is_valid_rule_filter
+
+    from .ops.backup import stream_backup
+
+    hs.hub_ops.valid_rule_filter = is_valid_rule_filter
+    hs.hub_ops.write_backup = functools.partial(stream_backup, data_dir, config_file)
+
+
 class Gateway:
     """The running hub: the homeserver core and the listeners in front of it."""
 
-    def __init__(self, config: GatewayConfig, data_dir: Path) -> None:
+    def __init__(self, config: GatewayConfig, data_dir: Path, config_file: Path | None = None) -> None:
         self.config = config
         self.data_dir = data_dir
         self.hs = Homeserver(settings_for(config, data_dir))
+        inject_hub_ops(self.hs, data_dir, config_file or data_dir / CONFIG_FILE)
         self._http: HttpListener | None = None
         self.http_port: int | None = None
         self.frontends: list[Frontend] = []
@@ -127,10 +140,10 @@ class Gateway:
         await self.hs.stop()
 
 
-async def serve(config: GatewayConfig, data_dir: Path) -> int:
+async def serve(config: GatewayConfig, data_dir: Path, config_file: Path | None = None) -> int:
     started = time.monotonic()
     install_loop_exception_handler(asyncio.get_running_loop())
-    gateway = Gateway(config, data_dir)
+    gateway = Gateway(config, data_dir, config_file)
     appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
     try:
         await gateway.start()
@@ -174,11 +187,11 @@ async def serve(config: GatewayConfig, data_dir: Path) -> int:
     return 0
 
 
-def run(config: GatewayConfig, data_dir: Path) -> int:
+def run(config: GatewayConfig, data_dir: Path, config_file: Path | None = None) -> int:
     from .memory import tune_malloc
 
     tune_malloc()
     raise_open_files_limit()
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(serve(config, data_dir))
+    return asyncio.run(serve(config, data_dir, config_file))

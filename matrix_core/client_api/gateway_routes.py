@@ -10,6 +10,7 @@ Each area's handlers live in their own `<area>_handlers.py`; add routes here in 
 from __future__ import annotations
 
 from . import hub_admin_handlers as hub_admin
+from . import mqtt_admin_handlers as mqtt_admin
 from . import series_handlers as series
 from .router import ClientRouter
 
@@ -29,6 +30,12 @@ def build_gateway_router() -> ClientRouter:
 def build_gateway_admin_router() -> ClientRouter:
     """Routes under /_gateway/admin/v1/ (admins only)."""
     router = ClientRouter()
+    # the MQTT page: topic rules (`matrix-gateway mqtt map/unmap/maps`) and the live topic tree;
+    # GET backup is streamed (backup_http.py), not routed here
+    router.add("GET", "mqtt/rules", mqtt_admin.list_rules)
+    router.add("POST", "mqtt/rules", mqtt_admin.map_rule)
+    router.add("DELETE", "mqtt/rules/{topicFilter...}", mqtt_admin.unmap_rule)
+    router.add("GET", "mqtt/topics", mqtt_admin.topics)
     return router
 
 

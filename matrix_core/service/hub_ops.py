@@ -1,0 +1,33 @@
+"""What the hub's admin pages need from outside matrix_core, handed in at start-up.
+
+matrix_core imports neither the front ends nor gateway/ (the layering tests hold it to that), yet
+the MQTT page validates topic filters as the broker does and reads the broker's topic tree, and
+the Status page offers the backup `matrix-gateway backup` writes. gateway/app.py (and the broker,
+when it starts) set these; an unset one means that part is not running here (the handlers answer
+so, e.g. no MQTT broker: no topics).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Any, Callable, Protocol
+
+
+class TopicTree(Protocol):
+    """The broker's live topic index (frontends/mqtt/topic_view.py)."""
+
+    async def ready(self) -> None: ...
+
+    def changes(self, since: int, limit: int) -> tuple[list[dict[str, Any]], int, bool]: ...
+
+    async def wait(self, since: int, timeout: float) -> None: ...
+
+
+@dataclass
+class HubOps:
+    # The broker's topic filter check for a rule (no $share/, no leading $): frontends/mqtt/topics.py.
+    valid_rule_filter: Callable[[str], bool] | None = None
+    # Set by the MQTT broker while it runs.
+    topic_tree: TopicTree | None = None
+    # Writes the archive `matrix-gateway backup` writes to a binary file object (blocking: run in a
+    # thread); returns nothing, raises on failure (gateway/ops/backup.py).
+    write_backup: Callable[[IO[bytes]], None] | None = None
