@@ -5,6 +5,7 @@ import {API, session, $, api} from "./common.js";
 import * as home from "./home.js";
 import * as devices from "./devices.js";
 import * as status from "./status.js";
+import * as mqtt from "./mqtt.js";
 
 // view name -> {module, section id, nav button id}; a new page adds one line here and its
 // <section> and nav button in index.html.
@@ -12,6 +13,7 @@ const PAGES = {
   home: {module: home, section: "home-view", button: "go-home"},
   devices: {module: devices, section: "devices-view", button: "go-devices"},
   status: {module: status, section: "status-view", button: "go-status"},
+  mqtt: {module: mqtt, section: "mqtt-view", button: "go-mqtt"},
 };
 
 let current = null;
