@@ -3,8 +3,8 @@ last payload (as short text) and when, fed by the core's event stream like the b
 
 Nothing new is stored: retained messages are room state and messages are room history, both
 already kept. This is a bounded in-memory index over them (a Pi Zero has 512 MB): at most
-`MAX_TOPICS` topics, the least recently updated forgotten first, each value cut to `VALUE_CHARS`
-(about 300 bytes a topic, ~600 KB at the cap). It is filled lazily, on the first request (an
+`MAX_TOPICS` topics, the least recently updated forgotten first, each value cut short
+(messages.topic_entry; about 300 bytes a topic, ~600 KB at the cap). It is filled lazily, on the first request (an
 admin opening the page), from the retained messages of the broker's rooms and the MQTT messages
 of the last `SEED_POSITIONS` stream positions; from then on the stream keeps it current.
 
@@ -15,18 +15,17 @@ of a publish and costs nothing while nothing changes).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from matrix_core.device_media import MEDIA_KIND
 from matrix_core.events import Event
 from matrix_core.store import mqtt_bridge as bridge_store
 
-from .routing import MESSAGE_MSGTYPE, RETAINED_TYPE
+from .messages import topic_entry
+from .routing import RETAINED_TYPE
 
 if TYPE_CHECKING:
     from matrix_core.homeserver import Homeserver
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("frontends.mqtt")
 
 MAX_TOPICS = 2000
-VALUE_CHARS = 120
 SEED_POSITIONS = 5000
 SEED_ROOMS = 200
 
@@ -49,49 +47,6 @@ class TopicValue:
     room_id: str
     retained: bool
     seq: int  # this view's update counter when it was set
-
-
-def payload_text(payload: Any) -> str:
-    """The mapped payload (frontends/payload_mapping.py's kinds) as short text. Pure."""
-    if not isinstance(payload, dict):
-        return "?"
-    kind = payload.get("kind")
-    if kind == "text" and isinstance(payload.get("text"), str):
-        shown = payload["text"]
-    elif kind == "json":
-        text = payload.get("text")
-        shown = text if isinstance(text, str) else json.dumps(payload.get("value"), separators=(",", ":"),
-                                                              ensure_ascii=False)
-    elif kind == "bytes":
-        raw = payload.get("base64")
-        try:
-            shown = f"<{len(base64.b64decode(raw))} bytes>" if isinstance(raw, str) else "<bytes>"
-        except ValueError:
-            shown = "<bytes>"
-    elif kind == MEDIA_KIND:
-        shown = f"<{payload.get('mimetype')}, {payload.get('size')} bytes>"
-    else:
-        shown = f"<{kind}>"
-    return shown if len(shown) <= VALUE_CHARS else shown[:VALUE_CHARS] + "…"
-
-
-def topic_entry(event_type: str, content: Any, state_key: str | None) -> tuple[str, str, bool] | None:
-    """(topic, value text, retained) of an MQTT message or retained message, else None. Pure.
-    A retained message with empty content is a cleared retained message: value ""."""
-    if not isinstance(content, dict):
-        return None
-    if event_type == RETAINED_TYPE and state_key is not None:
-        if not content:
-            return state_key, "", True
-        return state_key, payload_text(content.get("payload")), True
-    if event_type != "m.room.message":
-        return None
-    mqtt = content.get("mqtt")
-    if not isinstance(mqtt, dict) or not isinstance(mqtt.get("topic"), str):
-        return None
-    if content.get("msgtype") != MESSAGE_MSGTYPE and not isinstance(mqtt.get("payload"), dict):
-        return None
-    return mqtt["topic"], payload_text(mqtt.get("payload")), False
 
 
 class TopicView:
