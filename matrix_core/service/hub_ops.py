@@ -9,7 +9,7 @@ so, e.g. no MQTT broker: no topics).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 
 class TopicTree(Protocol):
@@ -22,6 +22,14 @@ class TopicTree(Protocol):
     async def wait(self, since: int, timeout: float) -> None: ...
 
 
+class BinaryWriter(Protocol):
+    """Where an archive is written, in order (a file, or backup_http's bounded chunk queue)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 @dataclass
 class HubOps:
     # The broker's topic filter check for a rule (no $share/, no leading $): frontends/mqtt/topics.py.
@@ -30,4 +38,4 @@ class HubOps:
     topic_tree: TopicTree | None = None
     # Writes the archive `matrix-gateway backup` writes to a binary file object (blocking: run in a
     # thread); returns nothing, raises on failure (gateway/ops/backup.py).
-    write_backup: Callable[[IO[bytes]], None] | None = None
+    write_backup: Callable[[BinaryWriter], None] | None = None
