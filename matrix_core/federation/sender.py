@@ -102,9 +102,11 @@ class FederationSender:
 
     def peers(self) -> list[dict[str, Any]]:
         """The servers this hub sends to, for the Status page: state "backing off" (the last
-        transaction failed; retried after `backoff_s`) or "reachable", the last success (ms, None:
-        never since start) and error, events and EDUs queued."""
-        return [{"server_name": d.name, "state": "backing off" if d.backoff > 0 else "reachable",
+        transaction failed; retried after `backoff_s`), "reachable" (the last one went through) or
+        "not contacted yet" (nothing sent since start), the last success (ms, None: never since
+        start) and error, events and EDUs queued."""
+        return [{"server_name": d.name, "state": "backing off" if d.backoff > 0 else
+                 "reachable" if d.last_success_ms is not None else "not contacted yet",
                  "backoff_s": d.backoff, "last_success_ts": d.last_success_ms, "last_error": d.last_error,
                  "queued": len(d.queue) + len(d.edus)}
                 for d in sorted(self._destinations.values(), key=lambda d: d.name)]
