@@ -155,3 +155,34 @@ def test_backup_download_is_the_cli_archive(gateway: GatewayProcess) -> None:
     restored = gateway.data_dir.parent / "restored"
     gateway_cli("restore", str(archive), "--data-dir", str(restored))
     assert (restored / "homeserver.db").is_file()
+
+
+def test_backup_download_abandoned_part_way(gateway: GatewayProcess) -> None:
+    """A client that goes away mid-download stops the archive being made: the staged snapshot is
+    removed, no traceback is logged, and the next download is whole. 8 MB of random media (it
+    does not compress) make the archive far longer than the hub's queue of chunks."""
+    import os
+    import socket
+
+    token = gateway.login("alice", PASSWORD)
+    req = urllib.request.Request(gateway.http_url + "/_matrix/media/v3/upload?filename=noise.bin", data=os.urandom(8 << 20),
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"},
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 200
+    log_before = gateway.read_log()
+    sock = socket.create_connection(("127.0.0.1", gateway.http_port), timeout=30)
+    sock.sendall(f"GET {ADMIN}/backup HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    sock.close()
+    deadline = time.monotonic() + 20
+    while list(gateway.data_dir.glob(".backup-*")) or "abandoned" not in gateway.read_log():
+        assert time.monotonic() < deadline, list(gateway.data_dir.glob(".backup-*"))
+        time.sleep(0.05)
+    assert "Traceback" not in gateway.read_log()[len(log_before):]
+    whole = urllib.request.Request(gateway.http_url + ADMIN + "/backup", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(whole, timeout=60) as resp:
+        data = resp.read()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        manifest = json.load(tar.extractfile("MANIFEST.json"))  # type: ignore[arg-type]
+        assert any(name.startswith("media/") and entry["size"] == 8 << 20 for name, entry in manifest["files"].items())

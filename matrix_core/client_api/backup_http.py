@@ -107,9 +107,13 @@ async def handle(hs: Homeserver, request: web.Request, token: str | None, header
         try:
             await response.prepare(request)
             chunk = first
-            while chunk is not _DONE:
-                await response.write(chunk)
-                chunk = await loop.run_in_executor(None, chunks.get)
+            try:
+                while chunk is not _DONE:
+                    await response.write(chunk)
+                    chunk = await loop.run_in_executor(None, chunks.get)
+            except ConnectionError:  # the client went away: stop making it (finally), one line
+                log.info("backup download from %s abandoned by the client", request.remote)
+                return response
             if failure:  # cut the connection: the client sees a broken download, never a short "good" one
                 log.error("backup download failed part-way: %r", failure[0])
                 if request.transport is not None:
