@@ -53,6 +53,15 @@ def test_non_admins_get_403_everywhere(gateway: GatewayProcess) -> None:
     assert gateway_cli("mqtt", "maps", "--data-dir", str(gateway.data_dir)).stdout.strip() == ""
 
 
+def test_topics_published_before_the_first_look_are_in_the_tree(gateway: GatewayProcess) -> None:
+    """The tree follows the stream only from its first request; what came before is read from
+    what the hub keeps: retained messages (room state) and recent history."""
+    mosquitto_pub(gateway.mqtt_port, "alice", PASSWORD, "early/lamp", "off", 1, "-r")
+    mosquitto_pub(gateway.mqtt_port, "alice", PASSWORD, "early/temp", "19", 1)
+    found = {t["topic"]: (t["value"], t["retained"]) for t in topics(gateway, gateway.login("alice", PASSWORD))["topics"]}
+    assert found["early/lamp"] == ("off", True) and found["early/temp"] == ("19", False), found
+
+
 def test_map_list_unmap_and_bad_input(gateway: GatewayProcess) -> None:
     token = gateway.login("alice", PASSWORD)
     status, body = gateway.request("POST", "/_matrix/client/v3/createRoom",

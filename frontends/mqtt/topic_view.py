@@ -6,7 +6,8 @@ already kept. This is a bounded in-memory index over them (a Pi Zero has 512 MB)
 `MAX_TOPICS` topics, the least recently updated forgotten first, each value cut short
 (messages.topic_entry; about 300 bytes a topic, ~600 KB at the cap). It is filled lazily, on the first request (an
 admin opening the page), from the retained messages of the broker's rooms and the MQTT messages
-of the last `SEED_POSITIONS` stream positions; from then on the stream keeps it current.
+of the last `SEED_POSITIONS` stream positions; from then on the stream keeps it current (and
+until then the broker's hot path pays nothing for it).
 
 Readers long-poll: `changes(since)` answers the topics updated after a sequence number, and
 `wait(since, timeout)` returns as soon as there is one (so the page updates within milliseconds
@@ -15,7 +16,6 @@ of a publish and costs nothing while nothing changes).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -62,11 +62,13 @@ class TopicView:
         self._changed = asyncio.Event()
         self._unsubscribe: Callable[[], None] | None = None
         self._seeded: asyncio.Task[None] | None = None
+        self._running = False
 
     def start(self) -> None:
-        self._unsubscribe = self.hs.stream.subscribe(self._on_stream)
+        self._running = True
 
     def stop(self) -> None:
+        self._running = False
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -110,19 +112,20 @@ class TopicView:
                     if found is not None and found[1]:
                         self._set(found[0], found[1], event.origin_server_ts, room_id, True)
         upto = self.hs.stream.position
-        for _, _, room_id, raw in await bridge_store.messages_after(self.hs.db, max(0, upto - SEED_POSITIONS), upto,
-                                                                    SEED_POSITIONS):
-            try:
-                pdu = json.loads(raw)
-            except ValueError:
-                continue
-            found = topic_entry(pdu.get("type", ""), pdu.get("content"), pdu.get("state_key"))
+        rows = await bridge_store.messages_after(self.hs.db, max(0, upto - SEED_POSITIONS), upto, SEED_POSITIONS)
+        for _, event in self.hs.rooms.rows_to_events(rows):  # the stored form, read as the uplink reads it
+            found = topic_entry(event.type, event.content, event.state_key)
             if found is not None:
-                self._set(found[0], found[1], int(pdu.get("origin_server_ts", 0)), room_id, found[2])
+                self._set(found[0], found[1], event.origin_server_ts, event.room_id, found[2])
 
     async def ready(self) -> None:
-        if self._seeded is None:
+        """On the first request: follow the stream from now on (not before: a hub whose MQTT page
+        is never opened pays nothing per message), then read what is already kept."""
+        if self._seeded is None and self._running:
+            self._unsubscribe = self.hs.stream.subscribe(self._on_stream)
             self._seeded = asyncio.ensure_future(self._seed())
+        if self._seeded is None:
+            return
         try:
             await asyncio.shield(self._seeded)
         except Exception:
@@ -147,7 +150,7 @@ class TopicView:
 
     async def wait(self, since: int, timeout: float) -> None:
         """Until a topic is updated after `since`, or `timeout` seconds."""
-        while self._seq <= since and self._unsubscribe is not None:
+        while self._seq <= since and self._running:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout)
