@@ -6,6 +6,7 @@ Order matters on the way down: stop accepting, release long-polls, let in-flight
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -20,7 +21,7 @@ from matrix_core.push_gateway import RetryPolicy
 from matrix_core.ratelimit import RateLimit
 
 from .appservices import load_registrations
-from .config import DATABASE_FILE, GatewayConfig, load_or_create_signing_key
+from .config import CONFIG_FILE, DATABASE_FILE, GatewayConfig, load_or_create_signing_key
 from .ops.appliance import Appliance
 from .resources import install_loop_exception_handler, raise_open_files_limit
 from .ops.disk import EXIT_DISK_FULL, disk_full_at_start
@@ -89,13 +90,28 @@ def build_frontends(config: GatewayConfig, data_dir: Path, hs: Homeserver) -> li
     return frontends
 
 
+def inject_hub_ops(hs: Homeserver, data_dir: Path, config_file: Path) -> None:
+    """What the admin pages need of the front ends and gateway/ (matrix_core/service/hub_ops.py):
+    the MQTT rule filter check, the backup archive and the coaps key maker (the broker sets its
+    topic tree itself; Gateway.start sets the listeners once they run)."""
+    from frontends.coap.psk import add_device_psk
+    from frontends.mqtt.topics import is_valid_rule_filter
+
+    from .ops.backup import stream_backup
+
+    hs.hub_ops.valid_rule_filter = is_valid_rule_filter
+    hs.hub_ops.write_backup = functools.partial(stream_backup, data_dir, config_file)
+    hs.hub_ops.make_psk = add_device_psk
+
+
 class Gateway:
     """The running hub: the homeserver core and the listeners in front of it."""
 
-    def __init__(self, config: GatewayConfig, data_dir: Path) -> None:
+    def __init__(self, config: GatewayConfig, data_dir: Path, config_file: Path | None = None) -> None:
         self.config = config
         self.data_dir = data_dir
         self.hs = Homeserver(settings_for(config, data_dir))
+        inject_hub_ops(self.hs, data_dir, config_file or data_dir / CONFIG_FILE)
         self._http: HttpListener | None = None
         self.http_port: int | None = None
         self.frontends: list[Frontend] = []
@@ -117,18 +133,15 @@ class Gateway:
                     log.debug("stopping %s after its failed start failed too", frontend.name, exc_info=True)
                 raise
             self.frontends.append(frontend)
-        self._tell_admin()
+        self._tell_listeners()
 
-    def _tell_admin(self) -> None:
-        """What the admin API's device settings name (the ports that are on) and how it makes a
-        coaps key (the CLI's `device add --psk`): front-end facts the core must not import."""
-        from frontends.coap.psk import add_device_psk
+    def _tell_listeners(self) -> None:
+        """The ports that are on, for the Devices page's settings and snippets (service/hub_ops.py)."""
         from matrix_core.device_setup import Listeners
         coaps = any(getattr(f, "coaps_listening", False) for f in self.frontends)
-        self.hs.admin.listeners = Listeners(
+        self.hs.hub_ops.listeners = Listeners(
             http_port=self.http_port, mqtt_port=self.config.mqtt_port if self.config.mqtt_enabled else None,
             coap_port=self.config.coap_port, coaps_port=self.config.coaps_port if coaps else None)
-        self.hs.admin.make_psk = add_device_psk
 
     def describe(self) -> str:
         items = [f"http=http://{self.config.bind}:{self.http_port}"]
@@ -149,10 +162,10 @@ class Gateway:
         await self.hs.stop()
 
 
-async def serve(config: GatewayConfig, data_dir: Path) -> int:
+async def serve(config: GatewayConfig, data_dir: Path, config_file: Path | None = None) -> int:
     started = time.monotonic()
     install_loop_exception_handler(asyncio.get_running_loop())
-    gateway = Gateway(config, data_dir)
+    gateway = Gateway(config, data_dir, config_file)
     appliance = Appliance(config, data_dir, gateway)  # systemd notify, status address, retention, mDNS
     try:
         await gateway.start()
@@ -221,11 +234,11 @@ async def arm_first_run(gateway: Gateway) -> None:
     log.warning("%s", line)
 
 
-def run(config: GatewayConfig, data_dir: Path) -> int:
+def run(config: GatewayConfig, data_dir: Path, config_file: Path | None = None) -> int:
     from .memory import tune_malloc
 
     tune_malloc()
     raise_open_files_limit()
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(serve(config, data_dir))
+    return asyncio.run(serve(config, data_dir, config_file))

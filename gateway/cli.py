@@ -88,7 +88,7 @@ def run(data_dir: Path, config_file: Path | None, **flags: Any) -> None:
         fail(str(exc))
     from .app import run as run_hub  # after the checks: a hub that cannot start loads no listeners
 
-    sys.exit(run_hub(config, data_dir))
+    sys.exit(run_hub(config, data_dir, config_file))
 
 
 @main.group()

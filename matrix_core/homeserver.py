@@ -26,6 +26,7 @@ from .service.directory import Directory
 from .service.e2e_keys import E2eKeys
 from .service.forgotten_rooms import ForgottenRooms
 from .service.admin import HubAdmin
+from .service.hub_ops import HubOps
 from .service.hub_status import HubStatus
 from .service.key_backup import KeyBackup
 from .service.media import Media
@@ -147,6 +148,7 @@ class Homeserver:
         self.appservices = AppServices(self, settings.appservices)  # issue 17: bridges and bots
         self.series = Series(self.db, self.rooms)  # readings as time series (issue 18, the web pages' plots)
         self.status = HubStatus(self.stream, settings.database_path)  # the Status page's figures (issue 18)
+        self.hub_ops = HubOps()  # what the admin pages need from front ends and gateway/, set by them
         self.admin = HubAdmin(self)  # the admin API and the Devices page (issue 18)
         self.sliding_sync = SlidingSync(self)  # Simplified Sliding Sync, MSC4186 (issue 19)
         self.setup = FirstRunSetup(self.accounts)  # first run: the setup code makes the first admin (issue 18)

@@ -102,3 +102,53 @@ def _event_id(pdu: dict[str, Any], version: str) -> str:
     from matrix_core.room_versions import KNOWN_ROOM_VERSIONS
 
     return compute_event_id(pdu, KNOWN_ROOM_VERSIONS[version])
+
+
+async def test_status_shows_a_peer_backing_off_then_reachable(hub: GatewayProcess, tmp_path: Path) -> None:  # noqa: F811
+    """The Status page's federation peers (GET /_gateway/v1/status): a remote that stopped
+    answering is "backing off" with its error; once back and caught up, "reachable" with a time."""
+    hub.add_user("admin", PW, admin=True)
+    token, admin = hub.login("host", PW), hub.login("admin", PW)
+    status, created = hub.request("POST", "/_matrix/client/v3/createRoom",
+                                  {"preset": "public_chat", "room_alias_name": "peers"}, token=token)
+    room_id = created["room_id"]
+    evil = EvilServer(tmp_path)
+    await evil.start()
+    eve = f"@eve:{evil.server_name}"
+    made = await evil.client.request(hub.server_name, "GET",
+                                     federation_path("/_matrix/federation/v1/make_join/{r}/{u}", r=room_id, u=eve),
+                                     query={"ver": ["10", "11", "12"]})
+    join, join_id = evil.sign(dict(made["event"], origin_server_ts=int(time.time() * 1000)), made["room_version"])
+    await evil.client.request(hub.server_name, "PUT",
+                              federation_path("/_matrix/federation/v2/send_join/{r}/{e}", r=room_id, e=join_id),
+                              body=join)
+    assert evil.runner is not None
+    await evil.runner.cleanup()  # gone: its port refuses connections
+
+    async def peer() -> dict[str, Any] | None:
+        status, body = await asyncio.to_thread(hub.request, "GET", "/_gateway/v1/status", None, admin)
+        assert status == 200, body
+        return {p["server_name"]: p for p in body["federation_peers"]}.get(evil.server_name)
+
+    await asyncio.to_thread(hub.request, "PUT", f"/_matrix/client/v3/rooms/{q(room_id)}/send/m.room.message/p1",
+                            {"msgtype": "m.text", "body": "to a dead peer"}, token)
+    deadline = time.monotonic() + 20
+    while (found := await peer()) is None or found["state"] != "backing off":
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.1)
+    assert found["last_error"] and found["last_success_ts"] is None and found["queued"] >= 1 and found["backoff_s"] >= 1
+    status, body = await asyncio.to_thread(hub.request, "GET", "/_gateway/v1/status", None, token)
+    assert status == 403  # not for non-admins
+
+    back = RecordingServer(tmp_path, evil)
+    await back.start()
+    try:
+        await back.client.request(hub.server_name, "PUT", federation_path("/_matrix/federation/v1/send/{t}", t="back"),
+                                  body={"origin": back.server_name, "origin_server_ts": 1, "pdus": []})
+        while (found := await peer()) is None or found["state"] != "reachable":
+            assert time.monotonic() < deadline + 20, found
+            await asyncio.sleep(0.1)
+        assert found["last_success_ts"] > 0 and found["queued"] == 0
+    finally:
+        await back.stop()
+    await evil.client.close()

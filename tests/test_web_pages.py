@@ -48,9 +48,30 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def page_files(base_url: str) -> list[tuple[str, str]]:
+    """Every file the page loads at first: index.html's stylesheet, icon and script, and each ES
+    module those import (followed through `import ... from "./x.js"`), with its expected type."""
+    kinds = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+    html = fetch(base_url + "/")[2].decode()
+    todo = re.findall(r'(?:href|src)="(/web/[^"]+)"', html)
+    found: list[tuple[str, str]] = [("/", "text/html")]
+    while todo:
+        path = todo.pop()
+        if any(path == seen for seen, _ in found):
+            continue
+        found.append((path, kinds[path[path.rindex("."):]]))
+        if path.endswith(".js"):
+            text = fetch(base_url + path)[2].decode()
+            todo += ["/web/" + name for name in re.findall(r'^import\b[^;]*?from\s+"\./([^"]+)"', text, re.M)]
+    return found
+
+
 def test_static_files_headers_and_size(gateway: GatewayProcess) -> None:
     total = 0
-    for path, kind in (("/", "text/html"), ("/web/app.js", "text/javascript"), ("/web/app.css", "text/css")):
+    files = page_files(gateway.http_url or "")
+    names = {path.rsplit("/", 1)[-1] for path, _ in files}
+    assert {"app.js", "common.js", "home.js", "devices.js", "status.js", "mqtt.js", "app.css", "icon.svg"} <= names, names
+    for path, kind in files:
         status, headers, body = fetch(gateway.http_url + path, **{"Accept-Encoding": "gzip"})
         assert status == 200
         assert headers["Content-Type"].startswith(kind)

@@ -44,6 +44,7 @@ from .session import Outgoing, SessionState
 from .settings import BrokerSettings
 from .subscriptions import SubscriptionIndex
 from .topic_rooms import TopicRooms
+from .topic_view import TopicView
 from .topics import has_wildcards, topic_matches
 
 log = logging.getLogger("frontends.mqtt")
@@ -98,6 +99,7 @@ class MqttBroker:
         # else can point #mqtt/home/garage at their room and catch the first publish there.
         hs.rooms.reserve_alias_namespace(ALIAS_PREFIX)
         self.topic_rooms = TopicRooms(hs, self.rules, settings.room_levels, self.background)
+        self.topic_view = TopicView(hs, self.topic_rooms)  # the MQTT page's topic tree
         # 3.1.1 clients closed for want of disk space: their CONNECTs wait (full_disk.py)
         self.held_back = HoldBack(errors.STORAGE_RETRY_MS / 1000)
 
@@ -115,6 +117,8 @@ class MqttBroker:
             for sub in session.subscriptions.values():
                 self.index.add(key, sub)
         self._unsubscribe = self.hs.stream.subscribe(self._on_stream)
+        self.topic_view.start()
+        self.hs.hub_ops.topic_tree = self.topic_view
         self._unlisten_revoked = self.hs.accounts.on_revoked(self._on_tokens_revoked)
         await self.listeners.start()
         self._tasks.append(asyncio.create_task(self._ticker(), name="mqtt-ticker"))
@@ -136,6 +140,8 @@ class MqttBroker:
             await client.drain_publishes()
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self.hs.hub_ops.topic_tree = None
+        self.topic_view.stop()
         if self._unlisten_revoked is not None:
             self._unlisten_revoked()
         for client in list(self.clients):

@@ -16,7 +16,7 @@ import click
 from matrix_core.store import mqtt as mqtt_store
 from matrix_core.store.room_lookup import resolve_room
 
-from .topics import is_valid_topic_filter
+from .topics import is_valid_rule_filter
 
 
 def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: Any,
@@ -39,7 +39,7 @@ def add_mqtt_commands(main: click.Group, data_dir_option: Any, config_option: An
     @config_option
     def mqtt_map(topic_filter: str, room: str, data_dir: Path, config_file: Path | None) -> None:
         """Publishes to topics matching TOPIC_FILTER go to ROOM (a room id or #alias)."""
-        if not is_valid_topic_filter(topic_filter, allow_shared=False) or topic_filter.startswith("$"):
+        if not is_valid_rule_filter(topic_filter):
             fail(f"{topic_filter!r} is not a topic filter a rule can use (no $share/, no leading $)")
         config, conn = open_hub(data_dir, config_file)
         try:

@@ -17,10 +17,11 @@ from typing import Any, Callable
 from matrix_core.device_media import MEDIA_KIND, file_content, filename_for, image_content, media_url
 from ..payload_mapping import PayloadError, content_to_mqtt_payload, mqtt_payload_to_content
 from .packets import NO_PROPERTIES, Properties
-from .routing import MESSAGE_MSGTYPE
+from .routing import MESSAGE_MSGTYPE, RETAINED_TYPE
 from .topics import is_valid_topic_name
 
 BODY_PREVIEW = 300
+VALUE_CHARS = 120  # a topic's last value on the MQTT page's tree
 _FORWARDED = ("payload_format_indicator", "content_type", "response_topic", "message_expiry_interval")
 
 
@@ -142,3 +143,46 @@ def matrix_event_payload(event_id: str, sender: str, event_type: str, content: d
 
 def as_properties(props: dict[str, Any]) -> Properties:
     return props if props else NO_PROPERTIES
+
+
+def payload_text(payload: Any) -> str:
+    """The mapped payload (frontends/payload_mapping.py's kinds) as short text. Pure."""
+    if not isinstance(payload, dict):
+        return "?"
+    kind = payload.get("kind")
+    if kind == "text" and isinstance(payload.get("text"), str):
+        shown = payload["text"]
+    elif kind == "json":
+        text = payload.get("text")
+        shown = text if isinstance(text, str) else json.dumps(payload.get("value"), separators=(",", ":"),
+                                                              ensure_ascii=False)
+    elif kind == "bytes":
+        raw = payload.get("base64")
+        try:
+            shown = f"<{len(base64.b64decode(raw))} bytes>" if isinstance(raw, str) else "<bytes>"
+        except ValueError:
+            shown = "<bytes>"
+    elif kind == MEDIA_KIND:
+        shown = f"<{payload.get('mimetype')}, {payload.get('size')} bytes>"
+    else:
+        shown = f"<{kind}>"
+    return shown if len(shown) <= VALUE_CHARS else shown[:VALUE_CHARS] + "…"
+
+
+def topic_entry(event_type: str, content: Any, state_key: str | None) -> tuple[str, str, bool] | None:
+    """(topic, value text, retained) of an MQTT message or retained message, else None. Pure.
+    A retained message with empty content is a cleared retained message: value ""."""
+    if not isinstance(content, dict):
+        return None
+    if event_type == RETAINED_TYPE and state_key is not None:
+        if not content:
+            return state_key, "", True
+        return state_key, payload_text(content.get("payload")), True
+    if event_type != "m.room.message":
+        return None
+    mqtt = content.get("mqtt")
+    if not isinstance(mqtt, dict) or not isinstance(mqtt.get("topic"), str):
+        return None
+    if content.get("msgtype") != MESSAGE_MSGTYPE and not isinstance(mqtt.get("payload"), dict):
+        return None
+    return mqtt["topic"], payload_text(mqtt.get("payload")), False

@@ -105,6 +105,12 @@ def is_valid_topic_filter(topic_filter: str, *, allow_shared: bool = True) -> bo
     return True
 
 
+def is_valid_rule_filter(topic_filter: str) -> bool:
+    """A filter a hub admin's topic rule can use (`mqtt map`, the MQTT page): no $share/, no
+    leading $ (those topics are the broker's own)."""
+    return is_valid_topic_filter(topic_filter, allow_shared=False) and not topic_filter.startswith("$")
+
+
 def has_wildcards(topic_filter: str) -> bool:
     return "+" in topic_filter or "#" in topic_filter
 

@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Any, Callable
 
 from matrix_core.clock import now_ms
 from matrix_core.store import maintenance
@@ -101,10 +101,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def make_backup(data_dir: Path, config_file: Path, out: Path, progress: Progress = _no_progress) -> BackupResult:
-    """Write the archive to `out` (never overwriting: it must not exist yet)."""
-    if out.exists():
-        raise BackupError(f"{out} already exists: choose a new file name (a backup never overwrites)")
+def _sources(data_dir: Path, config_file: Path) -> dict[str, Path]:
     database = data_dir / DATABASE_FILE
     if not database.exists():
         raise BackupError(f"{data_dir} holds no hub database ({DATABASE_FILE})")
@@ -112,35 +109,61 @@ def make_backup(data_dir: Path, config_file: Path, out: Path, progress: Progress
     for name, path in sources.items():
         if not path.is_file():
             raise BackupError(f"{path} is missing: the backup needs the {name} file")
+    return sources
+
+
+def write_archive(data_dir: Path, config_file: Path, staged: Path, out: IO[bytes],
+                  progress: Progress = _no_progress) -> dict[str, Any]:
+    """Snapshot the database into the directory `staged`, then write the whole archive (manifest
+    first) to `out`, a file object written in order only (a file, or the web page's download
+    stream: nothing is held in memory). Returns the manifest."""
+    sources = _sources(data_dir, config_file)
+    db_copy = staged / DATABASE_FILE
+    events = snapshot_database(sources[DATABASE_FILE], db_copy, progress)
+    files = {DATABASE_FILE: db_copy, SIGNING_KEY_FILE: sources[SIGNING_KEY_FILE], CONFIG_FILE: config_file,
+             **media_members(db_copy, data_dir / "media"), **appservice_members(data_dir)}
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "created_ts": now_ms(),
+        "events": events,
+        "files": {name: {"size": path.stat().st_size, "sha256": sha256_file(path)} for name, path in files.items()},
+    }
+    total = sum(entry["size"] for entry in manifest["files"].values())
+    written = 0
+    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
+        blob = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size, info.mode, info.mtime = len(blob), 0o600, manifest["created_ts"] // 1000
+        tar.addfile(info, io.BytesIO(blob))
+        for name, path in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = path.stat().st_size, 0o600, int(path.stat().st_mtime)
+            with open(path, "rb") as fh:
+                tar.addfile(info, _Counting(fh, lambda n: progress("archive", written + n, total)))
+            written += info.size
+    return manifest
+
+
+def stream_backup(data_dir: Path, config_file: Path, out: IO[bytes]) -> None:
+    """The archive for the Status page's download (`GET /_gateway/admin/v1/backup`): the
+    database snapshot staged in a temporary directory inside the data dir (removed after)."""
+    with tempfile.TemporaryDirectory(prefix=".backup-", dir=data_dir) as tmp:
+        write_archive(data_dir, config_file, Path(tmp), out)
+
+
+def make_backup(data_dir: Path, config_file: Path, out: Path, progress: Progress = _no_progress) -> BackupResult:
+    """Write the archive to `out` (never overwriting: it must not exist yet)."""
+    if out.exists():
+        raise BackupError(f"{out} already exists: choose a new file name (a backup never overwrites)")
+    _sources(data_dir, config_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".backup-", dir=out.parent) as tmp:
         staged = Path(tmp)
-        db_copy = staged / DATABASE_FILE
-        events = snapshot_database(database, db_copy, progress)
-        files = {DATABASE_FILE: db_copy, SIGNING_KEY_FILE: sources[SIGNING_KEY_FILE], CONFIG_FILE: config_file,
-                 **media_members(db_copy, data_dir / "media"), **appservice_members(data_dir)}
-        manifest = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "created_ts": now_ms(),
-            "events": events,
-            "files": {name: {"size": path.stat().st_size, "sha256": sha256_file(path)} for name, path in files.items()},
-        }
         partial = staged / "archive.partial"
-        total = sum(entry["size"] for entry in manifest["files"].values())
-        written = 0
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the private key
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6) as tar:
-            blob = json.dumps(manifest, indent=1, sort_keys=True).encode()
-            info = tarfile.TarInfo(MANIFEST)
-            info.size, info.mode, info.mtime = len(blob), 0o600, manifest["created_ts"] // 1000
-            tar.addfile(info, io.BytesIO(blob))
-            for name, path in files.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = path.stat().st_size, 0o600, int(path.stat().st_mtime)
-                with open(path, "rb") as fh:
-                    tar.addfile(info, _Counting(fh, lambda n: progress("archive", written + n, total)))
-                written += info.size
+        with os.fdopen(fd, "wb") as raw:
+            manifest = write_archive(data_dir, config_file, staged, raw, progress)
             raw.flush()
             os.fsync(raw.fileno())
         try:
@@ -151,7 +174,7 @@ def make_backup(data_dir: Path, config_file: Path, out: Path, progress: Progress
             if out.exists():
                 raise BackupError(f"{out} already exists: choose a new file name (a backup never overwrites)") from None
             os.replace(partial, out)
-    return BackupResult(out, out.stat().st_size, manifest["files"][DATABASE_FILE]["size"], events)
+    return BackupResult(out, out.stat().st_size, manifest["files"][DATABASE_FILE]["size"], manifest["events"])
 
 
 class _Counting(io.RawIOBase):

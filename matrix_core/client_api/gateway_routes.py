@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import hub_admin_devices_handlers as hub_devices
 from . import hub_admin_handlers as hub_admin
+from . import mqtt_admin_handlers as mqtt_admin
 from . import series_handlers as series
 from . import setup_handlers as setup
 from . import synapse_admin_handlers as synapse_admin
@@ -41,6 +42,12 @@ def build_gateway_admin_router() -> ClientRouter:
     router.add("GET", "accounts", hub_devices.accounts)
     router.add("POST", "users/{userId}/devices", hub_devices.add_device)
     router.add("PUT", "users/{userId}/household", hub_devices.set_household)
+    # the MQTT page: topic rules (`matrix-gateway mqtt map/unmap/maps`) and the live topic tree;
+    # GET backup is streamed (backup_http.py), not routed here
+    router.add("GET", "mqtt/rules", mqtt_admin.list_rules)
+    router.add("POST", "mqtt/rules", mqtt_admin.map_rule)
+    router.add("DELETE", "mqtt/rules/{topicFilter...}", mqtt_admin.unmap_rule)
+    router.add("GET", "mqtt/topics", mqtt_admin.topics)
     return router
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from .. import errors
 from ..canonical_json import encode_json
-from . import media_http, web_http
+from . import backup_http, media_http, web_http
 from .discovery_handlers import well_known_client
 from .gateway_routes import gateway_route
 from .request import ApiRequest, ApiResponse, error_answer, json_body, ok, plain_json_body
@@ -83,6 +83,8 @@ def make_app(hs: Homeserver) -> web.Application:
                 call = media_http.MediaCall(query, token_from(request.headers, query), CORS_HEADERS)
                 answer = await media_http.handle(hs, request, media[0], media[1], call)
                 return json_response(answer) if isinstance(answer, ApiResponse) else answer
+            if backup_http.is_backup(segments):  # a streamed download (backup_http.py)
+                return await backup_http.handle(hs, request, token_from(request.headers, query), CORS_HEADERS)
             own = gateway_route(segments)  # the hub's own and admin APIs (gateway_routes.py)
             if own is not None:
                 router, api_segments = own

@@ -17,7 +17,8 @@ async def status(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     requester = await hs.accounts.authenticate(req.access_token)
     if not requester.is_admin:
         raise errors.forbidden("Only hub admins may read the hub's status")
-    return ok(hs.status.report())
+    sender = getattr(hs, "federation_sender", None)  # absent when federation is not running
+    return ok(await hs.status.full_report(hs.db, sender.peers if sender is not None else None))
 
 
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")  # short: it ends up in a sensor's CoAP URI

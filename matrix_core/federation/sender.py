@@ -44,6 +44,9 @@ class Destination:
         self.wake = asyncio.Event()
         self.backoff = 0.0
         self.task: asyncio.Task[None] | None = None
+        # For the Status page (peers()): when a transaction last went through, the last failure.
+        self.last_success_ms: int | None = None
+        self.last_error = ""
 
 
 class FederationSender:
@@ -96,6 +99,17 @@ class FederationSender:
         while len(dest.edus) > MAX_QUEUED_EDUS:
             del dest.edus[next(iter(dest.edus))]
         dest.wake.set()
+
+    def peers(self) -> list[dict[str, Any]]:
+        """The servers this hub sends to, for the Status page: state "backing off" (the last
+        transaction failed; retried after `backoff_s`), "reachable" (the last one went through) or
+        "not contacted yet" (nothing sent since start), the last success (ms, None: never since
+        start) and error, events and EDUs queued."""
+        return [{"server_name": d.name, "state": "backing off" if d.backoff > 0 else
+                 "reachable" if d.last_success_ms is not None else "not contacted yet",
+                 "backoff_s": d.backoff, "last_success_ts": d.last_success_ms, "last_error": d.last_error,
+                 "queued": len(d.queue) + len(d.edus)}
+                for d in sorted(self._destinations.values(), key=lambda d: d.name)]
 
     def servers_in_room(self, room_id: str) -> set[str]:
         room = self.hs.rooms.loaded_room(room_id)
@@ -162,6 +176,7 @@ class FederationSender:
                                                         body=body)
             except Exception as exc:
                 dest.backoff = min(MAX_BACKOFF, max(MIN_BACKOFF, dest.backoff * 2))
+                dest.last_error = str(exc)[:200] or type(exc).__name__
                 log.info("sending %d PDUs and %d EDUs to %s failed (%s); retrying in %.0fs", len(batch),
                          len(edus), dest.name, exc, dest.backoff)
                 dest.wake.clear()
@@ -171,6 +186,7 @@ class FederationSender:
                     pass
                 continue
             dest.backoff = 0.0
+            dest.last_success_ms = now_ms()
             del dest.queue[:len(batch)]
             for key, (edu, after_sent) in zip(edu_keys, edus):
                 if dest.edus.get(key, (None,))[0] is edu:  # not replaced by a newer one meanwhile

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import admin_rules, device_setup, errors
 from ..identifiers import is_valid_localpart, split_id
@@ -22,10 +22,6 @@ from ..store import rooms as room_rows
 if TYPE_CHECKING:
     from ..homeserver import Homeserver
 
-#: (conn, user id, device id) -> (PSK identity, key), inside the caller's transaction; set by the
-#: gateway at start-up (frontends/coap/psk.add_device_psk). ValueError: the identity is taken.
-PskMaker = Callable[[sqlite3.Connection, str, str], tuple[str, str]]
-
 MAX_PASSWORD = 512
 MAX_DISPLAYNAME = 256
 
@@ -34,9 +30,7 @@ class HubAdmin:
     def __init__(self, hs: Homeserver) -> None:
         self.hs = hs
         self.server_name = hs.server_name
-        # Set by gateway/app.py once the listeners run: what a new device's settings name.
-        self.listeners = device_setup.Listeners()
-        self.make_psk: PskMaker | None = None
+        self.ops = hs.hub_ops  # the listeners that are on and the coaps key maker (service/hub_ops.py)
 
     # -- users -----------------------------------------------------------------------------------
 
@@ -171,13 +165,13 @@ class HubAdmin:
         row = await self._existing(user_id)
         if row.deactivated:
             raise errors.invalid_param(f"{user_id} is deactivated")
-        if psk and self.make_psk is None:
+        if psk and self.ops.make_psk is None:
             raise errors.invalid_param("This hub cannot make coaps keys")
         if await device_rows.device(self.hs.db, user_id, device_id) is not None:
             if exist_ok:
                 return None
             raise errors.invalid_param(f"The device {device_id} exists already")
-        make_psk = self.make_psk
+        make_psk = self.ops.make_psk
 
         def write(conn: sqlite3.Connection) -> tuple[str, tuple[str, str] | None]:
             token = account_rows.insert_device_token(conn, user_id, device_id, display_name)
@@ -201,7 +195,7 @@ class HubAdmin:
                      psk: tuple[str, str] | None) -> dict[str, Any]:
         """The page's once-only answer: settings, snippets and their QR code."""
         conf = device_setup.settings(device_setup.hub_host(host_header, self.server_name), self.server_name,
-                                     self.listeners)
+                                     self.ops.listeners)
         return {"settings": conf,
                 "snippets": device_setup.snippets(conf, user_id, device_id, token, psk),
                 "qr_code": device_setup.qr_svg_data_uri(device_setup.qr_payload(conf, user_id, device_id, token, psk))}

@@ -1,5 +1,7 @@
 """What the Status page shows (`GET /_gateway/v1/status`, admins only): version, uptime,
-resident memory, the database's size on disk and events per minute.
+resident memory, the database's size on disk, events per minute, the media repository's size,
+the federation peers this hub sends to (and whether they answer) and the [[mqtt_bridge]] uplinks
+with their state and backlog (as `matrix-gateway status` shows them: the rows the uplinks keep).
 
 Events per minute come from the event stream's position, sampled every 10 s into a short ring
 (no query, no per-event work): the rate is the position's growth over the last minute."""
@@ -11,10 +13,14 @@ import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..store import media as media_store
+from ..store import mqtt_bridge as bridge_store
 
 if TYPE_CHECKING:
     from ..notifier import EventStream
+    from ..store.database import Database
 
 SAMPLE_S = 10.0
 
@@ -76,3 +82,13 @@ class HubStatus:
         return {"version": self.version, "uptime_s": int(time.monotonic() - self.started), "rss_bytes": rss_bytes(),
                 "database_bytes": self.database_bytes(), "events_per_minute": self.events_per_minute(),
                 "stream_position": self.stream.position}
+
+    async def full_report(self, db: Database, peers: Callable[[], list[dict[str, Any]]] | None) -> dict[str, Any]:
+        """`report` plus the figures read from the store and the federation sender (`peers`:
+        its peers(), None when federation is not running here)."""
+        report = self.report()
+        report["media_count"], report["media_bytes"] = await media_store.usage(db)
+        report["federation_peers"] = peers() if peers is not None else []
+        report["uplinks"] = [{k: row[k] for k in ("name", "state", "detail", "since_ts", "backlog")}
+                             for row in await bridge_store.status(db)]
+        return report

@@ -154,13 +154,22 @@ async def is_referenced(db: Database, sha256: str) -> bool:
     return await db.fetchone(_REFERENCED, (sha256, sha256)) is not None
 
 
+_USAGE = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM media WHERE sha256 IS NOT NULL"
+
+
 def usage_sync(conn: sqlite3.Connection) -> tuple[int, int]:
     """(number of media with bytes, their bytes), for `status` (plain sqlite3)."""
     try:
-        row = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM media WHERE sha256 IS NOT NULL").fetchone()
+        row = conn.execute(_USAGE).fetchone()
     except sqlite3.OperationalError:  # a database from before the media component
         return 0, 0
     return int(row[0]), int(row[1])
+
+
+async def usage(db: Database) -> tuple[int, int]:
+    """`usage_sync` on the hub's reader, for the Status page (the running hub's media is migrated)."""
+    row = await db.fetchone(_USAGE)
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 # -- reads (the reader connection) -----------------------------------------------------------------

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .database import Database
+    from .database import Database, WriteFn
 
 COMPONENT = "mqtt"
 
@@ -207,15 +207,35 @@ def _transaction(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) ->
     return count
 
 
+_SET_RULE = "INSERT OR REPLACE INTO mqtt_rules (topic_filter, room_id, created_ts) VALUES (?, ?, ?)"
+_DELETE_RULE = "DELETE FROM mqtt_rules WHERE topic_filter = ?"
+
+
 def set_rule(conn: sqlite3.Connection, topic_filter: str, room_id: str) -> None:
     """Add or replace a rule (the CLI's `mqtt map`), committed."""
-    _transaction(conn, "INSERT OR REPLACE INTO mqtt_rules (topic_filter, room_id, created_ts) VALUES (?, ?, ?)",
-                 (topic_filter, room_id, now_ms()))
+    _transaction(conn, _SET_RULE, (topic_filter, room_id, now_ms()))
 
 
 def delete_rule(conn: sqlite3.Connection, topic_filter: str) -> bool:
     """Remove a rule (the CLI's `mqtt unmap`), committed; whether there was one."""
-    return _transaction(conn, "DELETE FROM mqtt_rules WHERE topic_filter = ?", (topic_filter,)) > 0
+    return _transaction(conn, _DELETE_RULE, (topic_filter,)) > 0
+
+
+def put_rule(topic_filter: str, room_id: str) -> "WriteFn":
+    """`set_rule` through the hub's group commit (the admin API, web pages); the broker's rule
+    poll picks it up as it does the CLI's."""
+    ts = now_ms()
+
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute(_SET_RULE, (topic_filter, room_id, ts))
+    return write
+
+
+def remove_rule(topic_filter: str) -> "WriteFn":
+    """`delete_rule` through the hub's group commit; the write's result: whether there was one."""
+    def write(conn: sqlite3.Connection) -> bool:
+        return conn.execute(_DELETE_RULE, (topic_filter,)).rowcount > 0
+    return write
 
 
 def list_rules(conn: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -285,5 +305,5 @@ async def alias_creator(db: "Database", alias: str) -> str | None:
 
 __all__ = ["COMPONENT", "MIGRATIONS", "SessionRow", "SubscriptionRow", "session_key", "now_ms", "save_session",
            "save_cursor", "delete_session", "add_incoming_qos2", "remove_incoming_qos2", "load_sessions",
-           "load_rules", "set_rule", "delete_rule", "list_rules", "load_default_rooms", "claim_default_room",
+           "load_rules", "set_rule", "delete_rule", "put_rule", "remove_rule", "list_rules", "load_default_rooms", "claim_default_room",
            "set_default_room", "forget_default_room", "load_room_bindings", "alias_creator"]

@@ -74,13 +74,26 @@ def status_rows(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Per bridge: name, state, detail, since (ms), position and backlog (events of the forwarded
     kinds after the position; an upper bound: those no rule sends are counted too). For `status`."""
     try:
-        rows = conn.execute("SELECT name, position, state, detail, state_ts FROM mqtt_bridge ORDER BY name").fetchall()
+        rows = conn.execute(_STATUS_ROWS).fetchall()
     except sqlite3.OperationalError:  # a database from before the bridges (not migrated yet)
         return []
     out = []
     for name, position, state, detail, state_ts in rows:
-        backlog = conn.execute(f"SELECT COUNT(*) FROM events e WHERE e.stream_ordering > ? AND e.type IN (?, ?) "
-                               f"AND {TIMELINE}", (position, *_TYPES)).fetchone()[0]
+        backlog = conn.execute(_BACKLOG, (position, *_TYPES)).fetchone()[0]
         out.append({"name": name, "state": state, "detail": detail, "since_ts": state_ts, "position": position,
                     "backlog": backlog})
+    return out
+
+
+_STATUS_ROWS = "SELECT name, position, state, detail, state_ts FROM mqtt_bridge ORDER BY name"
+_BACKLOG = f"SELECT COUNT(*) FROM events e WHERE e.stream_ordering > ? AND e.type IN (?, ?) AND {TIMELINE}"
+
+
+async def status(db: "Database") -> list[dict[str, Any]]:
+    """`status_rows` on the running hub's reader (the Status page)."""
+    out = []
+    for name, position, state, detail, state_ts in await db.fetchall(_STATUS_ROWS):
+        row = await db.fetchone(_BACKLOG, (position, *_TYPES))
+        out.append({"name": name, "state": state, "detail": detail, "since_ts": state_ts, "position": position,
+                    "backlog": int(row[0]) if row else 0})
     return out

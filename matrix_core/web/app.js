@@ -6,6 +6,7 @@ import * as home from "./home.js";
 import * as devices from "./devices.js";
 import * as status from "./status.js";
 import * as setup from "./setup.js";
+import * as mqtt from "./mqtt.js";
 
 // view name -> {module, section id, nav button id}; a new page adds one line here and its
 // <section> and nav button in index.html.
@@ -13,6 +14,7 @@ const PAGES = {
   home: {module: home, section: "home-view", button: "go-home"},
   devices: {module: devices, section: "devices-view", button: "go-devices"},
   status: {module: status, section: "status-view", button: "go-status"},
+  mqtt: {module: mqtt, section: "mqtt-view", button: "go-mqtt"},
 };
 
 let current = null;

@@ -22,12 +22,13 @@ export function svgEl(tag, attrs) {
   return node;
 }
 
-/** A JSON call with the session's token; a non-2xx answer throws an Error with status and errcode. */
-export async function api(method, path, body) {
+/** A JSON call with the session's token; a non-2xx answer throws an Error with status and errcode.
+ * `signal`: an AbortSignal to cancel it (a long-poll when its page is left). */
+export async function api(method, path, body, signal) {
   const headers = {};
   if (session.token) headers.Authorization = "Bearer " + session.token;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const resp = await fetch(path, {method, headers, body: body === undefined ? undefined : JSON.stringify(body)});
+  const resp = await fetch(path, {method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body)});
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
   if (!resp.ok) {
