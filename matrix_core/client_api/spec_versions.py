@@ -11,8 +11,9 @@ core API (every version), the optional modules we implement (device management, 
 data and tags, typing, receipts, read markers, presence, event context, VoIP's turnServer, user
 directory) and what each version added (spec changelog, client-server API):
 
-- v1.1: /knock. (Key backup and cross-signing upload belong to end-to-end encryption, which the
-  hub does not implement; /login/sso/redirect to SSO login, which it does not offer.)
+- v1.1: /knock; key backup and cross-signing upload (end-to-end encryption's endpoints:
+  keys_handlers.py, cross_signing_handlers.py, key_backup_handlers.py). /login/sso/redirect
+  belongs to SSO login, which the hub does not offer.
 - v1.2: nothing we claim (/hierarchy is the Spaces module; registration tokens are a UIA stage
   the hub does not offer).
 - v1.3: event relationships, GET /v1/rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]
@@ -36,7 +37,10 @@ directory) and what each version added (spec changelog, client-server API):
 - r0.6.1: not advertised: the r0 API differs (prev_content at the top level, ...) and no client
   we test needs it; r0 paths still route (old clients keep working).
 
-Not claimed at any version (known gaps, by module): URL previews, end-to-end encryption and send-to-device, room upgrades,
+Unstable features: Simplified Sliding Sync (`org.matrix.simplified_msc3575`, sliding_sync_handlers.py).
+Its opt-in extensions (MSC4360's threads among them) need no flag: a client asks for them per request.
+
+Not claimed at any version (known gaps, by module): URL previews, room upgrades,
 server-side filtering of ignored users, spaces, SSO, guest access, third-party invites and
 networks, search, reporting, OpenID, 3PID changes (m.3pid_changes: false).
 """
