@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -28,7 +28,7 @@ config_option = click.option("--config", "config_file", type=click.Path(dir_okay
                              default=None, help="Config file (default: DATA_DIR/gateway.toml).")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 

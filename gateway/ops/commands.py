@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 import click
 
@@ -53,7 +53,7 @@ class ProgressBars:
 
 
 def add_ops_commands(main: click.Group, data_dir_option: Callable, config_option: Callable,
-                     existing_config: Callable, fail: Callable[[str], None]) -> None:
+                     existing_config: Callable, fail: Callable[[str], NoReturn]) -> None:
     """Attach the commands to the CLI group (called from gateway/cli.py's register_commands)."""
 
     @main.command()
