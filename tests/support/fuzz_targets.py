@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import cbor2
@@ -415,7 +416,7 @@ def _cbor_corpus() -> list[bytes]:
         True, False, None, cbor2.undefined, cbor2.CBORSimpleValue(16), cbor2.CBORSimpleValue(200),
         [], [1, [2, [3, [4]]]], {}, {"msgtype": "m.text", "body": "x"}, {"$f": "x", "$$g": 1},
         {1: "on", 2: b"off"}, {b"msgtype": b"m.text", b"body": b"hi"}, {(1, 2): "tuple key"},
-        cbor2.CBORTag(40000, [1, 2]), cbor2.CBORTag(1, 1600000000), datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
+        cbor2.CBORTag(40000, [1, 2]), cbor2.CBORTag(1, 1600000000), cbor2.CBORTag(2**64 - 1, {"": float("nan")}), datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
         decimal.Decimal("1.5"), fractions.Fraction(1, 3), uuid.UUID(int=1), ipaddress.ip_address("10.0.0.1"),
         {"t": 21.5, "h": 40, "ts": 1700000000000, "raw": b"\x01", "nested": {"a": [1.5, None]}},
     ]
@@ -434,7 +435,7 @@ def _same_device_value(a: Any, b: Any) -> bool:
         return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_same_device_value(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
+    if isinstance(a, Mapping):  # dict, and cbor2's frozendict (a map inside a tag or a key)
         if len(a) != len(b):
             return False
         unmatched = list(b.items())  # by value, not by lookup: a NaN key is never found by lookup
