@@ -33,9 +33,17 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
 
 
 # The slow real-peer groups: a real Synapse (its own venv, seconds to start), Home Assistant (a
-# 570 MB venv), the browser. They run in CI too, as their own pytest run after the default suite
-# (tests/run.sh), so the default suite stays short.
-SLOW_PEER_FILES = frozenset({"test_home_assistant.py"})
+# 570 MB venv), the browser, the client SDKs that start a runtime per step (matrix-js-sdk on Node,
+# matrix-rust-sdk), the CLI clients (matrix-commander, synadm) and the appliance install (a venv
+# built per test). They run in CI too, as their own pytest run after the default suite
+# (tests/run.sh), so the default suite stays within its 15 minutes.
+SLOW_PEER_FILES = frozenset({
+    "test_home_assistant.py",
+    "test_matrix_js_sdk.py", "test_e2ee_js_sdk.py", "test_secure_backup_js.py", "test_sliding_sync_js_sdk.py",
+    "test_sliding_sync_rust_sdk.py",
+    "test_media_matrix_commander.py", "test_admin_synadm.py",
+    "test_appliance_install.py",
+})
 SLOW_PEER_PREFIXES = ("test_web_pages",)  # the browser: test_web_pages.py, test_web_pages_<page>.py
 
 
