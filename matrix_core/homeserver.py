@@ -18,6 +18,7 @@ from .push_gateway import RetryPolicy
 from .ratelimit import LoginLimits, LoginThrottle, RateLimit, RateLimiter
 from .service.account_data import AccountData
 from .service.accounts import Accounts
+from .service.deactivation import Deactivation
 from .service.setup import FirstRunSetup
 from .service.appservice import AppServices
 from .service.cross_signing import CrossSigning
@@ -151,6 +152,7 @@ class Homeserver:
         self.hub_ops = HubOps()  # what the admin pages need from front ends and gateway/, set by them
         self.admin = HubAdmin(self)  # the admin API and the Devices page (issue 18)
         self.sliding_sync = SlidingSync(self)  # Simplified Sliding Sync, MSC4186 (issue 19)
+        self.deactivation = Deactivation(self)  # by the user or an admin: account gone, rooms left
         self.setup = FirstRunSetup(self.accounts)  # first run: the setup code makes the first admin (issue 18)
 
     async def start(self) -> None:

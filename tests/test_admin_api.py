@@ -4,6 +4,8 @@
 alice is the hub admin (conftest), bob is not."""
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import base64
 import http.client
 import json
@@ -223,6 +225,39 @@ def test_the_users_own_deactivation_shows_too(hub: dict[str, Any]) -> None:
     assert call(hub, "GET", "/_synapse/admin/v2/users/%40fay%3Alocalhost")[1]["deactivated"] is True
 
 
+def test_deactivation_leaves_every_room_and_declines_invites(hub: dict[str, Any]) -> None:
+    """As Synapse: a deactivated account (by an admin or by itself) leaves the rooms it is in and
+    declines its pending invites, so member lists stop naming it; `erase: true` is refused first."""
+    gw = hub["gw"]
+    owner = gw.login("bob", PASSWORD)
+    rooms = {}
+    for name in ("gina", "hank"):
+        gw.add_user(name, PASSWORD)
+        token = gw.login(name, PASSWORD)
+        user = f"@{name}:localhost"
+        joined = gw.request("POST", "/_matrix/client/v3/createRoom", {"invite": [user]}, token=owner)[1]["room_id"]
+        assert gw.request("POST", f"/_matrix/client/v3/join/{quote_all(joined)}", {}, token=token)[0] == 200
+        invited = gw.request("POST", "/_matrix/client/v3/createRoom", {"invite": [user]}, token=owner)[1]["room_id"]
+        rooms[name] = (token, joined, invited)
+    status, body = call(hub, "POST", "/_synapse/admin/v1/deactivate/%40gina%3Alocalhost", {"erase": True})
+    assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
+    assert gw.request("GET", "/_matrix/client/v3/account/whoami", token=rooms["gina"][0])[0] == 200  # untouched
+    assert call(hub, "POST", "/_synapse/admin/v1/deactivate/%40gina%3Alocalhost", {})[0] == 200
+    token = rooms["hank"][0]
+    status, _ = gw.request("POST", "/_matrix/client/v3/account/deactivate", {
+        "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "hank"},
+                 "password": PASSWORD}}, token=token)
+    assert status == 200
+    for name, (_, joined, invited) in rooms.items():
+        user = f"@{name}:localhost"
+        for room_id in (joined, invited):
+            status, member = gw.request(
+                "GET", f"/_matrix/client/v3/rooms/{quote_all(room_id)}/state/m.room.member/{quote_all(user)}", token=owner)
+            assert (status, member["membership"]) == (200, "leave"), (name, room_id, member)
+        members = gw.request("GET", f"/_matrix/client/v3/rooms/{quote_all(joined)}/joined_members", token=owner)[1]
+        assert user not in members["joined"]
+
+
 def test_devices_list_create_delete_ends_live_sessions(hub: dict[str, Any]) -> None:
     gw = hub["gw"]
     path = "/_synapse/admin/v2/users/%40bob%3Alocalhost/devices"
@@ -406,3 +441,7 @@ def test_revoking_a_device_ends_its_coap_observation(hub: dict[str, Any]) -> Non
         assert status == 200, body
         last = _next_response(sock, b"adm1")
         assert last.code == aiocoap.UNAUTHORIZED and cbor2.loads(last.payload)["errcode"] == "M_UNKNOWN_TOKEN"
+
+
+def quote_all(value: str) -> str:
+    return quote(value, safe="")

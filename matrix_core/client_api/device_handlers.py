@@ -91,7 +91,7 @@ async def change_password(hs: Homeserver, req: ApiRequest) -> ApiResponse:
 
 async def deactivate(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     """POST /account/deactivate: after the password, no login again (password and every device
-    with its tokens gone). `erase` is not supported: the account's events stay."""
+    with its tokens gone, every room left). `erase` is not supported: the account's events stay."""
     requester = await _requester(hs, req)
     body = req.json_object()
     if body.get("erase") not in (None, False):
@@ -99,7 +99,7 @@ async def deactivate(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     if "id_server" in body and not isinstance(body["id_server"], str):
         raise errors.bad_json("'id_server' must be a string")
     await _authorised(hs, req, requester, body)
-    await hs.accounts.deactivate(requester.user_id)
+    await hs.deactivation.deactivate(requester.user_id)  # and leaves every room (service/deactivation.py)
     return ok({"id_server_unbind_result": "no-support"})
 
 

@@ -49,11 +49,14 @@ async def put_user(hs: Homeserver, req: ApiRequest) -> ApiResponse:
 
 
 async def deactivate(hs: Homeserver, req: ApiRequest) -> ApiResponse:
-    """POST v1/deactivate/{userId} {"erase"?}: erasing is not implemented (nothing is hidden)."""
+    """POST v1/deactivate/{userId} {"erase"?}: erasing is not implemented, so `erase: true` is
+    refused before anything changes (as the user's own /account/deactivate refuses it)."""
     await require_admin(hs, req)
     body = req.json_object()
     if not isinstance(body.get("erase", False), bool):
         raise errors.invalid_param("'erase' must be a boolean")
+    if body.get("erase"):
+        raise errors.invalid_param("Erasure is not supported on this hub")
     await hs.admin.deactivate(req.params["userId"])
     return ok({"id_server_unbind_result": "success"})
 

@@ -132,11 +132,10 @@ class HubAdmin:
             await self.hs.accounts.set_profile_field(user_id, "avatar_url", avatar_url or None)
 
     async def deactivate(self, user_id: str) -> None:
-        """As the user's own `/account/deactivate`: no password, no device, no token, every live
-        session ended; the account is marked deactivated."""
+        """As the user's own `/account/deactivate` (service/deactivation.py): no password, no
+        device, no token, every live session ended, every room left; marked deactivated."""
         await self._existing(user_id)
-        self.hs.devices.forget(user_id, [d["device_id"] for d in await self.hs.devices.of_user(user_id)])
-        await self.hs.accounts.deactivate(user_id)
+        await self.hs.deactivation.deactivate(user_id)
 
     async def _existing(self, user_id: str) -> admin_rows.UserRow:
         row = await admin_rows.user(self.hs.db, self.local_user(user_id))
