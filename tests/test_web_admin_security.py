@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import socket
+import time
 from typing import Any
 
 import pytest
@@ -27,6 +30,17 @@ def raw(gw: GatewayProcess, method: str, path: str, body: bytes | None = None,
         conn.request(method, path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def raw_upload(gw: GatewayProcess, token: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.http_port, timeout=60)
+    try:
+        conn.request("POST", "/_matrix/media/v3/upload?filename=noise.bin", body=data,
+                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
     finally:
         conn.close()
 
@@ -158,3 +172,51 @@ def test_static_path_tricks_serve_nothing(hub: dict[str, Any], path: str) -> Non
     """The pages are a fixed in-memory set: no path reaches the file system."""
     status, _, data = raw(hub["gw"], "GET", path)
     assert status == 404, (path, data[:100])
+
+
+def test_backup_downloads_queue_is_capped(hub: dict[str, Any]) -> None:
+    """While a backup is being made, a burst of download requests queued without bound, each to
+    make a whole archive in turn (for clients long gone, too). Now at most MAX_WAITING (2) wait;
+    the next gets 429 M_LIMIT_EXCEEDED at once. Then, once the slow download goes, a new one works."""
+    gw, admin = hub["gw"], hub["admin"]
+    req = (f"GET /_gateway/admin/v1/backup HTTP/1.1\r\nHost: hub\r\nAuthorization: Bearer {admin}\r\n"
+           "Connection: close\r\n\r\n").encode()
+    # random media (it does not compress): the archive outgrows the queue and the socket buffers
+    status, _, data = raw_upload(gw, admin, os.urandom(12 << 20))
+    assert status == 200, data
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    slow.settimeout(30)
+    slow.connect(("127.0.0.1", gw.http_port))
+    slow.sendall(req)
+    assert slow.recv(4096).startswith(b"HTTP/1.1 200")  # it holds the turn, and reads no more
+    others: list[socket.socket] = []
+    refused = None
+    try:
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", gw.http_port), timeout=30)
+            others.append(sock)
+            sock.sendall(req)
+            sock.settimeout(1.0)
+            try:
+                answer = sock.recv(4096)
+            except socket.timeout:
+                continue  # waiting its turn
+            refused = answer
+            break
+        assert refused is not None and refused.startswith(b"HTTP/1.1 429"), refused
+        assert b"M_LIMIT_EXCEEDED" in refused
+        assert len(others) <= 4, len(others)  # MAX_WAITING waited (a slow hub may count one late)
+    finally:
+        slow.close()
+        for sock in others:
+            sock.close()
+    # the abandoned ones drain (each stops at its first write); then a download works again
+    deadline = time.monotonic() + 30
+    while True:
+        status, headers, data = raw(gw, "GET", "/_gateway/admin/v1/backup", token=admin)
+        if status != 429 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # the answer's own retry advice, shortened
+    assert status == 200 and headers["content-type"] == "application/gzip", data[:200]
+    assert "Traceback" not in gw.log_path().read_text()
