@@ -108,7 +108,8 @@ def test_deactivated_admin_and_guest_reach_no_admin_route(hub: dict[str, Any]) -
     assert status == 403 and body["errcode"] == "M_FORBIDDEN", body
     status, body = gw.request("POST", "/_synapse/admin/v1/deactivate/%40carol%3Alocalhost", {}, token=admin)
     assert status == 200, body
-    for path in ("/_synapse/admin/v2/users", "/_gateway/admin/v1/accounts", "/_gateway/v1/status"):
+    for path in ("/_synapse/admin/v2/users", "/_gateway/admin/v1/accounts", "/_gateway/v1/status",
+                 "/_gateway/admin/v1/backup"):
         status, body = gw.request("GET", path, token=carol)
         assert status == 401 and body["errcode"] == "M_UNKNOWN_TOKEN", (path, body)
     status, body = gw.request("POST", "/_gateway/v1/setup",
@@ -151,6 +152,9 @@ JUNK: list[tuple[str, str, bytes | None]] = [
     ("GET", "/_gateway/v1/rooms/%21x%3Alocalhost/series?field=temp&buckets=99999999999999999999", None),
     ("POST", "/_gateway/v1/setup", b'{"setup_code": 5}'),
     ("POST", "/_gateway/v1/setup", b"x" * 200_000),
+    ("PUT", "/_synapse/admin/v2/users/%40x%3Alocalhost", b"[" * 100_000),  # nesting past the recursion limit
+    ("POST", "/_gateway/admin/v1/mqtt/rules", b'{"a":' * 20_000),
+    ("PUT", "/_gateway/admin/v1/users/%40alice%3Alocalhost/household", b'"\\ud800"'),
 ]
 
 
