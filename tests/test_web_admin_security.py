@@ -75,6 +75,7 @@ def test_answers_with_tokens_are_never_stored(hub: dict[str, Any]) -> None:
         status, headers, data = raw(gw, method, path, json.dumps(body).encode() if body else None, admin)
         assert status == 200, (path, data)
         assert headers.get("cache-control") == "no-store", (path, headers)
+        assert headers.get("x-content-type-options") == "nosniff", (path, headers)
         assert headers["access-control-allow-origin"] == "*"  # bearer tokens in a header: CORS * is safe
         if "devices" in path:
             assert "access_token" in json.loads(data)

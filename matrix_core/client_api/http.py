@@ -30,8 +30,9 @@ CORS_HEADERS = {
 }
 # The hub's own and admin answers (/_gateway/..., /_synapse/admin/...) carry a new device's access
 # token, coaps key and QR code, the first admin's token, account lists: no browser or proxy may
-# keep a copy (the pages are served with no-cache; these must never be stored at all).
-PRIVATE_HEADERS = {**CORS_HEADERS, "Cache-Control": "no-store"}
+# keep a copy (the pages are served with no-cache; these must never be stored at all). nosniff:
+# their errors quote what was sent (a user id), which must never be read as anything but JSON.
+PRIVATE_HEADERS = {**CORS_HEADERS, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def split_raw_path(raw_path: str) -> tuple[list[str], dict[str, list[str]]]:
