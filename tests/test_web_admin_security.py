@@ -8,12 +8,14 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, free_port
+from tests.test_appservice import AS_TOKEN, new_hub
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +227,29 @@ def test_backup_downloads_queue_is_capped(hub: dict[str, Any]) -> None:
         time.sleep(0.2)  # the answer's own retry advice, shortened
     assert status == 200 and headers["content-type"] == "application/gzip", data[:200]
     assert "Traceback" not in gw.log_path().read_text()
+
+
+def test_an_appservice_reaches_no_admin_route_even_as_an_admin(tmp_path: Path) -> None:
+    """An application service's token, its own or masquerading (`?user_id=`) as a hub admin inside
+    its (non-exclusive) namespace, is never an admin: 403 on every admin table."""
+    registration = f"""id: widebridge
+url: http://127.0.0.1:{free_port()}
+as_token: {AS_TOKEN}
+hs_token: hs-token-wide
+sender_localpart: widebot
+rate_limited: false
+namespaces:
+  users:
+    - exclusive: false
+      regex: '@.*:localhost'
+  aliases: []
+  rooms: []
+"""
+    with new_hub(tmp_path, registration) as gw:
+        gw.add_user("root", PASSWORD, admin=True)
+        for path in ("/_synapse/admin/v2/users", "/_gateway/admin/v1/accounts", "/_gateway/v1/status"):
+            for query in ("", "?user_id=%40root%3Alocalhost"):
+                status, body = gw.request("GET", path + query, token=AS_TOKEN)
+                assert status == 403 and body["errcode"] == "M_FORBIDDEN", (path, query, body)
+        status, who = gw.request("GET", "/_matrix/client/v3/account/whoami?user_id=%40root%3Alocalhost", token=AS_TOKEN)
+        assert status == 200 and who["user_id"] == "@root:localhost", who  # the masquerade itself works
