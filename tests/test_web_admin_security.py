@@ -253,3 +253,36 @@ namespaces:
                 assert status == 403 and body["errcode"] == "M_FORBIDDEN", (path, query, body)
         status, who = gw.request("GET", "/_matrix/client/v3/account/whoami?user_id=%40root%3Alocalhost", token=AS_TOKEN)
         assert status == 200 and who["user_id"] == "@root:localhost", who  # the masquerade itself works
+
+
+# /_gateway/v1 routes any signed-in user (or, for setup, anyone) may call; every other route there
+# and every route of the two admin tables is for admins. A new route must be put on one side.
+PUBLIC_GATEWAY_ROUTES = {("GET", "rooms/{roomId}/series"), ("GET", "rooms/{roomId}/series/fields"),
+                         ("GET", "setup"), ("POST", "setup"), ("GET", "account")}
+CAPTURES = {"{userId}": "%40alice%3Alocalhost", "{deviceId}": "NOPE", "{roomId}": "%21nope%3Alocalhost",
+            "{topicFilter...}": "a/b"}
+
+
+def admin_routes() -> list[tuple[str, str]]:
+    from matrix_core.client_api import gateway_routes as tables
+    found = [("GET", "/_gateway/admin/v1/backup")]
+    for prefix, router in (("/_gateway/admin/v1/", tables.GATEWAY_ADMIN_ROUTER),
+                           ("/_synapse/admin/", tables.SYNAPSE_ADMIN_ROUTER),
+                           ("/_gateway/v1/", tables.GATEWAY_ROUTER)):
+        for route in router.routes:
+            path = "/".join(route.pattern)
+            if router is tables.GATEWAY_ROUTER and (route.method, path) in PUBLIC_GATEWAY_ROUTES:
+                continue
+            found.append((route.method, prefix + "/".join(CAPTURES.get(p, p) for p in route.pattern)))
+    return found
+
+
+@pytest.mark.parametrize("method,path", admin_routes())
+def test_every_admin_route_refuses_non_admins(hub: dict[str, Any], method: str, path: str) -> None:
+    """Every route in the admin tables (read from the tables themselves, so a new one is covered
+    at once): 401 without a token, 403 M_FORBIDDEN for a signed-in non-admin."""
+    body = b"{}" if method in ("POST", "PUT") else None
+    status, _, data = raw(hub["gw"], method, path, body)
+    assert status == 401 and json.loads(data)["errcode"] == "M_MISSING_TOKEN", (method, path, data)
+    status, _, data = raw(hub["gw"], method, path, body, hub["bob"])
+    assert status == 403 and json.loads(data)["errcode"] == "M_FORBIDDEN", (method, path, data)
