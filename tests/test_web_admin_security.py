@@ -286,3 +286,47 @@ def test_every_admin_route_refuses_non_admins(hub: dict[str, Any], method: str, 
     assert status == 401 and json.loads(data)["errcode"] == "M_MISSING_TOKEN", (method, path, data)
     status, _, data = raw(hub["gw"], method, path, body, hub["bob"])
     assert status == 403 and json.loads(data)["errcode"] == "M_FORBIDDEN", (method, path, data)
+
+
+def test_no_secret_reaches_the_log(tmp_path: Path) -> None:
+    """First run with the setup code, a device with a coaps key, a password change, a revoked
+    device, a deactivation, a backup: no password, access token or key is logged, and the setup
+    code only in the first-run line (printed by design)."""
+    gw = GatewayProcess(tmp_path / "data")
+    gw.start()
+    try:
+        code = (gw.data_dir / "setup-code").read_text().strip()
+        status, body = gw.request("POST", "/_gateway/v1/setup", {"setup_code": "WRONG-CODE-0000", "username": "root",
+                                                                  "password": "first admin password"})
+        assert status == 403, body
+        status, headers, data = raw(gw, "POST", "/_gateway/v1/setup", json.dumps(
+            {"setup_code": code, "username": "root", "password": "first admin password"}).encode())
+        assert status == 200 and headers["cache-control"] == "no-store", (headers, data)  # it carries a token
+        admin = json.loads(data)
+        token = admin["access_token"]
+        secrets_seen = ["first admin password", token]
+        status, made = gw.request("PUT", "/_synapse/admin/v2/users/%40kim%3Alocalhost",
+                                  {"password": "kims secret pw"}, token=token)
+        assert status == 201, made
+        secrets_seen.append("kims secret pw")
+        status, device = gw.request("POST", "/_gateway/admin/v1/users/%40kim%3Alocalhost/devices",
+                                    {"device_id": "probe1", "psk": True}, token=token)
+        assert status == 200, device
+        secrets_seen += [device["access_token"], device["psk"]]
+        status, body = gw.request("DELETE", "/_synapse/admin/v2/users/%40kim%3Alocalhost/devices/probe1", token=token)
+        assert status == 200, body
+        status, body = gw.request("PUT", "/_synapse/admin/v2/users/%40kim%3Alocalhost",
+                                  {"password": "kims new secret"}, token=token)
+        assert status == 200, body
+        secrets_seen.append("kims new secret")
+        status, body = gw.request("POST", "/_synapse/admin/v1/deactivate/%40kim%3Alocalhost", {}, token=token)
+        assert status == 200, body
+        status, _, data = raw(gw, "GET", "/_gateway/admin/v1/backup", token=token)
+        assert status == 200
+    finally:
+        assert gw.stop() == 0
+    log = gw.log_path().read_text()
+    for secret in secrets_seen:
+        assert secret not in log, secret
+    assert [line for line in log.splitlines() if code in line] == \
+        [line for line in log.splitlines() if "First run: open" in line], log
