@@ -6,16 +6,19 @@ injected `hub_ops.write_backup` (gateway/ops/backup.py: an SQLite online-backup 
 is consistent while the hub keeps committing) in a worker thread, into a bounded queue of chunks
 the response drains: memory stays at `QUEUE_CHUNKS` chunks of tar/gzip output whatever the size of
 the database. A client that goes away stops the writer (its next write raises) and the staged
-snapshot is removed. One backup at a time: a second request waits its turn (a lock).
+snapshot is removed. One backup at a time: a second request waits its turn (a lock); past
+`MAX_WAITING` waiting, 429 (each waiter would make a whole archive in turn, even for a client long
+gone: a burst of requests must not queue a burst of full backups).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from aiohttp import web
 
@@ -29,7 +32,9 @@ log = logging.getLogger(__name__)
 SEGMENTS = ["_gateway", "admin", "v1", "backup"]
 QUEUE_CHUNKS = 16
 _DONE = object()
+MAX_WAITING = 2
 _lock = asyncio.Lock()
+_waiting = 0
 
 
 class _Gone(Exception):
@@ -63,6 +68,24 @@ def is_backup(segments: list[str]) -> bool:
     return segments == SEGMENTS
 
 
+@contextlib.asynccontextmanager
+async def _turn() -> AsyncIterator[None]:
+    """This request's turn to make a backup, or 429 when too many wait already."""
+    global _waiting
+    if _lock.locked() and _waiting >= MAX_WAITING:
+        raise errors.MatrixError(429, "M_LIMIT_EXCEEDED", "A backup is being made already: try again when it is done",
+                                 retry_after_ms=5000)
+    _waiting += 1
+    try:
+        await _lock.acquire()
+    finally:
+        _waiting -= 1
+    try:
+        yield
+    finally:
+        _lock.release()
+
+
 async def handle(hs: Homeserver, request: web.Request, token: str | None, headers: dict[str, str]) -> web.StreamResponse:
     if request.method != "GET":
         raise errors.MatrixError(405, "M_UNRECOGNIZED", "Unrecognized request")
@@ -72,7 +95,10 @@ async def handle(hs: Homeserver, request: web.Request, token: str | None, header
     write_backup = hs.hub_ops.write_backup
     if write_backup is None:
         raise errors.not_found("This hub offers no backup download")
-    async with _lock:
+    async with _turn():
+        if request.transport is None or request.transport.is_closing():  # gone while it waited: no archive
+            log.info("backup download from %s abandoned by the client before it began", request.remote)
+            return web.Response(status=503)  # never written (aiohttp drops it)
         chunks: queue.Queue[Any] = queue.Queue(QUEUE_CHUNKS)
         cancelled = threading.Event()
         failure: list[BaseException] = []
@@ -105,9 +131,9 @@ async def handle(hs: Homeserver, request: web.Request, token: str | None, header
             **headers, "Content-Type": "application/gzip", "Cache-Control": "no-store",
             "Content-Disposition": f'attachment; filename="{name}"'})
         try:
-            await response.prepare(request)
-            chunk = first
             try:
+                await response.prepare(request)  # raises too when the client has just gone
+                chunk = first
                 while chunk is not _DONE:
                     await response.write(chunk)
                     chunk = await loop.run_in_executor(None, chunks.get)

@@ -28,6 +28,11 @@ CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization",
 }
+# The hub's own and admin answers (/_gateway/..., /_synapse/admin/...) carry a new device's access
+# token, coaps key and QR code, the first admin's token, account lists: no browser or proxy may
+# keep a copy (the pages are served with no-cache; these must never be stored at all). nosniff:
+# their errors quote what was sent (a user id), which must never be read as anything but JSON.
+PRIVATE_HEADERS = {**CORS_HEADERS, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def split_raw_path(raw_path: str) -> tuple[list[str], dict[str, list[str]]]:
@@ -37,19 +42,30 @@ def split_raw_path(raw_path: str) -> tuple[list[str], dict[str, list[str]]]:
     return segments, parse_qs(query, keep_blank_values=True)
 
 
-def token_from(headers: Any, query: dict[str, list[str]]) -> str | None:
+ADMIN_PREFIX = ["_gateway", "admin", "v1"]
+
+
+def token_from(headers: Any, query: dict[str, list[str]], header_only: bool = False) -> str | None:
+    """The bearer token; `?access_token=` too (deprecated by the spec, kept for clients) except
+    where `header_only`: the hub's own admin API, new, whose backup download is a GET URL a person
+    might paste into a browser or wget, and so into history, shell logs and proxies' logs."""
     auth = headers.get("Authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
+    if header_only:
+        if "access_token" in query:
+            raise errors.MatrixError(401, "M_MISSING_TOKEN",
+                                     "Send the access token in the Authorization header, not in the URL")
+        return None
     values = query.get("access_token")
     return values[-1] if values else None
 
 
-def json_response(response: ApiResponse) -> web.Response:
+def json_response(response: ApiResponse, headers: dict[str, str] = CORS_HEADERS) -> web.Response:
     return web.Response(status=response.status, body=encode_json(response.body),
-                        content_type="application/json", headers=CORS_HEADERS)
+                        content_type="application/json", headers=headers)
 
 
 def error_response(err: errors.MatrixError) -> web.Response:
@@ -84,7 +100,7 @@ def make_app(hs: Homeserver) -> web.Application:
                 answer = await media_http.handle(hs, request, media[0], media[1], call)
                 return json_response(answer) if isinstance(answer, ApiResponse) else answer
             if backup_http.is_backup(segments):  # a streamed download (backup_http.py)
-                return await backup_http.handle(hs, request, token_from(request.headers, query), CORS_HEADERS)
+                return await backup_http.handle(hs, request, token_from(request.headers, query, True), CORS_HEADERS)
             own = gateway_route(segments)  # the hub's own and admin APIs (gateway_routes.py)
             if own is not None:
                 router, api_segments = own
@@ -98,7 +114,7 @@ def make_app(hs: Homeserver) -> web.Application:
                 method=request.method,
                 segments=api_segments,
                 query=query,
-                access_token=token_from(request.headers, query),
+                access_token=token_from(request.headers, query, segments[:3] == ADMIN_PREFIX),
                 remote=request.remote or "",
                 load_body=partial(json_body, raw),
                 load_plain_body=partial(plain_json_body, raw),
@@ -106,7 +122,8 @@ def make_app(hs: Homeserver) -> web.Application:
                 content_type=request.headers.get("Content-Type"),
                 host=request.headers.get("Host"),
             )
-            return json_response(await router.dispatch(hs, api_request))
+            answer = await router.dispatch(hs, api_request)
+            return json_response(answer, PRIVATE_HEADERS if own is not None else CORS_HEADERS)
         except errors.MatrixError as err:
             return error_response(err)
         except web.HTTPRequestEntityTooLarge:

@@ -39,5 +39,7 @@ async def add_device(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     if name is not None and (not isinstance(name, str) or len(name) > 100):
         raise errors.invalid_param("'display_name' must be a string of at most 100 characters")
     user_id = hs.accounts.local_user_id(user)
-    token = await hs.accounts.add_device(user_id, device_id, name)
-    return ok({"user_id": user_id, "device_id": device_id, "access_token": token})
+    # through the admin service, as the Devices page's route: a deactivated account gets no token
+    made = await hs.admin.add_device(user_id, device_id, name)
+    assert made is not None  # exist_ok=False: an existing device is refused
+    return ok({"user_id": user_id, "device_id": device_id, "access_token": made[0]})
