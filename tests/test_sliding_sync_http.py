@@ -463,3 +463,16 @@ def test_thread_updates_page_what_the_threads_extension_left_out(user: User) -> 
         status, answer = user.gw.request("GET", f"/_matrix/client/unstable/io.element.msc4360/thread_updates?{bad}",
                                          token=user.token)
         assert status == 400 and answer["errcode"] in ("M_INVALID_PARAM", "M_UNKNOWN_POS"), (bad, answer)
+
+
+def test_thread_updates_refuses_a_limit_of_zero_and_a_missing_dir(user: User) -> None:
+    """MSC4360: `limit` "must be greater than zero" (0 and negatives are M_INVALID_PARAM, not
+    quietly 1; more than the server's ceiling is clamped); `dir` is required (M_MISSING_PARAM,
+    as for /messages)."""
+    base = "/_matrix/client/unstable/io.element.msc4360/thread_updates"
+    for query, code in (("dir=b&limit=0", "M_INVALID_PARAM"), ("dir=b&limit=-3", "M_INVALID_PARAM"),
+                        ("dir=b&limit=x", "M_INVALID_PARAM"), ("limit=5", "M_MISSING_PARAM")):
+        status, answer = user.gw.request("GET", f"{base}?{query}", token=user.token)
+        assert (status, answer["errcode"]) == (400, code), (query, answer)
+    status, answer = user.gw.request("GET", f"{base}?dir=b&limit=100000", token=user.token)
+    assert status == 200 and "chunk" in answer
