@@ -344,7 +344,7 @@ class PushRules:
         parents = {ev.event_id: parent for _, ev in events if (parent := pr.related_parent(ev.pdu)) is not None}
         if not parents:
             return {}
-        roots = await relation_rows.thread_roots(self.db, set(parents.values()))
+        roots = await relation_rows.threads_of(self.db, set(parents.values()))
         return {event_id: roots[parent] for event_id, parent in parents.items() if parent in roots}
 
     @staticmethod

@@ -254,7 +254,7 @@ async def placed_events(db: Database, event_ids: list[str]) -> list[tuple[int, s
 MAX_THREAD_DEPTH = 3  # an edit of a reaction of a thread reply... deeper chains are not in a thread
 
 
-async def thread_roots(db: Database, event_ids: Iterable[str]) -> dict[str, str]:
+async def threads_of(db: Database, event_ids: Iterable[str]) -> dict[str, str]:
     """The thread root of each of these events that is in a thread: a thread reply, or (at any
     depth up to MAX_THREAD_DEPTH) an edit, reaction or reference of one (Synapse's
     get_thread_id). Events in the main timeline are left out."""
