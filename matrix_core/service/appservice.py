@@ -368,7 +368,11 @@ class AppServices:
                         sender.position = max(sender.position, upto)
                         continue
                 else:
-                    sender.caught_up = True
+                    # Caught up only if no event of interest came while the read ran: it may have
+                    # been committed after the read's snapshot (it woke us). Counting ourselves
+                    # caught up then would let the next event of no interest move the position
+                    # past the unread one (`_on_events`), which would never be delivered.
+                    sender.caught_up = not sender.wake.is_set()
                 side = await self._side(sender)
                 if not picked and not side:
                     if sender.ephemeral or sender.dirty_keys:
