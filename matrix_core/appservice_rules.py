@@ -303,7 +303,8 @@ def device_list_summary(rows: Iterable[tuple[str, str | None, str]], shares_room
     None for everyone sharing a room with the user, "changed"/"left"), oldest first: a user's
     devices matter to the AS when it shares a room with one of the AS's users (`shares_room`), or
     is one of them; a row for one recipient counts when the recipient is the AS's. The newest
-    word about a user wins."""
+    word about a user wins; a user who left a room with one of the AS's users is `left` only when
+    they share no room with any other of them (the AS keeps tracking their devices otherwise)."""
     latest: dict[str, str] = {}
     for user_id, recipient, kind in rows:
         if recipient is None:
@@ -312,7 +313,7 @@ def device_list_summary(rows: Iterable[tuple[str, str | None, str]], shares_room
         elif owns_user(recipient):
             latest[user_id] = kind
     return (sorted(u for u, k in latest.items() if k == "changed"),
-            sorted(u for u, k in latest.items() if k == "left" and not owns_user(u)))
+            sorted(u for u, k in latest.items() if k == "left" and not owns_user(u) and not shares_room(u)))
 
 
 def transaction_body(events: list[dict[str, Any]], ephemeral: list[dict[str, Any]] | None = None,

@@ -544,3 +544,14 @@ def thread_of(event: Mapping[str, Any]) -> str:
     if isinstance(rel, dict) and rel.get("rel_type") == "m.thread" and isinstance(rel.get("event_id"), str):
         return rel["event_id"]
     return "main"
+
+
+def related_parent(event: Mapping[str, Any]) -> str | None:
+    """The event an edit, reaction or reference relates to (not a thread reply's root): such an
+    event is in its parent's thread (Synapse's get_thread_id), which only the store knows."""
+    content = event.get("content")
+    rel = content.get("m.relates_to") if isinstance(content, dict) else None
+    if isinstance(rel, dict) and isinstance(rel.get("rel_type"), str) and rel.get("rel_type") != "m.thread" \
+            and isinstance(rel.get("event_id"), str):
+        return rel["event_id"]
+    return None

@@ -491,3 +491,54 @@ def test_backup_and_restore_keep_an_added_appservice(tmp_path: Path) -> None:
     with GatewayProcess(target) as copy:
         status, who = copy.request("GET", "/_matrix/client/v3/account/whoami", token=AS_TOKEN)
         assert (status, who["user_id"]) == (200, "@sensorbot:localhost")
+
+
+async def test_a_failed_ephemeral_transaction_does_not_lend_its_id_to_the_next_one(hub: GatewayProcess,
+                                                                                     as_port: int) -> None:
+    """Transaction ids are for idempotency: an AS that handled a transaction but whose answer was
+    lost (here: a 500 after it saw it) drops that id when it comes again. A typing-only
+    transaction that failed must not give its id to the next transaction, which carries events."""
+    from aiohttp import web
+
+    seen: dict[str, list[dict[str, Any]]] = {}  # txn id -> every body sent with it
+    failed_typing = asyncio.Event()
+    got_message = asyncio.Event()
+    joined = asyncio.Event()
+
+    async def transaction(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.setdefault(request.match_info["txn"], []).append(body)
+        if any(ev["type"] == "m.room.member" and ev["state_key"] == "@sensorbot:localhost" for ev in body["events"]):
+            joined.set()
+        if not body["events"] and any(ev.get("type") == "m.typing" for ev in body.get("ephemeral", [])) \
+                and not failed_typing.is_set():
+            failed_typing.set()
+            return web.json_response({"error": "lost answer"}, status=500)
+        if any(ev["content"].get("body") == "after typing" for ev in body["events"]):
+            got_message.set()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_put("/_matrix/app/v1/transactions/{txn}", transaction)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", as_port).start()
+    try:
+        carol = hub.login("carol", PASSWORD)
+        status, room = hub.request("POST", "/_matrix/client/v3/createRoom", {"invite": ["@sensorbot:localhost"]},
+                                   token=carol)
+        room_id = urllib.parse.quote(room["room_id"])
+        assert hub.request("POST", f"/_matrix/client/v3/rooms/{room_id}/join", {}, token=AS_TOKEN)[0] == 200
+        await asyncio.wait_for(joined.wait(), 20)  # the typing goes alone, in a transaction of its own
+        await asyncio.to_thread(hub.request, "PUT", f"/_matrix/client/v3/rooms/{room_id}/typing/%40carol%3Alocalhost",
+                                {"typing": True, "timeout": 10000}, token=carol)
+        await asyncio.wait_for(failed_typing.wait(), 20)
+        status, _ = await asyncio.to_thread(hub.request, "PUT", f"/_matrix/client/v3/rooms/{room_id}/send/"
+                                            "m.room.message/t1", {"msgtype": "m.text", "body": "after typing"},
+                                            token=carol)
+        assert status == 200
+        await asyncio.wait_for(got_message.wait(), 20)
+        reused = {txn: bodies for txn, bodies in seen.items() if any(b != bodies[0] for b in bodies)}
+        assert not reused, f"one transaction id, different content: {reused}"
+    finally:
+        await runner.cleanup()

@@ -145,3 +145,15 @@ def test_device_list_summary_for_an_as() -> None:
             ("@frank:localhost", "@bob:localhost", "left")]
     assert device_list_summary(rows, shares, owns) == (["@carol:localhost", "@telegram_1:localhost"],
                                                        ["@erin:localhost"])
+
+
+def test_a_user_who_left_one_of_the_as_users_but_shares_a_room_with_another_is_not_left() -> None:
+    """The device-list `left` rows are per recipient: erin left the room she shared with
+    telegram_1 but is still in one with telegram_2, so the AS (which runs both) must keep
+    tracking her devices (mautrix would stop encrypting for her)."""
+    from matrix_core.appservice_rules import device_list_summary
+
+    owns = lambda u: u.startswith("@telegram_")  # noqa: E731
+    rows = [("@erin:localhost", "@telegram_1:localhost", "left")]
+    assert device_list_summary(rows, {"@erin:localhost"}.__contains__, owns) == ([], [])
+    assert device_list_summary(rows, set().__contains__, owns) == ([], ["@erin:localhost"])

@@ -245,3 +245,34 @@ async def test_own_message_ends_the_scan_in_a_room_without_threads(hub: tuple[Ho
         await say(hs, ALICE, room, f"main again {i}")
     hs.push._counts.clear()
     assert await hs.push.thread_counts(ALICE, room) == {root: (1, 0)}
+
+
+async def test_an_edit_or_reaction_of_a_thread_reply_is_in_that_thread(hub: tuple[Homeserver, FakeReceipts, str]) -> None:
+    """Synapse's thread of an event (get_thread_id): an edit, reaction or reference of an event in
+    a thread is in that thread. So alice editing her thread reply, or reacting to bob's, reads
+    (her own event as a read receipt) that thread, not the main timeline; counted forward from
+    the cache and from scratch alike."""
+    hs, receipts, room = hub
+    root, _ = await say(hs, BOB, room, "root")
+    rel = {"m.relates_to": {"rel_type": "m.thread", "event_id": root}}
+    mine, _ = await say(hs, ALICE, room, "my reply", **rel)
+    await say(hs, BOB, room, "main 1")
+    await say(hs, BOB, room, "main 2")
+    await say(hs, BOB, room, "their reply", **rel)
+    assert await hs.push.thread_counts(ALICE, room) == {"main": (3, 0), root: (1, 0)}
+    await say(hs, ALICE, room, "* my reply, fixed", **{"m.new_content": {"msgtype": "m.text", "body": "fixed"},
+                                                        "m.relates_to": {"rel_type": "m.replace", "event_id": mine}})
+    assert await hs.push.thread_counts(ALICE, room) == {"main": (3, 0)}  # the thread is read, main is not
+    hs.push._counts.clear()
+    assert await hs.push.thread_counts(ALICE, room) == {"main": (3, 0)}
+    another, _ = await say(hs, BOB, room, "another reply", **rel)
+    assert await hs.push.thread_counts(ALICE, room) == {"main": (3, 0), root: (1, 0)}
+    await hs.rooms.send_event(req(ALICE), room, "m.reaction",
+                              {"m.relates_to": {"rel_type": "m.annotation", "event_id": another, "key": "👍"}})
+    assert await hs.push.thread_counts(ALICE, room) == {"main": (3, 0)}
+    hs.push._counts.clear()
+    assert await hs.push.thread_counts(ALICE, room) == {"main": (3, 0)}
+    # a reaction to the root (in the main timeline) reads the main timeline
+    await hs.rooms.send_event(req(ALICE), room, "m.reaction",
+                              {"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": "👀"}})
+    assert await hs.push.thread_counts(ALICE, room) == {}

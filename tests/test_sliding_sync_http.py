@@ -463,3 +463,48 @@ def test_thread_updates_page_what_the_threads_extension_left_out(user: User) -> 
         status, answer = user.gw.request("GET", f"/_matrix/client/unstable/io.element.msc4360/thread_updates?{bad}",
                                          token=user.token)
         assert status == 400 and answer["errcode"] in ("M_INVALID_PARAM", "M_UNKNOWN_POS"), (bad, answer)
+
+
+def test_thread_updates_refuses_a_limit_of_zero_and_a_missing_dir(user: User) -> None:
+    """MSC4360: `limit` "must be greater than zero" (0 and negatives are M_INVALID_PARAM, not
+    quietly 1; more than the server's ceiling is clamped); `dir` is required (M_MISSING_PARAM,
+    as for /messages)."""
+    base = "/_matrix/client/unstable/io.element.msc4360/thread_updates"
+    for query, code in (("dir=b&limit=0", "M_INVALID_PARAM"), ("dir=b&limit=-3", "M_INVALID_PARAM"),
+                        ("dir=b&limit=x", "M_INVALID_PARAM"), ("limit=5", "M_MISSING_PARAM")):
+        status, answer = user.gw.request("GET", f"{base}?{query}", token=user.token)
+        assert (status, answer["errcode"]) == (400, code), (query, answer)
+    status, answer = user.gw.request("GET", f"{base}?dir=b&limit=100000", token=user.token)
+    assert status == 200 and "chunk" in answer
+
+
+def test_thread_updates_pages_past_threads_the_user_may_not_see(user: User, other: User) -> None:
+    """History visibility `joined`, the user left and came back: the threads updated while they
+    were away are not theirs to see, and must not hide (by filling a room's page and then being
+    filtered out) the older thread they did see: paging on from `next_batch` reaches it."""
+    room = other.room("away", initial_state=[{"type": "m.room.history_visibility", "state_key": "",
+                                              "content": {"history_visibility": "joined"}}])
+    path = f"/_matrix/client/v3/rooms/{Q(room)}"
+    other.call("POST", f"{path}/invite", {"user_id": user.user_id})
+    user.call("POST", f"{path}/join", {})
+
+    def thread(text: str) -> str:
+        root = other.say(room, text)
+        other.call("POST", f"{path}/send/m.room.message", {"msgtype": "m.text", "body": f"re {text}",
+                                                          "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+        return root
+
+    seen = thread("seen")
+    user.call("POST", f"{path}/leave", {})
+    hidden = {thread("while away 1"), thread("while away 2")}
+    other.call("POST", f"{path}/invite", {"user_id": user.user_id})
+    user.call("POST", f"{path}/join", {})
+    base = "/_matrix/client/unstable/io.element.msc4360/thread_updates?dir=b&limit=1"
+    got: list[str] = []
+    page = user.call("GET", base)
+    for _ in range(5):
+        got += list(page["chunk"].get(room, {}))
+        if "next_batch" not in page:
+            break
+        page = user.call("GET", f"{base}&from={Q(page['next_batch'])}")
+    assert got == [seen] and not hidden & set(got)

@@ -24,7 +24,14 @@ async def thread_updates(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     """GET /unstable/io.element.msc4360/thread_updates?dir=b&from=&to=&limit= (MSC4360's
     companion endpoint: the thread updates a threads extension's `prev_batch` left out)."""
     requester = await hs.accounts.authenticate(req.access_token)
-    if req.arg("dir") != "b":
+    direction = req.arg("dir")
+    if direction is None:
+        raise errors.missing_param("Missing query parameter 'dir'")  # required, as /messages' is
+    if direction != "b":
         raise errors.invalid_param("'dir' must be 'b'")
-    limit = req.int_arg("limit", THREADS_LIMIT, minimum=1, maximum=THREADS_LIMIT)
+    # "Must be greater than zero" (MSC4360): 0 or less is refused, not clamped to 1; more than
+    # our ceiling is clamped ("servers may impose a smaller limit").
+    limit = req.int_arg("limit", THREADS_LIMIT, minimum=-1, maximum=THREADS_LIMIT)
+    if limit < 1:
+        raise errors.invalid_param("'limit' must be greater than zero")
     return ok(await hs.sliding_sync.thread_updates(requester, req.arg("from"), req.arg("to"), limit))

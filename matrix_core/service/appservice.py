@@ -368,7 +368,11 @@ class AppServices:
                         sender.position = max(sender.position, upto)
                         continue
                 else:
-                    sender.caught_up = True
+                    # Caught up only if no event of interest came while the read ran: it may have
+                    # been committed after the read's snapshot (it woke us). Counting ourselves
+                    # caught up then would let the next event of no interest move the position
+                    # past the unread one (`_on_events`), which would never be delivered.
+                    sender.caught_up = not sender.wake.is_set()
                 side = await self._side(sender)
                 if not picked and not side:
                     if sender.ephemeral or sender.dirty_keys:
@@ -528,15 +532,19 @@ class AppServices:
         dirty = set(sender.dirty_keys)
         txn_id = sender.txn_id
         body = transaction_body([], ephemeral, self._extensions(sender, _Side()))
-        if not await self._put_transaction(sender.reg, txn_id, body):
+        ok = await self._put_transaction(sender.reg, txn_id, body)
+        # The id is used up even when the try failed: the AS may have handled it and lost only
+        # its answer (a timeout), and it drops a transaction id it has seen, so the next
+        # transaction (other content: events, to-device messages) must not reuse it.
+        position = sender.position
+        await self.hs.db.write(lambda conn: as_rows.finish_transaction(conn, sender.reg.id, txn_id + 1, position))
+        sender.txn_id = txn_id + 1
+        if not ok:
             sender.dirty_keys |= dirty  # kept: tried again after a backoff as long as the AS is down
             sender.ephemeral_failures += 1
             await asyncio.sleep(backoff_s(sender.ephemeral_failures))
             return
         sender.ephemeral_failures = 0
-        position = sender.position
-        await self.hs.db.write(lambda conn: as_rows.finish_transaction(conn, sender.reg.id, txn_id + 1, position))
-        sender.txn_id = txn_id + 1
 
     def _room_interests(self, sender: _Sender, room_id: str) -> bool:
         return room_id in sender.member_rooms or room_id in sender.alias_rooms or \

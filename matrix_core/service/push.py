@@ -31,6 +31,7 @@ from ..account_data_rules import event_filter_allows
 from ..events import Event
 from ..notifier import EventStream
 from ..store import push_rules as rows
+from ..store import relations as relation_rows
 from ..store.database import Database
 from .accounts import Requester
 from .sync_sources import SyncContext, SyncOutput, SyncSource
@@ -287,8 +288,10 @@ class PushRules:
             page = await self.rooms.timeline(room_id, upto, min(size, MAX_SCAN - seen), after=lower)
             if not page:
                 break
+            threads = await self._threads_of(room_id, page)
             for pos, ev in page:
-                self._count_one(user_id, ev, pos, read, evaluator, facts, entry, closed)
+                self._count_one(user_id, ev, pos, threads.get(ev.event_id) or pr.thread_of(ev.pdu), read, evaluator,
+                                facts, entry, closed)
             self.evaluated += len(page)
             seen += len(page)
             upto = page[-1][0] - 1
@@ -309,10 +312,11 @@ class PushRules:
         else:
             events = list(reversed(await self.rooms.timeline(room_id, now, MAX_SCAN, after=after)))
         threads = {t: list(c) for t, c in entry.threads.items()}
+        in_threads = await self._threads_of(room_id, events)
         evaluator: pr.Evaluator | None = None
         facts: pr.RoomFacts | None = None
         for pos, ev in events:
-            thread = pr.thread_of(ev.pdu)
+            thread = in_threads.get(ev.event_id) or pr.thread_of(ev.pdu)
             if pos <= _effective(read, thread):
                 continue
             if ev.sender == user_id:
@@ -330,10 +334,22 @@ class PushRules:
             entry.threads = threads
             entry.upto = now
 
+    async def _threads_of(self, room_id: str, events: list[tuple[int, Event]]) -> dict[str, str]:
+        """event id -> thread root for the events that are in a thread through their parent (an
+        edit, reaction or reference of an event in a thread, as Synapse's get_thread_id): the
+        sender's own edit of a thread reply reads that thread, not the main timeline. One query
+        per page, and none in a room that never held a relation."""
+        if room_id not in self.rooms.relations.persister.relation_rooms:
+            return {}
+        parents = {ev.event_id: parent for _, ev in events if (parent := pr.related_parent(ev.pdu)) is not None}
+        if not parents:
+            return {}
+        roots = await relation_rows.threads_of(self.db, set(parents.values()))
+        return {event_id: roots[parent] for event_id, parent in parents.items() if parent in roots}
+
     @staticmethod
-    def _count_one(user_id: str, ev: Event, pos: int, read: dict[str, int], evaluator: pr.Evaluator,
+    def _count_one(user_id: str, ev: Event, pos: int, thread: str, read: dict[str, int], evaluator: pr.Evaluator,
                    facts: pr.RoomFacts, entry: _Counts, closed: set[str]) -> None:
-        thread = pr.thread_of(ev.pdu)
         if thread in closed or pos <= _effective(read, thread):
             return
         if ev.sender == user_id:
@@ -363,8 +379,9 @@ class PushRules:
             read = await self._read_positions().read_positions(user_id, room_id)
             evaluator, facts = await self._evaluation(user_id, room_id)
             own_latest: dict[str, int] = {}
+            in_threads = await self._threads_of(room_id, page)
             for pos, ev in page:  # newest first
-                thread = pr.thread_of(ev.pdu)
+                thread = in_threads.get(ev.event_id) or pr.thread_of(ev.pdu)
                 if ev.sender == user_id:
                     own_latest.setdefault(thread, pos)
                     continue

@@ -468,19 +468,28 @@ class SlidingSync:
         after = 0 if to_token is None else self._position_of(requester, to_token)
         relation_rooms = self.rooms.relations.persister.relation_rooms
         found: list[tuple[str, str, int, int]] = []
+        # A room whose query was cut at limit + 1 rows may have more threads older than its last
+        # row; those rows may also be ones the user may not see (left out below), so a page only
+        # goes down to the newest such cut, and a next_batch leads on from there.
+        complete_from = 0
         for room_id, (membership, _) in list(self.rooms.memberships.get(requester.user_id, {}).items()):
             if membership != "join" or room_id not in relation_rooms:
                 continue
             rows = await relation_rows.updated_threads(self.hs.db, room_id, after, ceiling, before, limit + 1)
+            if len(rows) > limit:
+                complete_from = max(complete_from, rows[-1][1])
             if rows:
                 access = await self.rooms.read_access(requester, room_id)
                 found += [(room_id, root, latest, count) for root, latest, etype, count in rows
                           if access.visible_at(latest, etype)]
+        found = [f for f in found if f[2] >= complete_from]
         found.sort(key=lambda t: (-t[2], t[0], t[1]))
         page = found[:limit]
         body: dict[str, Any] = {"chunk": await self._thread_entries(requester, page, True)}
         if len(found) > limit:
             body["next_batch"] = rules.threads_token(page[-1][2] - 1, ceiling)
+        elif complete_from > after:
+            body["next_batch"] = rules.threads_token((page[-1][2] if page else complete_from) - 1, ceiling)
         return body
 
     def _position_of(self, requester: Requester, token: str) -> int:

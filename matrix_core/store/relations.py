@@ -249,3 +249,34 @@ async def placed_events(db: Database, event_ids: list[str]) -> list[tuple[int, s
         f"AND {event_index.TIMELINE}",
         (event_index.ids_param(event_ids),),
     )
+
+
+MAX_THREAD_DEPTH = 3  # an edit of a reaction of a thread reply... deeper chains are not in a thread
+
+
+async def threads_of(db: Database, event_ids: Iterable[str]) -> dict[str, str]:
+    """The thread root of each of these events that is in a thread: a thread reply, or (at any
+    depth up to MAX_THREAD_DEPTH) an edit, reaction or reference of one (Synapse's
+    get_thread_id). Events in the main timeline are left out."""
+    found: dict[str, str] = {}
+    current: dict[str, list[str]] = {}  # id looked up -> the asked ids it stands for
+    for event_id in event_ids:
+        current.setdefault(event_id, []).append(event_id)
+    for _ in range(MAX_THREAD_DEPTH + 1):
+        if not current:
+            break
+        ids = list(current)
+        rows: list[Any] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows += await db.fetchall("SELECT event_id, parent_id, rel_type FROM event_relations "
+                                      f"WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)
+        following: dict[str, list[str]] = {}
+        for event_id, parent_id, rel_type in rows:
+            asked = current[str(event_id)]
+            if rel_type == THREAD:
+                found.update((a, str(parent_id)) for a in asked)
+            else:
+                following.setdefault(str(parent_id), []).extend(asked)
+        current = following
+    return found
