@@ -203,3 +203,19 @@ def room_filters(sync_filter: dict[str, Any]) -> tuple[Any, Any]:
     """(the `room` filter, its `account_data` RoomEventFilter)."""
     room = sync_filter.get("room") if isinstance(sync_filter, dict) else None
     return room, (room.get("account_data") if isinstance(room, dict) else None)
+
+
+def ephemeral_filter(sync_filter: dict[str, Any]) -> Any:
+    """The sync filter's `room.ephemeral` RoomEventFilter (types, not_types, rooms, not_rooms)."""
+    room = sync_filter.get("room") if isinstance(sync_filter, dict) else None
+    return room.get("ephemeral") if isinstance(room, dict) else None
+
+
+def ephemeral_kept(filt: Any, room_id: str, events: list[Any]) -> list[Any]:
+    """A joined room's ephemeral events (m.receipt, m.typing) the `room.ephemeral` filter lets
+    through: by type, and none for a room the filter's rooms/not_rooms leave out."""
+    if not isinstance(filt, dict):
+        return events
+    if not room_allowed(filt, room_id):
+        return []
+    return [ev for ev in events if isinstance(ev, dict) and event_filter_allows(filt, str(ev.get("type", "")))]

@@ -5,6 +5,7 @@ kept across a restart."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 import urllib.parse
 from typing import Any
@@ -168,6 +169,37 @@ def test_read_receipt_wakes_a_long_poll(gateway: GatewayProcess, tokens: dict[st
     # An initial sync has it too.
     [content] = ephemeral(sync(gateway, tokens["alice"]), room, "m.receipt")
     assert BOB in content[event_id]["m.read"]
+
+
+def test_the_ephemeral_filter_leaves_out_what_it_names(gateway: GatewayProcess, tokens: dict[str, str],
+                                                       room: str) -> None:
+    """`room.ephemeral` of the sync filter (types / not_types / not_rooms) is honoured: receipts
+    left out by not_types, typing kept; a room whose only news is filtered out does not appear."""
+    event_id = send(gateway, room, tokens["alice"], "filter me")
+    api(gateway, "POST", receipt_path(room, "m.read", event_id), {}, token=tokens["bob"])
+    api(gateway, "PUT", typing_path(room, BOB), {"typing": True, "timeout": 30000}, token=tokens["bob"])
+
+    def filtered(ephemeral_filter: dict[str, Any], since: str | None = None) -> dict[str, Any]:
+        query = {"filter": json.dumps({"room": {"ephemeral": ephemeral_filter}}), "timeout": "0"}
+        if since:
+            query["since"] = since
+        return api(gateway, "GET", "/_matrix/client/v3/sync?" + urllib.parse.urlencode(query),
+                   token=tokens["alice"])
+
+    answer = filtered({"not_types": ["m.receipt"]})
+    assert ephemeral(answer, room, "m.receipt") == []
+    assert ephemeral(answer, room, "m.typing"), "typing was left out too"
+    answer = filtered({"types": ["m.receipt"]})
+    assert ephemeral(answer, room, "m.receipt") and ephemeral(answer, room, "m.typing") == []
+    assert ephemeral(filtered({"not_rooms": [room]}), room, "m.receipt") == []
+    # An incremental sync whose only news is a receipt the filter leaves out: the room stays away.
+    since = filtered({"not_types": ["m.receipt"]})["next_batch"]
+    event2 = send(gateway, room, tokens["alice"], "again")
+    since = filtered({"not_types": ["m.receipt"]}, since)["next_batch"]
+    api(gateway, "POST", receipt_path(room, "m.read", event2), {}, token=tokens["bob"])
+    answer = filtered({"not_types": ["m.receipt", "m.typing"]}, since)
+    assert room not in answer.get("rooms", {}).get("join", {}), answer["rooms"]["join"].get(room)
+    api(gateway, "PUT", typing_path(room, BOB), {"typing": False}, token=tokens["bob"])
 
 
 def test_threaded_and_private_receipts(gateway: GatewayProcess, tokens: dict[str, str], room: str) -> None:

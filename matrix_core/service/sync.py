@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from .. import errors, params
+from ..account_data_rules import ephemeral_filter, ephemeral_kept
 from ..events import Event
 from ..log_limit import LogLimiter
 from ..notifier import EventStream
@@ -111,9 +112,15 @@ class Sync:
         typing change appears with an empty timeline), then let sources annotate shown rooms."""
         join: dict[str, Any] = rooms["join"]
         joined = set(ctx.joined_rooms)
+        ephemeral = ephemeral_filter(ctx.sync_filter)
         for room_id, sections in out.rooms.items():
             if room_id not in joined:
                 continue  # a source may only speak of rooms the user is in now
+            if ephemeral is not None and "ephemeral" in sections:
+                had = any(sections.values())
+                sections = {**sections, "ephemeral": ephemeral_kept(ephemeral, room_id, sections["ephemeral"])}
+                if had and not any(sections.values()):
+                    continue  # only news the filter leaves out: the room does not appear for it
             body = join.get(room_id)
             if body is None:
                 body = join[room_id] = self._joined_room_body(ctx.requester, [], False, [])
