@@ -165,6 +165,20 @@ def test_owner_bindings_apply_only_where_no_rule_of_the_hubs_authority_does() ->
     assert not rules.set_bindings(effective_bindings(bindings, ADMINS, OWNERS.get, 2))  # no change
 
 
+def test_an_admins_explicit_rule_wins_over_the_default_room_her_first_publish_made() -> None:
+    """An admin who published first owns her tree's default room, whose broker-made binding is
+    the default rule: an explicit rule into that tree, mapped before or after, still wins (it lost
+    to `garden/bed1/#` by specificity when the admin's default binding ranked as a hub rule)."""
+    owners = {"garden/bed1": "@root:hub"}
+    assert binding_authority("garden/bed1/#", "@root:hub", ADMINS, owners.get, 2) == OWNER
+    assert binding_authority("garden/bed1/moisture", "@root:hub", ADMINS, owners.get, 2) == HUB
+    bindings = {("!root-default", "garden/bed1/#"): "@root:hub"}
+    rules = TopicRules([Rule("garden/+/moisture", "!garden", True)])
+    rules.set_bindings(effective_bindings(bindings, ADMINS, owners.get, 2))
+    assert rules.resolve("garden/bed1/moisture") == "!garden"
+    assert rules.resolve("garden/bed1/light") == "!root-default"
+
+
 _level = st.sampled_from(["home", "kitchen", "hall", "temp", "test", "+", "x"])
 _filters = st.lists(_level, min_size=1, max_size=4).flatmap(
     lambda levels: st.sampled_from(["/".join(levels), "/".join(levels + ["#"])])).filter(is_valid_topic_filter)

@@ -170,10 +170,16 @@ def binding_authority(topic_filter: str, sender: str, admins: AbstractSet[str],
     whose default room the broker made for `sender` (`tree_owner(key)`); else None: the binding
     is ignored, whoever could send the state event in their own room. So nobody can bind `#`,
     `+/...` or another user's tree (the hijack and the hub-wide denial of service of issue 20)."""
+    key = tree_key(topic_filter, levels)
+    owns_tree = key is not None and tree_owner(key) == sender
+    if owns_tree and key is not None and topic_filter in (key, key + "/#"):
+        # The broker's own binding of the tree's default room (made for its first publisher):
+        # the default rule, even when that publisher is an admin, so an admin's explicit rule
+        # into the tree (`mqtt map 'garden/+/moisture' ...`) wins over it, whichever came first.
+        return OWNER
     if sender in admins:
         return HUB
-    key = tree_key(topic_filter, levels)
-    if key is not None and tree_owner(key) == sender:
+    if owns_tree:
         return OWNER
     return None
 
