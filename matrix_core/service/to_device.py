@@ -95,15 +95,7 @@ class ToDevice:
         queued: list[tuple[int, str, dict[str, Any]]] = []
 
         def write(conn: Any) -> dict[tuple[str, str], int] | None:
-            expanded: list[tuple[str, str, str]] = []
-            live: dict[str, list[str]] = {}
-            for user_id, device_id, text in local:
-                if user_id not in live:
-                    live[user_id] = rows.live_devices(conn, user_id)
-                if device_id == "*":
-                    expanded.extend((user_id, d, text) for d in live[user_id])
-                elif device_id in live[user_id]:
-                    expanded.append((user_id, device_id, text))
+            expanded = _addressed_devices(conn, local)
             newest = rows.store(conn, requester.user_id, requester.device_id, txn_id, now, expanded)
             if newest is not None and edus:  # durable before the 200, sent by federation after it
                 ids = outbox_rows.add_outbox(conn, [(server, json.dumps(edu, ensure_ascii=False)) for server, edu in edus])
@@ -133,16 +125,7 @@ class ToDevice:
         now = now_ms()
 
         def write(conn: Any) -> dict[tuple[str, str], int] | None:
-            expanded: list[tuple[str, str, str]] = []
-            live: dict[str, list[str]] = {}
-            for user_id, device_id, text in local:
-                if user_id not in live:
-                    live[user_id] = rows.live_devices(conn, user_id)
-                if device_id == "*":
-                    expanded.extend((user_id, d, text) for d in live[user_id])
-                elif device_id in live[user_id]:
-                    expanded.append((user_id, device_id, text))
-            return rows.store(conn, sender, sender_device, txn_id, now, expanded)
+            return rows.store(conn, sender, sender_device, txn_id, now, _addressed_devices(conn, local))
 
         self._delivered(await self.db.write(write))
 
@@ -207,3 +190,18 @@ class ToDeviceSource(SyncSource):
     async def collect(self, ctx: SyncContext, since: int, upto: int, out: SyncOutput) -> None:
         events = await self.to_device.deliver(ctx.requester.user_id, ctx.requester.device_id, since, upto)
         out.add_top("to_device", events)
+
+
+def _addressed_devices(conn: Any, local: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """(user, device, message) for each device a message reaches, inside the writer's
+    transaction: `*` is every live device of the user; a device that does not exist gets nothing."""
+    expanded: list[tuple[str, str, str]] = []
+    live: dict[str, list[str]] = {}
+    for user_id, device_id, text in local:
+        if user_id not in live:
+            live[user_id] = rows.live_devices(conn, user_id)
+        if device_id == "*":
+            expanded.extend((user_id, d, text) for d in live[user_id])
+        elif device_id in live[user_id]:
+            expanded.append((user_id, device_id, text))
+    return expanded

@@ -120,16 +120,23 @@ def put_key(conn: sqlite3.Connection, user_id: str, version: int, row: KeyRow) -
         (user_id, version, room_id, session_id, first, forwarded, int(verified), data))
 
 
-def delete_keys(conn: sqlite3.Connection, user_id: str, version: int, room_id: str | None,
-                session_id: str | None) -> int:
-    sql, args = "DELETE FROM room_keys WHERE user_id = ? AND version = ?", [user_id, version]
+def _keys_where(user_id: str, version: int, room_id: str | None,
+                session_id: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) of a version's keys, of one room, or one session."""
+    where, args = "user_id = ? AND version = ?", [user_id, version]
     if room_id is not None:
-        sql += " AND room_id = ?"
+        where += " AND room_id = ?"
         args.append(room_id)
     if session_id is not None:
-        sql += " AND session_id = ?"
+        where += " AND session_id = ?"
         args.append(session_id)
-    return conn.execute(sql, args).rowcount
+    return where, args
+
+
+def delete_keys(conn: sqlite3.Connection, user_id: str, version: int, room_id: str | None,
+                session_id: str | None) -> int:
+    where, args = _keys_where(user_id, version, room_id, session_id)
+    return conn.execute("DELETE FROM room_keys WHERE " + where, args).rowcount
 
 
 def bump_etag(conn: sqlite3.Connection, user_id: str, version: int) -> None:
@@ -147,17 +154,11 @@ def count_in(conn: sqlite3.Connection, user_id: str, version: int) -> tuple[int,
 
 async def keys(db: Database, user_id: str, version: int, room_id: str | None = None,
                session_id: str | None = None) -> list[KeyRow]:
+    where, args = _keys_where(user_id, version, room_id, session_id)
     sql = ("SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data "
-           "FROM room_keys WHERE user_id = ? AND version = ?")
-    args: list[Any] = [user_id, version]
-    if room_id is not None:
-        sql += " AND room_id = ?"
-        args.append(room_id)
-    if session_id is not None:
-        sql += " AND session_id = ?"
-        args.append(session_id)
+           "FROM room_keys WHERE " + where + " ORDER BY room_id, session_id")
     return [(str(r[0]), str(r[1]), int(r[2]), int(r[3]), bool(r[4]), str(r[5]))
-            for r in await db.fetchall(sql + " ORDER BY room_id, session_id", args)]
+            for r in await db.fetchall(sql, args)]
 
 
 def in_current(conn: sqlite3.Connection, user_id: str, version: int,
