@@ -7,14 +7,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
-from .hub_admin_handlers import DEVICE_ID_RE
+from .hub_admin_handlers import new_device_fields
 from .request import ApiRequest, ApiResponse, ok
 from .synapse_admin_handlers import require_admin
 
 if TYPE_CHECKING:
     from ..homeserver import Homeserver
-
-MAX_DISPLAY_NAME = 100
 
 
 async def account(hs: Homeserver, req: ApiRequest) -> ApiResponse:
@@ -39,11 +37,8 @@ async def add_device(hs: Homeserver, req: ApiRequest) -> ApiResponse:
     access token (once), its coaps key when asked, and the settings, snippets and QR code."""
     await require_admin(hs, req)
     body = req.json_object()
-    device_id, name, psk = body.get("device_id"), body.get("display_name"), body.get("psk", False)
-    if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
-        raise errors.invalid_param("'device_id' must be 1-32 letters, digits, '_', '-' or '.'")
-    if name is not None and (not isinstance(name, str) or len(name) > MAX_DISPLAY_NAME):
-        raise errors.invalid_param(f"'display_name' must be a string of at most {MAX_DISPLAY_NAME} characters")
+    device_id, name = new_device_fields(body)
+    psk = body.get("psk", False)
     if not isinstance(psk, bool):
         raise errors.invalid_param("'psk' must be a boolean")
     user_id = req.params["userId"]
